@@ -1,0 +1,41 @@
+"""The `corr_depth` command: one entry point, one module per sub-command.
+
+Each sub-command module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (``args -> int`` exit code). Modules are imported only when listed here, and keep their
+heavy imports (torch, cv2) inside their functions so ``corr_depth --help`` stays fast.
+"""
+import argparse
+import importlib
+import sys
+
+# Sub-command modules, in help order. A module missing from the installed tree is skipped.
+COMMAND_MODULES = ('synth', 'train', 'eval', 'export_onnx', 'process_bag')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='corr_depth',
+        description='corr_depth_ros tools: synthetic data, training, evaluation, export.')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f'{__name__}.{name}')
+        except ModuleNotFoundError as exc:
+            if exc.name == f'{__name__}.{name}':
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, 'func', None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The one place where ROS messages become numpy arrays and back.
+
+Small stand-ins for cv_bridge (not installable everywhere) and sensor_msgs_py's point-cloud
+helpers, kept to exactly what the nodes need:
+  * Image <-> (H, W[, C]) arrays for mono8, mono16, rgb8, bgr8, rgba8, bgra8 and 32FC1,
+    honouring ``step`` padding and ``is_bigendian``;
+  * CameraInfo pairs -> :class:`~corr_depth_ros.core.geometry.StereoGeometry`;
+  * DisparityImage, REP 118 depth Image, and organised PointCloud2 (x y z rgb) builders.
+Every builder takes the header to copy, so outputs carry the input's stamp and frame.
+"""
+import array
+from typing import Optional, Tuple
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from stereo_msgs.msg import DisparityImage
+
+from .core.geometry import StereoGeometry
+
+# encoding -> (numpy dtype, channels)
+IMAGE_ENCODINGS = {
+    'mono8': (np.uint8, 1), 'mono16': (np.uint16, 1),
+    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3),
+    'rgba8': (np.uint8, 4), 'bgra8': (np.uint8, 4),
+    '32FC1': (np.float32, 1),
+}
+COLOUR_ENCODINGS = ('mono8', 'mono16', 'rgb8', 'bgr8', 'rgba8', 'bgra8')
+
+
+class ConversionError(ValueError):
+    """A message that cannot be turned into an array; the text says what is wrong."""
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """Image -> (H, W) or (H, W, C) array of the encoding's dtype (a view when possible)."""
+    if msg.encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; accepted: '
+                              f'{", ".join(IMAGE_ENCODINGS)}')
+    dtype, channels = IMAGE_ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ConversionError(f'empty image ({width}x{height})')
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    if step < row_bytes:
+        raise ConversionError(f'step {step} is smaller than width*channels*bytes = {row_bytes}')
+    if len(msg.data) != step * height:
+        raise ConversionError(f'data length {len(msg.data)} != step*height = {step * height}')
+    buffer = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :row_bytes]
+    # ascontiguousarray copies only when step has padding; otherwise this is a view.
+    pixel_dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
+    array_ = np.ascontiguousarray(buffer).view(pixel_dtype)
+    array_ = array_.reshape((height, width, channels) if channels > 1 else (height, width))
+    if msg.is_bigendian and pixel_dtype.itemsize > 1:
+        array_ = array_.astype(dtype)  # to native byte order
+    return array_
+
+
+def image_to_rgb8(msg: Image) -> np.ndarray:
+    """Any accepted colour/mono encoding -> (H, W, 3) uint8 RGB (the backends' input)."""
+    if msg.encoding not in COLOUR_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {msg.encoding!r} for a camera image; '
+                              f'accepted: {", ".join(COLOUR_ENCODINGS)}')
+    pixels = image_to_array(msg)
+    enc = msg.encoding
+    if enc == 'mono16':
+        # Keep the high byte: a 16-bit camera's full range mapped onto 8 bits.
+        pixels = (pixels >> 8).astype(np.uint8)
+        enc = 'mono8'
+    if enc == 'mono8':
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    if enc == 'rgb8':
+        return np.ascontiguousarray(pixels)
+    if enc == 'rgba8':
+        return np.ascontiguousarray(pixels[:, :, :3])
+    # bgr8 / bgra8
+    return np.ascontiguousarray(pixels[:, :, 2::-1])
+
+
+def _bytes_field(data: np.ndarray) -> array.array:
+    # rclpy's uint8[] setter takes an array.array('B') as is; anything else is checked element
+    # by element, which costs seconds for a point cloud.
+    out = array.array('B')
+    out.frombytes(np.ascontiguousarray(data).tobytes())
+    return out
+
+
+def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
+    """(H, W[, C]) array -> Image with ``header`` copied; dtype must match the encoding."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {encoding!r}')
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    expected_ndim = 2 if channels == 1 else 3
+    if pixels.ndim != expected_ndim or (channels > 1 and pixels.shape[2] != channels):
+        raise ConversionError(f'{encoding} needs shape (H, W{", %d" % channels if channels > 1 else ""}),'
+                              f' got {pixels.shape}')
+    pixels = np.ascontiguousarray(pixels, dtype=np.dtype(dtype).newbyteorder('<'))
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(pixels.strides[0])
+    msg.data = _bytes_field(pixels)
+    return msg
+
+
+def stereo_geometry_from_camera_info(left: CameraInfo, right: CameraInfo) -> StereoGeometry:
+    """Rectified stereo geometry from a CameraInfo pair; ConversionError with a reason if unusable.
+
+    Uses the rectified projection matrices P (not K): focal length and principal points from P,
+    baseline from the right camera's ``Tx = -fx * B``.
+    """
+    if (left.width, left.height) != (right.width, right.height):
+        raise ConversionError(f'left and right camera_info sizes differ: {left.width}x{left.height} '
+                              f'vs {right.width}x{right.height}')
+    if not any(left.k) or not any(left.p):
+        raise ConversionError('left camera_info has a zero K or P: the camera is not calibrated')
+    if not any(right.k) or not any(right.p):
+        raise ConversionError('right camera_info has a zero K or P: the camera is not calibrated')
+    try:
+        return StereoGeometry.from_projection_matrices(left.p, right.p, left.width, left.height)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
+
+
+def depth_camera_info(left: CameraInfo, header) -> CameraInfo:
+    """The depth image's CameraInfo: the left camera's, with the output header."""
+    info = CameraInfo()
+    info.header = header
+    info.height, info.width = left.height, left.width
+    info.distortion_model = left.distortion_model
+    info.d, info.k, info.r, info.p = list(left.d), left.k, left.r, left.p
+    info.binning_x, info.binning_y, info.roi = left.binning_x, left.binning_y, left.roi
+    return info
+
+
+def make_disparity_msg(disparity_with_doffs_px: np.ndarray, geometry: StereoGeometry, header,
+                       min_disparity_px: float, max_disparity_px: float,
+                       valid_window: Optional[Tuple[int, int, int, int]] = None,
+                       delta_d: float = 1.0 / 16.0) -> DisparityImage:
+    """stereo_msgs/DisparityImage (32FC1): ``Z = f * T / d`` holds for its disparities.
+
+    ``valid_window`` is (x_offset, y_offset, width, height) of the region where disparity can
+    be computed at all (None: the whole image). ``delta_d`` is the smallest disparity step.
+    """
+    msg = DisparityImage()
+    msg.header = header
+    msg.image = array_to_image(disparity_with_doffs_px.astype(np.float32), '32FC1', header)
+    msg.f = float(geometry.fx)
+    msg.t = float(geometry.baseline_m)
+    x, y, w, h = valid_window or (0, 0, geometry.width, geometry.height)
+    msg.valid_window.x_offset, msg.valid_window.y_offset = int(x), int(y)
+    msg.valid_window.width, msg.valid_window.height = int(w), int(h)
+    msg.min_disparity = float(min_disparity_px)
+    msg.max_disparity = float(max_disparity_px)
+    msg.delta_d = float(delta_d)
+    return msg
+
+
+def disparity_msg_to_array(msg: DisparityImage) -> np.ndarray:
+    """DisparityImage -> (H, W) float32 disparity *including* doffs (as published)."""
+    if msg.image.encoding != '32FC1':
+        raise ConversionError(f'DisparityImage must be 32FC1, got {msg.image.encoding!r}')
+    return image_to_array(msg.image)
+
+
+_CLOUD_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('rgb', '<u4')])
+_CLOUD_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))
+
+
+def pack_points_rgb(points_m: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 points + (H, W, 3) uint8 RGB -> (H*W) structured x y z rgb records.
+
+    ``rgb`` is packed as PCL/RViz expect: 0x00RRGGBB in a 32-bit field declared FLOAT32.
+    """
+    if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
+        raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
+    height, width = points_m.shape[:2]
+    records = np.empty(height * width, dtype=_CLOUD_DTYPE)
+    flat = points_m.reshape(-1, 3)
+    records['x'] = flat[:, 0]
+    records['y'] = flat[:, 1]
+    records['z'] = flat[:, 2]
+    colour = rgb.reshape(-1, 3).astype(np.uint32)
+    records['rgb'] = (colour[:, 0] << 16) | (colour[:, 1] << 8) | colour[:, 2]
+    return records
+
+
+def make_pointcloud2(points_m: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
+    """Organised PointCloud2 (height x width), fields x y z rgb, NaN points for invalid pixels."""
+    records = pack_points_rgb(points_m, rgb)
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = int(points_m.shape[0]), int(points_m.shape[1])
+    msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
+                  for name, offset in _CLOUD_FIELDS]
+    msg.is_bigendian = False
+    msg.point_step = _CLOUD_DTYPE.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = False  # organised clouds keep NaN points for invalid pixels
+    msg.data = _bytes_field(records)
+    return msg
+
+
+def pointcloud2_to_arrays(msg: PointCloud2) -> Tuple[np.ndarray, np.ndarray]:
+    """Our organised x y z rgb cloud -> (H, W, 3) float32 points and (H, W, 3) uint8 RGB."""
+    names = [f.name for f in msg.fields]
+    if names[:4] != ['x', 'y', 'z', 'rgb'] or msg.point_step != _CLOUD_DTYPE.itemsize:
+        raise ConversionError(f'expected fields x y z rgb with point_step 16, got {names} / {msg.point_step}')
+    records = np.frombuffer(msg.data, dtype=_CLOUD_DTYPE).reshape(msg.height, msg.width)
+    points = np.stack([records['x'], records['y'], records['z']], axis=-1)
+    packed = records['rgb']
+    rgb = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1).astype(np.uint8)
+    return points, rgb
+
+
+def stereo_camera_infos(geometry: StereoGeometry, left_header, right_header) -> Tuple[CameraInfo, CameraInfo]:
+    """A rectified CameraInfo pair for ``geometry`` (no distortion, R = I, right Tx = -fx*B)."""
+    infos = []
+    for header, cx, tx in ((left_header, geometry.cx_left, 0.0),
+                           (right_header, geometry.cx_right, -geometry.fx * geometry.baseline_m)):
+        info = CameraInfo()
+        info.header = header
+        info.width, info.height = geometry.width, geometry.height
+        info.distortion_model = 'plumb_bob'
+        info.d = [0.0] * 5
+        info.k = [geometry.fx, 0.0, cx, 0.0, geometry.fy, geometry.cy, 0.0, 0.0, 1.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        info.p = [geometry.fx, 0.0, cx, tx, 0.0, geometry.fy, geometry.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        infos.append(info)
+    return infos[0], infos[1]

@@ -1,0 +1,39 @@
+"""The stereo backend interface."""
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+
+@dataclass
+class StereoResult:
+    """Output of a stereo backend for one rectified pair (left image's pixel grid).
+
+    disparity_px: (H, W) float32, pixels, *without* the principal-point offset (doffs);
+        dense when the backend fills holes. Meaningless where ``valid`` is False.
+    valid: (H, W) bool, pixels whose disparity the backend stands behind.
+    confidence: (H, W) float32 in [0, 1], or None when the backend has no notion of it.
+    """
+
+    disparity_px: np.ndarray
+    valid: np.ndarray
+    confidence: Optional[np.ndarray] = None
+
+
+class StereoBackend:
+    """Base class. Subclasses implement :meth:`compute` and may accept runtime parameters."""
+
+    name = 'base'
+
+    def compute(self, left_rgb: np.ndarray, right_rgb: np.ndarray,
+                max_disparity_px: Optional[int] = None) -> StereoResult:
+        """Match a rectified pair: (H, W, 3) uint8 RGB each -> :class:`StereoResult`."""
+        raise NotImplementedError
+
+    def set_params(self, **params: Any) -> None:
+        """Change parameters at runtime; ValueError (with the reason) if one is invalid."""
+        if params:
+            raise ValueError(f'{self.name} backend has no runtime parameters {sorted(params)}')
+
+    def get_params(self) -> Dict[str, Any]:
+        return {}

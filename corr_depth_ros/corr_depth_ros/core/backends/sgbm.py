@@ -1,0 +1,126 @@
+"""OpenCV StereoSGBM backend with scanline hole filling (dense output)."""
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, Optional
+
+import cv2
+import numpy as np
+
+from ..shapes import check_shape
+from .base import StereoBackend, StereoResult
+
+_MODES = {'sgbm': cv2.STEREO_SGBM_MODE_SGBM, 'hh': cv2.STEREO_SGBM_MODE_HH,
+          'sgbm_3way': cv2.STEREO_SGBM_MODE_SGBM_3WAY, 'hh4': cv2.STEREO_SGBM_MODE_HH4}
+
+
+@dataclass(frozen=True)
+class SgbmParams:
+    """StereoSGBM parameters (OpenCV names in snake_case). P1/P2 = 0 means the usual
+    8*C*block^2 and 32*C*block^2 with C = 1 channel (we match on grey images)."""
+
+    min_disparity: int = 0
+    num_disparities: int = 64
+    block_size: int = 5
+    p1: int = 0
+    p2: int = 0
+    disp12_max_diff: int = 1
+    pre_filter_cap: int = 63
+    uniqueness_ratio: int = 10
+    speckle_window_size: int = 100
+    speckle_range: int = 2
+    mode: str = 'sgbm_3way'
+    fill_holes: bool = True
+
+    def validate(self) -> None:
+        if self.num_disparities <= 0 or self.num_disparities % 16:
+            raise ValueError(f'num_disparities must be a positive multiple of 16, got {self.num_disparities}')
+        if self.block_size < 1 or self.block_size % 2 == 0:
+            raise ValueError(f'block_size must be odd and >= 1, got {self.block_size}')
+        if self.mode not in _MODES:
+            raise ValueError(f'mode must be one of {sorted(_MODES)}, got {self.mode!r}')
+        if self.p2 and self.p2 <= self.p1:
+            raise ValueError(f'p2 ({self.p2}) must be greater than p1 ({self.p1})')
+        for field in ('disp12_max_diff', 'pre_filter_cap', 'uniqueness_ratio',
+                      'speckle_window_size', 'speckle_range', 'p1', 'p2'):
+            if getattr(self, field) < (-1 if field == 'disp12_max_diff' else 0):
+                raise ValueError(f'{field} must be non-negative, got {getattr(self, field)}')
+
+
+def fill_disparity_holes(disparity_px: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill invalid pixels along each scanline with the smaller of the nearest valid
+    disparities to the left and right.
+
+    Holes in SGBM output are mostly occlusions, and an occluded pixel belongs to the farther
+    (smaller-disparity) surface, hence the minimum (the Middlebury-style background fill).
+    Rows with no valid pixel stay as they are. (H, W) float32 -> (H, W) float32.
+    """
+    sizes = check_shape('disparity_px', disparity_px, ('H', 'W'))
+    check_shape('valid', valid, ('H', 'W'), sizes)
+    height, width = disparity_px.shape
+    cols = np.broadcast_to(np.arange(width), (height, width))
+    # Index of the nearest valid pixel at or left of each pixel (-1: none), and right (width: none).
+    left_idx = np.maximum.accumulate(np.where(valid, cols, -1), axis=1)
+    right_idx = np.minimum.accumulate(np.where(valid, cols, width)[:, ::-1], axis=1)[:, ::-1]
+    rows = np.arange(height)[:, None]
+    big = np.float32(np.inf)
+    left_val = np.where(left_idx >= 0, disparity_px[rows, np.clip(left_idx, 0, width - 1)], big)
+    right_val = np.where(right_idx < width, disparity_px[rows, np.clip(right_idx, 0, width - 1)], big)
+    filled = np.minimum(left_val, right_val)
+    out = np.where(valid, disparity_px, filled).astype(np.float32)
+    out[~np.isfinite(out)] = disparity_px[~np.isfinite(out)]
+    return out
+
+
+class SgbmBackend(StereoBackend):
+    """Semi-global matching (Hirschmüller 2008) through OpenCV, on grey images."""
+
+    name = 'sgbm'
+
+    def __init__(self, **params: Any):
+        self._params = SgbmParams()
+        self._matcher = None
+        self.set_params(**params)
+
+    def get_params(self) -> Dict[str, Any]:
+        return asdict(self._params)
+
+    def set_params(self, **params: Any) -> None:
+        unknown = set(params) - set(asdict(self._params))
+        if unknown:
+            raise ValueError(f'unknown sgbm parameter(s) {sorted(unknown)}')
+        candidate = replace(self._params, **params)
+        candidate.validate()
+        self._params = candidate
+        self._matcher = None  # rebuilt lazily with the new parameters
+
+    def _get_matcher(self, num_disparities: int):
+        p = self._params
+        if self._matcher is None or self._matcher.getNumDisparities() != num_disparities:
+            area = p.block_size * p.block_size
+            self._matcher = cv2.StereoSGBM_create(
+                minDisparity=p.min_disparity, numDisparities=num_disparities,
+                blockSize=p.block_size, P1=p.p1 or 8 * area, P2=p.p2 or 32 * area,
+                disp12MaxDiff=p.disp12_max_diff, preFilterCap=p.pre_filter_cap,
+                uniquenessRatio=p.uniqueness_ratio, speckleWindowSize=p.speckle_window_size,
+                speckleRange=p.speckle_range, mode=_MODES[p.mode])
+        return self._matcher
+
+    def compute(self, left_rgb: np.ndarray, right_rgb: np.ndarray,
+                max_disparity_px: Optional[int] = None) -> StereoResult:
+        sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
+        check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
+        num_disparities = self._params.num_disparities
+        if max_disparity_px is not None:
+            num_disparities = max(16, int(np.ceil(max_disparity_px / 16.0)) * 16)
+        left_grey = cv2.cvtColor(left_rgb, cv2.COLOR_RGB2GRAY)
+        right_grey = cv2.cvtColor(right_rgb, cv2.COLOR_RGB2GRAY)
+        raw = self._get_matcher(num_disparities).compute(left_grey, right_grey)
+        # OpenCV returns fixed point with 4 fractional bits; invalid is minDisparity - 1 (scaled).
+        disparity_px = raw.astype(np.float32) / 16.0
+        valid = raw > (self._params.min_disparity - 1) * 16
+        # The first num_disparities columns have no full search range: OpenCV marks them invalid.
+        confidence = valid.astype(np.float32)
+        if self._params.fill_holes:
+            disparity_px = fill_disparity_holes(disparity_px, valid)
+            valid = np.isfinite(disparity_px) & (disparity_px >= self._params.min_disparity) \
+                & np.any(valid, axis=1, keepdims=True)
+        return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence)

@@ -1,0 +1,139 @@
+"""Rectified-stereo and pinhole geometry (numpy). No ROS here.
+
+Conventions
+-----------
+* Camera optical frame as REP 103/105: x right, y down, z forward, metres.
+* Pixel (u, v) = (column, row), origin at the centre of the top-left pixel (as CameraInfo).
+* Disparity d (pixels) of a left-image pixel: its match in the right image is at u - d.
+* The two rectified cameras may have different principal points (Middlebury's ``doffs``):
+  ``doffs_px = cx_right - cx_left`` and depth is ``Z = f * B / (d + doffs_px)``.
+  stereo_image_proc publishes DisparityImage with the offset already added, so that its
+  message definition ``Z = f * T / d`` holds; :func:`disparity_for_message` does the same.
+* Invalid is explicit (REP 118): a non-positive or non-finite disparity gives NaN depth and a
+  False validity flag, never an epsilon; an invalid 3D point is (NaN, NaN, NaN).
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from .shapes import check_shape
+
+
+@dataclass(frozen=True)
+class StereoGeometry:
+    """Intrinsics of a rectified pair, taken from the two cameras' projection matrices P.
+
+    ``fx, fy, cx_left, cy``: left camera, pixels. ``cx_right``: right camera, pixels.
+    ``baseline_m``: distance between the optical centres, metres (> 0).
+    """
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx_left: float
+    cy: float
+    cx_right: float
+    baseline_m: float
+
+    @property
+    def doffs_px(self) -> float:
+        """Principal-point offset ``cx_right - cx_left``, pixels (Middlebury's doffs)."""
+        return self.cx_right - self.cx_left
+
+    @classmethod
+    def from_projection_matrices(cls, p_left, p_right, width: int, height: int) -> 'StereoGeometry':
+        """Build from the 3x4 rectified projection matrices (CameraInfo.p) of both cameras.
+
+        The right camera's P carries ``Tx = -fx * B`` (CameraInfo docs), so ``B = -Tx / fx``.
+        Raises ValueError with a reason a user can act on when P cannot describe a rectified
+        pair (zero focal length, Tx = 0, non-positive size).
+        """
+        p_left = np.asarray(p_left, dtype=np.float64).reshape(3, 4)
+        p_right = np.asarray(p_right, dtype=np.float64).reshape(3, 4)
+        if width <= 0 or height <= 0:
+            raise ValueError(f'camera_info has a non-positive image size {width}x{height}')
+        fx, fy = p_left[0, 0], p_left[1, 1]
+        if not (np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0):
+            raise ValueError(f'left P has no valid focal length (fx={fx}, fy={fy}); '
+                             'is the camera calibrated and camera_info filled in?')
+        fx_right = p_right[0, 0]
+        if not (np.isfinite(fx_right) and fx_right > 0):
+            raise ValueError(f'right P has no valid focal length (fx={fx_right})')
+        tx = p_right[0, 3]
+        if not np.isfinite(tx) or tx == 0.0:
+            raise ValueError('right P has Tx = 0, so the baseline is unknown: publish the right '
+                             'camera_info of a stereo calibration (Tx = -fx * baseline)')
+        baseline_m = -tx / fx_right
+        if baseline_m <= 0:
+            raise ValueError(f'right P gives a negative baseline ({baseline_m:.4f} m): are left '
+                             'and right swapped? Expected Tx = -fx * baseline < 0')
+        return cls(width=int(width), height=int(height), fx=float(fx), fy=float(fy),
+                   cx_left=float(p_left[0, 2]), cy=float(p_left[1, 2]),
+                   cx_right=float(p_right[0, 2]), baseline_m=float(baseline_m))
+
+
+def disparity_to_depth(disparity_px: np.ndarray, focal_px: float, baseline_m: float,
+                       doffs_px: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Depth from disparity: ``Z = f * B / (d + doffs)``.
+
+    Args:
+        disparity_px: (H, W) float disparity of the left image, pixels, *without* doffs.
+        focal_px: focal length fx, pixels. baseline_m: metres. doffs_px: cx_right - cx_left.
+    Returns:
+        depth_m (H, W) float32, metres, NaN where invalid; valid (H, W) bool.
+    """
+    check_shape('disparity_px', disparity_px, (None, None))
+    shifted = disparity_px.astype(np.float32) + np.float32(doffs_px)
+    valid = np.isfinite(shifted) & (shifted > 0)
+    depth_m = np.full(shifted.shape, np.nan, dtype=np.float32)
+    np.divide(np.float32(focal_px * baseline_m), shifted, out=depth_m, where=valid)
+    return depth_m, valid
+
+
+def disparity_for_message(disparity_px: np.ndarray, valid: np.ndarray, doffs_px: float,
+                          invalid_value: float = -1.0) -> np.ndarray:
+    """Disparity as stereo_msgs/DisparityImage carries it: with doffs added so ``Z = f*T/d``.
+
+    Invalid pixels get ``invalid_value`` (below min_disparity, as stereo_image_proc does).
+    Returns (H, W) float32.
+    """
+    sizes = check_shape('disparity_px', disparity_px, ('H', 'W'))
+    check_shape('valid', valid, ('H', 'W'), sizes)
+    out = disparity_px.astype(np.float32) + np.float32(doffs_px)
+    out[~valid] = np.float32(invalid_value)
+    return out
+
+
+def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """Back-project a depth image into the camera optical frame.
+
+    Args:
+        depth_m: (H, W) depth along z, metres; NaN (or <= 0) where invalid.
+    Returns:
+        (H, W, 3) float32 points (x, y, z) in metres; (NaN, NaN, NaN) where depth is invalid.
+    """
+    check_shape('depth_m', depth_m, (None, None))
+    height, width = depth_m.shape
+    z = depth_m.astype(np.float32, copy=True)
+    z[~(np.isfinite(z) & (z > 0))] = np.nan
+    u = (np.arange(width, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
+    v = (np.arange(height, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
+    points = np.empty((height, width, 3), dtype=np.float32)
+    np.multiply(z, u[None, :], out=points[..., 0])
+    np.multiply(z, v[:, None], out=points[..., 1])
+    points[..., 2] = z
+    return points
+
+
+def project_points(points_m: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """Project (..., 3) camera-frame points to (..., 2) pixels (u, v); NaN for z <= 0 or NaN."""
+    if points_m.shape[-1] != 3:
+        raise ValueError(f'points_m: last dim must be 3 (x, y, z), got shape {points_m.shape}')
+    z = points_m[..., 2]
+    ok = np.isfinite(z) & (z > 0)
+    safe_z = np.where(ok, z, np.nan)
+    u = fx * points_m[..., 0] / safe_z + cx
+    v = fy * points_m[..., 1] / safe_z + cy
+    return np.stack([u, v], axis=-1)

@@ -1,0 +1,82 @@
+"""From a rectified pair to everything the stereo node publishes (numpy; no ROS).
+
+The node, the demo and bag processing all call :func:`run_stereo`, so they cannot drift apart.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .backends.base import StereoBackend
+from .geometry import StereoGeometry, depth_to_points, disparity_for_message, disparity_to_depth
+from .shapes import check_shape
+
+INVALID_DISPARITY = -1.0  # published for invalid pixels: below any valid disparity + doffs
+
+
+@dataclass
+class StereoOutputs:
+    """All per-frame outputs on the left image's pixel grid.
+
+    disparity_px: (H, W) float32 backend disparity, no doffs, NaN where invalid.
+    message_disparity_px: (H, W) float32 disparity + doffs (DisparityImage convention), -1 invalid.
+    depth_m: (H, W) float32 metres, NaN invalid (REP 118). valid: (H, W) bool.
+    points_m: (H, W, 3) float32 in the left optical frame, NaN invalid (None if not requested).
+    confidence: (H, W) float32 in [0, 1] or None.
+    valid_window: (x, y, width, height) bounding box of valid pixels.
+    """
+
+    disparity_px: np.ndarray
+    message_disparity_px: np.ndarray
+    depth_m: np.ndarray
+    valid: np.ndarray
+    points_m: Optional[np.ndarray]
+    confidence: Optional[np.ndarray]
+    valid_window: Tuple[int, int, int, int]
+
+
+def valid_window(valid: np.ndarray) -> Tuple[int, int, int, int]:
+    """Bounding box (x, y, width, height) of the True pixels; (0, 0, 0, 0) if none."""
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeometry,
+               backend: StereoBackend, *, max_disparity_px: Optional[int] = None,
+               confidence_threshold: float = 0.0, max_depth_m: float = 0.0,
+               compute_points: bool = True) -> StereoOutputs:
+    """Match, then derive depth and points.
+
+    Args:
+        left_rgb, right_rgb: (H, W, 3) uint8 rectified images; H, W must match ``geometry``.
+        confidence_threshold: pixels with confidence below it become invalid (0 keeps all).
+        max_depth_m: pixels farther than this become invalid (0 = no limit).
+    """
+    sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
+    check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
+    if (sizes['W'], sizes['H']) != (geometry.width, geometry.height):
+        raise ValueError(f'image size {sizes["W"]}x{sizes["H"]} does not match camera_info '
+                         f'{geometry.width}x{geometry.height}')
+    result = backend.compute(left_rgb, right_rgb, max_disparity_px=max_disparity_px)
+    valid = result.valid.copy()
+    if result.confidence is not None and confidence_threshold > 0:
+        valid &= result.confidence >= confidence_threshold
+    disparity = np.where(valid, result.disparity_px, np.nan).astype(np.float32)
+    depth_m, depth_valid = disparity_to_depth(disparity, geometry.fx, geometry.baseline_m,
+                                              geometry.doffs_px)
+    if max_depth_m > 0:
+        depth_valid &= depth_m <= max_depth_m
+        depth_m[~depth_valid] = np.nan
+    valid &= depth_valid
+    disparity[~valid] = np.nan
+    points = depth_to_points(depth_m, geometry.fx, geometry.fy, geometry.cx_left, geometry.cy) \
+        if compute_points else None
+    return StereoOutputs(
+        disparity_px=disparity,
+        message_disparity_px=disparity_for_message(np.nan_to_num(disparity), valid,
+                                                   geometry.doffs_px, INVALID_DISPARITY),
+        depth_m=depth_m, valid=valid, points_m=points, confidence=result.confidence,
+        valid_window=valid_window(valid))

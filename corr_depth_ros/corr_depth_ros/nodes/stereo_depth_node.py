@@ -1,0 +1,225 @@
+"""stereo_depth_node: rectified stereo pair -> disparity, depth (REP 118) and a point cloud.
+
+Topics follow stereo_image_proc so the node drops into existing graphs:
+  in:  left/image_rect, right/image_rect, left/camera_info, right/camera_info
+  out: disparity (stereo_msgs/DisparityImage), depth (32FC1 metres, NaN invalid) + depth/camera_info,
+       points2 (organised PointCloud2 x y z rgb), confidence (32FC1), disparity/color (rgb8, only
+       computed while someone subscribes).
+Every output carries the left image's header.
+"""
+import threading
+from dataclasses import asdict
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from stereo_msgs.msg import DisparityImage
+
+from .. import conversions
+from ..core.backends import available_backends, create_backend
+from ..core.backends.sgbm import SgbmParams
+from ..core.colormap import colourise
+from ..core.stereo_pipeline import run_stereo
+from ..sync import make_synchronizer
+from .params import ParamSpec, declare, validate
+from .worker import LatestFrameWorker, ThrottledReporter
+
+_SGBM_DEFAULTS = asdict(SgbmParams())
+_SGBM_HELP = {
+    'min_disparity': 'Smallest disparity searched, pixels.',
+    'num_disparities': 'Disparity search range, pixels (multiple of 16).',
+    'block_size': 'Matched block size, pixels (odd).',
+    'p1': 'Smoothness penalty for +-1 disparity changes (0: 8*block_size^2).',
+    'p2': 'Smoothness penalty for larger changes (0: 32*block_size^2; must exceed p1).',
+    'disp12_max_diff': 'Left-right check tolerance, pixels (-1 disables).',
+    'pre_filter_cap': 'Truncation of the pre-filtered image derivative.',
+    'uniqueness_ratio': 'Margin (%) by which the best cost must beat the second best.',
+    'speckle_window_size': 'Largest speckle region removed, pixels (0 disables).',
+    'speckle_range': 'Disparity variation within a speckle region.',
+    'mode': 'SGBM variant: sgbm (5 paths), sgbm_3way (fast), hh (8 paths, full), hh4.',
+    'fill_holes': 'Fill invalid pixels along scanlines with the background disparity (dense output).',
+}
+_SGBM_RANGES = {'min_disparity': (-256, 256), 'num_disparities': (16, 512), 'block_size': (1, 31),
+                'p1': (0, 100000), 'p2': (0, 400000), 'disp12_max_diff': (-1, 512),
+                'pre_filter_cap': (0, 255), 'uniqueness_ratio': (0, 100),
+                'speckle_window_size': (0, 10000), 'speckle_range': (0, 64)}
+
+PARAMS = [
+    ParamSpec('backend', 'sgbm', 'Stereo backend (see README: trade-offs).',
+              choices=('sgbm', 'learned')),
+    ParamSpec('device', 'auto', 'Compute device for learned backends.', read_only=True,
+              choices=('auto', 'cpu', 'cuda')),
+    ParamSpec('approximate_sync', False, 'Match left/right by nearest stamp within slop_s '
+              'instead of exactly equal stamps.', read_only=True),
+    ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
+              value_range=(1, 100)),
+    ParamSpec('slop_s', 0.01, 'Stamp tolerance for approximate_sync, seconds.', read_only=True,
+              value_range=(0.0, 1.0)),
+    ParamSpec('max_disparity_px', 0, 'Disparity search range override, pixels (0: backend default).',
+              value_range=(0, 1024)),
+    ParamSpec('confidence_threshold', 0.0, 'Pixels with confidence below this are invalid '
+              '(NaN depth). 0 keeps every pixel the backend outputs.', value_range=(0.0, 1.0)),
+    ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
+              value_range=(0.0, 10000.0)),
+    ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU).'),
+] + [ParamSpec(f'sgbm.{k}', v, _SGBM_HELP[k], value_range=_SGBM_RANGES.get(k),
+               choices=('sgbm', 'hh', 'sgbm_3way', 'hh4') if k == 'mode' else None)
+     for k, v in _SGBM_DEFAULTS.items()]
+
+
+class StereoDepthNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('stereo_depth_node', **kwargs)
+        self._values = declare(self, PARAMS)
+        self._errors = ThrottledReporter(self.get_logger())
+        self._lock = threading.Lock()   # guards the backend and parameter values
+        self._backend = None
+        self._backend_name = None
+        self._switch_backend(self._values['backend'])
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', out_qos,
+                                                    qos_overriding_options=overrides)
+        self._pub_depth = self.create_publisher(Image, 'depth', out_qos,
+                                                qos_overriding_options=overrides)
+        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', out_qos)
+        self._pub_points = self.create_publisher(PointCloud2, 'points2', out_qos,
+                                                 qos_overriding_options=overrides)
+        self._pub_confidence = self.create_publisher(Image, 'confidence', out_qos)
+        self._pub_colour = self.create_publisher(Image, 'disparity/color', out_qos)
+
+        self._worker = LatestFrameWorker(self._process, self._on_worker_error)
+        # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
+        # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
+        self._sync, self._subs, sync_impl = make_synchronizer(
+            self, [Image, Image, CameraInfo, CameraInfo],
+            ['left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info'],
+            qos_profile_sensor_data, self._on_synchronised,
+            approximate=self._values['approximate_sync'], queue_size=self._values['queue_size'],
+            slop_s=self._values['slop_s'], qos_overriding_options=overrides)
+        self.get_logger().info(
+            f'stereo_depth_node ready: backend={self._backend_name}, sync={sync_impl} '
+            f'({"approximate" if self._values["approximate_sync"] else "exact"})')
+        self._sync_watchdog = self.create_timer(5.0, self._check_sync)
+        self._last_sync_count = 0
+        self.synchronised_sets = 0
+
+    # --- parameters -------------------------------------------------------------------------
+    def _switch_backend(self, name: str) -> None:
+        sgbm = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
+        if name == 'sgbm':
+            backend = create_backend('sgbm', **sgbm)
+        else:
+            try:
+                backend = create_backend(name, device=self._values['device'])
+            except Exception as exc:  # noqa: BLE001 - keep publishing with a backend that works
+                self.get_logger().error(f'backend {name!r} failed to start ({exc}); '
+                                        'falling back to sgbm so the node keeps publishing')
+                backend, name = create_backend('sgbm', **sgbm), 'sgbm'
+        self._backend, self._backend_name = backend, name
+
+    def _on_set_parameters(self, params):
+        result = validate(PARAMS, params)
+        if not result.successful:
+            return result
+        changes = {p.name: p.value for p in params}
+        sgbm_changes = {k.split('.', 1)[1]: v for k, v in changes.items() if k.startswith('sgbm.')}
+        if 'backend' in changes and changes['backend'] not in available_backends():
+            result.successful = False
+            result.reason = (f'backend {changes["backend"]!r} is not available here; '
+                             f'available: {available_backends()}')
+            return result
+        if sgbm_changes:
+            merged = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
+            merged.update(sgbm_changes)
+            try:
+                SgbmParams(**merged).validate()
+            except ValueError as exc:
+                result.successful = False
+                result.reason = str(exc)
+                return result
+        with self._lock:
+            self._values.update(changes)
+            if 'backend' in changes and changes['backend'] != self._backend_name:
+                self._switch_backend(changes['backend'])
+            elif sgbm_changes and self._backend_name == 'sgbm':
+                self._backend.set_params(**sgbm_changes)
+        return result
+
+    # --- data path ---------------------------------------------------------------------------
+    def _on_synchronised(self, left_img, right_img, left_info, right_info):
+        self.synchronised_sets += 1
+        self._worker.submit((left_img, right_img, left_info, right_info))
+
+    def _check_sync(self):
+        if self.synchronised_sets == self._last_sync_count:
+            spread = getattr(self._sync, 'spread_ns', lambda: None)()
+            if spread is not None and spread > 0:
+                self._errors.error('sync', f'no synchronised left/right set in the last 5 s: '
+                                   f'the newest input stamps differ by {spread / 1e9:.3f} s '
+                                   '(set approximate_sync:=true and slop_s, or fix the driver)')
+        self._last_sync_count = self.synchronised_sets
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        key = type(exc).__name__ + str(exc)[:40]
+        self._errors.error(key, f'frame dropped: {exc}')
+
+    def _process(self, item) -> None:
+        left_img, right_img, left_info, right_info = item
+        left = conversions.image_to_rgb8(left_img)
+        right = conversions.image_to_rgb8(right_img)
+        if left.shape != right.shape:
+            raise ValueError(f'image size mismatch: left is {left.shape[1]}x{left.shape[0]}, '
+                             f'right is {right.shape[1]}x{right.shape[0]}')
+        geometry = conversions.stereo_geometry_from_camera_info(left_info, right_info)
+        with self._lock:
+            values = dict(self._values)
+            backend = self._backend
+        out = run_stereo(left, right, geometry, backend,
+                         max_disparity_px=values['max_disparity_px'] or None,
+                         confidence_threshold=values['confidence_threshold'],
+                         max_depth_m=values['max_depth_m'],
+                         compute_points=values['publish_points'])
+        header = left_img.header
+        max_d = float(np.nanmax(out.message_disparity_px)) if out.valid.any() else 0.0
+        min_d = float(np.nanmin(out.message_disparity_px[out.valid])) if out.valid.any() else 0.0
+        self._pub_disparity.publish(conversions.make_disparity_msg(
+            out.message_disparity_px, geometry, header, min_d, max_d, out.valid_window,
+            delta_d=getattr(backend, 'disparity_step_px', 1.0 / 16.0)))
+        self._pub_depth.publish(conversions.array_to_image(out.depth_m, '32FC1', header))
+        self._pub_depth_info.publish(conversions.depth_camera_info(left_info, header))
+        if out.points_m is not None:
+            self._pub_points.publish(conversions.make_pointcloud2(out.points_m, left, header))
+        if out.confidence is not None and self._pub_confidence.get_subscription_count():
+            self._pub_confidence.publish(conversions.array_to_image(
+                out.confidence.astype(np.float32), '32FC1', header))
+        if self._pub_colour.get_subscription_count():
+            self._pub_colour.publish(conversions.array_to_image(
+                colourise(out.disparity_px), 'rgb8', header))
+
+    def destroy_node(self):
+        self._worker.stop()
+        super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = StereoDepthNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

