@@ -1,0 +1,266 @@
+"""Training utilities shared by every model: device choice, weights files, and one loop.
+
+* Weights ship as safetensors; the architecture name, the factory's keyword arguments and the
+  training metadata travel in the file's header (house style 5: checkpoints carry their own
+  config), and load with ``strict=True``. A JSON sidecar repeats the header for people and git.
+* :func:`fit` is the one training loop: AdamW with warm-up + cosine decay, AMP on CUDA,
+  gradient clipping, ``torchrun`` DistributedDataParallel when WORLD_SIZE > 1, a tqdm bar and a
+  JSON-lines log on rank 0, and a resumable checkpoint (``checkpoint.pt``, loaded with
+  ``weights_only=True`` so resuming never unpickles arbitrary objects).
+"""
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+# --- devices and distributed -------------------------------------------------------------------
+def resolve_device(name: str = 'auto') -> torch.device:
+    """'auto' -> CUDA when available else CPU; 'cuda' without CUDA raises a clear error."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('device "cuda" requested but torch.cuda.is_available() is False '
+                         f'(torch {torch.__version__}); use device "cpu" or "auto"')
+    return device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = 'auto') -> Tuple[DistInfo, torch.device]:
+    """Initialise torch.distributed from torchrun's environment (no-op for a single process)."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    device = resolve_device(device_name)
+    if world_size > 1:
+        import torch.distributed as dist
+        if device.type == 'cuda':
+            device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    return DistInfo(rank, world_size, local_rank), device
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, 'module') else model
+
+
+# --- weights files -------------------------------------------------------------------------------
+def weights_identity(model: nn.Module, arch: str, config: Dict[str, Any]) -> str:
+    """A short hash of architecture, config and parameter values: who computed a descriptor."""
+    digest = hashlib.sha256(json.dumps({'arch': arch, 'config': config}, sort_keys=True).encode())
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_weights(path: str, model: nn.Module, *, arch: str, config: Dict[str, Any],
+                 metadata: Dict[str, Any]) -> Dict[str, Any]:
+    """Write ``path`` (safetensors, float32 tensors) and ``path + '.json'``; return the header."""
+    from safetensors.torch import save_file
+    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else
+             v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    header = {'arch': arch, 'config': config, 'metadata': metadata,
+              'identity': weights_identity(model, arch, config)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(state, path, metadata={k: json.dumps(v) for k, v in header.items()})
+    with open(path + '.json', 'w', encoding='utf-8') as f:
+        json.dump(header, f, indent=2, sort_keys=True)
+        f.write('\n')
+    return header
+
+
+def read_weights_header(path: str) -> Dict[str, Any]:
+    """The arch/config/metadata/identity stored in a safetensors file written by save_weights."""
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'weights file not found: {path}')
+    with safe_open(path, framework='pt') as f:
+        raw = f.metadata() or {}
+    missing = {'arch', 'config'} - set(raw)
+    if missing:
+        raise ValueError(f'{path} has no {sorted(missing)} in its header: not a corr_depth_ros '
+                         'weights file (written by save_weights)')
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def load_weights(path: str, factory: Callable[..., nn.Module], *, expected_arch: str,
+                 map_location: str = 'cpu') -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build ``factory(**config)`` from the file's header and load its tensors strictly."""
+    from safetensors.torch import load_file
+    header = read_weights_header(path)
+    if header['arch'] != expected_arch:
+        raise ValueError(f'{path} holds a {header["arch"]!r} model, expected {expected_arch!r}')
+    model = factory(**header['config'])
+    model.load_state_dict(load_file(path, device=map_location), strict=True)
+    return model, header
+
+
+# --- the training loop ---------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    out_dir: str = 'runs/model'
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    log_every: int = 20
+    val_every: int = 200
+    checkpoint_every: int = 100
+    num_workers: int = 0
+    seed: int = 0
+    device: str = 'auto'
+    amp: bool = True
+    threads: int = 0
+    resume: bool = True
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.05 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _log(path: str, record: Dict[str, Any]) -> None:
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
+        val_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None) -> Dict[str, float]:
+    """Train ``model`` for ``cfg.steps`` optimiser steps (resuming from out_dir if possible).
+
+    ``loss_fn(model, batch) -> (loss, logs)``; ``val_fn(bare_model) -> {name: value}``.
+    Returns the last training logs merged with the last validation numbers.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    dist_info, device = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    log_path = os.path.join(cfg.out_dir, 'log.jsonl')
+    ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
+
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
+    use_amp = cfg.amp and device.type == 'cuda'
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler('cuda', enabled=use_amp and amp_dtype == torch.float16)
+
+    step = 0
+    if cfg.resume and os.path.isfile(ckpt_path):
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state['model'], strict=True)
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        step = int(state['step'])
+        if dist_info.is_main:
+            print(f'resumed from {ckpt_path} at step {step}')
+
+    train_model = model
+    sampler = None
+    if dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+        sampler = DistributedSampler(train_dataset, num_replicas=dist_info.world_size,
+                                     rank=dist_info.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None,
+                        sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
+                        pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
+
+    def batches():
+        for epoch in itertools.count():
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            yield from loader
+
+    progress = None
+    if dist_info.is_main:
+        from tqdm import tqdm
+        progress = tqdm(total=cfg.steps, initial=step, desc=os.path.basename(cfg.out_dir.rstrip('/')),
+                        dynamic_ncols=True)
+    last: Dict[str, float] = {}
+    val_last: Dict[str, float] = {}
+    train_model.train()
+    started = time.perf_counter()
+    data_iter = batches()
+
+    def save_checkpoint():
+        if dist_info.is_main:
+            tmp = ckpt_path + '.tmp'
+            torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                        'scheduler': scheduler.state_dict(), 'step': step}, tmp)
+            os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
+
+    while step < cfg.steps:
+        batch = _to_device(next(data_iter), device)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+            loss, logs = loss_fn(train_model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'non-finite loss at step {step}: {logs}')
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        last = {'loss': float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f'{last["loss"]:.4f}')
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                _log(log_path, {'event': 'train', 'step': step, 'lr': scheduler.get_last_lr()[0],
+                                'elapsed_s': time.perf_counter() - started, **last})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint()
+        if val_fn is not None and dist_info.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
+            model.eval()
+            with torch.no_grad():
+                val_last = {k: float(v) for k, v in val_fn(model).items()}
+            model.train()
+            _log(log_path, {'event': 'val', 'step': step, **val_last})
+            if progress is not None:
+                progress.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in val_last.items()))
+    if progress is not None:
+        progress.close()
+    return {**last, **{f'val_{k}': v for k, v in val_last.items()}, 'step': step}
+
+
+def train_config_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,72 @@
+"""core.training: weights files carry their config and load strictly; fit trains and resumes."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from corr_depth_ros.core import training
+
+
+def _tiny(*, hidden: int = 4):
+    return nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+
+class _Line(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        x = torch.tensor([i / 64.0, 1.0 - i / 64.0])
+        return {'x': x, 'y': (3 * x[0] - x[1]).reshape(1)}
+
+
+def _loss(model, batch):
+    err = model(batch['x']) - batch['y']
+    return (err ** 2).mean(), {'abs_err': err.abs().mean().item()}
+
+
+def test_weights_round_trip_and_strict(tmp_path):
+    model = _tiny(hidden=5)
+    path = str(tmp_path / 'w.safetensors')
+    header = training.save_weights(path, model, arch='tiny', config={'hidden': 5},
+                                   metadata={'steps': 3})
+    assert json.load(open(path + '.json'))['identity'] == header['identity']
+    loaded, read = training.load_weights(path, _tiny, expected_arch='tiny')
+    assert read['config'] == {'hidden': 5} and read['metadata'] == {'steps': 3}
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match='expected'):
+        training.load_weights(path, _tiny, expected_arch='other')
+    # A factory producing a different shape must fail loudly (strict=True), not half-load.
+    with pytest.raises(RuntimeError):
+        training.load_weights(path, lambda hidden: _tiny(hidden=hidden + 1), expected_arch='tiny')
+    assert training.weights_identity(loaded, 'tiny', {'hidden': 5}) == header['identity']
+
+
+def test_fit_learns_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=150, batch_size=16, lr=2e-2,
+                               warmup_steps=5, log_every=10, val_every=75, checkpoint_every=50,
+                               device='cpu', threads=1)
+    data = _Line()
+    model = _tiny()
+    out = training.fit(model, data, _loss, cfg, val_fn=lambda m: {'mse': _loss(m, {
+        'x': torch.stack([data[i]['x'] for i in range(64)]),
+        'y': torch.stack([data[i]['y'] for i in range(64)])})[0].item()})
+    assert out['step'] == 150 and out['val_mse'] < 0.05
+    lines = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
+    assert any(r['event'] == 'val' for r in lines)
+    # Resume: a longer schedule continues from the checkpoint, not from scratch.
+    cfg.steps = 160
+    out2 = training.fit(_tiny(), data, _loss, cfg)
+    assert out2['step'] == 160
+    new_lines = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')][len(lines):]
+    assert new_lines and new_lines[0]['step'] > 150
+
+
+def test_resolve_device():
+    assert training.resolve_device('cpu').type == 'cpu'
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='cuda'):
+            training.resolve_device('cuda')
