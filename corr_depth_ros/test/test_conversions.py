@@ -1,0 +1,94 @@
+"""conversions: Image encodings (step padding, endianness), CameraInfo, clouds, disparity."""
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from corr_depth_ros import conversions
+from corr_depth_ros.core.motorcycle import motorcycle_geometry
+
+HEADER = Header(frame_id='cam')
+
+
+@pytest.mark.parametrize('encoding,shape,dtype', [
+    ('mono8', (5, 7), np.uint8), ('mono16', (5, 7), np.uint16), ('rgb8', (5, 7, 3), np.uint8),
+    ('bgr8', (5, 7, 3), np.uint8), ('rgba8', (5, 7, 4), np.uint8), ('bgra8', (5, 7, 4), np.uint8),
+    ('32FC1', (5, 7), np.float32)])
+def test_image_round_trip(encoding, shape, dtype):
+    rng = np.random.default_rng(1)
+    pixels = (rng.uniform(0, 200, size=shape)).astype(dtype)
+    msg = conversions.array_to_image(pixels, encoding, HEADER)
+    assert msg.header.frame_id == 'cam' and msg.step == shape[1] * np.dtype(dtype).itemsize * (
+        shape[2] if len(shape) == 3 else 1)
+    np.testing.assert_array_equal(conversions.image_to_array(msg), pixels)
+
+
+def test_rgb8_from_every_encoding():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 255, size=(4, 6, 3), dtype=np.uint8)
+    for enc, pixels in (('rgb8', rgb), ('bgr8', rgb[:, :, ::-1]),
+                        ('rgba8', np.dstack([rgb, np.full((4, 6), 9, np.uint8)])),
+                        ('bgra8', np.dstack([rgb[:, :, ::-1], np.zeros((4, 6), np.uint8)]))):
+        out = conversions.image_to_rgb8(conversions.array_to_image(pixels, enc, HEADER))
+        np.testing.assert_array_equal(out, rgb, err_msg=enc)
+    grey16 = np.array([[0, 256 * 7 + 3, 65535]], dtype=np.uint16)
+    out = conversions.image_to_rgb8(conversions.array_to_image(grey16, 'mono16', HEADER))
+    assert out[0, :, 0].tolist() == [0, 7, 255] and out.shape == (1, 3, 3)
+
+
+def test_step_padding_and_big_endian():
+    pixels = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
+    msg = Image(height=3, width=4, encoding='mono16', is_bigendian=1, step=10)
+    padded = np.zeros((3, 10), dtype=np.uint8)
+    padded[:, :8] = pixels.astype('>u2').view(np.uint8).reshape(3, 8)
+    msg.data = padded.tobytes()
+    np.testing.assert_array_equal(conversions.image_to_array(msg), pixels)
+
+
+@pytest.mark.parametrize('mutate,match', [
+    (lambda m: setattr(m, 'encoding', 'yuv422'), 'unsupported image encoding'),
+    (lambda m: setattr(m, 'data', m.data[:-1]), 'data length'),
+    (lambda m: setattr(m, 'step', 3), 'step'),
+    (lambda m: (setattr(m, 'height', 0), setattr(m, 'data', [])), 'empty image'),
+])
+def test_bad_images_raise_clear_errors(mutate, match):
+    msg = conversions.array_to_image(np.zeros((4, 5, 3), np.uint8), 'rgb8', HEADER)
+    mutate(msg)
+    with pytest.raises(conversions.ConversionError, match=match):
+        conversions.image_to_rgb8(msg)
+
+
+def test_camera_info_pair_round_trip_and_errors():
+    geo = motorcycle_geometry()
+    left, right = conversions.stereo_camera_infos(geo, HEADER, HEADER)
+    assert conversions.stereo_geometry_from_camera_info(left, right) == geo
+    right.width = 100
+    with pytest.raises(conversions.ConversionError, match='sizes differ'):
+        conversions.stereo_geometry_from_camera_info(left, right)
+    left2, right2 = conversions.stereo_camera_infos(geo, HEADER, HEADER)
+    left2.k = [0.0] * 9
+    with pytest.raises(conversions.ConversionError, match='not calibrated'):
+        conversions.stereo_geometry_from_camera_info(left2, right2)
+
+
+def test_pointcloud_and_disparity_messages():
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(6, 8, 3)).astype(np.float32)
+    points[0, 0] = np.nan
+    rgb = rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8)
+    cloud = conversions.make_pointcloud2(points, rgb, HEADER)
+    assert cloud.point_step == 16 and cloud.row_step == 16 * 8 and len(cloud.data) == 16 * 48
+    back_points, back_rgb = conversions.pointcloud2_to_arrays(cloud)
+    np.testing.assert_array_equal(back_points, points)
+    np.testing.assert_array_equal(back_rgb, rgb)
+    # PCL/RViz packing: 0x00RRGGBB
+    packed = np.frombuffer(bytes(cloud.data), dtype=np.uint32).reshape(48, 4)[1, 3]
+    r, g, b = rgb.reshape(-1, 3)[1]
+    assert packed == (int(r) << 16) | (int(g) << 8) | int(b)
+
+    geo = motorcycle_geometry(8, 6)
+    disp = rng.uniform(40, 60, size=(6, 8)).astype(np.float32)
+    msg = conversions.make_disparity_msg(disp, geo, HEADER, 40.0, 60.0, (1, 0, 7, 6))
+    assert msg.f == pytest.approx(geo.fx) and msg.t == pytest.approx(geo.baseline_m)
+    assert (msg.valid_window.x_offset, msg.valid_window.width) == (1, 7)
+    np.testing.assert_array_equal(conversions.disparity_msg_to_array(msg), disp)

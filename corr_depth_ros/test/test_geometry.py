@@ -1,0 +1,69 @@
+"""Core geometry: disparity <-> depth <-> points <-> pixels, CameraInfo-derived geometry."""
+import numpy as np
+import pytest
+
+from corr_depth_ros.core.geometry import (StereoGeometry, depth_to_points, disparity_for_message,
+                                          disparity_to_depth, project_points)
+from corr_depth_ros.core.motorcycle import motorcycle_geometry, projection_matrices
+
+
+def test_round_trip_disparity_points_pixels():
+    rng = np.random.default_rng(0)
+    geo = motorcycle_geometry()
+    disparity = rng.uniform(5, 60, size=(50, 80)).astype(np.float32)
+    depth, valid = disparity_to_depth(disparity, geo.fx, geo.baseline_m, geo.doffs_px)
+    assert valid.all()
+    np.testing.assert_allclose(depth, geo.fx * geo.baseline_m / (disparity + geo.doffs_px), rtol=1e-6)
+    points = depth_to_points(depth, geo.fx, geo.fy, geo.cx_left, geo.cy)
+    pixels = project_points(points, geo.fx, geo.fy, geo.cx_left, geo.cy)
+    u, v = np.meshgrid(np.arange(80), np.arange(50))
+    np.testing.assert_allclose(pixels[..., 0], u, atol=1e-3)
+    np.testing.assert_allclose(pixels[..., 1], v, atol=1e-3)
+    # The right camera sees the same point at u - d (cx_right = cx_left + doffs).
+    x_right = geo.fx * (points[..., 0] - geo.baseline_m) / points[..., 2] + geo.cx_right
+    np.testing.assert_allclose(u - x_right, disparity, atol=2e-3)
+
+
+def test_invalid_is_nan_never_epsilon():
+    disparity = np.array([[10.0, 0.0, -3.0, np.nan, np.inf]], dtype=np.float32)
+    depth, valid = disparity_to_depth(disparity, 500.0, 0.1)
+    assert valid.tolist() == [[True, False, False, False, False]]
+    assert depth[0, 0] == pytest.approx(5.0)
+    assert np.isnan(depth[0, 1:]).all()
+    points = depth_to_points(depth, 500.0, 500.0, 2.0, 0.0)
+    assert np.isnan(points[0, 1:]).all() and np.isfinite(points[0, 0]).all()
+    # doffs shifts validity: d + doffs must be positive
+    _, valid_doffs = disparity_to_depth(np.array([[-2.0]], dtype=np.float32), 500.0, 0.1, doffs_px=3.0)
+    assert valid_doffs.all()
+
+
+def test_message_disparity_includes_doffs():
+    disparity = np.array([[10.0, 20.0]], dtype=np.float32)
+    valid = np.array([[True, False]])
+    out = disparity_for_message(disparity, valid, 31.086)
+    assert out[0, 0] == pytest.approx(41.086) and out[0, 1] == -1.0
+
+
+def test_geometry_from_projection_matrices():
+    p_left, p_right = projection_matrices()
+    geo = StereoGeometry.from_projection_matrices(p_left, p_right, 741, 500)
+    assert geo.baseline_m == pytest.approx(0.193001)
+    assert geo.doffs_px == pytest.approx(31.086)
+    assert geo == motorcycle_geometry()
+    bad = p_right.copy()
+    bad[0, 3] = 0.0
+    with pytest.raises(ValueError, match='Tx = 0'):
+        StereoGeometry.from_projection_matrices(p_left, bad, 741, 500)
+    with pytest.raises(ValueError, match='swapped'):
+        StereoGeometry.from_projection_matrices(p_left, p_right * np.array([1, 1, 1, -1]), 741, 500)
+    with pytest.raises(ValueError, match='focal'):
+        StereoGeometry.from_projection_matrices(np.zeros((3, 4)), p_right, 741, 500)
+    with pytest.raises(ValueError, match='size'):
+        StereoGeometry.from_projection_matrices(p_left, p_right, 0, 500)
+
+
+def test_shape_checks():
+    with pytest.raises(ValueError, match='dims'):
+        disparity_to_depth(np.zeros((2, 3, 1)), 1.0, 1.0)
+    with pytest.raises(ValueError, match='last dim'):
+        project_points(np.zeros((4, 2)), 1, 1, 0, 0)
