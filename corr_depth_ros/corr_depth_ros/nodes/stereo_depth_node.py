@@ -12,6 +12,7 @@ from dataclasses import asdict
 
 import numpy as np
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -93,6 +94,7 @@ class StereoDepthNode(Node):
         self._pub_confidence = self.create_publisher(Image, 'confidence', out_qos)
         self._pub_colour = self.create_publisher(Image, 'disparity/color', out_qos)
 
+        self._cloud_packer = conversions.PointCloudPacker()
         self._worker = LatestFrameWorker(self._process, self._on_worker_error)
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
@@ -194,7 +196,7 @@ class StereoDepthNode(Node):
         self._pub_depth.publish(conversions.array_to_image(out.depth_m, '32FC1', header))
         self._pub_depth_info.publish(conversions.depth_camera_info(left_info, header))
         if out.points_m is not None:
-            self._pub_points.publish(conversions.make_pointcloud2(out.points_m, left, header))
+            self._pub_points.publish(self._cloud_packer.pack(out.points_m, left, header))
         if out.confidence is not None and self._pub_confidence.get_subscription_count():
             self._pub_confidence.publish(conversions.array_to_image(
                 out.confidence.astype(np.float32), '32FC1', header))
@@ -213,7 +215,7 @@ def main(args=None):
     try:
         node = StereoDepthNode()
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Benchmark of the stereo depth node at 741x500 (Middlebury Motorcycle); prints and writes JSON.
+
+(a) bare backend compute time (backend.compute only),
+(b) node end-to-end latency: publish of a stereo set -> receipt of disparity, depth and points2,
+    with the node in its own process (as `ros2 run` starts it), over DDS on this host,
+(c) point-cloud packing throughput (points -> PointCloud2 message), in points/s.
+Targets (issue 2): node overhead <= 15 % over the bare backend; packing >= 50 M points/s.
+
+    python scripts/bench_stereo_node.py --json bench_output/stereo_node.json [--backend sgbm]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def bare_backend(backend_name, data, runs):
+    from corr_depth_ros.core.backends import create_backend
+    backend = create_backend(backend_name)
+    backend.compute(data['left'], data['right'])  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        backend.compute(data['left'], data['right'])
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def packing(data, runs):
+    from std_msgs.msg import Header
+    from corr_depth_ros import conversions
+    from corr_depth_ros.core.geometry import depth_to_points
+    geo = data['geometry']
+    depth = np.full((geo.height, geo.width), 2.0, np.float32)
+    points = depth_to_points(depth, geo.fx, geo.fy, geo.cx_left, geo.cy)
+    packer = conversions.PointCloudPacker()  # what the node uses: one reused wire buffer
+    packer.pack(points, data['left'], Header())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        packer.pack(points, data['left'], Header())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def end_to_end(backend_name, data, runs, timeout_s=60.0):
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import Header
+    from stereo_msgs.msg import DisparityImage
+    from corr_depth_ros import conversions
+
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'corr_depth_ros.nodes.stereo_depth_node', '--ros-args',
+         '-p', f'backend:={backend_name}', '--log-level', 'warn'])
+    rclpy.init()
+    node = rclpy.create_node('stereo_bench_client')
+    qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = [node.create_publisher(t, n, qos) for t, n in (
+        (Image, 'left/image_rect'), (Image, 'right/image_rect'),
+        (CameraInfo, 'left/camera_info'), (CameraInfo, 'right/camera_info'))]
+    arrivals = {}
+
+    def on(topic):
+        def cb(msg):
+            arrivals.setdefault(msg.header.stamp.sec, {})[topic] = time.perf_counter()
+        return cb
+    for t, n in ((DisparityImage, 'disparity'), (Image, 'depth'), (PointCloud2, 'points2')):
+        node.create_subscription(t, n, on(n), qos)
+
+    geo = data['geometry']
+    latencies = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while node.count_subscribers('left/image_rect') == 0 or node.count_publishers('points2') == 0:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError('stereo_depth_node did not come up')
+        for i in range(runs + 2):  # two warm-up frames
+            header = Header(frame_id='left')
+            header.stamp.sec = 1000 + i
+            msgs = [conversions.array_to_image(data['left'], 'rgb8', header),
+                    conversions.array_to_image(data['right'], 'rgb8', header),
+                    *conversions.stereo_camera_infos(geo, header, header)]
+            start = time.perf_counter()
+            for pub, msg in zip(pubs[::-1], msgs[::-1]):
+                pub.publish(msg)
+            frame_deadline = time.monotonic() + 10.0
+            while len(arrivals.get(1000 + i, {})) < 3 and time.monotonic() < frame_deadline:
+                rclpy.spin_once(node, timeout_sec=0.01)
+            if len(arrivals.get(1000 + i, {})) == 3 and i >= 2:
+                latencies.append(max(arrivals[1000 + i].values()) - start)
+            time.sleep(0.05)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        proc.terminate()
+        proc.wait(timeout=10)
+    return latencies
+
+
+def summary(times):
+    return {'median_ms': 1000 * statistics.median(times), 'min_ms': 1000 * min(times),
+            'max_ms': 1000 * max(times), 'runs': len(times)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--backend', default='sgbm')
+    parser.add_argument('--runs', type=int, default=20)
+    parser.add_argument('--json', default='bench_output/stereo_node.json')
+    args = parser.parse_args()
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    from corr_depth_ros.core.motorcycle import load_motorcycle
+    data = load_motorcycle()
+    height, width = data['left'].shape[:2]
+
+    bare = summary(bare_backend(args.backend, data, args.runs))
+    pack_times = packing(data, args.runs)
+    pack = summary(pack_times)
+    pack['points_per_s'] = width * height / statistics.median(pack_times)
+    e2e_times = end_to_end(args.backend, data, args.runs)
+    e2e = summary(e2e_times) if e2e_times else {'runs': 0}
+    result = {
+        'benchmark': 'stereo_depth_node', 'backend': args.backend, 'size': f'{width}x{height}',
+        'machine': {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
+                    'python': platform.python_version()},
+        'fastdds_profile': os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE', ''),
+        'bare_backend': bare, 'node_end_to_end': e2e, 'pointcloud_packing': pack,
+    }
+    if e2e_times:
+        overhead = e2e['median_ms'] / bare['median_ms'] - 1.0
+        result['node_overhead_pct'] = 100 * overhead
+        result['targets'] = {'node_overhead_pct<=15': overhead <= 0.15,
+                             'packing_points_per_s>=50M': pack['points_per_s'] >= 50e6}
+    print(json.dumps(result, indent=2))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, 'w') as f:
+        json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
