@@ -169,63 +169,34 @@ _CLOUD_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('rgb', '<u4'
 _CLOUD_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))
 
 
-class PointCloudPacker:
-    """Builds organised PointCloud2 messages (x y z rgb, 16 bytes a point), reusing one wire
-    buffer per image size.
-
-    Packing writes straight into the ``array.array`` that becomes ``msg.data`` (through a
-    numpy view of it), so a frame costs two strided copies and no allocation: fresh 6 MB
-    buffers cost more in page faults than the copies themselves. The price: a message from
-    :meth:`pack` is only valid until the next call. The nodes publish it at once (rclpy
-    serialises during ``publish``), which is the intended use; pass ``reuse=False`` to get a
-    message you may keep.
-    """
-
-    def __init__(self):
-        self._data = None
-        self._rows = None
-
-    def _buffers(self, count: int, reuse: bool):
-        if not reuse or self._rows is None or self._rows.shape[0] != count:
-            data = array.array('B', bytes(count * _CLOUD_DTYPE.itemsize))
-            rows = np.frombuffer(data, dtype=np.float32).reshape(count, 4)
-            if not reuse:
-                return data, rows
-            self._data, self._rows = data, rows
-        return self._data, self._rows
-
-    def pack(self, points_m: np.ndarray, rgb: np.ndarray, header, reuse: bool = True) -> PointCloud2:
-        """(H, W, 3) float32 points (NaN = invalid) + (H, W, 3) uint8 RGB -> PointCloud2.
-
-        ``rgb`` is packed as PCL/RViz expect: 0x00RRGGBB in a 32-bit field declared FLOAT32.
-        """
-        if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
-            raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
-        height, width = points_m.shape[:2]
-        count = height * width
-        data, rows = self._buffers(count, reuse)
-        rows[:, :3] = points_m.reshape(count, 3)
-        # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0.
-        rgb_bytes = rows.view(np.uint8).reshape(count, 16)
-        rgb_bytes[:, 12:15] = rgb.reshape(count, 3)[:, ::-1]
-        rgb_bytes[:, 15] = 0
-        msg = PointCloud2()
-        msg.header = header
-        msg.height, msg.width = int(height), int(width)
-        msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
-                      for name, offset in _CLOUD_FIELDS]
-        msg.is_bigendian = False
-        msg.point_step = _CLOUD_DTYPE.itemsize
-        msg.row_step = msg.point_step * msg.width
-        msg.is_dense = False  # organised clouds keep NaN points for invalid pixels
-        msg.data = data
-        return msg
-
-
 def make_pointcloud2(points_m: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
-    """Organised PointCloud2 (height x width), fields x y z rgb, NaN points for invalid pixels.
-    A message of its own (no buffer reuse); nodes use :class:`PointCloudPacker`."""
-    return PointCloudPacker().pack(points_m, rgb, header, reuse=False)
+    """Organised PointCloud2 (height x width), fields x y z rgb (16 bytes a point), NaN points
+    for invalid pixels.
+
+    ``rgb`` is packed as PCL/RViz expect: 0x00RRGGBB in a 32-bit field declared FLOAT32.
+    Points and colours are written straight into the wire buffer through a numpy view (two
+    strided copies, no structured array, no intermediate bytes).
+    """
+    if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
+        raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
+    height, width = points_m.shape[:2]
+    count = height * width
+    data = array.array('B', bytes(count * _CLOUD_DTYPE.itemsize))
+    rows = np.frombuffer(data, dtype=np.float32).reshape(count, 4)
+    rows[:, :3] = points_m.reshape(count, 3)
+    # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0 (the 0 is already there).
+    rows.view(np.uint8).reshape(count, 16)[:, 12:15] = rgb.reshape(count, 3)[:, ::-1]
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = int(height), int(width)
+    msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
+                  for name, offset in _CLOUD_FIELDS]
+    msg.is_bigendian = False
+    msg.point_step = _CLOUD_DTYPE.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = False  # organised clouds keep NaN points for invalid pixels
+    msg.data = data
+    return msg
 
 
 def pointcloud2_to_arrays(msg: PointCloud2) -> Tuple[np.ndarray, np.ndarray]:

@@ -93,19 +93,3 @@ def test_pointcloud_and_disparity_messages():
     assert (msg.valid_window.x_offset, msg.valid_window.width) == (1, 7)
     np.testing.assert_array_equal(conversions.disparity_msg_to_array(msg), disp)
 
-
-def test_cloud_packer_reuses_its_buffer_only_when_asked():
-    packer = conversions.PointCloudPacker()
-    first_points = np.zeros((2, 3, 3), np.float32)
-    rgb = np.zeros((2, 3, 3), np.uint8)
-    first = packer.pack(first_points, rgb, HEADER)
-    second = packer.pack(first_points + 1, rgb, HEADER)
-    assert first.data is second.data  # one wire buffer per size
-    assert conversions.pointcloud2_to_arrays(second)[0][0, 0, 0] == 1.0
-    kept = packer.pack(first_points, rgb, HEADER, reuse=False)
-    packer.pack(first_points + 5, rgb, HEADER)
-    assert conversions.pointcloud2_to_arrays(kept)[0].max() == 0.0
-    bigger = packer.pack(np.ones((4, 3, 3), np.float32), np.ones((4, 3, 3), np.uint8), HEADER)
-    assert bigger.height == 4 and len(bigger.data) == 4 * 3 * 16
-    with pytest.raises(conversions.ConversionError):
-        packer.pack(np.ones((4, 3, 3), np.float32), np.ones((4, 2, 3), np.uint8), HEADER)
