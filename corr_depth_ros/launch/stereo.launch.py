@@ -1,0 +1,81 @@
+"""Stereo depth (+ dense correspondences) on a rectified stereo camera.
+
+    ros2 launch corr_depth_ros stereo.launch.py [namespace:=stereo] [left_namespace:=left]
+        [right_namespace:=right] [backend:=learned] [device:=cuda] [approximate_sync:=true]
+        [params_file:=my.yaml] [use_rviz:=true] [use_sim_camera:=true]
+
+Topics (inside `namespace`): <left_namespace>/image_rect, <left_namespace>/camera_info,
+<right_namespace>/image_rect, <right_namespace>/camera_info in; disparity, depth,
+depth/camera_info, points2, confidence, disparity/color out; the correspondence node serves
+find_correspondence on the left image and the stereo depth.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory('corr_depth_ros')
+    config = os.path.join(share, 'config')
+    arg = LaunchConfiguration
+    args = [
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='Namespace of every node and topic (e.g. the camera name).'),
+        DeclareLaunchArgument('left_namespace', default_value='left',
+                              description='Sub-namespace of the left camera topics.'),
+        DeclareLaunchArgument('right_namespace', default_value='right',
+                              description='Sub-namespace of the right camera topics.'),
+        DeclareLaunchArgument('backend', default_value='learned', choices=['learned', 'sgbm', 'onnx'],
+                              description='Stereo backend (learned falls back to sgbm if its weights fail).'),
+        DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
+                              description='Compute device of the learned models.'),
+        DeclareLaunchArgument('approximate_sync', default_value='false', choices=['true', 'false'],
+                              description='Match left/right by nearest stamp (unsynchronised cameras).'),
+        DeclareLaunchArgument('params_file', default_value=os.path.join(config, 'stereo.yaml'),
+                              description='YAML with the stereo node parameters.'),
+        DeclareLaunchArgument('correspondence_params_file',
+                              default_value=os.path.join(config, 'correspondence.yaml'),
+                              description='YAML with the correspondence node parameters.'),
+        DeclareLaunchArgument('use_correspondence', default_value='true', choices=['true', 'false'],
+                              description='Start the dense-descriptor correspondence node.'),
+        DeclareLaunchArgument('use_rviz', default_value='false', choices=['true', 'false'],
+                              description='Start RViz with config/corr_depth.rviz.'),
+        DeclareLaunchArgument('use_sim_camera', default_value='false', choices=['true', 'false'],
+                              description='Start the synthetic stereo camera as the input.'),
+        DeclareLaunchArgument('sim_params_file', default_value=os.path.join(config, 'sim_camera.yaml'),
+                              description='YAML with the synthetic camera parameters.'),
+    ]
+    left = [arg('left_namespace'), '/']
+    right = [arg('right_namespace'), '/']
+    stereo = Node(
+        package='corr_depth_ros', executable='stereo_depth_node', name='stereo_depth_node',
+        namespace=arg('namespace'), output='screen',
+        parameters=[arg('params_file'), {'backend': arg('backend'), 'device': arg('device'),
+                                         'approximate_sync': PythonExpression(
+                                             ["'", arg('approximate_sync'), "' == 'true'"])}],
+        remappings=[('left/image_rect', left + ['image_rect']),
+                    ('left/camera_info', left + ['camera_info']),
+                    ('right/image_rect', right + ['image_rect']),
+                    ('right/camera_info', right + ['camera_info'])])
+    correspondence = Node(
+        package='corr_depth_ros', executable='correspondence_node', name='correspondence_node',
+        namespace=arg('namespace'), output='screen', condition=IfCondition(arg('use_correspondence')),
+        parameters=[arg('correspondence_params_file'), {'device': arg('device')}],
+        remappings=[('image', left + ['image_rect']), ('camera_info', left + ['camera_info'])])
+    sim_camera = Node(
+        package='corr_depth_ros', executable='sim_stereo_camera_node', name='sim_stereo_camera_node',
+        namespace=arg('namespace'), output='screen', condition=IfCondition(arg('use_sim_camera')),
+        parameters=[arg('sim_params_file')],
+        remappings=[('left/image_rect', left + ['image_rect']),
+                    ('left/camera_info', left + ['camera_info']),
+                    ('right/image_rect', right + ['image_rect']),
+                    ('right/camera_info', right + ['camera_info'])])
+    rviz = Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+                arguments=['-d', os.path.join(config, 'corr_depth.rviz')],
+                condition=IfCondition(arg('use_rviz')))
+    return LaunchDescription(args + [sim_camera, stereo, correspondence, rviz])
