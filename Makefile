@@ -35,6 +35,7 @@ demo: build
 	@$(ENV) && python -m corr_depth_ros.demo --out demo_output
 
 bench: build
+	@$(ENV) && python scripts/bench_dds_qos.py --json bench_output/dds_qos.json
 	@$(ENV) && python scripts/bench_stereo_node.py --json bench_output/stereo_node.json
 
 clean:
