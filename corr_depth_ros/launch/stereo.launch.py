@@ -11,9 +11,10 @@ find_correspondence on the left image and the stereo depth.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import (PackageNotFoundError, get_package_prefix,
+                                          get_package_share_directory)
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, LogInfo
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
@@ -27,9 +28,11 @@ def generate_launch_description():
         DeclareLaunchArgument('namespace', default_value='',
                               description='Namespace of every node and topic (e.g. the camera name).'),
         DeclareLaunchArgument('left_namespace', default_value='left',
-                              description='Sub-namespace of the left camera topics.'),
+                              description='Sub-namespace of the left camera topics (relative to '
+                              'namespace; must not be empty).'),
         DeclareLaunchArgument('right_namespace', default_value='right',
-                              description='Sub-namespace of the right camera topics.'),
+                              description='Sub-namespace of the right camera topics (relative to '
+                              'namespace; must not be empty).'),
         DeclareLaunchArgument('backend', default_value='learned', choices=['learned', 'sgbm', 'onnx'],
                               description='Stereo backend (learned falls back to sgbm if its weights fail).'),
         DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
@@ -75,7 +78,13 @@ def generate_launch_description():
                     ('left/camera_info', left + ['camera_info']),
                     ('right/image_rect', right + ['image_rect']),
                     ('right/camera_info', right + ['camera_info'])])
-    rviz = Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
-                arguments=['-d', os.path.join(config, 'corr_depth.rviz')],
-                condition=IfCondition(arg('use_rviz')))
+    try:
+        get_package_prefix('rviz2')
+        rviz = Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+                    arguments=['-d', os.path.join(config, 'corr_depth.rviz')],
+                    condition=IfCondition(arg('use_rviz')))
+    except PackageNotFoundError:
+        # Without this guard a missing rviz2 aborts the launch and orphans the nodes started so far.
+        rviz = LogInfo(msg='rviz2 is not installed: use_rviz ignored',
+                       condition=IfCondition(arg('use_rviz')))
     return LaunchDescription(args + [sim_camera, stereo, correspondence, rviz])

@@ -79,3 +79,28 @@ class ThrottledReporter:
                 return
             self._last[key] = now
         self._logger.error(text)
+
+
+def run_node(node_factory: Callable[[], Any], args=None) -> None:
+    """The body of every node's ``main()``: init, spin, and a clean shutdown.
+
+    Ends in ``try/finally`` with ``rclpy.try_shutdown()`` (works on Jazzy, unlike
+    ``with rclpy.init()``). ``ros2 launch`` forwards Ctrl-C as a second SIGINT; it is ignored once
+    spinning has stopped so that ``destroy_node`` (joining worker threads) can finish.
+    """
+    import signal
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_factory()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

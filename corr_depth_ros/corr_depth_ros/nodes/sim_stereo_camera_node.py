@@ -1,0 +1,156 @@
+"""sim_stereo_camera_node: a rectified stereo camera made of procedural scenes (or a folder).
+
+Publishes, as a calibrated stereo driver + rectification would:
+  left/image_rect, right/image_rect (rgb8), left/camera_info, right/camera_info (P with
+  Tx = -fx * baseline), and the left view's ground truth `ground_truth/depth` (32FC1 metres, NaN
+  where nothing was hit) for checking what the depth nodes compute.
+Rendering runs on its own thread, at `rate_hz` at most (slower if rendering cannot keep up).
+"""
+import glob
+import os
+import threading
+import time
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from .. import conversions
+from ..core.sim_camera import SimRig, SimStereoCamera
+from .params import ParamSpec, declare
+from .worker import run_node
+
+PARAMS = [
+    ParamSpec('source', 'synthetic', 'Where frames come from: procedural scenes, or a folder '
+              'with left/*.png and right/*.png rectified pairs (matched by name).',
+              read_only=True, choices=('synthetic', 'folder')),
+    ParamSpec('folder', '', 'Folder of rectified pairs when source is folder.', read_only=True),
+    ParamSpec('loop', True, 'Replay the folder forever.', read_only=True),
+    ParamSpec('rate_hz', 5.0, 'Publishing rate (an upper bound: rendering may be slower).',
+              value_range=(0.1, 120.0)),
+    ParamSpec('width', 640, 'Image width, pixels (synthetic).', read_only=True, value_range=(16, 4096)),
+    ParamSpec('height', 480, 'Image height, pixels (synthetic).', read_only=True, value_range=(16, 4096)),
+    ParamSpec('fx_px', 525.0, 'Focal length, pixels.', read_only=True, value_range=(1.0, 100000.0)),
+    ParamSpec('baseline_m', 0.12, 'Stereo baseline, metres.', read_only=True, value_range=(0.001, 10.0)),
+    ParamSpec('seed', 0, 'Seed of the scene stream (same seed, same frames).', read_only=True,
+              value_range=(0, 2 ** 31 - 1)),
+    ParamSpec('frames_per_scene', 30, 'Frames before a new scene is drawn.', read_only=True,
+              value_range=(1, 100000)),
+    ParamSpec('motion_m', 0.05, 'Amplitude of the camera drift within a scene, metres.',
+              read_only=True, value_range=(0.0, 10.0)),
+    ParamSpec('frame_id', 'sim_left_optical', 'frame_id of the left camera (optical frame, REP 103).',
+              read_only=True),
+    ParamSpec('right_frame_id', 'sim_right_optical', 'frame_id of the right camera.', read_only=True),
+    ParamSpec('max_frames', 0, 'Stop publishing after this many frames (0: never).', read_only=True,
+              value_range=(0, 10 ** 9)),
+]
+
+
+class FolderPairs:
+    """Rectified pairs from ``folder/left/*.png`` and ``folder/right/*.png`` matched by name."""
+
+    def __init__(self, folder: str):
+        import cv2
+        self._cv2 = cv2
+        left = sorted(glob.glob(os.path.join(folder, 'left', '*.png')))
+        names = [os.path.basename(p) for p in left]
+        self.pairs = [(p, os.path.join(folder, 'right', n)) for p, n in zip(left, names)
+                      if os.path.isfile(os.path.join(folder, 'right', n))]
+        if not self.pairs:
+            raise ValueError(f'no pairs in {folder!r}: expected left/NAME.png and right/NAME.png')
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def frame(self, i: int):
+        left_path, right_path = self.pairs[i % len(self.pairs)]
+        left = self._cv2.imread(left_path, self._cv2.IMREAD_COLOR)
+        right = self._cv2.imread(right_path, self._cv2.IMREAD_COLOR)
+        if left is None or right is None or left.shape != right.shape:
+            raise ValueError(f'unreadable or mismatched pair {left_path} / {right_path}')
+        return {'left': np.ascontiguousarray(left[:, :, ::-1]),
+                'right': np.ascontiguousarray(right[:, :, ::-1])}
+
+
+class SimStereoCameraNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('sim_stereo_camera_node', **kwargs)
+        self._values = declare(self, PARAMS)
+        v = self._values
+        if v['source'] == 'folder':
+            self._frames = FolderPairs(v['folder'])
+            first = self._frames.frame(0)['left']
+            rig = SimRig(width=first.shape[1], height=first.shape[0], fx_px=v['fx_px'],
+                         baseline_m=v['baseline_m'])
+        else:
+            rig = SimRig(width=v['width'], height=v['height'], fx_px=v['fx_px'],
+                         baseline_m=v['baseline_m'])
+            self._frames = SimStereoCamera(rig, seed=v['seed'], frames_per_scene=v['frames_per_scene'],
+                                           motion_m=v['motion_m'])
+        self.geometry = rig.geometry()
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self._pubs = {name: self.create_publisher(t, name, qos) for name, t in (
+            ('left/image_rect', Image), ('right/image_rect', Image),
+            ('left/camera_info', CameraInfo), ('right/camera_info', CameraInfo),
+            ('ground_truth/depth', Image))}
+        self.frames_published = 0
+        self.last_render_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='sim_camera', daemon=True)
+        self._thread.start()
+        self.get_logger().info(f'sim stereo camera: {v["source"]}, {rig.width}x{rig.height}, '
+                               f'fx={rig.fx_px} px, baseline={rig.baseline_m} m')
+
+    def _run(self):
+        index = 0
+        next_time = time.monotonic()
+        while not self._stop.is_set():
+            max_frames = self._values['max_frames']
+            if max_frames and self.frames_published >= max_frames:
+                return
+            if self._values['source'] == 'folder' and not self._values['loop'] \
+                    and index >= len(self._frames):
+                return
+            start = time.perf_counter()
+            try:
+                frame = self._frames.frame(index)
+            except Exception as exc:  # noqa: BLE001 - report and keep the camera alive
+                self.get_logger().error(f'frame {index} failed: {exc}', throttle_duration_sec=5.0)
+                index += 1
+                continue
+            self.last_render_s = time.perf_counter() - start
+            if self._stop.is_set() or not self.context.ok():
+                return  # shutting down: the publishers may already be gone
+            self._publish(frame)
+            index += 1
+            next_time = max(next_time + 1.0 / self.get_parameter('rate_hz').value, time.monotonic())
+            self._stop.wait(max(0.0, next_time - time.monotonic()))
+
+    def _publish(self, frame):
+        stamp = self.get_clock().now().to_msg()
+        left_header = Header(stamp=stamp, frame_id=self._values['frame_id'])
+        right_header = Header(stamp=stamp, frame_id=self._values['right_frame_id'])
+        left_info, right_info = conversions.stereo_camera_infos(self.geometry, left_header, right_header)
+        self._pubs['left/camera_info'].publish(left_info)
+        self._pubs['right/camera_info'].publish(right_info)
+        self._pubs['right/image_rect'].publish(conversions.array_to_image(frame['right'], 'rgb8', right_header))
+        self._pubs['left/image_rect'].publish(conversions.array_to_image(frame['left'], 'rgb8', left_header))
+        if 'depth_m' in frame:
+            self._pubs['ground_truth/depth'].publish(
+                conversions.array_to_image(frame['depth_m'], '32FC1', left_header))
+        self.frames_published += 1
+
+    def destroy_node(self):
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args=None):
+    run_node(SimStereoCameraNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,36 @@
+"""Launch files: exercised when launch/launch_ros are importable (a real ROS install), skipped
+otherwise (they are not on PyPI)."""
+import importlib.util
+import os
+
+import pytest
+
+pytest.importorskip('launch')
+pytest.importorskip('launch_ros')
+
+LAUNCH_DIR = os.path.join(os.path.dirname(__file__), '..', 'launch')
+EXPECTED_ARGS = {
+    'stereo.launch.py': {'namespace', 'left_namespace', 'right_namespace', 'backend', 'device',
+                         'approximate_sync', 'params_file', 'use_rviz', 'use_sim_camera'},
+    'demo.launch.py': {'backend', 'device', 'use_rviz'},
+    'mono.launch.py': {'namespace', 'params_file', 'device'},
+}
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name.replace('.', '_'), os.path.join(LAUNCH_DIR, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_launch_description()
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_ARGS))
+def test_launch_file_declares_documented_arguments(name):
+    if not os.path.isfile(os.path.join(LAUNCH_DIR, name)):
+        pytest.skip(f'{name} not present')
+    from launch.actions import DeclareLaunchArgument
+    description = _load(name)
+    declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
+    assert EXPECTED_ARGS[name] <= set(declared)
+    for arg in declared.values():
+        assert arg.description and arg.description != 'no description given'
