@@ -226,3 +226,156 @@ def stereo_camera_infos(geometry: StereoGeometry, left_header, right_header) -> 
         info.p = [geometry.fx, 0.0, cx, tx, 0.0, geometry.fy, geometry.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
         infos.append(info)
     return infos[0], infos[1]
+
+
+# --- correspondences (correspondence_node) -------------------------------------------------------
+def pixels_from_points(points) -> np.ndarray:
+    """geometry_msgs/Point[] (x = column, y = row, pixels) -> (N, 2) float32; z is ignored."""
+    return np.array([[p.x, p.y] for p in points], dtype=np.float32).reshape(-1, 2)
+
+
+def pixel_point(xy) -> 'Point':
+    """(x, y) pixels -> geometry_msgs/Point with z = 0."""
+    from geometry_msgs.msg import Point
+    return Point(x=float(xy[0]), y=float(xy[1]), z=0.0)
+
+
+def camera_intrinsics(info: CameraInfo) -> Tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) in pixels from CameraInfo.k; ConversionError if uncalibrated."""
+    k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
+        raise ConversionError(f'camera_info K has no valid focal length (fx={fx}, fy={fy}): '
+                              'is the camera calibrated?')
+    return float(fx), float(fy), float(cx), float(cy)
+
+
+def depth_image_to_metres(msg: Image) -> np.ndarray:
+    """REP 118 depth Image -> (H, W) float32 metres, NaN where invalid.
+
+    32FC1 is metres already (non-finite or <= 0 -> NaN); 16UC1 is millimetres (0 -> NaN), as
+    OpenNI-style drivers publish it.
+    """
+    if msg.encoding == '16UC1':
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        if len(msg.data) != step * height or step < 2 * width:
+            raise ConversionError(f'16UC1 depth: data length {len(msg.data)} does not match '
+                                  f'step*height = {step * height}')
+        raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :2 * width]
+        millimetres = np.ascontiguousarray(raw).view('>u2' if msg.is_bigendian else '<u2')
+        depth = millimetres.astype(np.float32) / 1000.0
+        depth[millimetres == 0] = np.nan
+        return depth
+    if msg.encoding != '32FC1':
+        raise ConversionError(f'depth image must be 32FC1 (metres, REP 118) or 16UC1 '
+                              f'(millimetres), got {msg.encoding!r}')
+    depth = image_to_array(msg).astype(np.float32, copy=True)
+    depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
+    return depth
+
+
+def make_point_stamped(xyz, header) -> 'PointStamped':
+    """(3,) metres (NaN allowed: invalid) -> geometry_msgs/PointStamped with ``header``."""
+    from geometry_msgs.msg import PointStamped
+    msg = PointStamped()
+    msg.header = header
+    msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
+    return msg
+
+
+def make_pose_stamped(position, quaternion_xyzw, header) -> 'PoseStamped':
+    """(3,) metres + (4,) quaternion (x, y, z, w) -> geometry_msgs/PoseStamped (NaN passes through)."""
+    from geometry_msgs.msg import PoseStamped
+    msg = PoseStamped()
+    msg.header = header
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in position)
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = (float(v) for v in quaternion_xyzw)
+    return msg
+
+
+def make_grasp_markers(positions, quaternions_xyzw, found, header, namespace: str = 'correspondence',
+                       arrow_length_m: float = 0.08) -> 'MarkerArray':
+    """One sphere per valid point (green if found, orange if not) and one arrow per valid grasp
+    pose along its approach (z) axis; starts with a DELETEALL so stale markers vanish."""
+    from visualization_msgs.msg import Marker, MarkerArray
+    array_msg = MarkerArray()
+    clear = Marker()
+    clear.header = header
+    clear.action = Marker.DELETEALL
+    array_msg.markers.append(clear)
+    for i, (position, quat, ok) in enumerate(zip(positions, quaternions_xyzw, found)):
+        position = np.asarray(position, dtype=np.float64)
+        if not np.all(np.isfinite(position)):
+            continue
+        sphere = Marker()
+        sphere.header, sphere.ns, sphere.id = header, namespace, 2 * i
+        sphere.type, sphere.action = Marker.SPHERE, Marker.ADD
+        sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z = position.tolist()
+        sphere.pose.orientation.w = 1.0
+        sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.015
+        sphere.color.r, sphere.color.g, sphere.color.b, sphere.color.a = \
+            (0.1, 0.9, 0.1, 1.0) if ok else (1.0, 0.5, 0.0, 1.0)
+        array_msg.markers.append(sphere)
+        quat = np.asarray(quat, dtype=np.float64)
+        if not np.all(np.isfinite(quat)):
+            continue
+        # The grasp's z axis points into the surface: draw the arrow ending at the point.
+        x, y, z, w = quat
+        approach = np.array([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)])
+        arrow = Marker()
+        arrow.header, arrow.ns, arrow.id = header, namespace, 2 * i + 1
+        arrow.type, arrow.action = Marker.ARROW, Marker.ADD
+        from geometry_msgs.msg import Point
+        start = position - arrow_length_m * approach
+        arrow.points = [Point(x=float(start[0]), y=float(start[1]), z=float(start[2])),
+                        Point(x=float(position[0]), y=float(position[1]), z=float(position[2]))]
+        arrow.pose.orientation.w = 1.0
+        arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.006, 0.012, 0.02
+        arrow.color.r, arrow.color.g, arrow.color.b, arrow.color.a = 0.2, 0.4, 1.0, 1.0
+        array_msg.markers.append(arrow)
+    return array_msg
+
+
+def compressed_to_rgb8(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (image_transport's `compressed`: jpeg or png) -> (H, W, 3)
+    uint8 RGB. ``format`` is e.g. 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8'."""
+    import cv2
+    fmt = (msg.format or '').lower()
+    if fmt and not any(kind in fmt for kind in ('jpeg', 'jpg', 'png')):
+        raise ConversionError(f'unsupported compressed format {msg.format!r}; accepted: jpeg, png')
+    if len(msg.data) == 0:
+        raise ConversionError('empty compressed image')
+    buffer = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray))
+                           else msg.data, dtype=np.uint8)
+    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)  # BGR, 8 bit; mono is expanded
+    if decoded is None:
+        raise ConversionError(f'could not decode the {msg.format or "compressed"} image data')
+    return np.ascontiguousarray(decoded[:, :, ::-1])
+
+
+def rgb8_to_compressed(rgb: np.ndarray, header, fmt: str = 'jpeg', quality: int = 90):
+    """(H, W, 3) uint8 RGB -> sensor_msgs/CompressedImage as image_transport publishes it."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    ext = {'jpeg': '.jpg', 'png': '.png'}.get(fmt)
+    if ext is None:
+        raise ConversionError(f'unsupported compressed format {fmt!r}; use jpeg or png')
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else []
+    ok, encoded = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params)
+    if not ok:
+        raise ConversionError(f'{fmt} encoding failed')
+    msg = CompressedImage()
+    msg.header = header
+    msg.format = f'rgb8; {fmt} compressed bgr8'
+    msg.data = _bytes_field(encoded)
+    return msg
+
+
+def copy_header(header):
+    """A std_msgs/Header with the same stamp and frame_id (from any attribute-compatible object,
+    e.g. a message decoded from a bag)."""
+    from std_msgs.msg import Header
+    out = Header(frame_id=str(header.frame_id))
+    out.stamp.sec, out.stamp.nanosec = int(header.stamp.sec), int(header.stamp.nanosec)
+    return out
