@@ -131,13 +131,6 @@ def count_messages(path: str, topics: Iterable[str]) -> int:
     return sum(summary.statistics.channel_message_counts.get(cid, 0) for cid in ids)
 
 
-def image_like_to_rgb8(datatype: str, message):
-    from . import conversions
-    if datatype.endswith('CompressedImage'):
-        return conversions.compressed_to_rgb8(message)
-    return conversions.image_to_rgb8(message)
-
-
 def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend: str = 'sgbm',
                    backend_params: Optional[dict] = None, output_prefix: str = '',
                    progress: bool = True, **run_kwargs) -> Dict[str, int]:
@@ -161,13 +154,13 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     counts = {'sets': 0, 'errors': 0}
 
     def on_set(left, right, left_info, right_info):
-        (left_type, left_msg), (right_type, right_msg) = left.payload, right.payload
+        left_msg, right_msg = left.payload[1], right.payload[1]
         log_time = left.log_time_ns
         try:
             geometry = conversions.stereo_geometry_from_camera_info(left_info.payload[1],
                                                                      right_info.payload[1])
-            left_rgb = image_like_to_rgb8(left_type, left_msg)
-            right_rgb = image_like_to_rgb8(right_type, right_msg)
+            left_rgb = conversions.any_image_to_rgb8(left_msg)
+            right_rgb = conversions.any_image_to_rgb8(right_msg)
             out = run_stereo(left_rgb, right_rgb, geometry, engine, **run_kwargs)
         except ValueError as exc:
             counts['errors'] += 1

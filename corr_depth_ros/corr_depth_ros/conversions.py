@@ -379,3 +379,10 @@ def copy_header(header):
     out = Header(frame_id=str(header.frame_id))
     out.stamp.sec, out.stamp.nanosec = int(header.stamp.sec), int(header.stamp.nanosec)
     return out
+
+
+def any_image_to_rgb8(msg) -> np.ndarray:
+    """sensor_msgs/Image or sensor_msgs/CompressedImage -> (H, W, 3) uint8 RGB."""
+    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
+        return compressed_to_rgb8(msg)
+    return image_to_rgb8(msg)

@@ -204,3 +204,32 @@ def test_runtime_parameters_validated(ros):
     assert not bad_backend.successful and 'one of' in bad_backend.reason
     read_only = node.set_parameters([Parameter('queue_size', value=3)])[0]
     assert not read_only.successful
+
+
+def test_compressed_input(ros, motorcycle):
+    """image_transport's `compressed` topics (png here, lossless) give the same accuracy."""
+    from sensor_msgs.msg import CompressedImage
+    _start(ros, image_transport='compressed')
+    geometry = motorcycle['geometry']
+    rig = StereoRig(ros, geometry)
+    pubs = {'left': rig.node.create_publisher(CompressedImage, 'left/image_rect/compressed', RELIABLE),
+            'right': rig.node.create_publisher(CompressedImage, 'right/image_rect/compressed', RELIABLE)}
+    left_png = conversions.rgb8_to_compressed(motorcycle['left'], Header(), 'png')
+    right_png = conversions.rgb8_to_compressed(motorcycle['right'], Header(), 'png')
+
+    def send():
+        rig.stamp_sec += 1
+        header = Header(frame_id='left_optical')
+        header.stamp.sec = rig.stamp_sec
+        left_info, right_info = conversions.stereo_camera_infos(geometry, header, header)
+        left_png.header = right_png.header = header
+        rig.pubs['left_info'].publish(left_info)
+        rig.pubs['right_info'].publish(right_info)
+        pubs['right'].publish(right_png)
+        pubs['left'].publish(left_png)
+        return rig.stamp_sec
+
+    out = rig.wait_outputs(ros, send)
+    published = conversions.disparity_msg_to_array(out['disparity'])
+    raw = np.where(published > 0, published - geometry.doffs_px, np.nan)
+    assert disparity_metrics(raw, motorcycle['disparity_px'])['bad_2_pct'] < 12.0

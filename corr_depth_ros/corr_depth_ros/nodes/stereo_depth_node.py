@@ -11,12 +11,10 @@ import threading
 from dataclasses import asdict
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 from .. import conversions
@@ -26,7 +24,7 @@ from ..core.colormap import colourise
 from ..core.stereo_pipeline import run_stereo
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter
+from .worker import LatestFrameWorker, ThrottledReporter, run_node
 
 _SGBM_DEFAULTS = asdict(SgbmParams())
 _SGBM_HELP = {
@@ -49,10 +47,14 @@ _SGBM_RANGES = {'min_disparity': (-256, 256), 'num_disparities': (16, 512), 'blo
                 'speckle_window_size': (0, 10000), 'speckle_range': (0, 64)}
 
 PARAMS = [
-    ParamSpec('backend', 'sgbm', 'Stereo backend (see README: trade-offs).',
-              choices=('sgbm', 'learned')),
+    ParamSpec('backend', 'sgbm', 'Stereo backend (see README: trade-offs). learned or onnx fall '
+              'back to sgbm when their weights/model cannot be loaded.',
+              choices=('sgbm', 'learned', 'onnx')),
     ParamSpec('device', 'auto', 'Compute device for learned backends.', read_only=True,
               choices=('auto', 'cpu', 'cuda')),
+    ParamSpec('image_transport', 'raw', 'raw: subscribe to sensor_msgs/Image; compressed: to '
+              'image_transport\'s <image>/compressed (jpeg/png), e.g. over Wi-Fi.', read_only=True,
+              choices=('raw', 'compressed')),
     ParamSpec('approximate_sync', False, 'Match left/right by nearest stamp within slop_s '
               'instead of exactly equal stamps.', read_only=True),
     ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
@@ -66,6 +68,23 @@ PARAMS = [
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
               value_range=(0.0, 10000.0)),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU).'),
+    ParamSpec('learned.weights_path', '', 'learned: safetensors weights file (empty: the shipped '
+              'stereo_gwc_small weights).', read_only=True),
+    ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
+              '(1,3,H,W) float32, output disparity in pixels).', read_only=True),
+    ParamSpec('onnx.input_width', 0, 'onnx: fixed model input width, pixels (0: image width; '
+              'images are resized and the disparity rescaled).', read_only=True,
+              value_range=(0, 8192)),
+    ParamSpec('onnx.input_height', 0, 'onnx: fixed model input height, pixels (0: image height).',
+              read_only=True, value_range=(0, 8192)),
+    ParamSpec('onnx.mean', [0.0, 0.0, 0.0], 'onnx: per-channel mean subtracted from RGB in [0, 1].',
+              read_only=True),
+    ParamSpec('onnx.std', [1.0, 1.0, 1.0], 'onnx: per-channel std dividing RGB in [0, 1].',
+              read_only=True),
+    ParamSpec('onnx.input_names', ['left', 'right'], 'onnx: names of the left and right inputs.',
+              read_only=True),
+    ParamSpec('onnx.output_name', 'disparity', 'onnx: name of the disparity output.',
+              read_only=True),
 ] + [ParamSpec(f'sgbm.{k}', v, _SGBM_HELP[k], value_range=_SGBM_RANGES.get(k),
                choices=('sgbm', 'hh', 'sgbm_3way', 'hh4') if k == 'mode' else None)
      for k, v in _SGBM_DEFAULTS.items()]
@@ -97,9 +116,13 @@ class StereoDepthNode(Node):
         self._worker = LatestFrameWorker(self._process, self._on_worker_error)
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
+        compressed = self._values['image_transport'] == 'compressed'
+        image_type = CompressedImage if compressed else Image
+        suffix = '/compressed' if compressed else ''
         self._sync, self._subs, sync_impl = make_synchronizer(
-            self, [Image, Image, CameraInfo, CameraInfo],
-            ['left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info'],
+            self, [image_type, image_type, CameraInfo, CameraInfo],
+            ['left/image_rect' + suffix, 'right/image_rect' + suffix, 'left/camera_info',
+             'right/camera_info'],
             qos_profile_sensor_data, self._on_synchronised,
             approximate=self._values['approximate_sync'], queue_size=self._values['queue_size'],
             slop_s=self._values['slop_s'], qos_overriding_options=overrides)
@@ -117,12 +140,25 @@ class StereoDepthNode(Node):
             backend = create_backend('sgbm', **sgbm)
         else:
             try:
-                backend = create_backend(name, device=self._values['device'])
+                backend = create_backend(name, device=self._values['device'],
+                                         **self._backend_params(name))
             except Exception as exc:  # noqa: BLE001 - keep publishing with a backend that works
                 self.get_logger().error(f'backend {name!r} failed to start ({exc}); '
                                         'falling back to sgbm so the node keeps publishing')
                 backend, name = create_backend('sgbm', **sgbm), 'sgbm'
         self._backend, self._backend_name = backend, name
+
+    def _backend_params(self, name: str) -> dict:
+        """The ``<name>.*`` parameters as keyword arguments of that backend."""
+        if name == 'learned':
+            return {'weights_path': self._values['learned.weights_path']}
+        if name == 'onnx':
+            v = self._values
+            return {'model_path': v['onnx.model_path'], 'input_width': v['onnx.input_width'],
+                    'input_height': v['onnx.input_height'], 'mean': list(v['onnx.mean']),
+                    'std': list(v['onnx.std']), 'input_names': list(v['onnx.input_names']),
+                    'output_name': v['onnx.output_name']}
+        return {}
 
     def _on_set_parameters(self, params):
         result = validate(PARAMS, params)
@@ -172,8 +208,8 @@ class StereoDepthNode(Node):
 
     def _process(self, item) -> None:
         left_img, right_img, left_info, right_info = item
-        left = conversions.image_to_rgb8(left_img)
-        right = conversions.image_to_rgb8(right_img)
+        left = conversions.any_image_to_rgb8(left_img)
+        right = conversions.any_image_to_rgb8(right_img)
         if left.shape != right.shape:
             raise ValueError(f'image size mismatch: left is {left.shape[1]}x{left.shape[0]}, '
                              f'right is {right.shape[1]}x{right.shape[0]}')
@@ -209,17 +245,7 @@ class StereoDepthNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = StereoDepthNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(StereoDepthNode, args)
 
 
 if __name__ == '__main__':
