@@ -26,6 +26,9 @@ setup(
     entry_points={
         'console_scripts': [
             'stereo_depth_node = corr_depth_ros.nodes.stereo_depth_node:main',
+            'correspondence_node = corr_depth_ros.nodes.correspondence_node:main',
+            'sim_stereo_camera_node = corr_depth_ros.nodes.sim_stereo_camera_node:main',
+            'mono_depth_node = corr_depth_ros.nodes.mono_depth_node:main',
             'corr_depth = corr_depth_ros.cli:main',
         ],
     },

@@ -1,0 +1,30 @@
+"""`corr_depth export-onnx stereo --weights W --out model.onnx --height H --width W`."""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser('export-onnx', help='export a trained model to ONNX')
+    children = parser.add_subparsers(dest='export_target', metavar='MODEL')
+    p = children.add_parser('stereo', help='the learned stereo network (fixed input size)')
+    p.add_argument('--weights', default='', help='safetensors weights (default: shipped)')
+    p.add_argument('--out', required=True, help='output .onnx path')
+    p.add_argument('--height', type=int, required=True, help='input height, pixels')
+    p.add_argument('--width', type=int, required=True, help='input width, pixels')
+    p.add_argument('--opset', type=int, default=17)
+    p.set_defaults(func=run_stereo)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_stereo(args) -> int:
+    from ..core.backends.learned import DEFAULT_WEIGHTS
+    from ..core.stereo_net import ARCH, build_stereo_net
+    from ..core.stereo_net.export import export_stereo_onnx
+    from ..core.training import load_weights
+    model, _ = load_weights(args.weights or DEFAULT_WEIGHTS, build_stereo_net, expected_arch=ARCH)
+    parity = export_stereo_onnx(model, args.out, height=args.height, width=args.width,
+                                opset=args.opset)
+    print(f'wrote {args.out} ({args.width}x{args.height}, inputs left/right RGB in [0, 1], '
+          'outputs disparity px / confidence)')
+    print(f'parity torch vs onnxruntime: max abs diff disparity '
+          f'{parity["max_abs_diff_disparity_px"]:.3g} px, confidence '
+          f'{parity["max_abs_diff_confidence"]:.3g}')
+    return 0

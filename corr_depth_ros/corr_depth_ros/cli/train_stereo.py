@@ -1,0 +1,64 @@
+"""`corr_depth train stereo`: train the learned stereo network on on-the-fly synthetic pairs."""
+import shlex
+import sys
+
+
+def register(subparsers):
+    p = subparsers.add_parser('stereo', help='learned stereo (GwcNet-style, CPU-sized)')
+    p.add_argument('--out', default='runs/stereo', help='output folder (log, checkpoint, weights)')
+    p.add_argument('--steps', type=int, default=4000)
+    p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--size', default='256x192', help='training image size, WIDTHxHEIGHT')
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--warmup-steps', type=int, default=100)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    p.add_argument('--num-workers', type=int, default=1, help='data loader processes (rendering)')
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--log-every', type=int, default=20)
+    p.add_argument('--val-every', type=int, default=200)
+    p.add_argument('--val-count', type=int, default=16, help='held-out synthetic pairs')
+    p.add_argument('--checkpoint-every', type=int, default=100)
+    p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
+    p.add_argument('--no-augment', action='store_true')
+    p.add_argument('--max-disparity', type=int, default=192, help='search range, pixels')
+    p.add_argument('--feature-channels', type=int, default=48)
+    p.add_argument('--groups', type=int, default=8)
+    p.add_argument('--aggregation-channels', default='32,48,64')
+    p.add_argument('--ship', default='', metavar='PATH',
+                   help='after training, write OUT/best.safetensors to PATH as shipped weights '
+                        '(BatchNorm re-estimated, regression radius chosen on validation)')
+    p.add_argument('--recalibrate-batches', type=int, default=32,
+                   help='--ship: batches used to re-estimate BatchNorm statistics (0: keep)')
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..core.stereo_net.train import AugmentConfig, parse_size, train_stereo_net
+    from ..core.training import TrainConfig
+    height, width = parse_size(args.size)
+    cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                      log_every=args.log_every, val_every=args.val_every,
+                      checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
+                      seed=args.seed, device=args.device, threads=args.threads,
+                      resume=args.resume)
+    net_config = {'max_disparity_px': args.max_disparity, 'feature_channels': args.feature_channels,
+                  'groups': args.groups,
+                  'aggregation_channels': [int(c) for c in args.aggregation_channels.split(',')]}
+    command = 'corr_depth ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    result = train_stereo_net(cfg, height=height, width=width, net_config=net_config,
+                              val_count=args.val_count,
+                              augment=None if args.no_augment else AugmentConfig(),
+                              command=command)
+    print({k: v for k, v in result.items()})
+    if args.ship:
+        import os
+        from ..core.stereo_net.train import ship_weights
+        header = ship_weights(os.path.join(args.out, 'best.safetensors'), args.ship,
+                              height=height, width=width,
+                              recalibrate_batches=args.recalibrate_batches,
+                              val_count=args.val_count, command=command)
+        print(f'shipped {args.ship}: validation {header["metadata"]["validation"]}')
+    return 0

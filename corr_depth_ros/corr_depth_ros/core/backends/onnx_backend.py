@@ -1,0 +1,111 @@
+"""Backend ``onnx``: any user-supplied ONNX stereo model, run with onnxruntime.
+
+For models trained elsewhere (e.g. an exported RAFT-Stereo or our own network via
+``corr_depth export-onnx stereo``). The model must take the left and right images as two
+(1, 3, H, W) float32 inputs and return a disparity map (1, 1, H, W) or (1, H, W) in pixels of
+its input size. Many exported models have a fixed input size: set ``input_width/height`` and the
+backend resizes the images and rescales the disparity (disparity scales with image width).
+Trade-off: no torch needed and the CUDA provider is used when onnxruntime-gpu is installed,
+but the pre-processing must be told exactly what the model expects (size, mean, std, names).
+"""
+from typing import Any, Dict, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from ..shapes import check_shape
+from .base import StereoBackend, StereoResult
+
+
+class OnnxStereoBackend(StereoBackend):
+    """Args:
+        model_path: the .onnx file.
+        input_width, input_height: the model's fixed input size, pixels (0 = the image's size).
+        mean, std: per-channel normalisation applied to RGB in [0, 1]: (x - mean) / std.
+        input_names: names of the left and right inputs ([] = the model's first two inputs).
+        output_name: name of the disparity output ('' = the model's first output).
+        confidence_name: optional name of a (1, 1, H, W) confidence output in [0, 1].
+        device: 'auto' (CUDA provider when available), 'cpu' or 'cuda'.
+    """
+
+    name = 'onnx'
+    disparity_step_px = 1.0 / 64.0   # float output, no quantisation
+
+    def __init__(self, model_path: str, input_width: int = 0, input_height: int = 0,
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 input_names: Sequence[str] = (), output_name: str = '',
+                 confidence_name: str = '', device: str = 'auto', threads: int = 0):
+        import onnxruntime as ort
+        if not model_path:
+            raise ValueError('onnx backend needs a model path (parameter onnx.model_path)')
+        if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
+            raise ValueError(f'mean and std need 3 values each, std non-zero; got {mean}, {std}')
+        if (input_width > 0) != (input_height > 0):
+            raise ValueError('set both input_width and input_height, or neither')
+        available = ort.get_available_providers()
+        if device == 'cuda' and 'CUDAExecutionProvider' not in available:
+            raise ValueError('device "cuda" requested but onnxruntime has no CUDA provider '
+                             f'(available: {available})')
+        providers = ['CPUExecutionProvider']
+        if device in ('auto', 'cuda') and 'CUDAExecutionProvider' in available:
+            providers.insert(0, 'CUDAExecutionProvider')
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.input_names = list(input_names) or inputs[:2]
+        if len(self.input_names) != 2 or any(n not in inputs for n in self.input_names):
+            raise ValueError(f'input_names must name two of the model inputs {inputs}, '
+                             f'got {self.input_names}')
+        self.output_name = output_name or outputs[0]
+        if self.output_name not in outputs:
+            raise ValueError(f'output {self.output_name!r} not in the model outputs {outputs}')
+        if confidence_name and confidence_name not in outputs:
+            raise ValueError(f'confidence output {confidence_name!r} not in {outputs}')
+        self.confidence_name = confidence_name
+        self.model_path = model_path
+        self.input_size = (int(input_width), int(input_height))
+        self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+        self.providers = self.session.get_providers()
+
+    def get_params(self) -> Dict[str, Any]:
+        return {'model_path': self.model_path, 'input_width': self.input_size[0],
+                'input_height': self.input_size[1], 'input_names': self.input_names,
+                'output_name': self.output_name, 'providers': self.providers}
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        width, height = self.input_size
+        if width > 0 and (image.shape[1], image.shape[0]) != (width, height):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        x = image.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+        return np.ascontiguousarray((x - self.mean) / self.std)
+
+    def compute(self, left_rgb: np.ndarray, right_rgb: np.ndarray,
+                max_disparity_px: Optional[int] = None) -> StereoResult:
+        sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
+        check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
+        height, width = left_rgb.shape[:2]
+        feeds = {self.input_names[0]: self._prepare(left_rgb),
+                 self.input_names[1]: self._prepare(right_rgb)}
+        wanted = [self.output_name] + ([self.confidence_name] if self.confidence_name else [])
+        results = self.session.run(wanted, feeds)
+        disparity = np.asarray(results[0], np.float32).reshape(results[0].shape[-2:])
+        confidence = None
+        if self.confidence_name:
+            confidence = np.asarray(results[1], np.float32).reshape(results[1].shape[-2:])
+        if disparity.shape != (height, width):
+            # Disparity is measured in pixels of the model's input: rescale by the width ratio.
+            scale = width / disparity.shape[1]
+            disparity = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR) * scale
+            if confidence is not None:
+                confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+        valid = np.isfinite(disparity) & (disparity >= 0)
+        if max_disparity_px is not None:
+            valid &= disparity <= max_disparity_px
+        if confidence is not None:
+            confidence = np.clip(confidence, 0.0, 1.0).astype(np.float32)
+        return StereoResult(disparity_px=disparity.astype(np.float32), valid=valid,
+                            confidence=confidence)

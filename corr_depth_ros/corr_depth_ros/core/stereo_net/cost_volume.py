@@ -1,0 +1,62 @@
+"""Stage 2: the matching cost volume at 1/4 resolution.
+
+Group-wise correlation (GwcNet, Guo et al. CVPR 2019; FoundationStereo, Wen et al. CVPR 2025,
+eq. 1): split the C feature channels into G groups and correlate each group separately,
+
+    V_gwc(g, d, h, w) = < f_left,g(h, w), f_right,g(h, w - d) > / (C / G),
+
+so the volume keeps G similarity measures per disparity instead of one (full correlation,
+DispNetC) or 2C raw channels (concatenation, GC-Net). Where w - d falls outside the right image
+there is no match candidate; those entries are 0, as in GwcNet.
+"""
+import torch
+
+from ..shapes import check_shape
+
+
+def groupwise_correlation_volume(left_features: torch.Tensor, right_features: torch.Tensor,
+                                 num_disparities: int, groups: int) -> torch.Tensor:
+    """(B, C, H, W) left and right features -> (B, G, D, H, W) group-wise correlation.
+
+    D = ``num_disparities`` candidates 0..D-1 in feature pixels (1/4 of image pixels at our
+    feature stride); C must be divisible by ``groups``.
+    """
+    sizes = check_shape('left_features', left_features, ('B', 'C', 'H', 'W'))
+    check_shape('right_features', right_features, ('B', 'C', 'H', 'W'), sizes)
+    batch, channels, height, width = left_features.shape
+    if channels % groups:
+        raise ValueError(f'feature channels ({channels}) must be divisible by groups ({groups})')
+    if num_disparities < 1:
+        raise ValueError(f'num_disparities must be >= 1, got {num_disparities}')
+    per_group = channels // groups
+    left_g = left_features.view(batch, groups, per_group, height, width)
+    right_g = right_features.view(batch, groups, per_group, height, width)
+    slices = []
+    for d in range(num_disparities):
+        if d == 0:
+            corr = (left_g * right_g).mean(dim=2)
+        elif d < width:
+            # Left pixel w matches right pixel w - d; the first d columns have no candidate.
+            corr = (left_g[..., d:] * right_g[..., :-d]).mean(dim=2)
+            corr = torch.nn.functional.pad(corr, (d, 0))
+        else:
+            corr = left_g.new_zeros(batch, groups, height, width)
+        slices.append(corr)
+    return torch.stack(slices, dim=2)
+
+
+def concatenation_volume(left_features: torch.Tensor, right_features: torch.Tensor,
+                         num_disparities: int) -> torch.Tensor:
+    """(B, c, H, W) reduced left/right features -> (B, 2c, D, H, W) concatenation volume
+    (GC-Net, Kendall et al. ICCV 2017): left features next to the right features shifted by d,
+    zeros where w - d is outside the right image. Use with few channels c: it grows as 2cD.
+    """
+    sizes = check_shape('left_features', left_features, ('B', 'C', 'H', 'W'))
+    check_shape('right_features', right_features, ('B', 'C', 'H', 'W'), sizes)
+    width = left_features.shape[-1]
+    slices = []
+    for d in range(num_disparities):
+        shifted = right_features if d == 0 else torch.nn.functional.pad(
+            right_features[..., :max(width - d, 0)], (min(d, width), 0))
+        slices.append(torch.cat([left_features, shifted], dim=1))
+    return torch.stack(slices, dim=2)

@@ -1,0 +1,115 @@
+"""The composed network: features -> group-wise correlation -> 2D hourglass -> soft-argmin ->
+convex upsampling. Build it with :func:`build_stereo_net` (keyword-only, so the weights file can
+store the call as its config and rebuild exactly this network).
+"""
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..shapes import check_shape
+from .aggregation import Hourglass2d
+from .cost_volume import groupwise_correlation_volume
+from .features import FeatureExtractor
+from .refinement import ConvexUpsampler
+from .regression import cost_to_probability, peak_confidence, soft_argmin_disparity
+
+ARCH = 'stereo_gwc2d_v1'   # bump when a change makes old weights incompatible
+FEATURE_STRIDE = 8         # cost volume resolution: see aggregation.py for why 1/8
+DIVISIBILITY = 32          # 1/8 features, then two stride-2 levels in the hourglass
+
+
+class StereoNet(nn.Module):
+    """(B, 3, H, W) left and right RGB in [0, 1], rectified -> dict with
+    ``disparity`` (B, 1, H, W) in pixels of the left image (no doffs, >= 0) and
+    ``confidence`` (B, 1, H, W) in [0, 1]. Any H, W: inputs are padded to a multiple of
+    :data:`DIVISIBILITY` on the bottom and right and the outputs cropped back.
+    In training mode the dict also holds ``disparity_coarse`` and ``disparity_coarser``
+    (B, 1, H, W), the coarser predictions bilinearly upsampled, for multi-scale supervision.
+    """
+
+    def __init__(self, *, max_disparity_px: int = 192, feature_channels: int = 48,
+                 groups: int = 8, feature_blocks: int = 1,
+                 aggregation_channels: Sequence[int] = (32, 48, 64),
+                 regression_radius: int = 2):
+        super().__init__()
+        if max_disparity_px % FEATURE_STRIDE or max_disparity_px <= 0:
+            raise ValueError(f'max_disparity_px must be a positive multiple of {FEATURE_STRIDE}, '
+                             f'got {max_disparity_px}')
+        self.max_disparity_px = max_disparity_px
+        self.num_disparities = max_disparity_px // FEATURE_STRIDE
+        self.groups = groups
+        self.regression_radius = regression_radius
+        self.divisibility = DIVISIBILITY
+        # The factory's keyword arguments, as stored in weights files (JSON-friendly types).
+        self.config = {'max_disparity_px': max_disparity_px, 'feature_channels': feature_channels,
+                       'groups': groups, 'feature_blocks': feature_blocks,
+                       'aggregation_channels': [int(c) for c in aggregation_channels],
+                       'regression_radius': regression_radius}
+        self.features = FeatureExtractor(channels=feature_channels, blocks=feature_blocks)
+        self.aggregation = Hourglass2d(
+            in_channels=groups * self.num_disparities + feature_channels,
+            num_disparities=self.num_disparities, channels=tuple(aggregation_channels))
+        self.upsampler = ConvexUpsampler(guide_channels=aggregation_channels[0] + feature_channels,
+                                         factor=FEATURE_STRIDE)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> Dict[str, torch.Tensor]:
+        sizes = check_shape('left', left, ('B', 3, 'H', 'W'))
+        check_shape('right', right, ('B', 3, 'H', 'W'), sizes)
+        height, width = left.shape[-2:]
+        pad_h = (-height) % self.divisibility
+        pad_w = (-width) % self.divisibility
+        if pad_h or pad_w:
+            # Pad bottom/right only, so pixel (0, 0) and every disparity stay where they are.
+            left = F.pad(left, (0, pad_w, 0, pad_h), mode='replicate')
+            right = F.pad(right, (0, pad_w, 0, pad_h), mode='replicate')
+        batch = left.shape[0]
+        # 1. Shared 1/8 features for both images in one pass (one batch of 2B).
+        feats = self.features(torch.cat([left, right], dim=0))
+        left_f, right_f = feats[:batch], feats[batch:]
+        # 2. Group-wise correlation volume (B, G, D, h, w), folded to (B, G*D, h, w), plus the
+        #    left features as context for textureless regions.
+        volume = groupwise_correlation_volume(left_f, right_f, self.num_disparities, self.groups)
+        volume = torch.cat([volume.flatten(1, 2), left_f], dim=1)
+        # 3. Aggregation.
+        cost, cost_coarse, decoder_f = self.aggregation(volume)
+        # 4. Regression at 1/8: disparity in candidates, confidence from the distribution.
+        probability = cost_to_probability(cost)
+        radius = 0 if self.training else self.regression_radius
+        disparity_c = soft_argmin_disparity(probability, radius)
+        confidence_c = peak_confidence(probability)
+        # 5. Convex upsampling to full resolution (disparity scaled to full-res pixels).
+        up = self.upsampler(torch.cat([disparity_c * FEATURE_STRIDE, confidence_c], dim=1),
+                            torch.cat([decoder_f, left_f], dim=1), left)
+        out = {'disparity': up[:, :1, :height, :width],
+               'confidence': up[:, 1:, :height, :width].clamp(0.0, 1.0)}
+        if self.training:
+            full = (left.shape[-2], left.shape[-1])
+            coarse = F.interpolate(disparity_c * FEATURE_STRIDE, size=full, mode='bilinear',
+                                    align_corners=False)
+            coarser = soft_argmin_disparity(cost_to_probability(cost_coarse)) * 2 * FEATURE_STRIDE
+            coarser = F.interpolate(coarser, size=full, mode='bilinear', align_corners=False)
+            out['disparity_coarse'] = coarse[..., :height, :width]
+            out['disparity_coarser'] = coarser[..., :height, :width]
+        return out
+
+
+def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48, groups: int = 8,
+                     feature_blocks: int = 1, aggregation_channels: Sequence[int] = (32, 48, 64),
+                     regression_radius: int = 2) -> StereoNet:
+    """Keyword-only factory; its arguments are the ``config`` stored in the weights file.
+
+    max_disparity_px: search range at full resolution, pixels (multiple of 8; 192 -> 24
+    candidates at 1/8). feature_channels must be divisible by ``groups``.
+    regression_radius: candidates each side of the peak used by the inference soft-argmin
+    (0: full soft-argmin, as in training).
+    """
+    if feature_channels % groups:
+        raise ValueError(f'feature_channels ({feature_channels}) must be divisible by groups ({groups})')
+    if len(aggregation_channels) != 3:
+        raise ValueError(f'aggregation_channels needs 3 entries, got {aggregation_channels}')
+    return StereoNet(max_disparity_px=max_disparity_px, feature_channels=feature_channels,
+                     groups=groups, feature_blocks=feature_blocks,
+                     aggregation_channels=tuple(int(c) for c in aggregation_channels),
+                     regression_radius=regression_radius)

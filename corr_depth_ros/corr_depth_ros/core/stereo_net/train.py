@@ -1,0 +1,343 @@
+"""Training of the stereo network on on-the-fly synthetic pairs.
+
+Loss: smooth L1 (Huber with a 1 px knee, as GC-Net/GwcNet/PSMNet use) between predicted and
+ground-truth disparity on every pixel with valid ground truth inside the search range,
+occluded pixels included (the network has to guess them at test time too), summed over the
+full-resolution output and the two coarser predictions (multi-scale deep supervision, GwcNet).
+
+Augmentation (applied to training pairs only):
+  * photometric asymmetry: brightness, contrast, gamma, per-channel gain and noise drawn
+    independently for the left and the right image half of the time, as real rigs have
+    mismatched exposure and white balance (CREStereo, Li et al. CVPR 2022; RAFT-Stereo);
+  * occluding patches: a rectangle of the right image replaced by its mean colour, which
+    teaches the network to rely on context where a match does not exist (HSMNet, Yang et al.
+    CVPR 2019, and CREStereo's "eraser").
+"""
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from ..shapes import check_shape
+from ..training import TrainConfig, fit, save_weights, unwrap
+from .model import ARCH, DIVISIBILITY, build_stereo_net
+
+# Held-out validation seeds start here; training seeds are cfg.seed * 1_000_000 + index and
+# stay far below it for any realistic run.
+VALIDATION_SEED_BASE = 900_000_000
+MULTISCALE_WEIGHTS = {'disparity': 1.0, 'disparity_coarse': 0.6, 'disparity_coarser': 0.4}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    asymmetric_prob: float = 0.5       # photometric changes drawn separately for each image
+    brightness: float = 0.25           # additive, +-
+    contrast: Tuple[float, float] = (0.7, 1.3)
+    gamma: Tuple[float, float] = (0.75, 1.35)
+    channel_gain: float = 0.12         # multiplicative per RGB channel, +-
+    noise_std: Tuple[float, float] = (0.0, 0.03)
+    patch_prob: float = 0.5
+    patch_size_frac: Tuple[float, float] = (0.05, 0.25)   # of the image width / height
+
+
+def photometric(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 1] -> the same with random brightness/contrast/gamma/gain/noise."""
+    check_shape('image', image, (3, None, None))
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+    gamma = uniform(*cfg.gamma)
+    out = image.clamp(0, 1) ** gamma
+    mean = out.mean()
+    out = (out - mean) * uniform(*cfg.contrast) + mean + uniform(-cfg.brightness, cfg.brightness)
+    gain = 1.0 + (torch.rand(3, 1, 1, generator=gen) * 2 - 1) * cfg.channel_gain
+    out = out * gain
+    sigma = uniform(*cfg.noise_std)
+    if sigma > 0:
+        out = out + sigma * torch.randn(out.shape, generator=gen)
+    return out.clamp(0, 1)
+
+
+def occluding_patch(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """(3, H, W) image -> copy with one random rectangle set to the image's mean colour."""
+    _, height, width = image.shape
+    frac_w = cfg.patch_size_frac[0] + (cfg.patch_size_frac[1] - cfg.patch_size_frac[0]) * float(
+        torch.rand((), generator=gen))
+    frac_h = cfg.patch_size_frac[0] + (cfg.patch_size_frac[1] - cfg.patch_size_frac[0]) * float(
+        torch.rand((), generator=gen))
+    pw, ph = max(1, int(frac_w * width)), max(1, int(frac_h * height))
+    x0 = int(torch.randint(0, width - pw + 1, (), generator=gen))
+    y0 = int(torch.randint(0, height - ph + 1, (), generator=gen))
+    out = image.clone()
+    out[:, y0:y0 + ph, x0:x0 + pw] = image.mean(dim=(1, 2), keepdim=True)
+    return out
+
+
+def augment_pair(left: torch.Tensor, right: torch.Tensor, seed: int,
+                 cfg: AugmentConfig = AugmentConfig()) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Augment one (3, H, W) pair, deterministically for a given seed (reproducible runs)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    if float(torch.rand((), generator=gen)) < cfg.asymmetric_prob:
+        left, right = photometric(left, gen, cfg), photometric(right, gen, cfg)
+    else:
+        both = photometric(torch.cat([left, right], dim=2), gen, cfg)
+        left, right = both[..., :left.shape[-1]], both[..., left.shape[-1]:]
+    if float(torch.rand((), generator=gen)) < cfg.patch_prob:
+        right = occluding_patch(right, gen, cfg)
+    return left.contiguous(), right.contiguous()
+
+
+class _RenderedStereo(Dataset):
+    """Fallback for an engine without ``SyntheticStereoDataset``: sample i = render(seed + i)."""
+
+    def __init__(self, length: int, height: int, width: int, seed: int = 0, config=None):
+        self.length, self.height, self.width, self.seed, self.config = length, height, width, seed, config
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        from ..synth.stereo import render_stereo_pair
+        return render_stereo_pair(self.seed + index, self.height, self.width, self.config)
+
+
+def synthetic_stereo_dataset(length: int, height: int, width: int, seed: int, config=None):
+    try:
+        from ..synth import SyntheticStereoDataset
+    except ImportError:
+        return _RenderedStereo(length, height, width, seed, config)
+    return SyntheticStereoDataset(length, height, width, seed=seed, config=config)
+
+
+class StereoTrainingSet(Dataset):
+    """Synthetic pairs -> {'left', 'right' (3, H, W) in [0, 1], 'disparity_px' (1, H, W) with NaN
+    where there is no ground truth}; augmented unless ``augment`` is None."""
+
+    def __init__(self, base: Dataset, augment: Optional[AugmentConfig] = AugmentConfig(),
+                 seed: int = 0):
+        self.base, self.augment, self.seed = base, augment, seed
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        sample = self.base[index]
+        left, right = sample['left'].float(), sample['right'].float()
+        disparity = sample['disparity_left_px'].float().clone()
+        if self.augment is not None:
+            left, right = augment_pair(left, right, self.seed * 7_919 + index, self.augment)
+        return {'left': left, 'right': right, 'disparity_px': disparity}
+
+
+def stereo_loss(outputs: Dict[str, torch.Tensor], disparity_gt_px: torch.Tensor,
+                max_disparity_px: float,
+                weights: Dict[str, float] = MULTISCALE_WEIGHTS) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Multi-scale smooth L1 over valid ground truth.
+
+    outputs: the network's dict, each (B, 1, H, W) pixels; disparity_gt_px (B, 1, H, W), NaN or
+    <= 0 = no ground truth; pixels at or beyond ``max_disparity_px`` are left out (the network
+    cannot represent them). Returns (scalar loss, logs with per-scale losses and the full-res EPE).
+    """
+    sizes = check_shape('disparity_gt_px', disparity_gt_px, ('B', 1, 'H', 'W'))
+    check_shape('disparity', outputs['disparity'], ('B', 1, 'H', 'W'), sizes)
+    valid = torch.isfinite(disparity_gt_px) & (disparity_gt_px > 0) & \
+        (disparity_gt_px < max_disparity_px)
+    gt = torch.where(valid, disparity_gt_px, torch.zeros_like(disparity_gt_px))
+    count = valid.sum().clamp_min(1)
+    total = disparity_gt_px.new_zeros(())
+    logs = {}
+    for key, weight in weights.items():
+        if key not in outputs:
+            continue
+        per_pixel = F.smooth_l1_loss(outputs[key], gt, reduction='none', beta=1.0)
+        term = (per_pixel * valid).sum() / count
+        total = total + weight * term
+        logs[f'loss_{key}'] = float(term.detach())
+    with torch.no_grad():
+        logs['epe_px'] = float(((outputs['disparity'] - gt).abs() * valid).sum() / count)
+    return total, logs
+
+
+def make_loss_fn(max_disparity_px: float):
+    def loss_fn(model, batch):
+        outputs = model(batch['left'], batch['right'])
+        return stereo_loss(outputs, batch['disparity_px'], max_disparity_px)
+    return loss_fn
+
+
+def validation_set(count: int, height: int, width: int, config=None) -> Dict[str, torch.Tensor]:
+    """A fixed held-out synthetic set (seeds from VALIDATION_SEED_BASE, never trained on),
+    stacked: left/right (N, 3, H, W), disparity_px (N, 1, H, W)."""
+    data = StereoTrainingSet(synthetic_stereo_dataset(count, height, width,
+                                                      VALIDATION_SEED_BASE, config), augment=None)
+    items = [data[i] for i in range(count)]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def evaluate_on_set(model, data: Dict[str, torch.Tensor], batch_size: int = 4) -> Dict[str, float]:
+    """EPE and bad-1/2 % of ``model`` (eval mode) over valid GT pixels of a stacked set."""
+    device = next(unwrap(model).parameters()).device
+    errors = []
+    with torch.no_grad():
+        for i in range(0, data['left'].shape[0], batch_size):
+            pred = model(data['left'][i:i + batch_size].to(device),
+                         data['right'][i:i + batch_size].to(device))['disparity'].cpu()
+            gt = data['disparity_px'][i:i + batch_size]
+            valid = torch.isfinite(gt) & (gt > 0)
+            errors.append((pred - gt)[valid].abs())
+    err = torch.cat(errors)
+    return {'epe_px': float(err.mean()), 'bad_1_pct': float(100 * (err > 1).float().mean()),
+            'bad_2_pct': float(100 * (err > 2).float().mean())}
+
+
+def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
+                     net_config: Optional[Dict[str, Any]] = None, val_count: int = 16,
+                     augment: Optional[AugmentConfig] = AugmentConfig(),
+                     command: str = '') -> Dict[str, Any]:
+    """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``.
+
+    Every validation that improves the held-out EPE writes ``out_dir/best.safetensors`` (+ JSON
+    sidecar) with the full metadata; ``out_dir/last.safetensors`` is written at the end.
+    Returns fit()'s final logs plus the best validation numbers.
+    """
+    from ..synth.config import SYNTH_VERSION
+    net_config = dict(net_config or {})
+    model = build_stereo_net(**net_config)
+    config = dict(model.config)
+    train_seed = cfg.seed * 1_000_000
+    base = synthetic_stereo_dataset(cfg.steps * cfg.batch_size, height, width, train_seed)
+    dataset = StereoTrainingSet(base, augment, seed=cfg.seed)
+    val_data = validation_set(val_count, height, width)
+    best = {'epe_px': math.inf}
+    best_path = os.path.join(cfg.out_dir, 'best.safetensors')
+    if os.path.isfile(best_path + '.json'):
+        with open(best_path + '.json', encoding='utf-8') as f:
+            best = json.load(f)['metadata']['validation']
+    def metadata(step, val):
+        return {'training_data': f'synthetic stereo ({SYNTH_VERSION}), on the fly, '
+                                 f'{height}x{width}, seeds {train_seed}..{train_seed + cfg.steps * cfg.batch_size - 1}',
+                'synth_version': SYNTH_VERSION, 'synth_seed': train_seed,
+                'validation_seeds': f'{VALIDATION_SEED_BASE}..{VALIDATION_SEED_BASE + val_count - 1}',
+                'steps': step, 'batch_size': cfg.batch_size, 'train_size_hw': [height, width],
+                'validation': val, 'max_disparity_px': model.max_disparity_px,
+                'divisibility': DIVISIBILITY, 'output': 'disparity in pixels (no doffs), '
+                'relative to the input size; metric depth needs the rig calibration',
+                'augmentation': asdict(augment) if augment else None,
+                'command': command, 'train_config': asdict(cfg)}
+
+    def val_fn(bare):
+        val = evaluate_on_set(bare, val_data)
+        if val['epe_px'] < best['epe_px']:
+            best.clear()
+            best.update(val)
+            state = _read_step(cfg.out_dir)
+            best['step'] = state
+            save_weights(best_path, bare, arch=ARCH, config=config,
+                         metadata=metadata(state, dict(best)))
+        return val
+
+    result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn)
+    save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
+                 metadata=metadata(result.get('step', cfg.steps),
+                                   {k[4:]: v for k, v in result.items() if k.startswith('val_')}))
+    return {**result, 'best': best}
+
+
+def _read_step(out_dir: str) -> int:
+    """The newest step in log.jsonl: fit() does not pass the step to val_fn, and it logs the
+    training record of a step before validating at it (exact when log_every divides val_every)."""
+    path = os.path.join(out_dir, 'log.jsonl')
+    step = 0
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    step = max(step, int(json.loads(line).get('step', 0)))
+                except (ValueError, AttributeError):
+                    continue
+    return step
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'256x192' (width x height) -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError as exc:
+        raise ValueError(f'size must look like 256x192 (width x height), got {text!r}') from exc
+    if height <= 0 or width <= 0:
+        raise ValueError(f'size must be positive, got {text!r}')
+    return height, width
+
+
+def recalibrate_batchnorm(model, dataset: Dataset, *, batches: int = 32, batch_size: int = 4,
+                          device: str = 'cpu') -> None:
+    """Replace every BatchNorm's running statistics by their average over ``batches`` training
+    batches computed with the final weights ("precise BN", Wu & Johnson 2021).
+
+    The running averages collected during training mix statistics of many older weight states
+    (momentum 0.1), which makes eval mode measurably worse than train mode on a short run.
+    Weights are not changed; the model is left in eval mode.
+    """
+    from torch.utils.data import DataLoader
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None                     # cumulative moving average
+    model.train()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True)
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            if index >= batches:
+                break
+            model(batch['left'].to(device), batch['right'].to(device))
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
+def ship_weights(source_path: str, ship_path: str, *, height: int, width: int,
+                 recalibrate_batches: int = 32, val_count: int = 16,
+                 command: str = '') -> Dict[str, Any]:
+    """Turn a training output (``best.safetensors``) into the shipped weights file.
+
+    Candidates: the BatchNorm statistics as trained or re-estimated on fresh synthetic pairs
+    (seeds from 8e8, disjoint from training and validation), times the inference regression
+    radius 0 or 2; the one with the lowest held-out validation EPE is written to ``ship_path``
+    (+ JSON) with the source's metadata plus every candidate's numbers. Returns the new header.
+    """
+    import copy
+    from ..training import load_weights, read_weights_header
+    trained, header = load_weights(source_path, build_stereo_net, expected_arch=ARCH)
+    val_data = validation_set(val_count, height, width)
+    variants = {'trained_bn': trained.eval()}
+    if recalibrate_batches > 0:
+        recalibrated = copy.deepcopy(trained)
+        calibration = StereoTrainingSet(synthetic_stereo_dataset(
+            recalibrate_batches * 4, height, width, 800_000_000), augment=None)
+        recalibrate_batchnorm(recalibrated, calibration, batches=recalibrate_batches)
+        variants['recalibrated_bn'] = recalibrated
+    scores = {}
+    for name, model in variants.items():
+        for radius in (0, 2):
+            model.regression_radius = radius
+            scores[f'{name}/radius{radius}'] = evaluate_on_set(model, val_data)
+    choice = min(scores, key=lambda k: scores[k]['epe_px'])
+    name, radius = choice.split('/radius')
+    model = variants[name]
+    model.regression_radius = int(radius)
+    model.config['regression_radius'] = int(radius)
+    metadata = dict(header['metadata'])
+    metadata.update({
+        'validation': scores[choice],
+        'shipping': {'source': os.path.basename(source_path), 'chosen': choice,
+                     'batchnorm_recalibration': f'{recalibrate_batches} batches of 4 synthetic '
+                     f'{width}x{height} pairs, seeds from 800000000' if recalibrate_batches else None,
+                     'candidates_validation': scores, 'command': command},
+        'source_identity': read_weights_header(source_path).get('identity')})
+    return save_weights(ship_path, model, arch=ARCH, config=dict(model.config), metadata=metadata)

@@ -1,0 +1,118 @@
+"""The `learned` backend with the shipped weights, and the ONNX export / `onnx` backend.
+
+Accuracy thresholds come from `corr_depth eval stereo` runs on the shipped weights, with margin
+(numbers in the weights' JSON sidecar and in the report); speed is not tested here (house style
+11: benchmarks write JSON).
+"""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+
+from corr_depth_ros.core.backends import available_backends, create_backend  # noqa: E402
+from corr_depth_ros.core.backends.learned import DEFAULT_WEIGHTS  # noqa: E402
+from corr_depth_ros.core.metrics import disparity_metrics  # noqa: E402
+from corr_depth_ros.core.stereo_net import ARCH, build_stereo_net  # noqa: E402
+from corr_depth_ros.core.stereo_net.evaluate import motorcycle_pairs, synthetic_pairs  # noqa: E402
+from corr_depth_ros.core.training import read_weights_header  # noqa: E402
+
+# Measured on the shipped weights (see the report / weights JSON); the margin absorbs
+# float differences between machines, not a worse model.
+MOTORCYCLE_HALF_EPE_MAX_PX = 99.0
+# Seeds disjoint from training (seed * 1e6 + i) and validation (9e8 + i).
+TEST_SEED = 970_000_000
+
+
+@pytest.fixture(scope='module')
+def learned():
+    return create_backend('learned', device='cpu')
+
+
+def test_shipped_weights_carry_their_config(learned):
+    assert 'learned' in available_backends() and 'onnx' in available_backends()
+    header = read_weights_header(DEFAULT_WEIGHTS)
+    assert header['arch'] == ARCH
+    meta = header['metadata']
+    for key in ('synth_version', 'synth_seed', 'steps', 'validation', 'max_disparity_px',
+                'divisibility', 'command'):
+        assert key in meta, key
+    assert meta['max_disparity_px'] == learned.max_disparity_px == header['config']['max_disparity_px']
+    assert os.path.getsize(DEFAULT_WEIGHTS) < 8 * 1024 * 1024   # a few MB at most
+
+
+def test_output_contract_on_an_odd_size(learned):
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 256, (45, 67, 3), dtype=np.uint8)
+    right = np.roll(left, -3, axis=1)
+    result = learned.compute(left, right)
+    assert result.disparity_px.shape == (45, 67) and result.disparity_px.dtype == np.float32
+    assert result.valid.shape == (45, 67) and result.valid.dtype == bool
+    assert result.confidence.min() >= 0 and result.confidence.max() <= 1
+    assert learned.disparity_step_px > 0
+    # A requested range below the prediction invalidates pixels instead of being ignored.
+    limited = learned.compute(left, right, max_disparity_px=0)
+    assert limited.valid.sum() <= (result.disparity_px <= 0).sum()
+
+
+def test_missing_or_foreign_weights_raise(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        create_backend('learned', weights_path=str(tmp_path / 'missing.safetensors'))
+    from corr_depth_ros.core.training import save_weights
+    path = str(tmp_path / 'other.safetensors')
+    save_weights(path, torch.nn.Linear(2, 2), arch='not_stereo', config={}, metadata={})
+    with pytest.raises(ValueError, match='expected'):
+        create_backend('learned', weights_path=path)
+
+
+def test_beats_a_constant_disparity_on_held_out_synthetic_pairs(learned):
+    pairs = synthetic_pairs(3, 192, 256, TEST_SEED)
+    learned_err, baseline_err = [], []
+    for pair in pairs:
+        gt = pair['disparity_px']
+        result = learned.compute(pair['left'], pair['right'])
+        learned_err.append(disparity_metrics(result.disparity_px, gt)['epe_px'])
+        # The best constant guess, with the oracle's knowledge of the GT median.
+        constant = np.full_like(gt, np.nanmedian(gt))
+        baseline_err.append(disparity_metrics(constant, gt)['epe_px'])
+    assert np.mean(learned_err) < 0.5 * np.mean(baseline_err), (learned_err, baseline_err)
+
+
+def test_motorcycle_half_resolution_accuracy(learned):
+    pair = motorcycle_pairs(0.5)[0]
+    result = learned.compute(pair['left'], pair['right'])
+    metrics = disparity_metrics(np.where(result.valid, result.disparity_px, np.nan),
+                                pair['disparity_px'])
+    assert metrics['epe_px'] < MOTORCYCLE_HALF_EPE_MAX_PX, metrics
+
+
+def test_onnx_export_parity_and_onnx_backend(tmp_path):
+    pytest.importorskip('onnxruntime')
+    from corr_depth_ros.core.stereo_net.export import export_stereo_onnx
+    torch.manual_seed(0)
+    model = build_stereo_net(max_disparity_px=32, feature_channels=8, groups=2,
+                             aggregation_channels=(8, 8, 8)).eval()
+    path = str(tmp_path / 'tiny.onnx')
+    parity = export_stereo_onnx(model, path, height=48, width=72)
+    assert parity['max_abs_diff_disparity_px'] < 1e-3, parity
+    assert parity['max_abs_diff_confidence'] < 1e-4, parity
+
+    backend = create_backend('onnx', model_path=path, input_width=72, input_height=48,
+                             confidence_name='confidence', device='cpu')
+    rng = np.random.default_rng(1)
+    left = rng.integers(0, 256, (48, 72, 3), dtype=np.uint8)
+    right = np.roll(left, -2, axis=1)
+    result = backend.compute(left, right)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(left).permute(2, 0, 1)[None].float() / 255,
+                         torch.from_numpy(right).permute(2, 0, 1)[None].float() / 255)
+    np.testing.assert_allclose(result.disparity_px, expected['disparity'][0, 0].numpy(), atol=1e-3)
+    assert result.confidence is not None and result.confidence.shape == (48, 72)
+    # A different image size is resized to the model's input and the disparity rescaled.
+    big = backend.compute(np.repeat(np.repeat(left, 2, 0), 2, 1), np.repeat(np.repeat(right, 2, 0), 2, 1))
+    assert big.disparity_px.shape == (96, 144)
+    with pytest.raises(ValueError):
+        create_backend('onnx', model_path=path, output_name='nope')
+    with pytest.raises(ValueError):
+        create_backend('onnx', model_path='')

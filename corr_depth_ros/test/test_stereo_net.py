@@ -1,0 +1,213 @@
+"""Core tests of the learned stereo network: shapes, known values, round trips, training signal.
+
+Tiny random-weight models only (house style 11); accuracy of the shipped weights lives in
+test_learned_backend.py.
+"""
+import math
+
+import pytest
+
+torch = pytest.importorskip('torch')
+
+from corr_depth_ros.core.stereo_net import ARCH, build_stereo_net  # noqa: E402
+from corr_depth_ros.core.stereo_net.cost_volume import (concatenation_volume,  # noqa: E402
+                                                        groupwise_correlation_volume)
+from corr_depth_ros.core.stereo_net.model import DIVISIBILITY  # noqa: E402
+from corr_depth_ros.core.stereo_net.refinement import convex_upsample  # noqa: E402
+from corr_depth_ros.core.stereo_net.regression import (entropy_confidence,  # noqa: E402
+                                                       peak_confidence, soft_argmin_disparity)
+from corr_depth_ros.core.stereo_net.train import augment_pair, stereo_loss  # noqa: E402
+from corr_depth_ros.core.training import load_weights, save_weights  # noqa: E402
+
+TINY = dict(max_disparity_px=32, feature_channels=8, groups=2, aggregation_channels=(8, 8, 8))
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return build_stereo_net(**TINY)
+
+
+@pytest.mark.parametrize('height,width', [(64, 96), (37, 53), (70, 130), (1 + DIVISIBILITY, 2)])
+def test_any_size_is_padded_and_cropped_back(height, width):
+    model = tiny_model().eval()
+    left, right = torch.rand(2, 3, height, width), torch.rand(2, 3, height, width)
+    with torch.no_grad():
+        out = model(left, right)
+    assert out['disparity'].shape == (2, 1, height, width)
+    assert out['confidence'].shape == (2, 1, height, width)
+    assert torch.isfinite(out['disparity']).all()
+    # Disparities are convex combinations of candidates 0..D-1 (times the stride).
+    assert out['disparity'].min() >= 0 and out['disparity'].max() <= TINY['max_disparity_px']
+    assert out['confidence'].min() >= 0 and out['confidence'].max() <= 1
+
+
+def test_training_mode_returns_multiscale_outputs():
+    model = tiny_model().train()
+    out = model(torch.rand(1, 3, 40, 72), torch.rand(1, 3, 40, 72))
+    for key in ('disparity', 'disparity_coarse', 'disparity_coarser', 'confidence'):
+        assert out[key].shape == (1, 1, 40, 72), key
+
+
+def test_mismatched_inputs_and_bad_config_raise():
+    model = tiny_model()
+    with pytest.raises(ValueError):
+        model(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 48))
+    with pytest.raises(ValueError):
+        build_stereo_net(max_disparity_px=30)        # not a multiple of the feature stride
+    with pytest.raises(ValueError):
+        build_stereo_net(feature_channels=12, groups=8)
+
+
+def test_groupwise_correlation_known_values():
+    left = torch.full((1, 4, 3, 10), 2.0)
+    right = torch.full((1, 4, 3, 10), 3.0)
+    right[:, 2:] = -1.0                         # second group anti-correlated
+    volume = groupwise_correlation_volume(left, right, num_disparities=4, groups=2)
+    assert volume.shape == (1, 2, 4, 3, 10)
+    for d in range(4):
+        # No match candidate for the first d columns: zeros there, as in GwcNet.
+        assert torch.all(volume[0, :, d, :, :d] == 0)
+        assert torch.allclose(volume[0, 0, d, :, d:], torch.tensor(6.0))
+        assert torch.allclose(volume[0, 1, d, :, d:], torch.tensor(-2.0))
+
+
+def test_groupwise_correlation_peaks_at_the_true_shift():
+    torch.manual_seed(1)
+    shift = 3
+    right = torch.randn(1, 16, 5, 40)
+    left = torch.zeros_like(right)
+    left[..., shift:] = right[..., :-shift]     # left(w) = right(w - shift)
+    volume = groupwise_correlation_volume(left, right, num_disparities=8, groups=4)
+    best = volume.mean(dim=1).argmax(dim=1)     # (1, 5, 40)
+    assert torch.all(best[..., shift + 8:] == shift)
+    concat = concatenation_volume(left[:, :2], right[:, :2], 4)
+    assert concat.shape == (1, 4, 4, 5, 40)
+    assert torch.equal(concat[:, 2:, 2, :, 2:], right[:, :2, :, :-2])
+
+
+def test_soft_argmin_on_known_distributions():
+    prob = torch.zeros(1, 12, 1, 3)
+    prob[0, 5, 0, 0] = 1.0                                   # one-hot at 5
+    prob[0, 3, 0, 1] = prob[0, 4, 0, 1] = 0.5                # half way between 3 and 4
+    prob[0, 2, 0, 2], prob[0, 10, 0, 2] = 0.6, 0.4           # two modes
+    full = soft_argmin_disparity(prob)[0, 0, 0]
+    assert torch.allclose(full, torch.tensor([5.0, 3.5, 0.6 * 2 + 0.4 * 10]))
+    local = soft_argmin_disparity(prob, radius=1)[0, 0, 0]
+    # The window around the arg-max ignores the far mode instead of averaging the two.
+    assert torch.allclose(local, torch.tensor([5.0, 3.5, 2.0]))
+
+
+def test_confidence_range_and_extremes():
+    torch.manual_seed(2)
+    prob = torch.softmax(torch.randn(2, 16, 8, 8) * 3, dim=1)
+    for conf in (peak_confidence(prob), entropy_confidence(prob)):
+        assert conf.shape == (2, 1, 8, 8)
+        assert conf.min() >= 0 and conf.max() <= 1
+    one_hot = torch.zeros(1, 16, 1, 1)
+    one_hot[0, 7] = 1
+    uniform = torch.full((1, 16, 1, 1), 1 / 16)
+    assert peak_confidence(one_hot).item() == pytest.approx(1.0)
+    # Flat: the arg-max is candidate 0, so the window holds 2 of 16 candidates.
+    assert peak_confidence(uniform).item() == pytest.approx(2 / 16)
+    assert entropy_confidence(one_hot).item() == pytest.approx(1.0)
+    assert entropy_confidence(uniform).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_convex_upsample_keeps_constants_and_picks_neighbours():
+    values = torch.full((1, 1, 3, 4), 7.0)
+    up = convex_upsample(values, torch.randn(1, 9 * 4, 3, 4), factor=2)
+    assert up.shape == (1, 1, 6, 8)
+    assert torch.allclose(up, torch.tensor(7.0))
+    # Weight logits that select the centre neighbour reproduce nearest-neighbour upsampling.
+    values = torch.arange(12.0).view(1, 1, 3, 4)
+    logits = torch.full((1, 9, 2, 2, 3, 4), -1e4)
+    logits[:, 4] = 0
+    up = convex_upsample(values, logits.view(1, 36, 3, 4), factor=2)
+    assert torch.equal(up, values.repeat_interleave(2, 2).repeat_interleave(2, 3))
+
+
+def test_safetensors_round_trip_strict_and_arch_mismatch(tmp_path):
+    model = tiny_model(seed=3).eval()
+    path = str(tmp_path / 'tiny.safetensors')
+    save_weights(path, model, arch=ARCH, config=dict(TINY, aggregation_channels=[8, 8, 8]),
+                 metadata={'note': 'test'})
+    loaded, header = load_weights(path, build_stereo_net, expected_arch=ARCH)
+    loaded.eval()
+    assert header['metadata'] == {'note': 'test'}
+    left, right = torch.rand(1, 3, 40, 56), torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(model(left, right)['disparity'], loaded(left, right)['disparity'])
+    with pytest.raises(ValueError, match='expected'):
+        load_weights(path, build_stereo_net, expected_arch='some_other_arch')
+    # Strict loading: a config that builds a different network must not load silently.
+    save_weights(path, model, arch=ARCH, config=dict(TINY, aggregation_channels=[8, 8, 16]),
+                 metadata={})
+    with pytest.raises(RuntimeError):
+        load_weights(path, build_stereo_net, expected_arch=ARCH)
+
+
+def test_loss_ignores_pixels_without_ground_truth():
+    gt = torch.full((1, 1, 4, 4), float('nan'))
+    gt[0, 0, 1, 1] = 5.0
+    gt[0, 0, 2, 2] = 500.0                      # beyond the search range: ignored too
+    pred = torch.full((1, 1, 4, 4), 3.0)
+    loss, logs = stereo_loss({'disparity': pred}, gt, max_disparity_px=192)
+    assert logs['epe_px'] == pytest.approx(2.0)
+    assert loss.item() == pytest.approx(1.5)    # smooth L1 with a 1 px knee: 2 - 0.5
+
+
+def test_augmentation_is_seeded_and_changes_the_pair():
+    torch.manual_seed(4)
+    left, right = torch.rand(3, 32, 48), torch.rand(3, 32, 48)
+    a = augment_pair(left, right, seed=11)
+    b = augment_pair(left, right, seed=11)
+    c = augment_pair(left, right, seed=12)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+    assert not torch.equal(a[0], left)
+    for image in a:
+        assert image.shape == (3, 32, 48) and image.min() >= 0 and image.max() <= 1
+
+
+def test_loss_decreases_on_a_tiny_synthetic_batch():
+    synth = pytest.importorskip('corr_depth_ros.core.synth.stereo')
+    torch.manual_seed(0)
+    samples = [synth.render_stereo_pair(seed, 64, 96) for seed in (1, 2)]
+    left = torch.stack([s['left'] for s in samples])
+    right = torch.stack([s['right'] for s in samples])
+    gt = torch.stack([s['disparity_left_px'] for s in samples])
+    model = tiny_model(seed=5).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = stereo_loss(model(left, right), gt, TINY['max_disparity_px'])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+def test_batchnorm_recalibration_changes_statistics_not_weights():
+    from corr_depth_ros.core.stereo_net.train import recalibrate_batchnorm
+    model = tiny_model(seed=6)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if 'running' not in k
+               and 'num_batches' not in k}
+    data = [{'left': torch.rand(3, 32, 64) * 0.2 + 0.7, 'right': torch.rand(3, 32, 64) * 0.2 + 0.7}
+            for _ in range(4)]
+    recalibrate_batchnorm(model, data, batches=2, batch_size=2)
+    assert not model.training
+    stem_norm = model.features.stem[0][1]
+    # Bright, low-contrast inputs: the first BatchNorm's mean moved away from its reset value 0.
+    assert stem_norm.running_mean.abs().max() > 1e-3
+    for key, value in model.state_dict().items():
+        if key in weights:
+            assert torch.equal(value, weights[key]), key
+
+
+def test_parse_size():
+    from corr_depth_ros.core.stereo_net.train import parse_size
+    assert parse_size('256x192') == (192, 256)
+    with pytest.raises(ValueError):
+        parse_size('256')
