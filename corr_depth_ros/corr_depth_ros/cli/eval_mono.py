@@ -1,0 +1,61 @@
+"""`corr_depth eval mono`: Motorcycle (zero-shot) and held-out synthetic depth metrics, the
+LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
+
+
+def _size(text: str):
+    try:
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError as exc:
+        raise ValueError(f'--input-size must look like 384x256 (width x height), got {text!r}') from exc
+    return height, width
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        'mono', help='evaluate the monocular model (AbsRel, SqRel, RMSE, RMSE log, deltas)',
+        description='Metrics with median scaling and with least-squares scale-and-shift in '
+                    'inverse depth, with and without the paper\'s post-processing, for the '
+                    'LR-consistency model and its no-LR ablation.')
+    parser.add_argument('--dataset', default='all', choices=('motorcycle', 'synthetic', 'all'))
+    parser.add_argument('--json', required=True, help='output JSON path')
+    parser.add_argument('--figure', default='', help='PNG: image, GT depth, prediction, error')
+    parser.add_argument('--max-depth-m', type=float, default=None,
+                        help='evaluate only GT depths up to this (and cap aligned predictions)')
+    parser.add_argument('--weights', default='', help='LR model (default: shipped)')
+    parser.add_argument('--ablation-weights', default=None,
+                        help='no-LR model (default: shipped if present; "" to skip)')
+    parser.add_argument('--input-size', default='',
+                        help='network input WxH, e.g. 384x256 (default: the training size '
+                             'from the weights metadata)')
+    parser.add_argument('--synthetic-count', type=int, default=200)
+    parser.add_argument('--synthetic-cache', default='')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--no-speed', action='store_true')
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..core.mono.evaluate import run_evaluation, write_json
+    datasets = ('motorcycle', 'synthetic') if args.dataset == 'all' else (args.dataset,)
+    report = run_evaluation(
+        datasets=datasets, weights=args.weights, ablation_weights=args.ablation_weights,
+        input_size=_size(args.input_size) if args.input_size else None,
+        max_depth_m=args.max_depth_m, synthetic_count=args.synthetic_count,
+        synthetic_cache=args.synthetic_cache, device=args.device, figure=args.figure,
+        speed=not args.no_speed)
+    write_json(report, args.json)
+    summary = {}
+    for name, entry in report['models'].items():
+        for dataset in ('motorcycle', 'synthetic'):
+            if dataset in entry:
+                for pp in ('no_pp', 'pp'):
+                    m = entry[dataset][pp]['median']
+                    summary[f'{name}/{dataset}/{pp}/median'] = {
+                        'abs_rel': round(m['abs_rel'], 4), 'delta1': round(m['delta1'], 4)}
+    if 'speed' in report:
+        summary['speed_fps_384x256'] = round(report['speed']['forward_fps'], 2)
+    print(json.dumps(summary, indent=2))
+    print(f'wrote {args.json}')
+    return 0

@@ -1,0 +1,64 @@
+"""`corr_depth train mono`: self-supervised monocular depth (Godard et al., CVPR 2017)."""
+import shlex
+import sys
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        'mono', help='self-supervised monocular depth from rectified pairs (no depth labels)',
+        description='Train the monocular network on rectified stereo pairs with the '
+                    'appearance + smoothness + left-right consistency loss. Only images are '
+                    'used; synthetic pairs are rendered with one fixed rig (stored in the '
+                    'weights metadata) so that metric depth has a baseline.')
+    parser.add_argument('--data', default='synthetic',
+                        help='"synthetic" (rendered and cached) or "folder:PATH" (your own '
+                             'rectified pairs, RectifiedPairFolder layout)')
+    parser.add_argument('--out-dir', default='runs/mono/lr', help='log.jsonl + checkpoint.pt')
+    parser.add_argument('--weights-out', default='',
+                        help='safetensors file to write (default OUT_DIR/mono.safetensors)')
+    parser.add_argument('--no-lr', action='store_true',
+                        help='drop the left-right consistency term (the ablation)')
+    parser.add_argument('--height', type=int, default=128, help='training height, px (x32)')
+    parser.add_argument('--width', type=int, default=192, help='training width, px (x32)')
+    parser.add_argument('--base-channels', type=int, default=16)
+    parser.add_argument('--max-disparity-fraction', type=float, default=0.35)
+    parser.add_argument('--train-count', type=int, default=2400,
+                        help='synthetic pairs to render (cached)')
+    parser.add_argument('--cache-dir', default='', help='synthetic training cache directory')
+    parser.add_argument('--val-cache-dir', default='',
+                        help='held-out synthetic cache with depth (validation numbers only)')
+    parser.add_argument('--val-images', type=int, default=50)
+    parser.add_argument('--smoothness-weight', type=float, default=0.1, help='a_ds')
+    parser.add_argument('--lr-weight', type=float, default=1.0, help='a_lr')
+    parser.add_argument('--float32', action='store_true',
+                        help='store float32 tensors (default: float16, half the file size)')
+    parser.add_argument('--steps', type=int, default=3000)
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--lr', type=float, default=5e-4, help='learning rate')
+    parser.add_argument('--warmup-steps', type=int, default=100)
+    parser.add_argument('--val-every', type=int, default=250)
+    parser.add_argument('--checkpoint-every', type=int, default=50)
+    parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..core.mono.train import MonoTrainSpec, train_mono
+    from ..core.training import TrainConfig
+    spec = MonoTrainSpec(
+        data=args.data, height=args.height, width=args.width, base_channels=args.base_channels,
+        max_disparity_fraction=args.max_disparity_fraction, use_lr=not args.no_lr,
+        train_count=args.train_count, cache_dir=args.cache_dir, val_cache_dir=args.val_cache_dir,
+        val_images=args.val_images, weights_out=args.weights_out, half=not args.float32,
+        # `corr_depth ...` and `python -m corr_depth_ros.cli ...` take the same arguments.
+        command='corr_depth ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]),
+        loss={'smoothness': args.smoothness_weight, 'left_right': args.lr_weight})
+    cfg = TrainConfig(out_dir=args.out_dir, steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, warmup_steps=args.warmup_steps, val_every=args.val_every,
+                      checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
+                      seed=args.seed, device=args.device, threads=args.threads)
+    train_mono(spec, cfg)
+    return 0

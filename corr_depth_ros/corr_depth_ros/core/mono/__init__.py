@@ -1,0 +1,15 @@
+"""Self-supervised monocular depth: Godard, Mac Aodha, Brostow, "Unsupervised Monocular Depth
+Estimation with Left-Right Consistency", CVPR 2017 (arXiv:1609.03677).
+
+One file per stage:
+  network.py      left image -> left + right disparity at 4 scales (fractions of width)
+  warp.py         differentiable horizontal resampling of the other view (grid_sample)
+  losses.py       appearance (SSIM + L1), edge-aware smoothness, left-right consistency
+  postprocess.py  the paper's mirrored-input averaging ("pp")
+  inference.py    resize, predict, disparity -> metric or relative depth; weights loading
+  data.py         rendered training pairs (fixed rig), augmentation
+  train.py        `corr_depth train mono` (core.training.fit; images only, no depth labels)
+  metrics.py      AbsRel, SqRel, RMSE, RMSE log, deltas; median / scale-and-shift alignment
+  evaluate.py     `corr_depth eval mono`: Motorcycle zero-shot, held-out synthetic, ablation,
+                  speed, figure
+"""

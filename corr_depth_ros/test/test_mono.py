@@ -1,0 +1,331 @@
+"""Core of the self-supervised monocular model (core/mono/): warping, loss terms, pp, depth
+conversion, metrics, network shapes, a few training steps, and the shipped weights."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from corr_depth_ros.core.mono.inference import (estimate_depth, load_mono_model, metric_depth,
+                                                predict_disparity, relative_depth,
+                                                shipped_weights_path)
+from corr_depth_ros.core.mono.losses import (LossWeights, appearance_loss,
+                                             left_right_consistency_loss, monodepth_loss,
+                                             smoothness_loss, ssim)
+from corr_depth_ros.core.mono.metrics import depth_metrics, error_metrics, fit_scale_shift_inverse
+from corr_depth_ros.core.mono.network import ARCH, build_mono_net
+from corr_depth_ros.core.mono.postprocess import (edge_weights, post_process_disparity,
+                                                  predict_with_post_process)
+from corr_depth_ros.core.mono.warp import reconstruct_left, reconstruct_right
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CI box is shared: with several processes busy, two OpenMP threads spin against each
+    # other and a tiny step gets ~15x slower than with one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _textured(height=32, width=48, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, height, width, generator=generator)
+
+
+def _shifted_pair(shift_px=4, height=32, width=48):
+    """A right image and the left image it implies at a constant integer disparity."""
+    right = _textured(height, width)
+    left = torch.empty_like(right)
+    left[..., shift_px:] = right[..., :-shift_px]      # left(x) = right(x - d)
+    left[..., :shift_px] = right[..., :1]               # border clamp, like the sampler
+    return left, right
+
+
+# --- warping ------------------------------------------------------------------------------
+def test_constant_disparity_warp_reproduces_the_image():
+    shift_px, width = 4, 48
+    left, right = _shifted_pair(shift_px, width=width)
+    disparity = torch.full((1, 1, 32, width), shift_px / width)
+    rebuilt_left = reconstruct_left(right, disparity)
+    torch.testing.assert_close(rebuilt_left, left, atol=1e-5, rtol=0)
+    # And the other way: right(x) = left(x + d) wherever x + d is inside the image.
+    rebuilt_right = reconstruct_right(left, disparity)
+    torch.testing.assert_close(rebuilt_right[..., :-shift_px], right[..., :-shift_px],
+                               atol=1e-5, rtol=0)
+    # A wrong disparity does not reproduce it (the test can fail).
+    wrong = reconstruct_left(right, disparity * 0.5)
+    assert (wrong - left)[..., shift_px:].abs().mean() > 0.05
+
+
+def test_half_pixel_disparity_interpolates_linearly():
+    right = torch.arange(16, dtype=torch.float32).view(1, 1, 1, 16).repeat(1, 1, 2, 1)
+    rebuilt = reconstruct_left(right, torch.full((1, 1, 2, 16), 0.5 / 16))
+    torch.testing.assert_close(rebuilt[..., 1:], right[..., 1:] - 0.5)
+
+
+# --- loss terms ---------------------------------------------------------------------------
+def test_ssim_of_identical_images_is_one_and_drops_for_different_ones():
+    image = _textured()
+    torch.testing.assert_close(ssim(image, image), torch.ones_like(image), atol=1e-5, rtol=0)
+    assert float(appearance_loss(image, image)) == pytest.approx(0.0, abs=1e-6)
+    other = _textured(seed=1)
+    assert float(ssim(image, other).mean()) < 0.5
+    assert float(appearance_loss(image, other)) > 0.2
+
+
+def test_smoothness_is_zero_for_constant_disparity_and_edge_aware():
+    image = _textured()
+    constant = torch.full((1, 1, 32, 48), 0.1)
+    assert float(smoothness_loss(constant, image)) == pytest.approx(0.0, abs=1e-9)
+    ramp = torch.linspace(0, 0.2, 48).view(1, 1, 1, 48).expand(1, 1, 32, 48)
+    flat_image = torch.full_like(image, 0.5)
+    edgy_image = torch.zeros_like(image)
+    edgy_image[..., ::2] = 1.0                           # strong gradient at every column
+    on_flat = float(smoothness_loss(ramp, flat_image))
+    assert on_flat == pytest.approx(0.2 / 47, rel=1e-3)   # mean |dx d|; dy d = 0
+    assert float(smoothness_loss(ramp, edgy_image)) < 0.5 * on_flat
+
+
+def test_left_right_consistency_is_zero_for_a_consistent_pair():
+    shape = (1, 1, 32, 48)
+    # A fronto-parallel plane: both views see the same constant disparity.
+    same = torch.full(shape, 0.08)
+    lr_left, lr_right = left_right_consistency_loss(same, same)
+    assert float(lr_left) == pytest.approx(0.0, abs=1e-7)
+    assert float(lr_right) == pytest.approx(0.0, abs=1e-7)
+    lr_left, lr_right = left_right_consistency_loss(same, torch.full(shape, 0.05))
+    assert float(lr_left) == pytest.approx(0.03, abs=1e-6)
+    assert float(lr_right) == pytest.approx(0.03, abs=1e-6)
+
+
+def test_full_loss_is_lowest_at_the_true_disparity_and_lr_flag_switches_the_term():
+    shift_px, width = 4, 48
+    left, right = _shifted_pair(shift_px, width=width)
+
+    def outputs(value):
+        return [torch.full((1, 2, 32 // 2 ** s, width // 2 ** s), value) for s in range(4)]
+
+    true_loss, logs = monodepth_loss(outputs(shift_px / width), left, right)
+    wrong_loss, _ = monodepth_loss(outputs(1.5 * shift_px / width), left, right)
+    assert float(true_loss) < float(wrong_loss)
+    assert float(logs['smoothness']) == pytest.approx(0.0, abs=1e-9)
+    # Inconsistent left/right channels: the LR term shows up only when switched on.
+    mixed = [torch.cat([o[:, :1], o[:, 1:] * 0.5], 1) for o in outputs(shift_px / width)]
+    _, with_lr = monodepth_loss(mixed, left, right, LossWeights(use_lr=True))
+    _, without_lr = monodepth_loss(mixed, left, right, LossWeights(use_lr=False))
+    assert float(with_lr['left_right']) > 0.01
+    assert float(without_lr['left_right']) == 0.0
+
+
+def test_loss_decreases_in_a_few_training_steps_on_a_toy_pair():
+    torch.manual_seed(0)
+    height, width, shift_px = 32, 64, 3
+    generator = torch.Generator().manual_seed(3)
+    right = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 16, generator=generator),
+                                            size=(height, width + shift_px), mode='bilinear',
+                                            align_corners=False)
+    left = right[..., :width].clone()
+    right = right[..., shift_px:].contiguous()          # left(x) = right(x - 3)
+    model = build_mono_net(base_channels=4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss, _ = monodepth_loss(model(left), left, right)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:2]), losses
+
+
+# --- network ------------------------------------------------------------------------------
+def test_network_shapes_and_range():
+    model = build_mono_net(base_channels=8, max_disparity_fraction=0.3).eval()
+    with torch.no_grad():
+        outputs = model(torch.rand(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outputs] == [(2, 2, 64, 96), (2, 2, 32, 48),
+                                                 (2, 2, 16, 24), (2, 2, 8, 12)]
+    for o in outputs:
+        assert float(o.min()) > 0 and float(o.max()) < 0.3
+    with pytest.raises(ValueError, match='multiple of 32'):
+        model(torch.rand(1, 3, 50, 96))
+    with pytest.raises(ValueError, match='base_channels'):
+        build_mono_net(base_channels=2)
+    with pytest.raises(TypeError):
+        build_mono_net(8)                              # keyword-only factory
+
+
+def test_fused_batch_norm_gives_the_same_output():
+    from corr_depth_ros.core.mono.network import fuse_batch_norm
+    model = build_mono_net(base_channels=8)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):                           # give BN non-trivial running statistics
+            model(torch.rand(2, 3, 64, 96) * 2)
+    model.eval()
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(image)[0]
+        fused = fuse_batch_norm(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        torch.testing.assert_close(fused(image)[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_disparity_resizes_and_keeps_width_fraction():
+    model = build_mono_net(base_channels=8).eval()
+    image = torch.rand(1, 3, 50, 70)
+    disparity = predict_disparity(model, image, (64, 96))
+    assert disparity.shape == (1, 1, 50, 70)
+    with pytest.raises(ValueError, match='multiples of 32'):
+        predict_disparity(model, image, (50, 70))
+
+
+# --- post-processing ----------------------------------------------------------------------
+def test_post_process_on_a_symmetric_input():
+    half = torch.rand(1, 3, 8, 10)
+    symmetric = torch.cat([half, half.flip(-1)], dim=-1)      # image == its mirror
+
+    def column_ramp(batch):
+        # Not mirror-equivariant: returns the column index, so pp must combine two ramps.
+        width = batch.shape[-1]
+        return torch.arange(width, dtype=torch.float32).view(1, 1, 1, width).expand(
+            batch.shape[0], 1, batch.shape[-2], width).clone()
+
+    blended = predict_with_post_process(column_ramp, symmetric)[0, 0, 0]
+    width = 20
+    # The mirrored pass mirrored back is the reversed ramp W-1-x: inside the bands their mean
+    # (W-1)/2, in the left band only the mirrored pass, in the right band only the direct one;
+    # for a symmetric image the result is itself symmetric.
+    assert float(blended[0]) == width - 1 and float(blended[-1]) == width - 1
+    torch.testing.assert_close(blended[2:-2], torch.full((width - 4,), (width - 1) / 2))
+    torch.testing.assert_close(blended, blended.flip(-1))
+
+    def mean_brightness(batch):
+        return batch.mean(1, keepdim=True)            # mirror-equivariant predictor
+    image = torch.rand(1, 3, 8, 20)
+    direct = mean_brightness(image)
+    torch.testing.assert_close(predict_with_post_process(mean_brightness, image), direct)
+
+
+def test_post_process_uses_each_pass_in_its_good_band():
+    width = 40
+    direct = torch.zeros(1, 1, 2, width)
+    mirrored = torch.ones(1, 1, 2, width)            # mirrored back it is still all ones
+    out = post_process_disparity(direct, mirrored)[0, 0, 0]
+    weights = edge_weights(width)
+    assert float(out[0]) == 1.0 and float(out[1]) == 1.0        # left 5 %: mirrored pass only
+    assert float(out[-1]) == 0.0 and float(out[-2]) == 0.0      # right 5 %: direct pass only
+    assert float(out[width // 2]) == 0.5
+    torch.testing.assert_close(out, weights)
+
+
+# --- depth conversion ---------------------------------------------------------------------
+def test_metric_and_relative_depth():
+    disparity_frac = np.array([[0.1, 0.05], [0.0, np.nan]], dtype=np.float32)
+    depth_m, valid = metric_depth(disparity_frac, fx_px=50.0, width_px=100, baseline_m=0.2)
+    # d = 0.1 * 100 = 10 px -> Z = 50 * 0.2 / 10 = 1 m; half the disparity is twice as far.
+    np.testing.assert_allclose(depth_m[0], [1.0, 2.0], rtol=1e-6)
+    assert valid.tolist() == [[True, True], [False, False]]
+    assert np.isnan(depth_m[1]).all()
+    relative, valid_rel = relative_depth(np.array([[0.1, 0.2, 0.4], [0.0, 0.2, 0.2]], np.float32))
+    # Median disparity 0.2 -> relative depth 1.0; disparity 0.1 is twice the median depth.
+    np.testing.assert_allclose(relative[0], [2.0, 1.0, 0.5], rtol=1e-6)
+    assert np.isnan(relative[1, 0]) and not valid_rel[1, 0]
+    with pytest.raises(ValueError, match='baseline_m'):
+        metric_depth(disparity_frac, fx_px=50.0, width_px=100, baseline_m=0.0)
+    with pytest.raises(ValueError, match='fx_px'):
+        metric_depth(disparity_frac, fx_px=-1.0, width_px=100, baseline_m=0.1)
+
+
+def test_estimate_depth_modes_with_a_random_model():
+    model = build_mono_net(base_channels=8).eval()
+    image = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    metric, valid, disparity = estimate_depth(model, image, 50.0, mode='metric', baseline_m=0.1,
+                                              input_size=(32, 64))
+    assert metric.shape == (40, 60) and metric.dtype == np.float32 and valid.all()
+    np.testing.assert_allclose(metric, 50.0 * 0.1 / (disparity * 60), rtol=1e-5)
+    relative, _, _ = estimate_depth(model, image, 50.0, mode='relative', baseline_m=None,
+                                    input_size=(32, 64))
+    assert np.nanmedian(relative) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError, match='depth mode'):
+        estimate_depth(model, image, 50.0, mode='feet', baseline_m=0.1, input_size=(32, 64))
+
+
+# --- metrics ------------------------------------------------------------------------------
+def test_error_metrics_known_values():
+    gt = np.array([1.0, 2.0, 4.0])
+    m = error_metrics(gt * 1.1, gt)
+    assert m['abs_rel'] == pytest.approx(0.1)
+    assert m['sq_rel'] == pytest.approx(np.mean((0.1 * gt) ** 2 / gt))
+    assert m['rmse'] == pytest.approx(np.sqrt(np.mean((0.1 * gt) ** 2)))
+    assert m['rmse_log'] == pytest.approx(np.log(1.1))
+    assert m['delta1'] == 1.0
+    m = error_metrics(gt * 1.3, gt)
+    assert m['delta1'] == 0.0 and m['delta2'] == 1.0
+
+
+def test_median_scaling_and_scale_shift_alignment():
+    gt = np.linspace(1.0, 5.0, 20, dtype=np.float32).reshape(4, 5)
+    gt[0, 0] = np.nan                                           # no GT there: skipped
+    twice = depth_metrics(gt * 2.0, gt)
+    assert twice['raw']['abs_rel'] == pytest.approx(1.0, rel=1e-6)
+    assert twice['median']['abs_rel'] == pytest.approx(0.0, abs=1e-6)
+    assert twice['median']['scale'] == pytest.approx(0.5)
+    assert twice['pixels'] == 19
+    # An affine function of inverse depth is undone exactly by the scale-and-shift fit ...
+    pred = 1.0 / (0.5 / gt + 0.1)
+    aligned = depth_metrics(pred, gt)
+    assert aligned['scale_shift_inv']['abs_rel'] == pytest.approx(0.0, abs=1e-5)
+    assert aligned['scale_shift_inv']['scale'] == pytest.approx(2.0, rel=1e-4)
+    # ... but not by median scaling alone.
+    assert aligned['median']['abs_rel'] > 0.02
+    valid = np.isfinite(gt)
+    a, b = fit_scale_shift_inverse(pred[valid].astype(np.float64), gt[valid].astype(np.float64))
+    assert (a, b) == (pytest.approx(2.0, rel=1e-4), pytest.approx(-0.2, abs=1e-4))
+    with pytest.raises(ValueError, match='no ground-truth-valid'):
+        depth_metrics(gt, np.full_like(gt, np.nan))
+
+
+# --- weights ------------------------------------------------------------------------------
+def test_weights_round_trip(tmp_path):
+    from corr_depth_ros.core.training import save_weights
+    model = build_mono_net(base_channels=8)
+    path = str(tmp_path / 'mono.safetensors')
+    save_weights(path, model, arch=ARCH, config={'base_channels': 8,
+                                                 'max_disparity_fraction': 0.35},
+                 metadata={'training_rig': {'baseline_m': 0.1}, 'input_size_hw': [64, 96]})
+    loaded, header = load_mono_model(path)
+    model.eval()
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image)[0], model(image)[0], rtol=1e-4, atol=1e-6)
+    assert header['metadata']['training_rig']['baseline_m'] == 0.1
+    # The shipped float16 form: half the bytes, same predictions to well under 1 %.
+    from corr_depth_ros.core.mono.train import export_half_precision
+    size_before = os.path.getsize(path)
+    export_half_precision(path)
+    assert os.path.getsize(path) < 0.6 * size_before
+    half, header = load_mono_model(path)
+    assert header['metadata']['stored_dtype'] == 'float16'
+    with torch.no_grad():
+        torch.testing.assert_close(half(image)[0], model(image)[0], rtol=1e-2, atol=1e-4)
+
+
+SHIPPED = shipped_weights_path()
+
+
+@pytest.mark.skipif(not os.path.isfile(SHIPPED), reason='shipped mono weights not built yet')
+def test_shipped_weights_beat_a_constant_depth_on_motorcycle():
+    from corr_depth_ros.core.mono.evaluate import motorcycle_ground_truth, predict_depth_m
+    from corr_depth_ros.core.mono.inference import input_size_from_header
+    model, header = load_mono_model()
+    assert header['metadata']['labels_used'].startswith('none')
+    assert header['metadata']['training_rig']['baseline_m'] > 0
+    gt = motorcycle_ground_truth()
+    pred = predict_depth_m(model, gt['left'], gt['fx_px'], input_size_from_header(header),
+                           False, 'cpu')
+    ours = depth_metrics(pred, gt['depth_m'])['median']['abs_rel']
+    constant = depth_metrics(np.ones_like(gt['depth_m']), gt['depth_m'])['median']['abs_rel']
+    assert ours < constant, (ours, constant)

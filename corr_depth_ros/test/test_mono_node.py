@@ -1,0 +1,172 @@
+"""mono_depth_node over real DDS (loopback): outputs, headers, depth modes, bad input."""
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip('rclpy')
+torch = pytest.importorskip('torch')
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from corr_depth_ros import conversions  # noqa: E402
+from corr_depth_ros.core.mono.network import ARCH, build_mono_net  # noqa: E402
+from corr_depth_ros.core.training import save_weights  # noqa: E402
+from corr_depth_ros.nodes.mono_depth_node import MonoDepthNode  # noqa: E402
+
+RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+HEIGHT, WIDTH = 96, 128
+FX, FY, CX, CY = 100.0, 100.0, 63.5, 47.5
+BASELINE_M = 0.1
+
+
+@pytest.fixture(scope='module')
+def weights_path(tmp_path_factory):
+    """A tiny random-weight model: these tests check the wiring, not the accuracy."""
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp('mono') / 'tiny.safetensors')
+    save_weights(path, build_mono_net(base_channels=4), arch=ARCH,
+                 config={'base_channels': 4, 'max_disparity_fraction': 0.35},
+                 metadata={'training_rig': {'baseline_m': BASELINE_M}, 'input_size_hw': [64, 96]})
+    return path
+
+
+@pytest.fixture(scope='module')
+def image():
+    rng = np.random.default_rng(0)
+    return (rng.random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8)
+
+
+class MonoRig:
+    """Publishes image + camera_info with fresh stamps and collects the node's outputs."""
+
+    def __init__(self, ros, frame_id='camera_optical'):
+        self.node = ros.node('mono_test_rig')
+        self.frame_id = frame_id
+        self.pub_image = self.node.create_publisher(Image, 'image', RELIABLE)
+        self.pub_info = self.node.create_publisher(CameraInfo, 'camera_info', RELIABLE)
+        self.received = {'depth': [], 'points2': [], 'depth/camera_info': []}
+        for topic, msg_type in (('depth', Image), ('points2', PointCloud2),
+                                ('depth/camera_info', CameraInfo)):
+            self.node.create_subscription(msg_type, topic,
+                                          lambda m, t=topic: self.received[t].append(m), RELIABLE)
+        self.stamp_sec = 100
+
+    def publish(self, rgb, *, encoding='rgb8', mutate=None):
+        self.stamp_sec += 1
+        header = Header(frame_id=self.frame_id)
+        header.stamp.sec = self.stamp_sec
+        header.stamp.nanosec = 123
+        pixels = rgb[:, :, ::-1] if encoding == 'bgr8' else rgb
+        msgs = {'image': conversions.array_to_image(np.ascontiguousarray(pixels), encoding, header)}
+        info = CameraInfo(header=header, height=rgb.shape[0], width=rgb.shape[1])
+        info.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
+        info.p = [FX, 0.0, CX, 0.0, 0.0, FY, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
+        msgs['info'] = info
+        if mutate:
+            mutate(msgs)
+        self.pub_info.publish(msgs['info'])
+        self.pub_image.publish(msgs['image'])
+        return self.stamp_sec
+
+    def outputs_for(self, stamp_sec):
+        return {topic: m for topic, msgs in self.received.items() for m in msgs
+                if m.header.stamp.sec == stamp_sec}
+
+    def wait_outputs(self, ros, send, timeout_s=60.0):
+        stamps = []
+        ok = ros.wait_for(lambda: any(len(self.outputs_for(s)) == 3 for s in stamps),
+                          timeout_s=timeout_s, action=lambda: stamps.append(send()),
+                          action_period_s=2.0)
+        assert ok, f'no complete output set; counts {[(k, len(v)) for k, v in self.received.items()]}'
+        return next(self.outputs_for(s) for s in stamps if len(self.outputs_for(s)) == 3)
+
+
+def _start(ros, weights_path, **params):
+    params = {'weights_path': weights_path, 'device': 'cpu', 'torch_threads': 1, **params}
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    return ros.add(MonoDepthNode(context=ros.context, parameter_overrides=overrides))
+
+
+def test_outputs_encodings_shapes_and_headers(ros, weights_path, image):
+    node = _start(ros, weights_path)
+    rig = MonoRig(ros)
+    out = rig.wait_outputs(ros, lambda: rig.publish(image))
+    assert node.synchronised_sets >= 1
+    for msg in out.values():
+        assert msg.header.frame_id == 'camera_optical' and msg.header.stamp.nanosec == 123
+
+    depth_msg = out['depth']
+    assert depth_msg.encoding == '32FC1'
+    depth = conversions.image_to_array(depth_msg)
+    assert depth.shape == (HEIGHT, WIDTH)
+    # Metric mode: Z = fx * B / d_px with a disparity the sigmoid bounds to (0, 0.35 W).
+    assert np.isfinite(depth).all()
+    assert float(depth.min()) > FX * BASELINE_M / (0.35 * WIDTH) - 1e-4
+
+    info = out['depth/camera_info']
+    assert (info.width, info.height) == (WIDTH, HEIGHT) and info.k[0] == pytest.approx(FX)
+
+    cloud = out['points2']
+    assert (cloud.height, cloud.width) == (HEIGHT, WIDTH)
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
+    points, rgb = conversions.pointcloud2_to_arrays(cloud)
+    np.testing.assert_allclose(points[..., 2], depth, rtol=1e-6)
+    # Back-projection with the camera_info intrinsics: x = (u - cx) * z / fx.
+    u = np.arange(WIDTH, dtype=np.float32)
+    np.testing.assert_allclose(points[10, :, 0], (u - CX) * depth[10] / FX, rtol=1e-4, atol=1e-6)
+    assert np.array_equal(rgb, image)
+
+    # Relative mode at runtime: unitless, median 1.
+    assert node.set_parameters([Parameter('depth_mode', value='relative')])[0].successful
+    out = rig.wait_outputs(ros, lambda: rig.publish(image))
+    relative = conversions.image_to_array(out['depth'])
+    assert np.nanmedian(relative) == pytest.approx(1.0, rel=0.02)
+    bad = node.set_parameters([Parameter('depth_mode', value='furlongs')])[0]
+    assert not bad.successful and 'one of' in bad.reason
+    assert not node.set_parameters([Parameter('weights_path', value='/x')])[0].successful
+
+
+def test_bad_inputs_are_reported_and_node_recovers(ros, weights_path, image):
+    node = _start(ros, weights_path)
+    rig = MonoRig(ros)
+
+    def wrong_encoding(m):
+        m['image'].encoding = 'yuv422'
+
+    def bad_length(m):
+        m['image'].data = m['image'].data[:-10]
+
+    def empty(m):
+        m['image'].height = m['image'].width = m['image'].step = 0
+        m['image'].data = []
+
+    def zero_k(m):
+        m['info'].k = [0.0] * 9
+
+    def size_mismatch(m):
+        m['info'].width = WIDTH // 2
+
+    cases = {'encoding': wrong_encoding, 'length': bad_length, 'empty': empty,
+             'calibrated': zero_k, 'does not match': size_mismatch}
+    for expected_text, mutate in cases.items():
+        before = node._errors.count
+        stamps = []
+        ok = ros.wait_for(lambda: node._errors.count > before, timeout_s=20,
+                          action=lambda: stamps.append(rig.publish(image, mutate=mutate)),
+                          action_period_s=1.0)
+        assert ok, f'no error reported for {expected_text}'
+        assert expected_text in node._errors.last_message, node._errors.last_message
+        assert not any(rig.outputs_for(s) for s in stamps), f'{expected_text}: output published'
+
+    # Still alive: the next good frame (BGR this time) is processed.
+    out = rig.wait_outputs(ros, lambda: rig.publish(image, encoding='bgr8'))
+    assert conversions.image_to_array(out['depth']).shape == (HEIGHT, WIDTH)
+
+
+def test_missing_weights_fail_at_startup_with_a_reason(ros, tmp_path):
+    with pytest.raises(FileNotFoundError, match='weights file not found'):
+        MonoDepthNode(context=ros.context, parameter_overrides=[
+            Parameter('weights_path', value=str(tmp_path / 'nope.safetensors'))])
