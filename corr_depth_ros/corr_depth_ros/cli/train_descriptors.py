@@ -1,0 +1,54 @@
+"""`corr_depth train descriptors`: Dense Object Nets descriptors on synthetic pairs."""
+
+
+def register(subparsers):
+    p = subparsers.add_parser('descriptors', help='dense object descriptors (Dense Object Nets)')
+    p.add_argument('--out', default='runs/descriptors', help='run folder (log, checkpoint, weights)')
+    p.add_argument('--steps', type=int, default=3000)
+    p.add_argument('--batch-size', type=int, default=6)
+    p.add_argument('--lr', type=float, default=2e-3)
+    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--warmup-steps', type=int, default=100)
+    p.add_argument('--val-every', type=int, default=200)
+    p.add_argument('--checkpoint-every', type=int, default=50)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
+    p.add_argument('--no-resume', action='store_true')
+    p.add_argument('--size', default='256x192', help='training image size WIDTHxHEIGHT')
+    p.add_argument('--descriptor-dim', type=int, default=16)
+    p.add_argument('--base-channels', type=int, default=16)
+    p.add_argument('--no-normalize', action='store_true', help='do not unit-normalise descriptors')
+    p.add_argument('--margin', type=float, default=1.0, help='non-match margin M (descriptor units)')
+    p.add_argument('--num-matches', type=int, default=2048, help='matches sampled per pair')
+    p.add_argument('--stereo-fraction', type=float, default=0.3,
+                   help='share of rectified stereo pairs (rest: multiview pairs)')
+    p.add_argument('--background-prob', type=float, default=0.2,
+                   help='probability of DON background randomisation per pair')
+    p.add_argument('--pool-size', type=int, default=256, help='rendered pairs kept in memory')
+    p.add_argument('--notes', default='', help='free text stored in the weights metadata')
+    p.add_argument('--ship', default='', help='copy the best weights (+ .json) here at the end')
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..core.descriptors import train as train_mod
+    from ..core.synth.render import split_size
+    from ..core.training import TrainConfig
+    args.height, args.width = split_size(args.size)
+    spec = train_mod.spec_from_args(args)
+    cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                      log_every=10, val_every=args.val_every,
+                      checkpoint_every=args.checkpoint_every, num_workers=0, seed=args.seed,
+                      device=args.device, amp=True, threads=args.threads,
+                      resume=not args.no_resume)
+    summary = train_mod.train_descriptors(spec, cfg, train_mod.command_line(), notes=args.notes)
+    print(json.dumps({'best': summary['best'], 'wall_s': summary['wall_s']}, indent=2))
+    if args.ship:
+        import os
+        train_mod.copy_weights(os.path.join(args.out, 'best.safetensors'), args.ship)
+        print(f'shipped {args.ship}')
+    return 0

@@ -1,0 +1,11 @@
+"""Dense object descriptors (Dense Object Nets, Florence et al., CoRL 2018): network, loss,
+matching, grasp poses from depth, persisted references, training and evaluation."""
+import os
+
+DEFAULT_WEIGHTS = 'descriptors_don_small.safetensors'
+
+
+def default_weights_path() -> str:
+    """Path of the shipped descriptor weights (inside the installed package)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), 'weights',
+                        DEFAULT_WEIGHTS)

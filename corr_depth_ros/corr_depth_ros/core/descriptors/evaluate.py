@@ -1,0 +1,244 @@
+"""Evaluation of dense correspondences: the descriptor net against SIFT and patch NCC.
+
+Every method searches the WHOLE other image for each query pixel (no epipolar shortcut), as the
+correspondence service does. Metrics (per query, then aggregated):
+
+* PCK@t: fraction of queries whose match lies within t pixels of the ground truth;
+* median pixel error;
+* DON's "fraction of false positives" (Florence et al. 2018, Sec. VI; the authors' evaluation
+  calls it ``fraction_pixels_closer_than_ground_truth``): the share of candidate pixels of the
+  other image that score better than the true match. 0 = the true match is the best candidate.
+
+Ground truth
+------------
+* Middlebury Motorcycle: left (x, y) -> right (x - d, y) from the left GT disparity (without
+  doffs: the images are the rectified pair as published). Only left pixels visible in the right
+  image count. With no right-view GT in scikit-image's copy we derive visibility from the left
+  GT alone: forward-warp every left pixel to the right image and keep, per right pixel, the
+  largest disparity landing there (a z-buffer: larger disparity = nearer). A left pixel whose
+  disparity is more than ``occlusion_tol_px`` below that maximum is hidden behind a nearer
+  surface in the right view; pixels mapped outside the right image are dropped too.
+* Synthetic: held-out multiview pairs (seeds HELD_OUT_SEED + 500000 and up, disjoint from the
+  validation pairs used for model selection), ``visible_in_b`` from the renderer.
+"""
+import os
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..shapes import check_shape
+from .matching import descriptors_at, find_best_matches, squared_distances
+
+THRESHOLDS_PX = (1, 3, 5, 10)
+SYNTHETIC_TEST_OFFSET = 500_000
+
+
+def visible_in_right(disparity_px: np.ndarray, occlusion_tol_px: float = 1.0) -> np.ndarray:
+    """(H,W) left GT disparity (NaN = none) -> (H,W) bool: has GT and is seen by the right camera.
+
+    See the module docstring (forward-warp z-buffer on the left disparity).
+    """
+    check_shape('disparity_px', disparity_px, (None, None))
+    height, width = disparity_px.shape
+    has_gt = np.isfinite(disparity_px) & (disparity_px > 0)
+    xs = np.arange(width)[None, :].repeat(height, 0)
+    target = np.where(has_gt, np.round(xs - np.nan_to_num(disparity_px)), -1).astype(np.int64)
+    in_view = has_gt & (target >= 0) & (target <= width - 1)
+    zbuffer = np.full((height, width), -np.inf)
+    rows = np.nonzero(in_view)[0]
+    np.maximum.at(zbuffer, (rows, target[in_view]), disparity_px[in_view])
+    nearest = np.full((height, width), np.inf)
+    nearest[in_view] = zbuffer[rows, target[in_view]]
+    return in_view & (disparity_px >= nearest - occlusion_tol_px)
+
+
+def sample_queries(valid: np.ndarray, count: int, seed: int = 0, border_px: int = 0) -> np.ndarray:
+    """(N,2) float32 (x, y) pixels drawn without replacement from the True pixels of ``valid``."""
+    check_shape('valid', valid, (None, None))
+    mask = valid.copy()
+    if border_px:
+        mask[:border_px], mask[-border_px:] = False, False
+        mask[:, :border_px], mask[:, -border_px:] = False, False
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        raise ValueError('no valid query pixels')
+    pick = np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False)
+    return np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
+
+
+def summarise(errors_px: np.ndarray, false_positive_fraction: np.ndarray,
+              seconds: float) -> Dict[str, float]:
+    out = {f'pck@{t}': float(np.mean(errors_px <= t)) for t in THRESHOLDS_PX}
+    out['median_error_px'] = float(np.median(errors_px))
+    out['mean_fraction_false_positives'] = float(np.mean(false_positive_fraction))
+    out['queries'] = int(len(errors_px))
+    out['seconds'] = float(seconds)
+    return out
+
+
+# --- methods: each returns (matches (N,2) px, fraction of false positives (N,)) ----------------
+@torch.no_grad()
+def match_descriptor_net(model, image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
+                         truth_px: np.ndarray):
+    """Descriptor net: whole-image arg-min in B. Images (H,W,3) uint8 RGB."""
+    device = next(model.parameters()).device
+
+    def describe(image):
+        tensor = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
+        return model(tensor)[0]
+    desc_a, desc_b = describe(image_a), describe(image_b)
+    reference = descriptors_at(desc_a, queries_px)
+    found = find_best_matches(reference, desc_b)
+    at_truth = descriptors_at(desc_b, np.clip(truth_px, 0, [desc_b.shape[2] - 1, desc_b.shape[1] - 1]))
+    truth_d2 = (reference - at_truth).pow(2).sum(1)
+    fractions = []
+    for start in range(0, len(reference), 64):
+        dist2 = squared_distances(reference[start:start + 64], desc_b).flatten(1)
+        fractions.append((dist2 < truth_d2[start:start + 64, None]).float().mean(1))
+    return found['match_px'], torch.cat(fractions).cpu().numpy()
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    import cv2
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def match_sift(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
+               truth_px: np.ndarray, keypoint_size_px: float = 16.0, grid_step_px: int = 1):
+    """OpenCV SIFT (Lowe 2004) descriptors, upright (angle 0: the views are not rotated), at the
+    query pixels, matched by L2 against SIFT descriptors on a dense grid of B."""
+    import cv2
+    sift = cv2.SIFT_create()
+    grey_a, grey_b = _grey(image_a), _grey(image_b)
+    height, width = grey_b.shape
+
+    def describe(grey, points):
+        keypoints = [cv2.KeyPoint(float(x), float(y), keypoint_size_px, 0.0) for x, y in points]
+        kept, desc = sift.compute(grey, keypoints)
+        if len(kept) != len(keypoints):
+            raise RuntimeError('SIFT dropped keypoints; cannot align descriptors')
+        return torch.from_numpy(desc.astype(np.float32))
+    grid_y, grid_x = np.mgrid[0:height:grid_step_px, 0:width:grid_step_px]
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(np.float32)
+    desc_grid = describe(grey_b, grid)                                  # (M,128)
+    desc_q = describe(grey_a, queries_px)
+    desc_t = describe(grey_b, np.clip(truth_px, 0, [width - 1, height - 1]))
+    grid_sq = desc_grid.pow(2).sum(1)
+    matches, fractions = [], []
+    for start in range(0, len(desc_q), 128):
+        q = desc_q[start:start + 128]
+        dist2 = q.pow(2).sum(1, keepdim=True) + grid_sq[None] - 2.0 * q @ desc_grid.t()
+        best = dist2.argmin(1).numpy()
+        matches.append(grid[best])
+        truth_d2 = (q - desc_t[start:start + 128]).pow(2).sum(1)
+        fractions.append((dist2 < truth_d2[:, None]).float().mean(1).numpy())
+    return np.concatenate(matches), np.concatenate(fractions)
+
+
+def match_ncc(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
+              truth_px: np.ndarray, patch_px: int = 15):
+    """Raw grey patches of A at the queries, zero-mean normalised cross-correlation over all of
+    B (cv2.matchTemplate TM_CCOEFF_NORMED); both images reflect-padded so every pixel is a
+    candidate centre."""
+    import cv2
+    half = patch_px // 2
+    grey_a = cv2.copyMakeBorder(_grey(image_a), half, half, half, half, cv2.BORDER_REFLECT_101)
+    grey_b = cv2.copyMakeBorder(_grey(image_b), half, half, half, half, cv2.BORDER_REFLECT_101)
+    height, width = image_b.shape[:2]
+    matches = np.zeros((len(queries_px), 2), np.float32)
+    fractions = np.zeros(len(queries_px), np.float32)
+    for i, (x, y) in enumerate(np.round(queries_px).astype(int)):
+        template = grey_a[y:y + patch_px, x:x + patch_px]
+        score = cv2.matchTemplate(grey_b, template, cv2.TM_CCOEFF_NORMED)   # (H, W)
+        score = np.nan_to_num(score, nan=-1.0)
+        row, col = np.unravel_index(int(np.argmax(score)), score.shape)
+        matches[i] = (col, row)
+        tx, ty = np.clip(np.round(truth_px[i]).astype(int), 0, [width - 1, height - 1])
+        fractions[i] = float(np.mean(score > score[ty, tx]))
+    return matches, fractions
+
+
+def evaluate_pair(methods: Dict[str, object], image_a, image_b, queries_px, truth_px):
+    """Run each method (name -> callable(image_a, image_b, queries, truth)); return per-method
+    summaries plus the raw matches (for figures)."""
+    results, raw = {}, {}
+    for name, method in methods.items():
+        start = time.perf_counter()
+        matches, fractions = method(image_a, image_b, queries_px, truth_px)
+        seconds = time.perf_counter() - start
+        errors = np.linalg.norm(matches - truth_px, axis=1)
+        raw[name] = (matches, errors, fractions, seconds)
+        results[name] = summarise(errors, fractions, seconds)
+    return results, raw
+
+
+def merge_raw(raws) -> Dict[str, Dict[str, float]]:
+    """Per-method summaries over several pairs' raw results."""
+    out = {}
+    for name in raws[0]:
+        errors = np.concatenate([r[name][1] for r in raws])
+        fractions = np.concatenate([r[name][2] for r in raws])
+        out[name] = summarise(errors, fractions, sum(r[name][3] for r in raws))
+    return out
+
+
+def draw_matches(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
+                 matches_px: np.ndarray, errors_px: np.ndarray, max_lines: int = 80,
+                 good_px: float = 3.0) -> np.ndarray:
+    """Side-by-side RGB figure: green lines for matches within good_px of the truth, red else."""
+    import cv2
+    canvas = np.concatenate([image_a, image_b], axis=1).copy()
+    offset = image_a.shape[1]
+    step = max(1, len(queries_px) // max_lines)
+    for (qx, qy), (mx, my), err in zip(queries_px[::step], matches_px[::step], errors_px[::step]):
+        colour = (0, 200, 0) if err <= good_px else (230, 0, 0)
+        cv2.line(canvas, (int(round(qx)), int(round(qy))), (int(round(mx)) + offset, int(round(my))),
+                 colour, 1, cv2.LINE_AA)
+        cv2.circle(canvas, (int(round(qx)), int(round(qy))), 2, colour, -1)
+    return canvas
+
+
+def load_model(weights: Optional[str]):
+    """The descriptor net (eval mode) and its weights header; see network.load_descriptor_net."""
+    from .network import load_descriptor_net
+    return load_descriptor_net(weights)
+
+
+def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int = 10,
+              normal_radius_px: int = 5) -> Dict[str, float]:
+    """Speed at the image's size: descriptor frames/s, and the latency of one request of
+    ``num_pixels`` pixels with descriptors already computed (arg-min search + confidence +
+    3D point + grasp pose on a synthetic plane depth), as the node serves it. Median of repeats.
+    CPU time per frame is reported too: on a shared machine wall time includes waiting."""
+    from .grasp import grasp_at
+    from .network import compute_descriptors
+    height, width = image_rgb8.shape[:2]
+    compute_descriptors(model, image_rgb8)                       # warm-up (allocations)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        descriptors = compute_descriptors(model, image_rgb8)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    rng = np.random.default_rng(0)
+    pixels = np.stack([rng.uniform(0, width - 1, num_pixels),
+                       rng.uniform(0, height - 1, num_pixels)], 1).astype(np.float32)
+    reference = descriptors_at(descriptors, pixels)
+    depth = np.full((height, width), 1.0, np.float32)
+    from ..geometry import depth_to_points
+    points = depth_to_points(depth, 500.0, 500.0, width / 2, height / 2)
+    latency = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        found = find_best_matches(reference, descriptors)
+        for xy in found['match_px']:
+            grasp_at(points, xy, normal_radius_px)
+        latency.append(time.perf_counter() - start)
+    return {'image_size': f'{width}x{height}', 'threads': torch.get_num_threads(),
+            'descriptor_fps': 1.0 / float(np.median(wall)),
+            'descriptor_ms_median': 1000 * float(np.median(wall)),
+            'descriptor_cpu_ms_median': 1000 * float(np.median(cpu)),
+            f'request_{num_pixels}px_ms_median': 1000 * float(np.median(latency)),
+            'load_average_1min': os.getloadavg()[0]}

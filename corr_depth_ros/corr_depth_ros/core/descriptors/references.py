@@ -1,0 +1,198 @@
+"""Named references (a clicked image + pixels + their descriptors), persisted to disk.
+
+A descriptor only means something to the network that computed it, so each reference stores the
+identity of its network (a hash of the weights and architecture config); a reference made by
+another network is refused with a message saying how to fix it, instead of silently matching
+garbage. One safetensors file per reference (tensors: pixels, descriptors, thumbnail; metadata:
+network identity, image size, time), never a pickle.
+"""
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..shapes import check_shape
+
+_ID_PATTERN = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+THUMBNAIL_MAX_PX = 160
+
+
+class ReferenceError(ValueError):
+    """A reference that cannot be stored or used; the text says what to do."""
+
+
+# Architecture name of the descriptor network in weights files (see core.training.save_weights).
+ARCH = 'descriptors_don'
+
+
+def network_identity(model) -> str:
+    """16-hex-digit hash of a descriptor network's architecture, config and weights (the same
+    ``identity`` that :func:`corr_depth_ros.core.training.save_weights` writes in the header)."""
+    from ..training import weights_identity
+    return weights_identity(model, ARCH, model.config())
+
+
+def validate_reference_id(reference_id: str) -> None:
+    if not _ID_PATTERN.match(reference_id or ''):
+        raise ReferenceError(f'reference_id {reference_id!r} is not usable: use 1-64 characters '
+                             'from letters, digits, "_", "-" and "." (it names a file)')
+
+
+def make_thumbnail(image_rgb8: np.ndarray, max_px: int = THUMBNAIL_MAX_PX) -> np.ndarray:
+    """(H,W,3) uint8 -> (h,w,3) uint8 with max(h, w) <= max_px (area down-sampling)."""
+    import cv2
+    check_shape('image_rgb8', image_rgb8, (None, None, 3))
+    height, width = image_rgb8.shape[:2]
+    scale = min(1.0, max_px / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image_rgb8, size, interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class Reference:
+    """One named reference. pixels_xy (N,2) float32 (x, y) in the reference image; descriptors
+    (N,D) float32; thumbnail (h,w,3) uint8; image_size (H, W) of the reference image."""
+
+    reference_id: str
+    pixels_xy: np.ndarray
+    descriptors: np.ndarray
+    network_id: str
+    image_size: Tuple[int, int]
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 3), np.uint8))
+    created_s: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        validate_reference_id(self.reference_id)
+        sizes = check_shape('pixels_xy', self.pixels_xy, ('N', 2))
+        check_shape('descriptors', self.descriptors, ('N', None), sizes)
+        check_shape('thumbnail', self.thumbnail, (None, None, 3))
+
+    def extended(self, pixels_xy: np.ndarray, descriptors: np.ndarray) -> 'Reference':
+        """This reference with more pixels (a click adds one)."""
+        return Reference(self.reference_id,
+                         np.concatenate([self.pixels_xy, pixels_xy]).astype(np.float32),
+                         np.concatenate([self.descriptors, descriptors]).astype(np.float32),
+                         self.network_id, self.image_size, self.thumbnail, self.created_s)
+
+
+class ReferenceStore:
+    """References of one network, held in memory and mirrored to ``directory`` (may be '' for
+    memory only). References on disk made by another network are kept aside, so asking for one
+    says why it cannot be used rather than "unknown id"."""
+
+    def __init__(self, directory: str, network_id: str):
+        self.directory = directory
+        self.network_id = network_id
+        self._refs: Dict[str, Reference] = {}
+        self._foreign: Dict[str, str] = {}       # id -> network id that made it
+        self.load_errors: List[str] = []
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            self._load_all()
+
+    def _path(self, reference_id: str) -> str:
+        return os.path.join(self.directory, f'{reference_id}.safetensors')
+
+    def _load_all(self) -> None:
+        for name in sorted(os.listdir(self.directory)):
+            if not name.endswith('.safetensors'):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                ref = load_reference(path)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+                self.load_errors.append(f'{path}: {exc}')
+                continue
+            if ref.network_id == self.network_id:
+                self._refs[ref.reference_id] = ref
+            else:
+                self._foreign[ref.reference_id] = ref.network_id
+
+    def ids(self) -> List[str]:
+        return sorted(self._refs)
+
+    def __contains__(self, reference_id: str) -> bool:
+        return reference_id in self._refs
+
+    def get(self, reference_id: str) -> Reference:
+        """The reference, or ReferenceError saying why not (unknown / made by another network)."""
+        if reference_id in self._refs:
+            return self._refs[reference_id]
+        if reference_id in self._foreign:
+            raise ReferenceError(
+                f'reference {reference_id!r} was made by descriptor network '
+                f'{self._foreign[reference_id]}, but this node runs {self.network_id}: '
+                'descriptors of different networks cannot be compared. Re-create it with '
+                'set_reference (overwrite=true) or load the weights it was made with')
+        known = ', '.join(self.ids()) or 'none'
+        raise ReferenceError(f'unknown reference_id {reference_id!r}; known: {known}. '
+                             'Create it with set_reference or a click on the image')
+
+    def put(self, ref: Reference, overwrite: bool) -> None:
+        """Store (and persist) ``ref``; ReferenceError if it exists and not ``overwrite``, or if
+        it was made by another network."""
+        if ref.network_id != self.network_id:
+            raise ReferenceError(f'reference {ref.reference_id!r} has network {ref.network_id}, '
+                                 f'this store is for {self.network_id}')
+        exists = ref.reference_id in self._refs or ref.reference_id in self._foreign
+        if exists and not overwrite:
+            raise ReferenceError(f'reference {ref.reference_id!r} already exists; set '
+                                 'overwrite=true to replace it')
+        if self.directory:
+            save_reference(self._path(ref.reference_id), ref)
+        self._refs[ref.reference_id] = ref
+        self._foreign.pop(ref.reference_id, None)
+
+
+def save_reference(path: str, ref: Reference) -> None:
+    """Write ``ref`` as safetensors (atomic: a temporary file renamed into place)."""
+    from safetensors.numpy import save_file
+    tensors = {'pixels_xy': np.ascontiguousarray(ref.pixels_xy, dtype=np.float32),
+               'descriptors': np.ascontiguousarray(ref.descriptors, dtype=np.float32),
+               'thumbnail': np.ascontiguousarray(ref.thumbnail, dtype=np.uint8)}
+    metadata = {'reference_id': ref.reference_id, 'network_id': ref.network_id,
+                'image_size': json.dumps(list(ref.image_size)), 'created_s': repr(ref.created_s),
+                'format': 'corr_depth_ros.reference/1'}
+    tmp = f'{path}.tmp'
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_reference(path: str) -> Reference:
+    from safetensors import safe_open
+    with safe_open(path, framework='numpy') as handle:
+        meta = handle.metadata() or {}
+        if meta.get('format') != 'corr_depth_ros.reference/1':
+            raise ReferenceError(f'{path} is not a corr_depth_ros reference file')
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    return Reference(meta['reference_id'], tensors['pixels_xy'], tensors['descriptors'],
+                     meta['network_id'], tuple(json.loads(meta['image_size'])),
+                     tensors['thumbnail'], float(meta['created_s']))
+
+
+def lookup(store: ReferenceStore, reference_id: str,
+           pixels_xy: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Pixels and descriptors of a stored reference: all of them when ``pixels_xy`` is empty or
+    None, else the stored pixels nearest to each requested one (within 0.5 px).
+
+    Raises ReferenceError naming the pixel that was not stored.
+    """
+    ref = store.get(reference_id)
+    if pixels_xy is None or len(pixels_xy) == 0:
+        return ref.pixels_xy, ref.descriptors
+    pixels_xy = np.asarray(pixels_xy, dtype=np.float32).reshape(-1, 2)
+    chosen = []
+    for x, y in pixels_xy:
+        gap = np.hypot(ref.pixels_xy[:, 0] - x, ref.pixels_xy[:, 1] - y)
+        i = int(np.argmin(gap))
+        if gap[i] > 0.5:
+            stored = ', '.join(f'({px:g}, {py:g})' for px, py in ref.pixels_xy[:8])
+            raise ReferenceError(f'pixel ({x:g}, {y:g}) is not stored with reference '
+                                 f'{reference_id!r}; stored pixels: {stored}. Leave '
+                                 'reference_pixels empty to use them all')
+        chosen.append(i)
+    return ref.pixels_xy[chosen], ref.descriptors[chosen]

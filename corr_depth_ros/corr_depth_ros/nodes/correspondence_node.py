@@ -1,0 +1,388 @@
+"""correspondence_node: find clicked reference pixels again in the live image (Dense Object Nets).
+
+A reference pixel (clicked once on a reference image, or stored under a name) is found in the
+newest live image as the pixel with the nearest descriptor (Florence, Manuelli, Tedrake, CoRL
+2018); with a REP 118 depth image the match becomes a 3D point and a grasp pose whose z axis
+approaches along minus the surface normal.
+
+  in:  image (sensor_msgs/Image), and with use_depth: depth (32FC1 metres, registered to image)
+       + camera_info, approximately synchronised;
+       <image>_mouse_left (geometry_msgs/Point, pixels: rqt_image_view's click topic) adds the
+       clicked pixel of the newest frame to the reference named by click_reference_id.
+  srv: find_correspondence (corr_depth_interfaces/FindCorrespondence),
+       set_reference (corr_depth_interfaces/SetReference); relative names, so they namespace.
+  out: correspondence/heatmap (rgb8, exp(-d/sigma) of the first pixel, only while subscribed),
+       correspondence/markers (MarkerArray), correspondence/point (PointStamped of the first match).
+Descriptors of the newest frame are computed on a worker as frames arrive, so a request only
+costs the arg-min search. Every output carries the matched live image's header.
+"""
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import Point, PointStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image
+from visualization_msgs.msg import MarkerArray
+
+from corr_depth_interfaces.msg import Correspondence
+from corr_depth_interfaces.srv import FindCorrespondence, SetReference
+
+from .. import conversions
+from ..core.colormap import colourise
+from ..core.descriptors import grasp, matching, references
+from ..core.geometry import depth_to_points
+from ..sync import make_synchronizer
+from .params import ParamSpec, declare, validate
+from .worker import LatestFrameWorker, ThrottledReporter
+
+PARAMS = [
+    ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
+              'descriptors_don_small.', read_only=True),
+    ParamSpec('device', 'auto', 'Compute device for the descriptor net.', read_only=True,
+              choices=('auto', 'cpu', 'cuda')),
+    ParamSpec('threads', 0, 'torch CPU threads (0: torch default).', read_only=True,
+              value_range=(0, 256)),
+    ParamSpec('use_depth', True, 'Subscribe to depth + camera_info (synchronised with image) '
+              'for 3D points and grasp poses; false: image only, points are NaN.', read_only=True),
+    ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
+              value_range=(1, 100)),
+    ParamSpec('slop_s', 0.05, 'Stamp tolerance between image, depth and camera_info, seconds.',
+              read_only=True, value_range=(0.0, 1.0)),
+    ParamSpec('references_dir', '~/.ros/corr_depth_ros/references', 'Folder where named '
+              'references are stored and reloaded at start-up ("" keeps them in memory only).',
+              read_only=True),
+    ParamSpec('match_threshold', 0.6, 'A match is found only if its descriptor L2 distance is at '
+              'most this (DON thresholds the distance the same way).', value_range=(0.0, 10.0)),
+    ParamSpec('heatmap_sigma', 0.25, 'Scale of the heatmap exp(-distance/sigma), descriptor '
+              'units.', value_range=(0.001, 10.0)),
+    ParamSpec('normal_radius_px', 5, 'Half-size of the depth window the surface normal is '
+              'fitted to, pixels.', value_range=(1, 50)),
+    ParamSpec('click_reference_id', 'clicked', 'Reference that clicks on the image extend.'),
+    ParamSpec('max_pixels_per_request', 200, 'Most reference pixels one request may ask for.',
+              value_range=(1, 10000)),
+]
+
+
+@dataclass
+class LiveFrame:
+    header: object
+    rgb: np.ndarray                 # (H,W,3) uint8
+    descriptors: object             # torch (D,H,W)
+    points_m: Optional[np.ndarray]  # (H,W,3) metres, NaN invalid; None without depth
+    received_s: float
+
+
+class RequestError(ValueError):
+    """A bad request: the text goes back to the caller in ``message``."""
+
+
+class CorrespondenceNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('correspondence_node', **kwargs)
+        self._values = declare(self, PARAMS)
+        self.add_on_set_parameters_callback(lambda params: self._on_set_parameters(params))
+        self._errors = ThrottledReporter(self.get_logger())
+        self._load_model()
+
+        directory = os.path.expanduser(self._values['references_dir'])
+        self._store_lock = threading.Lock()
+        self._store = references.ReferenceStore(directory, self._network_id)
+        for problem in self._store.load_errors:
+            self.get_logger().warning(f'skipped unreadable reference file {problem}')
+
+        self._frame_lock = threading.Lock()
+        self._frame: Optional[LiveFrame] = None
+        self.frames_processed = 0
+
+        out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self._pub_heatmap = self.create_publisher(Image, 'correspondence/heatmap', out_qos)
+        self._pub_markers = self.create_publisher(MarkerArray, 'correspondence/markers', out_qos)
+        self._pub_point = self.create_publisher(PointStamped, 'correspondence/point', out_qos)
+        # Heatmaps are drawn off the service thread: a request must not wait for a colour map.
+        self._heatmap_worker = LatestFrameWorker(self._publish_heatmap, self._on_worker_error,
+                                                 name='correspondence_heatmap')
+        self._worker = LatestFrameWorker(self._process, self._on_worker_error,
+                                         name='correspondence_descriptors')
+
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._image_topic = self.resolve_topic_name('image')
+        if self._values['use_depth']:
+            self._sync, self._subs, sync_impl = make_synchronizer(
+                self, [Image, Image, CameraInfo], ['image', 'depth', 'camera_info'],
+                qos_profile_sensor_data, self._on_frame, approximate=True,
+                queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
+                qos_overriding_options=overrides)
+        else:
+            sync_impl = 'none'
+            self._subs = [self.create_subscription(
+                Image, 'image', lambda msg: self._on_frame(msg, None, None),
+                qos_profile_sensor_data, qos_overriding_options=overrides)]
+        # rqt_image_view publishes clicks on "<displayed image topic>_mouse_left".
+        self._click_topic = self._image_topic + '_mouse_left'
+        self._click_sub = self.create_subscription(Point, self._click_topic, self._on_click, 10)
+        self._srv_find = self.create_service(FindCorrespondence, 'find_correspondence',
+                                             self._on_find)
+        self._srv_set = self.create_service(SetReference, 'set_reference', self._on_set_reference)
+        self.get_logger().info(
+            f'correspondence_node ready: network {self._network_id} '
+            f'(D={self._model.descriptor_dim}), {len(self._store.ids())} stored references, '
+            f'depth={"on" if self._values["use_depth"] else "off"} (sync={sync_impl}), '
+            f'clicks on {self._click_topic}')
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _load_model(self):
+        import torch
+        from ..core.descriptors.network import load_descriptor_net
+        from ..core.training import resolve_device
+        if self._values['threads'] > 0:
+            torch.set_num_threads(self._values['threads'])
+        self._device = resolve_device(self._values['device'])
+        self._model, header = load_descriptor_net(self._values['weights'] or None, self._device)
+        self._network_id = references.network_identity(self._model)
+        if header.get('identity') not in (None, self._network_id):
+            self.get_logger().warning('weights identity in the file header differs from the '
+                                      'loaded tensors; using the recomputed one')
+
+    def _on_set_parameters(self, params):
+        result = validate(PARAMS, params)
+        if result.successful:
+            self._values.update({p.name: p.value for p in params})
+        return result
+
+    def _describe(self, rgb: np.ndarray):
+        from ..core.descriptors.network import compute_descriptors
+        return compute_descriptors(self._model, rgb, self._device)
+
+    # --- live frames -------------------------------------------------------------------------
+    def _on_frame(self, image_msg, depth_msg, info_msg):
+        self._worker.submit((image_msg, depth_msg, info_msg))
+
+    def _process(self, item) -> None:
+        image_msg, depth_msg, info_msg = item
+        rgb = conversions.image_to_rgb8(image_msg)
+        points_m = None
+        if depth_msg is not None:
+            depth_m = conversions.depth_image_to_metres(depth_msg)
+            if depth_m.shape != rgb.shape[:2]:
+                raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is '
+                                 f'{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to '
+                                 'the image (same size)')
+            fx, fy, cx, cy = conversions.camera_intrinsics(info_msg)
+            points_m = depth_to_points(depth_m, fx, fy, cx, cy)
+        descriptors = self._describe(rgb)
+        frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, time.monotonic())
+        with self._frame_lock:
+            self._frame = frame
+        self.frames_processed += 1
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        self._errors.error(type(exc).__name__ + str(exc)[:40], f'frame dropped: {exc}')
+
+    def _live(self) -> LiveFrame:
+        with self._frame_lock:
+            frame = self._frame
+        if frame is None:
+            needs = f'{self._image_topic}' + (', depth and camera_info (synchronised)'
+                                               if self._values['use_depth'] else '')
+            raise RequestError(f'no live image yet: waiting for {needs}; check the topics are '
+                               'published and remapped to this node')
+        return frame
+
+    # --- requests ----------------------------------------------------------------------------
+    def _reference_from_image(self, image_msg, pixels_xy):
+        if image_msg.height == 0 or image_msg.width == 0 or len(image_msg.data) == 0:
+            raise RequestError('reference_image is empty: send an image, or give a stored '
+                               'reference_id')
+        try:
+            rgb = conversions.image_to_rgb8(image_msg)
+        except conversions.ConversionError as exc:
+            raise RequestError(f'reference_image: {exc}') from exc
+        descriptors = self._describe(rgb)
+        return rgb, self._descriptors_at(descriptors, pixels_xy, 'reference_image')
+
+    def _descriptors_at(self, descriptors, pixels_xy, what):
+        if len(pixels_xy) == 0:
+            raise RequestError('reference_pixels is empty: give at least one (x = column, '
+                               'y = row) pixel')
+        if len(pixels_xy) > self._values['max_pixels_per_request']:
+            raise RequestError(f'{len(pixels_xy)} reference_pixels requested; the limit is '
+                               f'max_pixels_per_request = {self._values["max_pixels_per_request"]}')
+        if not np.all(np.isfinite(pixels_xy)):
+            raise RequestError('reference_pixels contain NaN or inf')
+        try:
+            return matching.descriptors_at(descriptors, pixels_xy).cpu().numpy()
+        except ValueError as exc:
+            raise RequestError(f'{what}: {exc}') from exc
+
+    def _on_find(self, request, response):
+        try:
+            self._find(request, response)
+            response.success = True
+        except (RequestError, references.ReferenceError) as exc:
+            response.success = False
+            response.message = str(exc)
+            response.matches = []
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the service down
+            response.success = False
+            response.message = f'internal error: {type(exc).__name__}: {exc}'
+            self._errors.error('find', f'find_correspondence failed: {exc!r}')
+        return response
+
+    def _find(self, request, response):
+        import torch
+        frame = self._live()
+        pixels_xy = conversions.pixels_from_points(request.reference_pixels)
+        has_image = request.reference_image.height > 0 or len(request.reference_image.data) > 0
+        if request.reference_id:
+            if has_image:
+                raise RequestError('give either reference_id (a stored reference) or '
+                                   'reference_image (inline), not both')
+            with self._store_lock:
+                pixels_xy, ref_desc = references.lookup(self._store, request.reference_id,
+                                                        pixels_xy)
+            source = f'reference {request.reference_id!r}'
+        else:
+            if not has_image:
+                raise RequestError('empty request: set reference_id (a stored reference) or '
+                                   'reference_image + reference_pixels')
+            _, ref_desc = self._reference_from_image(request.reference_image, pixels_xy)
+            source = 'the inline reference image'
+        values = dict(self._values)
+        found_px = matching.find_best_matches(
+            torch.from_numpy(np.ascontiguousarray(ref_desc)), frame.descriptors)
+        header = frame.header
+        response.image_header = header
+        positions, quats, founds = [], [], []
+        for i, pixel in enumerate(pixels_xy):
+            match_xy = found_px['match_px'][i]
+            distance = float(found_px['distance'][i])
+            c = Correspondence()
+            c.reference_pixel = conversions.pixel_point(pixel)
+            c.match_pixel = conversions.pixel_point(match_xy)
+            c.descriptor_distance = distance
+            c.confidence = float(found_px['confidence'][i])
+            reasons = []
+            if distance > values['match_threshold']:
+                reasons.append(f'descriptor distance {distance:.3f} > match_threshold '
+                               f'{values["match_threshold"]:.3f} (not seen, or looks different)')
+            if frame.points_m is None:
+                pose = {'position': np.full(3, np.nan), 'quaternion_xyzw': np.full(4, np.nan),
+                        'reason': 'no depth: use_depth is false'}
+            else:
+                pose = grasp.grasp_at(frame.points_m, match_xy, values['normal_radius_px'])
+            if not np.all(np.isfinite(pose['position'])):
+                reasons.append(pose['reason'] or 'no valid 3D point')
+            elif pose['reason']:
+                reasons.append(f'grasp pose: {pose["reason"]}')
+            c.found = not reasons
+            c.reason = '; '.join(reasons)
+            c.point = conversions.make_point_stamped(pose['position'], header)
+            c.grasp_pose = conversions.make_pose_stamped(pose['position'],
+                                                         pose['quaternion_xyzw'], header)
+            response.matches.append(c)
+            positions.append(pose['position'])
+            quats.append(pose['quaternion_xyzw'])
+            founds.append(c.found)
+        count = sum(founds)
+        response.message = (f'{count}/{len(founds)} found for {source} in the image of '
+                            f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id})')
+        # Outputs for people and RViz (after the work for the caller is done).
+        if response.matches and np.all(np.isfinite(positions[0])):
+            self._pub_point.publish(response.matches[0].point)
+        self._pub_markers.publish(conversions.make_grasp_markers(positions, quats, founds, header))
+        if self._pub_heatmap.get_subscription_count():
+            self._heatmap_worker.submit((torch.from_numpy(np.ascontiguousarray(ref_desc[0])),
+                                         frame, values['heatmap_sigma']))
+
+    def _publish_heatmap(self, item) -> None:
+        reference, frame, sigma = item
+        heat = matching.descriptor_heatmap(reference, frame.descriptors, sigma)
+        rgb = colourise(heat, vmin=0.0, vmax=1.0)
+        self._pub_heatmap.publish(conversions.array_to_image(rgb, 'rgb8', frame.header))
+
+    def _on_set_reference(self, request, response):
+        try:
+            response.message = self._set_reference(request)
+            response.success = True
+        except (RequestError, references.ReferenceError) as exc:
+            response.success = False
+            response.message = str(exc)
+        except Exception as exc:  # noqa: BLE001
+            response.success = False
+            response.message = f'internal error: {type(exc).__name__}: {exc}'
+            self._errors.error('set', f'set_reference failed: {exc!r}')
+        return response
+
+    def _set_reference(self, request) -> str:
+        references.validate_reference_id(request.reference_id)
+        pixels_xy = conversions.pixels_from_points(request.reference_pixels)
+        if request.reference_image.height > 0 or len(request.reference_image.data) > 0:
+            rgb, desc = self._reference_from_image(request.reference_image, pixels_xy)
+            where = 'the given image'
+        else:
+            frame = self._live()
+            rgb = frame.rgb
+            desc = self._descriptors_at(frame.descriptors, pixels_xy, 'newest live image')
+            where = 'the newest live image'
+        ref = references.Reference(request.reference_id, pixels_xy, desc, self._network_id,
+                                   rgb.shape[:2], references.make_thumbnail(rgb))
+        with self._store_lock:
+            self._store.put(ref, overwrite=request.overwrite)
+        return f'stored reference {request.reference_id!r}: {len(pixels_xy)} pixels from {where}'
+
+    def _on_click(self, msg: Point) -> None:
+        reference_id = self._values['click_reference_id']
+        try:
+            frame = self._live()
+            pixel = np.array([[msg.x, msg.y]], dtype=np.float32)
+            desc = self._descriptors_at(frame.descriptors, pixel, 'click')
+            with self._store_lock:
+                if reference_id in self._store:
+                    ref = self._store.get(reference_id).extended(pixel, desc)
+                else:
+                    ref = references.Reference(reference_id, pixel, desc, self._network_id,
+                                               frame.rgb.shape[:2],
+                                               references.make_thumbnail(frame.rgb))
+                self._store.put(ref, overwrite=True)
+            self.get_logger().info(f'click ({msg.x:g}, {msg.y:g}) added to reference '
+                                   f'{reference_id!r} ({len(ref.pixels_xy)} pixels)')
+        except (RequestError, references.ReferenceError) as exc:
+            self._errors.error('click', f'click ignored: {exc}')
+
+    def reference_ids(self):
+        with self._store_lock:
+            return self._store.ids()
+
+    def destroy_node(self):
+        self._worker.stop()
+        self._heatmap_worker.stop()
+        super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = CorrespondenceNode()
+        # Services and frames on separate threads: a request never waits behind a frame.
+        from rclpy.executors import MultiThreadedExecutor
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,226 @@
+"""correspondence_node over real DDS (loopback): find_correspondence with inline and stored
+references, 3D points and grasp poses from depth, bad requests, clicks, persistence.
+
+Scene: a 320x240 crop of Middlebury Motorcycle (evaluation data: used here only to test, never
+to train) as the live image, and the same scene shifted by (SHIFT_X, SHIFT_Y) pixels as the
+reference image, so every reference pixel's true match is known. Depth is a tilted plane, so
+3D points and surface normals are known too. Uses the shipped descriptor weights.
+"""
+import math
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip('rclpy')
+from geometry_msgs.msg import Point, PointStamped  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from corr_depth_interfaces.srv import FindCorrespondence, SetReference  # noqa: E402
+from corr_depth_ros import conversions  # noqa: E402
+from corr_depth_ros.core.geometry import depth_to_points  # noqa: E402
+from corr_depth_ros.core.motorcycle import load_motorcycle  # noqa: E402
+from corr_depth_ros.nodes.correspondence_node import CorrespondenceNode  # noqa: E402
+
+RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+HEIGHT, WIDTH = 240, 320
+TOP, LEFT = 150, 250            # crop of the live image in the Motorcycle left image
+SHIFT_X, SHIFT_Y = 9, 6         # reference image = live scene moved by this many pixels
+FX = FY = 300.0
+CX, CY = (WIDTH - 1) / 2, (HEIGHT - 1) / 2
+PLANE_NORMAL = np.array([0.2, -0.3, -1.0]) / np.linalg.norm([0.2, -0.3, -1.0])  # towards camera
+# Reference pixels (x, y) on textured parts of the motorcycle.
+PIXELS = np.array([[120.0, 100.0], [200.0, 60.0], [80.0, 170.0], [240.0, 150.0]])
+
+
+@pytest.fixture(scope='module')
+def scene():
+    left = load_motorcycle()['left']
+    live = np.ascontiguousarray(left[TOP:TOP + HEIGHT, LEFT:LEFT + WIDTH])
+    # Reference pixel (x, y) shows the scene point that the live image has at
+    # (x - SHIFT_X, y - SHIFT_Y).
+    reference = np.ascontiguousarray(left[TOP - SHIFT_Y:TOP - SHIFT_Y + HEIGHT,
+                                          LEFT - SHIFT_X:LEFT - SHIFT_X + WIDTH])
+    u, v = np.meshgrid(np.arange(WIDTH), np.arange(HEIGHT))
+    ray = np.stack([(u - CX) / FX, (v - CY) / FY, np.ones(u.shape)], -1)
+    depth = (-1.0 / (ray @ PLANE_NORMAL)).astype(np.float32)     # plane n.p = -1 m
+    depth[:, :40] = np.nan                                       # a strip with no depth
+    return {'live': live, 'reference': reference, 'depth': depth,
+            'points': depth_to_points(depth, FX, FY, CX, CY)}
+
+
+class Client:
+    """Publishes live frames (image + depth + camera_info) and calls the node's services."""
+
+    def __init__(self, ros, scene):
+        self.ros = ros
+        self.scene = scene
+        n = self.node = ros.node('correspondence_test_client')
+        self.pub_image = n.create_publisher(Image, 'image', RELIABLE)
+        self.pub_depth = n.create_publisher(Image, 'depth', RELIABLE)
+        self.pub_info = n.create_publisher(CameraInfo, 'camera_info', RELIABLE)
+        self.pub_click = n.create_publisher(Point, 'image_mouse_left', 10)
+        self.find = n.create_client(FindCorrespondence, 'find_correspondence')
+        self.set = n.create_client(SetReference, 'set_reference')
+        self.stamp_sec = 1000
+        self.received = {'correspondence/heatmap': [], 'correspondence/markers': [],
+                         'correspondence/point': []}
+        for topic, msg_type in (('correspondence/heatmap', Image),
+                                ('correspondence/markers', MarkerArray),
+                                ('correspondence/point', PointStamped)):
+            n.create_subscription(msg_type, topic,
+                                  lambda m, t=topic: self.received[t].append(m), RELIABLE)
+
+    def publish_frame(self):
+        self.stamp_sec += 1
+        header = Header(frame_id='camera_color_optical_frame')
+        header.stamp.sec = self.stamp_sec
+        info = CameraInfo(header=header, width=WIDTH, height=HEIGHT)
+        info.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
+        self.pub_info.publish(info)
+        self.pub_depth.publish(conversions.array_to_image(self.scene['depth'], '32FC1', header))
+        self.pub_image.publish(conversions.array_to_image(self.scene['live'], 'rgb8', header))
+        return self.stamp_sec
+
+    def wait_live(self, node):
+        before = node.frames_processed
+        ok = self.ros.wait_for(lambda: node.frames_processed > before, timeout_s=60,
+                               action=self.publish_frame, action_period_s=1.0)
+        assert ok, 'the node never processed a frame'
+
+    def call(self, client, request):
+        assert client.wait_for_service(timeout_sec=20), 'service not available'
+        future = client.call_async(request)
+        assert self.ros.wait_for(future.done, timeout_s=60), 'service call timed out'
+        return future.result()
+
+
+def _start(ros, tmp_path, **params):
+    params = {'references_dir': str(tmp_path / 'refs'), **params}
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    return ros.add(CorrespondenceNode(context=ros.context, parameter_overrides=overrides))
+
+
+def _find(pixels=(), image=None, reference_id=''):
+    request = FindCorrespondence.Request()
+    request.reference_id = reference_id
+    if image is not None:
+        request.reference_image = image
+    request.reference_pixels = [conversions.pixel_point(p) for p in pixels]
+    return request
+
+
+def _rotation_z_axis(q):
+    x, y, z, w = q.x, q.y, q.z, q.w
+    return np.array([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)])
+
+
+def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
+    node = _start(ros, tmp_path)
+    client = Client(ros, scene)
+    # Before any frame: refused with a message naming the missing input.
+    early = client.call(client.find, _find(PIXELS, conversions.array_to_image(
+        scene['reference'], 'rgb8', Header())))
+    assert not early.success and 'no live image yet' in early.message
+
+    client.wait_live(node)
+    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    pixels = np.concatenate([PIXELS, [[30.0 + SHIFT_X, 120.0]]])   # the last lands on no depth
+    response = client.call(client.find, _find(pixels, reference_msg))
+    assert response.success, response.message
+    assert response.image_header.frame_id == 'camera_color_optical_frame'
+    assert response.image_header.stamp.sec > 1000
+    assert len(response.matches) == len(pixels)
+    for pixel, match in zip(pixels, response.matches):
+        expected = pixel - [SHIFT_X, SHIFT_Y]
+        got = np.array([match.match_pixel.x, match.match_pixel.y])
+        assert np.abs(got - expected).max() <= 2.0, (pixel, got, expected)
+        assert (match.reference_pixel.x, match.reference_pixel.y) == tuple(pixel)
+        assert 0.0 <= match.confidence <= 1.0 and match.descriptor_distance >= 0.0
+        assert match.point.header.stamp == response.image_header.stamp
+    for match in response.matches[:len(PIXELS)]:
+        assert match.found, match.reason
+        col, row = int(round(match.match_pixel.x)), int(round(match.match_pixel.y))
+        point = np.array([match.point.point.x, match.point.point.y, match.point.point.z])
+        np.testing.assert_allclose(point, scene['points'][row, col], rtol=1e-5)
+        pose = match.grasp_pose.pose
+        assert pose.position.z == pytest.approx(point[2])
+        # The approach (z) axis points into the surface: minus the plane normal.
+        assert np.dot(_rotation_z_axis(pose.orientation), -PLANE_NORMAL) > 0.999
+    no_depth = response.matches[-1]
+    assert not no_depth.found and 'depth' in no_depth.reason
+    assert math.isnan(no_depth.point.point.x) and math.isnan(no_depth.grasp_pose.pose.position.z)
+
+    # Visual outputs carry the live image's header: heatmap (rgb8, live size), markers (a sphere
+    # and an arrow per valid grasp pose after a DELETEALL), the first match's point.
+    assert ros.wait_for(lambda: all(client.received.values()), timeout_s=20), \
+        {k: len(v) for k, v in client.received.items()}
+    heatmap = client.received['correspondence/heatmap'][-1]
+    assert (heatmap.encoding, heatmap.width, heatmap.height) == ('rgb8', WIDTH, HEIGHT)
+    assert heatmap.header.stamp == response.image_header.stamp
+    markers = client.received['correspondence/markers'][-1].markers
+    assert len(markers) == 1 + 2 * len(PIXELS)
+    point = client.received['correspondence/point'][-1]
+    assert point.point.z == pytest.approx(response.matches[0].point.point.z)
+
+
+def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
+    node = _start(ros, tmp_path)
+    client = Client(ros, scene)
+    client.wait_live(node)
+
+    # set_reference on the newest live image, then find it by id with no pixels: all of them.
+    set_request = SetReference.Request(reference_id='handle', overwrite=False)
+    set_request.reference_pixels = [conversions.pixel_point(p) for p in PIXELS]
+    stored = client.call(client.set, set_request)
+    assert stored.success, stored.message
+    again = client.call(client.set, set_request)
+    assert not again.success and 'overwrite' in again.message
+    response = client.call(client.find, _find(reference_id='handle'))
+    assert response.success, response.message
+    got = np.array([[m.match_pixel.x, m.match_pixel.y] for m in response.matches])
+    # Same image: the stored descriptors are found at their own pixels.
+    assert np.abs(got - PIXELS).max() <= 1.0
+    assert all(m.found for m in response.matches)
+    subset = client.call(client.find, _find(PIXELS[1:2], reference_id='handle'))
+    assert subset.success and len(subset.matches) == 1
+
+    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    wrong_encoding = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    wrong_encoding.encoding = 'yuv422'
+    bad_requests = {
+        'outside the 320x240 image': _find([[320.0, 10.0]], reference_msg),
+        'unknown reference_id': _find(reference_id='nope'),
+        'empty request': _find(PIXELS),
+        'unsupported image encoding': _find(PIXELS, wrong_encoding),
+        'reference_pixels is empty': _find([], reference_msg),
+        'not both': _find(PIXELS, reference_msg, reference_id='handle'),
+        'not stored with reference': _find([[1.0, 1.0]], reference_id='handle'),
+    }
+    for expected_text, request in bad_requests.items():
+        result = client.call(client.find, request)
+        assert not result.success, expected_text
+        assert expected_text in result.message, (expected_text, result.message)
+        assert len(result.matches) == 0
+    bad_id = client.call(client.set, SetReference.Request(reference_id='../x'))
+    assert not bad_id.success and 'not usable' in bad_id.message
+    # Still serving.
+    assert client.call(client.find, _find(reference_id='handle')).success
+
+    # A click on the image (rqt_image_view's topic) creates the "clicked" reference, a second
+    # click extends it.
+    for i, (x, y) in enumerate(PIXELS[:2]):
+        ros.wait_for(lambda: 'clicked' in node.reference_ids() and
+                     len(node._store.get('clicked').pixels_xy) > i, timeout_s=20,
+                     action=lambda: client.pub_click.publish(Point(x=float(x), y=float(y))),
+                     action_period_s=5.0)
+    assert np.array_equal(node._store.get('clicked').pixels_xy, PIXELS[:2].astype(np.float32))
+
+    # A restarted node reloads both references from references_dir.
+    restarted = _start(ros, tmp_path)
+    assert restarted.reference_ids() == ['clicked', 'handle']

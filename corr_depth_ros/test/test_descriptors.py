@@ -1,0 +1,237 @@
+"""Dense object descriptors, core tier: network shapes, DON loss known values, matching,
+normals and grasp orientation, reference persistence and network-identity refusal."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from corr_depth_ros.core.descriptors import grasp, matching, references
+from corr_depth_ros.core.descriptors.loss import (ContrastiveConfig, contrastive_terms, pair_loss,
+                                                  sample_descriptors)
+from corr_depth_ros.core.descriptors.network import build_descriptor_net, compute_descriptors
+from corr_depth_ros.core.geometry import depth_to_points
+
+
+def tiny_net(seed=0, descriptor_dim=5):
+    torch.manual_seed(seed)
+    return build_descriptor_net(descriptor_dim=descriptor_dim, base_channels=4, normalize=True).eval()
+
+
+# --- network -----------------------------------------------------------------------------------
+@pytest.mark.parametrize('height,width', [(32, 48), (37, 53)])
+def test_network_full_resolution_unit_descriptors(height, width):
+    net = tiny_net()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, height, width))
+    assert out.shape == (2, 5, height, width)
+    norms = out.norm(dim=1)
+    # Normalised at 1/2 resolution then bilinearly upsampled: within a few % of unit length.
+    assert torch.all(norms <= 1.0 + 1e-5) and float(norms.mean()) > 0.9
+
+
+def test_network_factory_is_keyword_only_and_checks_inputs():
+    with pytest.raises(TypeError):
+        build_descriptor_net(3, 4, True)  # noqa: the factory is keyword-only
+    with pytest.raises(ValueError):
+        build_descriptor_net(descriptor_dim=0, base_channels=4, normalize=True)
+    with pytest.raises(ValueError, match='image'):
+        tiny_net()(torch.rand(1, 4, 16, 16))
+    net = build_descriptor_net(descriptor_dim=3, base_channels=4, normalize=False)
+    assert net.config() == {'descriptor_dim': 3, 'base_channels': 4, 'normalize': False}
+    image = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    assert compute_descriptors(net.eval(), image).shape == (3, 20, 30)
+
+
+# --- loss ----------------------------------------------------------------------------------------
+def test_contrastive_terms_known_values_and_hard_negative_scaling():
+    match_a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    match_b = torch.tensor([[0.0, 1.0], [1.0, 0.5]])     # squared distances 1 and 0.25
+    # Non-match distances 0.2, 0.5, 3.0 with margin 1: hinges 0.8, 0.5, 0 -> two hard negatives.
+    non_a = torch.zeros(3, 2)
+    non_b = torch.tensor([[0.2, 0.0], [0.0, 0.5], [3.0, 0.0]])
+    match_loss, non_match_loss, num_hard = contrastive_terms(match_a, match_b, non_a, non_b, 1.0)
+    assert float(match_loss) == pytest.approx((1.0 + 0.25) / 2)
+    assert int(num_hard) == 2
+    # Scaled by the 2 hard negatives, not by all 3 non-matches.
+    assert float(non_match_loss) == pytest.approx((0.8 ** 2 + 0.5 ** 2) / 2)
+    # Masking a pair out removes it from both the sum and the count.
+    _, masked, hard = contrastive_terms(match_a, match_b, non_a, non_b, 1.0,
+                                        torch.tensor([True, False, True]))
+    assert int(hard) == 1 and float(masked) == pytest.approx(0.8 ** 2)
+    # No hard negative: exactly 0, not 0/0.
+    _, none, hard = contrastive_terms(match_a, match_b, non_a, non_b * 0 + 5.0, 1.0)
+    assert int(hard) == 0 and float(none) == 0.0
+    with pytest.raises(ValueError):
+        contrastive_terms(match_a, match_b[:1], non_a, non_b, 1.0)
+
+
+def test_sample_descriptors_bilinear():
+    desc = torch.arange(12, dtype=torch.float32).view(1, 3, 4)   # value = 4*row + col
+    pixels = torch.tensor([[0.0, 0.0], [3.0, 2.0], [1.5, 0.5]])
+    got = sample_descriptors(desc, pixels)[:, 0]
+    assert torch.allclose(got, torch.tensor([0.0, 11.0, 0.5 * 4 + 1.5]))
+
+
+def _pair_batch(height=24, width=32, shift_px=3):
+    """B = A shifted right by shift_px: every A pixel with x + shift < W matches (x + shift, y)."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing='ij')
+    match = torch.stack([xs + shift_px, ys]).float()
+    valid = (xs + shift_px) < width
+    objects = (xs > 8) & (xs < 20)
+    return match, valid, objects
+
+
+def test_pair_loss_perfect_descriptors_beat_random_and_backpropagate():
+    match, valid, objects = _pair_batch()
+    height, width = valid.shape
+    cfg = ContrastiveConfig(num_matches=256, margin=0.5)
+    # "Perfect" descriptors: a unique code per scene point (its x, y in B coordinates, scaled).
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing='ij')
+    desc_b = torch.stack([xs, ys]).float() / 4.0
+    desc_a = torch.stack([xs + 3, ys]).float() / 4.0
+    gen = torch.Generator().manual_seed(0)
+    perfect, logs = pair_loss(desc_a, desc_b, match, valid, objects, objects, cfg, gen)
+    assert logs['match_loss'] == pytest.approx(0.0, abs=1e-9)
+    noise = torch.randn(2, height, width, generator=gen, requires_grad=True)
+    random_loss, _ = pair_loss(noise, desc_b, match, valid, objects, objects, cfg, gen)
+    assert float(random_loss.detach()) > float(perfect) + 0.1
+    random_loss.backward()
+    assert noise.grad is not None and float(noise.grad.abs().sum()) > 0
+
+
+# --- matching ------------------------------------------------------------------------------------
+def _constructed_descriptors(height=30, width=40, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.normal(size=(dim, height, width)).astype(np.float32))
+
+
+def test_best_match_finds_planted_descriptors_with_confidence():
+    desc = _constructed_descriptors()
+    targets = [(5, 7), (33, 21), (0, 0)]           # (x, y)
+    reference = torch.stack([desc[:, y, x] for x, y in targets])
+    result = matching.find_best_matches(reference, desc, subpixel=False)
+    assert np.allclose(result['match_px'], np.array(targets, dtype=np.float32))
+    assert np.allclose(result['distance'], 0.0, atol=1e-3)
+    expected = 1 - (result['distance'] + 0.1) / (result['second_distance'] + 0.1)
+    assert np.allclose(result['confidence'], expected, atol=1e-5)
+    assert np.all(result['confidence'] > 0.5)
+    # A descriptor that occurs twice, far apart, is ambiguous: confidence near 0.
+    repeated = desc.clone()
+    repeated[:, 25, 30] = repeated[:, 3, 3] + 0.001
+    ambiguous = matching.find_best_matches(repeated[:, 3, 3][None], repeated)
+    assert ambiguous['confidence'][0] < 0.1 and ambiguous['second_distance'][0] < 0.05
+    heat = matching.descriptor_heatmap(reference[1], desc, sigma=0.5)
+    assert heat.shape == (30, 40) and heat[21, 33] == pytest.approx(1.0, abs=1e-3)
+    assert np.unravel_index(np.argmax(heat), heat.shape) == (21, 33)
+
+
+def test_subpixel_refinement_on_a_smooth_field():
+    height, width = 20, 30
+    ys, xs = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing='ij')
+    desc = torch.stack([xs, ys]) * 0.1     # linear field: a descriptor names its position
+    reference = torch.tensor([[12.3 * 0.1, 7.6 * 0.1]])
+    result = matching.find_best_matches(reference, desc)
+    # |d| is a cone here; a parabola through it recovers the position to within 0.25 px.
+    assert np.abs(result['match_px'][0] - np.array([12.3, 7.6])).max() < 0.25
+
+
+def test_descriptors_at_rejects_out_of_bounds_pixel_with_a_message():
+    desc = _constructed_descriptors()
+    with pytest.raises(ValueError, match=r'outside the 40x30 image'):
+        matching.descriptors_at(desc, np.array([[40.0, 2.0]]))
+    assert matching.descriptors_at(desc, np.array([[39.0, 29.0]])).shape == (1, 4)
+
+
+# --- grasp ---------------------------------------------------------------------------------------
+def _plane_points(normal, offset_m=1.0, height=40, width=50, f_px=60.0):
+    """Depth of the plane n.p = -offset (n towards the camera) seen by a pinhole camera."""
+    normal = np.asarray(normal, dtype=np.float64) / np.linalg.norm(normal)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    u, v = np.meshgrid(np.arange(width), np.arange(height))
+    ray = np.stack([(u - cx) / f_px, (v - cy) / f_px, np.ones_like(u, dtype=np.float64)], -1)
+    depth = -offset_m / (ray @ normal)
+    return depth_to_points(depth.astype(np.float32), f_px, f_px, cx, cy), normal
+
+
+def test_fit_normal_on_a_tilted_plane_points_to_camera():
+    points, true_normal = _plane_points([0.3, -0.2, -1.0])
+    normal, reason = grasp.fit_normal(points, (25, 20), radius_px=4)
+    assert reason == ''
+    assert np.dot(normal, true_normal) > 0.999          # same direction, towards the camera
+    holes = points.copy()
+    holes[10:30, 15:35] = np.nan
+    normal, reason = grasp.fit_normal(holes, (25, 20), radius_px=4)
+    assert np.all(np.isnan(normal)) and 'valid depth points' in reason
+
+
+def test_grasp_pose_z_axis_is_the_approach():
+    points, true_normal = _plane_points([0.3, -0.2, -1.0])
+    pose = grasp.grasp_at(points, (25, 20))
+    assert pose['reason'] == ''
+    x, y, z, w = pose['quaternion_xyzw']
+    assert math.isclose(x * x + y * y + z * z + w * w, 1.0, rel_tol=1e-6)
+    from transforms3d.quaternions import quat2mat
+    rotation = quat2mat([w, x, y, z])
+    assert np.allclose(rotation[:, 2], -true_normal, atol=1e-3)   # z points into the surface
+    assert np.allclose(pose['position'], points[20, 25])
+    nan_points = points.copy()
+    nan_points[20, 25] = np.nan
+    missing = grasp.grasp_at(nan_points, (25, 20))
+    assert np.all(np.isnan(missing['position'])) and 'depth' in missing['reason']
+
+
+def test_rotation_to_quaternion_identity_and_axis():
+    assert np.allclose(grasp.rotation_to_quaternion_xyzw(np.eye(3)), [0, 0, 0, 1])
+    rot_z90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    s = math.sqrt(0.5)
+    assert np.allclose(grasp.rotation_to_quaternion_xyzw(rot_z90), [0, 0, s, s])
+
+
+# --- references ----------------------------------------------------------------------------------
+def test_reference_persistence_and_identity_refusal(tmp_path):
+    net = tiny_net(seed=0)
+    other = tiny_net(seed=1)
+    net_id = references.network_identity(net)
+    assert net_id == references.network_identity(tiny_net(seed=0))
+    assert net_id != references.network_identity(other)
+    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    desc = compute_descriptors(net, image)
+    pixels = np.array([[10.0, 12.0], [50.0, 40.0]], dtype=np.float32)
+    ref = references.Reference('mug_handle', pixels, matching.descriptors_at(desc, pixels).numpy(),
+                               net_id, (48, 64), references.make_thumbnail(image, 32))
+    store = references.ReferenceStore(str(tmp_path), net_id)
+    store.put(ref, overwrite=False)
+    with pytest.raises(references.ReferenceError, match='overwrite'):
+        store.put(ref, overwrite=False)
+    # A new store (a restarted node) reloads it from disk, bit for bit.
+    reloaded = references.ReferenceStore(str(tmp_path), net_id).get('mug_handle')
+    assert np.array_equal(reloaded.descriptors, ref.descriptors)
+    assert np.array_equal(reloaded.pixels_xy, pixels) and reloaded.image_size == (48, 64)
+    assert reloaded.thumbnail.shape == (24, 32, 3)
+    got_pixels, got_desc = references.lookup(store, 'mug_handle', np.array([[50.0, 40.0]]))
+    assert np.array_equal(got_desc, ref.descriptors[1:])
+    with pytest.raises(references.ReferenceError, match='not stored'):
+        references.lookup(store, 'mug_handle', np.array([[1.0, 1.0]]))
+    # Another network refuses it, saying why and what to do.
+    foreign = references.ReferenceStore(str(tmp_path), references.network_identity(other))
+    with pytest.raises(references.ReferenceError, match='made by descriptor network .*set_reference'):
+        foreign.get('mug_handle')
+    with pytest.raises(references.ReferenceError, match='unknown reference_id'):
+        store.get('nope')
+    with pytest.raises(references.ReferenceError, match='not usable'):
+        references.Reference('../evil', pixels, ref.descriptors, net_id, (48, 64))
+
+
+# --- evaluation ground truth ----------------------------------------------------------------------
+def test_visible_in_right_finds_occlusion_and_out_of_view():
+    from corr_depth_ros.core.descriptors.evaluate import visible_in_right
+    disparity = np.full((3, 30), 2.0, np.float32)
+    disparity[:, 10:20] = 6.0           # a nearer block: it hides the background to its left
+    disparity[1, 25] = np.nan           # no ground truth
+    visible = visible_in_right(disparity)
+    expected = np.ones((3, 30), bool)
+    expected[:, 0:2] = False            # x - 2 < 0: outside the right image
+    expected[:, 6:10] = False           # lands on right columns 4..7, which the block covers
+    expected[1, 25] = False
+    assert np.array_equal(visible, expected)
