@@ -16,7 +16,8 @@ from corr_depth_ros.core.stereo_net.model import DIVISIBILITY  # noqa: E402
 from corr_depth_ros.core.stereo_net.refinement import convex_upsample  # noqa: E402
 from corr_depth_ros.core.stereo_net.regression import (entropy_confidence,  # noqa: E402
                                                        peak_confidence, soft_argmin_disparity)
-from corr_depth_ros.core.stereo_net.train import augment_pair, stereo_loss  # noqa: E402
+from corr_depth_ros.core.stereo_net.train import (AugmentConfig, StereoTrainingSet,  # noqa: E402
+                                                  augment_pair, stereo_loss)
 from corr_depth_ros.core.training import load_weights, save_weights  # noqa: E402
 
 TINY = dict(max_disparity_px=32, feature_channels=8, groups=2, aggregation_channels=(8, 8, 8))
@@ -167,6 +168,38 @@ def test_augmentation_is_seeded_and_changes_the_pair():
     assert not torch.equal(a[0], left)
     for image in a:
         assert image.shape == (3, 32, 48) and image.min() >= 0 and image.max() <= 1
+
+
+def _warp_error(left, right, disparity_px, valid):
+    """Mean |left - right sampled at (x - d, y)| over ``valid`` pixels of (3, H, W) images."""
+    _, height, width = right.shape
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                            torch.arange(width, dtype=torch.float32), indexing='ij')
+    grid = torch.stack([2 * (xs - disparity_px[0]) / (width - 1) - 1,
+                        2 * ys / (height - 1) - 1], dim=-1)
+    warped = torch.nn.functional.grid_sample(right[None], grid[None], align_corners=True)[0]
+    return float((warped - left).abs().amax(dim=0)[valid].mean())
+
+
+@pytest.mark.parametrize('mirror,vflip', [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_geometric_flips_keep_a_consistent_pair(mirror, vflip):
+    synth = pytest.importorskip('corr_depth_ros.core.synth')
+    sample = synth.render_stereo_pair(3, 64, 96, synth.SynthConfig().clean())
+    # Photometric changes off, so only geometry can break the warp check.
+    no_photometric = AugmentConfig(asymmetric_prob=0.0, brightness=0.0, contrast=(1.0, 1.0),
+                                   gamma=(1.0, 1.0), channel_gain=0.0, noise_std=(0.0, 0.0),
+                                   patch_prob=0.0, mirror_prob=mirror, vflip_prob=vflip)
+    item = StereoTrainingSet([sample], no_photometric, length=3)[2]
+    disparity = item['disparity_px']
+    expected = sample['disparity_right_px'].flip(-1) if mirror else sample['disparity_left_px']
+    assert torch.equal(disparity, expected.flip(-2) if vflip else expected)
+    valid = torch.isfinite(disparity[0]) & (disparity[0] > 0)
+    valid[:, :2] = False
+    valid[:, -2:] = False
+    good = _warp_error(item['left'], item['right'], disparity, valid)
+    # The un-mirrored ground truth on the mirrored images must fail the same check.
+    wrong = _warp_error(item['left'], item['right'], sample['disparity_left_px'], valid)
+    assert good < 0.015 and wrong > 1.6 * good, (good, wrong)
 
 
 def test_loss_decreases_on_a_tiny_synthetic_batch():

@@ -22,6 +22,9 @@ def register(subparsers):
     p.add_argument('--checkpoint-every', type=int, default=100)
     p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
     p.add_argument('--no-augment', action='store_true')
+    p.add_argument('--data', default='', metavar='DIR',
+                   help='train on a pool written by `corr_depth synth stereo` (same --size) '
+                        'instead of rendering on the fly')
     p.add_argument('--max-disparity', type=int, default=192, help='search range, pixels')
     p.add_argument('--feature-channels', type=int, default=48)
     p.add_argument('--groups', type=int, default=8)
@@ -51,7 +54,7 @@ def run(args) -> int:
     result = train_stereo_net(cfg, height=height, width=width, net_config=net_config,
                               val_count=args.val_count,
                               augment=None if args.no_augment else AugmentConfig(),
-                              command=command)
+                              data_dir=args.data, command=command)
     print({k: v for k, v in result.items()})
     if args.ship:
         import os

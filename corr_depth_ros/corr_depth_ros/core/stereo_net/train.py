@@ -43,6 +43,11 @@ class AugmentConfig:
     noise_std: Tuple[float, float] = (0.0, 0.03)
     patch_prob: float = 0.5
     patch_size_frac: Tuple[float, float] = (0.05, 0.25)   # of the image width / height
+    # Geometric flips that keep a valid rectified pair (they need the right-view disparity):
+    # mirroring swaps the roles of the cameras (left' = flip(right), right' = flip(left),
+    # GT = flip(disparity_right)); a vertical flip keeps the epipolar lines horizontal.
+    mirror_prob: float = 0.5
+    vflip_prob: float = 0.2
 
 
 def photometric(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
@@ -117,22 +122,51 @@ def synthetic_stereo_dataset(length: int, height: int, width: int, seed: int, co
 
 class StereoTrainingSet(Dataset):
     """Synthetic pairs -> {'left', 'right' (3, H, W) in [0, 1], 'disparity_px' (1, H, W) with NaN
-    where there is no ground truth}; augmented unless ``augment`` is None."""
+    where there is no ground truth}; augmented unless ``augment`` is None.
+
+    ``length`` (default: the base's length) may exceed the base: item i is base[i % len(base)]
+    with augmentation drawn from seed i, so a fixed pool on disk is seen with new flips and
+    photometric changes on every pass.
+    """
 
     def __init__(self, base: Dataset, augment: Optional[AugmentConfig] = AugmentConfig(),
-                 seed: int = 0):
+                 seed: int = 0, length: Optional[int] = None):
         self.base, self.augment, self.seed = base, augment, seed
+        self.length = len(base) if length is None else int(length)
 
     def __len__(self):
-        return len(self.base)
+        return self.length
 
     def __getitem__(self, index):
-        sample = self.base[index]
+        sample = self.base[index % len(self.base)]
         left, right = sample['left'].float(), sample['right'].float()
         disparity = sample['disparity_left_px'].float().clone()
         if self.augment is not None:
-            left, right = augment_pair(left, right, self.seed * 7_919 + index, self.augment)
-        return {'left': left, 'right': right, 'disparity_px': disparity}
+            item_seed = self.seed * 7_919 + index
+            gen = torch.Generator().manual_seed(item_seed)
+            flips = torch.rand(2, generator=gen)
+            if 'disparity_right_px' in sample and float(flips[0]) < self.augment.mirror_prob:
+                left, right = right.flip(-1), left.flip(-1)
+                disparity = sample['disparity_right_px'].float().flip(-1)
+            if float(flips[1]) < self.augment.vflip_prob:
+                left, right, disparity = left.flip(-2), right.flip(-2), disparity.flip(-2)
+            left, right = augment_pair(left, right, item_seed, self.augment)
+        return {'left': left.contiguous(), 'right': right.contiguous(),
+                'disparity_px': disparity.contiguous()}
+
+
+def stereo_folder_dataset(root: str, height: int, width: int) -> Dataset:
+    """A stereo dataset written by ``corr_depth synth stereo`` (core/synth/FORMAT.md), checked
+    to hold ``height`` x ``width`` samples."""
+    from ..synth.io import SyntheticFolderDataset
+    data = SyntheticFolderDataset(root)
+    if data.kind != 'stereo':
+        raise ValueError(f'{root} holds {data.kind} samples; stereo training needs stereo pairs')
+    shape = tuple(data[0]['left'].shape[-2:])
+    if shape != (height, width):
+        raise ValueError(f'{root} holds {shape[1]}x{shape[0]} pairs but --size asks for '
+                         f'{width}x{height}')
+    return data
 
 
 def stereo_loss(outputs: Dict[str, torch.Tensor], disparity_gt_px: torch.Tensor,
@@ -199,8 +233,10 @@ def evaluate_on_set(model, data: Dict[str, torch.Tensor], batch_size: int = 4) -
 def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      net_config: Optional[Dict[str, Any]] = None, val_count: int = 16,
                      augment: Optional[AugmentConfig] = AugmentConfig(),
-                     command: str = '') -> Dict[str, Any]:
-    """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``.
+                     data_dir: str = '', command: str = '') -> Dict[str, Any]:
+    """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``
+    rendered on the fly, or, with ``data_dir``, on a pool written by ``corr_depth synth stereo``
+    (rendering once and re-augmenting every pass frees the CPU that rendering would take).
 
     Every validation that improves the held-out EPE writes ``out_dir/best.safetensors`` (+ JSON
     sidecar) with the full metadata; ``out_dir/last.safetensors`` is written at the end.
@@ -211,8 +247,18 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     model = build_stereo_net(**net_config)
     config = dict(model.config)
     train_seed = cfg.seed * 1_000_000
-    base = synthetic_stereo_dataset(cfg.steps * cfg.batch_size, height, width, train_seed)
-    dataset = StereoTrainingSet(base, augment, seed=cfg.seed)
+    if data_dir:
+        base = stereo_folder_dataset(data_dir, height, width)
+        with open(os.path.join(data_dir, 'dataset.json'), encoding='utf-8') as f:
+            info = json.load(f)
+        data_note = (f'synthetic stereo ({info.get("synth_version")}), pool of {len(base)} pairs '
+                     f'written by corr_depth synth stereo --seed {info.get("seed")} '
+                     f'(sample seeds seed*1000003+i), {height}x{width}, re-augmented every pass')
+    else:
+        base = synthetic_stereo_dataset(cfg.steps * cfg.batch_size, height, width, train_seed)
+        data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {height}x{width}, '
+                     f'seeds {train_seed}..{train_seed + cfg.steps * cfg.batch_size - 1}')
+    dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=cfg.steps * cfg.batch_size)
     val_data = validation_set(val_count, height, width)
     best = {'epe_px': math.inf}
     best_path = os.path.join(cfg.out_dir, 'best.safetensors')
@@ -220,8 +266,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
         with open(best_path + '.json', encoding='utf-8') as f:
             best = json.load(f)['metadata']['validation']
     def metadata(step, val):
-        return {'training_data': f'synthetic stereo ({SYNTH_VERSION}), on the fly, '
-                                 f'{height}x{width}, seeds {train_seed}..{train_seed + cfg.steps * cfg.batch_size - 1}',
+        return {'training_data': data_note,
                 'synth_version': SYNTH_VERSION, 'synth_seed': train_seed,
                 'validation_seeds': f'{VALIDATION_SEED_BASE}..{VALIDATION_SEED_BASE + val_count - 1}',
                 'steps': step, 'batch_size': cfg.batch_size, 'train_size_hw': [height, width],
