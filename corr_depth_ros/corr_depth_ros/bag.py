@@ -2,15 +2,18 @@
 context): `corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo ...`.
 
 Reading and writing use the `mcap` / `mcap-ros2-support` libraries; the per-frame work is the
-same conversions and core code the nodes run (`conversions`, `core.stereo_pipeline`). The output
-bag holds standard ROS 2 messages (stereo_msgs/DisparityImage, sensor_msgs/Image,
-sensor_msgs/PointCloud2, sensor_msgs/CameraInfo) that `ros2 bag play` and Foxglove read.
+same conversions and core code the nodes run (`conversions`, `core.stereo_pipeline`, `core.mono.inference`,
+`core.descriptors.query`). The output bag holds standard ROS 2 messages (stereo_msgs/DisparityImage,
+sensor_msgs/Image, sensor_msgs/PointCloud2, sensor_msgs/CameraInfo, geometry_msgs/PoseArray,
+visualization_msgs/MarkerArray) that `ros2 bag play` and Foxglove read.
 Message definitions for the output schemas come from the installed interface packages
 (share/<package>/msg/*.msg, found through the ament index or AMENT_PREFIX_PATH).
 """
 import os
 import re
 from typing import Dict, Iterable, List, Optional
+
+import numpy as np
 
 _SEPARATOR = '=' * 80
 _PRIMITIVES = {'bool', 'byte', 'char', 'float32', 'float64', 'int8', 'uint8', 'int16', 'uint16',
@@ -73,7 +76,6 @@ def to_plain(message):
     """An rclpy message as nested dicts the MCAP encoder accepts (numpy fixed arrays -> lists,
     uint8[] -> bytes); decoded bag messages pass through unchanged."""
     import array
-    import numpy as np
     if not hasattr(message, 'get_fields_and_field_types'):
         return message
     out = {}
@@ -131,6 +133,55 @@ def count_messages(path: str, topics: Iterable[str]) -> int:
     return sum(summary.statistics.channel_message_counts.get(cid, 0) for cid in ids)
 
 
+class _Item:
+    """A decoded bag message with the ``header`` the synchroniser reads."""
+    __slots__ = ('header', 'datatype', 'message', 'log_time_ns')
+
+    def __init__(self, datatype, message, log_time_ns):
+        self.header = message.header
+        self.datatype, self.message, self.log_time_ns = datatype, message, log_time_ns
+
+
+def _image_topics(topic: str) -> List[str]:
+    """A raw image topic and its image_transport ``compressed`` sibling."""
+    return [topic, topic + '/compressed']
+
+
+def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
+                  progress: bool) -> None:
+    """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
+    synchroniser into ``on_set(*items)``, in log-time order, with a progress bar."""
+    from .sync import StampSynchronizer
+    sync = StampSynchronizer(num_inputs, 10, on_set)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=count_messages(in_path, inputs), desc='process-bag', unit='msg',
+                   dynamic_ncols=True)
+    try:
+        for topic, datatype, message, log_time in read_messages(in_path, inputs):
+            sync.add(inputs[topic], _Item(datatype, message, log_time))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
+    counts['errors'] += 1
+    print(f'skipped a set at {log_time_ns} ns: {exc}')
+
+
+def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):
+    from . import conversions
+    writer.write(f'{out_ns}/depth', 'sensor_msgs/msg/Image',
+                 conversions.array_to_image(depth_m, '32FC1', header), log_time)
+    writer.write(f'{out_ns}/depth/camera_info', 'sensor_msgs/msg/CameraInfo', info, log_time)
+    writer.write(f'{out_ns}/points2', 'sensor_msgs/msg/PointCloud2',
+                 conversions.make_pointcloud2(points_m, rgb, header), log_time)
+
+
 def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend: str = 'sgbm',
                    backend_params: Optional[dict] = None, output_prefix: str = '',
                    progress: bool = True, **run_kwargs) -> Dict[str, int]:
@@ -141,74 +192,187 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     from . import conversions
     from .core.backends import create_backend
     from .core.stereo_pipeline import run_stereo
-    from .sync import StampSynchronizer
     ns = namespace.rstrip('/')
-    names = {'left': f'{ns}/left/image_rect', 'right': f'{ns}/right/image_rect',
-             'left_info': f'{ns}/left/camera_info', 'right_info': f'{ns}/right/camera_info'}
-    inputs = {names['left']: 0, names['left'] + '/compressed': 0,
-              names['right']: 1, names['right'] + '/compressed': 1,
-              names['left_info']: 2, names['right_info']: 3}
+    inputs = {**{t: 0 for t in _image_topics(f'{ns}/left/image_rect')},
+              **{t: 1 for t in _image_topics(f'{ns}/right/image_rect')},
+              f'{ns}/left/camera_info': 2, f'{ns}/right/camera_info': 3}
     out_ns = (output_prefix or ns).rstrip('/')
     engine = create_backend(backend, **(backend_params or {}))
     writer = BagWriter(out_path)
     counts = {'sets': 0, 'errors': 0}
 
     def on_set(left, right, left_info, right_info):
-        left_msg, right_msg = left.payload[1], right.payload[1]
         log_time = left.log_time_ns
         try:
-            geometry = conversions.stereo_geometry_from_camera_info(left_info.payload[1],
-                                                                     right_info.payload[1])
-            left_rgb = conversions.any_image_to_rgb8(left_msg)
-            right_rgb = conversions.any_image_to_rgb8(right_msg)
+            geometry = conversions.stereo_geometry_from_camera_info(left_info.message,
+                                                                     right_info.message)
+            left_rgb = conversions.any_image_to_rgb8(left.message)
+            right_rgb = conversions.any_image_to_rgb8(right.message)
             out = run_stereo(left_rgb, right_rgb, geometry, engine, **run_kwargs)
         except ValueError as exc:
-            counts['errors'] += 1
-            print(f'skipped a set at {log_time} ns: {exc}')
+            _skip(counts, log_time, exc)
             return
-        header = conversions.copy_header(left_msg.header)
+        header = conversions.copy_header(left.message.header)
         valid = out.valid
         min_d = float(out.message_disparity_px[valid].min()) if valid.any() else 0.0
         max_d = float(out.message_disparity_px[valid].max()) if valid.any() else 0.0
         writer.write(f'{out_ns}/disparity', 'stereo_msgs/msg/DisparityImage',
                      conversions.make_disparity_msg(out.message_disparity_px, geometry, header,
                                                     min_d, max_d, out.valid_window), log_time)
-        writer.write(f'{out_ns}/depth', 'sensor_msgs/msg/Image',
-                     conversions.array_to_image(out.depth_m, '32FC1', header), log_time)
-        writer.write(f'{out_ns}/depth/camera_info', 'sensor_msgs/msg/CameraInfo',
-                     conversions.stereo_camera_infos(geometry, header, header)[0], log_time)
-        writer.write(f'{out_ns}/points2', 'sensor_msgs/msg/PointCloud2',
-                     conversions.make_pointcloud2(out.points_m, left_rgb, header), log_time)
+        _write_cloud_and_depth(writer, out_ns, out.depth_m, out.points_m, left_rgb,
+                               conversions.stereo_camera_infos(geometry, header, header)[0],
+                               header, log_time)
         if out.confidence is not None:
             writer.write(f'{out_ns}/confidence', 'sensor_msgs/msg/Image',
                          conversions.array_to_image(out.confidence.astype('float32'), '32FC1', header),
                          log_time)
         counts['sets'] += 1
 
-    class Item:  # a decoded message with the header the synchroniser reads
-        __slots__ = ('header', 'payload', 'log_time_ns')
-
-        def __init__(self, datatype, message, log_time_ns):
-            self.header = message.header
-            self.payload = (datatype, message)
-            self.log_time_ns = log_time_ns
-
-    sync = StampSynchronizer(4, 10, on_set)
-    total = count_messages(in_path, inputs)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc='process-bag', unit='msg', dynamic_ncols=True)
     try:
-        for topic, datatype, message, log_time in read_messages(in_path, inputs):
-            sync.add(inputs[topic], Item(datatype, message, log_time))
-            if bar is not None:
-                bar.update(1)
+        _run_pipeline(in_path, inputs, 4, on_set, progress)
     finally:
-        if bar is not None:
-            bar.close()
         writer.close()
     return counts
 
 
-PIPELINES = {'stereo': process_stereo}
+def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
+                 weights_path: str = '', depth_mode: str = 'metric', baseline_m: float = 0.0,
+                 post_process: bool = False, max_depth_m: float = 0.0, device: str = 'auto',
+                 progress: bool = True, **_unused) -> Dict[str, int]:
+    """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
+    `<ns>/camera_info` (exact stamps); outputs under `<output_prefix or ns>/`: depth,
+    depth/camera_info, points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
+    from . import conversions
+    from .core.geometry import depth_to_points
+    from .core.mono.inference import (baseline_from_header, estimate_depth,
+                                      input_size_from_header, load_mono_model)
+    from .core.training import resolve_device
+    ns = namespace.rstrip('/')
+    inputs = {**{t: 0 for t in _image_topics(f'{ns}/image')}, f'{ns}/camera_info': 1}
+    out_ns = (output_prefix or ns).rstrip('/')
+    torch_device = resolve_device(device)
+    model, header = load_mono_model(weights_path, torch_device)
+    input_size = input_size_from_header(header)
+    if depth_mode == 'metric' and baseline_m <= 0:
+        baseline_m = baseline_from_header(header)
+    writer = BagWriter(out_path)
+    counts = {'sets': 0, 'errors': 0}
+
+    def on_set(image, info):
+        log_time = image.log_time_ns
+        try:
+            rgb = conversions.any_image_to_rgb8(image.message)
+            fx, fy, cx, cy = conversions.camera_intrinsics(info.message)
+            depth, _, _ = estimate_depth(model, rgb, fx, mode=depth_mode,
+                                         baseline_m=baseline_m if depth_mode == 'metric' else None,
+                                         input_size=input_size, post_process=post_process,
+                                         device=torch_device)
+        except ValueError as exc:
+            _skip(counts, log_time, exc)
+            return
+        if max_depth_m > 0:
+            depth[~(depth <= max_depth_m)] = np.nan
+        out_header = conversions.copy_header(image.message.header)
+        _write_cloud_and_depth(writer, out_ns, depth, depth_to_points(depth, fx, fy, cx, cy), rgb,
+                               conversions.depth_camera_info(info.message, out_header),
+                               out_header, log_time)
+        counts['sets'] += 1
+
+    try:
+        _run_pipeline(in_path, inputs, 2, on_set, progress)
+    finally:
+        writer.close()
+    return counts
+
+
+def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
+                 reference_image: str = '', reference_pixels: str = '',
+                 depth_topic: str = '', weights_path: str = '', match_threshold: float = 0.6,
+                 normal_radius_px: int = 5, device: str = 'auto', progress: bool = True,
+                 **_unused) -> Dict[str, int]:
+    """Grasp-point transfer over a bag, as correspondence_node answers find_correspondence on
+    every frame: the reference is an image file with pixels "x,y;x,y;..." (x = column).
+    Inputs `<ns>/image[/compressed]`, `<ns>/camera_info` and, with ``depth_topic``, a REP 118
+    depth image (exact stamps). Outputs under `<output_prefix or ns>/correspondence/`:
+    `poses` (geometry_msgs/PoseArray, one grasp pose per reference pixel, NaN where not found),
+    `markers` (visualization_msgs/MarkerArray) and `heatmap` (rgb8, first pixel)."""
+    import cv2
+    from geometry_msgs.msg import PoseArray
+    from . import conversions
+    from .core.colormap import colourise
+    from .core.descriptors import matching, query
+    from .core.descriptors.network import compute_descriptors, load_descriptor_net
+    from .core.geometry import depth_to_points
+    from .core.training import resolve_device
+    pixels = parse_pixels(reference_pixels)
+    reference_bgr = cv2.imread(reference_image, cv2.IMREAD_COLOR) if reference_image else None
+    if reference_bgr is None:
+        raise ValueError(f'could not read the reference image {reference_image!r} '
+                         '(--reference-image PATH)')
+    ns = namespace.rstrip('/')
+    inputs = {**{t: 0 for t in _image_topics(f'{ns}/image')}, f'{ns}/camera_info': 1}
+    if depth_topic:
+        inputs[depth_topic] = 2
+    out_ns = (output_prefix or ns).rstrip('/') + '/correspondence'
+    torch_device = resolve_device(device)
+    model, _ = load_descriptor_net(weights_path or None, torch_device)
+    reference = matching.descriptors_at(
+        compute_descriptors(model, np.ascontiguousarray(reference_bgr[:, :, ::-1]), torch_device),
+        pixels)
+    writer = BagWriter(out_path)
+    counts = {'sets': 0, 'errors': 0}
+
+    def on_set(image, info, depth=None):
+        log_time = image.log_time_ns
+        try:
+            rgb = conversions.any_image_to_rgb8(image.message)
+            points_m = None
+            if depth is not None:
+                depth_m = conversions.depth_image_to_metres(depth.message)
+                if depth_m.shape != rgb.shape[:2]:
+                    raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the '
+                                     f'image is {rgb.shape[1]}x{rgb.shape[0]}')
+                points_m = depth_to_points(depth_m, *conversions.camera_intrinsics(info.message))
+            descriptors = compute_descriptors(model, rgb, torch_device)
+        except ValueError as exc:
+            _skip(counts, log_time, exc)
+            return
+        matches = query.match_references(reference, descriptors, points_m,
+                                         match_threshold=match_threshold,
+                                         normal_radius_px=normal_radius_px,
+                                         no_depth_reason='no --depth-topic given')
+        header = conversions.copy_header(image.message.header)
+        poses = PoseArray(header=header, poses=[
+            conversions.make_pose_stamped(m.position_m, m.quaternion_xyzw, header).pose
+            for m in matches])
+        writer.write(f'{out_ns}/poses', 'geometry_msgs/msg/PoseArray', poses, log_time)
+        writer.write(f'{out_ns}/markers', 'visualization_msgs/msg/MarkerArray',
+                     conversions.make_grasp_markers([m.position_m for m in matches],
+                                                    [m.quaternion_xyzw for m in matches],
+                                                    [m.found for m in matches], header), log_time)
+        heat = matching.descriptor_heatmap(reference[0], descriptors, 0.25)
+        writer.write(f'{out_ns}/heatmap', 'sensor_msgs/msg/Image',
+                     conversions.array_to_image(colourise(heat, vmin=0.0, vmax=1.0), 'rgb8', header),
+                     log_time)
+        counts['sets'] += 1
+
+    try:
+        _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress)
+    finally:
+        writer.close()
+    return counts
+
+
+def parse_pixels(text: str) -> np.ndarray:
+    """"x,y;x,y" (x = column, y = row, pixels) -> (N, 2) float32; ValueError if malformed."""
+    try:
+        pixels = [[float(v) for v in item.split(',')] for item in text.split(';') if item.strip()]
+        array = np.array(pixels, dtype=np.float32)
+    except ValueError as exc:
+        raise ValueError(f'reference pixels must look like "120,80;200,95", got {text!r}') from exc
+    if array.ndim != 2 or array.shape[1] != 2 or len(array) == 0:
+        raise ValueError(f'reference pixels must look like "120,80;200,95", got {text!r}')
+    return array
+
+
+PIPELINES = {'stereo': process_stereo, 'mono': process_mono, 'corr': process_corr}

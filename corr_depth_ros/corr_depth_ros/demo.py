@@ -5,7 +5,10 @@ stereo_depth_node, and correspondence_node when present) with the same YAML file
 process on a multi-threaded executor — ROS 2 supports several nodes per process, and this works
 where `ros2 launch` is not installed. It records the outputs, writes what a person would look at
 to the output folder, and prints per-node rates and latency:
-  left.png, disparity_color.png, depth_color.png, confidence.png, points.ply, summary.json
+  left.png, disparity_color.png, depth_color.png, confidence.png, points.ply, summary.json,
+and, from a scripted grasp-planner conversation with correspondence_node (set_reference on one
+frame, find_correspondence a second later while the camera drifts):
+  correspondence.png (reference pixels | their matches), correspondence_heatmap.png
 """
 import argparse
 import json
@@ -32,7 +35,7 @@ def config_dir() -> str:
 class Recorder:
     """Subscribes to the pipeline's outputs; keeps the newest of each and arrival statistics."""
 
-    def __init__(self, node):
+    def __init__(self, node, with_correspondence: bool = False):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image, PointCloud2
         from stereo_msgs.msg import DisparityImage
@@ -42,10 +45,12 @@ class Recorder:
         self.arrivals = {}
         self.latency_s = {}
         self.lock = threading.Lock()
-        for topic, msg_type in (('left/image_rect', Image), ('ground_truth/depth', Image),
-                                ('disparity', DisparityImage), ('depth', Image),
-                                ('points2', PointCloud2), ('confidence', Image),
-                                ('disparity/color', Image)):
+        topics = [('left/image_rect', Image), ('ground_truth/depth', Image),
+                  ('disparity', DisparityImage), ('depth', Image), ('points2', PointCloud2),
+                  ('confidence', Image), ('disparity/color', Image)]
+        if with_correspondence:
+            topics.append(('correspondence/heatmap', Image))
+        for topic, msg_type in topics:
             node.create_subscription(msg_type, topic, self._callback(topic), qos)
 
     def _callback(self, topic):
@@ -112,6 +117,111 @@ def write_outputs(out_dir, recorder, stamp, geometry):
     return summary
 
 
+def pick_reference_pixels(depth_m: np.ndarray, count: int = 5) -> list:
+    """``count`` well-spread (x, y) pixels on the nearest surfaces of a depth image (objects
+    rather than the room behind them), chosen by farthest-point sampling; deterministic."""
+    finite = np.isfinite(depth_m)
+    if not finite.any():
+        height, width = depth_m.shape
+        return [((i + 1) * width / (count + 1), height / 2) for i in range(count)]
+    near = finite & (depth_m <= np.percentile(depth_m[finite], 30))
+    # Keep away from the border, where the later frame may no longer see the point.
+    margin = np.zeros_like(near)
+    margin[depth_m.shape[0] // 10:-depth_m.shape[0] // 10, depth_m.shape[1] // 10:-depth_m.shape[1] // 10] = True
+    rows, cols = np.nonzero(near & margin if (near & margin).any() else near)
+    candidates = np.stack([cols, rows], axis=1).astype(np.float64)
+    chosen = [candidates[len(candidates) // 2]]
+    distance = np.linalg.norm(candidates - chosen[0], axis=1)
+    while len(chosen) < count:
+        chosen.append(candidates[int(np.argmax(distance))])
+        distance = np.minimum(distance, np.linalg.norm(candidates - chosen[-1], axis=1))
+    return [(float(x), float(y)) for x, y in chosen]
+
+
+def _call(client, request, timeout_s: float):
+    """Call a service from the main thread while the executor spins elsewhere."""
+    if not client.wait_for_service(timeout_sec=timeout_s):
+        raise RuntimeError(f'service {client.srv_name} is not available')
+    future = client.call_async(request)
+    deadline = time.monotonic() + timeout_s
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not future.done():
+        raise RuntimeError(f'service {client.srv_name} did not answer in {timeout_s:.0f} s')
+    return future.result()
+
+
+def correspondence_demo(out_dir, recorder, corr_node, wait_s: float = 1.5):
+    """What a grasp planner does: store a reference (pixels on one frame), then find those pixels
+    again in a later live frame. Writes correspondence.png / correspondence_heatmap.png and
+    returns a summary (matches, request latency)."""
+    import cv2
+    from corr_depth_interfaces.srv import FindCorrespondence, SetReference
+    from . import conversions
+    node = recorder.node
+    set_client = node.create_client(SetReference, 'set_reference')
+    find_client = node.create_client(FindCorrespondence, 'find_correspondence')
+    deadline = time.monotonic() + 60.0
+    while corr_node.frames_processed < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with recorder.lock:
+        stamp, reference_msg = list(recorder.latest['left/image_rect'].items())[-1]
+        depth_msg = recorder.latest.get('ground_truth/depth', {}).get(stamp) or \
+            recorder.latest.get('depth', {}).get(stamp)
+    reference_rgb = conversions.image_to_rgb8(reference_msg)
+    depth_m = (conversions.image_to_array(depth_msg) if depth_msg is not None
+               else np.full(reference_rgb.shape[:2], np.nan, np.float32))
+    pixels = pick_reference_pixels(depth_m)
+    request = SetReference.Request(reference_id='demo', reference_image=reference_msg,
+                                   reference_pixels=[conversions.pixel_point(p) for p in pixels],
+                                   overwrite=True)
+    answer = _call(set_client, request, 30.0)
+    if not answer.success:
+        raise RuntimeError(f'set_reference failed: {answer.message}')
+    time.sleep(wait_s)                     # the simulated camera drifts meanwhile
+    start = time.perf_counter()
+    response = _call(find_client, FindCorrespondence.Request(reference_id='demo'), 30.0)
+    latency_s = time.perf_counter() - start
+    if not response.success:
+        raise RuntimeError(f'find_correspondence failed: {response.message}')
+    stamp = (response.image_header.stamp.sec, response.image_header.stamp.nanosec)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        with recorder.lock:
+            live_msg = recorder.latest['left/image_rect'].get(stamp)
+            heatmap = recorder.latest.get('correspondence/heatmap', {}).get(stamp)
+        if live_msg is not None and heatmap is not None:
+            break
+        time.sleep(0.05)
+    live_rgb = conversions.image_to_rgb8(live_msg) if live_msg is not None else np.zeros_like(reference_rgb)
+    left_panel, right_panel = reference_rgb.copy(), live_rgb.copy()
+    for index, (pixel, match) in enumerate(zip(pixels, response.matches)):
+        colour = (40, 220, 40) if match.found else (230, 60, 40)
+        ref_xy = (int(round(pixel[0])), int(round(pixel[1])))
+        live_xy = (int(round(match.match_pixel.x)), int(round(match.match_pixel.y)))
+        for panel, xy in ((left_panel, ref_xy), (right_panel, live_xy)):
+            cv2.circle(panel, xy, 6, colour, 2, cv2.LINE_AA)
+            cv2.putText(panel, str(index), (xy[0] + 7, xy[1] - 7), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.5, colour, 1, cv2.LINE_AA)
+    cv2.imwrite(os.path.join(out_dir, 'correspondence.png'),
+                np.concatenate([left_panel, right_panel], axis=1)[:, :, ::-1])
+    files = ['correspondence.png']
+    if heatmap is not None:
+        cv2.imwrite(os.path.join(out_dir, 'correspondence_heatmap.png'),
+                    conversions.image_to_rgb8(heatmap)[:, :, ::-1])
+        files.append('correspondence_heatmap.png')
+    return {'request_latency_ms': 1000.0 * latency_s, 'message': response.message,
+            'reference_stamp': [reference_msg.header.stamp.sec, reference_msg.header.stamp.nanosec],
+            'live_stamp': list(stamp), 'files': files,
+            'matches': [{'reference_px': [round(p[0], 1), round(p[1], 1)],
+                         'match_px': [round(m.match_pixel.x, 1), round(m.match_pixel.y, 1)],
+                         'descriptor_distance': round(m.descriptor_distance, 4),
+                         'confidence': round(m.confidence, 4), 'found': m.found,
+                         'point_m': [round(v, 4) for v in (m.point.point.x, m.point.point.y,
+                                                           m.point.point.z)],
+                         'reason': m.reason} for p, m in zip(pixels, response.matches)]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='demo_output', help='output folder')
@@ -119,6 +229,8 @@ def main(argv=None) -> int:
     parser.add_argument('--timeout', type=float, default=300.0, help='give up after this many seconds')
     parser.add_argument('--params-file', action='append', default=[],
                         help='extra ROS parameter files (applied after the package YAMLs)')
+    parser.add_argument('--no-correspondence', action='store_true',
+                        help='leave correspondence_node and its scripted query out')
     args = parser.parse_args(argv)
 
     os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE',
@@ -126,6 +238,7 @@ def main(argv=None) -> int:
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
     from .nodes.sim_stereo_camera_node import SimStereoCameraNode
     from .nodes.stereo_depth_node import StereoDepthNode
 
@@ -143,7 +256,19 @@ def main(argv=None) -> int:
         stereo = StereoDepthNode(context=context)
         recorder_node = rclpy.create_node('demo_recorder', context=context)
         nodes = [camera, stereo, recorder_node]
-        recorder = Recorder(recorder_node)
+        corr_node = None
+        if not args.no_correspondence:
+            from .nodes.correspondence_node import CorrespondenceNode
+            # Wired as in stereo.launch.py: the left image and the stereo depth go in. The demo's
+            # reference is kept in the output folder, not in the user's ~/.ros.
+            corr_node = CorrespondenceNode(
+                context=context,
+                cli_args=['--ros-args', '-r', 'image:=left/image_rect',
+                          '-r', 'camera_info:=left/camera_info'],
+                parameter_overrides=[Parameter('references_dir', value=os.path.join(
+                    os.path.abspath(args.out), 'references'))])
+            nodes.append(corr_node)
+        recorder = Recorder(recorder_node, with_correspondence=corr_node is not None)
         for node in nodes:
             executor.add_node(node)
         spin = threading.Thread(target=executor.spin, daemon=True)
@@ -161,6 +286,11 @@ def main(argv=None) -> int:
             return 1
         summary = write_outputs(args.out, recorder, complete[-1], camera.geometry)
         elapsed = time.monotonic() - started
+        if corr_node is not None:
+            summary['correspondence'] = correspondence_demo(args.out, recorder, corr_node)
+            summary['files'] += summary['correspondence'].pop('files')
+            summary['correspondence']['descriptor_compute_s'] = corr_node._worker.last_duration_s
+            summary['correspondence']['frames_described'] = corr_node.frames_processed
         summary.update({
             'backend': stereo._backend_name,
             'frames': len(complete), 'elapsed_s': elapsed,

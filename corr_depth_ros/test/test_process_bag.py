@@ -77,3 +77,101 @@ def test_compressed_round_trip_and_errors():
     msg.data = [1, 2, 3]
     with pytest.raises(conversions.ConversionError, match='could not decode'):
         conversions.compressed_to_rgb8(msg)
+
+
+def _record_mono(path, rgb, fx, frames=2, compressed=False, depth_m=None):
+    """image (+ compressed), camera_info and optionally a REP 118 depth under /cam."""
+    from sensor_msgs.msg import CameraInfo
+    writer = bag.BagWriter(str(path))
+    height, width = rgb.shape[:2]
+    for i in range(frames):
+        header = Header(frame_id='cam_optical')
+        header.stamp.sec = 20 + i
+        t = (20 + i) * 10 ** 9
+        info = CameraInfo(header=header, width=width, height=height)
+        info.k = [fx, 0.0, width / 2, 0.0, fx, height / 2, 0.0, 0.0, 1.0]
+        info.p = [fx, 0.0, width / 2, 0.0, 0.0, fx, height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+        writer.write('/cam/camera_info', 'sensor_msgs/msg/CameraInfo', info, t)
+        if compressed:
+            writer.write('/cam/image/compressed', 'sensor_msgs/msg/CompressedImage',
+                         conversions.rgb8_to_compressed(rgb, header, 'png'), t)
+        else:
+            writer.write('/cam/image', 'sensor_msgs/msg/Image',
+                         conversions.array_to_image(rgb, 'rgb8', header), t)
+        if depth_m is not None:
+            writer.write('/cam/depth', 'sensor_msgs/msg/Image',
+                         conversions.array_to_image(depth_m, '32FC1', header), t)
+    writer.close()
+
+
+def _read_all(path):
+    out = {}
+    for topic, datatype, message, _ in bag.read_messages(str(path)):
+        out.setdefault(topic, []).append((datatype, message))
+    return out
+
+
+def test_process_mono_bag(tmp_path):
+    torch = pytest.importorskip('torch')
+    from corr_depth_ros.core.mono.network import ARCH, build_mono_net
+    from corr_depth_ros.core.training import save_weights
+    torch.manual_seed(0)
+    weights = str(tmp_path / 'tiny_mono.safetensors')
+    save_weights(weights, build_mono_net(base_channels=4), arch=ARCH,
+                 config={'base_channels': 4, 'max_disparity_fraction': 0.35},
+                 metadata={'training_rig': {'baseline_m': 0.1}, 'input_size_hw': [64, 96]})
+    rgb = np.random.default_rng(1).integers(0, 255, (72, 100, 3), dtype=np.uint8)
+    _record_mono(tmp_path / 'in.mcap', rgb, fx=90.0, compressed=True)
+    rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                   '--pipeline', 'mono', '--namespace', '/cam', '--output-prefix', '/mono',
+                   '--weights', weights, '--device', 'cpu', '--no-progress'])
+    assert rc == 0
+    out = _read_all(tmp_path / 'out.mcap')
+    assert set(out) == {'/mono/depth', '/mono/depth/camera_info', '/mono/points2'}
+    assert {len(v) for v in out.values()} == {2}
+    depth_msg = out['/mono/depth'][1][1]
+    assert depth_msg.header.stamp.sec == 21 and depth_msg.header.frame_id == 'cam_optical'
+    depth = conversions.image_to_array(depth_msg)
+    assert depth.shape == (72, 100) and depth.dtype == np.float32
+    assert np.isfinite(depth).any() and np.nanmin(depth) > 0
+    cloud = out['/mono/points2'][0][1]
+    assert (cloud.height, cloud.width) == (72, 100)
+    # A missing weights file is a clear error, not a traceback.
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'x.mcap'),
+                     '--pipeline', 'mono', '--namespace', '/cam', '--weights',
+                     str(tmp_path / 'missing.safetensors'), '--no-progress']) == 2
+
+
+def test_process_corr_bag_finds_reference_pixels_with_depth(tmp_path):
+    pytest.importorskip('torch')
+    import cv2
+    data = load_motorcycle()
+    left = np.ascontiguousarray(data['left'][100:292, 200:456])   # a 256x192 crop
+    depth_m = np.full(left.shape[:2], 1.5, dtype=np.float32)
+    cv2.imwrite(str(tmp_path / 'reference.png'), left[:, :, ::-1])
+    _record_mono(tmp_path / 'in.mcap', left, fx=200.0, depth_m=depth_m)
+    pixels = [(60.0, 50.0), (180.0, 120.0), (128.0, 96.0)]
+    rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                   '--pipeline', 'corr', '--namespace', '/cam', '--depth-topic', '/cam/depth',
+                   '--reference-image', str(tmp_path / 'reference.png'), '--reference-pixels',
+                   ';'.join(f'{x:g},{y:g}' for x, y in pixels), '--device', 'cpu',
+                   '--no-progress'])
+    assert rc == 0
+    out = _read_all(tmp_path / 'out.mcap')
+    assert set(out) == {'/cam/correspondence/poses', '/cam/correspondence/markers',
+                        '/cam/correspondence/heatmap'}
+    poses = out['/cam/correspondence/poses'][0][1]
+    assert poses.header.frame_id == 'cam_optical' and len(poses.poses) == 3
+    # The live frame IS the reference image: every pixel is found where it was clicked, at
+    # the constant depth, with the camera-facing plane's normal as approach axis.
+    for (x, y), pose in zip(pixels, poses.poses):
+        assert pose.position.z == pytest.approx(1.5, abs=1e-4)
+        assert pose.position.x == pytest.approx((x - 128) * 1.5 / 200.0, abs=0.02)
+        assert pose.position.y == pytest.approx((y - 96) * 1.5 / 200.0, abs=0.02)
+    heatmap = conversions.image_to_array(out['/cam/correspondence/heatmap'][0][1])
+    assert heatmap.shape == (192, 256, 3)
+    # Bad pixel text: a clear error (exit 2).
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'x.mcap'),
+                     '--pipeline', 'corr', '--namespace', '/cam', '--reference-image',
+                     str(tmp_path / 'reference.png'), '--reference-pixels', '12;4',
+                     '--no-progress']) == 2

@@ -92,3 +92,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert summary['ply_points'] > 0.2 * 128 * 96
     # Against the camera's ground truth the pipeline is in the right ball park.
     assert summary['vs_ground_truth']['epe_px'] < 5.0, summary
+    # The scripted grasp-planner conversation: five reference pixels found again later.
+    corr = summary['correspondence']
+    assert len(corr['matches']) == 5 and corr['live_stamp'] != corr['reference_stamp'], corr
+    for match in corr['matches']:
+        assert 0 <= match['match_px'][0] < 128 and 0 <= match['match_px'][1] < 96
+    for name in ('correspondence.png', 'correspondence_heatmap.png'):
+        assert (out / name).stat().st_size > 0

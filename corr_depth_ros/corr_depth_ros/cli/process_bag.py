@@ -1,29 +1,65 @@
-"""`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo ...`"""
+"""`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo|mono|corr ...`"""
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
         'process-bag', help='run a pipeline over a rosbag2 MCAP file (no ROS runtime needed)',
         description='Reads IN.mcap, runs the pipeline with the same code as the nodes, writes '
-                    'standard ROS 2 messages to OUT.mcap.')
+                    'standard ROS 2 messages to OUT.mcap. Topics are the nodes\' names under '
+                    '--namespace: stereo reads left|right/image_rect[/compressed] and '
+                    'left|right/camera_info; mono and corr read image[/compressed] and '
+                    'camera_info.')
     parser.add_argument('input', help='input rosbag2 .mcap file')
     parser.add_argument('output', help='output .mcap file (overwritten)')
-    parser.add_argument('--pipeline', default='stereo', help='stereo (more as models land)')
+    parser.add_argument('--pipeline', default='stereo', choices=('stereo', 'mono', 'corr'))
     parser.add_argument('--namespace', default='', help='input topic namespace, e.g. /stereo')
     parser.add_argument('--output-prefix', default='', help='output namespace (default: --namespace)')
-    parser.add_argument('--backend', default='sgbm', help='stereo backend')
+    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
+                        help='learned models\' device')
+    parser.add_argument('--weights', default='', help='mono/corr (and stereo learned): weights '
+                        'file; default: the shipped one')
     parser.add_argument('--max-depth-m', type=float, default=0.0)
+    stereo = parser.add_argument_group('stereo')
+    stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
+    mono = parser.add_argument_group('mono')
+    mono.add_argument('--depth-mode', default='metric', choices=('metric', 'relative'))
+    mono.add_argument('--baseline-m', type=float, default=0.0,
+                      help='training rig baseline for metric depth (0: from the weights)')
+    mono.add_argument('--post-process', action='store_true', help='flipped-input averaging')
+    corr = parser.add_argument_group('corr')
+    corr.add_argument('--reference-image', default='', help='image file the pixels refer to')
+    corr.add_argument('--reference-pixels', default='', help='"x,y;x,y" (x = column), pixels')
+    corr.add_argument('--depth-topic', default='',
+                      help='REP 118 depth topic registered to the image (e.g. /stereo/depth) for '
+                           '3D points and grasp poses')
+    corr.add_argument('--match-threshold', type=float, default=0.6)
     parser.add_argument('--no-progress', action='store_true')
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..bag import PIPELINES
-    if args.pipeline not in PIPELINES:
-        print(f'unknown pipeline {args.pipeline!r}; available: {", ".join(sorted(PIPELINES))}')
+    common = dict(namespace=args.namespace, output_prefix=args.output_prefix,
+                  max_depth_m=args.max_depth_m, progress=not args.no_progress)
+    if args.pipeline == 'stereo':
+        params = {'device': args.device}
+        if args.backend == 'learned' and args.weights:
+            params['weights_path'] = args.weights
+        options = dict(backend=args.backend,
+                       backend_params=params if args.backend == 'learned' else None)
+    elif args.pipeline == 'mono':
+        options = dict(weights_path=args.weights, depth_mode=args.depth_mode,
+                       baseline_m=args.baseline_m, post_process=args.post_process,
+                       device=args.device)
+    else:
+        options = dict(reference_image=args.reference_image,
+                       reference_pixels=args.reference_pixels, depth_topic=args.depth_topic,
+                       weights_path=args.weights, match_threshold=args.match_threshold,
+                       device=args.device)
+    try:
+        counts = PIPELINES[args.pipeline](args.input, args.output, **common, **options)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f'process-bag: {exc}')
         return 2
-    counts = PIPELINES[args.pipeline](
-        args.input, args.output, namespace=args.namespace, output_prefix=args.output_prefix,
-        backend=args.backend, max_depth_m=args.max_depth_m, progress=not args.no_progress)
     print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped -> {args.output}')
     return 0 if counts['sets'] > 0 else 1

@@ -36,7 +36,7 @@ from corr_depth_interfaces.srv import FindCorrespondence, SetReference
 
 from .. import conversions
 from ..core.colormap import colourise
-from ..core.descriptors import grasp, matching, references
+from ..core.descriptors import matching, query, references
 from ..core.geometry import depth_to_points
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
@@ -255,41 +255,25 @@ class CorrespondenceNode(Node):
             _, ref_desc = self._reference_from_image(request.reference_image, pixels_xy)
             source = 'the inline reference image'
         values = dict(self._values)
-        found_px = matching.find_best_matches(
-            torch.from_numpy(np.ascontiguousarray(ref_desc)), frame.descriptors)
+        matches = query.match_references(
+            ref_desc, frame.descriptors, frame.points_m,
+            match_threshold=values['match_threshold'],
+            normal_radius_px=values['normal_radius_px'],
+            no_depth_reason='no depth: use_depth is false')
         header = frame.header
         response.image_header = header
-        positions, quats, founds = [], [], []
-        for i, pixel in enumerate(pixels_xy):
-            match_xy = found_px['match_px'][i]
-            distance = float(found_px['distance'][i])
-            c = Correspondence()
-            c.reference_pixel = conversions.pixel_point(pixel)
-            c.match_pixel = conversions.pixel_point(match_xy)
-            c.descriptor_distance = distance
-            c.confidence = float(found_px['confidence'][i])
-            reasons = []
-            if distance > values['match_threshold']:
-                reasons.append(f'descriptor distance {distance:.3f} > match_threshold '
-                               f'{values["match_threshold"]:.3f} (not seen, or looks different)')
-            if frame.points_m is None:
-                pose = {'position': np.full(3, np.nan), 'quaternion_xyzw': np.full(4, np.nan),
-                        'reason': 'no depth: use_depth is false'}
-            else:
-                pose = grasp.grasp_at(frame.points_m, match_xy, values['normal_radius_px'])
-            if not np.all(np.isfinite(pose['position'])):
-                reasons.append(pose['reason'] or 'no valid 3D point')
-            elif pose['reason']:
-                reasons.append(f'grasp pose: {pose["reason"]}')
-            c.found = not reasons
-            c.reason = '; '.join(reasons)
-            c.point = conversions.make_point_stamped(pose['position'], header)
-            c.grasp_pose = conversions.make_pose_stamped(pose['position'],
-                                                         pose['quaternion_xyzw'], header)
-            response.matches.append(c)
-            positions.append(pose['position'])
-            quats.append(pose['quaternion_xyzw'])
-            founds.append(c.found)
+        for pixel, match in zip(pixels_xy, matches):
+            response.matches.append(Correspondence(
+                reference_pixel=conversions.pixel_point(pixel),
+                match_pixel=conversions.pixel_point(match.match_px),
+                descriptor_distance=match.distance, confidence=match.confidence,
+                found=match.found, reason=match.reason,
+                point=conversions.make_point_stamped(match.position_m, header),
+                grasp_pose=conversions.make_pose_stamped(match.position_m,
+                                                         match.quaternion_xyzw, header)))
+        positions = [m.position_m for m in matches]
+        quats = [m.quaternion_xyzw for m in matches]
+        founds = [m.found for m in matches]
         count = sum(founds)
         response.message = (f'{count}/{len(founds)} found for {source} in the image of '
                             f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id})')

@@ -9,6 +9,7 @@ descriptor image is bilinearly upsampled to full resolution: a full-resolution c
 four times as much as a half-resolution one and, in our tests, buys little localisation
 (bilinear interpolation of smooth descriptors already gives sub-pixel argmin positions).
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -126,7 +127,9 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None) -> torch.Tens
     """(H,W,3) uint8 RGB numpy image -> (D,H,W) float32 descriptors (eval mode, no grad)."""
     check_shape('image_rgb8', image_rgb8, (None, None, 3))
     device = device or next(model.parameters()).device
-    image = torch.from_numpy(image_rgb8).to(device).permute(2, 0, 1)[None].float() / 255.0
+    # Images decoded from a message buffer are read-only views; torch wants writable memory.
+    pixels = image_rgb8 if image_rgb8.flags.writeable else np.array(image_rgb8)
+    image = torch.from_numpy(pixels).to(device).permute(2, 0, 1)[None].float() / 255.0
     return model(image)[0]
 
 
