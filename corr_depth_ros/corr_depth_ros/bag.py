@@ -148,17 +148,18 @@ def _image_topics(topic: str) -> List[str]:
 
 
 def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
-                  progress: bool) -> None:
+                  progress: bool, writer: 'BagWriter') -> None:
     """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
-    synchroniser into ``on_set(*items)``, in log-time order, with a progress bar."""
+    synchroniser into ``on_set(*items)``, in log-time order, with a progress bar; close
+    ``writer`` at the end, also on error (an MCAP file needs its footer to be readable)."""
     from .sync import StampSynchronizer
     sync = StampSynchronizer(num_inputs, 10, on_set)
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=count_messages(in_path, inputs), desc='process-bag', unit='msg',
-                   dynamic_ncols=True)
     try:
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=count_messages(in_path, inputs), desc='process-bag', unit='msg',
+                       dynamic_ncols=True)
         for topic, datatype, message, log_time in read_messages(in_path, inputs):
             sync.add(inputs[topic], _Item(datatype, message, log_time))
             if bar is not None:
@@ -166,6 +167,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     finally:
         if bar is not None:
             bar.close()
+        writer.close()
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
@@ -228,10 +230,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
                          log_time)
         counts['sets'] += 1
 
-    try:
-        _run_pipeline(in_path, inputs, 4, on_set, progress)
-    finally:
-        writer.close()
+    _run_pipeline(in_path, inputs, 4, on_set, progress, writer)
     return counts
 
 
@@ -278,10 +277,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                out_header, log_time)
         counts['sets'] += 1
 
-    try:
-        _run_pipeline(in_path, inputs, 2, on_set, progress)
-    finally:
-        writer.close()
+    _run_pipeline(in_path, inputs, 2, on_set, progress, writer)
     return counts
 
 
@@ -356,10 +352,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                      log_time)
         counts['sets'] += 1
 
-    try:
-        _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress)
-    finally:
-        writer.close()
+    _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress, writer)
     return counts
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import Point, PointStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -40,7 +39,7 @@ from ..core.descriptors import matching, query, references
 from ..core.geometry import depth_to_points
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter
+from .worker import LatestFrameWorker, ThrottledReporter, run_node
 
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
@@ -351,21 +350,8 @@ class CorrespondenceNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CorrespondenceNode()
-        # Services and frames on separate threads: a request never waits behind a frame.
-        from rclpy.executors import MultiThreadedExecutor
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    # Services and frames on separate threads: a request never waits behind a frame.
+    run_node(CorrespondenceNode, args, threads=2)
 
 
 if __name__ == '__main__':

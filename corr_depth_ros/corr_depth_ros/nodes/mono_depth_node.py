@@ -16,7 +16,6 @@ Every output carries the input image's header.
 import threading
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -30,7 +29,7 @@ from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_d
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter
+from .worker import LatestFrameWorker, ThrottledReporter, run_node
 
 PARAMS = [
     ParamSpec('depth_mode', 'metric', 'metric: metres with the training rig baseline; relative: '
@@ -175,17 +174,7 @@ class MonoDepthNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MonoDepthNode()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(MonoDepthNode, args)
 
 
 if __name__ == '__main__':

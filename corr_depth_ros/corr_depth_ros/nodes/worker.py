@@ -81,7 +81,7 @@ class ThrottledReporter:
         self._logger.error(text)
 
 
-def run_node(node_factory: Callable[[], Any], args=None) -> None:
+def run_node(node_factory: Callable[[], Any], args=None, threads: int = 1) -> None:
     """The body of every node's ``main()``: init, spin, and a clean shutdown.
 
     Ends in ``try/finally`` with ``rclpy.try_shutdown()`` (works on Jazzy, unlike
@@ -96,7 +96,13 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
     node = None
     try:
         node = node_factory()
-        rclpy.spin(node)
+        if threads > 1:
+            from rclpy.executors import MultiThreadedExecutor
+            executor = MultiThreadedExecutor(num_threads=threads)
+            executor.add_node(node)
+            executor.spin()
+        else:
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

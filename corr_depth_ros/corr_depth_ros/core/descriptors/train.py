@@ -17,7 +17,7 @@ import torch
 
 from ..training import TrainConfig, fit, save_weights, unwrap
 from .augment import augment_pairs
-from .data import PairPool, held_out_pairs, optional_import_check, stack
+from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
 from .matching import descriptors_at, find_best_matches
 from .network import DIVISIBLE_BY, build_descriptor_net

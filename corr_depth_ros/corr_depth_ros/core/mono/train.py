@@ -8,7 +8,7 @@ held-out synthetic depth is used for *validation numbers only*.
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import torch
