@@ -224,3 +224,38 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     # A restarted node reloads both references from references_dir.
     restarted = _start(ros, tmp_path)
     assert restarted.reference_ids() == ['clicked', 'handle']
+
+
+def test_example_grasp_client_script(ros, tmp_path, scene):
+    """scripts/example_grasp_client.py (what the README tells planners to copy) against the
+    node, in its own process: inline reference image, then a stored reference."""
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    script = os.path.join(os.path.dirname(__file__), '..', '..', 'scripts',
+                          'example_grasp_client.py')
+    if not os.path.isfile(script):
+        pytest.skip('scripts/ is not beside the package (installed elsewhere)')
+    node = _start(ros, tmp_path)
+    client = Client(ros, scene)
+    client.wait_live(node)
+    reference_png = str(tmp_path / 'reference.png')
+    cv2.imwrite(reference_png, scene['reference'][:, :, ::-1])
+    pixels = [f'{x:g},{y:g}' for x, y in PIXELS[:2]]
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, '--timeout', '30', *args],
+                              capture_output=True, text=True, timeout=120)
+
+    inline = run('--image', reference_png, '--pixels', *pixels, '--repeat', '3')
+    assert inline.returncode == 0, inline.stdout + inline.stderr
+    assert 'success=True' in inline.stdout and 'latency over 3 calls' in inline.stdout
+    assert inline.stdout.count('grasp q(xyzw)') == 2
+    stored = run('--set', 'handle', '--pixels', *pixels)
+    assert stored.returncode == 0 and "stored reference 'handle'" in stored.stdout, stored.stdout
+    found = run('--find', 'handle')
+    assert found.returncode == 0 and found.stdout.count('found=') == 2, found.stdout
+    missing = run('--find', 'no_such_reference')
+    assert missing.returncode == 1 and 'success=False' in missing.stdout
