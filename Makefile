@@ -37,9 +37,20 @@ demo: build
 bench: build
 	@$(ENV) && python scripts/bench_dds_qos.py --json bench_output/dds_qos.json
 	@$(ENV) && python scripts/bench_stereo_node.py --json bench_output/stereo_node.json
+	@$(ENV) && python scripts/bench_synth.py --json bench_output/synth.json
+
+# Accuracy and speed of the shipped models against their baselines (JSON + figures in eval_output/).
+eval: build
+	@$(ENV) && corr_depth eval stereo --dataset motorcycle --json eval_output/stereo_motorcycle.json \
+	    --figure eval_output/stereo_motorcycle.png
+	@$(ENV) && corr_depth eval stereo --dataset synthetic --count 16 --json eval_output/stereo_synthetic.json
+	@$(ENV) && corr_depth eval mono --json eval_output/mono.json --figure eval_output/mono_motorcycle.png
+	@$(ENV) && corr_depth eval corr --dataset motorcycle --benchmark --json eval_output/corr_motorcycle.json \
+	    --figure eval_output/corr_motorcycle.png
+	@$(ENV) && corr_depth eval corr --dataset synthetic --json eval_output/corr_synthetic.json
 
 clean:
-	rm -rf build install log demo_output bench_output
+	rm -rf build install log demo_output bench_output eval_output
 
 distclean: clean
 	rm -rf $(VENV)

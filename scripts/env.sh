@@ -15,5 +15,7 @@ export FASTRTPS_DEFAULT_PROFILES_FILE=${FASTRTPS_DEFAULT_PROFILES_FILE:-$_cdr_ro
 if [ -f "$_cdr_root/install/setup.bash" ]; then
   # shellcheck disable=SC1091
   source "$_cdr_root/install/setup.bash"
+  # `ros2 run corr_depth_ros corr_depth ...` needs ros2cli; put the console scripts on PATH too.
+  export PATH=$_cdr_root/install/corr_depth_ros/lib/corr_depth_ros:$PATH
 fi
 unset _cdr_root _cdr_venv

@@ -1,5 +1,6 @@
 """core.training: weights files carry their config and load strictly; fit trains and resumes."""
 import json
+import os
 
 import pytest
 import torch
@@ -70,3 +71,32 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match='cuda'):
             training.resolve_device('cuda')
+
+
+def test_torchrun_ddp_two_processes(tmp_path):
+    """`torchrun --nproc_per_node=2` (DistributedDataParallel over gloo on the CPU) trains the
+    stereo net, validates and writes its weights once, from rank 0."""
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    if not os.path.exists(torchrun):
+        pytest.skip('torchrun not installed')
+    out = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    result = subprocess.run(
+        [torchrun, '--nproc_per_node=2', '--master_port', str(29500 + os.getpid() % 1000),
+         '-m', 'corr_depth_ros.cli', 'train', 'stereo', '--out', str(out), '--size', '96x64',
+         '--steps', '4', '--batch-size', '2', '--val-every', '2', '--val-count', '2',
+         '--num-workers', '0', '--threads', '1', '--feature-channels', '16', '--groups', '4',
+         '--aggregation-channels', '8,8,8', '--max-disparity', '32', '--log-every', '1'],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    # Only rank 0 logs: one record per step, and the validations at steps 2 and 4.
+    assert [r['step'] for r in records if r['event'] == 'train'] == [1, 2, 3, 4]
+    assert [r['step'] for r in records if r['event'] == 'val'] == [2, 4]
+    from corr_depth_ros.core.stereo_net import ARCH, build_stereo_net
+    header = training.load_weights(str(out / 'last.safetensors'), build_stereo_net,
+                                   expected_arch=ARCH)[1]
+    assert header['config']['feature_channels'] == 16

@@ -36,7 +36,7 @@ def run(args) -> int:
 
     from ..core.descriptors import train as train_mod
     from ..core.synth.render import split_size
-    from ..core.training import TrainConfig
+    from ..core.training import TrainConfig, is_main_process
     args.height, args.width = split_size(args.size)
     spec = train_mod.spec_from_args(args)
     cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -47,7 +47,7 @@ def run(args) -> int:
                       resume=not args.no_resume)
     summary = train_mod.train_descriptors(spec, cfg, train_mod.command_line(), notes=args.notes)
     print(json.dumps({'best': summary['best'], 'wall_s': summary['wall_s']}, indent=2))
-    if args.ship:
+    if args.ship and is_main_process():
         import os
         train_mod.copy_weights(os.path.join(args.out, 'best.safetensors'), args.ship)
         print(f'shipped {args.ship}')

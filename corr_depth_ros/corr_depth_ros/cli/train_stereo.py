@@ -39,7 +39,7 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..core.stereo_net.train import AugmentConfig, parse_size, train_stereo_net
-    from ..core.training import TrainConfig
+    from ..core.training import TrainConfig, is_main_process
     height, width = parse_size(args.size)
     cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
@@ -56,7 +56,7 @@ def run(args) -> int:
                               augment=None if args.no_augment else AugmentConfig(),
                               data_dir=args.data, command=command)
     print({k: v for k, v in result.items()})
-    if args.ship:
+    if args.ship and is_main_process():
         import os
         from ..core.stereo_net.train import ship_weights
         header = ship_weights(os.path.join(args.out, 'best.safetensors'), args.ship,

@@ -60,6 +60,11 @@ def init_distributed(device_name: str = 'auto') -> Tuple[DistInfo, torch.device]
     return DistInfo(rank, world_size, local_rank), device
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun job (only rank 0 writes files)."""
+    return int(os.environ.get('RANK', '0')) == 0
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, 'module') else model
@@ -77,12 +82,15 @@ def weights_identity(model: nn.Module, arch: str, config: Dict[str, Any]) -> str
 
 def save_weights(path: str, model: nn.Module, *, arch: str, config: Dict[str, Any],
                  metadata: Dict[str, Any]) -> Dict[str, Any]:
-    """Write ``path`` (safetensors, float32 tensors) and ``path + '.json'``; return the header."""
+    """Write ``path`` (safetensors, float32 tensors) and ``path + '.json'``; return the header.
+    In a torchrun job only rank 0 writes (the others return the header only)."""
     from safetensors.torch import save_file
-    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else
-             v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     header = {'arch': arch, 'config': config, 'metadata': metadata,
               'identity': weights_identity(model, arch, config)}
+    if not is_main_process():
+        return header
+    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else
+             v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(state, path, metadata={k: json.dumps(v) for k, v in header.items()})
     with open(path + '.json', 'w', encoding='utf-8') as f:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training import TrainConfig, fit, save_weights
+from ..training import TrainConfig, fit, is_main_process, save_weights
 from .data import TRAINING_RIG, PairArrayDataset, augment_pair, build_synthetic_cache, load_cache
 from .inference import metric_depth, predict_disparity
 from .losses import LossWeights, monodepth_loss
@@ -141,6 +141,8 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     }
     out = spec.weights_out or os.path.join(cfg.out_dir, 'mono.safetensors')
     header = save_weights(out, model, arch=ARCH, config=config, metadata=metadata)
+    if not is_main_process():
+        return header
     if spec.half:
         header = export_half_precision(out)
     print(json.dumps({'weights': out, 'final': final}, indent=2))
