@@ -32,6 +32,12 @@ TRAINING_RIG = {'baseline_m': 0.1, 'fx_over_width': 0.8}
 # generator's default range): trained with it, the net collapsed to a constant 0.017 W. 0.12 W
 # covers indoor scenes like Motorcycle (at most 0.08 W) and KITTI's near range.
 MAX_DISPARITY_FRACTION = 0.12
+# Tabletop scenes only. A single image has depth cues only where the world has structure: a
+# supporting plane receding to the horizon, objects resting on it, occlusions. The "chaotic"
+# layout (objects of random size floating at random depths) has none by construction; with half
+# the pairs chaotic the network's depth stayed uncorrelated with the truth after 700 steps,
+# while the same network fitted tabletop pairs within 100.
+MONO_LAYOUTS = ('tabletop',)
 CACHE_FORMAT = 'corr_depth_mono_cache-1'
 
 
@@ -43,7 +49,8 @@ def training_synth_config(base=None):
     return dataclasses.replace(
         base, baseline_m_range=(TRAINING_RIG['baseline_m'],) * 2,
         fx_over_width_range=(TRAINING_RIG['fx_over_width'],) * 2,
-        max_disparity_frac=MAX_DISPARITY_FRACTION)
+        max_disparity_frac=MAX_DISPARITY_FRACTION,
+        layouts=MONO_LAYOUTS, layout_weights=(1.0,) * len(MONO_LAYOUTS))
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
