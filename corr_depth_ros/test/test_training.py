@@ -100,3 +100,27 @@ def test_torchrun_ddp_two_processes(tmp_path):
     header = training.load_weights(str(out / 'last.safetensors'), build_stereo_net,
                                    expected_arch=ARCH)[1]
     assert header['config']['feature_channels'] == 16
+
+
+def test_fit_skips_non_finite_batches_and_stops_on_divergence(tmp_path):
+    torch.manual_seed(0)
+    calls = {'n': 0}
+
+    def sometimes_nan(model, batch):
+        calls['n'] += 1
+        loss, logs = _loss(model, batch)
+        return (loss * float('nan') if calls['n'] in (3, 4) else loss), logs
+
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=20, batch_size=8, lr=1e-2,
+                               warmup_steps=2, log_every=5, checkpoint_every=10, device='cpu',
+                               threads=1)
+    model = _tiny()
+    out = training.fit(model, _Line(), sometimes_nan, cfg)
+    assert out['step'] == 20 and calls['n'] == 22          # two batches skipped, not stepped
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    events = [json.loads(line)['event'] for line in open(tmp_path / 'run' / 'log.jsonl')]
+    assert events.count('skipped_batch') == 2
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'diverged'), steps=20, batch_size=8,
+                               device='cpu', threads=1, max_bad_batches=3)
+    with pytest.raises(FloatingPointError, match='3 non-finite losses in a row'):
+        training.fit(_tiny(), _Line(), lambda m, b: (_loss(m, b)[0] * float('nan'), {}), cfg)

@@ -144,6 +144,9 @@ class TrainConfig:
     amp: bool = True
     threads: int = 0
     resume: bool = True
+    # A batch whose loss is not finite is skipped (no optimiser step) and logged; this many in
+    # a row means the weights themselves went bad, and training stops with an error.
+    max_bad_batches: int = 10
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -233,12 +236,28 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                         'scheduler': scheduler.state_dict(), 'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 
+    bad_in_a_row = 0
     while step < cfg.steps:
         batch = _to_device(next(data_iter), device)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             loss, logs = loss_fn(train_model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f'non-finite loss at step {step}: {logs}')
+        # All ranks must agree, or DDP's gradient all-reduce would wait for the skipping rank.
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if dist_info.world_size > 1:
+            import torch.distributed as dist
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            # One degenerate sample (e.g. a rendered pair with no valid match) must not end a
+            # long run: skip the batch, keep the weights. Many in a row is a real divergence.
+            bad_in_a_row += 1
+            if dist_info.is_main:
+                _log(log_path, {'event': 'skipped_batch', 'step': step,
+                                **{k: float(v) for k, v in logs.items()}})
+            if bad_in_a_row >= cfg.max_bad_batches:
+                raise FloatingPointError(f'{bad_in_a_row} non-finite losses in a row at step '
+                                         f'{step}: {logs}')
+            continue
+        bad_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
