@@ -15,7 +15,7 @@ from launch.substitutions import LaunchConfiguration
 def generate_launch_description():
     share = get_package_share_directory('corr_depth_ros')
     args = [
-        DeclareLaunchArgument('backend', default_value='learned', choices=['learned', 'sgbm', 'onnx'],
+        DeclareLaunchArgument('backend', default_value='sgbm', choices=['sgbm', 'learned', 'onnx'],
                               description='Stereo backend.'),
         DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
                               description='Compute device of the learned models.'),
