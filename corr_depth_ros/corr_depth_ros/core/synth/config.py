@@ -12,7 +12,7 @@ from typing import Any, Dict, Tuple
 
 # Bumped whenever the same seed and config would render a different sample, so that a dataset
 # on disk can tell which generator made it (stored in every meta.json).
-SYNTH_VERSION = 'corr_depth_synth-1.0'
+SYNTH_VERSION = 'corr_depth_synth-1.1'   # 1.1: specular highlight clamped (no NaN pixels)
 
 LAYOUTS = ('tabletop', 'chaotic', 'fronto_plane')
 SHAPES = ('ellipsoid', 'box', 'cylinder', 'rod', 'board', 'disc')

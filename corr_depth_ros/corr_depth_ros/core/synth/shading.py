@@ -50,5 +50,8 @@ def shade(scene: Scene, albedo: torch.Tensor, normal_cam: torch.Tensor, primitiv
                             dtype=torch.float32, device=device)
     per_pixel = table.index_select(1, primitive.reshape(-1).clamp_min(0)).reshape(2, height, width)
     lit = torch.gt(n_dot_l, 0.0, out=torch.empty_like(n_dot_l))
-    highlight = n_dot_h.clamp_min_(0.0).pow_(per_pixel[1]).mul_(per_pixel[0]).mul_(lit)
+    # n.h <= 1 for unit vectors, but where the view looks straight against the light (v.l near
+    # -1) the formula divides two vanishing numbers; unclamped, (n.h)^shininess overflowed to
+    # inf, and inf * 0 gave NaN pixels (seen: 6081 pixels of one multiview sample).
+    highlight = n_dot_h.clamp_(0.0, 1.0).pow_(per_pixel[1]).mul_(per_pixel[0]).mul_(lit)
     return radiance.add_(highlight.mul_(scene.light_intensity))
