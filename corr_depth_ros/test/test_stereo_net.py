@@ -244,3 +244,14 @@ def test_parse_size():
     assert parse_size('256x192') == (192, 256)
     with pytest.raises(ValueError):
         parse_size('256')
+
+
+def test_vectorised_correlation_equals_the_export_loop():
+    from corr_depth_ros.core.stereo_net.cost_volume import _groupwise_correlation_loop
+    torch.manual_seed(3)
+    left, right = torch.randn(2, 12, 5, 9), torch.randn(2, 12, 5, 9)
+    for disparities in (1, 4, 9, 12):   # including D > W: no candidate, zeros
+        fast = groupwise_correlation_volume(left, right, disparities, 3)
+        slow = _groupwise_correlation_loop(left, right, disparities, 3)
+        assert fast.shape == (2, 3, disparities, 5, 9)
+        torch.testing.assert_close(fast, slow)

@@ -10,6 +10,7 @@ DispNetC) or 2C raw channels (concatenation, GC-Net). Where w - d falls outside 
 there is no match candidate; those entries are 0, as in GwcNet.
 """
 import torch
+import torch.nn.functional as F
 
 from ..shapes import check_shape
 
@@ -28,17 +29,34 @@ def groupwise_correlation_volume(left_features: torch.Tensor, right_features: to
         raise ValueError(f'feature channels ({channels}) must be divisible by groups ({groups})')
     if num_disparities < 1:
         raise ValueError(f'num_disparities must be >= 1, got {num_disparities}')
-    per_group = channels // groups
-    left_g = left_features.view(batch, groups, per_group, height, width)
-    right_g = right_features.view(batch, groups, per_group, height, width)
+    if torch.onnx.is_in_onnx_export():
+        # The exporter cannot size an unfold of a traced shape; the loop exports as slices.
+        return _groupwise_correlation_loop(left_features, right_features, num_disparities,
+                                           groups)
+    # All D shifted copies of the right features as one strided view (no copy): pad D-1 zero
+    # columns on the left, then window k of width W is the right image shifted by D-1-k.
+    # One broadcast multiply and one reduction replace a Python loop of D small ops, which
+    # measured ~10x slower on a 2-core CPU (thread start-up per op dominates there).
+    shifted = F.pad(right_features, (num_disparities - 1, 0)).unfold(-1, width, 1)
+    shifted = shifted.flip(3)                                  # (B, C, H, D, W), index = d
+    correlation = (left_features.unsqueeze(3) * shifted).view(
+        batch, groups, channels // groups, height, num_disparities, width).mean(dim=2)
+    return correlation.permute(0, 1, 3, 2, 4).contiguous()     # (B, G, D, H, W)
+
+
+def _groupwise_correlation_loop(left_features: torch.Tensor, right_features: torch.Tensor,
+                                num_disparities: int, groups: int) -> torch.Tensor:
+    """The same volume, one disparity at a time (for ONNX export; identical values)."""
+    batch, channels, height, width = left_features.shape
+    left_g = left_features.view(batch, groups, channels // groups, height, width)
+    right_g = right_features.view(batch, groups, channels // groups, height, width)
     slices = []
     for d in range(num_disparities):
         if d == 0:
             corr = (left_g * right_g).mean(dim=2)
         elif d < width:
             # Left pixel w matches right pixel w - d; the first d columns have no candidate.
-            corr = (left_g[..., d:] * right_g[..., :-d]).mean(dim=2)
-            corr = torch.nn.functional.pad(corr, (d, 0))
+            corr = F.pad((left_g[..., d:] * right_g[..., :-d]).mean(dim=2), (d, 0))
         else:
             corr = left_g.new_zeros(batch, groups, height, width)
         slices.append(corr)
