@@ -236,7 +236,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
 
 def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
                  weights_path: str = '', depth_mode: str = 'metric', baseline_m: float = 0.0,
-                 post_process: bool = False, max_depth_m: float = 0.0, device: str = 'auto',
+                 post_process: bool = True, max_depth_m: float = 0.0, device: str = 'auto',
                  progress: bool = True, **_unused) -> Dict[str, int]:
     """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
     `<ns>/camera_info` (exact stamps); outputs under `<output_prefix or ns>/`: depth,

@@ -1,4 +1,5 @@
 """`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo|mono|corr ...`"""
+import argparse
 
 
 def register(subparsers):
@@ -25,7 +26,8 @@ def register(subparsers):
     mono.add_argument('--depth-mode', default='metric', choices=('metric', 'relative'))
     mono.add_argument('--baseline-m', type=float, default=0.0,
                       help='training rig baseline for metric depth (0: from the weights)')
-    mono.add_argument('--post-process', action='store_true', help='flipped-input averaging')
+    mono.add_argument('--post-process', action=argparse.BooleanOptionalAction, default=True,
+                      help='flipped-input averaging (default on, as the node)')
     corr = parser.add_argument_group('corr')
     corr.add_argument('--reference-image', default='', help='image file the pixels refer to')
     corr.add_argument('--reference-pixels', default='', help='"x,y;x,y" (x = column), pixels')

@@ -36,7 +36,7 @@ PARAMS = [
               'unitless depth / frame median depth (not metres).', choices=DEPTH_MODES),
     ParamSpec('baseline_m', 0.0, 'Baseline of the rig the network was trained on, metres, for '
               'metric mode (0: from the weights metadata).', value_range=(0.0, 10.0)),
-    ParamSpec('post_process', False, 'Average with the mirrored image\'s prediction (Godard '
+    ParamSpec('post_process', True, 'Average with the mirrored image\'s prediction (Godard '
               '2017 "pp"): cleaner borders, twice the compute.'),
     ParamSpec('device', 'auto', 'Compute device.', read_only=True, choices=('auto', 'cpu', 'cuda')),
     ParamSpec('weights_path', '', 'Model weights (safetensors); empty: the shipped '
