@@ -181,7 +181,7 @@ def make_pointcloud2(points_m: np.ndarray, rgb: np.ndarray, header) -> PointClou
         raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
     height, width = points_m.shape[:2]
     count = height * width
-    data = array.array('B', bytes(count * _CLOUD_DTYPE.itemsize))
+    data = array.array('B', [0]) * (count * _CLOUD_DTYPE.itemsize)  # one zeroed allocation
     rows = np.frombuffer(data, dtype=np.float32).reshape(count, 4)
     rows[:, :3] = points_m.reshape(count, 3)
     # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0 (the 0 is already there).

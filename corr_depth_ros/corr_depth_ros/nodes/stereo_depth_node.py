@@ -67,7 +67,8 @@ PARAMS = [
               '(NaN depth). 0 keeps every pixel the backend outputs.', value_range=(0.0, 1.0)),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
               value_range=(0.0, 10000.0)),
-    ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU).'),
+    ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
+              'is built only while points2 has a subscriber (~15 ms a 741x500 frame).'),
     ParamSpec('learned.weights_path', '', 'learned: safetensors weights file (empty: the shipped '
               'stereo_gwc_small weights).', read_only=True),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
@@ -221,7 +222,8 @@ class StereoDepthNode(Node):
                          max_disparity_px=values['max_disparity_px'] or None,
                          confidence_threshold=values['confidence_threshold'],
                          max_depth_m=values['max_depth_m'],
-                         compute_points=values['publish_points'])
+                         compute_points=(values['publish_points']
+                                         and self._pub_points.get_subscription_count() > 0))
         header = left_img.header
         max_d = float(np.nanmax(out.message_disparity_px)) if out.valid.any() else 0.0
         min_d = float(np.nanmin(out.message_disparity_px[out.valid])) if out.valid.any() else 0.0
