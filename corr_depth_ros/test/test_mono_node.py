@@ -170,3 +170,45 @@ def test_missing_weights_fail_at_startup_with_a_reason(ros, tmp_path):
     with pytest.raises(FileNotFoundError, match='weights file not found'):
         MonoDepthNode(context=ros.context, parameter_overrides=[
             Parameter('weights_path', value=str(tmp_path / 'nope.safetensors'))])
+
+
+def test_shipped_weights_through_the_node_on_a_real_image(ros):
+    """Defaults as a user gets them (shipped weights, pp on, metric mode) on the Motorcycle left
+    image at half size: the published depth, median-scaled, beats a constant depth."""
+    import os
+
+    import cv2
+
+    from corr_depth_ros.core.mono.evaluate import motorcycle_ground_truth
+    from corr_depth_ros.core.mono.inference import SHIPPED_WEIGHTS, shipped_weights_path
+    from corr_depth_ros.core.mono.metrics import depth_metrics
+    if not os.path.isfile(shipped_weights_path()):
+        pytest.skip(f'{SHIPPED_WEIGHTS} not shipped')
+    gt = motorcycle_ground_truth()
+    height, width = gt['left'].shape[0] // 2, gt['left'].shape[1] // 2
+    left = cv2.resize(gt['left'], (width, height), interpolation=cv2.INTER_AREA)
+    gt_depth = gt['depth_m'][::2, ::2][:height, :width]
+    fx = gt['fx_px'] / 2
+    node = ros.add(MonoDepthNode(context=ros.context, parameter_overrides=[
+        Parameter('device', value='cpu'), Parameter('torch_threads', value=1)]))
+    assert node.get_parameter('post_process').value is True
+    rig = ros.node('mono_real_rig')
+    pub_image = rig.create_publisher(Image, 'image', RELIABLE)
+    pub_info = rig.create_publisher(CameraInfo, 'camera_info', RELIABLE)
+    got = []
+    rig.create_subscription(Image, 'depth', got.append, RELIABLE)
+
+    def send():
+        header = Header(frame_id='camera_optical')
+        header.stamp.sec = 7
+        info = CameraInfo(header=header, height=height, width=width)
+        info.k = [fx, 0.0, width / 2, 0.0, fx, height / 2, 0.0, 0.0, 1.0]
+        info.p = [fx, 0.0, width / 2, 0.0, 0.0, fx, height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+        pub_info.publish(info)
+        pub_image.publish(conversions.array_to_image(left, 'rgb8', header))
+    assert ros.wait_for(lambda: bool(got), timeout_s=60.0, action=send, action_period_s=2.0)
+    depth = conversions.image_to_array(got[0])
+    assert depth.shape == (height, width) and np.isfinite(depth).all() and (depth > 0).all()
+    ours = depth_metrics(depth, gt_depth)['median']['abs_rel']
+    constant = depth_metrics(np.ones_like(gt_depth), gt_depth)['median']['abs_rel']
+    assert ours < constant, (ours, constant)
