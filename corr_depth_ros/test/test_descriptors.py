@@ -235,3 +235,22 @@ def test_visible_in_right_finds_occlusion_and_out_of_view():
     expected[:, 6:10] = False           # lands on right columns 4..7, which the block covers
     expected[1, 25] = False
     assert np.array_equal(visible, expected)
+
+
+# Measured for the shipped weights with `corr_depth eval corr --dataset motorcycle` (1000
+# queries): PCK@3 0.734. A collapsed or mis-loaded net scores near 0 (a D=3 run measured 0.013).
+SHIPPED_MOTORCYCLE_PCK3_MIN = 0.60
+
+
+def test_shipped_weights_find_motorcycle_points_in_the_right_image():
+    """The shipped net on the real pair, whole right image searched, 200 visible queries."""
+    from corr_depth_ros.core.descriptors import evaluate as ev
+    from corr_depth_ros.core.motorcycle import load_motorcycle
+    model, header = ev.load_model(None)
+    data = load_motorcycle()
+    queries = ev.sample_queries(ev.visible_in_right(data['disparity_px']), 200, seed=1)
+    rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
+    truth = np.stack([queries[:, 0] - data['disparity_px'][rows, cols], queries[:, 1]], 1)
+    results, _ = ev.evaluate_pair({'net': lambda a, b, q, t: ev.match_descriptor_net(model, a, b, q, t)},
+                                  data['left'], data['right'], queries, truth)
+    assert results['net']['pck@3'] >= SHIPPED_MOTORCYCLE_PCK3_MIN, (results['net'], header['identity'])
