@@ -15,6 +15,8 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from .core.mono import POST_PROCESS_DEFAULT
+
 _SEPARATOR = '=' * 80
 _PRIMITIVES = {'bool', 'byte', 'char', 'float32', 'float64', 'int8', 'uint8', 'int16', 'uint16',
                'int32', 'uint32', 'int64', 'uint64', 'string', 'wstring'}
@@ -236,7 +238,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
 
 def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
                  weights_path: str = '', depth_mode: str = 'metric', baseline_m: float = 0.0,
-                 post_process: bool = True, max_depth_m: float = 0.0, device: str = 'auto',
+                 post_process: bool = POST_PROCESS_DEFAULT, max_depth_m: float = 0.0, device: str = 'auto',
                  progress: bool = True, **_unused) -> Dict[str, int]:
     """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
     `<ns>/camera_info` (exact stamps); outputs under `<output_prefix or ns>/`: depth,

@@ -248,9 +248,7 @@ def test_shipped_weights_find_motorcycle_points_in_the_right_image():
     from corr_depth_ros.core.motorcycle import load_motorcycle
     model, header = ev.load_model(None)
     data = load_motorcycle()
-    queries = ev.sample_queries(ev.visible_in_right(data['disparity_px']), 200, seed=1)
-    rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
-    truth = np.stack([queries[:, 0] - data['disparity_px'][rows, cols], queries[:, 1]], 1)
+    queries, truth = ev.motorcycle_queries(data['disparity_px'], 200, seed=1)
     def net(a, b, q, t):
         return ev.match_descriptor_net(model, a, b, q, t)
     results, _ = ev.evaluate_pair({'net': net}, data['left'], data['right'], queries, truth)

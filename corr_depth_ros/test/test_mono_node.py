@@ -42,9 +42,10 @@ def image():
 class MonoRig:
     """Publishes image + camera_info with fresh stamps and collects the node's outputs."""
 
-    def __init__(self, ros, frame_id='camera_optical'):
+    def __init__(self, ros, frame_id='camera_optical', intrinsics=(FX, FY, CX, CY)):
         self.node = ros.node('mono_test_rig')
         self.frame_id = frame_id
+        self.intrinsics = intrinsics
         self.pub_image = self.node.create_publisher(Image, 'image', RELIABLE)
         self.pub_info = self.node.create_publisher(CameraInfo, 'camera_info', RELIABLE)
         self.received = {'depth': [], 'points2': [], 'depth/camera_info': []}
@@ -62,8 +63,9 @@ class MonoRig:
         pixels = rgb[:, :, ::-1] if encoding == 'bgr8' else rgb
         msgs = {'image': conversions.array_to_image(np.ascontiguousarray(pixels), encoding, header)}
         info = CameraInfo(header=header, height=rgb.shape[0], width=rgb.shape[1])
-        info.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
-        info.p = [FX, 0.0, CX, 0.0, 0.0, FY, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
+        fx, fy, cx, cy = self.intrinsics
+        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+        info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
         msgs['info'] = info
         if mutate:
             mutate(msgs)
@@ -192,22 +194,9 @@ def test_shipped_weights_through_the_node_on_a_real_image(ros):
     node = ros.add(MonoDepthNode(context=ros.context, parameter_overrides=[
         Parameter('device', value='cpu'), Parameter('torch_threads', value=1)]))
     assert node.get_parameter('post_process').value is True
-    rig = ros.node('mono_real_rig')
-    pub_image = rig.create_publisher(Image, 'image', RELIABLE)
-    pub_info = rig.create_publisher(CameraInfo, 'camera_info', RELIABLE)
-    got = []
-    rig.create_subscription(Image, 'depth', got.append, RELIABLE)
-
-    def send():
-        header = Header(frame_id='camera_optical')
-        header.stamp.sec = 7
-        info = CameraInfo(header=header, height=height, width=width)
-        info.k = [fx, 0.0, width / 2, 0.0, fx, height / 2, 0.0, 0.0, 1.0]
-        info.p = [fx, 0.0, width / 2, 0.0, 0.0, fx, height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
-        pub_info.publish(info)
-        pub_image.publish(conversions.array_to_image(left, 'rgb8', header))
-    assert ros.wait_for(lambda: bool(got), timeout_s=60.0, action=send, action_period_s=2.0)
-    depth = conversions.image_to_array(got[0])
+    rig = MonoRig(ros, intrinsics=(fx, fx, width / 2, height / 2))
+    out = rig.wait_outputs(ros, lambda: rig.publish(left))
+    depth = conversions.image_to_array(out['depth'])
     assert depth.shape == (height, width) and np.isfinite(depth).all() and (depth > 0).all()
     ours = depth_metrics(depth, gt_depth)['median']['abs_rel']
     constant = depth_metrics(np.ones_like(gt_depth), gt_depth)['median']['abs_rel']

@@ -44,9 +44,8 @@ def run(args) -> int:
         from ..core.motorcycle import load_motorcycle
         data = load_motorcycle()
         visible = ev.visible_in_right(data['disparity_px'])
-        queries = ev.sample_queries(visible, args.queries, args.seed)
-        rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
-        truth = np.stack([queries[:, 0] - data['disparity_px'][rows, cols], queries[:, 1]], 1)
+        queries, truth = ev.motorcycle_queries(data['disparity_px'], args.queries, args.seed,
+                                               visible)
         _, raw = ev.evaluate_pair(methods, data['left'], data['right'], queries, truth)
         raws.append(raw)
         figure_args = (data['left'], data['right'], queries, raw)

@@ -1,6 +1,8 @@
 """`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo|mono|corr ...`"""
 import argparse
 
+from ..core.mono import POST_PROCESS_DEFAULT
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -26,8 +28,9 @@ def register(subparsers):
     mono.add_argument('--depth-mode', default='metric', choices=('metric', 'relative'))
     mono.add_argument('--baseline-m', type=float, default=0.0,
                       help='training rig baseline for metric depth (0: from the weights)')
-    mono.add_argument('--post-process', action=argparse.BooleanOptionalAction, default=True,
-                      help='flipped-input averaging (default on, as the node)')
+    mono.add_argument('--post-process', action=argparse.BooleanOptionalAction,
+                      default=POST_PROCESS_DEFAULT,
+                      help='mirrored-input averaging (default as the node\'s post_process)')
     corr = parser.add_argument_group('corr')
     corr.add_argument('--reference-image', default='', help='image file the pixels refer to')
     corr.add_argument('--reference-pixels', default='', help='"x,y;x,y" (x = column), pixels')

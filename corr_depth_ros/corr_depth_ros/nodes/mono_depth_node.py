@@ -24,6 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from .. import conversions
 from ..core.colormap import colourise
 from ..core.geometry import depth_to_points
+from ..core.mono import POST_PROCESS_DEFAULT
 from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_depth,
                                    input_size_from_header, load_mono_model)
 from ..core.training import resolve_device
@@ -36,8 +37,8 @@ PARAMS = [
               'unitless depth / frame median depth (not metres).', choices=DEPTH_MODES),
     ParamSpec('baseline_m', 0.0, 'Baseline of the rig the network was trained on, metres, for '
               'metric mode (0: from the weights metadata).', value_range=(0.0, 10.0)),
-    ParamSpec('post_process', True, 'Average with the mirrored image\'s prediction (Godard '
-              '2017 "pp"): cleaner borders, twice the compute.'),
+    ParamSpec('post_process', POST_PROCESS_DEFAULT, 'Average with the mirrored image\'s '
+              'prediction (Godard 2017 "pp"): cleaner borders, twice the compute.'),
     ParamSpec('device', 'auto', 'Compute device.', read_only=True, choices=('auto', 'cpu', 'cuda')),
     ParamSpec('weights_path', '', 'Model weights (safetensors); empty: the shipped '
               'mono_lr_small.', read_only=True),

@@ -68,6 +68,19 @@ def sample_queries(valid: np.ndarray, count: int, seed: int = 0, border_px: int 
     return np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
 
 
+def motorcycle_queries(disparity_px: np.ndarray, count: int, seed: int = 0,
+                       visible: Optional[np.ndarray] = None):
+    """Queries on the left Motorcycle image among pixels the right view sees (``visible``, from
+    visible_in_right when not given), and their true right-image positions (x - d, y):
+    ((N,2) queries, (N,2) truth), float32 pixels."""
+    if visible is None:
+        visible = visible_in_right(disparity_px)
+    queries = sample_queries(visible, count, seed)
+    rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
+    truth = np.stack([queries[:, 0] - disparity_px[rows, cols], queries[:, 1]], 1)
+    return queries, truth.astype(np.float32)
+
+
 def summarise(errors_px: np.ndarray, false_positive_fraction: np.ndarray,
               seconds: float) -> Dict[str, float]:
     out = {f'pck@{t}': float(np.mean(errors_px <= t)) for t in THRESHOLDS_PX}

@@ -13,3 +13,8 @@ One file per stage:
   evaluate.py     `corr_depth eval mono`: Motorcycle zero-shot, held-out synthetic, ablation,
                   speed, figure
 """
+
+# The paper's "pp" on by default, for the node, process-bag and the CLI alike (one place): on
+# Motorcycle the shipped model measured median-scaled AbsRel 0.176 with it, 0.199 without, at
+# 16.9 frames/s (384x256, 2-core CPU) instead of 39.8.
+POST_PROCESS_DEFAULT = True
