@@ -4,8 +4,12 @@
     python scripts/bench_synth.py --size 320x240 --pairs 40 --json bench_output/synth.json
 
 Renders on the CPU with torch's default thread count (or --threads), and on CUDA when one is
-available. Each pair has its own seed, as in training. The load average before and after is
-recorded: on a shared machine other processes slow the figures down, so read them with it.
+available. Each pair has its own seed, as in training. Then, on the CPU, the throughput of
+--workers spawned processes with one torch thread each (default: one per core), which is how
+training renders (data-loader workers, `corr_depth synth --workers`): many small tensor ops
+scale poorly across threads in one process but well across processes. The load average before
+and after is recorded: on a shared machine other processes slow the figures down, so read them
+with it.
 """
 import argparse
 import json
@@ -54,6 +58,48 @@ def bench(render, height, width, pairs, warmup, device, first_seed=1000):
             'cpu_ms_per_pair': 1000 * cpu_seconds / pairs}
 
 
+def _worker(kind, height, width, seeds, warmup, ready, start, results):
+    """One spawned process: warm up, wait for the common start, render its seeds."""
+    import torch
+
+    from corr_depth_ros.core.synth import render_multiview_pair, render_stereo_pair
+
+    torch.set_num_threads(1)
+    render = render_stereo_pair if kind == 'stereo' else render_multiview_pair
+    for i in range(warmup):
+        render(seeds[0] - 1 - i, height, width)
+    ready.wait()
+    start.wait()
+    for seed in seeds:
+        render(seed, height, width)
+    results.put(time.perf_counter())
+
+
+def bench_workers(kind, height, width, pairs, warmup, workers, first_seed=1000):
+    """Pairs per second of ``workers`` processes rendering ``pairs`` seeds between them, timed
+    from a common start (after imports and warm-up) to the last process finishing."""
+    import multiprocessing
+
+    context = multiprocessing.get_context('spawn')
+    ready, start = context.Barrier(workers + 1), context.Event()
+    results = context.Queue()
+    seeds = list(range(first_seed + warmup, first_seed + warmup + pairs))
+    procs = [context.Process(target=_worker, args=(kind, height, width, seeds[w::workers],
+                                                   warmup, ready, start, results))
+             for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    ready.wait()
+    begin = time.perf_counter()
+    start.set()
+    ends = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    seconds = max(ends) - begin
+    return {'pairs': pairs, 'workers': workers, 'torch_threads_per_worker': 1,
+            'seconds': seconds, 'pairs_per_s': pairs / seconds}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--size', default='320x240', help='WIDTHxHEIGHT (default 320x240)')
@@ -61,6 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     parser.add_argument('--no-cuda', action='store_true', help='skip CUDA even if available')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='processes for the multi-process CPU case (0: skip it; default: '
+                             'one per core)')
     parser.add_argument('--json', default=None, help='write the results here')
     args = parser.parse_args(argv)
 
@@ -90,6 +139,13 @@ def main(argv=None) -> int:
                   f'(mean {result["ms_per_pair_mean"]:.1f} ms, median '
                   f'{result["ms_per_pair_median"]:.1f} ms, min {result["ms_per_pair_min"]:.1f} ms, '
                   f'process CPU {result["cpu_ms_per_pair"]:.1f} ms/pair)', flush=True)
+    if args.workers > 0:
+        for kind in ('stereo', 'multiview'):
+            result = bench_workers(kind, height, width, args.pairs, args.warmup, args.workers)
+            result.update(device='cpu', kind=kind)
+            report['results'].append(result)
+            print(f'cpu   {kind:9s} {width}x{height}: {result["pairs_per_s"]:6.1f} pairs/s '
+                  f'({args.workers} processes x 1 torch thread)', flush=True)
     report['load_avg_after'] = _load()
     print(f'torch threads {report["torch_threads"]}, cpu_count {report["cpu_count"]}, '
           f'load average before {report["load_avg_before"]} after {report["load_avg_after"]}')

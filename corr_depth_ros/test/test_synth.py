@@ -424,3 +424,21 @@ def test_no_nan_pixels_where_the_view_faces_the_light():
     for key in ('image_a', 'image_b'):
         assert torch.isfinite(sample[key]).all(), key
         assert sample[key].min() >= 0 and sample[key].max() <= 1
+
+
+def test_noise_atlas_lookup_is_trilinear_in_the_volume():
+    """The 2D-atlas lookup (two bilinear taps + lerp) equals trilinear sampling of the 3D
+    volume, wrap-around included (coordinates far outside one period, negative ones too)."""
+    from corr_depth_ros.core.synth import textures
+
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 20000, generator=generator) * 9.0
+    sharp = torch.zeros(q.shape[1])  # footprint 0: full band, no attenuation
+    got = textures.sample_noise(q, sharp)
+    u = q / textures._NOISE_PERIOD
+    grid = (2.0 * (u - torch.floor(u)) - 1.0).T.reshape(1, 1, 1, -1, 3)
+    want = F.grid_sample(textures.noise_volume('cpu'), grid, mode='bilinear',
+                         padding_mode='border', align_corners=True)[0, :2, 0, 0]
+    assert got.shape == want.shape == (2, q.shape[1])
+    assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
+    assert want.std() > 0.5  # not trivially zero

@@ -13,8 +13,8 @@ Texture coordinates are ``q = p_local * freq + offset`` (texture units). Familie
 * ``dots``: a lattice of spheres (repetitive).
 
 Noise comes from a fixed, tileable 3D fBm volume made once per device by spectral synthesis
-(filtered white noise, FFT), sampled with trilinear ``grid_sample``: one batched lookup instead
-of hashing lattice corners per octave. Its seed is fixed, so it is the same function for
+(filtered white noise, FFT), sampled trilinearly (two bilinear ``grid_sample`` lookups in a 2D
+atlas of its slices): one batched lookup instead of hashing lattice corners per octave. Its seed is fixed, so it is the same function for
 every sample and every process; samples differ by their per-object offset and frequency.
 
 Anti-aliasing: a pixel covers about ``fw = depth / fx * freq`` texture units. Hard edges are
@@ -77,16 +77,42 @@ def noise_volume(device='cpu') -> torch.Tensor:
     return _noise_cache[key]
 
 
+def _noise_atlas(device) -> torch.Tensor:
+    """The noise volume's z slices stacked vertically: (1, 4, (S+1)^2, S+1), row z*(S+1) + y.
+
+    Trilinear lookups become two bilinear ``grid_sample`` lookups in this 2D atlas (slices
+    z0 and z0 + 1) and one lerp: PyTorch's CPU 2D sampler is vectorised, the 3D one is not
+    (measured 4-5x faster per lookup at 320x240, same values up to float rounding)."""
+    key = 'atlas:' + str(torch.device(device))
+    if key not in _noise_cache:
+        volume = noise_volume(device)
+        _noise_cache[key] = volume.reshape(1, volume.shape[1], -1, volume.shape[-1]).contiguous()
+    return _noise_cache[key]
+
+
 def sample_noise(q: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
     """Two noise channels at texture coordinates ``q`` (3,N), anti-aliased for a pixel
     footprint (N,) in texture units. Returns (2,N) float32, about unit variance when sharp."""
     check_shape('q', q, (3, 'N'))
-    volume = noise_volume(q.device)
-    u = q * (1.0 / _NOISE_PERIOD)
-    u = u.sub_(torch.floor(u))  # wrap into [0, 1) (torch.frac keeps the sign)
-    grid = u.mul_(2.0).sub_(1.0).T.reshape(1, 1, 1, -1, 3)  # (x, y, z) index (W, H, D)
-    values = F.grid_sample(volume, grid, mode='bilinear', padding_mode='border',
-                           align_corners=True)[0, :, 0, 0]  # (4, N)
+    atlas = _noise_atlas(q.device)
+    side = _NOISE_SIZE + 1  # samples per axis, the wrapped copy included
+    n = q.shape[1]
+    u = q * (_NOISE_SIZE / _NOISE_PERIOD)  # voxel units
+    u = u.sub_(torch.floor(u * (1.0 / _NOISE_SIZE)).mul_(_NOISE_SIZE))  # wrap into [0, S)
+    z0 = torch.floor(u[2]).clamp_(max=_NOISE_SIZE - 1)
+    weight_z = u[2] - z0
+    # Normalised atlas coordinates (align_corners=True): x -> columns, z0*(S+1) + y -> rows;
+    # the second half of the points reads slice z0 + 1, one slice (S+1 rows) further down.
+    grid = torch.empty((1, 2, n, 2), dtype=q.dtype, device=q.device)
+    torch.mul(u[0], 2.0 / _NOISE_SIZE, out=grid[0, 0, :, 0]).sub_(1.0)
+    grid[0, 1, :, 0] = grid[0, 0, :, 0]
+    rows_scale = 2.0 / (side * side - 1)
+    torch.addcmul(u[1], z0, torch.tensor(float(side), dtype=q.dtype, device=q.device),
+                  out=grid[0, 0, :, 1]).mul_(rows_scale).sub_(1.0)
+    torch.add(grid[0, 0, :, 1], side * rows_scale, out=grid[0, 1, :, 1])
+    lookups = F.grid_sample(atlas, grid, mode='bilinear', padding_mode='border',
+                            align_corners=True)[0]  # (4, 2, N)
+    values = torch.lerp(lookups[:, 0], lookups[:, 1], weight_z)  # (4, N) trilinear
     voxels_per_pixel = footprint * (_NOISE_SIZE / _NOISE_PERIOD)
     # The full band reaches the grid Nyquist (0.5 cycle/voxel): fully low-passed by 2 voxels
     # per pixel.
