@@ -76,10 +76,25 @@ def image_to_rgb8(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, 2::-1])
 
 
+def _with_checked_fields(msg_type):
+    """A new message whose uint8[] setters keep an ``array('B')`` as is.
+
+    Jazzy's generated setters skip field checks unless ROS_PYTHON_CHECK_FIELDS=1, and the
+    unchecked path stores ``array.array('B', value)``: a full copy of every image and cloud
+    (measured 0.6 ms plus the page faults of a fresh 6 MB buffer per 741x500 cloud). The
+    checked path takes an ``array('B')`` after one typecode check. Distributions before the
+    ``check_fields`` argument (Humble) always took that path; they reject the argument.
+    """
+    try:
+        return msg_type(check_fields=True)
+    except (AssertionError, TypeError):
+        return msg_type()
+
+
 def _bytes_field(data: np.ndarray) -> array.array:
-    # rclpy's uint8[] setter takes an array.array('B') as is; anything else is checked element
-    # by element, which costs seconds for a point cloud. frombytes reads the numpy buffer
-    # directly: one copy, no intermediate bytes object.
+    # Set it on a message from _with_checked_fields (no second copy); other values are checked
+    # element by element, which costs seconds for a point cloud. frombytes reads the numpy
+    # buffer directly: one copy, no intermediate bytes object.
     out = array.array('B')
     out.frombytes(memoryview(np.ascontiguousarray(data)).cast('B'))
     return out
@@ -95,7 +110,7 @@ def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
         raise ConversionError(f'{encoding} needs shape (H, W{", %d" % channels if channels > 1 else ""}),'
                               f' got {pixels.shape}')
     pixels = np.ascontiguousarray(pixels, dtype=np.dtype(dtype).newbyteorder('<'))
-    msg = Image()
+    msg = _with_checked_fields(Image)
     msg.header = header
     msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
     msg.encoding = encoding
@@ -171,32 +186,58 @@ _CLOUD_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))
 
 def make_pointcloud2(points_m: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
     """Organised PointCloud2 (height x width), fields x y z rgb (16 bytes a point), NaN points
-    for invalid pixels.
+    for invalid pixels; the message owns a fresh buffer (see :class:`PointCloud2Packer` for
+    the per-frame path that reuses one)."""
+    return PointCloud2Packer().pack(points_m, rgb, header)
+
+
+class PointCloud2Packer:
+    """Packs organised x y z rgb clouds into one wire buffer reused from frame to frame.
 
     ``rgb`` is packed as PCL/RViz expect: 0x00RRGGBB in a 32-bit field declared FLOAT32.
-    Points and colours are written straight into the wire buffer through a numpy view (two
-    strided copies, no structured array, no intermediate bytes).
+    Points and colours are written straight into the message's ``data`` (an ``array('B')``,
+    which rclpy takes without a per-element check) through numpy views: no structured array,
+    no intermediate bytes. Reusing the buffer saves a 6 MB allocation per 741x500 frame, and
+    the page faults of touching fresh memory (about half the packing time measured here).
+
+    Contract: a packed message is valid until the next :meth:`pack` of a cloud of the same
+    size. A publisher may reuse it safely because ``publish()`` serialises synchronously;
+    anything that keeps messages (a queue, a bag writer thread) must use
+    :func:`make_pointcloud2` instead.
     """
-    if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
-        raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
-    height, width = points_m.shape[:2]
-    count = height * width
-    data = array.array('B', [0]) * (count * _CLOUD_DTYPE.itemsize)  # one zeroed allocation
-    rows = np.frombuffer(data, dtype=np.float32).reshape(count, 4)
-    rows[:, :3] = points_m.reshape(count, 3)
-    # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0 (the 0 is already there).
-    rows.view(np.uint8).reshape(count, 16)[:, 12:15] = rgb.reshape(count, 3)[:, ::-1]
-    msg = PointCloud2()
-    msg.header = header
-    msg.height, msg.width = int(height), int(width)
-    msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
-                  for name, offset in _CLOUD_FIELDS]
-    msg.is_bigendian = False
-    msg.point_step = _CLOUD_DTYPE.itemsize
-    msg.row_step = msg.point_step * msg.width
-    msg.is_dense = False  # organised clouds keep NaN points for invalid pixels
-    msg.data = data
-    return msg
+
+    def __init__(self):
+        self._data: Optional[array.array] = None
+
+    def pack(self, points_m: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
+        if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
+            raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
+        height, width = points_m.shape[:2]
+        count = height * width
+        size = count * _CLOUD_DTYPE.itemsize
+        if self._data is None or len(self._data) != size:
+            # Zeroed once: byte 15 of every point (the 0x00 of 0x00RRGGBB) is never written.
+            self._data = array.array('B', [0]) * size
+        rows = np.frombuffer(self._data, dtype=np.float32).reshape(count, 4)
+        src = points_m.reshape(count, 3)
+        for axis in range(3):  # per-column copies beat one (count, 3) strided block copy
+            rows[:, axis] = src[:, axis]
+        # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0.
+        colour = rows.view(np.uint8).reshape(count, 16)
+        rgb_rows = rgb.reshape(count, 3)
+        for byte, channel in ((12, 2), (13, 1), (14, 0)):
+            colour[:, byte] = rgb_rows[:, channel]
+        msg = _with_checked_fields(PointCloud2)
+        msg.header = header
+        msg.height, msg.width = int(height), int(width)
+        msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
+                      for name, offset in _CLOUD_FIELDS]
+        msg.is_bigendian = False
+        msg.point_step = _CLOUD_DTYPE.itemsize
+        msg.row_step = msg.point_step * msg.width
+        msg.is_dense = False  # organised clouds keep NaN points for invalid pixels
+        msg.data = self._data
+        return msg
 
 
 def pointcloud2_to_arrays(msg: PointCloud2) -> Tuple[np.ndarray, np.ndarray]:
@@ -365,7 +406,7 @@ def rgb8_to_compressed(rgb: np.ndarray, header, fmt: str = 'jpeg', quality: int 
     ok, encoded = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params)
     if not ok:
         raise ConversionError(f'{fmt} encoding failed')
-    msg = CompressedImage()
+    msg = _with_checked_fields(CompressedImage)
     msg.header = header
     msg.format = f'rgb8; {fmt} compressed bgr8'
     msg.data = _bytes_field(encoded)

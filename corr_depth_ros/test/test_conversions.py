@@ -86,6 +86,36 @@ def test_pointcloud_and_disparity_messages():
     r, g, b = rgb.reshape(-1, 3)[1]
     assert packed == (int(r) << 16) | (int(g) << 8) | int(b)
 
+
+def test_pointcloud_packer_reuses_its_buffer_and_stays_exact():
+    """The nodes' packer writes each frame into one buffer: a second frame must fully replace
+    the first (no stale points or colours), the 0x00 top byte of rgb must stay zero, and a new
+    size must get a new buffer. The message is checked after a real serialise/deserialise."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    rng = np.random.default_rng(4)
+    packer = conversions.PointCloud2Packer()
+    first = packer.pack(np.ones((6, 8, 3), np.float32), np.full((6, 8, 3), 255, np.uint8), HEADER)
+    first_buffer = first.data
+    for height, width in ((6, 8), (6, 8), (3, 5)):
+        points = rng.normal(size=(height, width, 3)).astype(np.float32)
+        points[1, 2] = np.nan
+        rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        cloud = deserialize_message(serialize_message(packer.pack(points, rgb, HEADER)),
+                                    PointCloud2)
+        back_points, back_rgb = conversions.pointcloud2_to_arrays(cloud)
+        np.testing.assert_array_equal(back_points, points)
+        np.testing.assert_array_equal(back_rgb, rgb)
+        top_bytes = np.frombuffer(bytes(cloud.data), np.uint8).reshape(-1, 16)[:, 15]
+        assert not top_bytes.any()
+        assert (packer._data is first_buffer) == ((height, width) == (6, 8))
+    with pytest.raises(conversions.ConversionError, match='must be'):
+        packer.pack(np.zeros((2, 2, 3), np.float32), np.zeros((2, 3, 3), np.uint8), HEADER)
+
+
+def test_disparity_message_fields():
+    rng = np.random.default_rng(3)
     geo = motorcycle_geometry(8, 6)
     disp = rng.uniform(40, 60, size=(6, 8)).astype(np.float32)
     msg = conversions.make_disparity_msg(disp, geo, HEADER, 40.0, 60.0, (1, 0, 7, 6))

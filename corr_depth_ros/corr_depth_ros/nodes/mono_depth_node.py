@@ -95,6 +95,8 @@ class MonoDepthNode(Node):
                                                  qos_overriding_options=overrides)
         self._pub_colour = self.create_publisher(Image, 'depth/color', out_qos)
 
+        # Used by the worker thread only; publish() serialises before the next frame reuses it.
+        self._cloud_packer = conversions.PointCloud2Packer()
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth')
         # Sensor-data (best-effort) inputs like image_proc; override per topic with
         # qos_overrides./<ns>/image.subscription.reliability etc.
@@ -163,7 +165,7 @@ class MonoDepthNode(Node):
         self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
         if values['publish_points']:
             points = depth_to_points(depth, fx, fy, cx, cy)
-            self._pub_points.publish(conversions.make_pointcloud2(points, rgb, header))
+            self._pub_points.publish(self._cloud_packer.pack(points, rgb, header))
         if self._pub_colour.get_subscription_count():
             # Inverse depth reads like disparity: near is bright, far fades out.
             self._pub_colour.publish(conversions.array_to_image(

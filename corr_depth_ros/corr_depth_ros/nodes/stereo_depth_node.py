@@ -114,6 +114,8 @@ class StereoDepthNode(Node):
         self._pub_confidence = self.create_publisher(Image, 'confidence', out_qos)
         self._pub_colour = self.create_publisher(Image, 'disparity/color', out_qos)
 
+        # Used by the worker thread only; publish() serialises before the next frame reuses it.
+        self._cloud_packer = conversions.PointCloud2Packer()
         self._worker = LatestFrameWorker(self._process, self._on_worker_error)
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
@@ -233,7 +235,7 @@ class StereoDepthNode(Node):
         self._pub_depth.publish(conversions.array_to_image(out.depth_m, '32FC1', header))
         self._pub_depth_info.publish(conversions.depth_camera_info(left_info, header))
         if out.points_m is not None:
-            self._pub_points.publish(conversions.make_pointcloud2(out.points_m, left, header))
+            self._pub_points.publish(self._cloud_packer.pack(out.points_m, left, header))
         if out.confidence is not None and self._pub_confidence.get_subscription_count():
             self._pub_confidence.publish(conversions.array_to_image(
                 out.confidence.astype(np.float32), '32FC1', header))
