@@ -9,7 +9,8 @@ import torch
 from corr_depth_ros.core.descriptors import grasp, matching, references
 from corr_depth_ros.core.descriptors.loss import (ContrastiveConfig, contrastive_terms, pair_loss,
                                                   sample_descriptors)
-from corr_depth_ros.core.descriptors.network import build_descriptor_net, compute_descriptors
+from corr_depth_ros.core.descriptors.network import (DEFAULT_SCALES, build_descriptor_net,
+                                                     compute_descriptors)
 from corr_depth_ros.core.geometry import depth_to_points
 
 
@@ -40,7 +41,39 @@ def test_network_factory_is_keyword_only_and_checks_inputs():
     net = build_descriptor_net(descriptor_dim=3, base_channels=4, normalize=False)
     assert net.config() == {'descriptor_dim': 3, 'base_channels': 4, 'normalize': False}
     image = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
-    assert compute_descriptors(net.eval(), image).shape == (3, 20, 30)
+    assert compute_descriptors(net.eval(), image, scales=[1.0]).shape == (3, 20, 30)
+    assert compute_descriptors(net.eval(), image).shape == (3 * len(DEFAULT_SCALES), 20, 30)
+
+
+def test_multi_scale_descriptors_are_the_passes_side_by_side():
+    """Block 0 is the full-resolution pass, block 1 the half-scale pass resampled onto the
+    full grid (pixel centres aligned, padding cropped), both scaled by 1/sqrt(2)."""
+    import torch.nn.functional as F
+
+    net = tiny_net(seed=2, descriptor_dim=4).eval()
+    image = (np.random.default_rng(5).random((37, 53, 3)) * 255).astype(np.uint8)  # not /16
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    both = compute_descriptors(net, image, scales=(1.0, 0.5))
+    assert both.shape == (8, 37, 53)
+    with torch.no_grad():
+        np.testing.assert_allclose(both[:4] * math.sqrt(2), net(x)[0], atol=1e-6)
+        small = F.interpolate(x, size=(18, 26), mode='bilinear', antialias=True,
+                              align_corners=False)
+        low = net.forward_low(small)[0]                      # (4, 16/2, 32/2): padded input
+    # Output pixel X sits at pass pixel (X + 0.5) * 26 / 53 - 0.5, i.e. at
+    # ((X + 0.5) * 26 / 53) / 2 - 0.5 on the half-resolution output of that pass.
+    xs = ((np.arange(53) + 0.5) * 26 / 53) / 2 - 0.5
+    ys = ((np.arange(37) + 0.5) * 18 / 37) / 2 - 0.5
+    grid = torch.stack(torch.meshgrid(torch.tensor(ys), torch.tensor(xs), indexing='ij')[::-1],
+                       -1).float()
+    grid[..., 0] = (2 * grid[..., 0] + 1) / low.shape[2] - 1
+    grid[..., 1] = (2 * grid[..., 1] + 1) / low.shape[1] - 1
+    want = F.grid_sample(low[None], grid[None], mode='bilinear', padding_mode='border',
+                         align_corners=False)[0] / math.sqrt(2)
+    np.testing.assert_allclose(both[4:], want, atol=1e-5)
+    for bad in ([], [0.5, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.5], 'x'):
+        with pytest.raises(ValueError, match='scales'):
+            compute_descriptors(net, image, scales=bad)
 
 
 # --- loss ----------------------------------------------------------------------------------------
@@ -195,6 +228,10 @@ def test_reference_persistence_and_identity_refusal(tmp_path):
     net_id = references.network_identity(net)
     assert net_id == references.network_identity(tiny_net(seed=0))
     assert net_id != references.network_identity(other)
+    # Descriptors made at other scales are not comparable: another identity.
+    assert net_id == references.network_identity(net, [1.0])
+    assert references.network_identity(net, (1.0, 0.5)) not in (
+        net_id, references.network_identity(net, (1.0, 0.75)))
     image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     desc = compute_descriptors(net, image)
     pixels = np.array([[10.0, 12.0], [50.0, 40.0]], dtype=np.float32)

@@ -15,6 +15,9 @@ def register(subparsers):
     p.add_argument('--baselines', default='sift,ncc', help='comma list of sift,ncc ("" for none)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--scales', default='',
+                   help='descriptor image scales, comma list starting with 1 (default: the '
+                        "node's, 1,0.5; 1 alone is one pass)")
     p.add_argument('--benchmark', action='store_true',
                    help='add a speed section: descriptor frames/s and 10-pixel request latency '
                         'at 640x480')
@@ -31,8 +34,11 @@ def run(args) -> int:
     from ..core.descriptors import evaluate as ev
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    from ..core.descriptors.network import DEFAULT_SCALES, check_scales
     model, header = ev.load_model(args.weights)
-    methods = {'descriptor_net': lambda a, b, q, t: ev.match_descriptor_net(model, a, b, q, t)}
+    scales = check_scales(args.scales.split(',')) if args.scales else DEFAULT_SCALES
+    methods = {'descriptor_net':
+               lambda a, b, q, t: ev.match_descriptor_net(model, a, b, q, t, scales)}
     for name in filter(None, args.baselines.split(',')):
         methods[name] = {'sift': ev.match_sift, 'ncc': ev.match_ncc}[name]
 
@@ -77,7 +83,8 @@ def run(args) -> int:
     results = ev.merge_raw(raws)
     report = {'dataset': args.dataset, 'protocol': protocol, 'results': results,
               'weights': args.weights or 'shipped', 'weights_identity': header.get('identity'),
-              'weights_config': header.get('config'), 'threads': torch.get_num_threads(),
+              'weights_config': header.get('config'), 'descriptor_scales': list(scales),
+              'threads': torch.get_num_threads(),
               'baseline_settings': {'sift': 'upright, keypoint size 16 px, dense 1-px grid in B',
                                     'ncc': '15x15 grey patch, TM_CCOEFF_NORMED over all of B'},
               **extra}
@@ -86,7 +93,7 @@ def run(args) -> int:
 
         from ..core.motorcycle import load_motorcycle
         image = cv2.resize(load_motorcycle()['left'], (640, 480), interpolation=cv2.INTER_AREA)
-        report['speed'] = ev.benchmark(model, image)
+        report['speed'] = ev.benchmark(model, image, scales=scales)
         print('speed:', report['speed'])
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, 'w', encoding='utf-8') as f:

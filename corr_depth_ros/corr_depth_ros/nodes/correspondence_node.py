@@ -36,6 +36,7 @@ from corr_depth_interfaces.srv import FindCorrespondence, SetReference
 from .. import conversions
 from ..core.colormap import colourise
 from ..core.descriptors import matching, query, references
+from ..core.descriptors.network import DEFAULT_SCALES, check_scales
 from ..core.geometry import depth_to_points
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
@@ -48,6 +49,9 @@ PARAMS = [
               choices=('auto', 'cpu', 'cuda')),
     ParamSpec('threads', 0, 'torch CPU threads (0: torch default).', read_only=True,
               value_range=(0, 256)),
+    ParamSpec('descriptor_scales', list(DEFAULT_SCALES), 'Image scales the descriptors are computed at and '
+              'concatenated (first 1.0; [1.0] is one pass, fastest). Stored references remember '
+              'them: changing this needs new references.', read_only=True),
     ParamSpec('use_depth', True, 'Subscribe to depth + camera_info (synchronised with image) '
               'for 3D points and grasp poses; false: image only, points are NaN.', read_only=True),
     ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
@@ -144,7 +148,12 @@ class CorrespondenceNode(Node):
             torch.set_num_threads(self._values['threads'])
         self._device = resolve_device(self._values['device'])
         self._model, header = load_descriptor_net(self._values['weights'] or None, self._device)
-        self._network_id = references.network_identity(self._model)
+        try:
+            self._scales = check_scales(self._values['descriptor_scales'])
+        except ValueError as exc:
+            self.get_logger().error(f'{exc}; using the default {list(DEFAULT_SCALES)}')
+            self._scales = DEFAULT_SCALES
+        self._network_id = references.network_identity(self._model, self._scales)
         if header.get('identity') not in (None, self._network_id):
             self.get_logger().warning('weights identity in the file header differs from the '
                                       'loaded tensors; using the recomputed one')
@@ -157,7 +166,7 @@ class CorrespondenceNode(Node):
 
     def _describe(self, rgb: np.ndarray):
         from ..core.descriptors.network import compute_descriptors
-        return compute_descriptors(self._model, rgb, self._device)
+        return compute_descriptors(self._model, rgb, self._device, self._scales)
 
     # --- live frames -------------------------------------------------------------------------
     def _on_frame(self, image_msg, depth_msg, info_msg):

@@ -30,6 +30,7 @@ import torch
 
 from ..shapes import check_shape
 from .matching import descriptors_at, find_best_matches, squared_distances
+from .network import DEFAULT_SCALES, compute_descriptors
 
 THRESHOLDS_PX = (1, 3, 5, 10)
 SYNTHETIC_TEST_OFFSET = 500_000
@@ -94,14 +95,11 @@ def summarise(errors_px: np.ndarray, false_positive_fraction: np.ndarray,
 # --- methods: each returns (matches (N,2) px, fraction of false positives (N,)) ----------------
 @torch.no_grad()
 def match_descriptor_net(model, image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
-                         truth_px: np.ndarray):
-    """Descriptor net: whole-image arg-min in B. Images (H,W,3) uint8 RGB."""
-    device = next(model.parameters()).device
-
-    def describe(image):
-        tensor = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
-        return model(tensor)[0]
-    desc_a, desc_b = describe(image_a), describe(image_b)
+                         truth_px: np.ndarray, scales=DEFAULT_SCALES):
+    """Descriptor net: whole-image arg-min in B. Images (H,W,3) uint8 RGB; ``scales`` as in
+    network.compute_descriptors (what the node uses)."""
+    desc_a = compute_descriptors(model, image_a, scales=scales)
+    desc_b = compute_descriptors(model, image_b, scales=scales)
     reference = descriptors_at(desc_a, queries_px)
     found = find_best_matches(reference, desc_b)
     at_truth = descriptors_at(desc_b, np.clip(truth_px, 0, [desc_b.shape[2] - 1, desc_b.shape[1] - 1]))
@@ -220,19 +218,18 @@ def load_model(weights: Optional[str]):
 
 
 def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int = 10,
-              normal_radius_px: int = 5) -> Dict[str, float]:
+              normal_radius_px: int = 5, scales=DEFAULT_SCALES) -> Dict[str, float]:
     """Speed at the image's size: descriptor frames/s, and the latency of one request of
     ``num_pixels`` pixels with descriptors already computed (arg-min search + confidence +
     3D point + grasp pose on a synthetic plane depth), as the node serves it. Median of repeats.
     CPU time per frame is reported too: on a shared machine wall time includes waiting."""
     from .grasp import grasp_at
-    from .network import compute_descriptors
     height, width = image_rgb8.shape[:2]
-    compute_descriptors(model, image_rgb8)                       # warm-up (allocations)
+    compute_descriptors(model, image_rgb8, scales=scales)        # warm-up (allocations)
     wall, cpu = [], []
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
-        descriptors = compute_descriptors(model, image_rgb8)
+        descriptors = compute_descriptors(model, image_rgb8, scales=scales)
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     rng = np.random.default_rng(0)
@@ -250,6 +247,7 @@ def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int 
             grasp_at(points, xy, normal_radius_px)
         latency.append(time.perf_counter() - start)
     return {'image_size': f'{width}x{height}', 'threads': torch.get_num_threads(),
+            'scales': list(scales), 'descriptor_dim': int(descriptors.shape[0]),
             'descriptor_fps': 1.0 / float(np.median(wall)),
             'descriptor_ms_median': 1000 * float(np.median(wall)),
             'descriptor_cpu_ms_median': 1000 * float(np.median(cpu)),

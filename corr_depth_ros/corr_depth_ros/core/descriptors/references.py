@@ -29,11 +29,20 @@ class ReferenceError(ValueError):
 ARCH = 'descriptors_don'
 
 
-def network_identity(model) -> str:
+def network_identity(model, scales=(1.0,)) -> str:
     """16-hex-digit hash of a descriptor network's architecture, config and weights (the same
-    ``identity`` that :func:`corr_depth_ros.core.training.save_weights` writes in the header)."""
+    ``identity`` that :func:`corr_depth_ros.core.training.save_weights` writes in the header).
+
+    With descriptor ``scales`` other than (1.0,) (see network.compute_descriptors) they are
+    hashed too: a reference described at other scales is not comparable, so it must not match.
+    """
     from ..training import weights_identity
-    return weights_identity(model, ARCH, model.config())
+    from .network import check_scales
+    config = model.config()
+    scales = check_scales(scales)
+    if scales != (1.0,):
+        config = {**config, 'scales': list(scales)}
+    return weights_identity(model, ARCH, config)
 
 
 def validate_reference_id(reference_id: str) -> None:
