@@ -131,8 +131,9 @@ def build_descriptor_net(*, descriptor_dim: int, base_channels: int,
 
 # Image scales the descriptors are computed at and concatenated (see compute_descriptors).
 # Chosen on held-out synthetic validation pairs (12 multi-view pairs 320x240, PCK@3): (1,) 0.060,
-# (1, 0.75) 0.076, (1, 0.5) 0.072, (1, 0.75, 0.5) 0.077; (1, 0.5) costs 1.25x one pass, the
-# three scales 1.8x, which the 10 frames/s target at 640x480 on a 2-core CPU cannot afford.
+# (1, 0.75) 0.076, (1, 0.5) 0.072, (1, 0.75, 0.5) 0.077. The half-size pass has a quarter of
+# the pixels: (1, 0.5) measured 1.3-1.5x one pass at 640x480 (the extra full-size upsampling
+# included); more scales cost more than the 10 frames/s target leaves on a 2-core CPU.
 DEFAULT_SCALES = (1.0, 0.5)
 
 
