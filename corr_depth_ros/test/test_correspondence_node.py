@@ -23,6 +23,7 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from corr_depth_interfaces.srv import FindCorrespondence, SetReference  # noqa: E402
 from corr_depth_ros import conversions  # noqa: E402
+from corr_depth_ros.core.descriptors import references  # noqa: E402
 from corr_depth_ros.core.geometry import depth_to_points  # noqa: E402
 from corr_depth_ros.core.motorcycle import load_motorcycle  # noqa: E402
 from corr_depth_ros.nodes.correspondence_node import CorrespondenceNode  # noqa: E402
@@ -224,6 +225,13 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     # A restarted node reloads both references from references_dir.
     restarted = _start(ros, tmp_path)
     assert restarted.reference_ids() == ['clicked', 'handle']
+    # One restarted with other descriptor scales must not use them (64 vs 32 numbers a
+    # descriptor, and another meaning): refused by name, with what to do.
+    one_pass = _start(ros, tmp_path, descriptor_scales=[1.0])
+    assert one_pass.reference_ids() == []
+    assert one_pass._network_id != restarted._network_id
+    with pytest.raises(references.ReferenceError, match='network'):
+        one_pass._store.get('handle')
 
 
 def test_example_grasp_client_script(ros, tmp_path, scene):

@@ -135,7 +135,8 @@ class CorrespondenceNode(Node):
         self._srv_set = self.create_service(SetReference, 'set_reference', self._on_set_reference)
         self.get_logger().info(
             f'correspondence_node ready: network {self._network_id} '
-            f'(D={self._model.descriptor_dim}), {len(self._store.ids())} stored references, '
+            f'(D={self._model.descriptor_dim} at scales {list(self._scales)}), '
+            f'{len(self._store.ids())} stored references, '
             f'depth={"on" if self._values["use_depth"] else "off"} (sync={sync_impl}), '
             f'clicks on {self._click_topic}')
 
@@ -153,10 +154,11 @@ class CorrespondenceNode(Node):
         except ValueError as exc:
             self.get_logger().error(f'{exc}; using the default {list(DEFAULT_SCALES)}')
             self._scales = DEFAULT_SCALES
-        self._network_id = references.network_identity(self._model, self._scales)
-        if header.get('identity') not in (None, self._network_id):
+        # The header's identity is of the weights alone; references also carry the scales.
+        if header.get('identity') not in (None, references.network_identity(self._model)):
             self.get_logger().warning('weights identity in the file header differs from the '
                                       'loaded tensors; using the recomputed one')
+        self._network_id = references.network_identity(self._model, self._scales)
 
     def _on_set_parameters(self, params):
         result = validate(PARAMS, params)
