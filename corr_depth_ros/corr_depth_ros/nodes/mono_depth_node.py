@@ -50,7 +50,8 @@ PARAMS = [
               'on a busy CPU 1 can be faster than 2.', read_only=True, value_range=(0, 256)),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), in the '
               'depth topic\'s unit.', value_range=(0.0, 10000.0)),
-    ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU).'),
+    ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
+              'is built only while points2 has a subscriber.'),
     ParamSpec('approximate_sync', True, 'Match image and camera_info by nearest stamp within '
               'slop_s (false: exactly equal stamps).', read_only=True),
     ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
@@ -163,7 +164,7 @@ class MonoDepthNode(Node):
         header = image_msg.header
         self._pub_depth.publish(conversions.array_to_image(depth, '32FC1', header))
         self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
-        if values['publish_points']:
+        if values['publish_points'] and self._pub_points.get_subscription_count():
             points = depth_to_points(depth, fx, fy, cx, cy)
             self._pub_points.publish(self._cloud_packer.pack(points, rgb, header))
         if self._pub_colour.get_subscription_count():

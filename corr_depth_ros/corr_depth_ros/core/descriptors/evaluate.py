@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..shapes import check_shape
-from .matching import descriptors_at, find_best_matches, squared_distances
+from .matching import descriptors_at, find_best_matches, pixel_norms2, squared_distances
 from .network import DEFAULT_SCALES, compute_descriptors
 
 THRESHOLDS_PX = (1, 3, 5, 10)
@@ -105,8 +105,9 @@ def match_descriptor_net(model, image_a: np.ndarray, image_b: np.ndarray, querie
     at_truth = descriptors_at(desc_b, np.clip(truth_px, 0, [desc_b.shape[2] - 1, desc_b.shape[1] - 1]))
     truth_d2 = (reference - at_truth).pow(2).sum(1)
     fractions = []
+    norms2 = pixel_norms2(desc_b)
     for start in range(0, len(reference), 64):
-        dist2 = squared_distances(reference[start:start + 64], desc_b).flatten(1)
+        dist2 = squared_distances(reference[start:start + 64], desc_b, norms2).flatten(1)
         fractions.append((dist2 < truth_d2[start:start + 64, None]).float().mean(1))
     return found['match_px'], torch.cat(fractions).cpu().numpy()
 

@@ -170,8 +170,6 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None,
     # Images decoded from a message buffer are read-only views; torch wants writable memory.
     pixels = image_rgb8 if image_rgb8.flags.writeable else np.array(image_rgb8)
     image = torch.from_numpy(pixels).to(device).permute(2, 0, 1)[None].float() / 255.0
-    if len(scales) == 1:
-        return model(image)[0]
     height, width = image.shape[-2:]
     dim = model.descriptor_dim
     # Every pass's half-resolution output is upsampled straight into its slice of one output
@@ -186,11 +184,14 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None,
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             small = F.interpolate(image, size=size, mode='bilinear', antialias=True,
                                   align_corners=False)
-        low = model.forward_low(small).mul_(weight)
+        low = model.forward_low(small)
+        if weight != 1.0:
+            low.mul_(weight)
         # forward() maps output pixel y of the pass to (y + 0.5) / 2 - 0.5 on `low`; output
         # pixel Y of the full image is pass pixel (Y + 0.5) * h / H - 0.5. Composed: one
         # bilinear upsampling with the scale factor 2 H / h (align_corners=False semantics),
-        # which also crops away the padding.
+        # which also crops away the padding. For the full-size pass (h = H) this is exactly
+        # what forward() does.
         torch.ops.aten.upsample_bilinear2d.out(
             low, [height, width], False, 2.0 * height / small.shape[-2],
             2.0 * width / small.shape[-1], out=out[:, i * dim:(i + 1) * dim])
