@@ -76,6 +76,26 @@ def test_multi_scale_descriptors_are_the_passes_side_by_side():
             compute_descriptors(net, image, scales=bad)
 
 
+def test_loaded_net_runs_channels_last_with_the_same_descriptors(tmp_path):
+    """load_descriptor_net keeps the weights channels-last (the fast CPU layout): same
+    descriptors as the plain module, a plain contiguous result, and the same identity."""
+    from corr_depth_ros.core.descriptors.network import load_descriptor_net
+    from corr_depth_ros.core.training import save_weights
+
+    net = tiny_net(seed=3, descriptor_dim=4)
+    path = str(tmp_path / 'tiny.safetensors')
+    header = save_weights(path, net, arch=references.ARCH, config=net.config(), metadata={})
+    loaded, _ = load_descriptor_net(path)
+    conv = loaded.down[0][0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    assert references.network_identity(loaded) == header['identity']
+    image = (np.random.default_rng(7).random((37, 53, 3)) * 255).astype(np.uint8)
+    got = compute_descriptors(loaded, image)
+    assert got.is_contiguous()
+    np.testing.assert_allclose(got, compute_descriptors(net, image), atol=1e-5)
+
+
 # --- loss ----------------------------------------------------------------------------------------
 def test_contrastive_terms_known_values_and_hard_negative_scaling():
     match_a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
