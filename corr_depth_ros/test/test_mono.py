@@ -297,6 +297,10 @@ def test_weights_round_trip(tmp_path):
                                                  'max_disparity_fraction': 0.35},
                  metadata={'training_rig': {'baseline_m': 0.1}, 'input_size_hw': [64, 96]})
     loaded, header = load_mono_model(path)
+    # Loaded for inference: batch norm folded, weights channels-last (the fast CPU layout).
+    conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
     model.eval()
     image = torch.rand(1, 3, 64, 96)
     with torch.no_grad():

@@ -121,8 +121,10 @@ class MonoDisparityNet(nn.Module):
             raise ValueError(f'left: size {sizes["W"]}x{sizes["H"]} is not a multiple of '
                              f'{DIVISIBILITY}; resize it first (inference.predict_disparity does)')
         # 1. Encoder: features at 1/2 .. 1/32. Centre the input so ELU sees both signs.
+        #    Channels-last (NHWC) is oneDNN's native CPU layout: NCHW makes every convolution
+        #    reorder its input and output (384x256 on the 2-core CPU: 20 -> 15 ms per frame).
         skips = []
-        x = left - 0.5
+        x = (left - 0.5).contiguous(memory_format=torch.channels_last)
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
