@@ -158,7 +158,7 @@ def test_network_shapes_and_range():
 
 
 def test_fused_batch_norm_gives_the_same_output():
-    from corr_depth_ros.core.mono.network import fuse_batch_norm
+    from corr_depth_ros.core.inference_prep import fuse_batch_norm
     model = build_mono_net(base_channels=8)
     model.train()
     with torch.no_grad():

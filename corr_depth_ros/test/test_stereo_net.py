@@ -42,6 +42,32 @@ def test_any_size_is_padded_and_cropped_back(height, width):
     assert out['confidence'].min() >= 0 and out['confidence'].max() <= 1
 
 
+def test_inference_form_gives_the_same_output():
+    """prepare_for_inference (as LearnedBackend loads): BN folded into every convolution,
+    the transposed ones included, weights channels-last; same disparity and confidence."""
+    import copy
+
+    from corr_depth_ros.core.inference_prep import prepare_for_inference
+    model = tiny_model(seed=4).eval()
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            # Distinct per-channel statistics, so a scale on the wrong axis shows.
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.1)
+            norm.running_mean.normal_(0.0, 0.1)
+            norm.running_var.uniform_(0.5, 2.0)
+    fast = prepare_for_inference(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in fast.modules())
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    left, right = torch.rand(1, 3, 70, 130), torch.rand(1, 3, 70, 130)
+    with torch.no_grad():
+        want, got = model(left, right), fast(left, right)
+    for key in ('disparity', 'confidence'):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-4)
+
+
 def test_training_mode_returns_multiscale_outputs():
     model = tiny_model().train()
     out = model(torch.rand(1, 3, 40, 72), torch.rand(1, 3, 40, 72))

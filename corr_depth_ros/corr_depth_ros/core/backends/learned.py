@@ -38,6 +38,7 @@ class LearnedBackend(StereoBackend):
                  threads: int = 0):
         import torch
         from ..stereo_net import ARCH, build_stereo_net
+        from ..inference_prep import prepare_for_inference
         from ..training import load_weights, resolve_device
         self._torch = torch
         self.weights_path = weights_path or DEFAULT_WEIGHTS
@@ -47,7 +48,7 @@ class LearnedBackend(StereoBackend):
         model, header = load_weights(self.weights_path, build_stereo_net, expected_arch=ARCH)
         self.header = header
         self.half = self.device.type == 'cuda' if half is None else bool(half)
-        model = model.to(self.device).eval()
+        model = prepare_for_inference(model, self.device)
         self.model = model.half() if self.half else model
         self.max_disparity_px = int(self.model.max_disparity_px)
 

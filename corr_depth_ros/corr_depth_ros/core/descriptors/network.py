@@ -210,6 +210,7 @@ def load_descriptor_net(weights=None, device='cpu'):
 
     Raises FileNotFoundError (with the path) or ValueError (not a descriptor-net file).
     """
+    from ..inference_prep import prepare_for_inference
     from ..training import load_weights
     from . import default_weights_path
     from .references import ARCH
@@ -217,4 +218,4 @@ def load_descriptor_net(weights=None, device='cpu'):
     model, header = load_weights(path, build_descriptor_net, expected_arch=ARCH,
                                  map_location=str(device))
     # Channels-last weights spare every convolution a weight reorder (see forward_low).
-    return model.to(device).to(memory_format=torch.channels_last).eval(), header
+    return prepare_for_inference(model, device), header

@@ -137,15 +137,13 @@ def load_mono_model(path: str = '', device='cpu', fuse: bool = True):
     ``fuse`` folds batch norm into the convolutions (same output, faster); the result is for
     inference only.
     """
+    from ..inference_prep import prepare_for_inference
     from ..training import load_weights
-    from .network import ARCH, build_mono_net, fuse_batch_norm
+    from .network import ARCH, build_mono_net
     model, header = load_weights(path or shipped_weights_path(), build_mono_net,
                                  expected_arch=ARCH)
-    model.eval()
-    if fuse:
-        fuse_batch_norm(model)
     # Channels-last weights, like the activations (network.py): no weight reorder per call.
-    return model.to(device).to(memory_format=torch.channels_last), header
+    return prepare_for_inference(model, device, fuse=fuse), header
 
 
 def input_size_from_header(header) -> Tuple[int, int]:

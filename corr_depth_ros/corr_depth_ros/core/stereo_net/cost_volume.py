@@ -38,10 +38,11 @@ def groupwise_correlation_volume(left_features: torch.Tensor, right_features: to
     # One broadcast multiply and one reduction replace a Python loop of D small ops, which
     # measured ~10x slower on a 2-core CPU (thread start-up per op dominates there).
     shifted = F.pad(right_features, (num_disparities - 1, 0)).unfold(-1, width, 1)
-    shifted = shifted.flip(3)                                  # (B, C, H, D, W), index = d
     correlation = (left_features.unsqueeze(3) * shifted).view(
         batch, groups, channels // groups, height, num_disparities, width).mean(dim=2)
-    return correlation.permute(0, 1, 3, 2, 4).contiguous()     # (B, G, D, H, W)
+    # Window k holds disparity D-1-k: reverse that axis on the group-reduced result, C/G
+    # times smaller than the shifted features (flipping those cost ~6 ms at 741x500).
+    return correlation.flip(3).permute(0, 1, 3, 2, 4).contiguous()  # (B, G, D, H, W)
 
 
 def _groupwise_correlation_loop(left_features: torch.Tensor, right_features: torch.Tensor,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..inference_prep import CHANNELS_LAST
 from ..shapes import check_shape
 from .aggregation import Hourglass2d
 from .cost_volume import groupwise_correlation_volume
@@ -66,14 +67,19 @@ class StereoNet(nn.Module):
             right = F.pad(right, (0, pad_w, 0, pad_h), mode='replicate')
         batch = left.shape[0]
         # 1. Shared 1/8 features for both images in one pass (one batch of 2B).
-        feats = self.features(torch.cat([left, right], dim=0))
+        #    Convolutions run channels-last (oneDNN's native CPU layout, see inference_prep);
+        #    the correlation and the convex upsampling's element-wise work run in NCHW, which
+        #    is 4x faster for them on the CPU (741x500: 87 -> 62 ms forward with both).
+        feats = self.features(torch.cat([left, right], dim=0).contiguous(
+            memory_format=CHANNELS_LAST)).contiguous()
         left_f, right_f = feats[:batch], feats[batch:]
         # 2. Group-wise correlation volume (B, G, D, h, w), folded to (B, G*D, h, w), plus the
         #    left features as context for textureless regions.
         volume = groupwise_correlation_volume(left_f, right_f, self.num_disparities, self.groups)
         volume = torch.cat([volume.flatten(1, 2), left_f], dim=1)
         # 3. Aggregation.
-        cost, cost_coarse, decoder_f = self.aggregation(volume)
+        cost, cost_coarse, decoder_f = (t.contiguous() for t in self.aggregation(
+            volume.contiguous(memory_format=CHANNELS_LAST)))
         # 4. Regression at 1/8: disparity in candidates, confidence from the distribution.
         probability = cost_to_probability(cost)
         radius = 0 if self.training else self.regression_radius
