@@ -68,8 +68,9 @@ class StereoNet(nn.Module):
         batch = left.shape[0]
         # 1. Shared 1/8 features for both images in one pass (one batch of 2B).
         #    Convolutions run channels-last (oneDNN's native CPU layout, see inference_prep);
-        #    the correlation and the convex upsampling's element-wise work run in NCHW, which
-        #    is 4x faster for them on the CPU (741x500: 87 -> 62 ms forward with both).
+        #    the correlation and the convex upsampling's element-wise work stay NCHW: on
+        #    channels-last tensors their sums and copies took ~4x as long. 741x500 on the
+        #    2-core CPU, with inference_prep's weights: 93-110 -> 78-81 ms per forward.
         feats = self.features(torch.cat([left, right], dim=0).contiguous(
             memory_format=CHANNELS_LAST)).contiguous()
         left_f, right_f = feats[:batch], feats[batch:]
