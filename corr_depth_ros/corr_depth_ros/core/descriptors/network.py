@@ -137,8 +137,9 @@ def build_descriptor_net(*, descriptor_dim: int, base_channels: int,
 # Image scales the descriptors are computed at and concatenated (see compute_descriptors).
 # Chosen on held-out synthetic validation pairs (12 multi-view pairs 320x240, PCK@3): (1,) 0.060,
 # (1, 0.75) 0.076, (1, 0.5) 0.072, (1, 0.75, 0.5) 0.077. The half-size pass has a quarter of
-# the pixels: (1, 0.5) measured 1.3-1.5x one pass at 640x480 (the extra full-size upsampling
-# included); more scales cost more than the 10 frames/s target leaves on a 2-core CPU.
+# the pixels: (1, 0.5) measured 1.5-1.9x one pass at 640x480 (the extra full-size upsampling
+# included; 10.8-12.8 against 17.7-24 frames/s on the 2-core CPU); more scales cost more than
+# the 10 frames/s target leaves there.
 DEFAULT_SCALES = (1.0, 0.5)
 
 
