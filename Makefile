@@ -37,6 +37,7 @@ demo: build
 bench: build
 	@$(ENV) && python scripts/bench_dds_qos.py --json bench_output/dds_qos.json
 	@$(ENV) && python scripts/bench_stereo_node.py --json bench_output/stereo_node.json
+	@$(ENV) && python scripts/bench_correspondence_node.py --json bench_output/correspondence_node.json
 	@$(ENV) && python scripts/bench_synth.py --json bench_output/synth.json
 
 # Accuracy and speed of the shipped models against their baselines (JSON + figures in eval_output/).

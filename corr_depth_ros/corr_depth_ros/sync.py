@@ -82,12 +82,16 @@ class StampSynchronizer:
 
 def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, callback: Callable,
                       *, approximate: bool, queue_size: int, slop_s: float,
-                      qos_overriding_options=None, prefer_message_filters: bool = True):
+                      qos_overriding_options=None, prefer_message_filters: bool = True,
+                      callback_group=None):
     """Subscribe to ``topics`` and call ``callback(*msgs)`` with synchronised sets.
 
+    ``callback_group``: the subscriptions' rclpy callback group (None: the node's default).
     Returns ``(synchronizer, subscriptions, backend_name)``; keep the first two alive.
     """
     extra = {'qos_overriding_options': qos_overriding_options} if qos_overriding_options else {}
+    if callback_group is not None:
+        extra['callback_group'] = callback_group
     if prefer_message_filters:
         try:
             import message_filters

@@ -123,6 +123,11 @@ def _rotation_z_axis(q):
 
 def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     node = _start(ros, tmp_path)
+    # Frames and requests in separate callback groups, so main()'s two executor threads can
+    # take a frame's messages while a request is being served.
+    groups = {getattr(sub, 'sub', sub).callback_group for sub in node._subs}
+    assert len(groups) == 1 and node._srv_find.callback_group not in groups
+    assert node._srv_set.callback_group is node._srv_find.callback_group
     client = Client(ros, scene)
     # Before any frame: refused with a message naming the missing input.
     early = client.call(client.find, _find(PIXELS, conversions.array_to_image(

@@ -174,6 +174,14 @@ def test_best_match_finds_planted_descriptors_with_confidence():
     repeated[:, 25, 30] = repeated[:, 3, 3] + 0.001
     ambiguous = matching.find_best_matches(repeated[:, 3, 3][None], repeated)
     assert ambiguous['confidence'][0] < 0.1 and ambiguous['second_distance'][0] < 0.05
+    # Norms kept with the image (as the node keeps them per frame): the same result; norms of
+    # another image are refused.
+    kept = matching.find_best_matches(reference, desc, subpixel=False,
+                                      norms2=matching.pixel_norms2(desc))
+    for key in result:
+        np.testing.assert_allclose(kept[key], result[key], atol=1e-5)
+    with pytest.raises(ValueError, match='norms2'):
+        matching.find_best_matches(reference, desc, norms2=matching.pixel_norms2(desc[:, :20]))
     heat = matching.descriptor_heatmap(reference[1], desc, sigma=0.5)
     assert heat.shape == (30, 40) and heat[21, 33] == pytest.approx(1.0, abs=1e-3)
     assert np.unravel_index(np.argmax(heat), heat.shape) == (21, 33)

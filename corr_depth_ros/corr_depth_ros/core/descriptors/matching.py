@@ -60,7 +60,8 @@ def _parabola_offset(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tens
 
 def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
                       exclusion_px: float = 8.0, subpixel: bool = True,
-                      chunk: int = 64, tau: float = 0.1) -> Dict[str, np.ndarray]:
+                      chunk: int = 64, tau: float = 0.1,
+                      norms2: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
     """Arg-min-L2 matches of reference descriptors in a descriptor image.
 
     Args:
@@ -71,6 +72,8 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
         subpixel: refine positions by a parabola fit in x and in y (at most +-0.5 px).
         chunk: reference descriptors processed at once (bounds memory to chunk*H*W floats).
         tau: softening of the confidence's ratio test, descriptor units (> 0).
+        norms2: :func:`pixel_norms2` of ``descriptors`` if the caller keeps it with the image
+            (a server answering several requests per frame); computed here otherwise.
     Returns:
         dict of numpy arrays: ``match_px`` (N,2) float32 (x, y) pixels; ``distance`` (N,) L2;
         ``second_distance`` (N,) best L2 outside the exclusion window (inf if none);
@@ -81,7 +84,9 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
     height, width = descriptors.shape[1:]
     reference = reference.to(descriptors.device, descriptors.dtype)
     out = {'match_px': [], 'distance': [], 'second_distance': []}
-    norms2 = pixel_norms2(descriptors)
+    if norms2 is None:
+        norms2 = pixel_norms2(descriptors)
+    check_shape('norms2', norms2, (height * width,))
     for start in range(0, sizes['N'], chunk):
         dist2 = squared_distances(reference[start:start + chunk], descriptors, norms2)
         n = dist2.shape[0]

@@ -33,8 +33,8 @@ class Match:
 
 def match_references(reference_descriptors, frame_descriptors: torch.Tensor,
                      points_m: Optional[np.ndarray], *, match_threshold: float,
-                     normal_radius_px: int, no_depth_reason: str = 'no depth image'
-                     ) -> List[Match]:
+                     normal_radius_px: int, no_depth_reason: str = 'no depth image',
+                     frame_norms2: Optional[torch.Tensor] = None) -> List[Match]:
     """Find each reference descriptor in a frame (Dense Object Nets: arg-min of L2 distance).
 
     Args:
@@ -43,11 +43,12 @@ def match_references(reference_descriptors, frame_descriptors: torch.Tensor,
         match_threshold: largest descriptor distance that counts as found.
         normal_radius_px: half-size of the depth window for the surface normal.
         no_depth_reason: the reason given when ``points_m`` is None.
+        frame_norms2: matching.pixel_norms2 of ``frame_descriptors``, if already computed.
     """
     reference = torch.as_tensor(np.ascontiguousarray(reference_descriptors)
                                 if isinstance(reference_descriptors, np.ndarray)
                                 else reference_descriptors)
-    best = matching.find_best_matches(reference, frame_descriptors)
+    best = matching.find_best_matches(reference, frame_descriptors, norms2=frame_norms2)
     matches = []
     for i in range(reference.shape[0]):
         match_xy = np.asarray(best['match_px'][i], dtype=np.float32)
