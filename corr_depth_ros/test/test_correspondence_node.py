@@ -123,7 +123,7 @@ def _rotation_z_axis(q):
 
 def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     node = _start(ros, tmp_path)
-    # Frames and requests in separate callback groups, so main()'s two executor threads can
+    # Frames and requests in separate callback groups, so that a multi-threaded executor can
     # take a frame's messages while a request is being served.
     groups = {getattr(sub, 'sub', sub).callback_group for sub in node._subs}
     assert len(groups) == 1 and node._srv_find.callback_group not in groups

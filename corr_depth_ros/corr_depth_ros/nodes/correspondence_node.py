@@ -116,9 +116,9 @@ class CorrespondenceNode(Node):
         self._worker = LatestFrameWorker(self._process, self._on_worker_error,
                                          name='correspondence_descriptors')
 
-        # Two callback groups for the two executor threads (main()), so that a frame's
-        # messages are taken while a request is being served; in the node's default group
-        # (mutually exclusive) they waited for every request to finish.
+        # Frames and requests in separate callback groups: under a multi-threaded executor
+        # (the node composed into one) a frame's messages are then taken while a request is
+        # being served. main() spins one thread, which measured better here (see main).
         frames_group = MutuallyExclusiveCallbackGroup()
         requests_group = MutuallyExclusiveCallbackGroup()
         overrides = QoSOverridingOptions.with_default_policies()
@@ -374,8 +374,12 @@ class CorrespondenceNode(Node):
 
 
 def main(args=None):
-    # Services and frames on separate threads: a request never waits behind a frame.
-    run_node(CorrespondenceNode, args, threads=2)
+    # One executor thread: frame callbacks only hand messages to the descriptor worker, so a
+    # frame waits at most for one request (~30 ms). rclpy's MultiThreadedExecutor (2 threads)
+    # measured worse on the 2-core CPU (scripts/bench_correspondence_node.py, polling at
+    # 10 Hz): new frames queryable after 0.36-0.59 s median, up to 2.7 s, against 0.18-0.19 s,
+    # up to 0.35 s, single-threaded; requests 25-29 against 29-34 ms median.
+    run_node(CorrespondenceNode, args, threads=1)
 
 
 if __name__ == '__main__':
