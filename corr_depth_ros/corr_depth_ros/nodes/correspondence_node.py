@@ -379,7 +379,7 @@ def main(args=None):
     # measured worse on the 2-core CPU (scripts/bench_correspondence_node.py, polling at
     # 10 Hz): new frames queryable after 0.36-0.59 s median, up to 2.7 s, against 0.18-0.19 s,
     # up to 0.35 s, single-threaded; requests 25-29 against 29-34 ms median.
-    run_node(CorrespondenceNode, args, threads=1)
+    run_node(CorrespondenceNode, args)
 
 
 if __name__ == '__main__':

@@ -81,7 +81,7 @@ class ThrottledReporter:
         self._logger.error(text)
 
 
-def run_node(node_factory: Callable[[], Any], args=None, threads: int = 1) -> None:
+def run_node(node_factory: Callable[[], Any], args=None) -> None:
     """The body of every node's ``main()``: init, spin, and a clean shutdown.
 
     Ends in ``try/finally`` with ``rclpy.try_shutdown()`` (works on Jazzy, unlike
@@ -96,13 +96,9 @@ def run_node(node_factory: Callable[[], Any], args=None, threads: int = 1) -> No
     node = None
     try:
         node = node_factory()
-        if threads > 1:
-            from rclpy.executors import MultiThreadedExecutor
-            executor = MultiThreadedExecutor(num_threads=threads)
-            executor.add_node(node)
-            executor.spin()
-        else:
-            rclpy.spin(node)
+        # One executor thread: models run on LatestFrameWorker threads. rclpy's
+        # MultiThreadedExecutor measured worse here (correspondence_node.main).
+        rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
