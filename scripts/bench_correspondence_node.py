@@ -7,22 +7,21 @@ and depth; this process plays camera and grasp planner:
     response (arg-min search, confidence, 3D point and grasp pose per pixel), once the live
     frame's descriptors exist (issue 6 target: <= 50 ms);
 (b) frame to queryable: publish of a new live frame (image, depth, camera_info) to the first
-    response that matched it, polling every --poll-period-s: transport, the node's descriptor
+    response that matched it, polling every --poll-period-s (0.1 s): transport, the node's descriptor
     computation while requests keep arriving, and one request.
 
     python scripts/bench_correspondence_node.py --json bench_output/correspondence_node.json
 """
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from bench_common import machine_info, node_process, timing_summary, write_result
 
 HEIGHT, WIDTH = 480, 640
 FX = FY = 600.0
@@ -41,12 +40,16 @@ def scene():
     return image, depth, pixels
 
 
-def summary(times):
-    return {'median_ms': 1000 * statistics.median(times), 'min_ms': 1000 * min(times),
-            'max_ms': 1000 * max(times), 'runs': len(times)}
-
-
 def run(runs, frames, poll_period_s, timeout_s=120.0):
+    """(request latencies, frame-to-queryable times, matches found per request)."""
+    image, depth, pixels = scene()
+    refs = tempfile.mkdtemp(prefix='corr_bench_refs_')
+    with node_process('correspondence_node', {'references_dir': refs},
+                      'correspondence_bench_client') as node:
+        return measure(node, image, depth, pixels, runs, frames, poll_period_s, timeout_s)
+
+
+def measure(node, image, depth, pixels, runs, frames, poll_period_s, timeout_s):
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
@@ -54,13 +57,6 @@ def run(runs, frames, poll_period_s, timeout_s=120.0):
     from corr_depth_interfaces.srv import FindCorrespondence, SetReference
     from corr_depth_ros import conversions
 
-    image, depth, pixels = scene()
-    refs = tempfile.mkdtemp(prefix='corr_bench_refs_')
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'corr_depth_ros.nodes.correspondence_node', '--ros-args',
-         '-p', f'references_dir:={refs}', '--log-level', 'warn'])
-    rclpy.init()
-    node = rclpy.create_node('correspondence_bench_client')
     qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
     pub_image = node.create_publisher(Image, 'image', qos)
     pub_depth = node.create_publisher(Image, 'depth', qos)
@@ -90,57 +86,51 @@ def run(runs, frames, poll_period_s, timeout_s=120.0):
         return future.result()
 
     find_request = FindCorrespondence.Request(reference_id='bench')
-    try:
-        deadline = time.monotonic() + timeout_s
-        for client in (find, set_reference):
-            while not client.wait_for_service(timeout_sec=0.5):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError('correspondence_node did not come up')
-        # A live frame, then the reference (made from it, as a click would).
-        while True:
-            publish_frame()
-            probe = call(find, FindCorrespondence.Request(
-                reference_image=conversions.array_to_image(image, 'rgb8', Header()),
-                reference_pixels=[conversions.pixel_point(pixels[0])]))
-            if probe.success:
-                break
+    deadline = time.monotonic() + timeout_s
+    for client in (find, set_reference):
+        while not client.wait_for_service(timeout_sec=0.5):
             if time.monotonic() > deadline:
-                raise RuntimeError(f'no live frame processed: {probe.message}')
-            time.sleep(0.5)
-        made = call(set_reference, SetReference.Request(
-            reference_id='bench', reference_pixels=[conversions.pixel_point(p) for p in pixels]))
-        if not made.success:
-            raise RuntimeError(f'set_reference failed: {made.message}')
-        # (a) request latency on a computed frame
-        latencies, found = [], []
-        for i in range(runs + 2):                      # two warm-up calls
-            start = time.perf_counter()
+                raise RuntimeError('correspondence_node did not come up')
+    # A live frame, then the reference (made from it, as a click would).
+    while True:
+        publish_frame()
+        probe = call(find, FindCorrespondence.Request(
+            reference_image=conversions.array_to_image(image, 'rgb8', Header()),
+            reference_pixels=[conversions.pixel_point(pixels[0])]))
+        if probe.success:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f'no live frame processed: {probe.message}')
+        time.sleep(0.5)
+    made = call(set_reference, SetReference.Request(
+        reference_id='bench', reference_pixels=[conversions.pixel_point(p) for p in pixels]))
+    if not made.success:
+        raise RuntimeError(f'set_reference failed: {made.message}')
+    # (a) request latency on a computed frame
+    latencies, found = [], []
+    for i in range(runs + 2):                      # two warm-up calls
+        start = time.perf_counter()
+        response = call(find, find_request)
+        elapsed = time.perf_counter() - start
+        if not response.success or len(response.matches) != len(pixels):
+            raise RuntimeError(f'find_correspondence failed: {response.message}')
+        if i >= 2:
+            latencies.append(elapsed)
+            found.append(sum(m.found for m in response.matches))
+    # (b) frame to queryable
+    to_queryable = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        sec = publish_frame()
+        while True:
             response = call(find, find_request)
-            elapsed = time.perf_counter() - start
-            if not response.success or len(response.matches) != len(pixels):
-                raise RuntimeError(f'find_correspondence failed: {response.message}')
-            if i >= 2:
-                latencies.append(elapsed)
-                found.append(sum(m.found for m in response.matches))
-        # (b) frame to queryable
-        to_queryable = []
-        for _ in range(frames):
-            start = time.perf_counter()
-            sec = publish_frame()
-            while True:
-                response = call(find, find_request)
-                if response.success and response.image_header.stamp.sec == sec:
-                    break
-                if time.perf_counter() - start > 30.0:
-                    raise RuntimeError('a published frame never became queryable')
-                time.sleep(poll_period_s)
-            to_queryable.append(time.perf_counter() - start)
-            time.sleep(0.1)
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        proc.terminate()
-        proc.wait(timeout=20)
+            if response.success and response.image_header.stamp.sec == sec:
+                break
+            if time.perf_counter() - start > 30.0:
+                raise RuntimeError('a published frame never became queryable')
+            time.sleep(poll_period_s)
+        to_queryable.append(time.perf_counter() - start)
+        time.sleep(0.1)
     return latencies, to_queryable, found
 
 
@@ -149,27 +139,22 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--runs', type=int, default=30, help='timed requests')
     parser.add_argument('--frames', type=int, default=10, help='timed new frames')
-    parser.add_argument('--poll-period-s', type=float, default=0.02,
+    parser.add_argument('--poll-period-s', type=float, default=0.1,
                         help='pause between the requests that poll for a new frame')
     parser.add_argument('--json', default='bench_output/correspondence_node.json')
     args = parser.parse_args()
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     latencies, to_queryable, found = run(args.runs, args.frames, args.poll_period_s)
-    request = summary(latencies)
+    request = timing_summary(latencies)
     result = {
         'benchmark': 'correspondence_node', 'size': f'{WIDTH}x{HEIGHT}', 'pixels_per_request': 10,
-        'machine': {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
-                    'python': platform.python_version(),
-                    'load_average_1min': os.getloadavg()[0]},
+        'machine': machine_info(),
         'request_latency': request,
         'matches_found_per_request_median': statistics.median(found),
-        'frame_to_queryable': summary(to_queryable),
+        'frame_to_queryable': timing_summary(to_queryable),
         'targets': {'request_latency_ms<=50': request['median_ms'] <= 50.0},
     }
-    print(json.dumps(result, indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_result(result, args.json)
     return 0
 
 

@@ -13,15 +13,14 @@ Targets (issue 2): node overhead <= 15 % over the bare backend; packing >= 50 M 
     python scripts/bench_stereo_node.py --json bench_output/stereo_node.json [--backend sgbm]
 """
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from bench_common import machine_info, node_process, timing_summary, write_result
 
 
 def bare_backend(backend_name, data):
@@ -65,29 +64,26 @@ def end_to_end(backend_name, data, runs, bare_once, timeout_s=60.0):
     from stereo_msgs.msg import DisparityImage
     from corr_depth_ros import conversions
 
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'corr_depth_ros.nodes.stereo_depth_node', '--ros-args',
-         '-p', f'backend:={backend_name}', '--log-level', 'warn'])
-    rclpy.init()
-    node = rclpy.create_node('stereo_bench_client')
-    qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = [node.create_publisher(t, n, qos) for t, n in (
-        (Image, 'left/image_rect'), (Image, 'right/image_rect'),
-        (CameraInfo, 'left/camera_info'), (CameraInfo, 'right/camera_info'))]
-    arrivals = {}
-
-    def on(topic):
-        def cb(msg):
-            arrivals.setdefault(msg.header.stamp.sec, {})[topic] = time.perf_counter()
-        return cb
-    for t, n in ((DisparityImage, 'disparity'), (Image, 'depth'), (PointCloud2, 'points2')):
-        node.create_subscription(t, n, on(n), qos)
-
-    geo = data['geometry']
     latencies, bare_times = [], []
-    try:
+    with node_process('stereo_depth_node', {'backend': backend_name},
+                      'stereo_bench_client') as node:
+        qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = [node.create_publisher(t, n, qos) for t, n in (
+            (Image, 'left/image_rect'), (Image, 'right/image_rect'),
+            (CameraInfo, 'left/camera_info'), (CameraInfo, 'right/camera_info'))]
+        arrivals = {}
+
+        def on(topic):
+            def cb(msg):
+                arrivals.setdefault(msg.header.stamp.sec, {})[topic] = time.perf_counter()
+            return cb
+        for t, n in ((DisparityImage, 'disparity'), (Image, 'depth'), (PointCloud2, 'points2')):
+            node.create_subscription(t, n, on(n), qos)
+
+        geo = data['geometry']
         deadline = time.monotonic() + timeout_s
-        while node.count_subscribers('left/image_rect') == 0 or node.count_publishers('points2') == 0:
+        while node.count_subscribers('left/image_rect') == 0 or \
+                node.count_publishers('points2') == 0:
             rclpy.spin_once(node, timeout_sec=0.1)
             if time.monotonic() > deadline:
                 raise RuntimeError('stereo_depth_node did not come up')
@@ -108,17 +104,7 @@ def end_to_end(backend_name, data, runs, bare_once, timeout_s=60.0):
             time.sleep(0.05)
             if i >= 2:
                 bare_times.append(bare_once())
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        proc.terminate()
-        proc.wait(timeout=10)
     return latencies, bare_times
-
-
-def summary(times):
-    return {'median_ms': 1000 * statistics.median(times), 'min_ms': 1000 * min(times),
-            'max_ms': 1000 * max(times), 'runs': len(times)}
 
 
 def main():
@@ -133,18 +119,17 @@ def main():
     height, width = data['left'].shape[:2]
 
     pack_times = packing(data, args.runs)
-    pack = summary(pack_times['reused_buffer'])
+    pack = timing_summary(pack_times['reused_buffer'])
     pack['points_per_s'] = width * height / statistics.median(pack_times['reused_buffer'])
     pack['fresh_buffer_points_per_s'] = \
         width * height / statistics.median(pack_times['fresh_buffer'])
     e2e_times, bare_times = end_to_end(args.backend, data, args.runs,
                                        bare_backend(args.backend, data))
-    bare = summary(bare_times) if bare_times else {'runs': 0}
-    e2e = summary(e2e_times) if e2e_times else {'runs': 0}
+    bare = timing_summary(bare_times) if bare_times else {'runs': 0}
+    e2e = timing_summary(e2e_times) if e2e_times else {'runs': 0}
     result = {
         'benchmark': 'stereo_depth_node', 'backend': args.backend, 'size': f'{width}x{height}',
-        'machine': {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
-                    'python': platform.python_version()},
+        'machine': machine_info(),
         'fastdds_profile': os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE', ''),
         'bare_backend': bare, 'node_end_to_end': e2e, 'pointcloud_packing': pack,
     }
@@ -153,10 +138,7 @@ def main():
         result['node_overhead_pct'] = 100 * overhead
         result['targets'] = {'node_overhead_pct<=15': overhead <= 0.15,
                              'packing_points_per_s>=50M': pack['points_per_s'] >= 50e6}
-    print(json.dumps(result, indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_result(result, args.json)
     return 0
 
 
