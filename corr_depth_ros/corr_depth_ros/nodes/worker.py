@@ -92,6 +92,10 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
 
     import rclpy
     from rclpy.executors import ExternalShutdownException
+
+    from ..core.memory import keep_freed_memory
+    # Per-frame buffers are reused instead of faulted in afresh every frame (core/memory.py).
+    keep_freed_memory()
     rclpy.init(args=args)
     node = None
     try:

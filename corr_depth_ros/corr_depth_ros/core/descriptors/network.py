@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hugepages import empty_huge
+from ..memory import empty_huge
 from ..shapes import check_shape
 
 # The input is padded to a multiple of this (four stride-2 stages), then cropped back.
@@ -182,7 +182,7 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None,
     # tensor: at 640x480 each fresh full-size (D,H,W) temporary costs ~10 ms of page faults
     # alone on this CPU, and concatenating afterwards would copy everything once more. The
     # output itself is fresh per frame (the node serves requests from the previous one while
-    # the next is computed), so it is mapped with huge pages (hugepages.py: ~20 ms less).
+    # the next is computed), so it is mapped with huge pages (core/memory.py: ~20 ms less).
     out = empty_huge((1, dim * len(scales), height, width), dtype=image.dtype, device=device)
     weight = 1.0 / len(scales) ** 0.5
     for i, scale in enumerate(scales):
