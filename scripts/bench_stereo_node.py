@@ -114,6 +114,10 @@ def main():
     parser.add_argument('--json', default='bench_output/stereo_node.json')
     args = parser.parse_args()
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    # Allocator set up as in the nodes (run_node), so that the bare backend timed here and the
+    # one in the node run alike, and the receiving client is set up as a subscriber node is.
+    from corr_depth_ros.core.memory import keep_freed_memory
+    keep_freed_memory()
     from corr_depth_ros.core.motorcycle import load_motorcycle
     data = load_motorcycle()
     height, width = data['left'].shape[:2]
