@@ -101,11 +101,11 @@ def match_descriptor_net(model, image_a: np.ndarray, image_b: np.ndarray, querie
     desc_a = compute_descriptors(model, image_a, scales=scales)
     desc_b = compute_descriptors(model, image_b, scales=scales)
     reference = descriptors_at(desc_a, queries_px)
-    found = find_best_matches(reference, desc_b)
+    norms2 = pixel_norms2(desc_b)
+    found = find_best_matches(reference, desc_b, norms2=norms2)
     at_truth = descriptors_at(desc_b, np.clip(truth_px, 0, [desc_b.shape[2] - 1, desc_b.shape[1] - 1]))
     truth_d2 = (reference - at_truth).pow(2).sum(1)
     fractions = []
-    norms2 = pixel_norms2(desc_b)
     for start in range(0, len(reference), 64):
         dist2 = squared_distances(reference[start:start + 64], desc_b, norms2).flatten(1)
         fractions.append((dist2 < truth_d2[start:start + 64, None]).float().mean(1))
