@@ -184,6 +184,9 @@ def test_best_match_finds_planted_descriptors_with_confidence():
         matching.find_best_matches(reference, desc, norms2=matching.pixel_norms2(desc[:, :20]))
     heat = matching.descriptor_heatmap(reference[1], desc, sigma=0.5)
     assert heat.shape == (30, 40) and heat[21, 33] == pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_allclose(matching.descriptor_heatmap(reference[1], desc, 0.5,
+                                                           matching.pixel_norms2(desc)),
+                               heat, atol=1e-5)
     assert np.unravel_index(np.argmax(heat), heat.shape) == (21, 33)
 
 

@@ -310,7 +310,7 @@ class CorrespondenceNode(Node):
 
     def _publish_heatmap(self, item) -> None:
         reference, frame, sigma = item
-        heat = matching.descriptor_heatmap(reference, frame.descriptors, sigma)
+        heat = matching.descriptor_heatmap(reference, frame.descriptors, sigma, frame.norms2)
         rgb = colourise(heat, vmin=0.0, vmax=1.0)
         self._pub_heatmap.publish(conversions.array_to_image(rgb, 'rgb8', frame.header))
 

@@ -139,16 +139,18 @@ def match_confidence(distance: np.ndarray, second_distance: np.ndarray,
 
 
 def descriptor_heatmap(reference: torch.Tensor, descriptors: torch.Tensor,
-                       sigma: float) -> np.ndarray:
+                       sigma: float, norms2: Optional[torch.Tensor] = None) -> np.ndarray:
     """exp(-d / sigma) over the image for one reference descriptor, as DON's heatmap tools show.
 
-    Args: reference (D,) ; descriptors (D,H,W); sigma > 0 in descriptor units.
+    Args: reference (D,) ; descriptors (D,H,W); sigma > 0 in descriptor units; norms2: the
+    image's :func:`pixel_norms2` if the caller keeps it.
     Returns: (H,W) float32 in (0, 1], 1 where the descriptor equals the reference.
     """
     if sigma <= 0:
         raise ValueError(f'sigma must be > 0, got {sigma}')
     check_shape('reference', reference, (descriptors.shape[0],))
-    dist = squared_distances(reference[None].to(descriptors.dtype), descriptors)[0].sqrt_()
+    dist = squared_distances(reference[None].to(descriptors.dtype), descriptors,
+                             norms2)[0].sqrt_()
     return torch.exp(-dist / sigma).cpu().numpy().astype(np.float32)
 
 
