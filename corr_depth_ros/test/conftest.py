@@ -56,7 +56,11 @@ class RosHarness:
         return predicate()
 
     def close(self):
-        self.executor.shutdown(timeout_sec=2.0)
+        # Let callbacks in flight finish before their nodes are destroyed (a node's frame and
+        # request callbacks can run in parallel here); cut short, a callback touching a
+        # destroyed entity fails in a task nobody awaits, logged at exit as "exception was
+        # never retrieved" (seen once in a fresh-clone run).
+        self.executor.shutdown(timeout_sec=10.0)
         for node in self.nodes:
             node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
