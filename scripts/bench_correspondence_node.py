@@ -43,9 +43,9 @@ def scene():
 def run(runs, frames, poll_period_s, timeout_s=120.0):
     """(request latencies, frame-to-queryable times, matches found per request)."""
     image, depth, pixels = scene()
-    refs = tempfile.mkdtemp(prefix='corr_bench_refs_')
-    with node_process('correspondence_node', {'references_dir': refs},
-                      'correspondence_bench_client') as node:
+    with tempfile.TemporaryDirectory(prefix='corr_bench_refs_') as refs, \
+            node_process('correspondence_node', {'references_dir': refs},
+                         'correspondence_bench_client') as node:
         return measure(node, image, depth, pixels, runs, frames, poll_period_s, timeout_s)
 
 

@@ -79,9 +79,17 @@ class LiveFrame:
     header: object
     rgb: np.ndarray                 # (H,W,3) uint8
     descriptors: object             # torch (D,H,W)
-    norms2: object                  # torch (H*W,): squared descriptor norms, for every request
     points_m: Optional[np.ndarray]  # (H,W,3) metres, NaN invalid; None without depth
     received_s: float
+    _norms2: object = None          # torch (H*W,), see norms2()
+
+    def norms2(self):
+        """Squared descriptor norms of every pixel, computed by the first request on this frame
+        and kept for the others (7-9 ms at 640x480, D=64). Not on the frame path: most frames
+        are never queried. Two threads asking at once both compute the same values; harmless."""
+        if self._norms2 is None:
+            self._norms2 = matching.pixel_norms2(self.descriptors)
+        return self._norms2
 
 
 class RequestError(ValueError):
@@ -197,10 +205,7 @@ class CorrespondenceNode(Node):
             fx, fy, cx, cy = conversions.camera_intrinsics(info_msg)
             points_m = depth_to_points(depth_m, fx, fy, cx, cy)
         descriptors = self._describe(rgb)
-        # Once per frame here rather than in every request: 7-9 ms at 640x480, D=64, which
-        # a request would otherwise pay on top of its ~30 ms (issue 6: <= 50 ms per request).
-        norms2 = matching.pixel_norms2(descriptors)
-        frame = LiveFrame(image_msg.header, rgb, descriptors, norms2, points_m, time.monotonic())
+        frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, time.monotonic())
         with self._frame_lock:
             self._frame = frame
         self.frames_processed += 1
@@ -282,7 +287,7 @@ class CorrespondenceNode(Node):
             ref_desc, frame.descriptors, frame.points_m,
             match_threshold=values['match_threshold'],
             normal_radius_px=values['normal_radius_px'],
-            no_depth_reason='no depth: use_depth is false', frame_norms2=frame.norms2)
+            no_depth_reason='no depth: use_depth is false', frame_norms2=frame.norms2())
         header = frame.header
         response.image_header = header
         for pixel, match in zip(pixels_xy, matches):
@@ -310,7 +315,7 @@ class CorrespondenceNode(Node):
 
     def _publish_heatmap(self, item) -> None:
         reference, frame, sigma = item
-        heat = matching.descriptor_heatmap(reference, frame.descriptors, sigma, frame.norms2)
+        heat = matching.descriptor_heatmap(reference, frame.descriptors, sigma, frame.norms2())
         rgb = colourise(heat, vmin=0.0, vmax=1.0)
         self._pub_heatmap.publish(conversions.array_to_image(rgb, 'rgb8', frame.header))
 

@@ -119,11 +119,10 @@ class DescriptorNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) float image in [0,1] -> (B,D,H,W) descriptors (unit length if normalize)."""
+        low = self.forward_low(image)
         height, width = image.shape[-2:]
-        pad_h = (-height) % DIVISIBLE_BY
-        pad_w = (-width) % DIVISIBLE_BY
-        # 4. upsampled to the padded full size, cropped to the input
-        return F.interpolate(self.forward_low(image), size=(height + pad_h, width + pad_w),
+        # 4. upsampled to the padded full size (twice the low size), cropped to the input
+        return F.interpolate(low, size=(2 * low.shape[-2], 2 * low.shape[-1]),
                              mode='bilinear', align_corners=False)[..., :height, :width]
 
 

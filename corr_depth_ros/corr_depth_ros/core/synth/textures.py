@@ -14,8 +14,9 @@ Texture coordinates are ``q = p_local * freq + offset`` (texture units). Familie
 
 Noise comes from a fixed, tileable 3D fBm volume made once per device by spectral synthesis
 (filtered white noise, FFT), sampled trilinearly (two bilinear ``grid_sample`` lookups in a 2D
-atlas of its slices): one batched lookup instead of hashing lattice corners per octave. Its seed is fixed, so it is the same function for
-every sample and every process; samples differ by their per-object offset and frequency.
+atlas of its slices): one batched lookup instead of hashing lattice corners per octave. Its
+seed is fixed, so it is the same function for every sample and every process; samples differ
+by their per-object offset and frequency.
 
 Anti-aliasing: a pixel covers about ``fw = depth / fx * freq`` texture units. Hard edges are
 softened to about one pixel, patterns finer than a pixel fade to their mean, and the noise
