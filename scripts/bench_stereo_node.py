@@ -98,7 +98,9 @@ def end_to_end(backend_name, data, runs, bare_once, timeout_s=60.0):
                 pub.publish(msg)
             frame_deadline = time.monotonic() + 10.0
             while len(arrivals.get(1000 + i, {})) < 3 and time.monotonic() < frame_deadline:
-                rclpy.spin_once(node, timeout_sec=0.01)
+                # Blocks until a message arrives, as a subscriber's spin does: a short polling
+                # period here would take CPU from the node on a 2-core machine.
+                rclpy.spin_once(node, timeout_sec=max(0.0, frame_deadline - time.monotonic()))
             if len(arrivals.get(1000 + i, {})) == 3 and i >= 2:
                 latencies.append(max(arrivals[1000 + i].values()) - start)
             time.sleep(0.05)

@@ -217,12 +217,12 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
             _skip(counts, log_time, exc)
             return
         header = conversions.copy_header(left.message.header)
-        valid = out.valid
-        min_d = float(out.message_disparity_px[valid].min()) if valid.any() else 0.0
-        max_d = float(out.message_disparity_px[valid].max()) if valid.any() else 0.0
         writer.write(f'{out_ns}/disparity', 'stereo_msgs/msg/DisparityImage',
                      conversions.make_disparity_msg(out.message_disparity_px, geometry, header,
-                                                    min_d, max_d, out.valid_window), log_time)
+                                                    out.min_disparity_px, out.max_disparity_px,
+                                                    out.valid_window,
+                                                    delta_d=getattr(engine, 'disparity_step_px',
+                                                                    1.0 / 16.0)), log_time)
         _write_cloud_and_depth(writer, out_ns, out.depth_m, out.points_m, left_rgb,
                                conversions.stereo_camera_infos(geometry, header, header)[0],
                                header, log_time)

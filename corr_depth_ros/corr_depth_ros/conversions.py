@@ -11,6 +11,7 @@ Every builder takes the header to copy, so outputs carry the input's stamp and f
 import array
 from typing import Optional, Tuple
 
+import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from stereo_msgs.msg import DisparityImage
@@ -161,7 +162,7 @@ def make_disparity_msg(disparity_with_doffs_px: np.ndarray, geometry: StereoGeom
     """
     msg = DisparityImage()
     msg.header = header
-    msg.image = array_to_image(disparity_with_doffs_px.astype(np.float32), '32FC1', header)
+    msg.image = array_to_image(np.asarray(disparity_with_doffs_px, np.float32), '32FC1', header)
     msg.f = float(geometry.fx)
     msg.t = float(geometry.baseline_m)
     x, y, w, h = valid_window or (0, 0, geometry.width, geometry.height)
@@ -196,37 +197,47 @@ class PointCloud2Packer:
 
     ``rgb`` is packed as PCL/RViz expect: 0x00RRGGBB in a 32-bit field declared FLOAT32.
     Points and colours are written straight into the message's ``data`` (an ``array('B')``,
-    which rclpy takes without a per-element check) through numpy views: no structured array,
-    no intermediate bytes. Reusing the buffer saves a 6 MB allocation per 741x500 frame, and
-    the page faults of touching fresh memory (about half the packing time measured here).
+    which rclpy takes without a per-element check): no structured array, no intermediate
+    bytes. Reusing the buffer saves a 6 MB allocation per 741x500 frame, and the page faults
+    of touching fresh memory (about half the packing time measured here). A producer can also
+    compute the points straight into the buffer (:meth:`xyz_view`, e.g.
+    ``depth_to_points(..., out=packer.xyz_view(h, w))``); :meth:`pack` then copies nothing.
 
-    Contract: a packed message is valid until the next :meth:`pack` of a cloud of the same
-    size. A publisher may reuse it safely because ``publish()`` serialises synchronously;
-    anything that keeps messages (a queue, a bag writer thread) must use
+    Contract: a packed message is valid until the next :meth:`pack` (or :meth:`xyz_view`) of
+    a cloud of the same size. A publisher may reuse it safely because ``publish()`` serialises
+    synchronously; anything that keeps messages (a queue, a bag writer thread) must use
     :func:`make_pointcloud2` instead.
     """
 
     def __init__(self):
         self._data: Optional[array.array] = None
 
+    def _buffer(self, height: int, width: int) -> np.ndarray:
+        """The wire buffer as (H, W, 16) bytes, (re)allocated for this size."""
+        size = height * width * _CLOUD_DTYPE.itemsize
+        if self._data is None or len(self._data) != size:
+            # Zeroed once: byte 15 of every point (the 0x00 of 0x00RRGGBB) is never written.
+            self._data = array.array('B', [0]) * size
+        return np.frombuffer(self._data, dtype=np.uint8).reshape(height, width, 16)
+
+    def xyz_view(self, height: int, width: int) -> np.ndarray:
+        """(H, W, 3) float32 strided view of the buffer's x y z fields, to compute into."""
+        return self._buffer(height, width).view(np.float32)[..., :3]
+
     def pack(self, points_m: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
         if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
             raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
         height, width = points_m.shape[:2]
-        count = height * width
-        size = count * _CLOUD_DTYPE.itemsize
-        if self._data is None or len(self._data) != size:
-            # Zeroed once: byte 15 of every point (the 0x00 of 0x00RRGGBB) is never written.
-            self._data = array.array('B', [0]) * size
-        rows = np.frombuffer(self._data, dtype=np.float32).reshape(count, 4)
-        src = points_m.reshape(count, 3)
-        for axis in range(3):  # per-column copies beat one (count, 3) strided block copy
-            rows[:, axis] = src[:, axis]
-        # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0.
-        colour = rows.view(np.uint8).reshape(count, 16)
-        rgb_rows = rgb.reshape(count, 3)
-        for byte, channel in ((12, 2), (13, 1), (14, 0)):
-            colour[:, byte] = rgb_rows[:, channel]
+        wire = self._buffer(height, width)
+        xyz = wire.view(np.float32)[..., :3]
+        if not (points_m.dtype == np.float32 and points_m.strides == xyz.strides
+                and points_m.ctypes.data == xyz.ctypes.data):
+            for axis in range(3):  # per-column copies beat one (H, W, 3) strided block copy
+                xyz[..., axis] = points_m[..., axis]
+        # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0: OpenCV's channel shuffle
+        # writes the three bytes of every point in one pass (numpy's strided copies took 1.4x).
+        cv2.mixChannels([np.ascontiguousarray(rgb, dtype=np.uint8)], [wire],
+                        [2, 12, 1, 13, 0, 14])
         msg = _with_checked_fields(PointCloud2)
         msg.header = header
         msg.height, msg.width = int(height), int(width)
@@ -381,7 +392,6 @@ def make_grasp_markers(positions, quaternions_xyzw, found, header, namespace: st
 def compressed_to_rgb8(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (image_transport's `compressed`: jpeg or png) -> (H, W, 3)
     uint8 RGB. ``format`` is e.g. 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8'."""
-    import cv2
     fmt = (msg.format or '').lower()
     if fmt and not any(kind in fmt for kind in ('jpeg', 'jpg', 'png')):
         raise ConversionError(f'unsupported compressed format {msg.format!r}; accepted: jpeg, png')
@@ -397,7 +407,6 @@ def compressed_to_rgb8(msg) -> np.ndarray:
 
 def rgb8_to_compressed(rgb: np.ndarray, header, fmt: str = 'jpeg', quality: int = 90):
     """(H, W, 3) uint8 RGB -> sensor_msgs/CompressedImage as image_transport publishes it."""
-    import cv2
     from sensor_msgs.msg import CompressedImage
     ext = {'jpeg': '.jpg', 'png': '.png'}.get(fmt)
     if ext is None:

@@ -13,7 +13,7 @@ Conventions
   False validity flag, never an epsilon; an invalid 3D point is (NaN, NaN, NaN).
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -85,10 +85,26 @@ def disparity_to_depth(disparity_px: np.ndarray, focal_px: float, baseline_m: fl
         depth_m (H, W) float32, metres, NaN where invalid; valid (H, W) bool.
     """
     check_shape('disparity_px', disparity_px, (None, None))
-    shifted = disparity_px.astype(np.float32) + np.float32(doffs_px)
-    valid = np.isfinite(shifted) & (shifted > 0)
-    depth_m = np.full(shifted.shape, np.nan, dtype=np.float32)
-    np.divide(np.float32(focal_px * baseline_m), shifted, out=depth_m, where=valid)
+    shifted = np.add(disparity_px, np.float32(doffs_px), dtype=np.float32)
+    return depth_from_shifted_disparity(shifted, focal_px, baseline_m)
+
+
+def depth_from_shifted_disparity(shifted_px: np.ndarray, focal_px: float, baseline_m: float,
+                                 valid: Optional[np.ndarray] = None
+                                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """``Z = f * B / d`` for a float32 disparity that already includes doffs.
+
+    ``valid`` (bool, updated in place when given) restricts the pixels converted; pixels whose
+    shifted disparity is not finite and positive become invalid. Returns (depth_m, valid).
+    """
+    finite_positive = np.isfinite(shifted_px)
+    finite_positive &= shifted_px > 0
+    if valid is None:
+        valid = finite_positive
+    else:
+        valid &= finite_positive
+    depth_m = np.full(shifted_px.shape, np.nan, dtype=np.float32)
+    np.divide(np.float32(focal_px * baseline_m), shifted_px, out=depth_m, where=valid)
     return depth_m, valid
 
 
@@ -106,25 +122,34 @@ def disparity_for_message(disparity_px: np.ndarray, valid: np.ndarray, doffs_px:
     return out
 
 
-def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: float,
+                    out: Optional[np.ndarray] = None) -> np.ndarray:
     """Back-project a depth image into the camera optical frame.
 
     Args:
         depth_m: (H, W) depth along z, metres; NaN (or <= 0) where invalid.
+        out: optional (H, W, 3) float32 array to write into; it may be a strided view, e.g.
+            the x y z columns of a point-cloud wire buffer (PointCloud2Packer.xyz_view).
     Returns:
         (H, W, 3) float32 points (x, y, z) in metres; (NaN, NaN, NaN) where depth is invalid.
     """
     check_shape('depth_m', depth_m, (None, None))
     height, width = depth_m.shape
-    z = depth_m.astype(np.float32, copy=True)
-    z[~(np.isfinite(z) & (z > 0))] = np.nan
+    if out is None:
+        out = np.empty((height, width, 3), dtype=np.float32)
+    elif out.shape != (height, width, 3) or out.dtype != np.float32:
+        raise ValueError(f'out must be ({height}, {width}, 3) float32, got {out.shape} {out.dtype}')
+    usable = depth_m > 0  # NaN compares False
+    usable &= depth_m < np.inf
+    z = np.where(usable, depth_m, np.float32(np.nan)).astype(np.float32, copy=False)
     u = (np.arange(width, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
     v = (np.arange(height, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
-    points = np.empty((height, width, 3), dtype=np.float32)
-    np.multiply(z, u[None, :], out=points[..., 0])
-    np.multiply(z, v[:, None], out=points[..., 1])
-    points[..., 2] = z
-    return points
+    # Computed from the contiguous z and written once per field: a strided out (the cloud's
+    # wire buffer) is only written, never read back.
+    np.multiply(z, u[None, :], out=out[..., 0])
+    np.multiply(z, v[:, None], out=out[..., 1])
+    np.copyto(out[..., 2], z)
+    return out
 
 
 def project_points(points_m: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

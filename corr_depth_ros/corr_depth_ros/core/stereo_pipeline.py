@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .backends.base import StereoBackend
-from .geometry import StereoGeometry, depth_to_points, disparity_for_message, disparity_to_depth
+from .geometry import StereoGeometry, depth_from_shifted_disparity, depth_to_points
 from .shapes import check_shape
 
 INVALID_DISPARITY = -1.0  # published for invalid pixels: below any valid disparity + doffs
@@ -24,6 +24,8 @@ class StereoOutputs:
     points_m: (H, W, 3) float32 in the left optical frame, NaN invalid (None if not requested).
     confidence: (H, W) float32 in [0, 1] or None.
     valid_window: (x, y, width, height) bounding box of valid pixels.
+    min_disparity_px, max_disparity_px: range of the valid message disparities (0 if none), as
+    DisparityImage's min_disparity / max_disparity.
     """
 
     disparity_px: np.ndarray
@@ -33,6 +35,8 @@ class StereoOutputs:
     points_m: Optional[np.ndarray]
     confidence: Optional[np.ndarray]
     valid_window: Tuple[int, int, int, int]
+    min_disparity_px: float = 0.0
+    max_disparity_px: float = 0.0
 
 
 def valid_window(valid: np.ndarray) -> Tuple[int, int, int, int]:
@@ -61,22 +65,31 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
         raise ValueError(f'image size {sizes["W"]}x{sizes["H"]} does not match camera_info '
                          f'{geometry.width}x{geometry.height}')
     result = backend.compute(left_rgb, right_rgb, max_disparity_px=max_disparity_px)
+    # The per-frame passes over the image are kept few: this runs on every frame in the node,
+    # after the backend and before anything is published (issue 2's overhead budget).
     valid = result.valid.copy()
     if result.confidence is not None and confidence_threshold > 0:
         valid &= result.confidence >= confidence_threshold
-    disparity = np.where(valid, result.disparity_px, np.nan).astype(np.float32)
-    depth_m, depth_valid = disparity_to_depth(disparity, geometry.fx, geometry.baseline_m,
-                                              geometry.doffs_px)
+    # d + doffs: the DisparityImage convention, and what depth divides by.
+    shifted = np.add(result.disparity_px, np.float32(geometry.doffs_px), dtype=np.float32)
+    depth_m, valid = depth_from_shifted_disparity(shifted, geometry.fx, geometry.baseline_m, valid)
     if max_depth_m > 0:
-        depth_valid &= depth_m <= max_depth_m
-        depth_m[~depth_valid] = np.nan
-    valid &= depth_valid
-    disparity[~valid] = np.nan
+        too_far = depth_m > max_depth_m  # NaN compares False
+        depth_m[too_far] = np.nan
+        valid &= ~too_far
+    nan, invalid_disparity = np.float32(np.nan), np.float32(INVALID_DISPARITY)
+    disparity = np.where(valid, result.disparity_px, nan).astype(np.float32, copy=False)
+    message_disparity = np.where(valid, shifted, invalid_disparity)
     points = depth_to_points(depth_m, geometry.fx, geometry.fy, geometry.cx_left, geometry.cy) \
         if compute_points else None
+    window = valid_window(valid)
+    low = high = 0.0
+    if window[2] > 0:
+        # fmin/fmax skip NaN without nanmin's copy; rounding is monotonic, so adding doffs
+        # after the reduction gives the same float32 as reducing the shifted values.
+        low = float(np.fmin.reduce(disparity, axis=None) + np.float32(geometry.doffs_px))
+        high = float(np.fmax.reduce(disparity, axis=None) + np.float32(geometry.doffs_px))
     return StereoOutputs(
-        disparity_px=disparity,
-        message_disparity_px=disparity_for_message(np.nan_to_num(disparity), valid,
-                                                   geometry.doffs_px, INVALID_DISPARITY),
+        disparity_px=disparity, message_disparity_px=message_disparity,
         depth_m=depth_m, valid=valid, points_m=points, confidence=result.confidence,
-        valid_window=valid_window(valid))
+        valid_window=window, min_disparity_px=low, max_disparity_px=high)

@@ -165,7 +165,8 @@ class MonoDepthNode(Node):
         self._pub_depth.publish(conversions.array_to_image(depth, '32FC1', header))
         self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
         if values['publish_points'] and self._pub_points.get_subscription_count():
-            points = depth_to_points(depth, fx, fy, cx, cy)
+            points = depth_to_points(depth, fx, fy, cx, cy,
+                                     out=self._cloud_packer.xyz_view(*depth.shape))
             self._pub_points.publish(self._cloud_packer.pack(points, rgb, header))
         if self._pub_colour.get_subscription_count():
             # Inverse depth reads like disparity: near is bright, far fades out.
