@@ -33,6 +33,40 @@ def test_motorcycle_accuracy_and_pipeline():
         run_stereo(data['left'][:100], data['right'][:100], data['geometry'], backend)
 
 
+def test_run_stereo_outputs_agree_with_each_other():
+    """run_stereo's derived outputs from a known backend result: invalid pixels (backend flag,
+    low confidence, non-positive d + doffs, beyond max_depth_m) are NaN in disparity and depth
+    and -1 in the message disparity, whose valid values are d + doffs; min/max are theirs."""
+    from corr_depth_ros.core.backends.base import StereoResult
+    from corr_depth_ros.core.geometry import StereoGeometry
+    geometry = StereoGeometry(width=4, height=2, fx=100.0, fy=100.0, cx_left=2.0, cx_right=3.0,
+                              cy=1.0, baseline_m=0.1)  # doffs 1 px; Z = 10 / (d + 1)
+    disparity = np.array([[4.0, 9.0, -1.0, 3.0], [1.0, 19.0, np.nan, 0.5]], np.float32)
+
+    class Fixed:
+        def compute(self, left, right, max_disparity_px=None):
+            return StereoResult(disparity_px=disparity.copy(),
+                                valid=np.array([[True, True, True, False], [True] * 4]),
+                                confidence=np.array([[1, 1, 1, 1], [1, 0.2, 1, 1]], np.float32))
+
+    image = np.zeros((2, 4, 3), np.uint8)
+    out = run_stereo(image, image, geometry, Fixed(), confidence_threshold=0.5, max_depth_m=4.0)
+    # d + 1: 5, 10, 0 (invalid), flagged, 2, low confidence, NaN, 1.5 -> Z = 2, 1, -, -, 5 (too
+    # far), -, -, 6.67 (too far)
+    assert out.valid.tolist() == [[True, True, False, False], [False] * 4]
+    np.testing.assert_allclose(out.depth_m[0, :2], [2.0, 1.0])
+    assert np.isnan(out.depth_m[~out.valid]).all() and np.isnan(out.disparity_px[~out.valid]).all()
+    np.testing.assert_array_equal(out.disparity_px[out.valid], [4.0, 9.0])
+    np.testing.assert_array_equal(out.message_disparity_px,
+                                  [[5.0, 10.0, -1.0, -1.0], [-1.0] * 4])
+    assert (out.min_disparity_px, out.max_disparity_px) == (5.0, 10.0)
+    assert out.valid_window == (0, 0, 2, 1)
+    np.testing.assert_allclose(out.points_m[0, 0], [(0 - 2.0) * 2.0 / 100, (0 - 1.0) * 2.0 / 100, 2.0])
+    none_valid = run_stereo(image, image, geometry, Fixed(), max_depth_m=0.4)
+    assert not none_valid.valid.any() and none_valid.min_disparity_px == 0.0
+    assert none_valid.max_disparity_px == 0.0 and none_valid.valid_window == (0, 0, 0, 0)
+
+
 def test_parameter_validation():
     assert 'sgbm' in available_backends()
     with pytest.raises(ValueError, match='multiple of 16'):
