@@ -23,12 +23,12 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from .. import conversions
 from ..core.colormap import colourise
-from ..core.geometry import depth_to_points
 from ..core.mono import POST_PROCESS_DEFAULT
 from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_depth,
                                    input_size_from_header, load_mono_model)
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
+from .cloud_publisher import CloudPublisher
 from .params import ParamSpec, declare, validate
 from .worker import LatestFrameWorker, ThrottledReporter, run_node
 
@@ -96,8 +96,7 @@ class MonoDepthNode(Node):
                                                  qos_overriding_options=overrides)
         self._pub_colour = self.create_publisher(Image, 'depth/color', out_qos)
 
-        # Used by the worker thread only; publish() serialises before the next frame reuses it.
-        self._cloud_packer = conversions.PointCloud2Packer()
+        self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth')
         # Sensor-data (best-effort) inputs like image_proc; override per topic with
         # qos_overrides./<ns>/image.subscription.reliability etc.
@@ -162,19 +161,23 @@ class MonoDepthNode(Node):
         if values['max_depth_m'] > 0:
             depth[~(depth <= values['max_depth_m'])] = np.nan
         header = image_msg.header
-        self._pub_depth.publish(conversions.array_to_image(depth, '32FC1', header))
-        self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
-        if values['publish_points'] and self._pub_points.get_subscription_count():
-            points = depth_to_points(depth, fx, fy, cx, cy,
-                                     out=self._cloud_packer.xyz_view(*depth.shape))
-            self._pub_points.publish(self._cloud_packer.pack(points, rgb, header))
-        if self._pub_colour.get_subscription_count():
-            # Inverse depth reads like disparity: near is bright, far fades out.
-            self._pub_colour.publish(conversions.array_to_image(
-                colourise(1.0 / depth), 'rgb8', header))
+        cloud = None
+        if values['publish_points'] and self._clouds.wanted():
+            cloud = self._clouds.submit(depth, (fx, fy, cx, cy), rgb, header)
+        try:
+            self._pub_depth.publish(conversions.array_to_image(depth, '32FC1', header))
+            self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
+            if self._pub_colour.get_subscription_count():
+                # Inverse depth reads like disparity: near is bright, far fades out.
+                self._pub_colour.publish(conversions.array_to_image(
+                    colourise(1.0 / depth), 'rgb8', header))
+        finally:
+            if cloud is not None:
+                cloud.result()  # its errors surface here; the wire buffer is then free again
 
     def destroy_node(self):
         self._worker.stop()
+        self._clouds.shutdown()
         super().destroy_node()
 
 

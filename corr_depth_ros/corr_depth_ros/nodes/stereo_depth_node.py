@@ -8,7 +8,6 @@ Topics follow stereo_image_proc so the node drops into existing graphs:
 Every output carries the left image's header.
 """
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -22,9 +21,9 @@ from .. import conversions
 from ..core.backends import available_backends, create_backend
 from ..core.backends.sgbm import SgbmParams
 from ..core.colormap import colourise
-from ..core.geometry import depth_to_points
 from ..core.stereo_pipeline import run_stereo
 from ..sync import make_synchronizer
+from .cloud_publisher import CloudPublisher
 from .params import ParamSpec, declare, validate
 from .worker import LatestFrameWorker, ThrottledReporter, run_node
 
@@ -116,9 +115,7 @@ class StereoDepthNode(Node):
         self._pub_confidence = self.create_publisher(Image, 'confidence', out_qos)
         self._pub_colour = self.create_publisher(Image, 'disparity/color', out_qos)
 
-        # Used by one frame at a time; publish() serialises before the next frame reuses it.
-        self._cloud_packer = conversions.PointCloud2Packer()
-        self._cloud_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='cloud')
+        self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error)
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
@@ -223,17 +220,16 @@ class StereoDepthNode(Node):
         with self._lock:
             values = dict(self._values)
             backend = self._backend
-        want_points = values['publish_points'] and self._pub_points.get_subscription_count() > 0
         out = run_stereo(left, right, geometry, backend,
                          max_disparity_px=values['max_disparity_px'] or None,
                          confidence_threshold=values['confidence_threshold'],
                          max_depth_m=values['max_depth_m'], compute_points=False)
         header = left_img.header
-        # The cloud, the largest output, is built and published on a second thread while this
-        # one publishes disparity and depth (numpy and the DDS write run without the GIL for
-        # most of it): on 2 cores about 3 ms less latency per 741x500 frame.
-        cloud = self._cloud_thread.submit(self._publish_cloud, out.depth_m, geometry, left,
-                                          header) if want_points else None
+        cloud = None
+        if values['publish_points'] and self._clouds.wanted():
+            # built and published beside disparity and depth (nodes/cloud_publisher.py)
+            cloud = self._clouds.submit(out.depth_m, (geometry.fx, geometry.fy, geometry.cx_left,
+                                                      geometry.cy), left, header)
         try:
             self._pub_disparity.publish(conversions.make_disparity_msg(
                 out.message_disparity_px, geometry, header, out.min_disparity_px,
@@ -251,15 +247,9 @@ class StereoDepthNode(Node):
             self._pub_colour.publish(conversions.array_to_image(
                 colourise(out.disparity_px), 'rgb8', header))
 
-    def _publish_cloud(self, depth_m, geometry, left_rgb, header) -> None:
-        # The points are computed straight into the cloud's wire buffer.
-        points = depth_to_points(depth_m, geometry.fx, geometry.fy, geometry.cx_left, geometry.cy,
-                                 out=self._cloud_packer.xyz_view(*depth_m.shape))
-        self._pub_points.publish(self._cloud_packer.pack(points, left_rgb, header))
-
     def destroy_node(self):
         self._worker.stop()
-        self._cloud_thread.shutdown(wait=True)
+        self._clouds.shutdown()
         super().destroy_node()
 
 
