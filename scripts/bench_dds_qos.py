@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import machine_info, write_result
+
 PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'corr_depth_ros', 'config',
                        'fastdds_large_data.xml')
 
@@ -117,10 +119,8 @@ def main():
                    'sent': args.count, 'received': received}
             print(json.dumps(row), flush=True)
             results.append(row)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-        json.dump({'benchmark': 'dds_large_images', 'image': '741x500 rgb8 (1.1 MB)',
-                   'results': results}, f, indent=2)
+    write_result({'benchmark': 'dds_large_images', 'image': '741x500 rgb8 (1.1 MB)',
+                  'machine': machine_info(), 'results': results}, args.json)
     return 0
 
 
