@@ -211,7 +211,7 @@ class CorrespondenceNode(Node):
         self.frames_processed += 1
 
     def _on_worker_error(self, exc: BaseException) -> None:
-        self._errors.error(type(exc).__name__ + str(exc)[:40], f'frame dropped: {exc}')
+        self._errors.frame_dropped(exc, self.context)
 
     def _live(self) -> LiveFrame:
         with self._frame_lock:

@@ -139,8 +139,7 @@ class MonoDepthNode(Node):
         self._worker.submit((image, info))
 
     def _on_worker_error(self, exc: BaseException) -> None:
-        key = type(exc).__name__ + str(exc)[:40]
-        self._errors.error(key, f'frame dropped: {exc}')
+        self._errors.frame_dropped(exc, self.context)
 
     def _process(self, item) -> None:
         image_msg, info = item

@@ -206,8 +206,7 @@ class StereoDepthNode(Node):
         self._last_sync_count = self.synchronised_sets
 
     def _on_worker_error(self, exc: BaseException) -> None:
-        key = type(exc).__name__ + str(exc)[:40]
-        self._errors.error(key, f'frame dropped: {exc}')
+        self._errors.frame_dropped(exc, self.context)
 
     def _process(self, item) -> None:
         left_img, right_img, left_info, right_info = item

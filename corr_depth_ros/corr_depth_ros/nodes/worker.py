@@ -80,6 +80,16 @@ class ThrottledReporter:
             self._last[key] = now
         self._logger.error(text)
 
+    def frame_dropped(self, exc: BaseException, context=None) -> None:
+        """Report a frame a worker could not process (LatestFrameWorker's ``on_error``).
+
+        Silent once ``context`` (the node's rclpy Context) has shut down: Ctrl-C invalidates
+        the publishers while a worker may still be finishing a frame, and that is no error.
+        """
+        if context is not None and not context.ok():
+            return
+        self.error(type(exc).__name__ + str(exc)[:40], f'frame dropped: {exc}')
+
 
 def run_node(node_factory: Callable[[], Any], args=None) -> None:
     """The body of every node's ``main()``: init, spin, and a clean shutdown.

@@ -1,0 +1,72 @@
+"""nodes/worker.py: keep-only-the-latest processing and per-problem throttled error reports."""
+import threading
+import time
+
+from corr_depth_ros.nodes.worker import LatestFrameWorker, ThrottledReporter
+
+
+class ListLogger:
+    def __init__(self):
+        self.lines = []
+
+    def error(self, text):
+        self.lines.append(text)
+
+
+class FakeContext:
+    def __init__(self, ok=True):
+        self._ok = ok
+
+    def ok(self):
+        return self._ok
+
+
+def _wait_for(condition, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_worker_processes_only_the_newest_waiting_item_and_survives_errors():
+    release, processed, errors = threading.Event(), [], []
+
+    def process(item):
+        if item == 'first':
+            release.wait(10)
+        if item == 'bad':
+            raise ValueError('bad frame')
+        processed.append(item)
+
+    worker = LatestFrameWorker(process, errors.append)
+    try:
+        worker.submit('first')
+        assert _wait_for(lambda: worker._pending is None)  # 'first' is being processed
+        for item in ('stale-1', 'stale-2', 'newest'):
+            worker.submit(item)
+        release.set()
+        assert _wait_for(lambda: processed == ['first', 'newest'])
+        assert worker.dropped == 2
+        worker.submit('bad')  # the worker must keep running after an error
+        assert _wait_for(lambda: len(errors) == 1)
+        worker.submit('after')
+        assert _wait_for(lambda: processed[-1] == 'after')
+        assert isinstance(errors[0], ValueError)
+    finally:
+        release.set()
+        worker.stop()
+
+
+def test_reporter_throttles_per_problem_and_is_silent_after_shutdown():
+    logger = ListLogger()
+    reporter = ThrottledReporter(logger, period_s=60.0)
+    for _ in range(3):
+        reporter.error('size', 'image size mismatch')
+    reporter.error('encoding', 'unsupported encoding')
+    assert logger.lines == ['image size mismatch', 'unsupported encoding']
+    assert reporter.count == 4
+
+    reporter.frame_dropped(ValueError('camera_info has Tx = 0'), FakeContext(ok=True))
+    assert logger.lines[-1] == 'frame dropped: camera_info has Tx = 0'
+    reporter.frame_dropped(RuntimeError("publisher's context is invalid"), FakeContext(ok=False))
+    assert len(logger.lines) == 3 and reporter.count == 5
