@@ -69,7 +69,7 @@ PARAMS = [
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
               value_range=(0.0, 10000.0)),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
-              'is built only while points2 has a subscriber (~15 ms a 741x500 frame).'),
+              'is built only while points2 has a subscriber (~6 ms of CPU a 741x500 frame).'),
     ParamSpec('learned.weights_path', '', 'learned: safetensors weights file (empty: the shipped '
               'stereo_gwc_small weights).', read_only=True),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
