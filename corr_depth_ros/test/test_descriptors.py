@@ -322,3 +322,23 @@ def test_shipped_weights_find_motorcycle_points_in_the_right_image():
     results, _ = ev.evaluate_pair({'net': net}, data['left'], data['right'], queries, truth)
     assert results['net']['pck@3'] >= SHIPPED_MOTORCYCLE_PCK3_MIN, (results['net'],
                                                                      header['identity'])
+
+
+def test_eval_corr_synthetic_splits(tmp_path):
+    """`corr_depth eval corr --dataset synthetic` scores held-out seeds by default and, with
+    --split train, the first training seeds (the under- vs overfitting check)."""
+    import json
+
+    from corr_depth_ros.cli import main as cli_main
+    from corr_depth_ros.core.descriptors.data import HELD_OUT_SEED
+    seeds = {}
+    for split in ('held-out', 'train'):
+        out = tmp_path / f'{split}.json'
+        assert cli_main(['eval', 'corr', '--dataset', 'synthetic', '--split', split, '--pairs', '1',
+                         '--queries', '20', '--size', '64x48', '--baselines', '',
+                         '--json', str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report['protocol'].startswith(split)
+        assert 0.0 <= report['results']['descriptor_net']['pck@3'] <= 1.0
+        seeds[split] = int(report['protocol'].split('(seeds ')[1].split(' ')[0])
+    assert seeds['train'] == 0 and seeds['held-out'] >= HELD_OUT_SEED
