@@ -61,3 +61,25 @@ def test_errors_surface_from_the_future_and_wanted_follows_subscribers():
         assert publisher.published == []
     finally:
         clouds.shutdown()
+
+
+def test_beside_publishes_during_the_block_and_waits_for_the_cloud():
+    publisher = RecordingPublisher(subscribers=0)
+    clouds = CloudPublisher(publisher)
+    depth, rgb = np.ones((4, 4), np.float32), np.zeros((4, 4, 3), np.uint8)
+    try:
+        with clouds.beside(depth, INTRINSICS, rgb, Header()):
+            pass
+        assert publisher.published == []  # nobody subscribes: not built
+        publisher.subscribers = 1
+        with clouds.beside(depth, INTRINSICS, rgb, Header(), enabled=False):
+            pass
+        assert publisher.published == []  # publish_points off
+        with clouds.beside(depth, INTRINSICS, rgb, Header()):
+            pass
+        assert len(publisher.published) == 1  # done when the block has exited
+        with pytest.raises(conversions.ConversionError, match='must be'):
+            with clouds.beside(depth, INTRINSICS, np.zeros((4, 5, 3), np.uint8), Header()):
+                pass
+    finally:
+        clouds.shutdown()

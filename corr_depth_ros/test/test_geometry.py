@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from corr_depth_ros.core.geometry import (StereoGeometry, depth_to_points, disparity_for_message,
-                                          disparity_to_depth, project_points)
+from corr_depth_ros.core.geometry import (StereoGeometry, depth_to_points, disparity_to_depth,
+                                          message_disparity, project_points, shifted_disparity)
 from corr_depth_ros.core.motorcycle import motorcycle_geometry, projection_matrices
 
 
@@ -57,7 +57,7 @@ def test_points_into_a_strided_buffer_match_a_new_array():
 def test_message_disparity_includes_doffs():
     disparity = np.array([[10.0, 20.0]], dtype=np.float32)
     valid = np.array([[True, False]])
-    out = disparity_for_message(disparity, valid, 31.086)
+    out = message_disparity(shifted_disparity(disparity, 31.086), valid)
     assert out[0, 0] == pytest.approx(41.086) and out[0, 1] == -1.0
 
 

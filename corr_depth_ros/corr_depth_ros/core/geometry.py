@@ -8,7 +8,7 @@ Conventions
 * The two rectified cameras may have different principal points (Middlebury's ``doffs``):
   ``doffs_px = cx_right - cx_left`` and depth is ``Z = f * B / (d + doffs_px)``.
   stereo_image_proc publishes DisparityImage with the offset already added, so that its
-  message definition ``Z = f * T / d`` holds; :func:`disparity_for_message` does the same.
+  message definition ``Z = f * T / d`` holds; :func:`message_disparity` does the same.
 * Invalid is explicit (REP 118): a non-positive or non-finite disparity gives NaN depth and a
   False validity flag, never an epsilon; an invalid 3D point is (NaN, NaN, NaN).
 """
@@ -85,8 +85,13 @@ def disparity_to_depth(disparity_px: np.ndarray, focal_px: float, baseline_m: fl
         depth_m (H, W) float32, metres, NaN where invalid; valid (H, W) bool.
     """
     check_shape('disparity_px', disparity_px, (None, None))
-    shifted = np.add(disparity_px, np.float32(doffs_px), dtype=np.float32)
-    return depth_from_shifted_disparity(shifted, focal_px, baseline_m)
+    return depth_from_shifted_disparity(shifted_disparity(disparity_px, doffs_px), focal_px,
+                                        baseline_m)
+
+
+def shifted_disparity(disparity_px: np.ndarray, doffs_px: float) -> np.ndarray:
+    """``d + doffs`` as float32: what depth divides by and what DisparityImage carries."""
+    return np.add(disparity_px, np.float32(doffs_px), dtype=np.float32)
 
 
 def depth_from_shifted_disparity(shifted_px: np.ndarray, focal_px: float, baseline_m: float,
@@ -108,18 +113,15 @@ def depth_from_shifted_disparity(shifted_px: np.ndarray, focal_px: float, baseli
     return depth_m, valid
 
 
-def disparity_for_message(disparity_px: np.ndarray, valid: np.ndarray, doffs_px: float,
-                          invalid_value: float = -1.0) -> np.ndarray:
-    """Disparity as stereo_msgs/DisparityImage carries it: with doffs added so ``Z = f*T/d``.
-
-    Invalid pixels get ``invalid_value`` (below min_disparity, as stereo_image_proc does).
-    Returns (H, W) float32.
+def message_disparity(shifted_px: np.ndarray, valid: np.ndarray,
+                      invalid_value: float = -1.0) -> np.ndarray:
+    """Disparity as stereo_msgs/DisparityImage carries it, from :func:`shifted_disparity`
+    (doffs included, so ``Z = f*T/d`` holds). Invalid pixels get ``invalid_value`` (below
+    min_disparity, as stereo_image_proc does). Returns (H, W) float32.
     """
-    sizes = check_shape('disparity_px', disparity_px, ('H', 'W'))
+    sizes = check_shape('shifted_px', shifted_px, ('H', 'W'))
     check_shape('valid', valid, ('H', 'W'), sizes)
-    out = disparity_px.astype(np.float32) + np.float32(doffs_px)
-    out[~valid] = np.float32(invalid_value)
-    return out
+    return np.where(valid, shifted_px, np.float32(invalid_value)).astype(np.float32, copy=False)
 
 
 def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: float,

@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .backends.base import StereoBackend
-from .geometry import StereoGeometry, depth_from_shifted_disparity, depth_to_points
+from .geometry import (StereoGeometry, depth_from_shifted_disparity, depth_to_points,
+                       message_disparity, shifted_disparity)
 from .shapes import check_shape
 
 INVALID_DISPARITY = -1.0  # published for invalid pixels: below any valid disparity + doffs
@@ -71,15 +72,14 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
     if result.confidence is not None and confidence_threshold > 0:
         valid &= result.confidence >= confidence_threshold
     # d + doffs: the DisparityImage convention, and what depth divides by.
-    shifted = np.add(result.disparity_px, np.float32(geometry.doffs_px), dtype=np.float32)
+    shifted = shifted_disparity(result.disparity_px, geometry.doffs_px)
     depth_m, valid = depth_from_shifted_disparity(shifted, geometry.fx, geometry.baseline_m, valid)
     if max_depth_m > 0:
         too_far = depth_m > max_depth_m  # NaN compares False
         depth_m[too_far] = np.nan
         valid &= ~too_far
-    nan, invalid_disparity = np.float32(np.nan), np.float32(INVALID_DISPARITY)
-    disparity = np.where(valid, result.disparity_px, nan).astype(np.float32, copy=False)
-    message_disparity = np.where(valid, shifted, invalid_disparity)
+    disparity = np.where(valid, result.disparity_px, np.float32(np.nan)).astype(np.float32,
+                                                                                 copy=False)
     points = depth_to_points(depth_m, geometry.fx, geometry.fy, geometry.cx_left, geometry.cy) \
         if compute_points else None
     window = valid_window(valid)
@@ -90,6 +90,7 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
         low = float(np.fmin.reduce(disparity, axis=None) + np.float32(geometry.doffs_px))
         high = float(np.fmax.reduce(disparity, axis=None) + np.float32(geometry.doffs_px))
     return StereoOutputs(
-        disparity_px=disparity, message_disparity_px=message_disparity,
+        disparity_px=disparity,
+        message_disparity_px=message_disparity(shifted, valid, INVALID_DISPARITY),
         depth_m=depth_m, valid=valid, points_m=points, confidence=result.confidence,
         valid_window=window, min_disparity_px=low, max_disparity_px=high)

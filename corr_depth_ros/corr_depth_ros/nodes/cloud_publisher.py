@@ -3,9 +3,11 @@
 A 741x500 x y z rgb cloud is 5.9 MB, the largest thing the depth nodes send: computing its
 points, packing and publishing it take longer than building and publishing the disparity and
 depth images together. :class:`CloudPublisher` does that work on its own thread while the
-node's worker publishes the rest (numpy and the DDS write run without the GIL for most of it);
-on this 2-core machine it took ~3 ms off the stereo node's latency per frame.
+node's worker publishes the rest (numpy and the DDS write run without the GIL for most of it).
+Timed in the stereo node on the 2-core CPU: disparity and depth take ~1.8 ms to build and
+publish; the cloud, alongside, ~5.5 ms to build and 3 ms to publish (README, issue 2).
 """
+import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -35,6 +37,20 @@ class CloudPublisher:
         """Build and publish the cloud of ``depth_m`` ((H, W) metres, NaN invalid) coloured by
         ``rgb`` ((H, W, 3) uint8), with ``intrinsics`` (fx, fy, cx, cy) in pixels."""
         return self._thread.submit(self._publish, depth_m, intrinsics, rgb, header)
+
+    @contextlib.contextmanager
+    def beside(self, depth_m: np.ndarray, intrinsics, rgb: np.ndarray, header,
+               enabled: bool = True):
+        """``with clouds.beside(...):`` publish the frame's other outputs in the block while
+        the cloud is built and published (when ``enabled`` and someone subscribes); the block's
+        exit waits for it and raises its error, so the next frame may reuse the buffer."""
+        future = self.submit(depth_m, intrinsics, rgb, header) \
+            if enabled and self.wanted() else None
+        try:
+            yield
+        finally:
+            if future is not None:
+                future.result()
 
     def _publish(self, depth_m, intrinsics, rgb, header) -> None:
         # The points are computed straight into the cloud's wire buffer: no copy when packing.

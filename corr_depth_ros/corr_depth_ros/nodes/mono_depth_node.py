@@ -160,19 +160,14 @@ class MonoDepthNode(Node):
         if values['max_depth_m'] > 0:
             depth[~(depth <= values['max_depth_m'])] = np.nan
         header = image_msg.header
-        cloud = None
-        if values['publish_points'] and self._clouds.wanted():
-            cloud = self._clouds.submit(depth, (fx, fy, cx, cy), rgb, header)
-        try:
+        with self._clouds.beside(depth, (fx, fy, cx, cy), rgb, header,
+                                 enabled=values['publish_points']):
             self._pub_depth.publish(conversions.array_to_image(depth, '32FC1', header))
             self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
             if self._pub_colour.get_subscription_count():
                 # Inverse depth reads like disparity: near is bright, far fades out.
                 self._pub_colour.publish(conversions.array_to_image(
                     colourise(1.0 / depth), 'rgb8', header))
-        finally:
-            if cloud is not None:
-                cloud.result()  # its errors surface here; the wire buffer is then free again
 
     def destroy_node(self):
         self._worker.stop()

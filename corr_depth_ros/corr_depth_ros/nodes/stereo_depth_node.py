@@ -224,21 +224,15 @@ class StereoDepthNode(Node):
                          confidence_threshold=values['confidence_threshold'],
                          max_depth_m=values['max_depth_m'], compute_points=False)
         header = left_img.header
-        cloud = None
-        if values['publish_points'] and self._clouds.wanted():
-            # built and published beside disparity and depth (nodes/cloud_publisher.py)
-            cloud = self._clouds.submit(out.depth_m, (geometry.fx, geometry.fy, geometry.cx_left,
-                                                      geometry.cy), left, header)
-        try:
+        intrinsics = (geometry.fx, geometry.fy, geometry.cx_left, geometry.cy)
+        with self._clouds.beside(out.depth_m, intrinsics, left, header,
+                                 enabled=values['publish_points']):
             self._pub_disparity.publish(conversions.make_disparity_msg(
                 out.message_disparity_px, geometry, header, out.min_disparity_px,
                 out.max_disparity_px, out.valid_window,
                 delta_d=getattr(backend, 'disparity_step_px', 1.0 / 16.0)))
             self._pub_depth.publish(conversions.array_to_image(out.depth_m, '32FC1', header))
             self._pub_depth_info.publish(conversions.depth_camera_info(left_info, header))
-        finally:
-            if cloud is not None:
-                cloud.result()  # its errors surface here; the packer buffer is then free again
         if out.confidence is not None and self._pub_confidence.get_subscription_count():
             self._pub_confidence.publish(conversions.array_to_image(
                 out.confidence.astype(np.float32), '32FC1', header))
