@@ -333,3 +333,40 @@ def test_shipped_weights_beat_a_constant_depth_on_motorcycle():
     ours = depth_metrics(pred, gt['depth_m'])['median']['abs_rel']
     constant = depth_metrics(np.ones_like(gt['depth_m']), gt['depth_m'])['median']['abs_rel']
     assert ours < constant, (ours, constant)
+
+
+def test_training_ships_the_best_validated_step_from_validation_seeds_of_its_own(tmp_path):
+    """A short `train mono` run: validation pairs are rendered from their own seeds (never the
+    ones `eval mono` reports), and the written weights are the step with the best validation."""
+    import json
+
+    from corr_depth_ros.core.mono.data import build_synthetic_cache, load_cache
+    from corr_depth_ros.core.mono.evaluate import HELDOUT_FIRST_SEED
+    from corr_depth_ros.core.mono.train import VALIDATION_FIRST_SEED, MonoTrainSpec, train_mono
+    from corr_depth_ros.core.training import TrainConfig, read_weights_header
+    spec = MonoTrainSpec(height=64, width=96, base_channels=4, train_count=4,
+                         cache_dir=str(tmp_path / 'train'), val_cache_dir=str(tmp_path / 'val'),
+                         val_images=2, half=False)
+    cfg = TrainConfig(out_dir=str(tmp_path / 'run'), steps=4, batch_size=2, val_every=1,
+                      log_every=1, checkpoint_every=2, device='cpu', threads=1, warmup_steps=1)
+    header = train_mono(spec, cfg)
+    assert load_cache(spec.val_cache_dir)['meta']['first_seed'] == VALIDATION_FIRST_SEED
+    vals = [r for r in map(json.loads, open(tmp_path / 'run' / 'log.jsonl'))
+            if r['event'] == 'val']
+    assert [r['step'] for r in vals] == [1, 2, 3, 4]
+    best = min(vals, key=lambda r: r['abs_rel_median'])
+    selected = header['metadata']['selected']
+    assert selected['validation']['step'] == best['step']
+    assert selected['validation']['abs_rel_median'] == pytest.approx(best['abs_rel_median'])
+    assert read_weights_header(spec.weights_out or str(tmp_path / 'run' / 'mono.safetensors')
+                               )['identity'] == read_weights_header(
+        str(tmp_path / 'run' / 'best.safetensors'))['identity']
+    # A validation cache rendered from the evaluation's seeds is refused, not silently used.
+    build_synthetic_cache(str(tmp_path / 'eval'), 2, 64, 96, first_seed=HELDOUT_FIRST_SEED,
+                          with_depth=True, progress=False)
+    spec_eval = MonoTrainSpec(height=64, width=96, base_channels=4, train_count=4,
+                              cache_dir=str(tmp_path / 'train'),
+                              val_cache_dir=str(tmp_path / 'eval'), val_images=2, half=False)
+    with pytest.raises(ValueError, match='different cache'):
+        train_mono(spec_eval, TrainConfig(out_dir=str(tmp_path / 'run2'), steps=1, batch_size=2,
+                                          device='cpu', threads=1))

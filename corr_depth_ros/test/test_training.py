@@ -66,6 +66,40 @@ def test_fit_learns_and_resumes(tmp_path):
     assert new_lines and new_lines[0]['step'] > 150
 
 
+def test_best_weights_keeps_the_best_validation_across_a_resume(tmp_path):
+    path = str(tmp_path / 'best.safetensors')
+    keeper = training.BestWeights(path, 'err')
+    good, worse, better = _tiny(), _tiny(), _tiny()
+    assert keeper.load_into(_tiny()) is None             # nothing kept yet
+    assert keeper.offer(good, {'err': 0.5, 'step': 10}, arch='tiny', config={}, metadata={})
+    assert not keeper.offer(worse, {'err': 0.7, 'step': 20}, arch='tiny', config={}, metadata={})
+    # A resumed run reads the best so far back from the file and compares against it.
+    resumed = training.BestWeights(path, 'err')
+    assert resumed.best == {'err': 0.5, 'step': 10}
+    assert not resumed.offer(worse, {'err': 0.6, 'step': 30}, arch='tiny', config={}, metadata={})
+    target = _tiny()
+    assert resumed.load_into(target) == {'err': 0.5, 'step': 10}
+    for a, b in zip(good.state_dict().values(), target.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.offer(better, {'err': 0.1, 'step': 40}, arch='tiny', config={},
+                         metadata={'note': 'x'})
+    header = training.read_weights_header(path)
+    assert header['metadata'] == {'note': 'x', 'validation': {'err': 0.1, 'step': 40}}
+    # Higher-is-better metrics (e.g. PCK) and a non-finite first value.
+    pck = training.BestWeights(str(tmp_path / 'pck.safetensors'), 'pck', higher_is_better=True)
+    assert not pck.offer(good, {'pck': float('nan')}, arch='tiny', config={}, metadata={})
+    assert pck.offer(good, {'pck': 0.2}, arch='tiny', config={}, metadata={})
+    assert pck.offer(better, {'pck': 0.3}, arch='tiny', config={}, metadata={})
+    assert not pck.offer(worse, {'pck': 0.25}, arch='tiny', config={}, metadata={})
+
+
+def test_logged_step_reads_the_newest_step(tmp_path):
+    assert training.logged_step(str(tmp_path)) == 0
+    with open(tmp_path / 'log.jsonl', 'w') as f:
+        f.write('{"event": "train", "step": 40}\n{"event": "val", "step": 40}\nnot json\n')
+    assert training.logged_step(str(tmp_path)) == 40
+
+
 def test_resolve_device():
     assert training.resolve_device('cpu').type == 'cpu'
     if not torch.cuda.is_available():

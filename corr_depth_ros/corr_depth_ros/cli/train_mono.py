@@ -26,8 +26,13 @@ def register(subparsers):
                         help='synthetic pairs to render (cached)')
     parser.add_argument('--cache-dir', default='', help='synthetic training cache directory')
     parser.add_argument('--val-cache-dir', default='',
-                        help='held-out synthetic cache with depth (validation numbers only)')
+                        help='validation cache with depth, rendered on first use from seeds of '
+                             'its own (apart from training and from `eval mono`); empty: no '
+                             'validation')
     parser.add_argument('--val-images', type=int, default=50)
+    parser.add_argument('--select', choices=('best', 'last'), default='best',
+                        help='weights to write: the step with the best validation AbsRel '
+                             '(kept in OUT_DIR/best.safetensors) or the last step')
     parser.add_argument('--smoothness-weight', type=float, default=0.1, help='a_ds')
     parser.add_argument('--lr-weight', type=float, default=1.0, help='a_lr')
     parser.add_argument('--float32', action='store_true',
@@ -52,7 +57,8 @@ def run(args) -> int:
         data=args.data, height=args.height, width=args.width, base_channels=args.base_channels,
         max_disparity_fraction=args.max_disparity_fraction, use_lr=not args.no_lr,
         train_count=args.train_count, cache_dir=args.cache_dir, val_cache_dir=args.val_cache_dir,
-        val_images=args.val_images, weights_out=args.weights_out, half=not args.float32,
+        val_images=args.val_images, select=args.select, weights_out=args.weights_out,
+        half=not args.float32,
         # `corr_depth ...` and `python -m corr_depth_ros.cli ...` take the same arguments.
         command='corr_depth ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]),
         loss={'smoothness': args.smoothness_weight, 'left_right': args.lr_weight})

@@ -113,6 +113,60 @@ def read_weights_header(path: str) -> Dict[str, Any]:
     return {k: json.loads(v) for k, v in raw.items()}
 
 
+def logged_step(out_dir: str) -> int:
+    """The newest step in log.jsonl: fit() does not pass the step to val_fn, and it logs the
+    training record of a step before validating at it (exact when log_every divides val_every)."""
+    path = os.path.join(out_dir, 'log.jsonl')
+    step = 0
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    step = max(step, int(json.loads(line).get('step', 0)))
+                except (ValueError, AttributeError):
+                    continue
+    return step
+
+
+class BestWeights:
+    """``path`` (save_weights format) holds the weights of the best validation so far.
+
+    ``offer`` writes them when ``metrics[key]`` beats the best one (lower is better unless
+    ``higher_is_better``); the numbers live in the file's ``metadata['validation']``, so a
+    resumed run compares against the best of the whole run, not of its second half.
+    """
+
+    def __init__(self, path: str, key: str, higher_is_better: bool = False):
+        self.path, self.key, self.higher_is_better = path, key, higher_is_better
+        self.best: Optional[Dict[str, Any]] = None
+        if os.path.isfile(path):
+            self.best = read_weights_header(path)['metadata'].get('validation')
+
+    def _beats(self, value: float) -> bool:
+        if self.best is None or self.key not in self.best:
+            return math.isfinite(value)
+        old = float(self.best[self.key])
+        return value > old if self.higher_is_better else value < old
+
+    def offer(self, model: nn.Module, metrics: Dict[str, Any], *, arch: str,
+              config: Dict[str, Any], metadata: Dict[str, Any]) -> bool:
+        """Keep ``model`` if ``metrics`` is the best so far; True when it was written."""
+        if not self._beats(float(metrics[self.key])):
+            return False
+        self.best = dict(metrics)
+        save_weights(self.path, model, arch=arch, config=config,
+                     metadata={**metadata, 'validation': self.best})
+        return True
+
+    def load_into(self, model: nn.Module) -> Optional[Dict[str, Any]]:
+        """Put the kept weights into ``model``; their validation numbers, or None if none kept."""
+        if self.best is None or not os.path.isfile(self.path):
+            return None
+        from safetensors.torch import load_file
+        unwrap(model).load_state_dict(load_file(self.path), strict=True)
+        return self.best
+
+
 def load_weights(path: str, factory: Callable[..., nn.Module], *, expected_arch: str,
                  map_location: str = 'cpu') -> Tuple[nn.Module, Dict[str, Any]]:
     """Build ``factory(**config)`` from the file's header and load its tensors strictly."""

@@ -4,7 +4,6 @@ Uses the shared loop :func:`corr_depth_ros.core.training.fit`. Validation every 
 steps measures PCK@3 px of whole-image arg-min matching on held-out synthetic multiview pairs
 (seeds >= HELD_OUT_SEED) and keeps the best weights as ``best.safetensors`` in the run folder.
 """
-import json
 import os
 import shlex
 import sys
@@ -15,7 +14,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..training import TrainConfig, fit, save_weights, unwrap
+from ..training import BestWeights, TrainConfig, fit, save_weights, unwrap
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -110,12 +109,8 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                        stereo_fraction=spec.stereo_fraction, seed=cfg.seed)
     val_kind = 'stereo' if missing else 'multiview'
     val_pairs = held_out_pairs(spec.val_pairs, spec.height, spec.width, val_kind)
-    best_path = os.path.join(cfg.out_dir, 'best.safetensors')
-    best_file = os.path.join(cfg.out_dir, 'best.json')
-    best = {'pck@3': -1.0}
-    if os.path.isfile(best_file):
-        with open(best_file, encoding='utf-8') as f:
-            best = json.load(f)
+    best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'pck@3',
+                       higher_is_better=True)
 
     def metadata(step_metrics):
         return {'model': 'Dense Object Nets descriptors (Florence et al. 2018), small U-Net',
@@ -131,20 +126,15 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
 
     def val_fn(bare_model):
         metrics = pck_on_pairs(bare_model, val_pairs, spec.val_points)
-        if metrics['pck@3'] > best['pck@3']:
-            best.clear()
-            best.update(metrics)
-            save_weights(best_path, bare_model, arch=ARCH, config=net_config,
-                         metadata=metadata(metrics))
-            with open(best_file, 'w', encoding='utf-8') as f:
-                json.dump(best, f)
+        best.offer(bare_model, metrics, arch=ARCH, config=net_config, metadata=metadata(metrics))
         return metrics
 
     last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), unwrap(model), arch=ARCH,
                  config=net_config, metadata=metadata({k: v for k, v in last.items()
                                                        if k.startswith('val_')}))
-    return {'last': last, 'best': best, 'wall_s': time.time() - started}
+    return {'last': last, 'best': best.best or {'pck@3': -1.0},
+            'wall_s': time.time() - started}
 
 
 def command_line() -> str:

@@ -3,7 +3,11 @@
 The loss (losses.py) sees only the left and right images of rectified pairs: no depth or
 disparity label is used, on synthetic data or on the user's own pairs. Synthetic pairs are
 rendered with one fixed rig (data.TRAINING_RIG) so that metric depth has a defined baseline;
-held-out synthetic depth is used for *validation numbers only*.
+held-out synthetic depth is used for validation only: to log progress and to choose which
+step's weights to ship (the best median-scaled AbsRel; ``select='last'`` keeps the final step).
+Validation pairs have seeds of their own (``VALIDATION_FIRST_SEED``), apart from the training
+pairs (from 0) and from the pairs ``corr_depth eval mono`` reports (evaluate.HELDOUT_FIRST_SEED),
+so that choosing a step on them does not flatter the reported held-out numbers.
 """
 import json
 import os
@@ -14,12 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training import TrainConfig, fit, is_main_process, save_weights
-from .data import TRAINING_RIG, PairArrayDataset, augment_pair, build_synthetic_cache, load_cache
+from ..training import BestWeights, TrainConfig, fit, is_main_process, logged_step, save_weights
+from .data import (TRAINING_RIG, PairArrayDataset, augment_pair, build_synthetic_cache, load_cache,
+                   training_synth_config)
 from .inference import metric_depth, predict_disparity
 from .losses import LossWeights, monodepth_loss
 from .metrics import depth_metrics, mean_metrics
 from .network import ARCH, build_mono_net
+
+VALIDATION_FIRST_SEED = 20_000_000
 
 
 @dataclass
@@ -34,8 +41,9 @@ class MonoTrainSpec:
     use_lr: bool = True
     train_count: int = 2400                 # synthetic pairs rendered for training
     cache_dir: str = ''                     # '' -> runs/mono/cache_train_<H>x<W>_<count>
-    val_cache_dir: str = ''                 # held-out synthetic cache with depth ('' = no val)
+    val_cache_dir: str = ''                 # validation cache with depth ('' = no validation)
     val_images: int = 50
+    select: str = 'best'                    # ship the 'best' validated step or the 'last' one
     weights_out: str = ''
     command: str = ''
     loss: Dict[str, Any] = field(default_factory=dict)
@@ -110,17 +118,8 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     model = build_mono_net(base_channels=spec.base_channels,
                            max_disparity_fraction=spec.max_disparity_fraction)
     weights = LossWeights(use_lr=spec.use_lr, **spec.loss)
-    val_fn = None
-    if spec.val_cache_dir:
-        def val_fn(bare_model):
-            result = evaluate_on_cache(bare_model, spec.val_cache_dir, spec.val_images,
-                                       (spec.height, spec.width),
-                                       device=next(bare_model.parameters()).device)
-            return {'abs_rel_median': result['median']['abs_rel'],
-                    'delta1_median': result['median']['delta1'],
-                    'abs_rel_raw': result['raw']['abs_rel']}
-    final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn)
-    model.eval()
+    if spec.select not in ('best', 'last'):
+        raise ValueError(f"select must be 'best' or 'last', got {spec.select!r}")
     config = {'base_channels': spec.base_channels,
               'max_disparity_fraction': spec.max_disparity_fraction}
     metadata = {
@@ -136,9 +135,35 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
         'synth_config': data_meta.get('synth_config'),
         'labels_used': 'none (self-supervised: image reconstruction only)',
         'train_config': asdict(cfg),
-        'final': final,
         'command': spec.command,
     }
+    val_fn = None
+    best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'abs_rel_median')
+    if spec.val_cache_dir:
+        # Rendered on first use; an existing cache with other seeds is refused (data.py).
+        build_synthetic_cache(spec.val_cache_dir, spec.val_images, spec.height, spec.width,
+                              first_seed=VALIDATION_FIRST_SEED, config=training_synth_config(),
+                              with_depth=True, progress=False)
+
+        def val_fn(bare_model):
+            result = evaluate_on_cache(bare_model, spec.val_cache_dir, spec.val_images,
+                                       (spec.height, spec.width),
+                                       device=next(bare_model.parameters()).device)
+            val = {'abs_rel_median': result['median']['abs_rel'],
+                   'delta1_median': result['median']['delta1'],
+                   'abs_rel_raw': result['raw']['abs_rel']}
+            best.offer(bare_model, {**val, 'step': logged_step(cfg.out_dir)}, arch=ARCH,
+                       config=config, metadata=metadata)
+            return val
+    final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn)
+    model.eval()
+    metadata['final'] = final
+    selected = best.load_into(model) if spec.select == 'best' else None
+    seeds = f'{VALIDATION_FIRST_SEED}..{VALIDATION_FIRST_SEED + spec.val_images - 1}'
+    metadata['selected'] = (
+        {'rule': f'lowest validation AbsRel (median-scaled) of the run, step {selected["step"]}',
+         'validation': selected, 'validation_seeds': seeds}
+        if selected else {'rule': 'last step'})
     out = spec.weights_out or os.path.join(cfg.out_dir, 'mono.safetensors')
     header = save_weights(out, model, arch=ARCH, config=config, metadata=metadata)
     if not is_main_process():

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..shapes import check_shape
-from ..training import TrainConfig, fit, save_weights, unwrap
+from ..training import BestWeights, TrainConfig, fit, logged_step, save_weights, unwrap
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Held-out validation seeds start here; training seeds are cfg.seed * 1_000_000 + index and
@@ -260,11 +260,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      f'seeds {train_seed}..{train_seed + cfg.steps * cfg.batch_size - 1}')
     dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=cfg.steps * cfg.batch_size)
     val_data = validation_set(val_count, height, width)
-    best = {'epe_px': math.inf}
-    best_path = os.path.join(cfg.out_dir, 'best.safetensors')
-    if os.path.isfile(best_path + '.json'):
-        with open(best_path + '.json', encoding='utf-8') as f:
-            best = json.load(f)['metadata']['validation']
+    best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'epe_px')
     def metadata(step, val):
         return {'training_data': data_note,
                 'synth_version': SYNTH_VERSION, 'synth_seed': train_seed,
@@ -278,35 +274,16 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
 
     def val_fn(bare):
         val = evaluate_on_set(bare, val_data)
-        if val['epe_px'] < best['epe_px']:
-            best.clear()
-            best.update(val)
-            state = _read_step(cfg.out_dir)
-            best['step'] = state
-            save_weights(best_path, bare, arch=ARCH, config=config,
-                         metadata=metadata(state, dict(best)))
+        step = logged_step(cfg.out_dir)
+        best.offer(bare, {**val, 'step': step}, arch=ARCH, config=config,
+                   metadata=metadata(step, val))
         return val
 
     result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
                  metadata=metadata(result.get('step', cfg.steps),
                                    {k[4:]: v for k, v in result.items() if k.startswith('val_')}))
-    return {**result, 'best': best}
-
-
-def _read_step(out_dir: str) -> int:
-    """The newest step in log.jsonl: fit() does not pass the step to val_fn, and it logs the
-    training record of a step before validating at it (exact when log_every divides val_every)."""
-    path = os.path.join(out_dir, 'log.jsonl')
-    step = 0
-    if os.path.isfile(path):
-        with open(path, encoding='utf-8') as f:
-            for line in f:
-                try:
-                    step = max(step, int(json.loads(line).get('step', 0)))
-                except (ValueError, AttributeError):
-                    continue
-    return step
+    return {**result, 'best': best.best or {'epe_px': math.inf}}
 
 
 def parse_size(text: str) -> Tuple[int, int]:
