@@ -158,7 +158,7 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn)
     model.eval()
     metadata['final'] = final
-    selected = best.load_into(model) if spec.select == 'best' else None
+    selected = best.load_into(model) if spec.select == 'best' and val_fn else None
     seeds = f'{VALIDATION_FIRST_SEED}..{VALIDATION_FIRST_SEED + spec.val_images - 1}'
     metadata['selected'] = (
         {'rule': f'lowest validation AbsRel (median-scaled) of the run, step {selected["step"]}',
