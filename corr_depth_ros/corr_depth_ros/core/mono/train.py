@@ -137,9 +137,9 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
         'train_config': asdict(cfg),
         'command': spec.command,
     }
-    val_fn = None
-    best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'abs_rel_median')
+    val_fn = best = None
     if spec.val_cache_dir:
+        best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'abs_rel_median')
         # Rendered on first use; an existing cache with other seeds is refused (data.py).
         build_synthetic_cache(spec.val_cache_dir, spec.val_images, spec.height, spec.width,
                               first_seed=VALIDATION_FIRST_SEED, config=training_synth_config(),
@@ -158,7 +158,7 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn)
     model.eval()
     metadata['final'] = final
-    selected = best.load_into(model) if spec.select == 'best' and val_fn else None
+    selected = best.load_into(model) if best is not None and spec.select == 'best' else None
     seeds = f'{VALIDATION_FIRST_SEED}..{VALIDATION_FIRST_SEED + spec.val_images - 1}'
     metadata['selected'] = (
         {'rule': f'lowest validation AbsRel (median-scaled) of the run, step {selected["step"]}',
