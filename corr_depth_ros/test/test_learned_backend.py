@@ -87,12 +87,16 @@ def test_motorcycle_half_resolution_accuracy(learned):
     assert metrics['epe_px'] < MOTORCYCLE_HALF_EPE_MAX_PX, metrics
 
 
-def test_onnx_export_parity_and_onnx_backend(tmp_path):
+@pytest.mark.parametrize('refine_channels', [0, 4])
+def test_onnx_export_parity_and_onnx_backend(tmp_path, refine_channels):
     pytest.importorskip('onnxruntime')
     from corr_depth_ros.core.stereo_net.export import export_stereo_onnx
     torch.manual_seed(0)
     model = build_stereo_net(max_disparity_px=32, feature_channels=8, groups=2,
-                             aggregation_channels=(8, 8, 8)).eval()
+                             aggregation_channels=(8, 8, 8), refine_channels=refine_channels).eval()
+    if refine_channels:     # the refiner's grid_sample must export too; untrained it adds 0
+        with torch.no_grad():
+            model.refiner.head[-1].weight.normal_(0.0, 0.5)
     path = str(tmp_path / 'tiny.onnx')
     parity = export_stereo_onnx(model, path, height=48, width=72)
     assert parity['max_abs_diff_disparity_px'] < 1e-3, parity

@@ -42,14 +42,18 @@ def test_any_size_is_padded_and_cropped_back(height, width):
     assert out['confidence'].min() >= 0 and out['confidence'].max() <= 1
 
 
-def test_inference_form_gives_the_same_output():
+@pytest.mark.parametrize('refine_channels', [0, 4])
+def test_inference_form_gives_the_same_output(refine_channels):
     """prepare_for_inference (as LearnedBackend loads): BN folded into every convolution,
     the transposed ones included, weights channels-last; same disparity and confidence."""
     import copy
 
     from corr_depth_ros.core.inference_prep import prepare_for_inference
-    model = tiny_model(seed=4).eval()
+    torch.manual_seed(4)
+    model = build_stereo_net(**TINY, refine_channels=refine_channels).eval()
     with torch.no_grad():
+        if refine_channels:   # a trained-looking refiner (its last layer starts at zero)
+            model.refiner.head[-1].weight.normal_(0.0, 0.1)
         for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             # Distinct per-channel statistics, so a scale on the wrong axis shows.
             norm.weight.uniform_(0.5, 1.5)
@@ -281,3 +285,87 @@ def test_vectorised_correlation_equals_the_export_loop():
         slow = _groupwise_correlation_loop(left, right, disparities, 3)
         assert fast.shape == (2, 3, disparities, 5, 9)
         torch.testing.assert_close(fast, slow)
+
+
+def test_local_correlation_peaks_at_the_true_offset():
+    """Right features = left features shifted by 5 quarter-pixels; searched around an estimate
+    of 4, the correlation peaks at offset +1 (the 7th of -2, -1.5, .., 2)."""
+    from corr_depth_ros.core.stereo_net.refinement import LocalRefiner
+    torch.manual_seed(7)
+    # Unit feature vectors of 32 channels: a vector matches itself far better than any other.
+    left = torch.nn.functional.normalize(torch.randn(1, 32, 4, 40), dim=1)
+    right = torch.zeros_like(left)
+    right[..., :-5] = left[..., 5:]                  # left(x) = right(x - 5)
+    refiner = LocalRefiner(feature_channels=32)
+    correlation = refiner.local_correlation(left, right, torch.full((1, 1, 4, 40), 4.0))
+    assert correlation.shape == (1, len(LocalRefiner.OFFSETS), 4, 40)
+    peak = correlation[..., 10:].argmax(dim=1)       # where the shifted pixels exist
+    assert (peak == LocalRefiner.OFFSETS.index(1.0)).all()
+    # The exact value there is the mean over channels of left * left.
+    torch.testing.assert_close(correlation[:, 6, :, 10:], (left * left).mean(1)[..., 10:])
+
+
+def test_refiner_trains_alone_on_a_frozen_base(tmp_path):
+    """refiner_on_frozen_base: same output as the base until trained; a training step moves
+    the refiner only (base weights and BatchNorm statistics fixed, base kept in eval mode);
+    older files without a refiner keep their config; a refined file cannot be refined again."""
+    from corr_depth_ros.core.stereo_net.train import refiner_on_frozen_base
+    base = tiny_model(seed=8).eval()
+    path = str(tmp_path / 'base.safetensors')
+    save_weights(path, base, arch=ARCH, config=dict(base.config), metadata={'steps': 7})
+    assert 'refine_channels' not in base.config
+    model, note = refiner_on_frozen_base(path, 4)
+    assert note['steps'] == 7 and model.config['refine_channels'] == 4
+    left, right = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(left, right)['disparity'],
+                                   base(left, right)['disparity'])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert model.refiner.training and not model.features.training
+    assert not model.aggregation.training
+    out = model(left, right)
+    assert 'disparity_unrefined' in out and 'disparity_coarse' not in out
+    loss, _ = stereo_loss(out, out['disparity_unrefined'].detach() + 1.0, 64)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss.backward()
+    optimiser.step()
+    for key, value in model.state_dict().items():
+        changed = not torch.equal(value, before[key])
+        if key.startswith('refiner.'):
+            continue
+        assert not changed, key
+    assert not torch.equal(model.refiner.head[-1].weight, before['refiner.head.4.weight'])
+    refined = str(tmp_path / 'refined.safetensors')
+    save_weights(refined, model, arch=ARCH, config=dict(model.config), metadata={})
+    loaded, _ = load_weights(refined, build_stereo_net, expected_arch=ARCH)
+    assert loaded.refiner is not None
+    with pytest.raises(ValueError, match='already has a refiner'):
+        refiner_on_frozen_base(refined, 4)
+
+
+def _grid_sample_correlation(left, right, disparity, offsets):
+    """Reference for LocalRefiner.local_correlation: bilinear grid_sample, zero padding."""
+    batch, _, height, width = left.shape
+    out = []
+    for offset in offsets:
+        xs = torch.arange(width, dtype=left.dtype).view(1, 1, width) - disparity[:, 0] - offset
+        ys = torch.arange(height, dtype=left.dtype).view(1, height, 1).expand_as(xs)
+        grid = torch.stack([(2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1], dim=-1)
+        sampled = torch.nn.functional.grid_sample(right, grid, mode='bilinear',
+                                                  padding_mode='zeros', align_corners=False)
+        out.append((left * sampled).mean(dim=1, keepdim=True))
+    return torch.cat(out, dim=1)
+
+
+def test_local_correlation_equals_bilinear_sampling():
+    """Fractional disparities, near and beyond both borders: the integer-shift form equals
+    bilinear sampling with zero padding."""
+    from corr_depth_ros.core.stereo_net.refinement import LocalRefiner
+    torch.manual_seed(9)
+    left, right = torch.randn(2, 5, 6, 30), torch.randn(2, 5, 6, 30)
+    disparity = torch.rand(2, 1, 6, 30) * 34.0 - 1.0     # -1 .. 33: some leave the image
+    disparity[0, 0, 0, :4] = torch.tensor([0.0, 0.5, 1.0, 2.25])
+    got = LocalRefiner(feature_channels=5).local_correlation(left, right, disparity)
+    want = _grid_sample_correlation(left, right, disparity, LocalRefiner.OFFSETS)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

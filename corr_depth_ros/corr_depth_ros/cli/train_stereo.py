@@ -29,6 +29,11 @@ def register(subparsers):
     p.add_argument('--feature-channels', type=int, default=48)
     p.add_argument('--groups', type=int, default=8)
     p.add_argument('--aggregation-channels', default='32,48,64')
+    p.add_argument('--refine-from', default='', metavar='WEIGHTS',
+                   help='train only a 1/4-resolution local refiner on top of these (frozen) '
+                        'weights; the network options above are then taken from the file')
+    p.add_argument('--refine-channels', type=int, default=16,
+                   help='--refine-from: width of the refiner')
     p.add_argument('--ship', default='', metavar='PATH',
                    help='after training, write OUT/best.safetensors to PATH as shipped weights '
                         '(BatchNorm re-estimated, regression radius chosen on validation)')
@@ -54,7 +59,9 @@ def run(args) -> int:
     result = train_stereo_net(cfg, height=height, width=width, net_config=net_config,
                               val_count=args.val_count,
                               augment=None if args.no_augment else AugmentConfig(),
-                              data_dir=args.data, command=command)
+                              data_dir=args.data, command=command,
+                              refine_from=args.refine_from,
+                              refine_channels=args.refine_channels)
     print({k: v for k, v in result.items()})
     if args.ship and is_main_process():
         import os

@@ -56,7 +56,16 @@ class FeatureExtractor(nn.Module):
         self.register_buffer('mean', torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    @property
+    def quarter_channels(self) -> int:
+        """Channels of the 1/4-resolution stem output (``forward(..., with_quarter=True)``)."""
+        return self.stem[1][0].out_channels
+
+    def forward(self, image: torch.Tensor, with_quarter: bool = False):
+        """-> (B, C, H/8, W/8) features, or with ``with_quarter`` a tuple of those and the
+        stem's (B, quarter_channels, H/4, W/4) output (free: it is computed on the way)."""
         check_shape('image', image, (None, 3, None, None))
         x = (image - self.mean) / self.std
-        return self.head(self.blocks(self.stem(x)))
+        quarter = self.stem[:2](x)
+        features = self.head(self.blocks(self.stem[2](quarter)))
+        return (features, quarter) if with_quarter else features

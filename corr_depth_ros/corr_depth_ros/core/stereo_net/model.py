@@ -1,6 +1,7 @@
 """The composed network: features -> group-wise correlation -> 2D hourglass -> soft-argmin ->
-convex upsampling. Build it with :func:`build_stereo_net` (keyword-only, so the weights file can
-store the call as its config and rebuild exactly this network).
+convex upsampling (-> optional 1/4-resolution local refinement, ``refine_channels`` > 0).
+Build it with :func:`build_stereo_net` (keyword-only, so the weights file can store the call
+as its config and rebuild exactly this network).
 """
 from typing import Dict, Sequence
 
@@ -13,7 +14,7 @@ from ..shapes import check_shape
 from .aggregation import Hourglass2d
 from .cost_volume import groupwise_correlation_volume
 from .features import FeatureExtractor
-from .refinement import ConvexUpsampler
+from .refinement import ConvexUpsampler, LocalRefiner
 from .regression import cost_to_probability, peak_confidence, soft_argmin_disparity
 
 ARCH = 'stereo_gwc2d_v1'   # bump when a change makes old weights incompatible
@@ -33,7 +34,7 @@ class StereoNet(nn.Module):
     def __init__(self, *, max_disparity_px: int = 192, feature_channels: int = 48,
                  groups: int = 8, feature_blocks: int = 1,
                  aggregation_channels: Sequence[int] = (32, 48, 64),
-                 regression_radius: int = 2):
+                 regression_radius: int = 2, refine_channels: int = 0):
         super().__init__()
         if max_disparity_px % FEATURE_STRIDE or max_disparity_px <= 0:
             raise ValueError(f'max_disparity_px must be a positive multiple of {FEATURE_STRIDE}, '
@@ -48,12 +49,37 @@ class StereoNet(nn.Module):
                        'groups': groups, 'feature_blocks': feature_blocks,
                        'aggregation_channels': [int(c) for c in aggregation_channels],
                        'regression_radius': regression_radius}
+        if refine_channels:
+            # Only when used, so that files written before the refiner existed keep their
+            # config (and identity) and still load strictly.
+            self.config['refine_channels'] = refine_channels
         self.features = FeatureExtractor(channels=feature_channels, blocks=feature_blocks)
         self.aggregation = Hourglass2d(
             in_channels=groups * self.num_disparities + feature_channels,
             num_disparities=self.num_disparities, channels=tuple(aggregation_channels))
         self.upsampler = ConvexUpsampler(guide_channels=aggregation_channels[0] + feature_channels,
                                          factor=FEATURE_STRIDE)
+        self.refiner = (LocalRefiner(feature_channels=self.features.quarter_channels,
+                                     hidden=refine_channels) if refine_channels else None)
+        self.base_frozen = False
+
+    def freeze_base(self) -> None:
+        """Train only the refiner: every other parameter stops requiring gradients and the
+        base stays in eval mode (its BatchNorm statistics fixed) even under ``train()``."""
+        if self.refiner is None:
+            raise ValueError('freeze_base needs a refiner (refine_channels > 0)')
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(name.startswith('refiner.'))
+        self.base_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.base_frozen:
+            for name, child in self.named_children():
+                if name != 'refiner':
+                    child.eval()
+        return self
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> Dict[str, torch.Tensor]:
         sizes = check_shape('left', left, ('B', 3, 'H', 'W'))
@@ -71,8 +97,9 @@ class StereoNet(nn.Module):
         #    the correlation and the convex upsampling's element-wise work stay NCHW: on
         #    channels-last tensors their sums and copies took ~4x as long. 741x500 on the
         #    2-core CPU, with inference_prep's weights: 93-110 -> 78-81 ms per forward.
-        feats = self.features(torch.cat([left, right], dim=0).contiguous(
-            memory_format=CHANNELS_LAST)).contiguous()
+        feats, quarter = self.features(torch.cat([left, right], dim=0).contiguous(
+            memory_format=CHANNELS_LAST), with_quarter=True)
+        feats = feats.contiguous()
         left_f, right_f = feats[:batch], feats[batch:]
         # 2. Group-wise correlation volume (B, G, D, h, w), folded to (B, G*D, h, w), plus the
         #    left features as context for textureless regions.
@@ -89,9 +116,16 @@ class StereoNet(nn.Module):
         # 5. Convex upsampling to full resolution (disparity scaled to full-res pixels).
         up = self.upsampler(torch.cat([disparity_c * FEATURE_STRIDE, confidence_c], dim=1),
                             torch.cat([decoder_f, left_f], dim=1), left)
-        out = {'disparity': up[:, :1, :height, :width],
+        disparity = up[:, :1]
+        if self.refiner is not None:
+            # 6. Local refinement at 1/4 (padded size; cropped below with the rest).
+            quarter = quarter.contiguous()
+            disparity = self.refiner(disparity, quarter[:batch], quarter[batch:])
+        out = {'disparity': disparity[..., :height, :width],
                'confidence': up[:, 1:, :height, :width].clamp(0.0, 1.0)}
-        if self.training:
+        if self.training and self.refiner is not None:
+            out['disparity_unrefined'] = up[:, :1, :height, :width]
+        if self.training and not self.base_frozen:
             full = (left.shape[-2], left.shape[-1])
             coarse = F.interpolate(disparity_c * FEATURE_STRIDE, size=full, mode='bilinear',
                                     align_corners=False)
@@ -104,13 +138,15 @@ class StereoNet(nn.Module):
 
 def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48, groups: int = 8,
                      feature_blocks: int = 1, aggregation_channels: Sequence[int] = (32, 48, 64),
-                     regression_radius: int = 2) -> StereoNet:
+                     regression_radius: int = 2, refine_channels: int = 0) -> StereoNet:
     """Keyword-only factory; its arguments are the ``config`` stored in the weights file.
 
     max_disparity_px: search range at full resolution, pixels (multiple of 8; 192 -> 24
     candidates at 1/8). feature_channels must be divisible by ``groups``.
     regression_radius: candidates each side of the peak used by the inference soft-argmin
     (0: full soft-argmin, as in training).
+    refine_channels: width of the 1/4-resolution local refiner (refinement.LocalRefiner);
+    0 = none.
     """
     if feature_channels % groups:
         raise ValueError(f'feature_channels ({feature_channels}) must be divisible by groups ({groups})')
@@ -119,4 +155,4 @@ def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48,
     return StereoNet(max_disparity_px=max_disparity_px, feature_channels=feature_channels,
                      groups=groups, feature_blocks=feature_blocks,
                      aggregation_channels=tuple(int(c) for c in aggregation_channels),
-                     regression_radius=regression_radius)
+                     regression_radius=regression_radius, refine_channels=refine_channels)

@@ -8,6 +8,8 @@ full-resolution residual refiner (~1 G multiply-adds per 3x3 16-channel layer at
 The guidance includes the left image itself, rearranged by pixel-unshuffle into 3 x 8 x 8
 channels per 1/8 cell, so the weights can follow image edges at full-resolution precision.
 """
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -71,3 +73,99 @@ class ConvexUpsampler(nn.Module):
         # The 0.25 scale keeps the initial weights near uniform (RAFT does the same), so early
         # training behaves like smooth upsampling instead of random neighbour picking.
         return convex_upsample(values, 0.25 * logits, self.factor)
+
+
+class LocalRefiner(nn.Module):
+    """Stage 6 (optional): a residual correction of the full-resolution disparity, predicted at
+    1/4 resolution from a local correlation around the current estimate.
+
+    The 1/8 cost volume spaces its candidates 8 px apart, so the soft-argmin's sub-pixel part
+    is interpolated from a coarse distribution; on the held-out synthetic pairs the median error
+    is 1-3 px at every disparity. Cascade and coarse-to-fine stereo (StereoNet, Khamis et al.
+    ECCV 2018; CasStereo, Gu et al. CVPR 2020; HITNet, Tankovich et al. CVPR 2021) correct such
+    an estimate with a narrow search at a finer level. Here: the right image's 1/4 features
+    (the feature stem's, computed anyway) are read at ``x - d/4 - o`` for offsets ``o`` of
+    -2..2 quarter-pixels in half steps (+-8 px at full resolution, 2 px apart), correlated with
+    the left features, and four small convolutions (dilations 1, 2, 4, 1) turn the correlations,
+    the left features and the estimate into a residual, bilinearly upsampled and added.
+
+    The last layer starts at zero, so an untrained refiner returns its input exactly: it can
+    be trained on top of frozen stereo weights (``StereoNet.freeze_base``). Cost at 741x500:
+    ~0.15 G multiply-adds, against ~1.5 G for the rest of the network.
+    """
+
+    OFFSETS = tuple(0.5 * k for k in range(-4, 5))   # quarter-resolution pixels
+
+    def __init__(self, *, feature_channels: int, hidden: int = 16, projected: int = 16):
+        super().__init__()
+        self.project = nn.Conv2d(feature_channels, projected, 1)
+        num_offsets = len(self.OFFSETS)
+        self.head = nn.Sequential(
+            conv_bn_relu(num_offsets + projected + 1, hidden),
+            _dilated(hidden, 2), _dilated(hidden, 4), conv_bn_relu(hidden, hidden),
+            nn.Conv2d(hidden, 1, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def local_correlation(self, left_q: torch.Tensor, right_q: torch.Tensor,
+                          disparity_q: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) projected features, (B, 1, h, w) disparity in 1/4-res pixels ->
+        (B, len(OFFSETS), h, w): mean over channels of left(x) * right(x - d - o), the right
+        features linearly interpolated along the row and 0 outside the image (what a bilinear
+        ``grid_sample`` with zero padding gives, at a fraction of its cost).
+
+        Interpolation is linear in the right features, so the correlation at a fractional
+        shift is the interpolation of the correlations at the two integer shifts around it:
+        six integer shifts around floor(d) serve all nine offsets.
+        """
+        sizes = check_shape('left_q', left_q, ('B', 'C', 'h', 'w'))
+        check_shape('right_q', right_q, ('B', 'C', 'h', 'w'), sizes)
+        check_shape('disparity_q', disparity_q, ('B', 1, 'h', 'w'), sizes)
+        batch, channels, height, width = left_q.shape
+        base = torch.floor(disparity_q)
+        fraction = disparity_q - base
+        lowest = math.floor(min(self.OFFSETS))
+        shifts = range(lowest, math.floor(max(self.OFFSETS)) + 2)   # -2 .. 3
+        columns = torch.arange(width, device=left_q.device).view(1, 1, 1, width) - base.long()
+        integer = []
+        for shift in shifts:
+            source = columns - shift                                    # (B, 1, h, w)
+            inside = ((source >= 0) & (source < width)).to(left_q.dtype)
+            index = source.clamp(0, width - 1).expand(batch, channels, height, width)
+            sampled = torch.gather(right_q, 3, index)
+            integer.append((left_q * sampled).mean(dim=1, keepdim=True) * inside)
+        integer = torch.cat(integer, dim=1)                   # shift floor(d) + lowest + j
+        out = []
+        for offset in self.OFFSETS:
+            total = fraction + offset
+            whole = torch.floor(total)
+            weight = total - whole
+            below = (whole - lowest).long()
+            out.append((1.0 - weight) * torch.gather(integer, 1, below)
+                       + weight * torch.gather(integer, 1, below + 1))
+        return torch.cat(out, dim=1)
+
+    def forward(self, disparity: torch.Tensor, left_quarter: torch.Tensor,
+                right_quarter: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) disparity in full-resolution pixels, (B, C, H/4, W/4) stem features of
+        both images -> (B, 1, H, W) refined disparity, >= 0."""
+        sizes = check_shape('disparity', disparity, ('B', 1, 'H', 'W'))
+        check_shape('left_quarter', left_quarter, ('B', None, 'h', 'w'), sizes)
+        check_shape('right_quarter', right_quarter, tuple(left_quarter.shape))
+        factor = disparity.shape[-1] // left_quarter.shape[-1]
+        disparity_q = F.avg_pool2d(disparity, factor) / factor
+        projected = self.project(torch.cat([left_quarter, right_quarter], dim=0))
+        left_p, right_p = projected[:disparity.shape[0]], projected[disparity.shape[0]:]
+        correlation = self.local_correlation(left_p, right_p, disparity_q)
+        # Disparity input scaled to ~unit range (1/4-res pixels / 16), for the convolutions.
+        x = torch.cat([correlation, left_p, disparity_q / 16.0], dim=1)
+        residual = self.head(x.contiguous(memory_format=CHANNELS_LAST)).contiguous()
+        residual = F.interpolate(residual * factor, size=disparity.shape[-2:], mode='bilinear',
+                                 align_corners=False)
+        return (disparity + residual).clamp_min(0.0)
+
+
+def _dilated(channels: int, dilation: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
+                                   bias=False),
+                         nn.BatchNorm2d(channels), nn.ReLU(inplace=True))

@@ -233,18 +233,25 @@ def evaluate_on_set(model, data: Dict[str, torch.Tensor], batch_size: int = 4) -
 def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      net_config: Optional[Dict[str, Any]] = None, val_count: int = 16,
                      augment: Optional[AugmentConfig] = AugmentConfig(),
-                     data_dir: str = '', command: str = '') -> Dict[str, Any]:
+                     data_dir: str = '', command: str = '', refine_from: str = '',
+                     refine_channels: int = 16) -> Dict[str, Any]:
     """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``
     rendered on the fly, or, with ``data_dir``, on a pool written by ``corr_depth synth stereo``
     (rendering once and re-augmenting every pass frees the CPU that rendering would take).
 
     Every validation that improves the held-out EPE writes ``out_dir/best.safetensors`` (+ JSON
     sidecar) with the full metadata; ``out_dir/last.safetensors`` is written at the end.
+    With ``refine_from`` (a weights file without a refiner), the network is that file's plus a
+    ``refine_channels`` local refiner (refinement.LocalRefiner), and only the refiner trains:
+    the rest is loaded, frozen and kept in eval mode (``net_config`` is then ignored).
     Returns fit()'s final logs plus the best validation numbers.
     """
     from ..synth.config import SYNTH_VERSION
-    net_config = dict(net_config or {})
-    model = build_stereo_net(**net_config)
+    refined_from = None
+    if refine_from:
+        model, refined_from = refiner_on_frozen_base(refine_from, refine_channels)
+    else:
+        model = build_stereo_net(**dict(net_config or {}))
     config = dict(model.config)
     train_seed = cfg.seed * 1_000_000
     if data_dir:
@@ -270,7 +277,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                 'divisibility': DIVISIBILITY, 'output': 'disparity in pixels (no doffs), '
                 'relative to the input size; metric depth needs the rig calibration',
                 'augmentation': asdict(augment) if augment else None,
-                'command': command, 'train_config': asdict(cfg)}
+                'command': command, 'train_config': asdict(cfg),
+                **({'refined_from': refined_from} if refined_from else {})}
 
     def val_fn(bare):
         val = evaluate_on_set(bare, val_data)
@@ -284,6 +292,26 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                  metadata=metadata(result.get('step', cfg.steps),
                                    {k[4:]: v for k, v in result.items() if k.startswith('val_')}))
     return {**result, 'best': best.best or {'epe_px': math.inf}}
+
+
+def refiner_on_frozen_base(base_path: str, refine_channels: int):
+    """(model, note): the network of ``base_path`` plus an untrained ``refine_channels``
+    refiner, base weights loaded and frozen (``StereoNet.freeze_base``); ``note`` describes the
+    base for the new weights' metadata."""
+    from ..training import load_weights
+    base, header = load_weights(base_path, build_stereo_net, expected_arch=ARCH)
+    if 'refine_channels' in header['config']:
+        raise ValueError(f'{base_path} already has a refiner; refine a file without one')
+    model = build_stereo_net(**{**header['config'], 'refine_channels': int(refine_channels)})
+    keys = model.load_state_dict(base.state_dict(), strict=False)
+    if keys.unexpected_keys or any(not k.startswith('refiner.') for k in keys.missing_keys):
+        raise ValueError(f'{base_path} does not match the network it describes: '
+                         f'{keys.unexpected_keys or keys.missing_keys}')
+    model.freeze_base()
+    meta = header.get('metadata', {})
+    return model, {'file': os.path.basename(base_path), 'identity': header.get('identity'),
+                   'steps': meta.get('steps'), 'validation': meta.get('validation'),
+                   'command': meta.get('command')}
 
 
 def parse_size(text: str) -> Tuple[int, int]:
