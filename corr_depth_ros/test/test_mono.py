@@ -119,6 +119,52 @@ def test_full_loss_is_lowest_at_the_true_disparity_and_lr_flag_switches_the_term
     assert float(without_lr['left_right']) == 0.0
 
 
+def test_depth_hints_pull_only_where_the_hint_rebuilds_the_view_better():
+    """hint_loss (Watson et al. 2019): zero when the prediction is the true disparity (the
+    hint cannot beat it), log(1 + |d - h|) where a true hint beats a wrong prediction, zero
+    where there is no hint; monodepth_loss needs hints when their weight is on and uses them
+    at every scale (hint_pyramid: subsampled, in that scale's pixels)."""
+    from corr_depth_ros.core.mono.losses import appearance_error, hint_loss, hint_pyramid
+    from corr_depth_ros.core.mono.warp import reconstruct_left
+    shift_px, width = 4, 48
+    left, right = _shifted_pair(shift_px, width=width)
+    true_hint = torch.full((1, 1, 32, width), float(shift_px))
+
+    def loss(disparity_px, hint):
+        disparity = torch.full((1, 1, 32, width), disparity_px / width)
+        error = appearance_error(left, reconstruct_left(right, disparity))
+        return float(hint_loss(disparity, left, right, hint, error, -1.0))
+
+    assert loss(shift_px, true_hint) == 0.0
+    # Used nearly everywhere (not in the border columns the shift leaves unmatched): log(1 + 2).
+    assert 0.8 * np.log(3.0) < loss(2.0, true_hint) <= np.log(3.0) + 1e-6
+    assert loss(2.0, torch.full_like(true_hint, float('nan'))) == 0.0
+    assert loss(shift_px, true_hint * 2) == 0.0      # a wrong hint does not pull a right answer
+    pyramid = hint_pyramid(true_hint, 4)
+    assert [tuple(h.shape[-2:]) for h in pyramid] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+    assert float(pyramid[2].max()) == shift_px / 4
+    outputs = [torch.full((1, 2, 32 // 2 ** s, width // 2 ** s), 2.0 / width) for s in range(4)]
+    with pytest.raises(ValueError, match='hint'):
+        monodepth_loss(outputs, left, right, LossWeights(hints=1.0))
+    _, logs = monodepth_loss(outputs, left, right, LossWeights(hints=1.0),
+                             hints=(true_hint, true_hint))
+    assert float(logs['hints']) > 0
+
+
+def test_stereo_hints_match_a_rendered_pair():
+    """SGBM hints of a synthetic pair, both views (the right one via the mirrored pair), agree
+    with the rendered disparity where SGBM found a match; NaN elsewhere."""
+    synth = pytest.importorskip('corr_depth_ros.core.synth.stereo')
+    from corr_depth_ros.core.mono.data import stereo_hints, training_synth_config
+    sample = synth.render_stereo_pair(20_000_003, 96, 128, training_synth_config())
+    hints = stereo_hints(sample['left'], sample['right'])
+    for hint, truth in zip(hints, (sample['disparity_left_px'], sample['disparity_right_px'])):
+        assert hint.shape == truth.shape and hint.dtype == torch.float32
+        both = torch.isfinite(hint) & torch.isfinite(truth)
+        assert 0.3 < float(both.float().mean()) < 1.0
+        assert float((hint[both] - truth[both]).abs().median()) < 1.0
+
+
 def test_loss_decreases_in_a_few_training_steps_on_a_toy_pair():
     torch.manual_seed(0)
     height, width, shift_px = 32, 64, 3

@@ -33,6 +33,10 @@ def register(subparsers):
     parser.add_argument('--select', choices=('best', 'last'), default='best',
                         help='weights to write: the step with the best validation AbsRel '
                              '(kept in OUT_DIR/best.safetensors) or the last step')
+    parser.add_argument('--depth-hints', action='store_true',
+                        help='add Depth Hints (Watson et al. 2019): SGBM disparities of each '
+                             'training pair pull the prediction where they rebuild the view '
+                             'better (no depth labels)')
     parser.add_argument('--smoothness-weight', type=float, default=0.1, help='a_ds')
     parser.add_argument('--lr-weight', type=float, default=1.0, help='a_lr')
     parser.add_argument('--float32', action='store_true',
@@ -58,6 +62,7 @@ def run(args) -> int:
         max_disparity_fraction=args.max_disparity_fraction, use_lr=not args.no_lr,
         train_count=args.train_count, cache_dir=args.cache_dir, val_cache_dir=args.val_cache_dir,
         val_images=args.val_images, select=args.select, weights_out=args.weights_out,
+        depth_hints=args.depth_hints,
         half=not args.float32,
         # `corr_depth ...` and `python -m corr_depth_ros.cli ...` take the same arguments.
         command='corr_depth ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]),

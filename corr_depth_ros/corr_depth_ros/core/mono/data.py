@@ -159,15 +159,57 @@ def augment_pair(left: torch.Tensor, right: torch.Tensor,
     return left, right
 
 
+# Depth Hints search range, fraction of the width: above the training scenes' largest disparity
+# (MAX_DISPARITY_FRACTION) with room for a user's closer scenes.
+HINT_SEARCH_FRACTION = 0.2
+
+
+def stereo_hints(left: torch.Tensor, right: torch.Tensor,
+                 search_fraction: float = HINT_SEARCH_FRACTION):
+    """Depth Hints (Watson et al., ICCV 2019; losses.hint_loss) for one (3,H,W) [0,1] pair:
+    SGBM disparities of the left and of the right view, each (1,H,W) float32 pixels with NaN
+    where SGBM found no reliable match (no hole filling). The right view's comes from the
+    mirrored pair (flip both, swap), on which it is a left-view disparity.
+
+    Computed from the (augmented) images themselves, never from rendered depth.
+    """
+    from ..backends.sgbm import SgbmBackend
+    width = left.shape[-1]
+    num_disparities = max(16, int(np.ceil(search_fraction * width / 16.0)) * 16)
+    matcher = SgbmBackend(fill_holes=False, num_disparities=num_disparities)
+
+    def left_view(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        result = matcher.compute(_to_uint8(a), _to_uint8(b))
+        return np.where(result.valid, result.disparity_px, np.nan).astype(np.float32)
+
+    hint_left = left_view(left, right)
+    hint_right = left_view(right.flip(-1), left.flip(-1))[:, ::-1]
+    return (torch.from_numpy(np.ascontiguousarray(hint_left))[None],
+            torch.from_numpy(np.ascontiguousarray(hint_right))[None])
+
+
+def pair_item(left: torch.Tensor, right: torch.Tensor, augment: bool, hints: bool):
+    """The training item of one (3,H,W) [0,1] pair: augmented (``augment_pair``), then with
+    'hint_left_px'/'hint_right_px' from the augmented images when ``hints``."""
+    if augment:
+        left, right = augment_pair(left, right)
+    item = {'left': left, 'right': right}
+    if hints:
+        item['hint_left_px'], item['hint_right_px'] = stereo_hints(left, right)
+    return item
+
+
 class PairArrayDataset(torch.utils.data.Dataset):
     """(left, right) pairs from (N,H,W,3) uint8 arrays as ``{'left','right'}`` (3,H,W) float32
-    in [0,1], augmented when ``augment``. No depth is ever returned: training is self-supervised."""
+    in [0,1], augmented when ``augment``, with SGBM Depth Hints when ``hints``. No rendered depth
+    is ever returned: training is self-supervised."""
 
-    def __init__(self, left: np.ndarray, right: np.ndarray, augment: bool = True):
+    def __init__(self, left: np.ndarray, right: np.ndarray, augment: bool = True,
+                 hints: bool = False):
         if left.shape != right.shape or left.ndim != 4 or left.shape[-1] != 3:
             raise ValueError(f'left/right must be equal (N,H,W,3) arrays, got {left.shape} '
                              f'and {right.shape}')
-        self.left, self.right, self.augment = left, right, augment
+        self.left, self.right, self.augment, self.hints = left, right, augment, hints
 
     def __len__(self) -> int:
         return len(self.left)
@@ -175,6 +217,4 @@ class PairArrayDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         left = torch.from_numpy(np.array(self.left[index])).permute(2, 0, 1).float() / 255.0
         right = torch.from_numpy(np.array(self.right[index])).permute(2, 0, 1).float() / 255.0
-        if self.augment:
-            left, right = augment_pair(left, right)
-        return {'left': left, 'right': right}
+        return pair_item(left, right, self.augment, self.hints)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..training import BestWeights, TrainConfig, fit, is_main_process, logged_step, save_weights
-from .data import (TRAINING_RIG, PairArrayDataset, augment_pair, build_synthetic_cache, load_cache,
+from .data import (TRAINING_RIG, PairArrayDataset, build_synthetic_cache, load_cache, pair_item,
                    training_synth_config)
 from .inference import metric_depth, predict_disparity
 from .losses import LossWeights, monodepth_loss
@@ -44,6 +44,7 @@ class MonoTrainSpec:
     val_cache_dir: str = ''                 # validation cache with depth ('' = no validation)
     val_images: int = 50
     select: str = 'best'                    # ship the 'best' validated step or the 'last' one
+    depth_hints: bool = False               # SGBM Depth Hints (losses.hint_loss), weight 1
     weights_out: str = ''
     command: str = ''
     loss: Dict[str, Any] = field(default_factory=dict)
@@ -53,10 +54,11 @@ class MonoTrainSpec:
 class _FolderPairs(torch.utils.data.Dataset):
     """The user's rectified pairs (``RectifiedPairFolder``), resized and augmented."""
 
-    def __init__(self, root: str, height: int, width: int):
+    def __init__(self, root: str, height: int, width: int, hints: bool = False):
         from ..synth import RectifiedPairFolder
         self.folder = RectifiedPairFolder(root)
         self.size = (height, width)
+        self.hints = hints
 
     def __len__(self):
         return len(self.folder)
@@ -73,8 +75,7 @@ class _FolderPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         item = self.folder[index]
-        left, right = augment_pair(self._image(item['left']), self._image(item['right']))
-        return {'left': left, 'right': right}
+        return pair_item(self._image(item['left']), self._image(item['right']), True, self.hints)
 
 
 def make_dataset(spec: MonoTrainSpec):
@@ -83,17 +84,20 @@ def make_dataset(spec: MonoTrainSpec):
             'runs', 'mono', f'cache_train_{spec.height}x{spec.width}_{spec.train_count}')
         build_synthetic_cache(cache, spec.train_count, spec.height, spec.width, first_seed=0)
         arrays = load_cache(cache)
-        return PairArrayDataset(arrays['left'], arrays['right'], augment=True), arrays['meta']
+        return (PairArrayDataset(arrays['left'], arrays['right'], augment=True,
+                                 hints=spec.depth_hints), arrays['meta'])
     if spec.data.startswith('folder:'):
         root = spec.data.split(':', 1)[1]
-        return _FolderPairs(root, spec.height, spec.width), {'folder': os.path.abspath(root)}
+        return (_FolderPairs(root, spec.height, spec.width, spec.depth_hints),
+                {'folder': os.path.abspath(root)})
     raise ValueError(f'--data must be "synthetic" or "folder:PATH", got {spec.data!r}')
 
 
 def make_loss_fn(weights: LossWeights):
     def loss_fn(model, batch):
         disparities = model(batch['left'])
-        return monodepth_loss(disparities, batch['left'], batch['right'], weights)
+        hints = ((batch['hint_left_px'], batch['hint_right_px']) if weights.hints > 0 else None)
+        return monodepth_loss(disparities, batch['left'], batch['right'], weights, hints)
     return loss_fn
 
 
@@ -117,7 +121,8 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     dataset, data_meta = make_dataset(spec)
     model = build_mono_net(base_channels=spec.base_channels,
                            max_disparity_fraction=spec.max_disparity_fraction)
-    weights = LossWeights(use_lr=spec.use_lr, **spec.loss)
+    weights = LossWeights(use_lr=spec.use_lr,
+                          **{'hints': 1.0 if spec.depth_hints else 0.0, **spec.loss})
     if spec.select not in ('best', 'last'):
         raise ValueError(f"select must be 'best' or 'last', got {spec.select!r}")
     config = {'base_channels': spec.base_channels,
@@ -133,7 +138,9 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
         'data': spec.data,
         'data_meta': {k: v for k, v in data_meta.items() if k != 'synth_config'},
         'synth_config': data_meta.get('synth_config'),
-        'labels_used': 'none (self-supervised: image reconstruction only)',
+        'labels_used': ('none (self-supervised: image reconstruction, plus Depth Hints: SGBM '
+                        'disparities of the same training pairs)' if spec.depth_hints else
+                        'none (self-supervised: image reconstruction only)'),
         'train_config': asdict(cfg),
         'command': spec.command,
     }
