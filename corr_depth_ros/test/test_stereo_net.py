@@ -366,6 +366,8 @@ def test_local_correlation_equals_bilinear_sampling():
     left, right = torch.randn(2, 5, 6, 30), torch.randn(2, 5, 6, 30)
     disparity = torch.rand(2, 1, 6, 30) * 34.0 - 1.0     # -1 .. 33: some leave the image
     disparity[0, 0, 0, :4] = torch.tensor([0.0, 0.5, 1.0, 2.25])
+    # A fraction just under 1: + 2 (the largest offset) rounds up to an integer in float32.
+    disparity[1, 0, 0, :3] = torch.tensor([47.99999, 1.9999999, 12.999999])
     got = LocalRefiner(feature_channels=5).local_correlation(left, right, disparity)
     want = _grid_sample_correlation(left, right, disparity, LocalRefiner.OFFSETS)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -138,9 +138,11 @@ class LocalRefiner(nn.Module):
         out = []
         for offset in self.OFFSETS:
             total = fraction + offset
-            whole = torch.floor(total)
-            weight = total - whole
-            below = (whole - lowest).long()
+            # Clamped: a fraction just under 1 plus the largest offset can round up to the
+            # next integer in float32; the weight below then takes the last shift in full.
+            below = (torch.floor(total) - lowest).clamp(0, len(shifts) - 2)
+            weight = total - (below + lowest)
+            below = below.long()
             out.append((1.0 - weight) * torch.gather(integer, 1, below)
                        + weight * torch.gather(integer, 1, below + 1))
         return torch.cat(out, dim=1)
