@@ -14,6 +14,8 @@ def register(subparsers):
     p.add_argument('--seed', type=int, default=950_000_000,
                    help='first synthetic seed (disjoint from training and validation seeds)')
     p.add_argument('--weights', default='', help='learned: safetensors (default: shipped)')
+    p.add_argument('--no-refine', action='store_true',
+                   help="learned: skip the weights' local refiner (the node's learned.refine)")
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--onnx-model', default='', help='onnx: model path')
     p.add_argument('--onnx-size', default='', help='onnx: fixed input WIDTHxHEIGHT')
@@ -44,6 +46,7 @@ def run(args) -> int:
     for name in backends:
         if name == 'learned':
             backend = create_backend('learned', weights_path=args.weights, device=args.device,
+                                     refine=not args.no_refine,
                                      threads=args.threads)
         elif name == 'onnx':
             width, height = (int(v) for v in args.onnx_size.split('x')) if args.onnx_size else (0, 0)

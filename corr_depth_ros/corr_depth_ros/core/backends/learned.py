@@ -24,6 +24,7 @@ class LearnedBackend(StereoBackend):
         device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
         half: float16 inference; None = on CUDA only (CPU float16 convolutions are slow).
         threads: torch CPU threads (0 = leave torch's setting alone).
+        refine: run the weights' local refiner when they have one (False: faster, coarser).
     Raises FileNotFoundError / ValueError when the weights are missing or of another model,
     so callers (the node) can fall back to another backend.
     """
@@ -35,7 +36,7 @@ class LearnedBackend(StereoBackend):
     disparity_step_px = 1.0 / 64.0
 
     def __init__(self, weights_path: str = '', device: str = 'auto', half: Optional[bool] = None,
-                 threads: int = 0):
+                 threads: int = 0, refine: bool = True):
         import torch
         from ..stereo_net import ARCH, build_stereo_net
         from ..inference_prep import prepare_for_inference
@@ -47,6 +48,10 @@ class LearnedBackend(StereoBackend):
             torch.set_num_threads(threads)
         model, header = load_weights(self.weights_path, build_stereo_net, expected_arch=ARCH)
         self.header = header
+        if not refine:
+            # The refiner only adds a residual to the network's own estimate: without it the
+            # output is the base network's (stereo_net/refinement.LocalRefiner).
+            model.refiner = None
         self.half = self.device.type == 'cuda' if half is None else bool(half)
         model = prepare_for_inference(model, self.device)
         self.model = model.half() if self.half else model
@@ -54,7 +59,8 @@ class LearnedBackend(StereoBackend):
 
     def get_params(self) -> Dict[str, Any]:
         return {'weights_path': self.weights_path, 'device': str(self.device), 'half': self.half,
-                'max_disparity_px': self.max_disparity_px}
+                'max_disparity_px': self.max_disparity_px,
+                'refine': self.model.refiner is not None}
 
     def infer(self, left_rgb: np.ndarray, right_rgb: np.ndarray):
         """(H, W, 3) uint8 pair -> ((H, W) float32 disparity px, (H, W) float32 confidence)."""

@@ -119,8 +119,7 @@ class StereoNet(nn.Module):
         disparity = up[:, :1]
         if self.refiner is not None:
             # 6. Local refinement at 1/4 (padded size; cropped below with the rest).
-            quarter = quarter.contiguous()
-            disparity = self.refiner(disparity, quarter[:batch], quarter[batch:])
+            disparity = self.refiner(disparity, quarter)
         out = {'disparity': disparity[..., :height, :width],
                'confidence': up[:, 1:, :height, :width].clamp(0.0, 1.0)}
         if self.training and self.refiner is not None:

@@ -125,39 +125,42 @@ class LocalRefiner(nn.Module):
         base = torch.floor(disparity_q)
         fraction = disparity_q - base
         lowest = math.floor(min(self.OFFSETS))
-        shifts = range(lowest, math.floor(max(self.OFFSETS)) + 2)   # -2 .. 3
-        columns = torch.arange(width, device=left_q.device).view(1, 1, 1, width) - base.long()
-        integer = []
-        for shift in shifts:
-            source = columns - shift                                    # (B, 1, h, w)
-            inside = ((source >= 0) & (source < width)).to(left_q.dtype)
-            index = source.clamp(0, width - 1).expand(batch, channels, height, width)
-            sampled = torch.gather(right_q, 3, index)
-            integer.append((left_q * sampled).mean(dim=1, keepdim=True) * inside)
-        integer = torch.cat(integer, dim=1)                   # shift floor(d) + lowest + j
-        out = []
-        for offset in self.OFFSETS:
-            total = fraction + offset
-            # Clamped: a fraction just under 1 plus the largest offset can round up to the
-            # next integer in float32; the weight below then takes the last shift in full.
-            below = (torch.floor(total) - lowest).clamp(0, len(shifts) - 2)
-            weight = total - (below + lowest)
-            below = below.long()
-            out.append((1.0 - weight) * torch.gather(integer, 1, below)
-                       + weight * torch.gather(integer, 1, below + 1))
-        return torch.cat(out, dim=1)
+        count = math.floor(max(self.OFFSETS)) + 2 - lowest                 # shifts -2 .. 3
+        shifts = torch.arange(lowest, lowest + count, device=left_q.device).view(1, count, 1, 1)
+        # Source column of every pixel for every integer shift around floor(d): (B, S, h, w).
+        source = (torch.arange(width, device=left_q.device).view(1, 1, 1, width)
+                  - base.long() - shifts)
+        inside = ((source >= 0) & (source < width)).to(left_q.dtype)
+        # One gather for all shifts: the S index rows of each image row side by side.
+        index = source.clamp(0, width - 1).permute(0, 2, 1, 3).reshape(batch, 1, height, -1)
+        sampled = torch.gather(right_q, 3, index.expand(batch, channels, height, count * width))
+        integer = (left_q.unsqueeze(3) * sampled.view(batch, channels, height, count, width)
+                   ).mean(dim=1).permute(0, 2, 1, 3) * inside              # (B, S, h, w)
+        # Each offset interpolates the two integer shifts around d + o. Clamped: a fraction
+        # just under 1 plus the largest offset can round up to the next integer in float32;
+        # the weight then takes the last shift in full.
+        offsets = torch.tensor(self.OFFSETS, dtype=left_q.dtype,
+                               device=left_q.device).view(1, -1, 1, 1)
+        total = fraction + offsets                                          # (B, K, h, w)
+        below = (torch.floor(total) - lowest).clamp(0, count - 2)
+        weight = total - (below + lowest)
+        below = below.long()
+        return ((1.0 - weight) * torch.gather(integer, 1, below)
+                + weight * torch.gather(integer, 1, below + 1))
 
-    def forward(self, disparity: torch.Tensor, left_quarter: torch.Tensor,
-                right_quarter: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) disparity in full-resolution pixels, (B, C, H/4, W/4) stem features of
-        both images -> (B, 1, H, W) refined disparity, >= 0."""
+    def forward(self, disparity: torch.Tensor, quarter: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) disparity in full-resolution pixels and (2B, C, H/4, W/4) stem features,
+        the left images' then the right images' (as the feature pass stacks them) ->
+        (B, 1, H, W) refined disparity, >= 0."""
         sizes = check_shape('disparity', disparity, ('B', 1, 'H', 'W'))
-        check_shape('left_quarter', left_quarter, ('B', None, 'h', 'w'), sizes)
-        check_shape('right_quarter', right_quarter, tuple(left_quarter.shape))
-        factor = disparity.shape[-1] // left_quarter.shape[-1]
+        batch = sizes['B']
+        check_shape('quarter', quarter, (2 * batch, None, None, None))
+        factor = disparity.shape[-1] // quarter.shape[-1]
         disparity_q = F.avg_pool2d(disparity, factor) / factor
-        projected = self.project(torch.cat([left_quarter, right_quarter], dim=0))
-        left_p, right_p = projected[:disparity.shape[0]], projected[disparity.shape[0]:]
+        # Projected straight from the stacked (channels-last) stem output; the correlation's
+        # gathers and sums run in NCHW.
+        projected = self.project(quarter).contiguous()
+        left_p, right_p = projected[:batch], projected[batch:]
         correlation = self.local_correlation(left_p, right_p, disparity_q)
         # Disparity input scaled to ~unit range (1/4-res pixels / 16), for the convolutions.
         x = torch.cat([correlation, left_p, disparity_q / 16.0], dim=1)
