@@ -416,3 +416,22 @@ def test_training_ships_the_best_validated_step_from_validation_seeds_of_its_own
     with pytest.raises(ValueError, match='different cache'):
         train_mono(spec_eval, TrainConfig(out_dir=str(tmp_path / 'run2'), steps=1, batch_size=2,
                                           device='cpu', threads=1))
+
+
+def test_training_with_depth_hints_logs_the_hint_term(tmp_path):
+    """`train mono --depth-hints`: the items carry SGBM hints, the loss has its term, the
+    weights' metadata says what supervised them."""
+    import json
+
+    from corr_depth_ros.core.mono.train import MonoTrainSpec, train_mono
+    from corr_depth_ros.core.training import TrainConfig
+    spec = MonoTrainSpec(height=64, width=96, base_channels=4, train_count=2,
+                         cache_dir=str(tmp_path / 'train'), half=False, depth_hints=True)
+    cfg = TrainConfig(out_dir=str(tmp_path / 'run'), steps=2, batch_size=2, log_every=1,
+                      checkpoint_every=2, device='cpu', threads=1, warmup_steps=1)
+    header = train_mono(spec, cfg)
+    logs = [r for r in map(json.loads, open(tmp_path / 'run' / 'log.jsonl'))
+            if r['event'] == 'train']
+    assert logs and all(r['hints'] > 0 for r in logs)
+    assert header['metadata']['loss']['hints'] == 1.0
+    assert 'Depth Hints' in header['metadata']['labels_used']

@@ -371,3 +371,38 @@ def test_local_correlation_equals_bilinear_sampling():
     got = LocalRefiner(feature_channels=5).local_correlation(left, right, disparity)
     want = _grid_sample_correlation(left, right, disparity, LocalRefiner.OFFSETS)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_train_stereo_net_refines_a_frozen_base_or_starts_from_weights(tmp_path):
+    """Two steps on tiny on-the-fly pairs: --refine-from keeps the base tensors and adds a
+    trained refiner; --init-from starts from a file's network and trains all of it."""
+    pytest.importorskip('corr_depth_ros.core.synth.stereo')
+    from safetensors.torch import load_file
+
+    from corr_depth_ros.core.stereo_net.train import train_stereo_net
+    from corr_depth_ros.core.training import TrainConfig, read_weights_header
+    base_path = str(tmp_path / 'base.safetensors')
+    base = tiny_model(seed=10)
+    save_weights(base_path, base, arch=ARCH, config=dict(base.config), metadata={})
+
+    def run(name, **kwargs):
+        cfg = TrainConfig(out_dir=str(tmp_path / name), steps=2, batch_size=1, val_every=2,
+                          checkpoint_every=2, log_every=1, threads=1, num_workers=0, lr=1e-2)
+        train_stereo_net(cfg, height=64, width=96, val_count=1, **kwargs)
+        path = str(tmp_path / name / 'last.safetensors')
+        return read_weights_header(path), load_file(path)
+
+    header, refined = run('refine', refine_from=base_path, refine_channels=4)
+    assert header['config']['refine_channels'] == 4
+    assert header['metadata']['refined_from']['identity'] == read_weights_header(base_path)['identity']
+    for key, value in base.state_dict().items():
+        assert torch.equal(refined[key], value), key
+    assert refined['refiner.head.4.weight'].abs().sum() > 0      # trained away from zero
+
+    refined_path = str(tmp_path / 'refine' / 'last.safetensors')
+    header, joint = run('joint', init_from=refined_path)
+    assert header['config'] == read_weights_header(refined_path)['config']
+    assert header['metadata']['initialised_from']['file'] == 'last.safetensors'
+    assert not torch.equal(joint['features.head.weight'], refined['features.head.weight'])
+    with pytest.raises(ValueError, match='either'):
+        run('both', refine_from=base_path, init_from=refined_path)

@@ -34,6 +34,9 @@ def register(subparsers):
                         'weights; the network options above are then taken from the file')
     p.add_argument('--refine-channels', type=int, default=16,
                    help='--refine-from: width of the refiner')
+    p.add_argument('--init-from', default='', metavar='WEIGHTS',
+                   help='start from these weights (their network; every parameter trains), '
+                        'e.g. to fine-tune a base and its refiner together')
     p.add_argument('--ship', default='', metavar='PATH',
                    help='after training, write OUT/best.safetensors to PATH as shipped weights '
                         '(BatchNorm re-estimated, regression radius chosen on validation)')
@@ -61,7 +64,8 @@ def run(args) -> int:
                               augment=None if args.no_augment else AugmentConfig(),
                               data_dir=args.data, command=command,
                               refine_from=args.refine_from,
-                              refine_channels=args.refine_channels)
+                              refine_channels=args.refine_channels,
+                              init_from=args.init_from)
     print({k: v for k, v in result.items()})
     if args.ship and is_main_process():
         import os

@@ -234,7 +234,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      net_config: Optional[Dict[str, Any]] = None, val_count: int = 16,
                      augment: Optional[AugmentConfig] = AugmentConfig(),
                      data_dir: str = '', command: str = '', refine_from: str = '',
-                     refine_channels: int = 16) -> Dict[str, Any]:
+                     refine_channels: int = 16, init_from: str = '') -> Dict[str, Any]:
     """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``
     rendered on the fly, or, with ``data_dir``, on a pool written by ``corr_depth synth stereo``
     (rendering once and re-augmenting every pass frees the CPU that rendering would take).
@@ -244,12 +244,22 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     With ``refine_from`` (a weights file without a refiner), the network is that file's plus a
     ``refine_channels`` local refiner (refinement.LocalRefiner), and only the refiner trains:
     the rest is loaded, frozen and kept in eval mode (``net_config`` is then ignored).
+    With ``init_from``, training starts from that file's network and weights (all of them
+    train; ``net_config`` is ignored too).
     Returns fit()'s final logs plus the best validation numbers.
     """
     from ..synth.config import SYNTH_VERSION
-    refined_from = None
+    refined_from = initialised_from = None
+    if refine_from and init_from:
+        raise ValueError('use either refine_from or init_from, not both')
     if refine_from:
         model, refined_from = refiner_on_frozen_base(refine_from, refine_channels)
+    elif init_from:
+        from ..training import load_weights
+        model, header = load_weights(init_from, build_stereo_net, expected_arch=ARCH)
+        initialised_from = {'file': os.path.basename(init_from),
+                            'identity': header.get('identity'),
+                            'validation': header.get('metadata', {}).get('validation')}
     else:
         model = build_stereo_net(**dict(net_config or {}))
     config = dict(model.config)
@@ -278,7 +288,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                 'relative to the input size; metric depth needs the rig calibration',
                 'augmentation': asdict(augment) if augment else None,
                 'command': command, 'train_config': asdict(cfg),
-                **({'refined_from': refined_from} if refined_from else {})}
+                **({'refined_from': refined_from} if refined_from else {}),
+                **({'initialised_from': initialised_from} if initialised_from else {})}
 
     def val_fn(bare):
         val = evaluate_on_set(bare, val_data)
