@@ -17,6 +17,7 @@ Rendering costs ~0.1-0.4 s per pair on one CPU core, far more than a training st
 network, so pairs are rendered once into a cache directory (uint8 ``.npy`` arrays + meta.json)
 and the two ablation runs share it.
 """
+import functools
 import json
 import os
 from typing import Dict, Optional
@@ -173,10 +174,8 @@ def stereo_hints(left: torch.Tensor, right: torch.Tensor,
 
     Computed from the (augmented) images themselves, never from rendered depth.
     """
-    from ..backends.sgbm import SgbmBackend
     width = left.shape[-1]
-    num_disparities = max(16, int(np.ceil(search_fraction * width / 16.0)) * 16)
-    matcher = SgbmBackend(fill_holes=False, num_disparities=num_disparities)
+    matcher = _hint_matcher(max(16, int(np.ceil(search_fraction * width / 16.0)) * 16))
 
     def left_view(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         result = matcher.compute(_to_uint8(a), _to_uint8(b))
@@ -186,6 +185,14 @@ def stereo_hints(left: torch.Tensor, right: torch.Tensor,
     hint_right = left_view(right.flip(-1), left.flip(-1))[:, ::-1]
     return (torch.from_numpy(np.ascontiguousarray(hint_left))[None],
             torch.from_numpy(np.ascontiguousarray(hint_right))[None])
+
+
+@functools.lru_cache(maxsize=4)
+def _hint_matcher(num_disparities: int):
+    # One matcher per search range and process (each data-loader worker has its own), not one
+    # per training item: it keeps its OpenCV StereoSGBM object between calls.
+    from ..backends.sgbm import SgbmBackend
+    return SgbmBackend(fill_holes=False, num_disparities=num_disparities)
 
 
 def pair_item(left: torch.Tensor, right: torch.Tensor, augment: bool, hints: bool):

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..shapes import check_shape
-from ..training import BestWeights, TrainConfig, fit, logged_step, save_weights, unwrap
+from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, save_weights,
+                        unwrap)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Held-out validation seeds start here; training seeds are cfg.seed * 1_000_000 + index and
@@ -255,11 +256,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     if refine_from:
         model, refined_from = refiner_on_frozen_base(refine_from, refine_channels)
     elif init_from:
-        from ..training import load_weights
         model, header = load_weights(init_from, build_stereo_net, expected_arch=ARCH)
-        initialised_from = {'file': os.path.basename(init_from),
-                            'identity': header.get('identity'),
-                            'validation': header.get('metadata', {}).get('validation')}
+        initialised_from = _source_note(init_from, header)
     else:
         model = build_stereo_net(**dict(net_config or {}))
     config = dict(model.config)
@@ -309,7 +307,6 @@ def refiner_on_frozen_base(base_path: str, refine_channels: int):
     """(model, note): the network of ``base_path`` plus an untrained ``refine_channels``
     refiner, base weights loaded and frozen (``StereoNet.freeze_base``); ``note`` describes the
     base for the new weights' metadata."""
-    from ..training import load_weights
     base, header = load_weights(base_path, build_stereo_net, expected_arch=ARCH)
     if 'refine_channels' in header['config']:
         raise ValueError(f'{base_path} already has a refiner; refine a file without one')
@@ -319,10 +316,15 @@ def refiner_on_frozen_base(base_path: str, refine_channels: int):
         raise ValueError(f'{base_path} does not match the network it describes: '
                          f'{keys.unexpected_keys or keys.missing_keys}')
     model.freeze_base()
+    return model, _source_note(base_path, header)
+
+
+def _source_note(path: str, header: Dict[str, Any]) -> Dict[str, Any]:
+    """What new weights' metadata says about the file they started from."""
     meta = header.get('metadata', {})
-    return model, {'file': os.path.basename(base_path), 'identity': header.get('identity'),
-                   'steps': meta.get('steps'), 'validation': meta.get('validation'),
-                   'command': meta.get('command')}
+    return {'file': os.path.basename(path), 'identity': header.get('identity'),
+            'steps': meta.get('steps'), 'validation': meta.get('validation'),
+            'command': meta.get('command')}
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -373,7 +375,7 @@ def ship_weights(source_path: str, ship_path: str, *, height: int, width: int,
     (+ JSON) with the source's metadata plus every candidate's numbers. Returns the new header.
     """
     import copy
-    from ..training import load_weights, read_weights_header
+    from ..training import read_weights_header
     trained, header = load_weights(source_path, build_stereo_net, expected_arch=ARCH)
     val_data = validation_set(val_count, height, width)
     variants = {'trained_bn': trained.eval()}
