@@ -157,6 +157,31 @@ def test_convex_upsample_keeps_constants_and_picks_neighbours():
     assert torch.equal(up, values.repeat_interleave(2, 2).repeat_interleave(2, 3))
 
 
+def test_convex_upsample_equals_the_softmax_formula_values_and_gradients():
+    """The neighbour-by-neighbour weighted sum (in-place multiply-adds) against RAFT's formula
+    written as one broadcast product, in training too."""
+    def reference(values, logits, factor):
+        batch, channels, height, width = values.shape
+        weights = torch.softmax(logits.view(batch, 1, 9, factor, factor, height, width), dim=2)
+        padded = torch.nn.functional.pad(values, (1, 1, 1, 1), mode='replicate')
+        neighbours = torch.stack([padded[:, :, dy:dy + height, dx:dx + width]
+                                  for dy in range(3) for dx in range(3)], dim=2)
+        up = (weights * neighbours.view(batch, channels, 9, 1, 1, height, width)).sum(dim=2)
+        return up.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height * factor,
+                                                     width * factor)
+    torch.manual_seed(5)
+    values, logits = torch.randn(2, 2, 3, 4), 4 * torch.randn(2, 9 * 9, 3, 4)
+    weights = torch.randn(2, 2, 9, 12)
+    results = []
+    for upsample in (convex_upsample, reference):
+        v, g = values.clone().requires_grad_(), logits.clone().requires_grad_()
+        up = upsample(v, g, 3)
+        (up * weights).sum().backward()
+        results.append((up.detach(), v.grad, g.grad))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_safetensors_round_trip_strict_and_arch_mismatch(tmp_path):
     model = tiny_model(seed=3).eval()
     path = str(tmp_path / 'tiny.safetensors')
@@ -285,6 +310,14 @@ def test_vectorised_correlation_equals_the_export_loop():
         slow = _groupwise_correlation_loop(left, right, disparities, 3)
         assert fast.shape == (2, 3, disparities, 5, 9)
         torch.testing.assert_close(fast, slow)
+    # Training backpropagates through the strided view of the matrix product: same gradients.
+    weights = torch.randn(2, 3, 4, 5, 9)
+    grads = []
+    for volume_fn in (groupwise_correlation_volume, _groupwise_correlation_loop):
+        left_g, right_g = left.clone().requires_grad_(), right.clone().requires_grad_()
+        (volume_fn(left_g, right_g, 4, 3) * weights).sum().backward()
+        grads.append((left_g.grad, right_g.grad))
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_local_correlation_peaks_at_the_true_offset():

@@ -36,6 +36,8 @@ def run(args) -> int:
     import torch
 
     from ..core.descriptors import evaluate as ev
+    from ..core.memory import keep_freed_memory
+    keep_freed_memory()   # timed as the correspondence node runs (core/memory.py)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from ..core.descriptors.network import DEFAULT_SCALES, check_scales

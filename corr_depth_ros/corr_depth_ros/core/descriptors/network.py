@@ -94,7 +94,8 @@ class DescriptorNet(nn.Module):
         height, width = image.shape[-2:]
         pad_h = (-height) % DIVISIBLE_BY
         pad_w = (-width) % DIVISIBLE_BY
-        x = (image - self.mean) / self.std
+        # (image - mean) / std in one pass.
+        x = torch.addcmul(-self.mean / self.std, image, 1.0 / self.std)
         if pad_h or pad_w:
             # Replicate, not zeros: a black border would be a feature the net could latch onto.
             x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
