@@ -69,7 +69,8 @@ class LearnedBackend(StereoBackend):
 
         def to_tensor(image):
             tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-            return (tensor.permute(2, 0, 1)[None].to(dtype) / 255.0)
+            # uint8 times a Python float is float32 in one pass (no separate conversion).
+            return (tensor.permute(2, 0, 1)[None] * (1.0 / 255.0)).to(dtype)
 
         with torch.inference_mode():
             out = self.model(to_tensor(left_rgb), to_tensor(right_rgb))
