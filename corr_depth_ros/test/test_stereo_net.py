@@ -304,14 +304,16 @@ def test_parse_size():
 def test_vectorised_correlation_equals_the_export_loop():
     from corr_depth_ros.core.stereo_net.cost_volume import _groupwise_correlation_loop
     torch.manual_seed(3)
-    left, right = torch.randn(2, 12, 5, 9), torch.randn(2, 12, 5, 9)
-    for disparities in (1, 4, 9, 12):   # including D > W: no candidate, zeros
-        fast = groupwise_correlation_volume(left, right, disparities, 3)
-        slow = _groupwise_correlation_loop(left, right, disparities, 3)
-        assert fast.shape == (2, 3, disparities, 5, 9)
-        torch.testing.assert_close(fast, slow)
+    # 9 columns: one matrix product; 75: three column blocks (the last one partial).
+    for width in (9, 75):
+        left, right = torch.randn(2, 12, 5, width), torch.randn(2, 12, 5, width)
+        for disparities in (1, 4, 9, 12, 40, 80):   # including D > W: no candidate, zeros
+            fast = groupwise_correlation_volume(left, right, disparities, 3)
+            slow = _groupwise_correlation_loop(left, right, disparities, 3)
+            assert fast.shape == (2, 3, disparities, 5, width)
+            torch.testing.assert_close(fast, slow)
     # Training backpropagates through the strided view of the matrix product: same gradients.
-    weights = torch.randn(2, 3, 4, 5, 9)
+    weights = torch.randn(2, 3, 4, 5, 75)
     grads = []
     for volume_fn in (groupwise_correlation_volume, _groupwise_correlation_loop):
         left_g, right_g = left.clone().requires_grad_(), right.clone().requires_grad_()

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from ..shapes import check_shape
 
+# Columns of left features per matrix product (at least D): see groupwise_correlation_volume.
+_COLUMN_BLOCK = 32
+
 
 def groupwise_correlation_volume(left_features: torch.Tensor, right_features: torch.Tensor,
                                  num_disparities: int, groups: int) -> torch.Tensor:
@@ -33,33 +36,41 @@ def groupwise_correlation_volume(left_features: torch.Tensor, right_features: to
         # ONNX has no strided views; the loop exports as slices.
         return _groupwise_correlation_loop(left_features, right_features, num_disparities,
                                            groups)
-    # One batched matrix product per (image, group, row): the left features of the row
-    # (W x C/G) times the right ones (C/G x W+D-1: D-1 zero columns padded on the left edge,
-    # then the columns reversed) gives every left pixel's correlation with every right pixel,
-    # M[x, j] = <left(x), right(W-1-j)>. The D entries a left pixel needs, right pixels x - d
-    # for d = 0..D-1, lie on consecutive columns j = W-1-x+d, so the volume is a strided view
-    # of M (no gather, no shifted copies).
-    # The full W x (W+D-1) product is ~5x the multiply-adds a band needs, but on a 2-core
-    # CPU the GEMM beats the former broadcast multiply and channel reduction over D shifted
-    # views: ~3 vs ~9 ms alone at 741x500 (D=24, C=48, G=8); same values and gradients to
-    # float rounding (tested against the loop below).
+    # Batched matrix products per (image, group, row): the left features of a block of
+    # columns x0..x1-1 (bw x C/G) times the right features those pixels can match, columns
+    # x0-D+1..x1-1 (C/G x bw+D-1; zero columns stand in left of the image; the columns are
+    # reversed), give M[x, j] = <left(x0 + x), right(x1-1-j)>. The D entries a left pixel
+    # needs, right pixels x - d for d = 0..D-1, lie on consecutive columns j = bw-1-x+d, so
+    # the block's volume is a strided view of M (no gather, no shifted copies). Blocks keep
+    # the product at ~2x the multiply-adds of the band itself; one product over the whole row
+    # grows as W^2. On the 2-core CPU (D=24, C=48, G=8; same values and gradients as the loop
+    # below to float rounding, tested): 741x500 ~3 ms, 1920x1080 ~19 ms, 3840x2160 ~95 ms,
+    # against ~11 / ~110 / ~450 ms for the former broadcast product over D shifted views.
     group_channels = channels // groups
     left_rows = (left_features * (1.0 / group_channels)).view(
         batch, groups, group_channels, height, width).permute(0, 1, 3, 4, 2)   # B G H W c
-    right_rows = F.pad(right_features, (num_disparities - 1, 0)).flip(-1).view(
-        batch, groups, group_channels, height, width + num_disparities - 1
-    ).permute(0, 1, 3, 2, 4)                                                   # B G H c W+D-1
-    # contiguous(): a no-op for matmul's usual output, but the view below assumes the layout.
-    products = torch.matmul(left_rows, right_rows).contiguous()                # B G H W W+D-1
-    stride_b, stride_g, stride_h, stride_x, _ = products.stride()
-    # Entry (b, g, d, h, x) sits at M[b, g, h, x, W-1-x+d]: the column step per x is
-    # W+D-2, per d 1. Columns beyond the reversed image are the zero padding, so pixels
-    # with x - d < 0 read 0, as GwcNet's volume has there.
-    band = products.as_strided(
-        (batch, groups, num_disparities, height, width),
-        (stride_b, stride_g, 1, stride_h, stride_x - 1),
-        products.storage_offset() + width - 1)
-    return band.contiguous()                                                 # (B, G, D, H, W)
+    right_padded = F.pad(right_features, (num_disparities - 1, 0))
+    block = max(_COLUMN_BLOCK, num_disparities)
+    volumes = []
+    for x0 in range(0, width, block):
+        x1 = min(width, x0 + block)
+        span = x1 - x0
+        right_rows = right_padded[..., x0:x1 + num_disparities - 1].flip(-1).reshape(
+            batch, groups, group_channels, height, span + num_disparities - 1
+        ).permute(0, 1, 3, 2, 4)                                            # B G H c bw+D-1
+        # contiguous(): a no-op for matmul's usual output; the view below assumes the layout.
+        products = torch.matmul(left_rows[:, :, :, x0:x1], right_rows).contiguous()
+        stride_b, stride_g, stride_h, stride_x, _ = products.stride()
+        # Entry (b, g, d, h, x) sits at M[b, g, h, x, bw-1-x+d]: the column step per x is
+        # bw+D-2, per d 1. Columns past the image's left edge are the zero padding, so
+        # pixels with x - d < 0 read 0, as GwcNet's volume has there.
+        volumes.append(products.as_strided(
+            (batch, groups, num_disparities, height, span),
+            (stride_b, stride_g, 1, stride_h, stride_x - 1),
+            products.storage_offset() + span - 1))
+    if len(volumes) == 1:
+        return volumes[0].contiguous()
+    return torch.cat(volumes, dim=-1)                                        # (B, G, D, H, W)
 
 
 def _groupwise_correlation_loop(left_features: torch.Tensor, right_features: torch.Tensor,
