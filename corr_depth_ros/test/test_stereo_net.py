@@ -333,11 +333,18 @@ def test_local_correlation_peaks_at_the_true_offset():
     right[..., :-5] = left[..., 5:]                  # left(x) = right(x - 5)
     refiner = LocalRefiner(feature_channels=32)
     correlation = refiner.local_correlation(left, right, torch.full((1, 1, 4, 40), 4.0))
-    assert correlation.shape == (1, len(LocalRefiner.OFFSETS), 4, 40)
+    assert correlation.shape == (1, 9, 4, 40)
     peak = correlation[..., 10:].argmax(dim=1)       # where the shifted pixels exist
-    assert (peak == LocalRefiner.OFFSETS.index(1.0)).all()
+    assert (peak == refiner.offsets.index(1.0)).all()
     # The exact value there is the mean over channels of left * left.
     torch.testing.assert_close(correlation[:, 6, :, 10:], (left * left).mean(1)[..., 10:])
+    # A wider search (radius 4: -4 .. 4 in half steps) finds a shift of 7 from the same estimate.
+    right = torch.zeros_like(left)
+    right[..., :-7] = left[..., 7:]
+    wide = LocalRefiner(feature_channels=32, radius=4)
+    correlation = wide.local_correlation(left, right, torch.full((1, 1, 4, 40), 4.0))
+    assert correlation.shape == (1, 17, 4, 40)
+    assert (correlation[..., 12:].argmax(dim=1) == wide.offsets.index(3.0)).all()
 
 
 def test_refiner_trains_alone_on_a_frozen_base(tmp_path):
@@ -403,9 +410,11 @@ def test_local_correlation_equals_bilinear_sampling():
     disparity[0, 0, 0, :4] = torch.tensor([0.0, 0.5, 1.0, 2.25])
     # A fraction just under 1: + 2 (the largest offset) rounds up to an integer in float32.
     disparity[1, 0, 0, :3] = torch.tensor([47.99999, 1.9999999, 12.999999])
-    got = LocalRefiner(feature_channels=5).local_correlation(left, right, disparity)
-    want = _grid_sample_correlation(left, right, disparity, LocalRefiner.OFFSETS)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for radius in (2, 3):
+        refiner = LocalRefiner(feature_channels=5, radius=radius)
+        got = refiner.local_correlation(left, right, disparity)
+        want = _grid_sample_correlation(left, right, disparity, refiner.offsets)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_train_stereo_net_refines_a_frozen_base_or_starts_from_weights(tmp_path):
@@ -427,8 +436,10 @@ def test_train_stereo_net_refines_a_frozen_base_or_starts_from_weights(tmp_path)
         path = str(tmp_path / name / 'last.safetensors')
         return read_weights_header(path), load_file(path)
 
-    header, refined = run('refine', refine_from=base_path, refine_channels=4)
+    header, refined = run('refine', refine_from=base_path, refine_channels=4, refine_radius=3)
     assert header['config']['refine_channels'] == 4
+    assert header['config']['refine_radius'] == 3          # stored, so the file rebuilds it
+    assert refined['refiner.head.0.0.weight'].shape[1] == 13 + 16 + 1   # 13 offsets
     assert header['metadata']['refined_from']['identity'] == read_weights_header(base_path)['identity']
     for key, value in base.state_dict().items():
         assert torch.equal(refined[key], value), key

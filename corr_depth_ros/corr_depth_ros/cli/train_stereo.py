@@ -34,6 +34,9 @@ def register(subparsers):
                         'weights; the network options above are then taken from the file')
     p.add_argument('--refine-channels', type=int, default=16,
                    help='--refine-from: width of the refiner')
+    p.add_argument('--refine-radius', type=int, default=2,
+                   help='--refine-from: search of the refiner, quarter-resolution pixels each '
+                        'side (2: +-8 px at full resolution)')
     p.add_argument('--init-from', default='', metavar='WEIGHTS',
                    help='start from these weights (their network; every parameter trains), '
                         'e.g. to fine-tune a base and its refiner together')
@@ -65,6 +68,7 @@ def run(args) -> int:
                               data_dir=args.data, command=command,
                               refine_from=args.refine_from,
                               refine_channels=args.refine_channels,
+                              refine_radius=args.refine_radius,
                               init_from=args.init_from)
     print({k: v for k, v in result.items()})
     if args.ship and is_main_process():

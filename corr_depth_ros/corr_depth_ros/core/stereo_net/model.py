@@ -34,7 +34,7 @@ class StereoNet(nn.Module):
     def __init__(self, *, max_disparity_px: int = 192, feature_channels: int = 48,
                  groups: int = 8, feature_blocks: int = 1,
                  aggregation_channels: Sequence[int] = (32, 48, 64),
-                 regression_radius: int = 2, refine_channels: int = 0):
+                 regression_radius: int = 2, refine_channels: int = 0, refine_radius: int = 2):
         super().__init__()
         if max_disparity_px % FEATURE_STRIDE or max_disparity_px <= 0:
             raise ValueError(f'max_disparity_px must be a positive multiple of {FEATURE_STRIDE}, '
@@ -53,6 +53,8 @@ class StereoNet(nn.Module):
             # Only when used, so that files written before the refiner existed keep their
             # config (and identity) and still load strictly.
             self.config['refine_channels'] = refine_channels
+            if refine_radius != 2:
+                self.config['refine_radius'] = refine_radius
         self.features = FeatureExtractor(channels=feature_channels, blocks=feature_blocks)
         self.aggregation = Hourglass2d(
             in_channels=groups * self.num_disparities + feature_channels,
@@ -60,7 +62,8 @@ class StereoNet(nn.Module):
         self.upsampler = ConvexUpsampler(guide_channels=aggregation_channels[0] + feature_channels,
                                          factor=FEATURE_STRIDE)
         self.refiner = (LocalRefiner(feature_channels=self.features.quarter_channels,
-                                     hidden=refine_channels) if refine_channels else None)
+                                     hidden=refine_channels, radius=refine_radius)
+                        if refine_channels else None)
         self.base_frozen = False
 
     def freeze_base(self) -> None:
@@ -137,7 +140,8 @@ class StereoNet(nn.Module):
 
 def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48, groups: int = 8,
                      feature_blocks: int = 1, aggregation_channels: Sequence[int] = (32, 48, 64),
-                     regression_radius: int = 2, refine_channels: int = 0) -> StereoNet:
+                     regression_radius: int = 2, refine_channels: int = 0,
+                     refine_radius: int = 2) -> StereoNet:
     """Keyword-only factory; its arguments are the ``config`` stored in the weights file.
 
     max_disparity_px: search range at full resolution, pixels (multiple of 8; 192 -> 24
@@ -145,7 +149,7 @@ def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48,
     regression_radius: candidates each side of the peak used by the inference soft-argmin
     (0: full soft-argmin, as in training).
     refine_channels: width of the 1/4-resolution local refiner (refinement.LocalRefiner);
-    0 = none.
+    0 = none. refine_radius: its search, quarter-resolution pixels each side (2: +-8 px).
     """
     if feature_channels % groups:
         raise ValueError(f'feature_channels ({feature_channels}) must be divisible by groups ({groups})')
@@ -154,4 +158,5 @@ def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48,
     return StereoNet(max_disparity_px=max_disparity_px, feature_channels=feature_channels,
                      groups=groups, feature_blocks=feature_blocks,
                      aggregation_channels=tuple(int(c) for c in aggregation_channels),
-                     regression_radius=regression_radius, refine_channels=refine_channels)
+                     regression_radius=regression_radius, refine_channels=refine_channels,
+                     refine_radius=refine_radius)

@@ -107,21 +107,25 @@ class LocalRefiner(nn.Module):
     ECCV 2018; CasStereo, Gu et al. CVPR 2020; HITNet, Tankovich et al. CVPR 2021) correct such
     an estimate with a narrow search at a finer level. Here: the right image's 1/4 features
     (the feature stem's, computed anyway) are read at ``x - d/4 - o`` for offsets ``o`` of
-    -2..2 quarter-pixels in half steps (+-8 px at full resolution, 2 px apart), correlated with
-    the left features, and four small convolutions (dilations 1, 2, 4, 1) turn the correlations,
-    the left features and the estimate into a residual, bilinearly upsampled and added.
+    -r..r quarter-pixels in half steps (``radius`` r = 2: +-8 px at full resolution, 2 px
+    apart), correlated with the left features, and four small convolutions (dilations 1, 2, 4,
+    1) turn the correlations, the left features and the estimate into a residual, bilinearly
+    upsampled and added.
 
     The last layer starts at zero, so an untrained refiner returns its input exactly: it can
     be trained on top of frozen stereo weights (``StereoNet.freeze_base``). Cost at 741x500:
     ~0.15 G multiply-adds, against ~1.5 G for the rest of the network.
     """
 
-    OFFSETS = tuple(0.5 * k for k in range(-4, 5))   # quarter-resolution pixels
-
-    def __init__(self, *, feature_channels: int, hidden: int = 16, projected: int = 16):
+    def __init__(self, *, feature_channels: int, hidden: int = 16, projected: int = 16,
+                 radius: int = 2):
         super().__init__()
+        if radius < 1:
+            raise ValueError(f'refiner radius must be >= 1 quarter-pixel, got {radius}')
+        # Offsets in quarter-resolution pixels, half a pixel apart.
+        self.offsets = tuple(0.5 * k for k in range(-2 * radius, 2 * radius + 1))
         self.project = nn.Conv2d(feature_channels, projected, 1)
-        num_offsets = len(self.OFFSETS)
+        num_offsets = len(self.offsets)
         self.head = nn.Sequential(
             conv_bn_relu(num_offsets + projected + 1, hidden),
             _dilated(hidden, 2), _dilated(hidden, 4), conv_bn_relu(hidden, hidden),
@@ -132,13 +136,13 @@ class LocalRefiner(nn.Module):
     def local_correlation(self, left_q: torch.Tensor, right_q: torch.Tensor,
                           disparity_q: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) projected features, (B, 1, h, w) disparity in 1/4-res pixels ->
-        (B, len(OFFSETS), h, w): mean over channels of left(x) * right(x - d - o), the right
+        (B, len(offsets), h, w): mean over channels of left(x) * right(x - d - o), the right
         features linearly interpolated along the row and 0 outside the image (what a bilinear
         ``grid_sample`` with zero padding gives, at a fraction of its cost).
 
         Interpolation is linear in the right features, so the correlation at a fractional
         shift is the interpolation of the correlations at the two integer shifts around it:
-        six integer shifts around floor(d) serve all nine offsets.
+        2r+2 integer shifts around floor(d) serve all 4r+1 offsets (radius 2: six for nine).
         """
         sizes = check_shape('left_q', left_q, ('B', 'C', 'h', 'w'))
         check_shape('right_q', right_q, ('B', 'C', 'h', 'w'), sizes)
@@ -146,8 +150,8 @@ class LocalRefiner(nn.Module):
         batch, channels, height, width = left_q.shape
         base = torch.floor(disparity_q)
         fraction = disparity_q - base
-        lowest = math.floor(min(self.OFFSETS))
-        count = math.floor(max(self.OFFSETS)) + 2 - lowest                 # shifts -2 .. 3
+        lowest = math.floor(min(self.offsets))
+        count = math.floor(max(self.offsets)) + 2 - lowest      # radius 2: shifts -2 .. 3
         shifts = torch.arange(lowest, lowest + count, device=left_q.device).view(1, count, 1, 1)
         # Source column of every pixel for every integer shift around floor(d): (B, S, h, w).
         source = (torch.arange(width, device=left_q.device).view(1, 1, 1, width)
@@ -161,7 +165,7 @@ class LocalRefiner(nn.Module):
         # Each offset interpolates the two integer shifts around d + o. Clamped: a fraction
         # just under 1 plus the largest offset can round up to the next integer in float32;
         # the weight then takes the last shift in full.
-        offsets = torch.tensor(self.OFFSETS, dtype=left_q.dtype,
+        offsets = torch.tensor(self.offsets, dtype=left_q.dtype,
                                device=left_q.device).view(1, -1, 1, 1)
         total = fraction + offsets                                          # (B, K, h, w)
         below = (torch.floor(total) - lowest).clamp(0, count - 2)

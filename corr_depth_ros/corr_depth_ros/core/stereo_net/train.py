@@ -235,7 +235,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      net_config: Optional[Dict[str, Any]] = None, val_count: int = 16,
                      augment: Optional[AugmentConfig] = AugmentConfig(),
                      data_dir: str = '', command: str = '', refine_from: str = '',
-                     refine_channels: int = 16, init_from: str = '') -> Dict[str, Any]:
+                     refine_channels: int = 16, refine_radius: int = 2,
+                     init_from: str = '') -> Dict[str, Any]:
     """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``
     rendered on the fly, or, with ``data_dir``, on a pool written by ``corr_depth synth stereo``
     (rendering once and re-augmenting every pass frees the CPU that rendering would take).
@@ -243,7 +244,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     Every validation that improves the held-out EPE writes ``out_dir/best.safetensors`` (+ JSON
     sidecar) with the full metadata; ``out_dir/last.safetensors`` is written at the end.
     With ``refine_from`` (a weights file without a refiner), the network is that file's plus a
-    ``refine_channels`` local refiner (refinement.LocalRefiner), and only the refiner trains:
+    ``refine_channels`` wide local refiner searching ``refine_radius`` quarter-pixels each side
+    (refinement.LocalRefiner), and only the refiner trains:
     the rest is loaded, frozen and kept in eval mode (``net_config`` is then ignored).
     With ``init_from``, training starts from that file's network and weights (all of them
     train; ``net_config`` is ignored too).
@@ -254,7 +256,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     if refine_from and init_from:
         raise ValueError('use either refine_from or init_from, not both')
     if refine_from:
-        model, refined_from = refiner_on_frozen_base(refine_from, refine_channels)
+        model, refined_from = refiner_on_frozen_base(refine_from, refine_channels,
+                                                     refine_radius)
     elif init_from:
         model, header = load_weights(init_from, build_stereo_net, expected_arch=ARCH)
         initialised_from = _source_note(init_from, header)
@@ -303,14 +306,15 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     return {**result, 'best': best.best or {'epe_px': math.inf}}
 
 
-def refiner_on_frozen_base(base_path: str, refine_channels: int):
+def refiner_on_frozen_base(base_path: str, refine_channels: int, refine_radius: int = 2):
     """(model, note): the network of ``base_path`` plus an untrained ``refine_channels``
-    refiner, base weights loaded and frozen (``StereoNet.freeze_base``); ``note`` describes the
+    wide refiner of search radius ``refine_radius``, base weights loaded and frozen (``StereoNet.freeze_base``); ``note`` describes the
     base for the new weights' metadata."""
     base, header = load_weights(base_path, build_stereo_net, expected_arch=ARCH)
     if 'refine_channels' in header['config']:
         raise ValueError(f'{base_path} already has a refiner; refine a file without one')
-    model = build_stereo_net(**{**header['config'], 'refine_channels': int(refine_channels)})
+    model = build_stereo_net(**{**header['config'], 'refine_channels': int(refine_channels),
+                                'refine_radius': int(refine_radius)})
     keys = model.load_state_dict(base.state_dict(), strict=False)
     if keys.unexpected_keys or any(not k.startswith('refiner.') for k in keys.missing_keys):
         raise ValueError(f'{base_path} does not match the network it describes: '
