@@ -74,7 +74,7 @@ PARAMS = [
               'stereo_gwc_small weights).', read_only=True),
     ParamSpec('learned.refine', True, 'learned: run the weights\' 1/4-resolution local refiner '
               'when they have one (the shipped ones do); false skips it: less accurate, '
-              '~15-20 ms faster a 741x500 pair on a 2-core CPU.', read_only=True),
+              '~13 ms faster a 741x500 pair on a 2-core CPU.', read_only=True),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
               '(1,3,H,W) float32, output disparity in pixels).', read_only=True),
     ParamSpec('onnx.input_width', 0, 'onnx: fixed model input width, pixels (0: image width; '
