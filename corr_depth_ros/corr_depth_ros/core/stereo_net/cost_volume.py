@@ -1,4 +1,4 @@
-"""Stage 2: the matching cost volume at 1/4 resolution.
+"""Stage 2: the matching cost volume at the features' resolution (1/8 in model.py).
 
 Group-wise correlation (GwcNet, Guo et al. CVPR 2019; FoundationStereo, Wen et al. CVPR 2025,
 eq. 1): split the C feature channels into G groups and correlate each group separately,
@@ -22,7 +22,7 @@ def groupwise_correlation_volume(left_features: torch.Tensor, right_features: to
                                  num_disparities: int, groups: int) -> torch.Tensor:
     """(B, C, H, W) left and right features -> (B, G, D, H, W) group-wise correlation.
 
-    D = ``num_disparities`` candidates 0..D-1 in feature pixels (1/4 of image pixels at our
+    D = ``num_disparities`` candidates 0..D-1 in feature pixels (8 image pixels each at our
     feature stride); C must be divisible by ``groups``.
     """
     sizes = check_shape('left_features', left_features, ('B', 'C', 'H', 'W'))
