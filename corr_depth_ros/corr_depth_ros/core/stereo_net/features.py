@@ -14,8 +14,10 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
+def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3,
+                 dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, dilation * (kernel // 2),
+                                   dilation=dilation, bias=False),
                          nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 

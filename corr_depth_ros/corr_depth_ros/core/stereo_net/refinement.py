@@ -128,7 +128,8 @@ class LocalRefiner(nn.Module):
         num_offsets = len(self.offsets)
         self.head = nn.Sequential(
             conv_bn_relu(num_offsets + projected + 1, hidden),
-            _dilated(hidden, 2), _dilated(hidden, 4), conv_bn_relu(hidden, hidden),
+            conv_bn_relu(hidden, hidden, dilation=2), conv_bn_relu(hidden, hidden, dilation=4),
+            conv_bn_relu(hidden, hidden),
             nn.Conv2d(hidden, 1, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
@@ -194,9 +195,3 @@ class LocalRefiner(nn.Module):
         residual = F.interpolate(residual * factor, size=disparity.shape[-2:], mode='bilinear',
                                  align_corners=False)
         return (disparity + residual).clamp_min(0.0)
-
-
-def _dilated(channels: int, dilation: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
-                                   bias=False),
-                         nn.BatchNorm2d(channels), nn.ReLU(inplace=True))

@@ -245,8 +245,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     sidecar) with the full metadata; ``out_dir/last.safetensors`` is written at the end.
     With ``refine_from`` (a weights file without a refiner), the network is that file's plus a
     ``refine_channels`` wide local refiner searching ``refine_radius`` quarter-pixels each side
-    (refinement.LocalRefiner), and only the refiner trains:
-    the rest is loaded, frozen and kept in eval mode (``net_config`` is then ignored).
+    (refinement.LocalRefiner), and only the refiner trains: the rest is loaded, frozen and
+    kept in eval mode (``net_config`` is then ignored).
     With ``init_from``, training starts from that file's network and weights (all of them
     train; ``net_config`` is ignored too).
     Returns fit()'s final logs plus the best validation numbers.
@@ -308,8 +308,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
 
 def refiner_on_frozen_base(base_path: str, refine_channels: int, refine_radius: int = 2):
     """(model, note): the network of ``base_path`` plus an untrained ``refine_channels``
-    wide refiner of search radius ``refine_radius``, base weights loaded and frozen (``StereoNet.freeze_base``); ``note`` describes the
-    base for the new weights' metadata."""
+    wide refiner of search radius ``refine_radius``, base weights loaded and frozen
+    (``StereoNet.freeze_base``); ``note`` describes the base for the new weights' metadata."""
     base, header = load_weights(base_path, build_stereo_net, expected_arch=ARCH)
     if 'refine_channels' in header['config']:
         raise ValueError(f'{base_path} already has a refiner; refine a file without one')
