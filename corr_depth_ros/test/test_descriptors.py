@@ -45,25 +45,28 @@ def test_network_factory_is_keyword_only_and_checks_inputs():
     assert compute_descriptors(net.eval(), image).shape == (3 * len(DEFAULT_SCALES), 20, 30)
 
 
-def test_multi_scale_descriptors_are_the_passes_side_by_side():
+@pytest.mark.parametrize('height,width', [(37, 53), (40, 56)])
+def test_multi_scale_descriptors_are_the_passes_side_by_side(height, width):
     """Block 0 is the full-resolution pass, block 1 the half-scale pass resampled onto the
-    full grid (pixel centres aligned, padding cropped), both scaled by 1/sqrt(2)."""
+    full grid (pixel centres aligned, padding cropped), both scaled by 1/sqrt(2). At 37x53 the
+    half pass is resampled by a non-integer factor, at 40x56 by exactly 4 (the separable path)."""
     import torch.nn.functional as F
 
     net = tiny_net(seed=2, descriptor_dim=4).eval()
-    image = (np.random.default_rng(5).random((37, 53, 3)) * 255).astype(np.uint8)  # not /16
+    image = (np.random.default_rng(5).random((height, width, 3)) * 255).astype(np.uint8)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     both = compute_descriptors(net, image, scales=(1.0, 0.5))
-    assert both.shape == (8, 37, 53)
+    assert both.shape == (8, height, width)
+    small_h, small_w = round(height * 0.5), round(width * 0.5)
     with torch.no_grad():
         np.testing.assert_allclose(both[:4] * math.sqrt(2), net(x)[0], atol=1e-6)
-        small = F.interpolate(x, size=(18, 26), mode='bilinear', antialias=True,
+        small = F.interpolate(x, size=(small_h, small_w), mode='bilinear', antialias=True,
                               align_corners=False)
-        low = net.forward_low(small)[0]                      # (4, 16/2, 32/2): padded input
-    # Output pixel X sits at pass pixel (X + 0.5) * 26 / 53 - 0.5, i.e. at
-    # ((X + 0.5) * 26 / 53) / 2 - 0.5 on the half-resolution output of that pass.
-    xs = ((np.arange(53) + 0.5) * 26 / 53) / 2 - 0.5
-    ys = ((np.arange(37) + 0.5) * 18 / 37) / 2 - 0.5
+        low = net.forward_low(small)[0]                      # padded input, half resolution
+    # Output pixel X sits at pass pixel (X + 0.5) * small_w / width - 0.5, i.e. at
+    # ((X + 0.5) * small_w / width) / 2 - 0.5 on the half-resolution output of that pass.
+    xs = ((np.arange(width) + 0.5) * small_w / width) / 2 - 0.5
+    ys = ((np.arange(height) + 0.5) * small_h / height) / 2 - 0.5
     grid = torch.stack(torch.meshgrid(torch.tensor(ys), torch.tensor(xs), indexing='ij')[::-1],
                        -1).float()
     grid[..., 0] = (2 * grid[..., 0] + 1) / low.shape[2] - 1
@@ -74,6 +77,33 @@ def test_multi_scale_descriptors_are_the_passes_side_by_side():
     for bad in ([], [0.5, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.5], 'x'):
         with pytest.raises(ValueError, match='scales'):
             compute_descriptors(net, image, scales=bad)
+
+
+@pytest.mark.parametrize('factors', [(2, 2), (4, 4), (3, 2), (1, 4)])
+@pytest.mark.parametrize('crop', [(0, 0), (1, 3), (2, 1)])
+def test_separable_upsampling_matches_interpolate(factors, crop):
+    """upsample_bilinear_into equals F.interpolate(align_corners=False) cropped, including
+    edge clamping, one-pixel sources and channels-last input; bad sizes are refused."""
+    import torch.nn.functional as F
+    from corr_depth_ros.core.descriptors.network import upsample_bilinear_into
+
+    generator = torch.Generator().manual_seed(sum(factors) + 7 * sum(crop))
+    for h, w in ((5, 7), (1, 3), (2, 1)):
+        low = torch.randn(2, 3, h, w, generator=generator)
+        want = F.interpolate(low, scale_factor=factors, mode='bilinear', align_corners=False)
+        height = max(1, factors[0] * h - crop[0])
+        width = max(1, factors[1] * w - crop[1])
+        for src in (low, low.contiguous(memory_format=torch.channels_last)):
+            out = torch.full((2, 3, height, width), float('nan'))
+            assert upsample_bilinear_into(src, factors, out) is out
+            np.testing.assert_allclose(out, want[..., :height, :width], atol=1e-6)
+    low = torch.zeros(1, 2, 4, 4)
+    with pytest.raises(ValueError, match='does not fit'):
+        upsample_bilinear_into(low, factors, torch.empty(1, 2, 4 * factors[0] + 1, 4))
+    with pytest.raises(ValueError, match='does not fit'):
+        upsample_bilinear_into(low, factors, torch.empty(1, 3, 4, 4))
+    with pytest.raises(ValueError, match='integers >= 1'):
+        upsample_bilinear_into(low, (0, 2), torch.empty(1, 2, 4, 4))
 
 
 def test_loaded_net_runs_channels_last_with_the_same_descriptors(tmp_path):
