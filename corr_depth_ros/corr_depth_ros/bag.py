@@ -301,6 +301,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
     from .core.descriptors import matching, query
     from .core.descriptors.network import compute_descriptors, load_descriptor_net
     from .core.geometry import depth_to_points
+    from .core.memory import RecyclingPool
     from .core.training import resolve_device
     pixels = parse_pixels(reference_pixels)
     reference_bgr = cv2.imread(reference_image, cv2.IMREAD_COLOR) if reference_image else None
@@ -319,6 +320,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
         pixels)
     writer = BagWriter(out_path)
     counts = {'sets': 0, 'errors': 0}
+    buffers = RecyclingPool()   # each set's descriptor image reuses the previous one's memory
 
     def on_set(image, info, depth=None):
         log_time = image.log_time_ns
@@ -331,7 +333,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                     raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the '
                                      f'image is {rgb.shape[1]}x{rgb.shape[0]}')
                 points_m = depth_to_points(depth_m, *conversions.camera_intrinsics(info.message))
-            descriptors = compute_descriptors(model, rgb, torch_device)
+            descriptors = compute_descriptors(model, rgb, torch_device, pool=buffers)
         except ValueError as exc:
             _skip(counts, log_time, exc)
             return

@@ -174,6 +174,12 @@ def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     point = client.received['correspondence/point'][-1]
     assert point.point.z == pytest.approx(response.matches[0].point.point.z)
 
+    # Once a frame is replaced and no request holds it, the next frame's descriptors reuse its
+    # buffer (core.memory.RecyclingPool): the node alternates between two.
+    for _ in range(4):
+        client.wait_live(node)
+    assert node.frames_processed >= 5 and node._buffers.created == 2
+
 
 def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     node = _start(ros, tmp_path)

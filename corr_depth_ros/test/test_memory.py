@@ -48,3 +48,53 @@ def test_keep_freed_memory_is_accepted_by_glibc():
             'ok = keep_freed_memory(); a = np.ones((8, 1024, 1024)); print(ok, a.sum())')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ['True', str(8.0 * 1024 * 1024)]
+
+
+def test_recycling_pool_hands_a_buffer_out_again_only_once_its_owner_is_gone():
+    import gc
+    pool = memory.RecyclingPool(max_free=1)
+    first = pool.take((2, 3, 4))
+    assert first.shape == (2, 3, 4) and first.dtype == torch.float32
+    owner = first[None][0]                       # a view, as compute_descriptors returns
+    pool.recycle_when_gone(owner, first)
+    held = pool.take((2, 3, 4))                  # owner alive: a new buffer
+    assert held.data_ptr() != first.data_ptr() and pool.free_count() == 0
+    del owner
+    gc.collect()
+    assert pool.free_count() == 1
+    assert pool.take((2, 3, 5)).data_ptr() != first.data_ptr()    # other shape: new
+    assert pool.take((2, 3, 4), dtype=torch.float64).dtype == torch.float64
+    assert pool.take((2, 3, 4)).data_ptr() == first.data_ptr()    # the recycled one
+    assert pool.free_count() == 0 and pool.created == 4
+    # At most max_free buffers wait; the owner must not be the buffer itself.
+    owners = [torch.empty(1) for _ in range(3)]
+    for owner in owners:
+        pool.recycle_when_gone(owner, torch.empty(2, 3, 4))
+    del owners, owner
+    gc.collect()
+    assert pool.free_count() == 1
+    with pytest.raises(ValueError, match='another object'):
+        pool.recycle_when_gone(held, held)
+
+
+def test_descriptors_from_a_pool_are_right_and_reuse_the_previous_frame_buffer():
+    """compute_descriptors with a pool: the same values as without; a frame's buffer is reused
+    once that frame's descriptors are dropped, never while they are held."""
+    import numpy as np
+    from corr_depth_ros.core.descriptors.network import build_descriptor_net, compute_descriptors
+
+    torch.manual_seed(0)
+    net = build_descriptor_net(descriptor_dim=4, base_channels=4, normalize=True).eval()
+    images = [(np.random.default_rng(i).random((24, 40, 3)) * 255).astype(np.uint8)
+              for i in range(3)]
+    pool = memory.RecyclingPool()
+    first = compute_descriptors(net, images[0], pool=pool)
+    second = compute_descriptors(net, images[1], pool=pool)
+    assert first.data_ptr() != second.data_ptr()          # first still held
+    first_ptr, first_values = first.data_ptr(), first.clone()
+    np.testing.assert_allclose(first_values, compute_descriptors(net, images[0]), atol=1e-6)
+    del first
+    third = compute_descriptors(net, images[2], pool=pool)
+    assert third.data_ptr() == first_ptr                   # the dropped frame's buffer
+    np.testing.assert_allclose(third, compute_descriptors(net, images[2]), atol=1e-6)
+    np.testing.assert_allclose(second, compute_descriptors(net, images[1]), atol=1e-6)

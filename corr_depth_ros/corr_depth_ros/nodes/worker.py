@@ -56,6 +56,9 @@ class LatestFrameWorker:
                 self._on_error(exc)
             self.last_duration_s = time.perf_counter() - start
             self.processed += 1
+            # Not kept while idle: what an item refers to (a frame's buffers, see
+            # core.memory.RecyclingPool) is then free for the next one.
+            item = None
 
 
 class ThrottledReporter:

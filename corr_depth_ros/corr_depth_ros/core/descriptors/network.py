@@ -159,8 +159,12 @@ def check_scales(scales) -> tuple:
 
 @torch.no_grad()
 def compute_descriptors(model: nn.Module, image_rgb8, device=None,
-                        scales=DEFAULT_SCALES) -> torch.Tensor:
+                        scales=DEFAULT_SCALES, pool=None) -> torch.Tensor:
     """(H,W,3) uint8 RGB numpy image -> (D*len(scales),H,W) float32 descriptors (eval mode).
+
+    ``pool``: a core.memory.RecyclingPool to take the output buffer from; it gets the buffer
+    back once the returned tensor is garbage (keep no views of it beyond it). Without a pool
+    the output is fresh memory.
 
     With several ``scales`` the image is also described downscaled (antialiased bilinear
     resize), each descriptor image is upsampled to (H,W), and they are concatenated and divided
@@ -181,9 +185,13 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None,
     # Every pass's half-resolution output is upsampled straight into its slice of one output
     # tensor: at 640x480 each fresh full-size (D,H,W) temporary costs ~10 ms of page faults
     # alone on this CPU, and concatenating afterwards would copy everything once more. The
-    # output itself is fresh per frame (the node serves requests from the previous one while
-    # the next is computed), so it is mapped with huge pages (core/memory.py: ~20 ms less).
-    out = empty_huge((1, dim * len(scales), height, width), dtype=image.dtype, device=device)
+    # output cannot be reused blindly (the node serves requests from the previous one while
+    # the next is computed): with a ``pool`` it is reused once the previous result is gone
+    # (the node), otherwise it is fresh, mapped with huge pages (core/memory.py).
+    shape = (dim * len(scales), height, width)
+    buffer = pool.take(shape, dtype=image.dtype, device=image.device) if pool is not None \
+        else empty_huge(shape, dtype=image.dtype, device=device)
+    out = buffer[None]
     weight = 1.0 / len(scales) ** 0.5
     for i, scale in enumerate(scales):
         if scale == 1.0:
@@ -209,7 +217,10 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None,
         else:
             torch.ops.aten.upsample_bilinear2d.out(low, [height, width], False, *factors,
                                                    out=target)
-    return out[0]
+    descriptors = out[0]  # a view: the pool's owner object, distinct from the buffer
+    if pool is not None:
+        pool.recycle_when_gone(descriptors, buffer)
+    return descriptors
 
 
 def _upsample_axis(src: torch.Tensor, factor: int, dim: int, out: torch.Tensor) -> None:
