@@ -267,8 +267,8 @@ def upsample_bilinear_into(low: torch.Tensor, factors, out: torch.Tensor) -> tor
     Why not that call: on the 2-core CPU ATen's bilinear kernel wrote a 640x480 D=32 output
     at ~1 GB/s (21-25 ms per descriptor pass into a reused buffer). Separably, columns then
     rows, each phase one vectorised lerp, it takes about half (10-12 ms). compute_descriptors
-    as a whole, same-process A/B: 138 -> 125 ms at 640x480, 388 -> 350 ms at 1280x720 (most of
-    the rest is the convolutions and faulting in the fresh output). Values: test_descriptors.
+    as a whole, same-process A/B with fresh outputs: 131 -> 119 ms at 640x480, 359 -> 318 ms at
+    1280x720. Values: test_descriptors.
     """
     check_shape('low', low, ('B', 'C', None, None))
     factor_y, factor_x = (int(f) for f in factors)
