@@ -58,6 +58,18 @@ def _parabola_offset(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tens
     return torch.where(curvature > 0, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
 
 
+def _argmin_rows(values: torch.Tensor) -> torch.Tensor:
+    """(N,M) -> (N,) int64 index of each row's minimum (the first one on ties).
+
+    On the CPU through numpy: torch's row-wise argmin took 4.4 ms for 10 rows of a 640x480
+    image on the 2-core CPU, numpy's 0.8 ms (a third of a 10-pixel request, see
+    find_best_matches). Same semantics: both return the first minimum.
+    """
+    if values.device.type == 'cpu':
+        return torch.from_numpy(values.numpy().argmin(axis=1))
+    return values.argmin(dim=1)
+
+
 def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
                       exclusion_px: float = 8.0, subpixel: bool = True,
                       chunk: int = 64, tau: float = 0.1,
@@ -90,7 +102,7 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
     for start in range(0, sizes['N'], chunk):
         dist2 = squared_distances(reference[start:start + chunk], descriptors, norms2)
         n = dist2.shape[0]
-        best = dist2.view(n, -1).argmin(dim=1)
+        best = _argmin_rows(dist2.view(n, -1))
         row = torch.div(best, width, rounding_mode='floor')
         col = best % width
         rows_n = torch.arange(n, device=dist2.device)
@@ -114,7 +126,8 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
         for i, (r, c) in enumerate(zip(row.tolist(), col.tolist())):
             dist2[i, max(0, r - radius):r + radius + 1, max(0, c - radius):c + radius + 1] = \
                 float('inf')
-        second_d2 = dist2.view(n, -1).min(dim=1).values
+        # amin, not min(dim=1): the values alone, without the index pass (~6x faster on CPU).
+        second_d2 = dist2.view(n, -1).amin(dim=1)
         out['match_px'].append(torch.stack([x, y], dim=1))
         out['distance'].append(best_d2.sqrt())
         out['second_distance'].append(second_d2.sqrt())
