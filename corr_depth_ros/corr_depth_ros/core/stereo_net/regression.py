@@ -17,6 +17,15 @@ def cost_to_probability(cost: torch.Tensor) -> torch.Tensor:
     return torch.softmax(-cost, dim=1)
 
 
+def _argmax_candidates(probability: torch.Tensor) -> torch.Tensor:
+    """(B, D, H, W) -> (B, 1, H, W) int64 index of the largest probability (the first on ties).
+
+    ``max(dim=1).indices``, not ``argmax(dim=1)``: the same indices, but on the CPU the arg-max
+    kernel over the strided candidate axis took 1.6 ms at 741x500 (1/8: 24 x 64 x 96), max 0.3.
+    """
+    return probability.max(dim=1, keepdim=True).indices
+
+
 def soft_argmin_disparity(probability: torch.Tensor, radius: int = 0) -> torch.Tensor:
     """(B, D, H, W) probabilities over candidates 0..D-1 -> (B, 1, H, W) expected disparity,
     in candidate units (multiply by the feature stride for image pixels).
@@ -29,7 +38,7 @@ def soft_argmin_disparity(probability: torch.Tensor, radius: int = 0) -> torch.T
     candidates = torch.arange(num, dtype=probability.dtype, device=probability.device)
     if radius <= 0:
         return (probability * candidates.view(1, num, 1, 1)).sum(dim=1, keepdim=True)
-    peak = probability.argmax(dim=1, keepdim=True)                       # (B, 1, H, W)
+    peak = _argmax_candidates(probability)                               # (B, 1, H, W)
     offsets = torch.arange(-radius, radius + 1, device=probability.device).view(1, -1, 1, 1)
     index = peak + offsets                                               # (B, 2r+1, H, W)
     inside = (index >= 0) & (index < num)
@@ -47,7 +56,7 @@ def peak_confidence(probability: torch.Tensor, radius: int = 1) -> torch.Tensor:
     """
     check_shape('probability', probability, (None, None, None, None))
     num = probability.shape[1]
-    peak = probability.argmax(dim=1, keepdim=True)
+    peak = _argmax_candidates(probability)
     offsets = torch.arange(-radius, radius + 1, device=probability.device).view(1, -1, 1, 1)
     index = peak + offsets
     inside = (index >= 0) & (index < num)
