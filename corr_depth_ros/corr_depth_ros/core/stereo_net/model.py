@@ -90,18 +90,26 @@ class StereoNet(nn.Module):
         height, width = left.shape[-2:]
         pad_h = (-height) % self.divisibility
         pad_w = (-width) % self.divisibility
-        if pad_h or pad_w:
-            # Pad bottom/right only, so pixel (0, 0) and every disparity stay where they are.
-            left = F.pad(left, (0, pad_w, 0, pad_h), mode='replicate')
-            right = F.pad(right, (0, pad_w, 0, pad_h), mode='replicate')
         batch = left.shape[0]
-        # 1. Shared 1/8 features for both images in one pass (one batch of 2B).
-        #    Convolutions run channels-last (oneDNN's native CPU layout, see inference_prep);
-        #    the correlation and the convex upsampling's element-wise work stay NCHW: on
-        #    channels-last tensors their sums and copies took ~4x as long. 741x500 on the
-        #    2-core CPU, with inference_prep's weights: 93-110 -> 78-81 ms per forward.
-        feats, quarter = self.features(torch.cat([left, right], dim=0).contiguous(
-            memory_format=CHANNELS_LAST), with_quarter=True)
+        # 1. Shared 1/8 features for both images in one pass (one batch of 2B), the images
+        #    padded on the bottom/right only, so pixel (0, 0) and every disparity stay where
+        #    they are. Convolutions run channels-last (oneDNN's native CPU layout, see
+        #    inference_prep); the correlation and the convex upsampling's element-wise work stay
+        #    NCHW: on channels-last tensors their sums and copies took ~4x as long. 741x500 on
+        #    the 2-core CPU, with inference_prep's weights: 93-110 -> 78-81 ms per forward.
+        # The padded left image in [0, 1] also guides the upsampling (step 5).
+        left_padded = F.pad(left, (0, pad_w, 0, pad_h), mode='replicate') \
+            if pad_h or pad_w else left
+        if torch.onnx.is_in_onnx_export():
+            # Plain operators for the graph (normalized_batch writes into slices).
+            right_padded = F.pad(right, (0, pad_w, 0, pad_h), mode='replicate') \
+                if pad_h or pad_w else right
+            feats, quarter = self.features(torch.cat([left_padded, right_padded], dim=0)
+                                           .contiguous(memory_format=CHANNELS_LAST),
+                                           with_quarter=True)
+        else:
+            pair = self.features.normalized_batch((left, right), height + pad_h, width + pad_w)
+            feats, quarter = self.features(pair, with_quarter=True, normalized=True)
         feats = feats.contiguous()
         left_f, right_f = feats[:batch], feats[batch:]
         # 2. Group-wise correlation volume (B, G, D, h, w), folded to (B, G*D, h, w), plus the
@@ -118,7 +126,7 @@ class StereoNet(nn.Module):
         confidence_c = peak_confidence(probability)
         # 5. Convex upsampling to full resolution (disparity scaled to full-res pixels).
         up = self.upsampler(torch.cat([disparity_c * FEATURE_STRIDE, confidence_c], dim=1),
-                            torch.cat([decoder_f, left_f], dim=1), left)
+                            torch.cat([decoder_f, left_f], dim=1), left_padded)
         disparity = up[:, :1]
         if self.refiner is not None:
             # 6. Local refinement at 1/4 (padded size; cropped below with the rest).
@@ -128,7 +136,7 @@ class StereoNet(nn.Module):
         if self.training and self.refiner is not None:
             out['disparity_unrefined'] = up[:, :1, :height, :width]
         if self.training and not self.base_frozen:
-            full = (left.shape[-2], left.shape[-1])
+            full = (left_padded.shape[-2], left_padded.shape[-1])
             coarse = F.interpolate(disparity_c * FEATURE_STRIDE, size=full, mode='bilinear',
                                     align_corners=False)
             coarser = soft_argmin_disparity(cost_to_probability(cost_coarse)) * 2 * FEATURE_STRIDE
