@@ -452,3 +452,30 @@ def test_train_stereo_net_refines_a_frozen_base_or_starts_from_weights(tmp_path)
     assert not torch.equal(joint['features.head.weight'], refined['features.head.weight'])
     with pytest.raises(ValueError, match='either'):
         run('both', refine_from=base_path, init_from=refined_path)
+
+
+@pytest.mark.parametrize('batch,height,width,padded', [(1, 13, 21, (16, 24)), (2, 16, 24, (16, 24)),
+                                                        (1, 9, 16, (16, 16))])
+def test_normalized_batch_equals_pad_cat_normalise(batch, height, width, padded):
+    """FeatureExtractor.normalized_batch is the plain pad + cat + normalise, channels-last,
+    also for channels-last (HWC-strided) inputs as the learned backend builds them; the
+    argmax helper of the regression gives argmax's indices."""
+    import torch.nn.functional as F
+    from corr_depth_ros.core.stereo_net.features import FeatureExtractor
+    from corr_depth_ros.core.stereo_net.regression import _argmax_candidates
+
+    features = FeatureExtractor(channels=8)
+    generator = torch.Generator().manual_seed(height)
+    left, right = (torch.rand(batch, 3, height, width, generator=generator) for _ in range(2))
+    right = right.contiguous(memory_format=torch.channels_last)
+    got = features.normalized_batch((left, right), *padded)
+    pad = (0, padded[1] - width, 0, padded[0] - height)
+    plain = torch.cat([F.pad(left, pad, mode='replicate'), F.pad(right, pad, mode='replicate')])
+    want = (plain - features.mean) / features.std
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match='cannot pad'):
+        features.normalized_batch((left, right), height - 1, width)
+    probability = torch.softmax(torch.randn(batch, 7, 5, 6, generator=generator), dim=1)
+    probability[:, 3:5] = probability[:, 3:4].clone()          # ties: the first one wins
+    assert torch.equal(_argmax_candidates(probability), probability.argmax(dim=1, keepdim=True))
