@@ -8,7 +8,7 @@
     with the node in its own process (as `ros2 run` starts it), over DDS on this host,
 (c) point-cloud packing throughput (points -> PointCloud2 message), in points/s, into one wire
     buffer reused per frame; beside it a fresh buffer per message, and the nodes' whole cloud
-    path (points computed from depth straight into the wire buffer, then packed).
+    path (x y z planes from depth, interleaved with the colours into the wire buffer).
 Targets (issue 2): node overhead <= 15 % over the bare backend; packing >= 50 M points/s.
 
     python scripts/bench_stereo_node.py --json bench_output/stereo_node.json [--backend sgbm]
@@ -40,7 +40,7 @@ def bare_backend(backend_name, data):
 def packing(data, runs):
     from std_msgs.msg import Header
     from corr_depth_ros import conversions
-    from corr_depth_ros.core.geometry import depth_to_points
+    from corr_depth_ros.core.geometry import depth_to_point_planes, depth_to_points
     geo = data['geometry']
     depth = np.full((geo.height, geo.width), 2.0, np.float32)
     points = depth_to_points(depth, geo.fx, geo.fy, geo.cx_left, geo.cy)
@@ -51,9 +51,8 @@ def packing(data, runs):
         packer.pack(points, data['left'], Header())
         times['reused_buffer'].append(time.perf_counter() - start)
         start = time.perf_counter()  # as nodes/cloud_publisher.py builds it
-        packer.pack(depth_to_points(depth, geo.fx, geo.fy, geo.cx_left, geo.cy,
-                                    out=packer.xyz_view(geo.height, geo.width)),
-                    data['left'], Header())
+        packer.pack_planes(*depth_to_point_planes(depth, geo.fx, geo.fy, geo.cx_left, geo.cy),
+                           data['left'], Header())
         times['from_depth'].append(time.perf_counter() - start)
         start = time.perf_counter()
         conversions.make_pointcloud2(points, data['left'], Header())

@@ -202,6 +202,10 @@ class PointCloud2Packer:
     of touching fresh memory (about half the packing time measured here). A producer can also
     compute the points straight into the buffer (:meth:`xyz_view`, e.g.
     ``depth_to_points(..., out=packer.xyz_view(h, w))``); :meth:`pack` then copies nothing.
+    From a depth image the fastest path is :meth:`pack_planes` with
+    ``core.geometry.depth_to_point_planes``: contiguous x, y, z planes interleaved with the
+    colours in one OpenCV pass (1.3 ms at 741x500 on the 2-core CPU, against 2.5 ms for
+    the points written field by field into the buffer and then the colours).
 
     Contract: a packed message is valid until the next :meth:`pack` (or :meth:`xyz_view`) of
     a cloud of the same size. A publisher may reuse it safely because ``publish()`` serialises
@@ -211,6 +215,7 @@ class PointCloud2Packer:
 
     def __init__(self):
         self._data: Optional[array.array] = None
+        self._colours: Optional[np.ndarray] = None   # (H, W, 4) uint8 B G R 0, pack_planes
 
     def _buffer(self, height: int, width: int) -> np.ndarray:
         """The wire buffer as (H, W, 16) bytes, (re)allocated for this size."""
@@ -238,6 +243,29 @@ class PointCloud2Packer:
         # writes the three bytes of every point in one pass (numpy's strided copies took 1.4x).
         cv2.mixChannels([np.ascontiguousarray(rgb, dtype=np.uint8)], [wire],
                         [2, 12, 1, 13, 0, 14])
+        return self._message(height, width, header)
+
+    def pack_planes(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, rgb: np.ndarray,
+                    header) -> PointCloud2:
+        """Like :meth:`pack`, from three contiguous (H, W) float32 planes (NaN invalid), e.g.
+        ``core.geometry.depth_to_point_planes``: one interleaving pass over the buffer."""
+        planes = [np.ascontiguousarray(p, dtype=np.float32) for p in (x, y, z)]
+        if any(p.ndim != 2 or p.shape != rgb.shape[:2] for p in planes) or rgb.ndim != 3 \
+                or rgb.shape[-1] != 3:
+            raise ConversionError(f'planes {[p.shape for p in planes]} and rgb {rgb.shape} must '
+                                  'be (H, W) and (H, W, 3) alike')
+        height, width = rgb.shape[:2]
+        wire = self._buffer(height, width).view(np.float32)          # (H, W, 4)
+        if self._colours is None or self._colours.shape[:2] != (height, width):
+            self._colours = np.zeros((height, width, 4), np.uint8)   # byte 3 stays 0
+        cv2.mixChannels([np.ascontiguousarray(rgb, dtype=np.uint8)], [self._colours],
+                        [2, 0, 1, 1, 0, 2])
+        written = cv2.merge([*planes, self._colours.view(np.float32)[..., 0]], dst=wire)
+        if written.ctypes.data != wire.ctypes.data:  # OpenCV allocated instead: copy it over
+            wire[...] = written
+        return self._message(height, width, header)
+
+    def _message(self, height: int, width: int, header) -> PointCloud2:
         msg = _with_checked_fields(PointCloud2)
         msg.header = header
         msg.height, msg.width = int(height), int(width)

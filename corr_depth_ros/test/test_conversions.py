@@ -132,6 +132,31 @@ def test_pointcloud_packer_takes_points_computed_into_its_buffer():
     assert bytes(direct.data) == bytes(separate.data)
 
 
+@pytest.mark.parametrize('dirty', [False, True])
+def test_pointcloud_packer_from_planes_equals_packing_points(dirty):
+    """pack_planes (x, y, z planes from depth_to_point_planes, as the nodes pack clouds) gives
+    the bytes pack gives for depth_to_points, NaN points included, into a buffer with stale
+    contents; depth that is clean (NaN invalid) is used as the z plane without a copy."""
+    from corr_depth_ros.core.geometry import depth_to_point_planes, depth_to_points
+    rng = np.random.default_rng(6)
+    depth = rng.uniform(0.5, 3.0, size=(6, 8)).astype(np.float32)
+    depth[2, 3] = np.nan
+    if dirty:
+        depth[0, :3] = [0.0, -1.0, np.inf]
+    rgb = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    expected = conversions.make_pointcloud2(depth_to_points(depth, 300.0, 310.0, 4.0, 3.0), rgb,
+                                            HEADER)
+    packer = conversions.PointCloud2Packer()
+    packer.pack(np.ones((6, 8, 3), np.float32), np.full((6, 8, 3), 255, np.uint8), HEADER)
+    x, y, z = depth_to_point_planes(depth, 300.0, 310.0, 4.0, 3.0)
+    assert (z is depth) == (not dirty)
+    cloud = packer.pack_planes(x, y, z, rgb, HEADER)
+    assert bytes(cloud.data) == bytes(expected.data)
+    assert (cloud.height, cloud.width, cloud.point_step) == (6, 8, 16)
+    with pytest.raises(conversions.ConversionError, match='must'):
+        packer.pack_planes(x, y, z[:, :4], rgb, HEADER)
+
+
 def test_disparity_message_fields():
     rng = np.random.default_rng(3)
     geo = motorcycle_geometry(8, 6)

@@ -52,6 +52,11 @@ def test_points_into_a_strided_buffer_match_a_new_array():
     assert np.isnan(expected[0, :4]).all() and np.isfinite(expected[1:]).all()
     with pytest.raises(ValueError, match='out must be'):
         depth_to_points(depth, 400.0, 410.0, 4.2, 3.1, out=np.empty((7, 8, 3), np.float32))
+    # float64 and empty depth images work too; all-NaN depth gives all-NaN points.
+    np.testing.assert_allclose(depth_to_points(depth.astype(np.float64), 400.0, 410.0, 4.2, 3.1),
+                               expected)
+    assert depth_to_points(np.zeros((0, 5), np.float32), 1.0, 1.0, 0.0, 0.0).shape == (0, 5, 3)
+    assert np.isnan(depth_to_points(np.full((2, 3), np.nan, np.float32), 1.0, 1.0, 0.0, 0.0)).all()
 
 
 def test_message_disparity_includes_doffs():

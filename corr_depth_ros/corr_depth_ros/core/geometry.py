@@ -124,6 +124,28 @@ def message_disparity(shifted_px: np.ndarray, valid: np.ndarray,
     return np.where(valid, shifted_px, np.float32(invalid_value)).astype(np.float32, copy=False)
 
 
+def _usable_depth(depth_m: np.ndarray) -> np.ndarray:
+    """(H, W) depth as float32 with NaN wherever it is not positive and finite; the input
+    itself (no copy) when it already is (REP 118 depth from our nodes: NaN invalid)."""
+    depth = np.asarray(depth_m, dtype=np.float32)
+    if depth.size == 0:
+        return depth
+    # fmin/fmax skip NaN without a copy: two cheap reductions spare the masked copy.
+    low, high = np.fmin.reduce(depth, axis=None), np.fmax.reduce(depth, axis=None)
+    if low > 0 and high < np.inf:  # False also when every pixel is NaN
+        return depth
+    usable = depth > 0  # NaN compares False
+    usable &= depth < np.inf
+    return np.where(usable, depth, np.float32(np.nan)).astype(np.float32, copy=False)
+
+
+def _rays(height: int, width: int, fx: float, fy: float, cx: float, cy: float):
+    """(1, W) x/z and (H, 1) y/z of the pixel rays, float32."""
+    u = (np.arange(width, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
+    v = (np.arange(height, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
+    return u[None, :], v[:, None]
+
+
 def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: float,
                     out: Optional[np.ndarray] = None) -> np.ndarray:
     """Back-project a depth image into the camera optical frame.
@@ -141,17 +163,27 @@ def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: fl
         out = np.empty((height, width, 3), dtype=np.float32)
     elif out.shape != (height, width, 3) or out.dtype != np.float32:
         raise ValueError(f'out must be ({height}, {width}, 3) float32, got {out.shape} {out.dtype}')
-    usable = depth_m > 0  # NaN compares False
-    usable &= depth_m < np.inf
-    z = np.where(usable, depth_m, np.float32(np.nan)).astype(np.float32, copy=False)
-    u = (np.arange(width, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
-    v = (np.arange(height, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
+    z = _usable_depth(depth_m)
+    u, v = _rays(height, width, fx, fy, cx, cy)
     # Computed from the contiguous z and written once per field: a strided out (the cloud's
     # wire buffer) is only written, never read back.
-    np.multiply(z, u[None, :], out=out[..., 0])
-    np.multiply(z, v[:, None], out=out[..., 1])
+    np.multiply(z, u, out=out[..., 0])
+    np.multiply(z, v, out=out[..., 1])
     np.copyto(out[..., 2], z)
     return out
+
+
+def depth_to_point_planes(depth_m: np.ndarray, fx: float, fy: float, cx: float,
+                          cy: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`depth_to_points` as three contiguous (H, W) float32 planes (x, y, z), NaN where
+    depth is invalid; z is ``depth_m`` itself (not a copy) when that is float32 with NaN as its
+    only invalid value. For packing a cloud in one interleaving pass
+    (PointCloud2Packer.pack_planes), where strided writes per field cost twice as much.
+    """
+    check_shape('depth_m', depth_m, (None, None))
+    z = _usable_depth(depth_m)
+    u, v = _rays(*z.shape, fx, fy, cx, cy)
+    return z * u, z * v, z
 
 
 def project_points(points_m: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
