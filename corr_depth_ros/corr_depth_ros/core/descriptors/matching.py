@@ -66,7 +66,7 @@ def _argmin_rows(values: torch.Tensor) -> torch.Tensor:
     find_best_matches). Same semantics: both return the first minimum.
     """
     if values.device.type == 'cpu':
-        return torch.from_numpy(values.numpy().argmin(axis=1))
+        return torch.from_numpy(values.detach().numpy().argmin(axis=1))
     return values.argmin(dim=1)
 
 
