@@ -462,7 +462,7 @@ def test_normalized_batch_equals_pad_cat_normalise(batch, height, width, padded)
     argmax helper of the regression gives argmax's indices."""
     import torch.nn.functional as F
     from corr_depth_ros.core.stereo_net.features import FeatureExtractor
-    from corr_depth_ros.core.stereo_net.regression import _argmax_candidates
+    from corr_depth_ros.core.stereo_net.regression import argmax_candidates
 
     features = FeatureExtractor(channels=8)
     generator = torch.Generator().manual_seed(height)
@@ -478,4 +478,4 @@ def test_normalized_batch_equals_pad_cat_normalise(batch, height, width, padded)
         features.normalized_batch((left, right), height - 1, width)
     probability = torch.softmax(torch.randn(batch, 7, 5, 6, generator=generator), dim=1)
     probability[:, 3:5] = probability[:, 3:4].clone()          # ties: the first one wins
-    assert torch.equal(_argmax_candidates(probability), probability.argmax(dim=1, keepdim=True))
+    assert torch.equal(argmax_candidates(probability), probability.argmax(dim=1, keepdim=True))

@@ -186,8 +186,8 @@ class CorrespondenceNode(Node):
             self._values.update({p.name: p.value for p in params})
         return result
 
-    def _describe(self, rgb: np.ndarray):
-        return compute_descriptors(self._model, rgb, self._device, self._scales)
+    def _describe(self, rgb: np.ndarray, pool=None):
+        return compute_descriptors(self._model, rgb, self._device, self._scales, pool=pool)
 
     # --- live frames -------------------------------------------------------------------------
     def _on_frame(self, image_msg, depth_msg, info_msg):
@@ -208,8 +208,7 @@ class CorrespondenceNode(Node):
         # The descriptor image (78 MB at 640x480, two scales) is written into a buffer of a
         # frame nobody uses any more (RecyclingPool: the previous frame's, once it is replaced
         # and its last request is served), not into fresh memory: ~10-20 ms a frame less.
-        descriptors = compute_descriptors(self._model, rgb, self._device, self._scales,
-                                          pool=self._buffers)
+        descriptors = self._describe(rgb, pool=self._buffers)
         frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, time.monotonic())
         with self._frame_lock:
             self._frame = frame

@@ -15,7 +15,8 @@ from .aggregation import Hourglass2d
 from .cost_volume import groupwise_correlation_volume
 from .features import FeatureExtractor
 from .refinement import ConvexUpsampler, LocalRefiner
-from .regression import cost_to_probability, peak_confidence, soft_argmin_disparity
+from .regression import (argmax_candidates, cost_to_probability, peak_confidence,
+                         soft_argmin_disparity)
 
 ARCH = 'stereo_gwc2d_v1'   # bump when a change makes old weights incompatible
 FEATURE_STRIDE = 8         # cost volume resolution: see aggregation.py for why 1/8
@@ -122,8 +123,9 @@ class StereoNet(nn.Module):
         # 4. Regression at 1/8: disparity in candidates, confidence from the distribution.
         probability = cost_to_probability(cost)
         radius = 0 if self.training else self.regression_radius
-        disparity_c = soft_argmin_disparity(probability, radius)
-        confidence_c = peak_confidence(probability)
+        peak = argmax_candidates(probability)                     # shared by both
+        disparity_c = soft_argmin_disparity(probability, radius, peak)
+        confidence_c = peak_confidence(probability, peak=peak)
         # 5. Convex upsampling to full resolution (disparity scaled to full-res pixels).
         up = self.upsampler(torch.cat([disparity_c * FEATURE_STRIDE, confidence_c], dim=1),
                             torch.cat([decoder_f, left_f], dim=1), left_padded)
