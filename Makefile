@@ -49,6 +49,8 @@ eval: build
 	@$(ENV) && corr_depth eval corr --dataset motorcycle --benchmark --json eval_output/corr_motorcycle.json \
 	    --figure eval_output/corr_motorcycle.png
 	@$(ENV) && corr_depth eval corr --dataset synthetic --json eval_output/corr_synthetic.json
+	@$(ENV) && corr_depth eval corr --dataset synthetic --queries-on objects \
+	    --json eval_output/corr_synthetic_objects.json
 
 clean:
 	rm -rf build install log demo_output bench_output eval_output

@@ -372,3 +372,34 @@ def test_eval_corr_synthetic_splits(tmp_path):
         assert 0.0 <= report['results']['descriptor_net']['pck@3'] <= 1.0
         seeds[split] = int(report['protocol'].split('(seeds ')[1].split(' ')[0])
     assert seeds['train'] == 0 and seeds['held-out'] >= HELD_OUT_SEED
+
+
+def test_eval_corr_synthetic_object_queries_lie_on_objects(tmp_path, monkeypatch):
+    """--queries-on objects samples queries only where A shows an object visible in B."""
+    import json
+
+    from corr_depth_ros.cli import main as cli_main
+    from corr_depth_ros.core.descriptors import evaluate as ev
+    from corr_depth_ros.core.descriptors.data import HELD_OUT_SEED, render_sample
+    drawn = []
+    original = ev.sample_queries
+
+    def spy(valid, count, seed=0, border_px=0):
+        drawn.append((valid.copy(), original(valid, count, seed, border_px)))
+        return drawn[-1][1]
+    monkeypatch.setattr(ev, 'sample_queries', spy)
+    out = tmp_path / 'objects.json'
+    assert cli_main(['eval', 'corr', '--dataset', 'synthetic', '--queries-on', 'objects',
+                     '--pairs', '2', '--queries', '20', '--size', '64x48', '--baselines', '',
+                     '--json', str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report['queries_on'] == 'objects' and 'on objects' in report['protocol']
+    skipped = report.get('pairs_without_object_queries', [])
+    assert len(drawn) + len(skipped) == 2 and drawn
+    seeds = [s for s in (HELD_OUT_SEED + ev.SYNTHETIC_TEST_OFFSET + i for i in range(2))
+             if s not in skipped]
+    for seed, (valid, queries) in zip(seeds, drawn):
+        pair = render_sample('multiview', seed, 48, 64)
+        on_object = (pair['object_mask_a'][0] & pair['match_valid'][0]).numpy()
+        assert np.array_equal(valid, on_object)
+        assert on_object[queries[:, 1].astype(int), queries[:, 0].astype(int)].all()

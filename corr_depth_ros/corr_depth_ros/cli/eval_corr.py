@@ -16,6 +16,11 @@ def register(subparsers):
                    help='synthetic: held-out seeds (the benchmark) or the first training seeds '
                         '(the pairs a `--seed 0` training run rendered first): the same score '
                         'on both means the net underfits rather than fails to generalise')
+    p.add_argument('--queries-on', choices=('visible', 'objects'), default='visible',
+                   help='synthetic: query among all A pixels visible in B (the benchmark), or '
+                        "only among those on objects (Dense Object Nets' setting: grasp points "
+                        'lie on objects, while most of a scene is weakly textured floor and '
+                        'wall); B is searched whole either way')
     p.add_argument('--baselines', default='sift,ncc', help='comma list of sift,ncc ("" for none)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     p.add_argument('--seed', type=int, default=0)
@@ -71,9 +76,15 @@ def run(args) -> int:
         from ..core.synth.render import split_size
         height, width = split_size(args.size)
         first_seed = HELD_OUT_SEED + ev.SYNTHETIC_TEST_OFFSET if args.split == 'held-out' else 0
+        skipped = []
         for i in range(args.pairs):
             pair = render_sample(args.kind, first_seed + i, height, width)
             valid = pair['match_valid'][0].numpy()
+            if args.queries_on == 'objects':
+                valid = valid & pair['object_mask_a'][0].numpy()
+                if not valid.any():
+                    skipped.append(first_seed + i)   # no object of A is visible in B
+                    continue
             queries = ev.sample_queries(valid, args.queries, args.seed + i)
             rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
             truth = pair['match_b_px'][:, rows, cols].t().numpy()
@@ -84,8 +95,12 @@ def run(args) -> int:
                 figure_args = (a, b, queries, raw)
         protocol = (f'{args.split} synthetic {args.kind} pairs (seeds {first_seed} + i, '
                     f'i < {args.pairs}), {width}x{height}; '
-                    'queries among A pixels visible in B; whole image B searched.')
-        extra = {}
+                    f'queries among A pixels visible in B'
+                    f'{" that lie on objects" if args.queries_on == "objects" else ""}; '
+                    'whole image B searched.')
+        extra = {'queries_on': args.queries_on}
+        if skipped:
+            extra['pairs_without_object_queries'] = skipped
     results = ev.merge_raw(raws)
     report = {'dataset': args.dataset, 'protocol': protocol, 'results': results,
               'weights': args.weights or 'shipped', 'weights_identity': header.get('identity'),
