@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from corr_depth_ros.core.descriptors import grasp, matching, references
-from corr_depth_ros.core.descriptors.loss import (ContrastiveConfig, contrastive_terms, pair_loss,
+from corr_depth_ros.core.descriptors.loss import (ContrastiveConfig, contrastive_terms,
+                                                  mine_hardest_non_matches, pair_loss,
                                                   sample_descriptors)
 from corr_depth_ros.core.descriptors.network import (DEFAULT_SCALES, build_descriptor_net,
                                                      compute_descriptors)
@@ -181,6 +182,55 @@ def test_pair_loss_perfect_descriptors_beat_random_and_backpropagate():
     assert float(random_loss.detach()) > float(perfect) + 0.1
     random_loss.backward()
     assert noise.grad is not None and float(noise.grad.abs().sum()) > 0
+
+
+def test_mining_returns_the_closest_pixels_outside_the_exclusion_disc():
+    height, width = 12, 16
+    desc = torch.full((2, height, width), 10.0)
+    # The reference sits at (5, 6); its own pixel and a neighbour 2 px away are identical to it,
+    # three far pixels come next, nearest first.
+    desc[:, 6, 5] = 0.0
+    desc[:, 6, 7] = 0.0
+    for rank, (x, y) in enumerate([(14, 1), (0, 11), (9, 9)]):
+        desc[:, y, x] = torch.tensor([0.1 * (rank + 1), 0.0])
+    reference = torch.zeros(1, 2)
+    truth = torch.tensor([[5.0, 6.0]])
+    mined = mine_hardest_non_matches(reference, desc, truth, 3, exclusion_px=3.0)
+    assert mined.shape == (1, 3, 2)
+    assert mined[0].tolist() == [[14.0, 1.0], [0.0, 11.0], [9.0, 9.0]]
+    # With a 1.5 px disc the neighbour 2 px away is the hardest non-match.
+    mined = mine_hardest_non_matches(reference, desc, truth, 1, exclusion_px=1.5)
+    assert mined[0].tolist() == [[7.0, 6.0]]
+    # A match at the image corner: the disc is clipped, nothing wraps to the next row.
+    corner = mine_hardest_non_matches(torch.full((1, 2), 10.0), desc, torch.tensor([[15.0, 0.0]]),
+                                      4, exclusion_px=3.0)
+    assert all(math.hypot(x - 15, y) >= 3.0 for x, y in corner[0].tolist())
+    with pytest.raises(ValueError, match='count'):
+        mine_hardest_non_matches(reference, desc, truth, height * width, exclusion_px=3.0)
+
+
+def test_pair_loss_global_term_finds_a_far_confuser():
+    match, valid, objects = _pair_batch()
+    height, width = valid.shape
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing='ij')
+    desc_b = torch.stack([xs, ys]).float() / 4.0
+    desc_a = torch.stack([xs + 3, ys]).float() / 4.0
+    only = torch.zeros_like(valid)
+    only[10, 10] = True           # every sampled match is A's pixel (10, 10)
+    mined = ContrastiveConfig(num_matches=64, margin=0.5, global_non_matches=2,
+                              global_matches=64)
+    # Perfect descriptors: every pixel 3 px or more from the match is beyond the margin.
+    _, logs = pair_loss(desc_a, desc_b, match, only, objects, objects, mined,
+                        torch.Generator().manual_seed(0))
+    assert logs['global_loss'] == 0.0
+    # One confuser far from the match, in a corner uniform sampling would rarely draw.
+    desc_b[:, 1, width - 2] = desc_a[:, 10, 10]
+    desc_a.requires_grad_(True)
+    loss, logs = pair_loss(desc_a, desc_b, match, only, objects, objects, mined,
+                           torch.Generator().manual_seed(0))
+    assert logs['global_hard_frac'] > 0 and logs['global_loss'] > 0
+    loss.backward()
+    assert float(desc_a.grad[:, 10, 10].abs().sum()) > 0
 
 
 # --- matching ------------------------------------------------------------------------------------

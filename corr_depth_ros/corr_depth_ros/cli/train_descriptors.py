@@ -21,6 +21,14 @@ def register(subparsers):
     p.add_argument('--no-normalize', action='store_true', help='do not unit-normalise descriptors')
     p.add_argument('--margin', type=float, default=1.0, help='non-match margin M (descriptor units)')
     p.add_argument('--num-matches', type=int, default=2048, help='matches sampled per pair')
+    p.add_argument('--global-non-matches', type=int, default=0, metavar='K',
+                   help='per match, also the K pixels of the whole second image closest in '
+                        'descriptor space (mined hard negatives; 0: off)')
+    p.add_argument('--global-matches', type=int, default=256,
+                   help='--global-non-matches: how many of the sampled matches get the search')
+    p.add_argument('--init-from', default='', metavar='WEIGHTS',
+                   help='start from these descriptor weights (their network; all parameters '
+                        'train), e.g. to fine-tune the shipped net with another loss')
     p.add_argument('--stereo-fraction', type=float, default=0.3,
                    help='share of rectified stereo pairs (rest: multiview pairs)')
     p.add_argument('--background-prob', type=float, default=0.2,

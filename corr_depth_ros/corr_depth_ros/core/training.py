@@ -179,6 +179,14 @@ def load_weights(path: str, factory: Callable[..., nn.Module], *, expected_arch:
     return model, header
 
 
+def source_note(path: str, header: Dict[str, Any]) -> Dict[str, Any]:
+    """What new weights' metadata says about the file they started from (``--init-from``)."""
+    meta = header.get('metadata', {})
+    return {'file': os.path.basename(path), 'identity': header.get('identity'),
+            'steps': meta.get('steps'), 'validation': meta.get('validation'),
+            'command': meta.get('command')}
+
+
 # --- the training loop ---------------------------------------------------------------------------
 @dataclass
 class TrainConfig:

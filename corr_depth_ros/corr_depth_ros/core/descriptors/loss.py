@@ -17,7 +17,17 @@ B ("masked sampling"), each term scaled by its own N_hard, so that the many easy
 do not drown the object pairs. We add a third set of non-matches a few pixels from the true
 match (``near``): our evaluation asks for 3-pixel accuracy, and uniform sampling almost never
 asks the net to tell a pixel from its neighbours.
+
+Optionally (``global_non_matches`` > 0) a fourth set is *mined* rather than sampled: for some of
+the matches, the K pixels of all of B whose descriptors lie closest to the A descriptor (outside
+``min_non_match_px`` of the true match). The service and the evaluation take the arg-min over
+the whole image, so one confusable pixel anywhere is a wrong answer; a handful of uniform
+non-matches per match rarely contains it. This is the hardest-negative mining of metric
+learning (e.g. Hermans et al. 2017, "In Defense of the Triplet Loss"; DON's own code mines
+within its sampled non-matches only). The search runs without gradients; only the K chosen
+pairs enter the loss, with the same hinge and the same scaling by hard negatives.
 """
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Tuple
 
@@ -39,6 +49,9 @@ class ContrastiveConfig:
     min_non_match_px: float = 3.0         # a "non-match" closer than this to the match is ignored
     non_match_weight: float = 1.0
     near_weight: float = 1.0
+    global_non_matches: int = 0           # K hardest non-matches mined over all of B, per match
+    global_matches: int = 256             # matches (of num_matches) that get the global search
+    global_weight: float = 1.0
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -153,7 +166,8 @@ def pair_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, match_b_px: torch.Tens
                                   ('background', cfg.background_non_matches, 1.0 - obj_b)):
         if per_match > 0 and float(pool.sum()) > 0:
             idx = _sample_pixels(pool, cfg.num_matches * per_match, generator)
-            kinds.append((kind, per_match, _flat_to_xy(idx, width), cfg.non_match_weight))
+            kinds.append((kind, per_match, _flat_to_xy(idx, width), cfg.non_match_weight,
+                          cfg.num_matches))
     if cfg.near_non_matches > 0:
         count = cfg.num_matches * cfg.near_non_matches
         lo, hi = cfg.near_radius_px
@@ -163,21 +177,68 @@ def pair_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, match_b_px: torch.Tens
         near = centre + torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
         near[:, 0] = near[:, 0].clamp(0, width - 1)
         near[:, 1] = near[:, 1].clamp(0, height - 1)
-        kinds.append(('near', cfg.near_non_matches, near, cfg.near_weight))
+        kinds.append(('near', cfg.near_non_matches, near, cfg.near_weight, cfg.num_matches))
+    if cfg.global_non_matches > 0:
+        count = min(cfg.global_matches, cfg.num_matches)
+        mined = mine_hardest_non_matches(feat_a[:count].detach(), desc_b.detach(), pix_b[:count],
+                                         cfg.global_non_matches, cfg.min_non_match_px)
+        # Laid out like the other kinds: K blocks of ``count`` pixels, block k = k-th hardest.
+        kinds.append(('global', cfg.global_non_matches, mined.transpose(0, 1).reshape(-1, 2),
+                      cfg.global_weight, count))
 
     match_loss, _, _ = contrastive_terms(feat_a, feat_b, feat_a[:0], feat_b[:0], cfg.margin)
     total = total + match_loss
     logs['match_loss'] = float(match_loss.detach())
     logs['match_distance'] = float((feat_a - feat_b).detach().norm(dim=1).mean())
-    for kind, per_match, pix_non_b, weight in kinds:
-        true_b = pix_b.repeat(per_match, 1)
+    for kind, per_match, pix_non_b, weight, used in kinds:
+        true_b = pix_b[:used].repeat(per_match, 1)
         # A pixel within min_non_match_px of the true match is not a non-match at all.
         far_enough = (pix_non_b - true_b).norm(dim=1) >= cfg.min_non_match_px
         _, non_match_loss, num_hard = contrastive_terms(
-            feat_a[:0], feat_b[:0], feat_a.repeat(per_match, 1),
+            feat_a[:0], feat_b[:0], feat_a[:used].repeat(per_match, 1),
             sample_descriptors(desc_b, pix_non_b), cfg.margin, far_enough)
         total = total + weight * non_match_loss
         logs[f'{kind}_loss'] = float(non_match_loss.detach())
         logs[f'{kind}_hard_frac'] = float(num_hard) / max(1, int(far_enough.sum()))
     del pix_a
     return total, logs
+
+
+@torch.no_grad()
+def mine_hardest_non_matches(reference: torch.Tensor, descriptors: torch.Tensor,
+                             true_px: torch.Tensor, count: int,
+                             exclusion_px: float) -> torch.Tensor:
+    """The ``count`` pixels of a descriptor image closest to each reference descriptor, leaving
+    out a disc of ``exclusion_px`` around that reference's true match.
+
+    Args:
+        reference: (N,D) descriptors. descriptors: (D,H,W). true_px: (N,2) float (x, y).
+        count: K (>= 1, at most H*W minus the excluded disc).
+    Returns:
+        (N,K,2) float (x, y) integer pixel positions, nearest first.
+    """
+    from .matching import squared_distances
+    sizes = check_shape('reference', reference, ('N', 'D'))
+    check_shape('descriptors', descriptors, (sizes['D'], 'H', 'W'))
+    check_shape('true_px', true_px, (sizes['N'], 2))
+    height, width = descriptors.shape[1:]
+    if not 1 <= count < height * width:
+        raise ValueError(f'count must be in [1, {height * width - 1}], got {count}')
+    dist2 = squared_distances(reference, descriptors).reshape(len(reference), height * width)
+    # Exclude the disc: every integer offset within exclusion_px of the true match (N x ~pi r^2
+    # writes instead of an (N,H,W) mask). Offsets outside the disc or the image write to the
+    # nearest pixel of the match instead, which is excluded anyway.
+    reach = int(math.ceil(exclusion_px)) + 1
+    steps = torch.arange(-reach, reach + 1, device=dist2.device, dtype=torch.float32)
+    dx, dy = torch.meshgrid(steps, steps, indexing='xy')
+    centre = torch.stack([true_px[:, 0].round().clamp(0, width - 1),
+                          true_px[:, 1].round().clamp(0, height - 1)], dim=1)
+    px = centre[:, 0, None] + dx.reshape(1, -1)
+    py = centre[:, 1, None] + dy.reshape(1, -1)
+    inside = (((px - true_px[:, 0, None]).pow(2) + (py - true_px[:, 1, None]).pow(2))
+              < exclusion_px ** 2) & (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
+    flat = torch.where(inside, py * width + px, (centre[:, 1] * width + centre[:, 0])[:, None])
+    dist2.scatter_(1, flat.long(), float('inf'))
+    index = dist2.topk(count, dim=1, largest=False).indices          # (N,K)
+    return torch.stack([index % width, torch.div(index, width, rounding_mode='floor')],
+                       dim=2).float()

@@ -14,7 +14,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..training import BestWeights, TrainConfig, fit, save_weights, unwrap
+from ..training import (BestWeights, TrainConfig, fit, load_weights, save_weights, source_note,
+                        unwrap)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -38,6 +39,7 @@ class DescriptorTrainSpec:
     background_prob: float = 0.2
     val_pairs: int = 6
     val_points: int = 200
+    init_from: str = ''             # start from these weights (their network config wins)
     loss: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
@@ -98,9 +100,19 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
     if spec.height % DIVISIBLE_BY or spec.width % DIVISIBLE_BY:
         print(f'note: {spec.width}x{spec.height} is padded to a multiple of {DIVISIBLE_BY}')
     torch.manual_seed(cfg.seed)
-    net_config = {'descriptor_dim': spec.descriptor_dim, 'base_channels': spec.base_channels,
-                  'normalize': spec.normalize}
-    model = build_descriptor_net(**net_config)
+    initialised_from = None
+    if spec.init_from:
+        model, header = load_weights(spec.init_from, build_descriptor_net, expected_arch=ARCH)
+        net_config = dict(header['config'])
+        initialised_from = source_note(spec.init_from, header)
+        # The file's network wins over the size flags; keep the spec (metadata) truthful.
+        spec.descriptor_dim = net_config['descriptor_dim']
+        spec.base_channels = net_config['base_channels']
+        spec.normalize = net_config['normalize']
+    else:
+        net_config = {'descriptor_dim': spec.descriptor_dim,
+                      'base_channels': spec.base_channels, 'normalize': spec.normalize}
+        model = build_descriptor_net(**net_config)
     os.makedirs(cfg.out_dir, exist_ok=True)
     started = time.time()
     print(f'rendering a pool of {spec.pool_size} pairs ...', flush=True)
@@ -122,7 +134,8 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                 'loss': spec.loss.to_dict(), 'train_config': vars(cfg).copy(),
                 'spec': {k: v for k, v in vars(spec).items() if k != 'loss'},
                 'validation': step_metrics, 'command': command, 'notes': notes,
-                'torch': torch.__version__}
+                'torch': torch.__version__,
+                **({'initialised_from': initialised_from} if initialised_from else {})}
 
     def val_fn(bare_model):
         metrics = pck_on_pairs(bare_model, val_pairs, spec.val_points)
@@ -144,12 +157,15 @@ def command_line() -> str:
 
 
 def spec_from_args(args) -> DescriptorTrainSpec:
-    loss = ContrastiveConfig(margin=args.margin, num_matches=args.num_matches)
+    loss = ContrastiveConfig(margin=args.margin, num_matches=args.num_matches,
+                             global_non_matches=args.global_non_matches,
+                             global_matches=args.global_matches)
     return DescriptorTrainSpec(descriptor_dim=args.descriptor_dim,
                                base_channels=args.base_channels, normalize=not args.no_normalize,
                                height=args.height, width=args.width,
                                stereo_fraction=args.stereo_fraction, pool_size=args.pool_size,
-                               background_prob=args.background_prob, loss=loss)
+                               background_prob=args.background_prob,
+                               init_from=args.init_from, loss=loss)
 
 
 def copy_weights(source: str, target: str) -> None:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..shapes import check_shape
 from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, save_weights,
-                        unwrap)
+                        source_note, unwrap)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Held-out validation seeds start here; training seeds are cfg.seed * 1_000_000 + index and
@@ -260,7 +260,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                                                      refine_radius)
     elif init_from:
         model, header = load_weights(init_from, build_stereo_net, expected_arch=ARCH)
-        initialised_from = _source_note(init_from, header)
+        initialised_from = source_note(init_from, header)
     else:
         model = build_stereo_net(**dict(net_config or {}))
     config = dict(model.config)
@@ -320,15 +320,7 @@ def refiner_on_frozen_base(base_path: str, refine_channels: int, refine_radius: 
         raise ValueError(f'{base_path} does not match the network it describes: '
                          f'{keys.unexpected_keys or keys.missing_keys}')
     model.freeze_base()
-    return model, _source_note(base_path, header)
-
-
-def _source_note(path: str, header: Dict[str, Any]) -> Dict[str, Any]:
-    """What new weights' metadata says about the file they started from."""
-    meta = header.get('metadata', {})
-    return {'file': os.path.basename(path), 'identity': header.get('identity'),
-            'steps': meta.get('steps'), 'validation': meta.get('validation'),
-            'command': meta.get('command')}
+    return model, source_note(base_path, header)
 
 
 def parse_size(text: str) -> Tuple[int, int]:
