@@ -453,3 +453,34 @@ def test_eval_corr_synthetic_object_queries_lie_on_objects(tmp_path, monkeypatch
         on_object = (pair['object_mask_a'][0] & pair['match_valid'][0]).numpy()
         assert np.array_equal(valid, on_object)
         assert on_object[queries[:, 1].astype(int), queries[:, 0].astype(int)].all()
+
+
+def test_train_descriptors_cli_fine_tunes_given_weights_with_mined_negatives(tmp_path):
+    """`corr_depth train descriptors --init-from W --global-non-matches K`: two steps on tiny
+    pairs start from W's network (its size, not the flags' defaults) and record the loss."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from corr_depth_ros.cli import main as cli_main
+    from corr_depth_ros.core.training import read_weights_header, save_weights
+    config = {'descriptor_dim': 6, 'base_channels': 8, 'normalize': True}
+    start = build_descriptor_net(**config)
+    start_path = str(tmp_path / 'start.safetensors')
+    save_weights(start_path, start, arch=references.ARCH, config=config, metadata={})
+    out = tmp_path / 'run'
+    assert cli_main(['train', 'descriptors', '--out', str(out), '--init-from', start_path,
+                     '--steps', '2', '--batch-size', '1', '--size', '64x48', '--pool-size', '2',
+                     '--val-every', '2', '--checkpoint-every', '2', '--num-matches', '32',
+                     '--global-non-matches', '3', '--global-matches', '16', '--lr', '1e-2']) == 0
+    path = str(out / 'last.safetensors')
+    header = read_weights_header(path)
+    assert header['config'] == config
+    meta = header['metadata']
+    assert meta['initialised_from']['identity'] == read_weights_header(start_path)['identity']
+    assert meta['spec']['descriptor_dim'] == 6
+    assert meta['loss']['global_non_matches'] == 3 and meta['loss']['global_matches'] == 16
+    trained = load_file(path)
+    assert any(not torch.equal(trained[k], v) for k, v in start.state_dict().items())
+    logged = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert any('global_loss' in entry for entry in logged)
