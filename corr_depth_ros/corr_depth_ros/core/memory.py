@@ -106,13 +106,16 @@ class RecyclingPool:
     way to the buffer's data that outlives the call: typically a view returned by the function
     that filled the buffer, held by whatever serves from it. Views made of the owner and kept
     beyond it would see the next frame's data. At most ``max_free`` buffers wait in the pool;
-    more are freed. Thread-safe: owners may die on any thread.
+    more are freed, and so are buffers of another shape, dtype or device than the last one
+    asked for (after a camera changes resolution, the old size's buffers are not kept for the
+    life of the process). Thread-safe: owners may die on any thread.
     """
 
     def __init__(self, max_free: int = 2):
         self.max_free = int(max_free)
         self.created = 0              # buffers allocated (not recycled) so far
         self._free = []
+        self._wanted = None           # (shape, dtype, device) of the last take()
         # Re-entrant: a garbage collection inside take() may finalise an owner on this thread.
         self._lock = threading.RLock()
 
@@ -121,13 +124,18 @@ class RecyclingPool:
         shape, dtype = tuple(shape), dtype or torch.float32
         want = torch.device(device if device is not None else 'cpu')
         with self._lock:
-            for i, buffer in enumerate(self._free):
-                if tuple(buffer.shape) == shape and buffer.dtype == dtype and \
-                        buffer.device.type == want.type and \
-                        want.index in (None, buffer.device.index):
-                    return self._free.pop(i)
+            self._wanted = (shape, dtype, want)
+            # Anything that does not fit the request is stale: drop it (see the class doc).
+            self._free = [b for b in self._free if self._fits(b)]
+            if self._free:
+                return self._free.pop()
             self.created += 1
         return empty_huge(shape, dtype=dtype, device=device)
+
+    def _fits(self, buffer) -> bool:
+        shape, dtype, want = self._wanted
+        return tuple(buffer.shape) == shape and buffer.dtype == dtype and \
+            buffer.device.type == want.type and want.index in (None, buffer.device.index)
 
     def recycle_when_gone(self, owner, buffer) -> None:
         if owner is buffer:
@@ -141,5 +149,6 @@ class RecyclingPool:
 
     def _put(self, buffer) -> None:
         with self._lock:
-            if len(self._free) < self.max_free:
+            if len(self._free) < self.max_free and \
+                    (self._wanted is None or self._fits(buffer)):
                 self._free.append(buffer)
