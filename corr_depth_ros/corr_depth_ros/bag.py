@@ -263,7 +263,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
         log_time = image.log_time_ns
         try:
             rgb = conversions.any_image_to_rgb8(image.message)
-            fx, fy, cx, cy = conversions.camera_intrinsics(info.message)
+            fx, fy, cx, cy = conversions.camera_intrinsics(info.message, rgb.shape)
             depth, _, _ = estimate_depth(model, rgb, fx, mode=depth_mode,
                                          baseline_m=baseline_m if depth_mode == 'metric' else None,
                                          input_size=input_size, post_process=post_process,
@@ -332,7 +332,8 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                 if depth_m.shape != rgb.shape[:2]:
                     raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the '
                                      f'image is {rgb.shape[1]}x{rgb.shape[0]}')
-                points_m = depth_to_points(depth_m, *conversions.camera_intrinsics(info.message))
+                points_m = depth_to_points(
+                    depth_m, *conversions.camera_intrinsics(info.message, rgb.shape))
             descriptors = compute_descriptors(model, rgb, torch_device, pool=buffers)
         except ValueError as exc:
             _skip(counts, log_time, exc)

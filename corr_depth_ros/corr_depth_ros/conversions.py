@@ -116,7 +116,9 @@ def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
     msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = int(pixels.strides[0])
+    # Not strides[0]: numpy calls a one-row slice of a wider array contiguous and keeps the
+    # parent's row stride, which is not this image's row length.
+    msg.step = msg.width * channels * pixels.dtype.itemsize
     msg.data = _bytes_field(pixels)
     return msg
 
@@ -320,13 +322,37 @@ def pixel_point(xy) -> 'Point':
     return Point(x=float(xy[0]), y=float(xy[1]), z=0.0)
 
 
-def camera_intrinsics(info: CameraInfo) -> Tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) in pixels from CameraInfo.k; ConversionError if uncalibrated."""
+def camera_intrinsics(info: CameraInfo, image_shape: Optional[Tuple[int, ...]] = None
+                      ) -> Tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) in pixels of the image that ``info`` describes; ConversionError if the
+    camera is not calibrated (no valid focal length in K), or, given the ``image_shape``
+    ((H, W, ...)) it is used with, if it describes another size, binning or region of interest.
+
+    The nodes take rectified images (and depth registered to them), whose intrinsics are the
+    left 3x3 of the projection matrix P; K belongs to the raw, distorted image and differs from
+    P whenever rectification rescaled or shifted it. As image_geometry's PinholeCameraModel and
+    depth_image_proc do, P is used, and K only where P is all zero (a driver that fills K alone).
+    """
+    if image_shape is not None:
+        height, width = int(image_shape[0]), int(image_shape[1])
+        if info.binning_x > 1 or info.binning_y > 1 or info.roi.width or info.roi.height:
+            raise ConversionError('camera_info has binning or a region of interest, which is '
+                                  'not supported: publish the camera_info of the image as '
+                                  'delivered (e.g. from image_proc crop_decimate)')
+        if (info.width, info.height) != (width, height):
+            raise ConversionError(f'camera_info size {info.width}x{info.height} does not match '
+                                  f'the image size {width}x{height}')
     k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    if not (np.isfinite(k).all() and k[0, 0] > 0 and k[1, 1] > 0):
+        raise ConversionError(f'camera_info K has no valid focal length (fx={k[0, 0]}, '
+                              f'fy={k[1, 1]}): is the camera calibrated?')
+    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if not p.any():
+        return float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2])
+    fx, fy, cx, cy = p[0, 0], p[1, 1], p[0, 2], p[1, 2]
     if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
-        raise ConversionError(f'camera_info K has no valid focal length (fx={fx}, fy={fy}): '
-                              'is the camera calibrated?')
+        raise ConversionError(f'camera_info P has no valid focal length (fx={fx}, fy={fy}) '
+                              'although K has: is the rectification calibrated?')
     return float(fx), float(fy), float(cx), float(cy)
 
 

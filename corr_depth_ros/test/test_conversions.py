@@ -71,6 +71,39 @@ def test_camera_info_pair_round_trip_and_errors():
         conversions.stereo_geometry_from_camera_info(left2, right2)
 
 
+def test_camera_intrinsics_of_a_rectified_image_come_from_p():
+    """Rectified images are described by P (K is the raw camera's); K only when P is unset."""
+    from sensor_msgs.msg import CameraInfo
+    info = CameraInfo(width=640, height=480)
+    info.k = [600.0, 0.0, 330.0, 0.0, 600.0, 250.0, 0.0, 0.0, 1.0]
+    assert conversions.camera_intrinsics(info) == (600.0, 600.0, 330.0, 250.0)   # P all zero
+    info.p = [520.0, 0.0, 318.0, 0.0, 0.0, 521.0, 238.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert conversions.camera_intrinsics(info) == (520.0, 521.0, 318.0, 238.0)
+    info.p = [0.0, 0.0, 318.0, 0.0, 0.0, 0.0, 238.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(conversions.ConversionError, match='P has no valid focal length'):
+        conversions.camera_intrinsics(info)
+    info.p[0] = info.p[5] = 520.0
+    # With the image's shape: the sizes must agree, and binning / ROI are refused.
+    assert conversions.camera_intrinsics(info, (480, 640, 3))[0] == 520.0
+    with pytest.raises(conversions.ConversionError, match='does not match the image size 320x240'):
+        conversions.camera_intrinsics(info, (240, 320))
+    info.binning_x = 2
+    with pytest.raises(conversions.ConversionError, match='binning'):
+        conversions.camera_intrinsics(info, (480, 640))
+    info.binning_x = 0
+    info.k = [0.0] * 9
+    with pytest.raises(conversions.ConversionError, match='calibrated'):
+        conversions.camera_intrinsics(info)
+
+
+def test_image_from_a_one_row_slice_has_its_own_step():
+    """numpy keeps a wide parent's row stride on a one-row slice it calls contiguous."""
+    big = np.arange(4 * 10, dtype=np.float32).reshape(4, 10)
+    msg = conversions.array_to_image(big[1:2, 2:7], '32FC1', HEADER)
+    assert msg.step == 5 * 4 and len(msg.data) == 20
+    assert np.array_equal(conversions.image_to_array(msg), big[1:2, 2:7])
+
+
 def test_pointcloud_and_disparity_messages():
     rng = np.random.default_rng(3)
     points = rng.normal(size=(6, 8, 3)).astype(np.float32)

@@ -144,11 +144,7 @@ class MonoDepthNode(Node):
     def _process(self, item) -> None:
         image_msg, info = item
         rgb = conversions.image_to_rgb8(image_msg)
-        if (info.width, info.height) != (rgb.shape[1], rgb.shape[0]):
-            raise conversions.ConversionError(
-                f'camera_info size {info.width}x{info.height} does not match the image size '
-                f'{rgb.shape[1]}x{rgb.shape[0]}')
-        fx, fy, cx, cy = conversions.camera_intrinsics(info)
+        fx, fy, cx, cy = conversions.camera_intrinsics(info, rgb.shape)
         with self._lock:
             values = dict(self._values)
         mode = values['depth_mode']
