@@ -77,11 +77,11 @@ class Client:
             n.create_subscription(msg_type, topic,
                                   lambda m, t=topic: self.received[t].append(m), RELIABLE)
 
-    def publish_frame(self):
+    def publish_frame(self, info_width=WIDTH):
         self.stamp_sec += 1
         header = Header(frame_id='camera_color_optical_frame')
         header.stamp.sec = self.stamp_sec
-        info = CameraInfo(header=header, width=WIDTH, height=HEIGHT)
+        info = CameraInfo(header=header, width=info_width, height=HEIGHT)
         info.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
         self.pub_info.publish(info)
         self.pub_depth.publish(conversions.array_to_image(self.scene['depth'], '32FC1', header))
@@ -223,6 +223,14 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert not bad_id.success and 'not usable' in bad_id.message
     # Still serving.
     assert client.call(client.find, _find(reference_id='handle')).success
+    # Frames that cannot be used (camera_info for another size): the answers still come from
+    # the last good frame, and say that newer ones are being dropped and why.
+    assert ros.wait_for(lambda: node._last_frame_error is not None, timeout_s=30,
+                        action=lambda: client.publish_frame(info_width=WIDTH * 2),
+                        action_period_s=1.0)
+    stale = client.call(client.find, _find(reference_id='handle'))
+    assert stale.success and 'that image is old' in stale.message, stale.message
+    assert f'camera_info size {WIDTH * 2}x{HEIGHT} does not match' in stale.message
 
     # A click on the image (rqt_image_view's topic) creates the "clicked" reference, a second
     # click extends it.

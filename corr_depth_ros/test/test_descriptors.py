@@ -361,6 +361,8 @@ def test_reference_persistence_and_identity_refusal(tmp_path):
     assert np.array_equal(got_desc, ref.descriptors[1:])
     with pytest.raises(references.ReferenceError, match='not stored'):
         references.lookup(store, 'mug_handle', np.array([[1.0, 1.0]]))
+    with pytest.raises(references.ReferenceError, match='not stored'):   # not pixel 0
+        references.lookup(store, 'mug_handle', np.array([[np.nan, np.nan]]))
     # Another network refuses it, saying why and what to do.
     foreign = references.ReferenceStore(str(tmp_path), references.network_identity(other))
     with pytest.raises(references.ReferenceError, match='made by descriptor network .*set_reference'):
@@ -369,6 +371,8 @@ def test_reference_persistence_and_identity_refusal(tmp_path):
         store.get('nope')
     with pytest.raises(references.ReferenceError, match='not usable'):
         references.Reference('../evil', pixels, ref.descriptors, net_id, (48, 64))
+    with pytest.raises(references.ReferenceError, match='not usable'):
+        references.validate_reference_id('mug\n')       # `$` would let a final newline pass
 
 
 # --- evaluation ground truth ----------------------------------------------------------------------

@@ -123,7 +123,8 @@ class CorrespondenceNode(Node):
         # Heatmaps are drawn off the service thread: a request must not wait for a colour map.
         self._heatmap_worker = LatestFrameWorker(self._publish_heatmap, self._on_worker_error,
                                                  name='correspondence_heatmap')
-        self._worker = LatestFrameWorker(self._process, self._on_worker_error,
+        self._last_frame_error = None     # (monotonic s, text) of the newest dropped frame
+        self._worker = LatestFrameWorker(self._process, self._on_frame_error,
                                          name='correspondence_descriptors')
 
         # Frames and requests in separate callback groups: under a multi-threaded executor
@@ -203,7 +204,7 @@ class CorrespondenceNode(Node):
                 raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is '
                                  f'{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to '
                                  'the image (same size)')
-            fx, fy, cx, cy = conversions.camera_intrinsics(info_msg)
+            fx, fy, cx, cy = conversions.camera_intrinsics(info_msg, rgb.shape)
             points_m = depth_to_points(depth_m, fx, fy, cx, cy)
         # The descriptor image (78 MB at 640x480, two scales) is written into a buffer of a
         # frame nobody uses any more (RecyclingPool: the previous frame's, once it is replaced
@@ -217,10 +218,26 @@ class CorrespondenceNode(Node):
     def _on_worker_error(self, exc: BaseException) -> None:
         self._errors.frame_dropped(exc, self.context)
 
+    def _on_frame_error(self, exc: BaseException) -> None:
+        # Kept for the service's answers: a caller should learn why frames are not coming
+        # through, not only whoever reads this node's log.
+        self._last_frame_error = (time.monotonic(), str(exc))
+        self._on_worker_error(exc)
+
+    def _frame_error_note(self, since_s: float) -> str:
+        """'' or why the newest frames since ``since_s`` (monotonic) were dropped."""
+        error = self._last_frame_error
+        if error is None or error[0] <= since_s:
+            return ''
+        return f'the newest frames are being dropped ({error[1]})'
+
     def _live(self) -> LiveFrame:
         with self._frame_lock:
             frame = self._frame
         if frame is None:
+            dropped = self._frame_error_note(-1.0)
+            if dropped:
+                raise RequestError(f'no live image yet: {dropped}')
             needs = f'{self._image_topic}' + (', depth and camera_info (synchronised)'
                                                if self._values['use_depth'] else '')
             raise RequestError(f'no live image yet: waiting for {needs}; check the topics are '
@@ -309,6 +326,10 @@ class CorrespondenceNode(Node):
         count = sum(founds)
         response.message = (f'{count}/{len(founds)} found for {source} in the image of '
                             f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id})')
+        stale = self._frame_error_note(frame.received_s)
+        if stale:
+            response.message += f'; note: that image is old, {stale}'
+
         # Outputs for people and RViz (after the work for the caller is done).
         if response.matches and np.all(np.isfinite(positions[0])):
             self._pub_point.publish(response.matches[0].point)

@@ -162,8 +162,8 @@ def descriptor_heatmap(reference: torch.Tensor, descriptors: torch.Tensor,
     if sigma <= 0:
         raise ValueError(f'sigma must be > 0, got {sigma}')
     check_shape('reference', reference, (descriptors.shape[0],))
-    dist = squared_distances(reference[None].to(descriptors.dtype), descriptors,
-                             norms2)[0].sqrt_()
+    dist = squared_distances(reference[None].to(descriptors.device, descriptors.dtype),
+                             descriptors, norms2)[0].sqrt_()
     return torch.exp(-dist / sigma).cpu().numpy().astype(np.float32)
 
 

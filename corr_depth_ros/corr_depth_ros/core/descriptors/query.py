@@ -16,8 +16,8 @@ class Match:
     """The best match of one reference pixel in a live frame.
 
     match_px: (2,) (x, y) pixels in the live image; distance: descriptor L2 distance;
-    confidence in [0, 1]; found: distance within the threshold and a 3D point exists;
-    reason: why not found ('' when found; a note when found with a caveat);
+    confidence in [0, 1]; found: distance within the threshold, a 3D point exists and a
+    grasp pose could be fitted there; reason: why not found ('' when found);
     position_m: (3,) camera-frame point, metres, NaN without depth;
     quaternion_xyzw: (4,) grasp orientation (z axis = approach = -surface normal), NaN if none.
     """

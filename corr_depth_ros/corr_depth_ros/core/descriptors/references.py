@@ -17,7 +17,7 @@ import numpy as np
 
 from ..shapes import check_shape
 
-_ID_PATTERN = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+_ID_PATTERN = re.compile(r'[A-Za-z0-9_.-]{1,64}')   # fullmatch: no trailing newline
 THUMBNAIL_MAX_PX = 160
 
 
@@ -46,7 +46,7 @@ def network_identity(model, scales=(1.0,)) -> str:
 
 
 def validate_reference_id(reference_id: str) -> None:
-    if not _ID_PATTERN.match(reference_id or ''):
+    if not _ID_PATTERN.fullmatch(reference_id or ''):
         raise ReferenceError(f'reference_id {reference_id!r} is not usable: use 1-64 characters '
                              'from letters, digits, "_", "-" and "." (it names a file)')
 
@@ -198,7 +198,7 @@ def lookup(store: ReferenceStore, reference_id: str,
     for x, y in pixels_xy:
         gap = np.hypot(ref.pixels_xy[:, 0] - x, ref.pixels_xy[:, 1] - y)
         i = int(np.argmin(gap))
-        if gap[i] > 0.5:
+        if not gap[i] <= 0.5:   # also a NaN pixel (argmin of all-NaN is 0)
             stored = ', '.join(f'({px:g}, {py:g})' for px, py in ref.pixels_xy[:8])
             raise ReferenceError(f'pixel ({x:g}, {y:g}) is not stored with reference '
                                  f'{reference_id!r}; stored pixels: {stored}. Leave '
