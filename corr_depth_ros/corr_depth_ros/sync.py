@@ -5,6 +5,7 @@ TimeSynchronizer / ApproximateTimeSynchronizer; otherwise they use :class:`Stamp
 our small equivalent. Both call ``callback(*msgs)`` with one message per input whose header
 stamps are equal (exact) or within ``slop_s`` of each other (approximate).
 """
+import copy
 import threading
 from collections import deque
 from typing import Callable, List, Optional, Sequence
@@ -80,6 +81,36 @@ class StampSynchronizer:
         return chosen
 
 
+class NewestStamps:
+    """Newest header stamp seen on each input, for a synchroniser that does not keep them
+    (message_filters'): says how far apart the inputs are when no set comes through."""
+
+    def __init__(self, num_inputs: int):
+        self._newest: List[Optional[int]] = [None] * num_inputs
+        self._lock = threading.Lock()
+
+    def input_callback(self, index: int) -> Callable:
+        def note(msg) -> None:
+            with self._lock:
+                self._newest[index] = stamp_to_ns(msg)
+        return note
+
+    def spread_ns(self) -> Optional[int]:
+        """As StampSynchronizer.spread_ns."""
+        with self._lock:
+            if any(s is None for s in self._newest):
+                return None
+            return max(self._newest) - min(self._newest)
+
+
+class FiltersSynchronizer:
+    """A message_filters synchroniser with :meth:`spread_ns` like :class:`StampSynchronizer`."""
+
+    def __init__(self, synchronizer, stamps: NewestStamps):
+        self.synchronizer = synchronizer
+        self.spread_ns = stamps.spread_ns
+
+
 def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, callback: Callable,
                       *, approximate: bool, queue_size: int, slop_s: float,
                       qos_overriding_options=None, prefer_message_filters: bool = True,
@@ -87,7 +118,11 @@ def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, cal
     """Subscribe to ``topics`` and call ``callback(*msgs)`` with synchronised sets.
 
     ``callback_group``: the subscriptions' rclpy callback group (None: the node's default).
-    Returns ``(synchronizer, subscriptions, backend_name)``; keep the first two alive.
+    Returns ``(synchronizer, subscriptions, backend_name)``; keep the first two alive. The
+    synchroniser has ``spread_ns()`` (None, or how far apart the newest input stamps are).
+    Each subscription gets its own copy of ``qos``: rclpy writes QoS overrides into the profile
+    it is given, so a shared one (e.g. the global qos_profile_sensor_data) would carry one
+    topic's override to the others, and to other nodes in the process.
     """
     extra = {'qos_overriding_options': qos_overriding_options} if qos_overriding_options else {}
     if callback_group is not None:
@@ -98,15 +133,19 @@ def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, cal
         except ImportError:
             message_filters = None
         if message_filters is not None:
-            subs = [message_filters.Subscriber(node, t, topic, qos_profile=qos, **extra)
+            subs = [message_filters.Subscriber(node, t, topic, qos_profile=copy.copy(qos),
+                                               **extra)
                     for t, topic in zip(msg_types, topics)]
-            if approximate:
+            stamps = NewestStamps(len(subs))
+            for i, sub in enumerate(subs):
+                sub.registerCallback(stamps.input_callback(i))
+            if approximate and slop_s > 0:
                 sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop_s)
-            else:
+            else:   # its approximate test is "< slop": with slop 0 it would never match
                 sync = message_filters.TimeSynchronizer(subs, queue_size)
             sync.registerCallback(callback)
-            return sync, subs, 'message_filters'
+            return FiltersSynchronizer(sync, stamps), subs, 'message_filters'
     sync = StampSynchronizer(len(topics), queue_size, callback, slop_s if approximate else 0.0)
-    subs = [node.create_subscription(t, topic, sync.input_callback(i), qos, **extra)
+    subs = [node.create_subscription(t, topic, sync.input_callback(i), copy.copy(qos), **extra)
             for i, (t, topic) in enumerate(zip(msg_types, topics))]
     return sync, subs, 'builtin'

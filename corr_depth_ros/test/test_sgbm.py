@@ -102,3 +102,34 @@ def test_parameter_validation():
         create_backend('sgbm', colour=True)
     with pytest.raises(ValueError, match='unknown stereo backend'):
         create_backend('nope')
+
+
+def test_parameter_change_while_a_frame_runs_is_not_lost(monkeypatch):
+    """A node changes parameters on its executor thread while the worker computes: a change
+    that lands while the matcher is being built must reach the next frame."""
+    import cv2
+
+    from corr_depth_ros.core.backends import sgbm as sgbm_module
+    backend = create_backend('sgbm', num_disparities=16)
+    original = cv2.StereoSGBM_create
+    calls = []
+
+    def create_and_change(**kwargs):
+        calls.append(kwargs['blockSize'])
+        if len(calls) == 1:     # the "executor thread" changes the parameter mid-build
+            backend.set_params(block_size=11)
+        return original(**kwargs)
+    monkeypatch.setattr(sgbm_module.cv2, 'StereoSGBM_create', create_and_change)
+    image = np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    backend.compute(image, image)           # ran with the parameters it started with
+    backend.compute(image, image)           # the next frame uses the change
+    backend.compute(image, image)           # and keeps the matcher built for it
+    assert calls == [5, 11]
+
+
+def test_search_range_wider_than_the_image_is_a_clear_error():
+    image = np.zeros((20, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match='does not fit an image 40 px wide'):
+        create_backend('sgbm').compute(image, image)              # 64 px default range
+    with pytest.raises(ValueError, match='lower max_disparity_px'):
+        create_backend('sgbm', num_disparities=16).compute(image, image, max_disparity_px=1024)

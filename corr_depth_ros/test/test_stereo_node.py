@@ -206,6 +206,45 @@ def test_runtime_parameters_validated(ros):
     assert not read_only.successful
 
 
+def test_runtime_backend_switch_that_fails_is_refused(ros):
+    """A backend that cannot start at run time: the change is refused with the reason, and the
+    node keeps its backend (at start-up it falls back to sgbm instead)."""
+    from corr_depth_ros.core.backends import available_backends
+    if 'onnx' not in available_backends():
+        pytest.skip('onnxruntime is not installed')
+    node = _start(ros)
+    result = node.set_parameters([Parameter('backend', value='onnx')])[0]   # no model_path
+    assert not result.successful and "still running 'sgbm'" in result.reason, result.reason
+    assert node._backend_name == 'sgbm' and node._values['backend'] == 'sgbm'
+    assert node.get_parameter('backend').value == 'sgbm'
+
+
+def test_qos_override_of_one_topic_changes_only_that_topic(ros):
+    """rclpy writes overrides into the profile it is given: each topic needs its own."""
+    from rclpy.qos import qos_profile_sensor_data
+    node = _start(ros, **{
+        'qos_overrides./left/image_rect.subscription.reliability': 'reliable',
+        'qos_overrides./disparity.publisher.reliability': 'best_effort'})
+    reliability = {sub.topic_name: sub.qos_profile.reliability for sub in node._subs}
+    assert reliability == {'/left/image_rect': ReliabilityPolicy.RELIABLE,
+                           '/right/image_rect': ReliabilityPolicy.BEST_EFFORT,
+                           '/left/camera_info': ReliabilityPolicy.BEST_EFFORT,
+                           '/right/camera_info': ReliabilityPolicy.BEST_EFFORT}
+    assert node._pub_disparity.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    for pub in (node._pub_depth, node._pub_points, node._pub_depth_info):
+        assert pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert qos_profile_sensor_data.reliability == ReliabilityPolicy.BEST_EFFORT
+
+
+def test_compressed_input_follows_remapped_image_names(ros):
+    """image_transport remaps the base topic and then adds the transport's suffix."""
+    node = ros.add(StereoDepthNode(
+        context=ros.context, parameter_overrides=[Parameter('image_transport', value='compressed')],
+        cli_args=['--ros-args', '-r', 'left/image_rect:=/cam/left/image_rect']))
+    assert [sub.topic_name for sub in node._subs[:2]] == ['/cam/left/image_rect/compressed',
+                                                          '/right/image_rect/compressed']
+
+
 def test_compressed_input(ros, motorcycle):
     """image_transport's `compressed` topics (png here, lossless) give the same accuracy."""
     from sensor_msgs.msg import CompressedImage

@@ -26,7 +26,7 @@ import numpy as np
 from geometry_msgs.msg import Point, PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
@@ -42,7 +42,7 @@ from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, run_node
+from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node
 
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
@@ -116,10 +116,9 @@ class CorrespondenceNode(Node):
         self._buffers = RecyclingPool()
         self.frames_processed = 0
 
-        out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self._pub_heatmap = self.create_publisher(Image, 'correspondence/heatmap', out_qos)
-        self._pub_markers = self.create_publisher(MarkerArray, 'correspondence/markers', out_qos)
-        self._pub_point = self.create_publisher(PointStamped, 'correspondence/point', out_qos)
+        self._pub_heatmap = self.create_publisher(Image, 'correspondence/heatmap', output_qos())
+        self._pub_markers = self.create_publisher(MarkerArray, 'correspondence/markers', output_qos())
+        self._pub_point = self.create_publisher(PointStamped, 'correspondence/point', output_qos())
         # Heatmaps are drawn off the service thread: a request must not wait for a colour map.
         self._heatmap_worker = LatestFrameWorker(self._publish_heatmap, self._on_worker_error,
                                                  name='correspondence_heatmap')

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
@@ -30,7 +30,7 @@ from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, run_node
+from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node
 
 PARAMS = [
     ParamSpec('depth_mode', 'metric', 'metric: metres with the training rig baseline; relative: '
@@ -87,14 +87,13 @@ class MonoDepthNode(Node):
                              f'{self._input_size[1]}x{self._input_size[0]}')
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         overrides = QoSOverridingOptions.with_default_policies()
-        self._pub_depth = self.create_publisher(Image, 'depth', out_qos,
+        self._pub_depth = self.create_publisher(Image, 'depth', output_qos(),
                                                 qos_overriding_options=overrides)
-        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', out_qos)
-        self._pub_points = self.create_publisher(PointCloud2, 'points2', out_qos,
+        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos())
+        self._pub_points = self.create_publisher(PointCloud2, 'points2', output_qos(),
                                                  qos_overriding_options=overrides)
-        self._pub_colour = self.create_publisher(Image, 'depth/color', out_qos)
+        self._pub_colour = self.create_publisher(Image, 'depth/color', output_qos())
 
         self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth')

@@ -13,14 +13,13 @@ import time
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from .. import conversions
 from ..core.sim_camera import SimRig, SimStereoCamera
 from .params import ParamSpec, declare
-from .worker import run_node
+from .worker import output_qos, run_node
 
 PARAMS = [
     ParamSpec('source', 'synthetic', 'Where frames come from: procedural scenes, or a folder '
@@ -90,8 +89,7 @@ class SimStereoCameraNode(Node):
             self._frames = SimStereoCamera(rig, seed=v['seed'], frames_per_scene=v['frames_per_scene'],
                                            motion_m=v['motion_m'])
         self.geometry = rig.geometry()
-        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self._pubs = {name: self.create_publisher(t, name, qos) for name, t in (
+        self._pubs = {name: self.create_publisher(t, name, output_qos()) for name, t in (
             ('left/image_rect', Image), ('right/image_rect', Image),
             ('left/camera_info', CameraInfo), ('right/camera_info', CameraInfo),
             ('ground_truth/depth', Image))}

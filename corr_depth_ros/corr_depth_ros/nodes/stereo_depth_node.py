@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
@@ -25,7 +25,7 @@ from ..core.stereo_pipeline import run_stereo
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, run_node
+from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node
 
 _SGBM_DEFAULTS = asdict(SgbmParams())
 _SGBM_HELP = {
@@ -106,17 +106,16 @@ class StereoDepthNode(Node):
         self._switch_backend(self._values['backend'])
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         overrides = QoSOverridingOptions.with_default_policies()
-        self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', out_qos,
+        self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', output_qos(),
                                                     qos_overriding_options=overrides)
-        self._pub_depth = self.create_publisher(Image, 'depth', out_qos,
+        self._pub_depth = self.create_publisher(Image, 'depth', output_qos(),
                                                 qos_overriding_options=overrides)
-        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', out_qos)
-        self._pub_points = self.create_publisher(PointCloud2, 'points2', out_qos,
+        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos())
+        self._pub_points = self.create_publisher(PointCloud2, 'points2', output_qos(),
                                                  qos_overriding_options=overrides)
-        self._pub_confidence = self.create_publisher(Image, 'confidence', out_qos)
-        self._pub_colour = self.create_publisher(Image, 'disparity/color', out_qos)
+        self._pub_confidence = self.create_publisher(Image, 'confidence', output_qos())
+        self._pub_colour = self.create_publisher(Image, 'disparity/color', output_qos())
 
         self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error)
@@ -124,11 +123,14 @@ class StereoDepthNode(Node):
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
         compressed = self._values['image_transport'] == 'compressed'
         image_type = CompressedImage if compressed else Image
-        suffix = '/compressed' if compressed else ''
+        images = ['left/image_rect', 'right/image_rect']
+        if compressed:
+            # As image_transport does: the base name is remapped (left/image_rect:=...), then
+            # the transport's suffix is added.
+            images = [self.resolve_topic_name(name) + '/compressed' for name in images]
         self._sync, self._subs, sync_impl = make_synchronizer(
             self, [image_type, image_type, CameraInfo, CameraInfo],
-            ['left/image_rect' + suffix, 'right/image_rect' + suffix, 'left/camera_info',
-             'right/camera_info'],
+            images + ['left/camera_info', 'right/camera_info'],
             qos_profile_sensor_data, self._on_synchronised,
             approximate=self._values['approximate_sync'], queue_size=self._values['queue_size'],
             slop_s=self._values['slop_s'], qos_overriding_options=overrides)
@@ -140,7 +142,9 @@ class StereoDepthNode(Node):
         self.synchronised_sets = 0
 
     # --- parameters -------------------------------------------------------------------------
-    def _switch_backend(self, name: str) -> None:
+    def _switch_backend(self, name: str, fallback: bool = True) -> None:
+        """Start backend ``name``. If it fails: at start-up (``fallback``) log why and use sgbm,
+        so the node publishes anyway; at run time raise, and the current backend stays."""
         sgbm = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
         if name == 'sgbm':
             backend = create_backend('sgbm', **sgbm)
@@ -149,6 +153,8 @@ class StereoDepthNode(Node):
                 backend = create_backend(name, device=self._values['device'],
                                          **self._backend_params(name))
             except Exception as exc:  # noqa: BLE001 - keep publishing with a backend that works
+                if not fallback:
+                    raise
                 self.get_logger().error(f'backend {name!r} failed to start ({exc}); '
                                         'falling back to sgbm so the node keeps publishing')
                 backend, name = create_backend('sgbm', **sgbm), 'sgbm'
@@ -188,9 +194,17 @@ class StereoDepthNode(Node):
                 result.reason = str(exc)
                 return result
         with self._lock:
+            previous = dict(self._values)
             self._values.update(changes)
             if 'backend' in changes and changes['backend'] != self._backend_name:
-                self._switch_backend(changes['backend'])
+                try:
+                    self._switch_backend(changes['backend'], fallback=False)
+                except Exception as exc:  # noqa: BLE001 - refuse the change, keep running
+                    self._values = previous
+                    result.successful = False
+                    result.reason = (f'backend {changes["backend"]!r} failed to start ({exc}); '
+                                     f'still running {self._backend_name!r}')
+                    return result
             elif sgbm_changes and self._backend_name == 'sgbm':
                 self._backend.set_params(**sgbm_changes)
         return result
@@ -204,9 +218,11 @@ class StereoDepthNode(Node):
         if self.synchronised_sets == self._last_sync_count:
             spread = getattr(self._sync, 'spread_ns', lambda: None)()
             if spread is not None and spread > 0:
+                advice = ('raise slop_s, or fix the driver' if self._values['approximate_sync']
+                          else 'set approximate_sync:=true and slop_s, or fix the driver')
                 self._errors.error('sync', f'no synchronised left/right set in the last 5 s: '
                                    f'the newest input stamps differ by {spread / 1e9:.3f} s '
-                                   '(set approximate_sync:=true and slop_s, or fix the driver)')
+                                   f'({advice})')
         self._last_sync_count = self.synchronised_sets
 
     def _on_worker_error(self, exc: BaseException) -> None:

@@ -94,6 +94,14 @@ class ThrottledReporter:
         self.error(type(exc).__name__ + str(exc)[:40], f'frame dropped: {exc}')
 
 
+def output_qos():
+    """The outputs' QoS (reliable, depth 1), a fresh profile for each publisher: rclpy writes
+    QoS overrides (``qos_overrides.<topic>.publisher.*``) into the profile it is given, so one
+    shared by several publishers would carry one topic's override to all of them."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+
 def run_node(node_factory: Callable[[], Any], args=None) -> None:
     """The body of every node's ``main()``: init, spin, and a clean shutdown.
 

@@ -1,4 +1,5 @@
 """OpenCV StereoSGBM backend with scanline hole filling (dense output)."""
+import threading
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Optional
 
@@ -88,50 +89,67 @@ class SgbmBackend(StereoBackend):
 
     def __init__(self, **params: Any):
         self._params = SgbmParams()
-        self._matcher = None
+        # The matcher and the (parameters, search range) it was built for, swapped together:
+        # a node changes parameters on its executor thread while a frame runs on its worker.
+        self._matcher = (None, None)
+        self._lock = threading.Lock()
         self.set_params(**params)
 
     def get_params(self) -> Dict[str, Any]:
         return asdict(self._params)
 
     def set_params(self, **params: Any) -> None:
-        unknown = set(params) - set(asdict(self._params))
-        if unknown:
-            raise ValueError(f'unknown sgbm parameter(s) {sorted(unknown)}')
-        candidate = replace(self._params, **params)
-        candidate.validate()
-        self._params = candidate
-        self._matcher = None  # rebuilt lazily with the new parameters
+        with self._lock:
+            unknown = set(params) - set(asdict(self._params))
+            if unknown:
+                raise ValueError(f'unknown sgbm parameter(s) {sorted(unknown)}')
+            candidate = replace(self._params, **params)
+            candidate.validate()
+            self._params = candidate    # the matcher is rebuilt for it on the next frame
 
-    def _get_matcher(self, num_disparities: int):
-        p = self._params
-        if self._matcher is None or self._matcher.getNumDisparities() != num_disparities:
-            area = p.block_size * p.block_size
-            self._matcher = cv2.StereoSGBM_create(
-                minDisparity=p.min_disparity, numDisparities=num_disparities,
-                blockSize=p.block_size, P1=p.p1 or 8 * area, P2=p.p2 or 32 * area,
-                disp12MaxDiff=p.disp12_max_diff, preFilterCap=p.pre_filter_cap,
-                uniquenessRatio=p.uniqueness_ratio, speckleWindowSize=p.speckle_window_size,
-                speckleRange=p.speckle_range, mode=_MODES[p.mode])
-        return self._matcher
+    def _get_matcher(self, p: SgbmParams, num_disparities: int):
+        """A matcher for parameters ``p`` (one frame's snapshot) and this search range."""
+        key = (p, num_disparities)
+        with self._lock:
+            built_for, matcher = self._matcher
+        if built_for == key:
+            return matcher
+        area = p.block_size * p.block_size
+        matcher = cv2.StereoSGBM_create(
+            minDisparity=p.min_disparity, numDisparities=num_disparities,
+            blockSize=p.block_size, P1=p.p1 or 8 * area, P2=p.p2 or 32 * area,
+            disp12MaxDiff=p.disp12_max_diff, preFilterCap=p.pre_filter_cap,
+            uniquenessRatio=p.uniqueness_ratio, speckleWindowSize=p.speckle_window_size,
+            speckleRange=p.speckle_range, mode=_MODES[p.mode])
+        with self._lock:
+            if self._params is p:       # not superseded while it was built
+                self._matcher = (key, matcher)
+        return matcher
 
     def compute(self, left_rgb: np.ndarray, right_rgb: np.ndarray,
                 max_disparity_px: Optional[int] = None) -> StereoResult:
         sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
-        num_disparities = self._params.num_disparities
+        params = self._params           # one snapshot for the whole frame
+        num_disparities = params.num_disparities
         if max_disparity_px is not None:
             num_disparities = max(16, int(np.ceil(max_disparity_px / 16.0)) * 16)
+        width = sizes['W']
+        if params.min_disparity + num_disparities >= width:
+            # OpenCV would fail with an assertion, or try to allocate exabytes.
+            raise ValueError(f'the disparity search range ({num_disparities} px from '
+                             f'{params.min_disparity}) does not fit an image {width} px wide: '
+                             'lower max_disparity_px or sgbm.num_disparities')
         left_grey = cv2.cvtColor(left_rgb, cv2.COLOR_RGB2GRAY)
         right_grey = cv2.cvtColor(right_rgb, cv2.COLOR_RGB2GRAY)
-        raw = self._get_matcher(num_disparities).compute(left_grey, right_grey)
+        raw = self._get_matcher(params, num_disparities).compute(left_grey, right_grey)
         # OpenCV returns fixed point with 4 fractional bits; invalid is minDisparity - 1 (scaled).
         disparity_px = raw.astype(np.float32) / 16.0
-        valid = raw > (self._params.min_disparity - 1) * 16
+        valid = raw > (params.min_disparity - 1) * 16
         # The first num_disparities columns have no full search range: OpenCV marks them invalid.
         confidence = valid.astype(np.float32)
-        if self._params.fill_holes:
+        if params.fill_holes:
             disparity_px = fill_disparity_holes(disparity_px, valid)
-            valid = np.isfinite(disparity_px) & (disparity_px >= self._params.min_disparity) \
+            valid = np.isfinite(disparity_px) & (disparity_px >= params.min_disparity) \
                 & np.any(valid, axis=1, keepdims=True)
         return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence)
