@@ -2,7 +2,7 @@
 import pytest
 from std_msgs.msg import Header
 
-from corr_depth_ros.sync import StampSynchronizer
+from corr_depth_ros.sync import NewestStamps, StampSynchronizer
 
 
 class Msg:
@@ -48,3 +48,15 @@ def test_queue_bound_and_errors():
         StampSynchronizer(1, 2, print)
     with pytest.raises(ValueError):
         StampSynchronizer(2, 0, print)
+
+
+def test_newest_stamps_spread_for_message_filters():
+    """What the node's watchdog asks a message_filters synchroniser (which keeps no stamps)."""
+    stamps = NewestStamps(2)
+    left, right = stamps.input_callback(0), stamps.input_callback(1)
+    left(Msg(5, 0))
+    assert stamps.spread_ns() is None          # until every input has a message
+    right(Msg(5, 5_000_000))
+    assert stamps.spread_ns() == 5_000_000
+    left(Msg(6, 0))                            # the newest stamp counts
+    assert stamps.spread_ns() == 995_000_000
