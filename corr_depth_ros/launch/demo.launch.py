@@ -15,10 +15,11 @@ from launch.substitutions import LaunchConfiguration
 def generate_launch_description():
     share = get_package_share_directory('corr_depth_ros')
     args = [
-        DeclareLaunchArgument('backend', default_value='sgbm', choices=['sgbm', 'learned', 'onnx'],
-                              description='Stereo backend.'),
-        DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
-                              description='Compute device of the learned models.'),
+        DeclareLaunchArgument('backend', default_value='', choices=['', 'sgbm', 'learned', 'onnx'],
+                              description='Stereo backend (default: config/stereo.yaml, sgbm).'),
+        DeclareLaunchArgument('device', default_value='', choices=['', 'auto', 'cpu', 'cuda'],
+                              description='Compute device of the learned models (default: the '
+                              'config files, auto).'),
         DeclareLaunchArgument('use_rviz', default_value='false', choices=['true', 'false'],
                               description='Start RViz with config/corr_depth.rviz (needs rviz2).'),
     ]

@@ -8,9 +8,11 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from corr_depth_ros.launch_arguments import given_arguments
 
 
 def generate_launch_description():
@@ -27,23 +29,27 @@ def generate_launch_description():
         DeclareLaunchArgument('params_file', default_value=default_params,
                               description='ROS parameters file (default: the installed '
                                           'config/mono.yaml).'),
-        DeclareLaunchArgument('device', default_value='auto',
-                              description='Compute device: auto, cpu or cuda.'),
-        DeclareLaunchArgument('depth_mode', default_value='metric',
+        DeclareLaunchArgument('device', default_value='', choices=['', 'auto', 'cpu', 'cuda'],
+                              description='Compute device: auto, cpu or cuda. Default: the '
+                                          "params file's value (auto in config/mono.yaml)."),
+        DeclareLaunchArgument('depth_mode', default_value='', choices=['', 'metric', 'relative'],
                               description='metric (metres, training-rig baseline) or relative '
-                                          '(unitless, 1.0 = median depth of the frame).'),
+                                          '(unitless, 1.0 = median depth of the frame). Default: '
+                                          "the params file's value (metric in config/mono.yaml)."),
     ]
-    node = Node(
-        package='corr_depth_ros',
-        executable='mono_depth_node',
-        name='mono_depth_node',
-        namespace=LaunchConfiguration('namespace'),
-        output='screen',
-        # Later entries win: the launch arguments override the params file.
-        parameters=[LaunchConfiguration('params_file'),
-                    {'device': LaunchConfiguration('device'),
-                     'depth_mode': LaunchConfiguration('depth_mode')}],
-        remappings=[('image', LaunchConfiguration('image')),
-                    ('camera_info', LaunchConfiguration('camera_info'))],
-    )
-    return LaunchDescription(arguments + [node])
+
+    def mono_node(context):
+        return [Node(
+            package='corr_depth_ros',
+            executable='mono_depth_node',
+            name='mono_depth_node',
+            namespace=LaunchConfiguration('namespace'),
+            output='screen',
+            # Launch arguments that were given override the params file; unset ones leave it be.
+            parameters=[LaunchConfiguration('params_file'),
+                        given_arguments(context, 'device', 'depth_mode')],
+            remappings=[('image', LaunchConfiguration('image')),
+                        ('camera_info', LaunchConfiguration('camera_info'))],
+        )]
+
+    return LaunchDescription(arguments + [OpaqueFunction(function=mono_node)])

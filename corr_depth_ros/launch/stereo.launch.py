@@ -14,10 +14,14 @@ import os
 from ament_index_python.packages import (PackageNotFoundError, get_package_prefix,
                                           get_package_share_directory)
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from corr_depth_ros.launch_arguments import given_arguments
+
+FROM_PARAMS = ' Default: the params file\'s value.'
 
 
 def generate_launch_description():
@@ -33,14 +37,16 @@ def generate_launch_description():
         DeclareLaunchArgument('right_namespace', default_value='right',
                               description='Sub-namespace of the right camera topics (relative to '
                               'namespace; must not be empty).'),
-        DeclareLaunchArgument('backend', default_value='sgbm', choices=['sgbm', 'learned', 'onnx'],
+        DeclareLaunchArgument('backend', default_value='', choices=['', 'sgbm', 'learned', 'onnx'],
                               description='Stereo backend: sgbm (most accurate on real textured scenes today), learned '
                               '(dense, with confidence; falls back to sgbm if its weights fail) or onnx. '
-                              'See the README for measured numbers.'),
-        DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
-                              description='Compute device of the learned models.'),
-        DeclareLaunchArgument('approximate_sync', default_value='false', choices=['true', 'false'],
-                              description='Match left/right by nearest stamp (unsynchronised cameras).'),
+                              'See the README for measured numbers.' + FROM_PARAMS + ' (sgbm in '
+                              'config/stereo.yaml)'),
+        DeclareLaunchArgument('device', default_value='', choices=['', 'auto', 'cpu', 'cuda'],
+                              description='Compute device of the learned models.' + FROM_PARAMS),
+        DeclareLaunchArgument('approximate_sync', default_value='', choices=['', 'true', 'false'],
+                              description='Match left/right by nearest stamp (unsynchronised '
+                              'cameras).' + FROM_PARAMS + ' (false in config/stereo.yaml)'),
         DeclareLaunchArgument('params_file', default_value=os.path.join(config, 'stereo.yaml'),
                               description='YAML with the stereo node parameters.'),
         DeclareLaunchArgument('correspondence_params_file',
@@ -57,21 +63,26 @@ def generate_launch_description():
     ]
     left = [arg('left_namespace'), '/']
     right = [arg('right_namespace'), '/']
-    stereo = Node(
-        package='corr_depth_ros', executable='stereo_depth_node', name='stereo_depth_node',
-        namespace=arg('namespace'), output='screen',
-        parameters=[arg('params_file'), {'backend': arg('backend'), 'device': arg('device'),
-                                         'approximate_sync': PythonExpression(
-                                             ["'", arg('approximate_sync'), "' == 'true'"])}],
-        remappings=[('left/image_rect', left + ['image_rect']),
-                    ('left/camera_info', left + ['camera_info']),
-                    ('right/image_rect', right + ['image_rect']),
-                    ('right/camera_info', right + ['camera_info'])])
-    correspondence = Node(
-        package='corr_depth_ros', executable='correspondence_node', name='correspondence_node',
-        namespace=arg('namespace'), output='screen', condition=IfCondition(arg('use_correspondence')),
-        parameters=[arg('correspondence_params_file'), {'device': arg('device')}],
-        remappings=[('image', left + ['image_rect']), ('camera_info', left + ['camera_info'])])
+
+    def stereo_nodes(context):
+        # Launch arguments that were given override the params files; unset ones leave them be.
+        stereo = Node(
+            package='corr_depth_ros', executable='stereo_depth_node', name='stereo_depth_node',
+            namespace=arg('namespace'), output='screen',
+            parameters=[arg('params_file'),
+                        given_arguments(context, 'backend', 'device', 'approximate_sync')],
+            remappings=[('left/image_rect', left + ['image_rect']),
+                        ('left/camera_info', left + ['camera_info']),
+                        ('right/image_rect', right + ['image_rect']),
+                        ('right/camera_info', right + ['camera_info'])])
+        correspondence = Node(
+            package='corr_depth_ros', executable='correspondence_node', name='correspondence_node',
+            namespace=arg('namespace'), output='screen',
+            condition=IfCondition(arg('use_correspondence')),
+            parameters=[arg('correspondence_params_file'), given_arguments(context, 'device')],
+            remappings=[('image', left + ['image_rect']), ('camera_info', left + ['camera_info'])])
+        return [stereo, correspondence]
+
     sim_camera = Node(
         package='corr_depth_ros', executable='sim_stereo_camera_node', name='sim_stereo_camera_node',
         namespace=arg('namespace'), output='screen', condition=IfCondition(arg('use_sim_camera')),
@@ -89,4 +100,4 @@ def generate_launch_description():
         # Without this guard a missing rviz2 aborts the launch and orphans the nodes started so far.
         rviz = LogInfo(msg='rviz2 is not installed: use_rviz ignored',
                        condition=IfCondition(arg('use_rviz')))
-    return LaunchDescription(args + [sim_camera, stereo, correspondence, rviz])
+    return LaunchDescription(args + [sim_camera, OpaqueFunction(function=stereo_nodes), rviz])
