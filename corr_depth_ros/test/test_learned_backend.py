@@ -54,6 +54,9 @@ def test_output_contract_on_an_odd_size(learned):
     # A requested range below the prediction invalidates pixels instead of being ignored.
     limited = learned.compute(left, right, max_disparity_px=0)
     assert limited.valid.sum() <= (result.disparity_px <= 0).sum()
+    # What it searched (DisparityImage's min/max): the trained range, or less when asked.
+    assert result.search_range_px == (0.0, float(learned.max_disparity_px))
+    assert limited.search_range_px == (0.0, 0.0)
 
 
 def test_missing_or_foreign_weights_raise(tmp_path):

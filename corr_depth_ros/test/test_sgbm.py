@@ -61,7 +61,8 @@ def test_motorcycle_accuracy_and_pipeline():
 def test_run_stereo_outputs_agree_with_each_other():
     """run_stereo's derived outputs from a known backend result: invalid pixels (backend flag,
     low confidence, non-positive d + doffs, beyond max_depth_m) are NaN in disparity and depth
-    and -1 in the message disparity, whose valid values are d + doffs; min/max are theirs."""
+    and -1 in the message disparity, whose valid values are d + doffs; min/max are theirs when
+    the backend does not say what it searched, else that range + doffs."""
     from corr_depth_ros.core.backends.base import StereoResult
     from corr_depth_ros.core.geometry import StereoGeometry
     geometry = StereoGeometry(width=4, height=2, fx=100.0, fy=100.0, cx_left=2.0, cx_right=3.0,
@@ -90,6 +91,19 @@ def test_run_stereo_outputs_agree_with_each_other():
     none_valid = run_stereo(image, image, geometry, Fixed(), max_depth_m=0.4)
     assert not none_valid.valid.any() and none_valid.min_disparity_px == 0.0
     assert none_valid.max_disparity_px == 0.0 and none_valid.valid_window == (0, 0, 0, 0)
+    # A backend that says what it searched: min/max are that range + doffs, every frame.
+
+    class Searched(Fixed):
+        def compute(self, left, right, max_disparity_px=None):
+            result = super().compute(left, right, max_disparity_px)
+            result.search_range_px = (0.0, 63.0)
+            return result
+    for max_depth_m in (4.0, 0.4):
+        out = run_stereo(image, image, geometry, Searched(), max_depth_m=max_depth_m)
+        assert (out.min_disparity_px, out.max_disparity_px) == (1.0, 64.0)
+    sgbm = create_backend('sgbm', min_disparity=2, num_disparities=32)
+    textured = np.random.default_rng(1).integers(0, 255, (24, 80, 3), dtype=np.uint8)
+    assert sgbm.compute(textured, textured).search_range_px == (2.0, 33.0)
 
 
 def test_parameter_validation():

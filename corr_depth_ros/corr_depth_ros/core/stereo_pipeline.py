@@ -25,8 +25,10 @@ class StereoOutputs:
     points_m: (H, W, 3) float32 in the left optical frame, NaN invalid (None if not requested).
     confidence: (H, W) float32 in [0, 1] or None.
     valid_window: (x, y, width, height) bounding box of valid pixels.
-    min_disparity_px, max_disparity_px: range of the valid message disparities (0 if none), as
-    DisparityImage's min_disparity / max_disparity.
+    min_disparity_px, max_disparity_px: DisparityImage's min_disparity / max_disparity: the
+    range the backend searched, plus doffs, as its definition and stereo_image_proc have it
+    (a viewer scales colours by it, steady from frame to frame); for a backend that cannot
+    say, the range of this frame's valid message disparities (0 if none).
     """
 
     disparity_px: np.ndarray
@@ -84,7 +86,9 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
         if compute_points else None
     window = valid_window(valid)
     low = high = 0.0
-    if window[2] > 0:
+    if result.search_range_px is not None:
+        low, high = (float(v + geometry.doffs_px) for v in result.search_range_px)
+    elif window[2] > 0:
         # fmin/fmax skip NaN without nanmin's copy; rounding is monotonic, so adding doffs
         # after the reduction gives the same float32 as reducing the shifted values.
         low = float(np.fmin.reduce(disparity, axis=None) + np.float32(geometry.doffs_px))

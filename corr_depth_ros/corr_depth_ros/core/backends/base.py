@@ -1,6 +1,6 @@
 """The stereo backend interface."""
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -13,11 +13,14 @@ class StereoResult:
         dense when the backend fills holes. Meaningless where ``valid`` is False.
     valid: (H, W) bool, pixels whose disparity the backend stands behind.
     confidence: (H, W) float32 in [0, 1], or None when the backend has no notion of it.
+    search_range_px: (min, max) disparity the backend searched (no doffs), or None when it
+        cannot say; DisparityImage's min_disparity / max_disparity are this range.
     """
 
     disparity_px: np.ndarray
     valid: np.ndarray
     confidence: Optional[np.ndarray] = None
+    search_range_px: Optional[Tuple[float, float]] = None
 
 
 class StereoBackend:

@@ -84,9 +84,12 @@ class LearnedBackend(StereoBackend):
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
         disparity, confidence = self.infer(left_rgb, right_rgb)
         valid = np.isfinite(disparity) & (disparity >= 0)
+        top = self.max_disparity_px
         if max_disparity_px is not None:
             # The search range is fixed by training; a smaller requested range invalidates
             # pixels beyond it rather than changing the network.
             valid &= disparity <= max_disparity_px
+            top = min(top, max_disparity_px)
         return StereoResult(disparity_px=disparity.astype(np.float32), valid=valid,
-                            confidence=confidence.astype(np.float32))
+                            confidence=confidence.astype(np.float32),
+                            search_range_px=(0.0, float(top)))

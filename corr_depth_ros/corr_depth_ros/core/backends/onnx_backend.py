@@ -107,5 +107,7 @@ class OnnxStereoBackend(StereoBackend):
             valid &= disparity <= max_disparity_px
         if confidence is not None:
             confidence = np.clip(confidence, 0.0, 1.0).astype(np.float32)
+        # A user's model does not say what it searched; the requested range if there is one.
+        searched = (0.0, float(max_disparity_px)) if max_disparity_px is not None else None
         return StereoResult(disparity_px=disparity.astype(np.float32), valid=valid,
-                            confidence=confidence)
+                            confidence=confidence, search_range_px=searched)

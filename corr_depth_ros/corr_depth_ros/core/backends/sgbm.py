@@ -152,4 +152,6 @@ class SgbmBackend(StereoBackend):
             disparity_px = fill_disparity_holes(disparity_px, valid)
             valid = np.isfinite(disparity_px) & (disparity_px >= params.min_disparity) \
                 & np.any(valid, axis=1, keepdims=True)
-        return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence)
+        searched = (float(params.min_disparity), float(params.min_disparity + num_disparities - 1))
+        return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence,
+                            search_range_px=searched)
