@@ -283,9 +283,17 @@ class PointCloud2Packer:
 
 def pointcloud2_to_arrays(msg: PointCloud2) -> Tuple[np.ndarray, np.ndarray]:
     """Our organised x y z rgb cloud -> (H, W, 3) float32 points and (H, W, 3) uint8 RGB."""
-    names = [f.name for f in msg.fields]
-    if names[:4] != ['x', 'y', 'z', 'rgb'] or msg.point_step != _CLOUD_DTYPE.itemsize:
-        raise ConversionError(f'expected fields x y z rgb with point_step 16, got {names} / {msg.point_step}')
+    layout = [(f.name, f.offset, f.datatype) for f in msg.fields][:4]
+    expected = [('x', 0, PointField.FLOAT32), ('y', 4, PointField.FLOAT32),
+                ('z', 8, PointField.FLOAT32), ('rgb', 12, PointField.FLOAT32)]
+    if layout != expected or msg.point_step != _CLOUD_DTYPE.itemsize:
+        raise ConversionError(f'expected float32 fields x y z rgb at offsets 0 4 8 12 with '
+                              f'point_step 16, got {layout} / {msg.point_step}')
+    if msg.is_bigendian or msg.row_step != msg.point_step * msg.width or \
+            len(msg.data) != msg.row_step * msg.height:
+        raise ConversionError(f'expected a little-endian cloud without row padding: '
+                              f'is_bigendian {msg.is_bigendian}, row_step {msg.row_step} for '
+                              f'width {msg.width}, {len(msg.data)} bytes for height {msg.height}')
     records = np.frombuffer(msg.data, dtype=_CLOUD_DTYPE).reshape(msg.height, msg.width)
     points = np.stack([records['x'], records['y'], records['z']], axis=-1)
     packed = records['rgb']

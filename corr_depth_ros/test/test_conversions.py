@@ -118,6 +118,18 @@ def test_pointcloud_and_disparity_messages():
     packed = np.frombuffer(bytes(cloud.data), dtype=np.uint32).reshape(48, 4)[1, 3]
     r, g, b = rgb.reshape(-1, 3)[1]
     assert packed == (int(r) << 16) | (int(g) << 8) | int(b)
+    # Clouds it cannot read as such are refused, not misread.
+    for field, value, match in (('is_bigendian', True, 'little-endian'),
+                                ('row_step', 16 * 8 + 4, 'row padding'),
+                                ('data', cloud.data[:-16], 'bytes for height')):
+        bad = conversions.make_pointcloud2(points, rgb, HEADER)
+        setattr(bad, field, value)
+        with pytest.raises(conversions.ConversionError, match=match):
+            conversions.pointcloud2_to_arrays(bad)
+    bad = conversions.make_pointcloud2(points, rgb, HEADER)
+    bad.fields[3].offset = 16
+    with pytest.raises(conversions.ConversionError, match='offsets'):
+        conversions.pointcloud2_to_arrays(bad)
 
 
 def test_pointcloud_packer_reuses_its_buffer_and_stays_exact():
