@@ -117,7 +117,8 @@ class CorrespondenceNode(Node):
         self.frames_processed = 0
 
         self._pub_heatmap = self.create_publisher(Image, 'correspondence/heatmap', output_qos())
-        self._pub_markers = self.create_publisher(MarkerArray, 'correspondence/markers', output_qos())
+        self._pub_markers = self.create_publisher(MarkerArray, 'correspondence/markers',
+                                                  output_qos())
         self._pub_point = self.create_publisher(PointStamped, 'correspondence/point', output_qos())
         # Heatmaps are drawn off the service thread: a request must not wait for a colour map.
         self._heatmap_worker = LatestFrameWorker(self._publish_heatmap, self._on_worker_error,
