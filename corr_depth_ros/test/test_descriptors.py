@@ -488,3 +488,28 @@ def test_train_descriptors_cli_fine_tunes_given_weights_with_mined_negatives(tmp
     assert any(not torch.equal(trained[k], v) for k, v in start.state_dict().items())
     logged = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert any('global_loss' in entry for entry in logged)
+
+
+def test_pair_pool_streams_per_rank_and_after_a_resume(monkeypatch):
+    """Ranks render disjoint seeds; a resumed pool renders the pairs that came next."""
+    from corr_depth_ros.core.descriptors import data
+    monkeypatch.setattr(data, 'render_sample', lambda kind, seed, h, w, config=None: {'seed': seed})
+
+    def seeds_of(pool, reads):
+        for i in range(reads):
+            pool[i]
+        return sorted(p['seed'] for p in pool.pool)
+    fresh = data.PairPool(100, 8, 8, pool_size=4, renew_per_item=0.5, seed=2)
+    assert seeds_of(fresh, 1) == [20_000_000, 20_000_001, 20_000_002, 20_000_003]
+    rank1 = data.PairPool(100, 8, 8, pool_size=4, renew_per_item=0.5, seed=2)
+    rank1.start_stream(rank=1, items_read=0)
+    assert seeds_of(rank1, 1)[0] == 2 * data.SEEDS_PER_RUN + data.SEEDS_PER_RANK
+    # After 20 reads the fresh pool has rendered 4 + 10 seeds; a pool resumed there starts
+    # with the newest four of them instead of the first four again.
+    seeds_of(fresh, 19)
+    resumed = data.PairPool(100, 8, 8, pool_size=4, renew_per_item=0.5, seed=2)
+    resumed.start_stream(rank=0, items_read=20)
+    assert seeds_of(resumed, 0 + 1)[0] == 20_000_010
+    assert max(p['seed'] for p in fresh.pool) == 20_000_013
+    with pytest.raises(RuntimeError, match='before the first read'):
+        resumed.start_stream(rank=0, items_read=40)

@@ -66,6 +66,44 @@ def test_fit_learns_and_resumes(tmp_path):
     assert new_lines and new_lines[0]['step'] > 150
 
 
+class _Recorded(_Line):
+    """_Line that records the indices read, and a start_stream() call if any."""
+
+    def __init__(self):
+        self.read, self.stream = [], None
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return super().__getitem__(i)
+
+    def start_stream(self, rank, items_read):
+        self.stream = (rank, items_read)
+
+
+def test_resume_continues_the_data_stream_and_refuses_to_mix_runs(tmp_path):
+    def config(steps, resume=True):
+        return training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=steps, batch_size=4,
+                                    lr=1e-2, warmup_steps=1, log_every=3, val_every=4,
+                                    checkpoint_every=4, device='cpu', threads=1, resume=resume)
+    first = _Recorded()
+    training.fit(_tiny(), first, _loss, config(4), val_fn=lambda m: {'v': 1.0})
+    assert first.stream == (0, 0)
+    resumed = _Recorded()
+    training.fit(_tiny(), resumed, _loss, config(8))
+    assert resumed.stream == (0, 16)        # told where the stream stood: 4 steps x 4 items
+    # Batches after the resume are not the run's first batches again.
+    assert resumed.read[:16] != first.read[:16]
+    state = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
+    assert state['step'] == 8 and 'scaler' in state
+    # The training record of a validation step is logged even when log_every does not divide
+    # it (the trainers read the step of their best weights from the log).
+    records = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
+    assert {'event': 'train', 'step': 4}.items() <= next(
+        r for r in records if r['event'] == 'train' and r['step'] == 4).items()
+    with pytest.raises(FileExistsError, match='previous run'):
+        training.fit(_tiny(), _Line(), _loss, config(8, resume=False))
+
+
 def test_best_weights_keeps_the_best_validation_across_a_resume(tmp_path):
     path = str(tmp_path / 'best.safetensors')
     keeper = training.BestWeights(path, 'err')

@@ -92,10 +92,14 @@ def save_weights(path: str, model: nn.Module, *, arch: str, config: Dict[str, An
     state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else
              v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(state, path, metadata={k: json.dumps(v) for k, v in header.items()})
-    with open(path + '.json', 'w', encoding='utf-8') as f:
+    # Written beside and renamed (atomic): a run killed mid-write keeps the previous file, and
+    # a resumed run can read it (BestWeights) instead of failing on a truncated one.
+    save_file(state, path + '.tmp', metadata={k: json.dumps(v) for k, v in header.items()})
+    os.replace(path + '.tmp', path)
+    with open(path + '.json.tmp', 'w', encoding='utf-8') as f:
         json.dump(header, f, indent=2, sort_keys=True)
         f.write('\n')
+    os.replace(path + '.json.tmp', path + '.json')
     return header
 
 
@@ -234,6 +238,13 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
 
     ``loss_fn(model, batch) -> (loss, logs)``; ``val_fn(bare_model) -> {name: value}``.
     Returns the last training logs merged with the last validation numbers.
+
+    Without ``cfg.resume``, an out_dir that holds a previous run (checkpoint or log) is refused
+    rather than mixed with it. A resumed run continues the data stream instead of replaying
+    its first batches: the random state is reseeded from the step reached, the sampler's
+    epochs go on from there, and a dataset with ``start_stream(rank, items_read)`` (the
+    descriptor pair pool) is told where this rank's stream stood. Every rank calls it too, so
+    that ranks of a torchrun job draw different data.
     """
     from torch.utils.data import DataLoader, DistributedSampler
     if cfg.threads > 0:
@@ -243,6 +254,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     os.makedirs(cfg.out_dir, exist_ok=True)
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
     ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
+    if not cfg.resume and (os.path.isfile(ckpt_path) or os.path.isfile(log_path)):
+        raise FileExistsError(f'{cfg.out_dir} holds a previous run (checkpoint.pt / log.jsonl): '
+                              'resume it, or give another output folder; a fresh run there '
+                              'would mix its log and best weights with the old ones')
 
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -258,9 +273,25 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
+        if 'scaler' in state:
+            scaler.load_state_dict(state['scaler'])
         step = int(state['step'])
         if dist_info.is_main:
             print(f'resumed from {ckpt_path} at step {step}')
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+        steps = torch.tensor([step, -step], dtype=torch.int64,
+                             device=device if device.type == 'cuda' else 'cpu')
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if int(steps[0]) != -int(steps[1]):
+            raise RuntimeError(f'ranks resumed at different steps ({-int(steps[1])} to '
+                               f'{int(steps[0])}): out_dir must be one folder every node shares')
+    if step > 0:
+        # Not the stream's start again: a step-dependent seed gives new shuffles and augmentation.
+        torch.manual_seed(cfg.seed + dist_info.rank + 1_000_003 * step)
+    start_stream = getattr(train_dataset, 'start_stream', None)
+    if callable(start_stream):
+        start_stream(rank=dist_info.rank, items_read=step * cfg.batch_size)
 
     train_model = model
     sampler = None
@@ -275,7 +306,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                         pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
 
     def batches():
-        for epoch in itertools.count():
+        # Epochs before a resume at `step` numbered below it (each has >= 1 step): new seeds.
+        for epoch in itertools.count(step):
             if sampler is not None:
                 sampler.set_epoch(epoch)
             yield from loader
@@ -295,7 +327,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if dist_info.is_main:
             tmp = ckpt_path + '.tmp'
             torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                        'scheduler': scheduler.state_dict(), 'step': step}, tmp)
+                        'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
+                        'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 
     bad_in_a_row = 0
@@ -333,7 +366,9 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f'{last["loss"]:.4f}')
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            # Also at each validation step: logged_step() reads the step from the log.
+            validates = val_fn is not None and step % cfg.val_every == 0
+            if step % cfg.log_every == 0 or step == cfg.steps or validates:
                 _log(log_path, {'event': 'train', 'step': step, 'lr': scheduler.get_last_lr()[0],
                                 'elapsed_s': time.perf_counter() - started, **last})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -348,6 +383,9 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                 progress.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in val_last.items()))
     if progress is not None:
         progress.close()
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+        dist.barrier()   # no rank leaves (and reads best weights) while rank 0 still writes
     return {**last, **{f'val_{k}': v for k, v in val_last.items()}, 'step': step}
 
 

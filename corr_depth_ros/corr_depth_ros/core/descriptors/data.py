@@ -20,6 +20,10 @@ from torch.utils.data import Dataset
 
 # Seeds at or above this are held out: training draws below it, evaluation at or above it.
 HELD_OUT_SEED = 1_000_000_000
+# A pool with seed s renders seeds s * SEEDS_PER_RUN + rank * SEEDS_PER_RANK + n: ranks of a
+# torchrun job draw disjoint pairs (up to 10 ranks, a million pairs each).
+SEEDS_PER_RUN = 10_000_000
+SEEDS_PER_RANK = 1_000_000
 
 
 def multiview_sample(seed: int, height: int, width: int, config=None) -> Dict[str, torch.Tensor]:
@@ -87,11 +91,28 @@ class PairPool(Dataset):
         self.stereo_fraction = stereo_fraction
         self.renew_per_item = renew_per_item
         self.config = config
+        self.pool_size = pool_size
+        self._seed = seed
         self._rng = random.Random(seed)
-        self._next_seed = seed * 10_000_000
+        self._next_seed = seed * SEEDS_PER_RUN
         self._credit = 0.0
-        self.pool = [self._render() for _ in range(pool_size)]
+        self.pool = []          # rendered on first read, after start_stream() if any
         self._oldest = 0
+
+    def start_stream(self, rank: int = 0, items_read: int = 0) -> None:
+        """Continue the stream where a run with this seed stood on ``rank`` after
+        ``items_read`` reads (the training loop calls it; see training.fit): each rank renders
+        its own range of seeds, and a resumed run renders the pairs that came next instead of
+        the first ones again. Call before the first read. (0, 0) is the constructor's stream.
+        """
+        if self.pool:
+            raise RuntimeError('start_stream() must come before the first read')
+        if not 0 <= rank < SEEDS_PER_RUN // SEEDS_PER_RANK:
+            raise ValueError(f'rank must be in [0, {SEEDS_PER_RUN // SEEDS_PER_RANK}), got {rank}')
+        rendered_before = int(items_read * self.renew_per_item)   # beyond the first pool
+        self._next_seed = self._seed * SEEDS_PER_RUN + rank * SEEDS_PER_RANK + rendered_before
+        if (rank, items_read) != (0, 0):
+            self._rng = random.Random(f'{self._seed}/{rank}/{items_read}')
 
     def _render(self) -> Dict[str, torch.Tensor]:
         kind = 'stereo' if self._rng.random() < self.stereo_fraction else 'multiview'
@@ -105,6 +126,8 @@ class PairPool(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        if not self.pool:
+            self.pool = [self._render() for _ in range(self.pool_size)]
         self._credit += self.renew_per_item
         while self._credit >= 1.0:
             self.pool[self._oldest] = self._render()

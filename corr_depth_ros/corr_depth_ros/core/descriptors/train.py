@@ -115,7 +115,7 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
         model = build_descriptor_net(**net_config)
     os.makedirs(cfg.out_dir, exist_ok=True)
     started = time.time()
-    print(f'rendering a pool of {spec.pool_size} pairs ...', flush=True)
+    print(f'a pool of {spec.pool_size} pairs is rendered at the first step ...', flush=True)
     dataset = PairPool(length=10 ** 7, height=spec.height, width=spec.width,
                        pool_size=spec.pool_size, renew_per_item=spec.renew_per_item,
                        stereo_fraction=spec.stereo_fraction, seed=cfg.seed)
