@@ -116,23 +116,77 @@ class BagWriter:
         self._file.close()
 
 
+_MCAP_MAGIC = b'\x89MCAP0\r\n'
+
+
+def bag_files(path: str) -> List[str]:
+    """The MCAP files of a recording: ``path`` itself, or, for a rosbag2 folder (what
+    `ros2 bag record -s mcap` writes), the files its metadata.yaml lists, in order.
+    ValueError with what to do for anything else (sqlite3 bags, missing paths, other files)."""
+    if os.path.isdir(path):
+        meta_path = os.path.join(path, 'metadata.yaml')
+        if not os.path.isfile(meta_path):
+            raise ValueError(f'{path} is a folder without metadata.yaml: not a rosbag2 bag')
+        import yaml
+        with open(meta_path, encoding='utf-8') as f:
+            info = (yaml.safe_load(f) or {}).get('rosbag2_bagfile_information', {})
+        storage = info.get('storage_identifier', '')
+        if storage != 'mcap':
+            raise ValueError(f'{path} is a {storage or "non-MCAP"} bag; only MCAP is read here: '
+                             f'convert it (ros2 bag convert) or record with -s mcap')
+        files = [os.path.join(path, name) for name in info.get('relative_file_paths', [])]
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise ValueError(f'input bag {path} does not exist')
+    for name in files:
+        if not os.path.isfile(name):
+            raise ValueError(f'{name} (listed in the bag\'s metadata.yaml) does not exist')
+        with open(name, 'rb') as f:
+            if f.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+                raise ValueError(f'{name} is not an MCAP file (sqlite3 .db3 bags are not read '
+                                 'here: convert with ros2 bag convert, or record with -s mcap)')
+    if not files:
+        raise ValueError(f'{path}: the bag lists no files')
+    return files
+
+
+def check_bag_paths(in_path: str, out_path: str) -> List[str]:
+    """bag_files(in_path), after making sure writing ``out_path`` cannot destroy the input."""
+    files = bag_files(in_path)
+    if os.path.exists(out_path) and any(os.path.samefile(out_path, f) for f in files):
+        raise ValueError(f'the output {out_path} is the input: give another output path')
+    return files
+
+
 def read_messages(path: str, topics: Optional[Iterable[str]] = None):
-    """Yield (topic, datatype, message, log_time_ns) in log-time order."""
+    """Yield (topic, datatype, message, log_time_ns) in log-time order (file by file for a
+    split bag), from an MCAP file or rosbag2 MCAP folder."""
     from mcap_ros2.reader import read_ros2_messages
-    with open(path, 'rb') as f:
-        for item in read_ros2_messages(f, topics=list(topics) if topics else None):
-            yield item.channel.topic, item.schema.name, item.ros_msg, item.log_time_ns
+    for name in bag_files(path):
+        with open(name, 'rb') as f:
+            for item in read_ros2_messages(f, topics=list(topics) if topics else None):
+                yield item.channel.topic, item.schema.name, item.ros_msg, item.log_time_ns
+
+
+def bag_topics(path: str) -> Dict[str, int]:
+    """topic -> message count over the bag's files (from their summaries)."""
+    from mcap.reader import make_reader
+    counts: Dict[str, int] = {}
+    for name in bag_files(path):
+        with open(name, 'rb') as f:
+            summary = make_reader(f).get_summary()
+        if summary is None or summary.statistics is None:
+            continue
+        for cid, channel in summary.channels.items():
+            counts[channel.topic] = counts.get(channel.topic, 0) + \
+                summary.statistics.channel_message_counts.get(cid, 0)
+    return counts
 
 
 def count_messages(path: str, topics: Iterable[str]) -> int:
-    from mcap.reader import make_reader
-    wanted = set(topics)
-    with open(path, 'rb') as f:
-        summary = make_reader(f).get_summary()
-    if summary is None or summary.statistics is None:
-        return 0
-    ids = [cid for cid, ch in summary.channels.items() if ch.topic in wanted]
-    return sum(summary.statistics.channel_message_counts.get(cid, 0) for cid in ids)
+    available = bag_topics(path)
+    return sum(available.get(t, 0) for t in set(topics))
 
 
 class _Item:
@@ -154,22 +208,41 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
     synchroniser into ``on_set(*items)``, in log-time order, with a progress bar; close
     ``writer`` at the end, also on error (an MCAP file needs its footer to be readable)."""
-    from .sync import StampSynchronizer
+    from .sync import StampSynchronizer, stamp_to_ns
     sync = StampSynchronizer(num_inputs, 10, on_set)
     bar = None
+    seen = [0] * num_inputs
+    primary_stamps = set()          # the first input's frames (raw and compressed count once)
     try:
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=count_messages(in_path, inputs), desc='process-bag', unit='msg',
                        dynamic_ncols=True)
         for topic, datatype, message, log_time in read_messages(in_path, inputs):
-            sync.add(inputs[topic], _Item(datatype, message, log_time))
+            item = _Item(datatype, message, log_time)
+            seen[inputs[topic]] += 1
+            if inputs[topic] == 0:
+                primary_stamps.add(stamp_to_ns(item))
+            sync.add(inputs[topic], item)
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
         writer.close()
+    missing = [i for i in range(num_inputs) if seen[i] == 0]
+    if missing:
+        wanted = ', '.join(sorted(t for t, i in inputs.items() if i in missing))
+        present = ', '.join(sorted(bag_topics(in_path))) or 'none'
+        raise ValueError(f'no messages on {wanted} (check --namespace); the bag has: {present}')
+    return len(primary_stamps)
+
+
+def _finish(counts: Dict[str, int], frames: int) -> Dict[str, int]:
+    """Frames of the first input that were neither processed nor skipped had no partner with
+    the same stamp on another input (a dropped message): counted, not silently lost."""
+    counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
+    return counts
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
@@ -202,6 +275,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
               f'{ns}/left/camera_info': 2, f'{ns}/right/camera_info': 3}
     out_ns = (output_prefix or ns).rstrip('/')
     engine = create_backend(backend, **(backend_params or {}))
+    check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
     writer = BagWriter(out_path)
     counts = {'sets': 0, 'errors': 0}
 
@@ -224,7 +298,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
                                                     delta_d=getattr(engine, 'disparity_step_px',
                                                                     1.0 / 16.0)), log_time)
         _write_cloud_and_depth(writer, out_ns, out.depth_m, out.points_m, left_rgb,
-                               conversions.stereo_camera_infos(geometry, header, header)[0],
+                               conversions.depth_camera_info(left_info.message, header),
                                header, log_time)
         if out.confidence is not None:
             writer.write(f'{out_ns}/confidence', 'sensor_msgs/msg/Image',
@@ -232,8 +306,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
                          log_time)
         counts['sets'] += 1
 
-    _run_pipeline(in_path, inputs, 4, on_set, progress, writer)
-    return counts
+    return _finish(counts, _run_pipeline(in_path, inputs, 4, on_set, progress, writer))
 
 
 def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
@@ -256,6 +329,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     input_size = input_size_from_header(header)
     if depth_mode == 'metric' and baseline_m <= 0:
         baseline_m = baseline_from_header(header)
+    check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
     writer = BagWriter(out_path)
     counts = {'sets': 0, 'errors': 0}
 
@@ -279,8 +353,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                out_header, log_time)
         counts['sets'] += 1
 
-    _run_pipeline(in_path, inputs, 2, on_set, progress, writer)
-    return counts
+    return _finish(counts, _run_pipeline(in_path, inputs, 2, on_set, progress, writer))
 
 
 def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
@@ -318,6 +391,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
     reference = matching.descriptors_at(
         compute_descriptors(model, np.ascontiguousarray(reference_bgr[:, :, ::-1]), torch_device),
         pixels)
+    check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
     writer = BagWriter(out_path)
     counts = {'sets': 0, 'errors': 0}
     buffers = RecyclingPool()   # each set's descriptor image reuses the previous one's memory
@@ -357,8 +431,8 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                      log_time)
         counts['sets'] += 1
 
-    _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress, writer)
-    return counts
+    return _finish(counts, _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set,
+                                         progress, writer))
 
 
 def parse_pixels(text: str) -> np.ndarray:

@@ -62,6 +62,53 @@ def test_process_stereo_bag(tmp_path, compressed_right):
     assert (cloud.height, cloud.width, cloud.point_step) == (500, 741, 16)
 
 
+def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsys):
+    """Output == input is refused before anything is written; a bag folder is read through its
+    metadata.yaml; absent inputs are named with the bag's topics; a frame whose partner is
+    missing is counted; sqlite3 bags get a clear error."""
+    import os
+    data = load_motorcycle()
+    small = {**data, 'left': data['left'][:64, :160], 'right': data['right'][:64, :160]}
+    geo = data['geometry']
+    from corr_depth_ros.core.geometry import StereoGeometry
+    small['geometry'] = StereoGeometry(width=160, height=64, fx=geo.fx, fy=geo.fy,
+                                       cx_left=80.0, cx_right=80.0 + geo.doffs_px, cy=32.0,
+                                       baseline_m=geo.baseline_m)
+    path = tmp_path / 'in.mcap'
+    _record(path, small, frames=3)
+    size = os.path.getsize(path)
+    assert cli_main(['process-bag', str(path), str(path), '--namespace', '/cam',
+                     '--no-progress']) == 2
+    assert 'is the input' in capsys.readouterr().out and os.path.getsize(path) == size
+    # A rosbag2 folder (metadata.yaml + files) is read like the file it lists.
+    folder = tmp_path / 'rec'
+    folder.mkdir()
+    os.replace(path, folder / 'rec_0.mcap')
+    (folder / 'metadata.yaml').write_text(
+        'rosbag2_bagfile_information:\n  version: 9\n  storage_identifier: mcap\n'
+        '  relative_file_paths:\n    - rec_0.mcap\n')
+    counts = bag.process_stereo(str(folder), str(tmp_path / 'out.mcap'), namespace='/cam',
+                                progress=False)
+    assert counts == {'sets': 3, 'errors': 0, 'unmatched': 0}
+    # Wrong namespace: which topics are missing, and what the bag has instead.
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out2.mcap'), '--namespace',
+                     '/other', '--no-progress']) == 2
+    text = capsys.readouterr().out
+    assert 'no messages on /other/left/camera_info' in text and '/cam/left/image_rect' in text
+    # A frame whose right image was not recorded is counted, not silently lost.
+    writer = bag.BagWriter(str(tmp_path / 'gap.mcap'))
+    for topic, datatype, message, t in bag.read_messages(str(folder)):
+        if not (topic == '/cam/right/image_rect' and message.header.stamp.sec == 11):
+            writer.write(topic, datatype, message, t)
+    writer.close()
+    counts = bag.process_stereo(str(tmp_path / 'gap.mcap'), str(tmp_path / 'out3.mcap'),
+                                namespace='/cam', progress=False)
+    assert counts == {'sets': 2, 'errors': 0, 'unmatched': 1}
+    (tmp_path / 'old.db3').write_bytes(b'SQLite format 3\x00' + bytes(64))
+    with pytest.raises(ValueError, match='not an MCAP file'):
+        bag.bag_files(str(tmp_path / 'old.db3'))
+
+
 def test_compressed_round_trip_and_errors():
     rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     msg = conversions.rgb8_to_compressed(rgb, Header(), 'png')

@@ -1,6 +1,15 @@
 """`corr_depth eval corr`: dense correspondences (descriptor net vs SIFT vs patch NCC)."""
 
 
+def _baselines(text: str):
+    import argparse
+    names = [n.strip() for n in text.split(',') if n.strip()]
+    unknown = sorted(set(names) - {'sift', 'ncc'})
+    if unknown:
+        raise argparse.ArgumentTypeError(f'unknown baseline(s) {unknown}: use sift, ncc or ""')
+    return ','.join(names)
+
+
 def register(subparsers):
     p = subparsers.add_parser('corr', help='dense correspondences: descriptor net vs baselines')
     p.add_argument('--dataset', choices=('motorcycle', 'synthetic'), default='motorcycle')
@@ -21,7 +30,8 @@ def register(subparsers):
                         "only among those on objects (Dense Object Nets' setting: grasp points "
                         'lie on objects, while most of a scene is weakly textured floor and '
                         'wall); B is searched whole either way')
-    p.add_argument('--baselines', default='sift,ncc', help='comma list of sift,ncc ("" for none)')
+    p.add_argument('--baselines', default='sift,ncc', type=_baselines,
+                   help='comma list of sift,ncc ("" for none)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--scales', default='',
@@ -124,9 +134,8 @@ def run(args) -> int:
               f'@10 {r["pck@10"]:.3f}  median {r["median_error_px"]:.2f} px  '
               f'FP {r["mean_fraction_false_positives"]:.4f}  ({r["seconds"]:.1f} s)')
     if args.figure:
-        import cv2
+        from .eval import write_figure
         a, b, queries, raw = figure_args
         matches, errors = raw['descriptor_net'][0], raw['descriptor_net'][1]
-        canvas = ev.draw_matches(a, b, queries, matches, errors)
-        cv2.imwrite(args.figure, canvas[:, :, ::-1])
+        write_figure(args.figure, ev.draw_matches(a, b, queries, matches, errors))
     return 0

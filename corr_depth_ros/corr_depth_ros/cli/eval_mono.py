@@ -3,10 +3,16 @@ LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
 
 
 def _size(text: str):
+    """argparse type: 'WxH' -> (height, width); '' -> None (the weights' training size)."""
+    import argparse
+    if not text:
+        return None
     try:
         width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError as exc:
-        raise ValueError(f'--input-size must look like 384x256 (width x height), got {text!r}') from exc
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must look like 384x256 (width x height), got {text!r}')
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f'must be positive, got {text!r}')
     return height, width
 
 
@@ -24,7 +30,7 @@ def register(subparsers):
     parser.add_argument('--weights', default='', help='LR model (default: shipped)')
     parser.add_argument('--ablation-weights', default=None,
                         help='no-LR model (default: shipped if present; "" to skip)')
-    parser.add_argument('--input-size', default='',
+    parser.add_argument('--input-size', default=None, type=_size,
                         help='network input WxH, e.g. 384x256 (default: the training size '
                              'from the weights metadata)')
     parser.add_argument('--synthetic-count', type=int, default=200)
@@ -43,7 +49,7 @@ def run(args) -> int:
     datasets = ('motorcycle', 'synthetic') if args.dataset == 'all' else (args.dataset,)
     report = run_evaluation(
         datasets=datasets, weights=args.weights, ablation_weights=args.ablation_weights,
-        input_size=_size(args.input_size) if args.input_size else None,
+        input_size=args.input_size,
         max_depth_m=args.max_depth_m, synthetic_count=args.synthetic_count,
         synthetic_cache=args.synthetic_cache, device=args.device, figure=args.figure,
         speed=not args.no_speed)

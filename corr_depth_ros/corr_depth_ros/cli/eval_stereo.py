@@ -40,6 +40,7 @@ def run(args) -> int:
                                             evaluate_backend, motorcycle_pairs, strip_predictions,
                                             synthetic_pairs)
     from ..core.stereo_net.train import parse_size
+    from .eval import write_figure
     backends = args.backend or ['learned', 'sgbm']
     if args.dataset == 'motorcycle':
         pairs = motorcycle_pairs(args.scale)
@@ -82,6 +83,5 @@ def run(args) -> int:
     if args.figure:
         panel = error_figure(pairs[0]['left'], pairs[0]['disparity_px'],
                              {k: v['predictions'][0] for k, v in reports.items()})
-        cv2.imwrite(args.figure, cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
-        print(f'wrote {args.figure}')
+        write_figure(args.figure, panel)
     return 0

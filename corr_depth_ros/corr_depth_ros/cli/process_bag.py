@@ -12,7 +12,8 @@ def register(subparsers):
                     '--namespace: stereo reads left|right/image_rect[/compressed] and '
                     'left|right/camera_info; mono and corr read image[/compressed] and '
                     'camera_info.')
-    parser.add_argument('input', help='input rosbag2 .mcap file')
+    parser.add_argument('input', help='input rosbag2 MCAP: a .mcap file or a bag folder '
+                        '(ros2 bag record -s mcap); sqlite3 bags: ros2 bag convert them first')
     parser.add_argument('output', help='output .mcap file (overwritten)')
     parser.add_argument('--pipeline', default='stereo', choices=('stereo', 'mono', 'corr'))
     parser.add_argument('--namespace', default='', help='input topic namespace, e.g. /stereo')
@@ -20,7 +21,7 @@ def register(subparsers):
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
                         help='learned models\' device')
     parser.add_argument('--weights', default='', help='mono/corr (and stereo learned): weights '
-                        'file; default: the shipped one')
+                        'file, default: the shipped one; stereo onnx: the .onnx model')
     parser.add_argument('--max-depth-m', type=float, default=0.0)
     stereo = parser.add_argument_group('stereo')
     stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
@@ -47,11 +48,15 @@ def run(args) -> int:
     common = dict(namespace=args.namespace, output_prefix=args.output_prefix,
                   max_depth_m=args.max_depth_m, progress=not args.no_progress)
     if args.pipeline == 'stereo':
-        params = {'device': args.device}
-        if args.backend == 'learned' and args.weights:
-            params['weights_path'] = args.weights
-        options = dict(backend=args.backend,
-                       backend_params=params if args.backend == 'learned' else None)
+        params = None
+        if args.backend == 'learned':
+            params = {'device': args.device, 'weights_path': args.weights}
+        elif args.backend == 'onnx':
+            if not args.weights:
+                print('process-bag: --backend onnx needs the model: --weights MODEL.onnx')
+                return 2
+            params = {'device': args.device, 'model_path': args.weights}
+        options = dict(backend=args.backend, backend_params=params)
     elif args.pipeline == 'mono':
         options = dict(weights_path=args.weights, depth_mode=args.depth_mode,
                        baseline_m=args.baseline_m, post_process=args.post_process,
@@ -63,8 +68,11 @@ def run(args) -> int:
                        device=args.device)
     try:
         counts = PIPELINES[args.pipeline](args.input, args.output, **common, **options)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f'process-bag: {exc}')
         return 2
-    print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped -> {args.output}')
+    unmatched = counts.get('unmatched', 0)
+    print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped'
+          + (f', {unmatched} without a partner of the same stamp on every input' if unmatched
+             else '') + f' -> {args.output}')
     return 0 if counts['sets'] > 0 else 1
