@@ -16,10 +16,12 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup_env.sh
 
+# `python -m colcon` (the venv's interpreter), not a `colcon` found on PATH: colcon writes its
+# own interpreter into the nodes' #! lines, and only the venv has torch and the other deps.
 build: setup
-	@$(ENV) && colcon build --symlink-install --base-paths corr_depth_interfaces corr_depth_ros \
+	@$(ENV) && python -m colcon build --symlink-install --base-paths corr_depth_interfaces corr_depth_ros \
 	    --event-handlers console_cohesion- summary+ --cmake-args $(CMAKE_ARGS) >/dev/null \
-	  || { echo "colcon build failed; log/latest_build has the details"; $(ENV) && colcon build --symlink-install --base-paths corr_depth_interfaces corr_depth_ros --cmake-args $(CMAKE_ARGS); exit 1; }
+	  || { echo "colcon build failed; log/latest_build has the details"; $(ENV) && python -m colcon build --symlink-install --base-paths corr_depth_interfaces corr_depth_ros --cmake-args $(CMAKE_ARGS); exit 1; }
 	@echo "build: ok (install/)"
 
 test: build

