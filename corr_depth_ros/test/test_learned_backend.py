@@ -134,7 +134,29 @@ def test_onnx_export_parity_and_onnx_backend(tmp_path, refine_channels):
     # A different image size is resized to the model's input and the disparity rescaled.
     big = backend.compute(np.repeat(np.repeat(left, 2, 0), 2, 1), np.repeat(np.repeat(right, 2, 0), 2, 1))
     assert big.disparity_px.shape == (96, 144)
+    # Defaults: the model's fixed input size and its 'confidence' output are found by name.
+    plain = create_backend('onnx', model_path=path, device='cpu')
+    assert plain.input_size == (72, 48) and plain.confidence_name == 'confidence'
+    again = plain.compute(np.repeat(np.repeat(left, 2, 0), 2, 1),
+                          np.repeat(np.repeat(right, 2, 0), 2, 1))
+    np.testing.assert_allclose(again.disparity_px, big.disparity_px, atol=1e-4)
+    assert again.confidence is not None
     with pytest.raises(ValueError):
         create_backend('onnx', model_path=path, output_name='nope')
     with pytest.raises(ValueError):
         create_backend('onnx', model_path='')
+
+
+def test_onnx_backend_refuses_a_grey_model_at_load(tmp_path):
+    """A model that wants (1, 1, H, W) images fails when the backend starts (the node then
+    falls back to sgbm), not on every frame."""
+    pytest.importorskip('onnxruntime')
+
+    class Grey(torch.nn.Module):
+        def forward(self, left, right):
+            return left - right
+    path = str(tmp_path / 'grey.onnx')
+    torch.onnx.export(Grey(), (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)), path,
+                      input_names=['left', 'right'], output_names=['disparity'], dynamo=False)
+    with pytest.raises(ValueError, match='RGB'):
+        create_backend('onnx', model_path=path, device='cpu')

@@ -77,11 +77,12 @@ PARAMS = [
               '~13 ms faster a 741x500 pair on a 2-core CPU.', read_only=True),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
               '(1,3,H,W) float32, output disparity in pixels).', read_only=True),
-    ParamSpec('onnx.input_width', 0, 'onnx: fixed model input width, pixels (0: image width; '
-              'images are resized and the disparity rescaled).', read_only=True,
+    ParamSpec('onnx.input_width', 0, 'onnx: model input width, pixels (0: the model\'s fixed '
+              'width if it has one, else the image width; images are resized and the disparity '
+              'rescaled).', read_only=True, value_range=(0, 8192)),
+    ParamSpec('onnx.input_height', 0, 'onnx: model input height, pixels (0: the model\'s fixed '
+              'height if it has one, else the image height).', read_only=True,
               value_range=(0, 8192)),
-    ParamSpec('onnx.input_height', 0, 'onnx: fixed model input height, pixels (0: image height).',
-              read_only=True, value_range=(0, 8192)),
     ParamSpec('onnx.mean', [0.0, 0.0, 0.0], 'onnx: per-channel mean subtracted from RGB in [0, 1].',
               read_only=True),
     ParamSpec('onnx.std', [1.0, 1.0, 1.0], 'onnx: per-channel std dividing RGB in [0, 1].',

@@ -3,8 +3,9 @@
 For models trained elsewhere (e.g. an exported RAFT-Stereo or our own network via
 ``corr_depth export-onnx stereo``). The model must take the left and right images as two
 (1, 3, H, W) float32 inputs and return a disparity map (1, 1, H, W) or (1, H, W) in pixels of
-its input size. Many exported models have a fixed input size: set ``input_width/height`` and the
-backend resizes the images and rescales the disparity (disparity scales with image width).
+its input size. Many exported models have a fixed input size: the backend reads it from the
+model (or ``input_width/height``), resizes the images and rescales the disparity (disparity
+scales with image width).
 Trade-off: no torch needed and the CUDA provider is used when onnxruntime-gpu is installed,
 but the pre-processing must be told exactly what the model expects (size, mean, std, names).
 """
@@ -20,11 +21,13 @@ from .base import StereoBackend, StereoResult
 class OnnxStereoBackend(StereoBackend):
     """Args:
         model_path: the .onnx file.
-        input_width, input_height: the model's fixed input size, pixels (0 = the image's size).
+        input_width, input_height: the model's input size, pixels (0 = the model's own fixed
+            size if it has one, else the image's size).
         mean, std: per-channel normalisation applied to RGB in [0, 1]: (x - mean) / std.
         input_names: names of the left and right inputs ([] = the model's first two inputs).
         output_name: name of the disparity output ('' = the model's first output).
-        confidence_name: optional name of a (1, 1, H, W) confidence output in [0, 1].
+        confidence_name: optional name of a (1, 1, H, W) confidence output in [0, 1] ('' =
+            an output named 'confidence' if the model has one).
         device: 'auto' (CUDA provider when available), 'cpu' or 'cuda'.
     """
 
@@ -64,8 +67,20 @@ class OnnxStereoBackend(StereoBackend):
             raise ValueError(f'output {self.output_name!r} not in the model outputs {outputs}')
         if confidence_name and confidence_name not in outputs:
             raise ValueError(f'confidence output {confidence_name!r} not in {outputs}')
+        if not confidence_name and 'confidence' in outputs and self.output_name != 'confidence':
+            confidence_name = 'confidence'    # ours (export-onnx) has one under that name
         self.confidence_name = confidence_name
         self.model_path = model_path
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        for name in self.input_names:
+            shape = shapes[name]
+            if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+                raise ValueError(f'input {name!r} has shape {shape}; this backend feeds '
+                                 '(1, 3, H, W) RGB images')
+        fixed = shapes[self.input_names[0]][2:]
+        if input_width <= 0 and all(isinstance(v, int) and v > 0 for v in fixed):
+            # A model exported at a fixed size (ours is): feed it that size, rescale the output.
+            input_height, input_width = fixed
         self.input_size = (int(input_width), int(input_height))
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
