@@ -22,6 +22,9 @@ from launch_ros.actions import Node
 from corr_depth_ros.launch_arguments import given_arguments
 
 FROM_PARAMS = ' Default: the params file\'s value.'
+# The topics config/corr_depth.rviz displays (absolute there, i.e. for namespace '').
+RVIZ_TOPICS = ('points2', 'disparity/color', 'depth', 'confidence', 'correspondence/heatmap',
+               'correspondence/markers')
 
 
 def generate_launch_description():
@@ -91,13 +94,20 @@ def generate_launch_description():
                     ('left/camera_info', left + ['camera_info']),
                     ('right/image_rect', right + ['image_rect']),
                     ('right/camera_info', right + ['camera_info'])])
-    try:
-        get_package_prefix('rviz2')
-        rviz = Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
-                    arguments=['-d', os.path.join(config, 'corr_depth.rviz')],
-                    condition=IfCondition(arg('use_rviz')))
-    except PackageNotFoundError:
-        # Without this guard a missing rviz2 aborts the launch and orphans the nodes started so far.
-        rviz = LogInfo(msg='rviz2 is not installed: use_rviz ignored',
-                       condition=IfCondition(arg('use_rviz')))
-    return LaunchDescription(args + [sim_camera, OpaqueFunction(function=stereo_nodes), rviz])
+
+    def rviz_node(context):
+        try:
+            get_package_prefix('rviz2')
+        except PackageNotFoundError:
+            # Without this guard a missing rviz2 aborts the launch and orphans the nodes started.
+            return [LogInfo(msg='rviz2 is not installed: use_rviz ignored',
+                            condition=IfCondition(arg('use_rviz')))]
+        # config/corr_depth.rviz names the outputs at the root; inside `namespace` they move.
+        ns = context.launch_configurations.get('namespace', '').strip('/')
+        moved = [(f'/{topic}', f'/{ns}/{topic}') for topic in RVIZ_TOPICS] if ns else []
+        return [Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+                     arguments=['-d', os.path.join(config, 'corr_depth.rviz')],
+                     remappings=moved, condition=IfCondition(arg('use_rviz')))]
+
+    return LaunchDescription(args + [sim_camera, OpaqueFunction(function=stereo_nodes),
+                                     OpaqueFunction(function=rviz_node)])

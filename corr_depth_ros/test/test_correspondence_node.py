@@ -240,6 +240,9 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
                      action=lambda: client.pub_click.publish(Point(x=float(x), y=float(y))),
                      action_period_s=5.0)
     assert np.array_equal(node._store.get('clicked').pixels_xy, PIXELS[:2].astype(np.float32))
+    # A click reference id that cannot name a file is refused as a parameter.
+    bad = node.set_parameters([Parameter('click_reference_id', value='bad id/x')])[0]
+    assert not bad.successful and 'not usable' in bad.reason
 
     # A restarted node reloads both references from references_dir.
     restarted = _start(ros, tmp_path)
@@ -251,6 +254,15 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert one_pass._network_id != restarted._network_id
     with pytest.raises(references.ReferenceError, match='network'):
         one_pass._store.get('handle')
+    # A click that cannot be saved (references_dir gone) is reported; the node keeps running.
+    import shutil
+    shutil.rmtree(tmp_path / 'refs')
+    before = node._errors.count
+    assert ros.wait_for(lambda: node._errors.count > before, timeout_s=20,
+                        action=lambda: client.pub_click.publish(Point(x=5.0, y=5.0)),
+                        action_period_s=2.0)
+    assert 'click not stored' in node._errors.last_message
+    client.wait_live(node)      # still processing frames
 
 
 def test_example_grasp_client_script(ros, tmp_path, scene):

@@ -183,6 +183,12 @@ class CorrespondenceNode(Node):
 
     def _on_set_parameters(self, params):
         result = validate(PARAMS, params)
+        for p in params:
+            if result.successful and p.name == 'click_reference_id':
+                try:
+                    references.validate_reference_id(p.value)
+                except references.ReferenceError as exc:
+                    result.successful, result.reason = False, str(exc)
         if result.successful:
             self._values.update({p.name: p.value for p in params})
         return result
@@ -392,6 +398,8 @@ class CorrespondenceNode(Node):
                                    f'{reference_id!r} ({len(ref.pixels_xy)} pixels)')
         except (RequestError, references.ReferenceError) as exc:
             self._errors.error('click', f'click ignored: {exc}')
+        except Exception as exc:  # noqa: BLE001 - e.g. references_dir not writable: keep running
+            self._errors.error('click', f'click not stored: {type(exc).__name__}: {exc}')
 
     def reference_ids(self):
         with self._store_lock:

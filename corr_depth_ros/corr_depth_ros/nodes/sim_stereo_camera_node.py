@@ -121,7 +121,13 @@ class SimStereoCameraNode(Node):
             self.last_render_s = time.perf_counter() - start
             if self._stop.is_set() or not self.context.ok():
                 return  # shutting down: the publishers may already be gone
-            self._publish(frame)
+            try:
+                self._publish(frame)
+            except Exception as exc:  # noqa: BLE001 - one failed publish must not stop the camera
+                if self._stop.is_set() or not self.context.ok():
+                    return
+                self.get_logger().error(f'frame {index} not published: {exc}',
+                                        throttle_duration_sec=5.0)
             index += 1
             next_time = max(next_time + 1.0 / self.get_parameter('rate_hz').value, time.monotonic())
             self._stop.wait(max(0.0, next_time - time.monotonic()))
