@@ -174,6 +174,25 @@ def test_missing_weights_fail_at_startup_with_a_reason(ros, tmp_path):
             Parameter('weights_path', value=str(tmp_path / 'nope.safetensors'))])
 
 
+def test_metric_mode_without_any_baseline_is_refused(ros, tmp_path):
+    """Weights that do not know their rig's baseline: metric depth needs baseline_m, said at
+    start-up and when a parameter change would leave it without one (not on every frame)."""
+    path = str(tmp_path / 'no_baseline.safetensors')
+    save_weights(path, build_mono_net(base_channels=4), arch=ARCH,
+                 config={'base_channels': 4, 'max_disparity_fraction': 0.35},
+                 metadata={'input_size_hw': [64, 96]})
+    with pytest.raises(ValueError, match='needs baseline_m'):
+        MonoDepthNode(context=ros.context, parameter_overrides=[
+            Parameter('weights_path', value=path)])
+    node = ros.add(MonoDepthNode(context=ros.context, parameter_overrides=[
+        Parameter('weights_path', value=path), Parameter('depth_mode', value='relative')]))
+    refused = node.set_parameters([Parameter('depth_mode', value='metric')])[0]
+    assert not refused.successful and 'needs baseline_m' in refused.reason
+    ok = node.set_parameters_atomically([Parameter('depth_mode', value='metric'),
+                                         Parameter('baseline_m', value=0.12)])
+    assert ok.successful and node._values['depth_mode'] == 'metric'
+
+
 def test_shipped_weights_through_the_node_on_a_real_image(ros):
     """Defaults as a user gets them (shipped weights, pp on, metric mode) on the Motorcycle left
     image at half size: the published depth, median-scaled, beats a constant depth."""

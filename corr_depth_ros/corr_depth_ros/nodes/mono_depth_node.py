@@ -85,6 +85,8 @@ class MonoDepthNode(Node):
         if self._input_size[0] % 32 or self._input_size[1] % 32:
             raise ValueError(f'input_width x input_height must be multiples of 32, got '
                              f'{self._input_size[1]}x{self._input_size[0]}')
+        if self._values['depth_mode'] == 'metric':
+            self._baseline_m(self._values)      # no baseline at all: say so now, not per frame
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         overrides = QoSOverridingOptions.with_default_policies()
@@ -121,6 +123,13 @@ class MonoDepthNode(Node):
             return result
         changes = {p.name: p.value for p in params}
         with self._lock:
+            merged = {**self._values, **changes}
+            if merged['depth_mode'] == 'metric' and {'depth_mode', 'baseline_m'} & set(changes):
+                try:
+                    self._baseline_m(merged)
+                except ValueError as exc:   # every frame would fail: refuse the change
+                    result.successful, result.reason = False, str(exc)
+                    return result
             self._values.update(changes)
         return result
 
