@@ -479,3 +479,13 @@ def test_normalized_batch_equals_pad_cat_normalise(batch, height, width, padded)
     probability = torch.softmax(torch.randn(batch, 7, 5, 6, generator=generator), dim=1)
     probability[:, 3:5] = probability[:, 3:4].clone()          # ties: the first one wins
     assert torch.equal(argmax_candidates(probability), probability.argmax(dim=1, keepdim=True))
+
+
+def test_train_stereo_refuses_seeds_of_the_held_out_sets(tmp_path):
+    """--seed 900 / 800 would render exactly the validation / calibration pairs."""
+    from corr_depth_ros.core.stereo_net.train import train_stereo_net
+    from corr_depth_ros.core.training import TrainConfig
+    for seed in (900, 800):
+        with pytest.raises(ValueError, match='held-out'):
+            train_stereo_net(TrainConfig(out_dir=str(tmp_path / str(seed)), steps=1, seed=seed),
+                             height=32, width=48, net_config=TINY)

@@ -442,3 +442,12 @@ def test_noise_atlas_lookup_is_trilinear_in_the_volume():
     assert got.shape == want.shape == (2, q.shape[1])
     assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
     assert want.std() > 0.5  # not trivially zero
+
+
+def test_right_view_follows_the_last_disparity_cap_rescale():
+    """Seed 1261 at 64x48 needs five rescales: the right view must be the final scene's (it
+    was the previous one's, 22.402 px against the 22.4 px cap, with a wrong edge pixel)."""
+    from corr_depth_ros.core.synth.stereo import render_stereo_pair
+    sample = render_stereo_pair(1261, 48, 64)
+    cap = SynthConfig().max_disparity_frac * 64
+    assert float(torch.nan_to_num(sample['disparity_right_px']).max()) <= cap + 1e-3

@@ -28,9 +28,12 @@ from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step
                         source_note, unwrap)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
-# Held-out validation seeds start here; training seeds are cfg.seed * 1_000_000 + index and
-# stay far below it for any realistic run.
+# Dataset base seeds (a sample's own seed is synth.io.sample_seed(base, index) = base * 1_000_003
+# + index, so different bases never share a sample): training uses cfg.seed * 1_000_000, the
+# held-out validation set and the BatchNorm calibration set of --ship use these two, which
+# --seed 900 and 800 would therefore reproduce (refused).
 VALIDATION_SEED_BASE = 900_000_000
+CALIBRATION_SEED_BASE = 800_000_000
 MULTISCALE_WEIGHTS = {'disparity': 1.0, 'disparity_coarse': 0.6, 'disparity_coarser': 0.4}
 
 
@@ -264,7 +267,11 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     else:
         model = build_stereo_net(**dict(net_config or {}))
     config = dict(model.config)
+    from ..synth.io import sample_seed
     train_seed = cfg.seed * 1_000_000
+    if train_seed in (VALIDATION_SEED_BASE, CALIBRATION_SEED_BASE):
+        raise ValueError(f'--seed {cfg.seed} would train on the held-out validation or '
+                         'calibration pairs: choose another seed')
     if data_dir:
         base = stereo_folder_dataset(data_dir, height, width)
         with open(os.path.join(data_dir, 'dataset.json'), encoding='utf-8') as f:
@@ -274,15 +281,18 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      f'(sample seeds seed*1000003+i), {height}x{width}, re-augmented every pass')
     else:
         base = synthetic_stereo_dataset(cfg.steps * cfg.batch_size, height, width, train_seed)
+        count = cfg.steps * cfg.batch_size
         data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {height}x{width}, '
-                     f'seeds {train_seed}..{train_seed + cfg.steps * cfg.batch_size - 1}')
+                     f'sample seeds {sample_seed(train_seed, 0)}..'
+                     f'{sample_seed(train_seed, count - 1)}')
     dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=cfg.steps * cfg.batch_size)
     val_data = validation_set(val_count, height, width)
     best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'epe_px')
     def metadata(step, val):
         return {'training_data': data_note,
                 'synth_version': SYNTH_VERSION, 'synth_seed': train_seed,
-                'validation_seeds': f'{VALIDATION_SEED_BASE}..{VALIDATION_SEED_BASE + val_count - 1}',
+                'validation_seeds': f'{sample_seed(VALIDATION_SEED_BASE, 0)}..'
+                                    f'{sample_seed(VALIDATION_SEED_BASE, val_count - 1)}',
                 'steps': step, 'batch_size': cfg.batch_size, 'train_size_hw': [height, width],
                 'validation': val, 'max_disparity_px': model.max_disparity_px,
                 'divisibility': DIVISIBILITY, 'output': 'disparity in pixels (no doffs), '
@@ -378,7 +388,7 @@ def ship_weights(source_path: str, ship_path: str, *, height: int, width: int,
     if recalibrate_batches > 0:
         recalibrated = copy.deepcopy(trained)
         calibration = StereoTrainingSet(synthetic_stereo_dataset(
-            recalibrate_batches * 4, height, width, 800_000_000), augment=None)
+            recalibrate_batches * 4, height, width, CALIBRATION_SEED_BASE), augment=None)
         recalibrate_batchnorm(recalibrated, calibration, batches=recalibrate_batches)
         variants['recalibrated_bn'] = recalibrated
     scores = {}

@@ -12,7 +12,9 @@ from typing import Any, Dict, Tuple
 
 # Bumped whenever the same seed and config would render a different sample, so that a dataset
 # on disk can tell which generator made it (stored in every meta.json).
-SYNTH_VERSION = 'corr_depth_synth-1.1'   # 1.1: specular highlight clamped (no NaN pixels)
+# 1.1: specular highlight clamped (no NaN pixels). 1.2: the right view is re-rendered after
+# the last disparity-cap rescale (a few small renders kept the unscaled scene's right view).
+SYNTH_VERSION = 'corr_depth_synth-1.2'
 
 LAYOUTS = ('tabletop', 'chaotic', 'fronto_plane')
 SHAPES = ('ellipsoid', 'box', 'cylinder', 'rod', 'board', 'disc')

@@ -112,6 +112,10 @@ def render_stereo_pair(seed: int, height: int, width: int, config: Optional[Synt
         factor = min_depth_m / nearest * (1 + 1e-4)
         scene = scene.scaled(factor, centre)
         hits_left = hits_left.scaled(factor)
+    else:
+        # The last pass scaled the scene: the right view must show the scene as it is now
+        # (its disparity may exceed the cap by a hair; the views stay consistent).
+        hits_right = raycast(scene, K, pose_right, height, width, device)
 
     depth_left = depth_with_nan(hits_left)
     depth_right = depth_with_nan(hits_right)
