@@ -73,13 +73,22 @@ def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray, max_depth_m: Optional[fl
     'shift'}, 'pixels', 'holes_pct'}``; 'raw' is the unaligned prediction (metric mode).
     """
     pred, gt, holes = _pixels(pred_m, gt_m, max_depth_m)
-    cap_m = float(max_depth_m) if max_depth_m else float(gt.max())
+    # Median-scaled predictions are capped at max_depth_m when one is given (a fixed cap for the
+    # dataset, like KITTI's 80 m), never at this image's own ground-truth maximum: that would
+    # use the answer to cut every over-estimate off (it did until stop 17, flattering AbsRel).
+    cap_m = float(max_depth_m) if max_depth_m else None
     scale = median_scale(pred, gt)
     a, b = fit_scale_shift_inverse(pred, gt)
-    inverse = np.maximum(a / pred + b, 1.0 / cap_m)
+    # The fitted inverse depth can reach 0 or below (the affine fit extrapolates): it is floored
+    # at the inverse of the cap, or without one of this image's farthest ground truth, as
+    # MiDaS-style evaluations floor it at the dataset's range (synthetic scenes have a random
+    # scale, so the range is per image). A fixed far value instead would let a handful of
+    # pixels dominate the mean. Only this secondary metric is floored so.
+    inverse = np.maximum(a / pred + b, 1.0 / (cap_m or float(gt.max())))
+    median_scaled = pred * scale if cap_m is None else np.minimum(pred * scale, cap_m)
     return {
         'raw': error_metrics(pred, gt),
-        'median': {**error_metrics(np.minimum(pred * scale, cap_m), gt), 'scale': scale},
+        'median': {**error_metrics(median_scaled, gt), 'scale': scale},
         'scale_shift_inv': {**error_metrics(1.0 / inverse, gt), 'scale': a, 'shift': b},
         'pixels': int(gt.size),
         'holes_pct': float(100.0 * holes / (gt.size + holes)),
