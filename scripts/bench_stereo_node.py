@@ -45,18 +45,23 @@ def packing(data, runs):
     depth = np.full((geo.height, geo.width), 2.0, np.float32)
     points = depth_to_points(depth, geo.fx, geo.fy, geo.cx_left, geo.cy)
     packer = conversions.PointCloud2Packer()  # one wire buffer reused, as in the nodes
-    times = {'reused_buffer': [], 'fresh_buffer': [], 'from_depth': []}
-    for _ in range(runs + 1):  # the first of each is a warm-up
-        start = time.perf_counter()
-        packer.pack(points, data['left'], Header())
-        times['reused_buffer'].append(time.perf_counter() - start)
-        start = time.perf_counter()  # as nodes/cloud_publisher.py builds it
-        packer.pack_planes(*depth_to_point_planes(depth, geo.fx, geo.fy, geo.cx_left, geo.cy),
-                           data['left'], Header())
-        times['from_depth'].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        conversions.make_pointcloud2(points, data['left'], Header())
-        times['fresh_buffer'].append(time.perf_counter() - start)
+    variants = {
+        'reused_buffer': lambda: packer.pack(points, data['left'], Header()),
+        # as nodes/cloud_publisher.py builds it
+        'from_depth': lambda: packer.pack_planes(
+            *depth_to_point_planes(depth, geo.fx, geo.fy, geo.cx_left, geo.cy), data['left'],
+            Header()),
+        'fresh_buffer': lambda: conversions.make_pointcloud2(points, data['left'], Header()),
+    }
+    # Each variant in its own loop: interleaved, each one ran with the caches the previous
+    # one's 6 MB had flushed, and the first in the loop always looked slowest.
+    times = {}
+    for name, pack in variants.items():
+        times[name] = []
+        for _ in range(runs + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            pack()
+            times[name].append(time.perf_counter() - start)
     return {key: values[1:] for key, values in times.items()}
 
 
@@ -150,8 +155,9 @@ def main():
     if e2e_times and bare_times:
         overhead = e2e['median_ms'] / bare['median_ms'] - 1.0
         result['node_overhead_pct'] = 100 * overhead
+        # The packing target on the path the nodes take (depth -> planes -> wire buffer).
         result['targets'] = {'node_overhead_pct<=15': overhead <= 0.15,
-                             'packing_points_per_s>=50M': pack['points_per_s'] >= 50e6}
+                             'packing_points_per_s>=50M': pack['from_depth_points_per_s'] >= 50e6}
     write_result(result, args.json)
     return 0
 

@@ -222,7 +222,9 @@ def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int 
               normal_radius_px: int = 5, scales=DEFAULT_SCALES) -> Dict[str, float]:
     """Speed at the image's size: descriptor frames/s, and the latency of one request of
     ``num_pixels`` pixels with descriptors already computed (arg-min search + confidence +
-    3D point + grasp pose on a synthetic plane depth), as the node serves it. Median of repeats.
+    3D point + grasp pose on a synthetic plane depth), as the node serves it: the first request
+    on a frame (it also computes the frame's descriptor norms) and a later one. Median of
+    repeats.
     CPU time per frame is reported too: on a shared machine wall time includes waiting."""
     from ..memory import RecyclingPool
     from .grasp import grasp_at
@@ -244,17 +246,27 @@ def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int 
     depth = np.full((height, width), 1.0, np.float32)
     from ..geometry import depth_to_points
     points = depth_to_points(depth, 500.0, 500.0, width / 2, height / 2)
-    latency = []
+    # The node computes the frame's descriptor norms with its first request and keeps them
+    # (LiveFrame.norms2): a first request pays for them, later ones on the frame do not.
+    first, later = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        found = find_best_matches(reference, descriptors)
+        norms2 = pixel_norms2(descriptors)
+        found = find_best_matches(reference, descriptors, norms2=norms2)
         for xy in found['match_px']:
             grasp_at(points, xy, normal_radius_px)
-        latency.append(time.perf_counter() - start)
+        first.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        found = find_best_matches(reference, descriptors, norms2=norms2)
+        for xy in found['match_px']:
+            grasp_at(points, xy, normal_radius_px)
+        later.append(time.perf_counter() - start)
     return {'image_size': f'{width}x{height}', 'threads': torch.get_num_threads(),
             'scales': list(scales), 'descriptor_dim': int(descriptors.shape[0]),
             'descriptor_fps': 1.0 / float(np.median(wall)),
             'descriptor_ms_median': 1000 * float(np.median(wall)),
             'descriptor_cpu_ms_median': 1000 * float(np.median(cpu)),
-            f'request_{num_pixels}px_ms_median': 1000 * float(np.median(latency)),
+            # The first request on a frame (the README's figure, the worse case) and later ones.
+            f'request_{num_pixels}px_ms_median': 1000 * float(np.median(first)),
+            f'request_{num_pixels}px_later_ms_median': 1000 * float(np.median(later)),
             'load_average_1min': os.getloadavg()[0]}

@@ -20,7 +20,7 @@ from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
 from .matching import descriptors_at, find_best_matches
-from .network import DIVISIBLE_BY, build_descriptor_net
+from .network import DEFAULT_SCALES, DIVISIBLE_BY, build_descriptor_net, compute_descriptors
 from .references import ARCH
 
 
@@ -62,9 +62,16 @@ def make_loss_fn(spec: DescriptorTrainSpec):
     return loss_fn
 
 
+def _to_rgb8(image: torch.Tensor) -> np.ndarray:
+    """(3,H,W) float in [0,1] -> (H,W,3) uint8, as a camera delivers it."""
+    return (image.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
 def pck_on_pairs(model, pairs, points_per_pair: int, thresholds=(1, 3, 5, 10),
-                 seed: int = 0) -> Dict[str, float]:
-    """PCK of whole-image matching on prepared pairs (A pixels sampled where visible in B)."""
+                 seed: int = 0, scales=DEFAULT_SCALES) -> Dict[str, float]:
+    """PCK of whole-image matching on prepared pairs (A pixels sampled where visible in B),
+    with the descriptors the node and the evaluation compute (8-bit images, ``scales``), so the
+    step kept as best is the best at what is deployed."""
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     errors: List[np.ndarray] = []
@@ -76,10 +83,10 @@ def pck_on_pairs(model, pairs, points_per_pair: int, thresholds=(1, 3, 5, 10),
         pick = rng.choice(len(rows), size=min(points_per_pair, len(rows)), replace=False)
         pixels = np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
         truth = pair['match_b_px'][:, rows[pick], cols[pick]].t().numpy()
-        with torch.no_grad():
-            desc = model(torch.stack([pair['image_a'], pair['image_b']]).to(device))
-        reference = descriptors_at(desc[0], pixels)
-        found = find_best_matches(reference, desc[1])
+        desc_a, desc_b = (compute_descriptors(model, _to_rgb8(pair[key]), device, scales)
+                          for key in ('image_a', 'image_b'))
+        reference = descriptors_at(desc_a, pixels)
+        found = find_best_matches(reference, desc_b)
         errors.append(np.linalg.norm(found['match_px'] - truth, axis=1))
     err = np.concatenate(errors) if errors else np.zeros(0)
     out = {f'pck@{t}': float(np.mean(err <= t)) if len(err) else 0.0 for t in thresholds}
