@@ -20,3 +20,30 @@ def test_readme_parameter_tables_are_up_to_date():
         '--readme README.md')
     for node_name, _ in params.DOCUMENTED_NODES:
         assert f'#### {node_name}' in block
+
+
+@pytest.mark.parametrize('config,module', [('stereo', 'stereo_depth_node'),
+                                           ('mono', 'mono_depth_node'),
+                                           ('correspondence', 'correspondence_node'),
+                                           ('sim_camera', 'sim_stereo_camera_node')])
+def test_config_yaml_holds_every_parameter_with_its_default(config, module):
+    """config/*.yaml is where the README says the defaults live: every declared parameter,
+    with the value the node declares (nested YAML keys are the dotted names)."""
+    import importlib
+
+    import yaml
+    path = os.path.join(os.path.dirname(__file__), '..', 'config', f'{config}.yaml')
+    with open(path, encoding='utf-8') as f:
+        (params,) = [v['ros__parameters'] for v in yaml.safe_load(f).values()]
+    flat = {}
+
+    def walk(tree, prefix=''):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f'{prefix}{key}.')
+            else:
+                flat[prefix + key] = value
+    walk(params)
+    declared = {spec.name: spec.default
+                for spec in importlib.import_module(f'corr_depth_ros.nodes.{module}').PARAMS}
+    assert flat == declared
