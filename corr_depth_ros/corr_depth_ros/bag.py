@@ -203,6 +203,16 @@ def _image_topics(topic: str) -> List[str]:
     return [topic, topic + '/compressed']
 
 
+def _camera_inputs(ns: str, image_topic: str = '') -> Dict[str, int]:
+    """Inputs of a one-camera pipeline: the image (raw or compressed, input 0) and the
+    camera_info beside it (input 1): `<ns>/image` and `<ns>/camera_info`, or for an explicit
+    ``image_topic`` such as /stereo/left/image_rect, /stereo/left/camera_info (the ROS
+    convention: camera_info lives in the image's namespace)."""
+    image = image_topic or f'{ns}/image'
+    info = image.rsplit('/', 1)[0] + '/camera_info'
+    return {**{t: 0 for t in _image_topics(image)}, info: 1}
+
+
 def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                   progress: bool, writer: 'BagWriter') -> None:
     """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
@@ -312,9 +322,9 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
 def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
                  weights_path: str = '', depth_mode: str = 'metric', baseline_m: float = 0.0,
                  post_process: bool = POST_PROCESS_DEFAULT, max_depth_m: float = 0.0, device: str = 'auto',
-                 progress: bool = True, **_unused) -> Dict[str, int]:
+                 progress: bool = True, image_topic: str = '', **_unused) -> Dict[str, int]:
     """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
-    `<ns>/camera_info` (exact stamps); outputs under `<output_prefix or ns>/`: depth,
+    `<ns>/camera_info` (or ``image_topic`` and the camera_info beside it; exact stamps); outputs under `<output_prefix or ns>/`: depth,
     depth/camera_info, points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
     from . import conversions
     from .core.geometry import depth_to_points
@@ -322,7 +332,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                       input_size_from_header, load_mono_model)
     from .core.training import resolve_device
     ns = namespace.rstrip('/')
-    inputs = {**{t: 0 for t in _image_topics(f'{ns}/image')}, f'{ns}/camera_info': 1}
+    inputs = _camera_inputs(ns, image_topic)
     out_ns = (output_prefix or ns).rstrip('/')
     torch_device = resolve_device(device)
     model, header = load_mono_model(weights_path, torch_device)
@@ -360,7 +370,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                  reference_image: str = '', reference_pixels: str = '',
                  depth_topic: str = '', weights_path: str = '', match_threshold: float = 0.6,
                  normal_radius_px: int = 5, device: str = 'auto', progress: bool = True,
-                 **_unused) -> Dict[str, int]:
+                 image_topic: str = '', **_unused) -> Dict[str, int]:
     """Grasp-point transfer over a bag, as correspondence_node answers find_correspondence on
     every frame: the reference is an image file with pixels "x,y;x,y;..." (x = column).
     Inputs `<ns>/image[/compressed]`, `<ns>/camera_info` and, with ``depth_topic``, a REP 118
@@ -382,7 +392,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
         raise ValueError(f'could not read the reference image {reference_image!r} '
                          '(--reference-image PATH)')
     ns = namespace.rstrip('/')
-    inputs = {**{t: 0 for t in _image_topics(f'{ns}/image')}, f'{ns}/camera_info': 1}
+    inputs = _camera_inputs(ns, image_topic)
     if depth_topic:
         inputs[depth_topic] = 2
     out_ns = (output_prefix or ns).rstrip('/') + '/correspondence'

@@ -183,6 +183,14 @@ def test_process_mono_bag(tmp_path):
     assert np.isfinite(depth).any() and np.nanmin(depth) > 0
     cloud = out['/mono/points2'][0][1]
     assert (cloud.height, cloud.width) == (72, 100)
+    # The image named by --image-topic, with the camera_info beside it: the same frames.
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'by_topic.mcap'),
+                     '--pipeline', 'mono', '--image-topic', '/cam/image', '--output-prefix',
+                     '/mono', '--weights', weights, '--device', 'cpu', '--no-progress']) == 0
+    by_topic = [t for t, _, _, _ in bag.read_messages(str(tmp_path / 'by_topic.mcap'))]
+    assert by_topic.count('/mono/depth') == len(out['/mono/depth'])
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'x.mcap'),
+                     '--image-topic', '/cam/image', '--no-progress']) == 2   # stereo: refused
     # A missing weights file is a clear error, not a traceback.
     assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'x.mcap'),
                      '--pipeline', 'mono', '--namespace', '/cam', '--weights',

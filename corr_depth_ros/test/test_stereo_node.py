@@ -219,6 +219,25 @@ def test_runtime_backend_switch_that_fails_is_refused(ros):
     assert node.get_parameter('backend').value == 'sgbm'
 
 
+def test_a_model_that_fails_while_running_falls_back_to_sgbm(ros, motorcycle):
+    """A learned/onnx backend that raises at run time (a CUDA error, out of memory): the node
+    switches to sgbm, says so, and keeps publishing; the backend parameter follows."""
+    node = _start(ros)
+
+    class Failing:
+        name = 'learned'
+
+        def compute(self, left, right, max_disparity_px=None):
+            raise RuntimeError('CUDA error: out of memory')
+    with node._lock:
+        node._backend, node._backend_name = Failing(), 'learned'
+        node._values['backend'] = 'learned'
+    rig = StereoRig(ros, motorcycle['geometry'])
+    out = rig.wait_outputs(ros, lambda: rig.publish(motorcycle['left'], motorcycle['right']))
+    assert out['disparity'] is not None
+    assert node._backend_name == 'sgbm' and node.get_parameter('backend').value == 'sgbm'
+
+
 def test_qos_override_of_one_topic_changes_only_that_topic(ros):
     """rclpy writes overrides into the profile it is given: each topic needs its own."""
     from rclpy.qos import qos_profile_sensor_data

@@ -18,6 +18,10 @@ def register(subparsers):
     parser.add_argument('--pipeline', default='stereo', choices=('stereo', 'mono', 'corr'))
     parser.add_argument('--namespace', default='', help='input topic namespace, e.g. /stereo')
     parser.add_argument('--output-prefix', default='', help='output namespace (default: --namespace)')
+    parser.add_argument('--image-topic', default='',
+                        help='mono/corr: the image topic (default: <namespace>/image); its '
+                             'camera_info is the one beside it, e.g. /stereo/left/image_rect -> '
+                             '/stereo/left/camera_info')
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
                         help='learned models\' device')
     parser.add_argument('--weights', default='', help='mono/corr (and stereo learned): weights '
@@ -47,6 +51,12 @@ def run(args) -> int:
     from ..bag import PIPELINES
     common = dict(namespace=args.namespace, output_prefix=args.output_prefix,
                   max_depth_m=args.max_depth_m, progress=not args.no_progress)
+    if args.pipeline == 'stereo' and args.image_topic:
+        print('process-bag: --image-topic is for mono and corr; stereo reads '
+              '<namespace>/left|right/image_rect')
+        return 2
+    if args.pipeline != 'stereo':
+        common['image_topic'] = args.image_topic
     if args.pipeline == 'stereo':
         params = None
         if args.backend == 'learned':

@@ -12,6 +12,7 @@ from dataclasses import asdict
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -49,7 +50,8 @@ _SGBM_RANGES = {'min_disparity': (-256, 256), 'num_disparities': (16, 512), 'blo
 
 PARAMS = [
     ParamSpec('backend', 'sgbm', 'Stereo backend (see README: trade-offs). learned or onnx fall '
-              'back to sgbm when their weights/model cannot be loaded.',
+              'back to sgbm when their weights/model cannot be loaded at start-up or fail while '
+              'running; a runtime switch that cannot start is refused.',
               choices=('sgbm', 'learned', 'onnx')),
     ParamSpec('device', 'auto', 'Compute device for learned backends.', read_only=True,
               choices=('auto', 'cpu', 'cuda')),
@@ -240,10 +242,18 @@ class StereoDepthNode(Node):
         with self._lock:
             values = dict(self._values)
             backend = self._backend
-        out = run_stereo(left, right, geometry, backend,
-                         max_disparity_px=values['max_disparity_px'] or None,
-                         confidence_threshold=values['confidence_threshold'],
-                         max_depth_m=values['max_depth_m'], compute_points=False)
+        options = dict(max_disparity_px=values['max_disparity_px'] or None,
+                       confidence_threshold=values['confidence_threshold'],
+                       max_depth_m=values['max_depth_m'], compute_points=False)
+        try:
+            out = run_stereo(left, right, geometry, backend, **options)
+        except ValueError:
+            raise           # this frame's input: dropped with its reason, the backend stays
+        except Exception as exc:  # noqa: BLE001 - the model failed (CUDA error, out of memory, ...)
+            if backend.name == 'sgbm':
+                raise
+            backend = self._fall_back_to_sgbm(backend, exc)
+            out = run_stereo(left, right, geometry, backend, **options)
         header = left_img.header
         intrinsics = (geometry.fx, geometry.fy, geometry.cx_left, geometry.cy)
         with self._clouds.beside(out.depth_m, intrinsics, left, header,
@@ -260,6 +270,22 @@ class StereoDepthNode(Node):
         if self._pub_colour.get_subscription_count():
             self._pub_colour.publish(conversions.array_to_image(
                 colourise(out.disparity_px), 'rgb8', header))
+
+    def _fall_back_to_sgbm(self, failed, exc: BaseException):
+        """A learned/onnx backend that fails while running: switch to sgbm (once), say why, and
+        set the backend parameter to match, so the node keeps publishing."""
+        with self._lock:
+            switched = self._backend is failed
+            if switched:
+                self._switch_backend('sgbm')
+                self._values['backend'] = 'sgbm'
+            backend = self._backend
+        if switched:
+            self.get_logger().error(f'backend {failed.name!r} failed while running '
+                                    f'({type(exc).__name__}: {exc}); switched to sgbm so the node '
+                                    'keeps publishing (set backend again to retry)')
+            self.set_parameters([Parameter('backend', value='sgbm')])
+        return backend
 
     def destroy_node(self):
         self._worker.stop()

@@ -15,6 +15,6 @@ One file per stage:
 """
 
 # The paper's "pp" on by default, for the node, process-bag and the CLI alike (one place): on
-# Motorcycle the shipped model measured median-scaled AbsRel 0.176 with it, 0.199 without, at
-# 30 frames/s (384x256, 2-core CPU, 2 threads) instead of 53-57.
+# Motorcycle the shipped model measured median-scaled AbsRel 0.231 with it, 0.266 without, at
+# 26-30 frames/s (384x256, 2-core CPU, 2 threads) instead of 53-57.
 POST_PROCESS_DEFAULT = True
