@@ -180,12 +180,17 @@ def test_bad_inputs_are_reported_and_node_recovers(ros, motorcycle):
         assert expected_text in node._errors.last_message, node._errors.last_message
         assert not any(rig.outputs_for(s) for s in stamps), f'{expected_text}: output published'
 
-    # Unsynchronised stamps: never matched, never processed.
-    sets_before = node.synchronised_sets
+    # Unsynchronised stamps: never matched, never processed, and the watchdog (every 5 s; run
+    # here by hand) says by how much the stamps differ.
+    node._check_sync()
+    sets_before, errors_before = node.synchronised_sets, node._errors.count
     for _ in range(3):
         rig.publish(small_l, small_r, right_stamp_offset_ns=5_000_000)
         time.sleep(0.2)
     assert node.synchronised_sets == sets_before
+    node._check_sync()
+    assert node._errors.count > errors_before
+    assert 'stamps differ by 0.005 s' in node._errors.last_message, node._errors.last_message
 
     # The node is still alive: the next good frame (in BGR this time) is processed.
     out = rig.wait_outputs(ros, lambda: rig.publish(small_l, small_r, left_encoding='bgr8'))
