@@ -445,6 +445,53 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                          progress, writer))
 
 
+def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
+                         progress: bool = True) -> Dict[str, object]:
+    """Write a recording's rectified pairs as a RectifiedPairFolder (``out_dir/left/NNNNNN.png``
+    and ``out_dir/right/NNNNNN.png``) for `corr_depth train mono --data bag:...`: the inputs of
+    process_stereo (exact stamps). Returns {'pairs', 'baseline_m', 'fx_px', 'width', 'height'}
+    from the first pair's camera_info (the rig that self-supervision learns the scale of)."""
+    import cv2
+
+    from . import conversions
+    ns = namespace.rstrip('/')
+    inputs = {**{t: 0 for t in _image_topics(f'{ns}/left/image_rect')},
+              **{t: 1 for t in _image_topics(f'{ns}/right/image_rect')},
+              f'{ns}/left/camera_info': 2, f'{ns}/right/camera_info': 3}
+    check_bag_paths(in_path, out_dir)
+    for side in ('left', 'right'):
+        os.makedirs(os.path.join(out_dir, side), exist_ok=True)
+    counts = {'sets': 0, 'errors': 0}
+    rig: Dict[str, object] = {}
+
+    def on_set(left, right, left_info, right_info):
+        try:
+            geometry = conversions.stereo_geometry_from_camera_info(left_info.message,
+                                                                     right_info.message)
+            images = [conversions.any_image_to_rgb8(m.message) for m in (left, right)]
+        except ValueError as exc:
+            _skip(counts, left.log_time_ns, exc)
+            return
+        if not rig:
+            rig.update(baseline_m=geometry.baseline_m, fx_px=geometry.fx,
+                       width=geometry.width, height=geometry.height)
+        name = f'{counts["sets"]:06d}.png'
+        for side, rgb in zip(('left', 'right'), images):
+            if not cv2.imwrite(os.path.join(out_dir, side, name), rgb[:, :, ::-1]):
+                raise OSError(f'could not write {os.path.join(out_dir, side, name)}')
+        counts['sets'] += 1
+
+    class _NoOutput:
+        def close(self):
+            pass
+    frames = _run_pipeline(in_path, inputs, 4, on_set, progress, _NoOutput())
+    counts = _finish(counts, frames)
+    if counts['sets'] == 0:
+        raise ValueError(f'no usable stereo pair in {in_path} under namespace {ns or "/"!r}')
+    return {'pairs': counts['sets'], 'skipped': counts['errors'],
+            'unmatched': counts['unmatched'], **rig}
+
+
 def parse_pixels(text: str) -> np.ndarray:
     """"x,y;x,y" (x = column, y = row, pixels) -> (N, 2) float32; ValueError if malformed."""
     try:

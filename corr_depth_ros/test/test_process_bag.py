@@ -230,3 +230,29 @@ def test_process_corr_bag_finds_reference_pixels_with_depth(tmp_path):
                      '--pipeline', 'corr', '--namespace', '/cam', '--reference-image',
                      str(tmp_path / 'reference.png'), '--reference-pixels', '12;4',
                      '--no-progress']) == 2
+
+
+def test_train_mono_on_a_recorded_bag(tmp_path):
+    """`corr_depth train mono --data bag:PATH`: the recording's pairs are extracted, and the
+    rig's baseline from its camera_info is stored for metric depth."""
+    import json
+    from corr_depth_ros.core.training import read_weights_header
+    data = load_motorcycle()
+    geo = data['geometry']
+    from corr_depth_ros.core.geometry import StereoGeometry
+    small = {'left': data['left'][:96, :128], 'right': data['right'][:96, :128],
+             'geometry': StereoGeometry(width=128, height=96, fx=geo.fx, fy=geo.fy, cx_left=64.0,
+                                        cx_right=64.0 + geo.doffs_px, cy=48.0,
+                                        baseline_m=geo.baseline_m)}
+    _record(tmp_path / 'rig.mcap', small, frames=3)
+    out = tmp_path / 'run'
+    assert cli_main(['train', 'mono', '--data', f'bag:{tmp_path / "rig.mcap"}',
+                     '--bag-namespace', '/cam', '--out-dir', str(out), '--steps', '2',
+                     '--batch-size', '1', '--height', '64', '--width', '96',
+                     '--base-channels', '4', '--warmup-steps', '1', '--checkpoint-every', '2',
+                     '--threads', '1', '--device', 'cpu']) == 0
+    source = json.loads((out / 'bag_pairs' / 'source.json').read_text())
+    assert source['pairs'] == 3 and len(list((out / 'bag_pairs' / 'left').iterdir())) == 3
+    meta = read_weights_header(str(out / 'mono.safetensors'))['metadata']
+    assert meta['training_rig']['baseline_m'] == pytest.approx(geo.baseline_m)
+    assert meta['data_source']['bag'].endswith('rig.mcap')

@@ -11,8 +11,16 @@ def register(subparsers):
                     'used; synthetic pairs are rendered with one fixed rig (stored in the '
                     'weights metadata) so that metric depth has a baseline.')
     parser.add_argument('--data', default='synthetic',
-                        help='"synthetic" (rendered and cached) or "folder:PATH" (your own '
-                             'rectified pairs, RectifiedPairFolder layout)')
+                        help='"synthetic" (rendered and cached), "folder:PATH" (your own '
+                             'rectified pairs, RectifiedPairFolder layout) or "bag:PATH" (a '
+                             'rosbag2 MCAP recording of your rig: its pairs are extracted to '
+                             'OUT_DIR/bag_pairs and its baseline read from the camera_info)')
+    parser.add_argument('--bag-namespace', default='',
+                        help='bag:PATH: the stereo topics\' namespace (<ns>/left/image_rect, ...)')
+    parser.add_argument('--baseline-m', type=float, default=0.0,
+                        help='folder:PATH: your rig\'s baseline, metres, stored in the weights for '
+                             'metric depth (0: none stored; the node then needs baseline_m or '
+                             'relative depth)')
     parser.add_argument('--out-dir', default='runs/mono/lr', help='log.jsonl + checkpoint.pt')
     parser.add_argument('--weights-out', default='',
                         help='safetensors file to write (default OUT_DIR/mono.safetensors)')
@@ -54,11 +62,39 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
+    """The bag's rectified pairs as OUT_DIR/bag_pairs (extracted once; a resumed run reuses
+    them) and where they came from, with the rig's baseline from the camera_info."""
+    import json
+    import os
+
+    from ..bag import extract_stereo_pairs
+    folder = os.path.join(out_dir, 'bag_pairs')
+    record = os.path.join(folder, 'source.json')
+    if os.path.isfile(record):
+        with open(record, encoding='utf-8') as f:
+            source = json.load(f)
+        print(f'train mono: reusing the {source["pairs"]} pairs extracted to {folder}')
+        return source
+    source = {'bag': os.path.abspath(bag_path), 'namespace': namespace, 'folder': folder,
+              **extract_stereo_pairs(bag_path, folder, namespace=namespace)}
+    with open(record, 'w', encoding='utf-8') as f:   # written last: marks a complete extraction
+        json.dump(source, f, indent=2)
+    print(f'train mono: {source["pairs"]} pairs from {source["bag"]}, rig baseline '
+          f'{source["baseline_m"]:.4f} m (from its camera_info)')
+    return source
+
+
 def run(args) -> int:
     from ..core.mono.train import MonoTrainSpec, train_mono
     from ..core.training import TrainConfig
+    data, baseline_m, source = args.data, args.baseline_m, None
+    if data.startswith('bag:'):
+        source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)
+        data, baseline_m = f'folder:{source["folder"]}', baseline_m or float(source['baseline_m'])
     spec = MonoTrainSpec(
-        data=args.data, height=args.height, width=args.width, base_channels=args.base_channels,
+        data=data, rig_baseline_m=baseline_m, data_source=source, height=args.height,
+        width=args.width, base_channels=args.base_channels,
         max_disparity_fraction=args.max_disparity_fraction, use_lr=not args.no_lr,
         train_count=args.train_count, cache_dir=args.cache_dir, val_cache_dir=args.val_cache_dir,
         val_images=args.val_images, select=args.select, weights_out=args.weights_out,

@@ -12,7 +12,7 @@ so that choosing a step on them does not flatter the reported held-out numbers.
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -47,6 +47,10 @@ class MonoTrainSpec:
     depth_hints: bool = False               # SGBM Depth Hints (losses.hint_loss), weight 1
     weights_out: str = ''
     command: str = ''
+    # The rig the pairs come from, for metric depth: synthetic data uses data.TRAINING_RIG;
+    # a user's folder or bag gives its baseline here (0: unknown, none stored).
+    rig_baseline_m: float = 0.0
+    data_source: Optional[Dict[str, Any]] = None     # e.g. the bag the pairs were extracted from
     loss: Dict[str, Any] = field(default_factory=dict)
     half: bool = True                       # ship float16 tensors (export_half_precision)
 
@@ -116,6 +120,18 @@ def evaluate_on_cache(model, cache_dir: str, count: int, input_size, post_proces
     return mean_metrics(per_image)
 
 
+def training_rig(spec: MonoTrainSpec) -> Optional[Dict[str, Any]]:
+    """The rig whose baseline turns predicted disparity into metres (weights metadata):
+    synthetic data's fixed rig, or the user's (``rig_baseline_m``), or None when unknown (the
+    node then needs its baseline_m parameter or relative depth)."""
+    if spec.data == 'synthetic':
+        return dict(TRAINING_RIG)
+    if spec.rig_baseline_m > 0:
+        return {'baseline_m': float(spec.rig_baseline_m),
+                'source': 'camera_info of the recording' if spec.data_source else '--baseline-m'}
+    return None
+
+
 def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     """Train, then write ``spec.weights_out`` (safetensors + JSON sidecar). Returns the header."""
     dataset, data_meta = make_dataset(spec)
@@ -131,12 +147,13 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
         'model': 'Godard et al. 2017 self-supervised monocular depth (left-right consistency)',
         'output': 'left/right disparity as a fraction of the image width',
         'depth': 'metric via training_rig.baseline_m and the camera fx, or relative',
-        'training_rig': dict(TRAINING_RIG),
+        'training_rig': training_rig(spec),
         'input_size_hw': [spec.height, spec.width],
         'divisibility': 32,
         'loss': asdict(weights),
         'data': spec.data,
         'data_meta': {k: v for k, v in data_meta.items() if k != 'synth_config'},
+        'data_source': spec.data_source,
         'synth_config': data_meta.get('synth_config'),
         'labels_used': ('none (self-supervised: image reconstruction, plus Depth Hints: SGBM '
                         'disparities of the same training pairs)' if spec.depth_hints else
