@@ -203,6 +203,13 @@ def _image_topics(topic: str) -> List[str]:
     return [topic, topic + '/compressed']
 
 
+def _stereo_inputs(ns: str) -> Dict[str, int]:
+    """Inputs of the stereo pipeline, as stereo_depth_node subscribes to them."""
+    return {**{t: 0 for t in _image_topics(f'{ns}/left/image_rect')},
+            **{t: 1 for t in _image_topics(f'{ns}/right/image_rect')},
+            f'{ns}/left/camera_info': 2, f'{ns}/right/camera_info': 3}
+
+
 def _camera_inputs(ns: str, image_topic: str = '') -> Dict[str, int]:
     """Inputs of a one-camera pipeline: the image (raw or compressed, input 0) and the
     camera_info beside it (input 1): `<ns>/image` and `<ns>/camera_info`, or for an explicit
@@ -280,9 +287,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     from .core.backends import create_backend
     from .core.stereo_pipeline import run_stereo
     ns = namespace.rstrip('/')
-    inputs = {**{t: 0 for t in _image_topics(f'{ns}/left/image_rect')},
-              **{t: 1 for t in _image_topics(f'{ns}/right/image_rect')},
-              f'{ns}/left/camera_info': 2, f'{ns}/right/camera_info': 3}
+    inputs = _stereo_inputs(ns)
     out_ns = (output_prefix or ns).rstrip('/')
     engine = create_backend(backend, **(backend_params or {}))
     check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
@@ -324,8 +329,8 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                  post_process: bool = POST_PROCESS_DEFAULT, max_depth_m: float = 0.0, device: str = 'auto',
                  progress: bool = True, image_topic: str = '', **_unused) -> Dict[str, int]:
     """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
-    `<ns>/camera_info` (or ``image_topic`` and the camera_info beside it; exact stamps); outputs under `<output_prefix or ns>/`: depth,
-    depth/camera_info, points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
+    `<ns>/camera_info` (or ``image_topic`` and the camera_info beside it; exact stamps);
+    outputs under `<output_prefix or ns>/`: depth, depth/camera_info, points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
     from . import conversions
     from .core.geometry import depth_to_points
     from .core.mono.inference import (baseline_from_header, estimate_depth,
@@ -455,9 +460,7 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
 
     from . import conversions
     ns = namespace.rstrip('/')
-    inputs = {**{t: 0 for t in _image_topics(f'{ns}/left/image_rect')},
-              **{t: 1 for t in _image_topics(f'{ns}/right/image_rect')},
-              f'{ns}/left/camera_info': 2, f'{ns}/right/camera_info': 3}
+    inputs = _stereo_inputs(ns)
     check_bag_paths(in_path, out_dir)
     for side in ('left', 'right'):
         os.makedirs(os.path.join(out_dir, side), exist_ok=True)
