@@ -68,6 +68,11 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
     confidence = conversions.image_to_array(confidences[-1])
     assert confidences[-1].encoding == '32FC1' and confidence.shape == (HEIGHT, WIDTH)
     assert np.nanmin(confidence) >= 0 and np.nanmax(confidence) <= 1
+    # The search range is fixed by training: a larger max_disparity_px is refused, with why.
+    trained = node._backend.max_disparity_px
+    beyond = node.set_parameters([Parameter('max_disparity_px', value=trained + 16)])[0]
+    assert not beyond.successful and 'trained range' in beyond.reason
+    assert node.set_parameters([Parameter('max_disparity_px', value=trained // 2)])[0].successful
 
 
 def test_missing_weights_fall_back_to_sgbm(ros, crop, tmp_path):

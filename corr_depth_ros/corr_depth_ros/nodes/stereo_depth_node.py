@@ -107,6 +107,12 @@ class StereoDepthNode(Node):
         self._backend = None
         self._backend_name = None
         self._switch_backend(self._values['backend'])
+        trained = getattr(self._backend, 'max_disparity_px', None)
+        if trained is not None and self._values['max_disparity_px'] > trained:
+            self.get_logger().warning(
+                f'max_disparity_px {self._values["max_disparity_px"]} is beyond the '
+                f'{self._backend_name} backend\'s trained range ({trained} px): it searches '
+                f'{trained} px')
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         overrides = QoSOverridingOptions.with_default_policies()
@@ -186,6 +192,14 @@ class StereoDepthNode(Node):
             result.successful = False
             result.reason = (f'backend {changes["backend"]!r} is not available here; '
                              f'available: {available_backends()}')
+            return result
+        trained = getattr(self._backend, 'max_disparity_px', None)   # learned: fixed by training
+        if changes.get('max_disparity_px', 0) and trained is not None and \
+                changes.get('backend', self._backend_name) == self._backend_name and \
+                changes['max_disparity_px'] > trained:
+            result.successful = False
+            result.reason = (f'max_disparity_px {changes["max_disparity_px"]} is beyond the '
+                             f'{self._backend_name} backend\'s trained range ({trained} px)')
             return result
         if sgbm_changes:
             merged = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
