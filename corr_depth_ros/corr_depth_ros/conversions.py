@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
 from stereo_msgs.msg import DisparityImage
 
 from .core.geometry import StereoGeometry
@@ -148,8 +148,14 @@ def depth_camera_info(left: CameraInfo, header) -> CameraInfo:
     info.header = header
     info.height, info.width = left.height, left.width
     info.distortion_model = left.distortion_model
-    info.d, info.k, info.r, info.p = list(left.d), left.k, left.r, left.p
-    info.binning_x, info.binning_y, info.roi = left.binning_x, left.binning_y, left.roi
+    # Field by field: ``left`` may be a message decoded from a bag (other classes than rclpy's).
+    info.d = [float(v) for v in left.d]
+    info.k, info.r, info.p = ([float(v) for v in m] for m in (left.k, left.r, left.p))
+    info.binning_x, info.binning_y = int(left.binning_x), int(left.binning_y)
+    roi = left.roi
+    info.roi = RegionOfInterest(x_offset=int(roi.x_offset), y_offset=int(roi.y_offset),
+                                height=int(roi.height), width=int(roi.width),
+                                do_rectify=bool(roi.do_rectify))
     return info
 
 
@@ -343,7 +349,11 @@ def camera_intrinsics(info: CameraInfo, image_shape: Optional[Tuple[int, ...]] =
     """
     if image_shape is not None:
         height, width = int(image_shape[0]), int(image_shape[1])
-        if info.binning_x > 1 or info.binning_y > 1 or info.roi.width or info.roi.height:
+        roi = info.roi
+        # An all-zero ROI and one covering the whole image both mean "no ROI" (CameraInfo.msg).
+        full_roi = (roi.x_offset, roi.y_offset) == (0, 0) and \
+            (roi.width, roi.height) in ((0, 0), (info.width, info.height))
+        if info.binning_x > 1 or info.binning_y > 1 or not full_roi:
             raise ConversionError('camera_info has binning or a region of interest, which is '
                                   'not supported: publish the camera_info of the image as '
                                   'delivered (e.g. from image_proc crop_decimate)')

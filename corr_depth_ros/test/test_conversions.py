@@ -91,6 +91,13 @@ def test_camera_intrinsics_of_a_rectified_image_come_from_p():
     with pytest.raises(conversions.ConversionError, match='binning'):
         conversions.camera_intrinsics(info, (480, 640))
     info.binning_x = 0
+    # An ROI covering the whole image means no ROI (CameraInfo.msg); a real one is refused.
+    info.roi.width, info.roi.height = 640, 480
+    assert conversions.camera_intrinsics(info, (480, 640))[0] == 520.0
+    info.roi.width = 320
+    with pytest.raises(conversions.ConversionError, match='region of interest'):
+        conversions.camera_intrinsics(info, (480, 640))
+    info.roi.width = info.roi.height = 0
     info.k = [0.0] * 9
     with pytest.raises(conversions.ConversionError, match='calibrated'):
         conversions.camera_intrinsics(info)
@@ -211,3 +218,18 @@ def test_disparity_message_fields():
     assert (msg.valid_window.x_offset, msg.valid_window.width) == (1, 7)
     np.testing.assert_array_equal(conversions.disparity_msg_to_array(msg), disp)
 
+
+
+def test_depth_camera_info_from_a_decoded_bag_message():
+    """process-bag hands over camera_info decoded from MCAP (not rclpy classes): copied field
+    by field into a real CameraInfo, the sub-message included."""
+    from types import SimpleNamespace
+    roi = SimpleNamespace(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    decoded = SimpleNamespace(height=480, width=640, distortion_model='plumb_bob',
+                              d=[0.1, 0.0, 0.0, 0.0, 0.0], k=[500.0, 0, 320, 0, 500, 240, 0, 0, 1],
+                              r=[1.0, 0, 0, 0, 1, 0, 0, 0, 1],
+                              p=[480.0, 0, 318, 0, 0, 480, 242, 0, 0, 0, 1, 0],
+                              binning_x=0, binning_y=0, roi=roi)
+    info = conversions.depth_camera_info(decoded, HEADER)
+    assert info.p[0] == 480.0 and list(info.d) == [0.1, 0.0, 0.0, 0.0, 0.0]
+    assert type(info.roi).__name__ == 'RegionOfInterest' and info.header == HEADER

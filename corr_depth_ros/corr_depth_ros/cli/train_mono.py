@@ -74,6 +74,9 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
     if os.path.isfile(record):
         with open(record, encoding='utf-8') as f:
             source = json.load(f)
+        if (source['bag'], source['namespace']) != (os.path.abspath(bag_path), namespace):
+            raise SystemExit(f'train mono: {folder} holds pairs of {source["bag"]} '
+                             f'(namespace {source["namespace"]!r}); give another --out-dir')
         print(f'train mono: reusing the {source["pairs"]} pairs extracted to {folder}')
         return source
     source = {'bag': os.path.abspath(bag_path), 'namespace': namespace, 'folder': folder,

@@ -16,6 +16,7 @@ approaches along minus the surface normal.
 Descriptors of the newest frame are computed on a worker as frames arrive, so a request only
 costs the arg-min search. Every output carries the matched live image's header.
 """
+import copy
 import os
 import threading
 import time
@@ -144,7 +145,7 @@ class CorrespondenceNode(Node):
             sync_impl = 'none'
             self._subs = [self.create_subscription(
                 Image, 'image', lambda msg: self._on_frame(msg, None, None),
-                qos_profile_sensor_data, qos_overriding_options=overrides,
+                copy.copy(qos_profile_sensor_data), qos_overriding_options=overrides,
                 callback_group=frames_group)]
         # rqt_image_view publishes clicks on "<displayed image topic>_mouse_left".
         self._click_topic = self._image_topic + '_mouse_left'

@@ -104,6 +104,7 @@ class StereoDepthNode(Node):
         self._values = declare(self, PARAMS)
         self._errors = ThrottledReporter(self.get_logger())
         self._lock = threading.Lock()   # guards the backend and parameter values
+        self._local = threading.local()  # fallback_to: the sgbm a runtime fallback installed
         self._backend = None
         self._backend_name = None
         self._switch_backend(self._values['backend'])
@@ -185,6 +186,10 @@ class StereoDepthNode(Node):
     def _on_set_parameters(self, params):
         result = validate(PARAMS, params)
         if not result.successful:
+            return result
+        ours = getattr(self._local, 'fallback_to', None)
+        if ours is not None and self._backend is not ours:
+            result.successful, result.reason = False, 'a newer backend choice stands'
             return result
         changes = {p.name: p.value for p in params}
         sgbm_changes = {k.split('.', 1)[1]: v for k, v in changes.items() if k.startswith('sgbm.')}
@@ -298,7 +303,13 @@ class StereoDepthNode(Node):
             self.get_logger().error(f'backend {failed.name!r} failed while running '
                                     f'({type(exc).__name__}: {exc}); switched to sgbm so the node '
                                     'keeps publishing (set backend again to retry)')
-            self.set_parameters([Parameter('backend', value='sgbm')])
+            # Make the parameter say so; if a user switched again meanwhile, theirs stands
+            # (the callback refuses this update when the backend is no longer ours).
+            self._local.fallback_to = backend
+            try:
+                self.set_parameters([Parameter('backend', value='sgbm')])
+            finally:
+                self._local.fallback_to = None
         return backend
 
     def destroy_node(self):

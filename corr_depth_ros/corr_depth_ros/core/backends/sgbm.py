@@ -135,7 +135,7 @@ class SgbmBackend(StereoBackend):
         if max_disparity_px is not None:
             num_disparities = max(16, int(np.ceil(max_disparity_px / 16.0)) * 16)
         width = sizes['W']
-        if params.min_disparity + num_disparities >= width:
+        if params.min_disparity + num_disparities >= width or params.min_disparity <= -width:
             # OpenCV would fail with an assertion, or try to allocate exabytes.
             raise ValueError(f'the disparity search range ({num_disparities} px from '
                              f'{params.min_disparity}) does not fit an image {width} px wide: '
