@@ -273,8 +273,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
-        if 'scaler' in state:
-            scaler.load_state_dict(state['scaler'])
+        if state.get('scaler') and scaler.is_enabled():
+            scaler.load_state_dict(state['scaler'])   # {} from a disabled one: nothing to load
         step = int(state['step'])
         if dist_info.is_main:
             print(f'resumed from {ckpt_path} at step {step}')
