@@ -174,6 +174,15 @@ def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     point = client.received['correspondence/point'][-1]
     assert point.point.z == pytest.approx(response.matches[0].point.point.z)
 
+    # A match farther in descriptor space than match_threshold is not "found", even with depth
+    # and a pose there: a planner must not grasp at a look-alike.
+    strict = node.set_parameters([Parameter('match_threshold', value=1e-4)])[0]
+    assert strict.successful, strict.reason
+    picky = client.call(client.find, _find(PIXELS[:1], reference_msg))
+    assert picky.success and not picky.matches[0].found
+    assert 'match_threshold' in picky.matches[0].reason
+    assert node.set_parameters([Parameter('match_threshold', value=0.6)])[0].successful
+
     # Once a frame is replaced and no request holds it, the next frame's descriptors reuse its
     # buffer (core.memory.RecyclingPool): the node alternates between two.
     for _ in range(4):

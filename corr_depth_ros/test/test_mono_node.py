@@ -107,6 +107,14 @@ def test_outputs_encodings_shapes_and_headers(ros, weights_path, image):
     # Metric mode: Z = fx * B / d_px with a disparity the sigmoid bounds to (0, 0.35 W).
     assert np.isfinite(depth).all()
     assert float(depth.min()) > FX * BASELINE_M / (0.35 * WIDTH) - 1e-4
+    # ... and exactly what the same model gives without ROS, with this camera's fx and the
+    # weights' baseline (a wrong focal length or baseline in the node changes the scale).
+    from corr_depth_ros.core.mono.inference import estimate_depth, load_mono_model
+    model, _ = load_mono_model(weights_path, 'cpu')
+    expected, _, _ = estimate_depth(model, image, FX, mode='metric', baseline_m=BASELINE_M,
+                                    input_size=node._input_size,
+                                    post_process=node.get_parameter('post_process').value)
+    np.testing.assert_allclose(depth, expected, rtol=1e-4)
 
     info = out['depth/camera_info']
     assert (info.width, info.height) == (WIDTH, HEIGHT) and info.k[0] == pytest.approx(FX)

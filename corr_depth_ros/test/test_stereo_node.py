@@ -239,8 +239,12 @@ def test_a_model_that_fails_while_running_falls_back_to_sgbm(ros, motorcycle):
         node._values['backend'] = 'learned'
     rig = StereoRig(ros, motorcycle['geometry'])
     out = rig.wait_outputs(ros, lambda: rig.publish(motorcycle['left'], motorcycle['right']))
-    assert out['disparity'] is not None
+    published = conversions.disparity_msg_to_array(out['disparity'])
+    raw = np.where(published > 0, published - motorcycle['geometry'].doffs_px, np.nan)
+    assert disparity_metrics(raw, motorcycle['disparity_px'])['bad_2_pct'] < 12.0   # sgbm's
     assert node._backend_name == 'sgbm' and node.get_parameter('backend').value == 'sgbm'
+    assert 'CUDA error: out of memory' in node._errors.last_message
+    assert 'switched to sgbm' in node._errors.last_message
 
 
 def test_qos_override_of_one_topic_changes_only_that_topic(ros):

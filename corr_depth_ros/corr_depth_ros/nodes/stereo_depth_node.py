@@ -300,9 +300,9 @@ class StereoDepthNode(Node):
                 self._values['backend'] = 'sgbm'
             backend = self._backend
         if switched:
-            self.get_logger().error(f'backend {failed.name!r} failed while running '
-                                    f'({type(exc).__name__}: {exc}); switched to sgbm so the node '
-                                    'keeps publishing (set backend again to retry)')
+            self._errors.error('fallback', f'backend {failed.name!r} failed while running '
+                               f'({type(exc).__name__}: {exc}); switched to sgbm so the node '
+                               'keeps publishing (set backend again to retry)')
             # Make the parameter say so; if a user switched again meanwhile, theirs stands
             # (the callback refuses this update when the backend is no longer ours).
             self._local.fallback_to = backend
