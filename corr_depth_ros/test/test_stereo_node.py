@@ -211,6 +211,26 @@ def test_runtime_parameters_validated(ros):
     assert not read_only.successful
 
 
+def test_max_depth_and_no_cloud_through_the_node(ros, motorcycle):
+    """max_depth_m masks far pixels in depth and disparity; publish_points=False publishes no
+    cloud (and saves its CPU), the other outputs as usual."""
+    node = _start(ros, max_depth_m=3.0, publish_points=False)
+    rig = StereoRig(ros, motorcycle['geometry'])
+    stamps = []
+
+    def done():
+        return any({'disparity', 'depth'} <= set(rig.outputs_for(s)) for s in stamps)
+    assert ros.wait_for(done, timeout_s=60, action=lambda: stamps.append(
+        rig.publish(motorcycle['left'], motorcycle['right'])), action_period_s=2.0)
+    out = next(rig.outputs_for(s) for s in stamps if {'disparity', 'depth'} <= set(rig.outputs_for(s)))
+    depth = conversions.image_to_array(out['depth'])
+    assert np.nanmax(depth) <= 3.0 and np.isnan(depth).mean() > 0.2   # the far wall is gone
+    disparity = conversions.disparity_msg_to_array(out['disparity'])
+    assert np.array_equal(disparity <= 0, np.isnan(depth))           # the same pixels invalid
+    time.sleep(1.0)
+    assert rig.received['points2'] == [] and node.get_parameter('publish_points').value is False
+
+
 def test_runtime_backend_switch_that_fails_is_refused(ros):
     """A backend that cannot start at run time: the change is refused with the reason, and the
     node keeps its backend (at start-up it falls back to sgbm instead)."""
