@@ -222,6 +222,8 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
         'reference_pixels is empty': _find([], reference_msg),
         'not both': _find(PIXELS, reference_msg, reference_id='handle'),
         'not stored with reference': _find([[1.0, 1.0]], reference_id='handle'),
+        'the limit is max_pixels_per_request = 200': _find(np.tile(PIXELS, (51, 1)),
+                                                           reference_msg),
     }
     for expected_text, request in bad_requests.items():
         result = client.call(client.find, request)
@@ -307,3 +309,19 @@ def test_example_grasp_client_script(ros, tmp_path, scene):
     assert found.returncode == 0 and found.stdout.count('found=') == 2, found.stdout
     missing = run('--find', 'no_such_reference')
     assert missing.returncode == 1 and 'success=False' in missing.stdout
+
+
+def test_image_only_node_matches_without_3d_points(ros, tmp_path, scene):
+    """use_depth false: the node takes the image alone; matches come back with their pixels,
+    not found for want of a 3D point, and the reason says so."""
+    node = _start(ros, tmp_path, use_depth=False)
+    client = Client(ros, scene)
+    client.wait_live(node)
+    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    response = client.call(client.find, _find(PIXELS, reference_msg))
+    assert response.success, response.message
+    for pixel, match in zip(PIXELS, response.matches):
+        expected = pixel - [SHIFT_X, SHIFT_Y]
+        assert np.abs(np.array([match.match_pixel.x, match.match_pixel.y]) - expected).max() <= 2.0
+        assert not match.found and 'use_depth is false' in match.reason
+        assert math.isnan(match.point.point.z)
