@@ -221,10 +221,14 @@ def _camera_inputs(ns: str, image_topic: str = '') -> Dict[str, int]:
 
 
 def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
-                  progress: bool, writer: 'BagWriter') -> None:
+                  progress: bool, counts: Dict[str, int],
+                  writer: Optional['BagWriter'] = None) -> Dict[str, int]:
     """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
     synchroniser into ``on_set(*items)``, in log-time order, with a progress bar; close
-    ``writer`` at the end, also on error (an MCAP file needs its footer to be readable)."""
+    ``writer`` at the end, also on error (an MCAP file needs its footer to be readable).
+    Returns ``counts`` ({'sets', 'errors'} kept by ``on_set``) with 'unmatched': frames of the
+    first input that were neither processed nor skipped had no partner with the same stamp on
+    another input (a dropped message), counted rather than silently lost."""
     from .sync import StampSynchronizer, stamp_to_ns
     sync = StampSynchronizer(num_inputs, 10, on_set)
     bar = None
@@ -246,19 +250,14 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     finally:
         if bar is not None:
             bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     missing = [i for i in range(num_inputs) if seen[i] == 0]
     if missing:
         wanted = ', '.join(sorted(t for t, i in inputs.items() if i in missing))
         present = ', '.join(sorted(bag_topics(in_path))) or 'none'
         raise ValueError(f'no messages on {wanted} (check --namespace); the bag has: {present}')
-    return len(primary_stamps)
-
-
-def _finish(counts: Dict[str, int], frames: int) -> Dict[str, int]:
-    """Frames of the first input that were neither processed nor skipped had no partner with
-    the same stamp on another input (a dropped message): counted, not silently lost."""
-    counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
+    counts['unmatched'] = max(0, len(primary_stamps) - counts['sets'] - counts['errors'])
     return counts
 
 
@@ -321,7 +320,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
                          log_time)
         counts['sets'] += 1
 
-    return _finish(counts, _run_pipeline(in_path, inputs, 4, on_set, progress, writer))
+    return _run_pipeline(in_path, inputs, 4, on_set, progress, counts, writer)
 
 
 def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
@@ -330,7 +329,8 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                  progress: bool = True, image_topic: str = '', **_unused) -> Dict[str, int]:
     """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
     `<ns>/camera_info` (or ``image_topic`` and the camera_info beside it; exact stamps);
-    outputs under `<output_prefix or ns>/`: depth, depth/camera_info, points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
+    outputs under `<output_prefix or ns>/`: depth, depth/camera_info, points2. ``depth_mode``
+    and ``baseline_m`` as the node's parameters."""
     from . import conversions
     from .core.geometry import depth_to_points
     from .core.mono.inference import (baseline_from_header, estimate_depth,
@@ -368,7 +368,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                out_header, log_time)
         counts['sets'] += 1
 
-    return _finish(counts, _run_pipeline(in_path, inputs, 2, on_set, progress, writer))
+    return _run_pipeline(in_path, inputs, 2, on_set, progress, counts, writer)
 
 
 def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
@@ -446,8 +446,8 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                      log_time)
         counts['sets'] += 1
 
-    return _finish(counts, _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set,
-                                         progress, writer))
+    return _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress, counts,
+                         writer)
 
 
 def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
@@ -456,9 +456,8 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
     and ``out_dir/right/NNNNNN.png``) for `corr_depth train mono --data bag:...`: the inputs of
     process_stereo (exact stamps). Returns {'pairs', 'baseline_m', 'fx_px', 'width', 'height'}
     from the first pair's camera_info (the rig that self-supervision learns the scale of)."""
-    import cv2
-
     from . import conversions
+    from .core.synth.io import write_rgb8_png
     ns = namespace.rstrip('/')
     inputs = _stereo_inputs(ns)
     check_bag_paths(in_path, out_dir)
@@ -480,15 +479,10 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
                        width=geometry.width, height=geometry.height)
         name = f'{counts["sets"]:06d}.png'
         for side, rgb in zip(('left', 'right'), images):
-            if not cv2.imwrite(os.path.join(out_dir, side, name), rgb[:, :, ::-1]):
-                raise OSError(f'could not write {os.path.join(out_dir, side, name)}')
+            write_rgb8_png(os.path.join(out_dir, side, name), rgb)
         counts['sets'] += 1
 
-    class _NoOutput:
-        def close(self):
-            pass
-    frames = _run_pipeline(in_path, inputs, 4, on_set, progress, _NoOutput())
-    counts = _finish(counts, frames)
+    _run_pipeline(in_path, inputs, 4, on_set, progress, counts)
     if counts['sets'] == 0:
         raise ValueError(f'no usable stereo pair in {in_path} under namespace {ns or "/"!r}')
     return {'pairs': counts['sets'], 'skipped': counts['errors'],

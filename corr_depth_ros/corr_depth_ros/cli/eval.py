@@ -12,8 +12,7 @@ def write_figure(path: str, rgb) -> None:
     (cv2.imwrite only returns False)."""
     import os
 
-    import cv2
+    from ..core.synth.io import write_rgb8_png
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f'could not write the figure {path} (a .png path?)')
+    write_rgb8_png(path, rgb)
     print(f'wrote {path}')

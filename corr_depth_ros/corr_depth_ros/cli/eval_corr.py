@@ -47,7 +47,6 @@ def run(args) -> int:
     import json
     import os
 
-    import numpy as np
     import torch
 
     from ..core.descriptors import evaluate as ev
@@ -63,8 +62,6 @@ def run(args) -> int:
     for name in filter(None, args.baselines.split(',')):
         methods[name] = {'sift': ev.match_sift, 'ncc': ev.match_ncc}[name]
 
-    def to_rgb8(image):
-        return (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
     raws, figure_args = [], None
     if args.dataset == 'motorcycle':
@@ -83,6 +80,7 @@ def run(args) -> int:
         extra = {'visible_query_pool': int(visible.sum())}
     else:
         from ..core.descriptors.data import HELD_OUT_SEED, render_sample
+        from ..core.synth.contact_sheet import to_uint8_rgb
         from ..core.synth.render import split_size
         height, width = split_size(args.size)
         first_seed = HELD_OUT_SEED + ev.SYNTHETIC_TEST_OFFSET if args.split == 'held-out' else 0
@@ -98,7 +96,7 @@ def run(args) -> int:
             queries = ev.sample_queries(valid, args.queries, args.seed + i)
             rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
             truth = pair['match_b_px'][:, rows, cols].t().numpy()
-            a, b = to_rgb8(pair['image_a']), to_rgb8(pair['image_b'])
+            a, b = to_uint8_rgb(pair['image_a']), to_uint8_rgb(pair['image_b'])
             _, raw = ev.evaluate_pair(methods, a, b, queries, truth)
             raws.append(raw)
             if figure_args is None:

@@ -3,17 +3,14 @@ LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
 
 
 def _size(text: str):
-    """argparse type: 'WxH' -> (height, width); '' -> None (the weights' training size)."""
+    """argparse type: 'WxH' -> (height, width) (core.synth.render.split_size)."""
     import argparse
-    if not text:
-        return None
+
+    from ..core.synth.render import split_size
     try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must look like 384x256 (width x height), got {text!r}')
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f'must be positive, got {text!r}')
-    return height, width
+        return split_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def register(subparsers):

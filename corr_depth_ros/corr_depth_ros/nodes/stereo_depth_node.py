@@ -108,12 +108,9 @@ class StereoDepthNode(Node):
         self._backend = None
         self._backend_name = None
         self._switch_backend(self._values['backend'])
-        trained = getattr(self._backend, 'max_disparity_px', None)
-        if trained is not None and self._values['max_disparity_px'] > trained:
-            self.get_logger().warning(
-                f'max_disparity_px {self._values["max_disparity_px"]} is beyond the '
-                f'{self._backend_name} backend\'s trained range ({trained} px): it searches '
-                f'{trained} px')
+        beyond = self._beyond_trained_range(self._values['max_disparity_px'])
+        if beyond:
+            self.get_logger().warning(f'{beyond}: it searches that range only')
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         overrides = QoSOverridingOptions.with_default_policies()
@@ -170,6 +167,15 @@ class StereoDepthNode(Node):
                 backend, name = create_backend('sgbm', **sgbm), 'sgbm'
         self._backend, self._backend_name = backend, name
 
+    def _beyond_trained_range(self, max_disparity_px: int) -> str:
+        """'' or why ``max_disparity_px`` exceeds the current backend's trained range (the
+        learned net's is fixed by training; sgbm and onnx have none)."""
+        trained = getattr(self._backend, 'max_disparity_px', None)
+        if trained is None or not max_disparity_px or max_disparity_px <= trained:
+            return ''
+        return (f'max_disparity_px {max_disparity_px} is beyond the {self._backend_name} '
+                f'backend\'s trained range ({trained} px)')
+
     def _backend_params(self, name: str) -> dict:
         """The ``<name>.*`` parameters as keyword arguments of that backend."""
         if name == 'learned':
@@ -198,13 +204,9 @@ class StereoDepthNode(Node):
             result.reason = (f'backend {changes["backend"]!r} is not available here; '
                              f'available: {available_backends()}')
             return result
-        trained = getattr(self._backend, 'max_disparity_px', None)   # learned: fixed by training
-        if changes.get('max_disparity_px', 0) and trained is not None and \
-                changes.get('backend', self._backend_name) == self._backend_name and \
-                changes['max_disparity_px'] > trained:
-            result.successful = False
-            result.reason = (f'max_disparity_px {changes["max_disparity_px"]} is beyond the '
-                             f'{self._backend_name} backend\'s trained range ({trained} px)')
+        beyond = self._beyond_trained_range(changes.get('max_disparity_px', 0))
+        if beyond and changes.get('backend', self._backend_name) == self._backend_name:
+            result.successful, result.reason = False, beyond
             return result
         if sgbm_changes:
             merged = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}

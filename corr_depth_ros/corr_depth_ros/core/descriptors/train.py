@@ -14,6 +14,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from ..synth.contact_sheet import to_uint8_rgb
 from ..training import (BestWeights, TrainConfig, fit, load_weights, save_weights, source_note,
                         unwrap)
 from .augment import augment_pairs
@@ -62,11 +63,6 @@ def make_loss_fn(spec: DescriptorTrainSpec):
     return loss_fn
 
 
-def _to_rgb8(image: torch.Tensor) -> np.ndarray:
-    """(3,H,W) float in [0,1] -> (H,W,3) uint8, as a camera delivers it."""
-    return (image.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-
-
 def pck_on_pairs(model, pairs, points_per_pair: int, thresholds=(1, 3, 5, 10),
                  seed: int = 0, scales=DEFAULT_SCALES) -> Dict[str, float]:
     """PCK of whole-image matching on prepared pairs (A pixels sampled where visible in B),
@@ -83,7 +79,7 @@ def pck_on_pairs(model, pairs, points_per_pair: int, thresholds=(1, 3, 5, 10),
         pick = rng.choice(len(rows), size=min(points_per_pair, len(rows)), replace=False)
         pixels = np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
         truth = pair['match_b_px'][:, rows[pick], cols[pick]].t().numpy()
-        desc_a, desc_b = (compute_descriptors(model, _to_rgb8(pair[key]), device, scales)
+        desc_a, desc_b = (compute_descriptors(model, to_uint8_rgb(pair[key]), device, scales)
                           for key in ('image_a', 'image_b'))
         reference = descriptors_at(desc_a, pixels)
         found = find_best_matches(reference, desc_b)

@@ -95,9 +95,14 @@ def _read_png(path: PathLike, flags=None) -> np.ndarray:
     return array
 
 
+def write_rgb8_png(path: PathLike, rgb: np.ndarray) -> None:
+    """(H,W,3) uint8 RGB -> PNG at ``path``; OSError if it could not be written."""
+    _write_png(path, np.ascontiguousarray(np.asarray(rgb)[..., ::-1]))
+
+
 def _save_rgb(path: PathLike, image: torch.Tensor) -> None:
     rgb = (image.detach().cpu().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0)
-    _write_png(path, np.ascontiguousarray(rgb.numpy()[..., ::-1]))
+    write_rgb8_png(path, rgb.numpy())
 
 
 def load_rgb(path: PathLike) -> torch.Tensor:
