@@ -294,11 +294,12 @@ def test_batchnorm_recalibration_changes_statistics_not_weights():
             assert torch.equal(value, weights[key]), key
 
 
-def test_parse_size():
-    from corr_depth_ros.core.stereo_net.train import parse_size
-    assert parse_size('256x192') == (192, 256)
-    with pytest.raises(ValueError):
-        parse_size('256')
+def test_split_size():
+    from corr_depth_ros.core.synth.render import split_size
+    assert split_size('256x192') == (192, 256)
+    for bad in ('256', '256x', 'x192', '256x1', '-4x3'):
+        with pytest.raises(ValueError):
+            split_size(bad)
 
 
 def test_vectorised_correlation_equals_the_export_loop():

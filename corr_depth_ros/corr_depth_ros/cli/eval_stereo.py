@@ -39,13 +39,13 @@ def run(args) -> int:
     from ..core.stereo_net.evaluate import (DENSE_NOTE, environment, error_figure,
                                             evaluate_backend, motorcycle_pairs, strip_predictions,
                                             synthetic_pairs)
-    from ..core.stereo_net.train import parse_size
+    from ..core.synth.render import split_size
     from .eval import write_figure
     backends = args.backend or ['learned', 'sgbm']
     if args.dataset == 'motorcycle':
         pairs = motorcycle_pairs(args.scale)
     else:
-        height, width = parse_size(args.size)
+        height, width = split_size(args.size)
         pairs = synthetic_pairs(args.count, height, width, args.seed)
     cv2.setNumThreads(args.threads)
     reports = {}

@@ -49,9 +49,10 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..core.stereo_net.train import AugmentConfig, parse_size, train_stereo_net
+    from ..core.stereo_net.train import AugmentConfig, train_stereo_net
+    from ..core.synth.render import split_size
     from ..core.training import TrainConfig, is_main_process
-    height, width = parse_size(args.size)
+    height, width = split_size(args.size)
     cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                       log_every=args.log_every, val_every=args.val_every,

@@ -333,17 +333,6 @@ def refiner_on_frozen_base(base_path: str, refine_channels: int, refine_radius: 
     return model, source_note(base_path, header)
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    """'256x192' (width x height) -> (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError as exc:
-        raise ValueError(f'size must look like 256x192 (width x height), got {text!r}') from exc
-    if height <= 0 or width <= 0:
-        raise ValueError(f'size must be positive, got {text!r}')
-    return height, width
-
-
 def recalibrate_batchnorm(model, dataset: Dataset, *, batches: int = 32, batch_size: int = 4,
                           device: str = 'cpu') -> None:
     """Replace every BatchNorm's running statistics by their average over ``batches`` training
