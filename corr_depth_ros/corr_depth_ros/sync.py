@@ -37,6 +37,7 @@ class StampSynchronizer:
         self._callback = callback
         self._slop_ns = int(round(slop_s * 1e9))
         self._lock = threading.Lock()
+        self._seen = [False] * num_inputs
         self.dropped_unmatched = 0  # messages pushed out of a full queue without a partner
 
     def input_callback(self, index: int) -> Callable:
@@ -51,9 +52,15 @@ class StampSynchronizer:
             newest = [stamp_to_ns(q[-1]) for q in self._queues]
         return max(newest) - min(newest)
 
+    def inputs_seen(self) -> List[bool]:
+        """Per input: has it delivered any message yet?"""
+        with self._lock:
+            return list(self._seen)
+
     def add(self, index: int, msg) -> None:
         matched = None
         with self._lock:
+            self._seen[index] = True
             queue = self._queues[index]
             if len(queue) == queue.maxlen:
                 self.dropped_unmatched += 1
@@ -102,13 +109,58 @@ class NewestStamps:
                 return None
             return max(self._newest) - min(self._newest)
 
+    def inputs_seen(self) -> List[bool]:
+        """As StampSynchronizer.inputs_seen."""
+        with self._lock:
+            return [s is not None for s in self._newest]
+
 
 class FiltersSynchronizer:
-    """A message_filters synchroniser with :meth:`spread_ns` like :class:`StampSynchronizer`."""
+    """A message_filters synchroniser with :meth:`spread_ns` and :meth:`inputs_seen` like
+    :class:`StampSynchronizer`."""
 
     def __init__(self, synchronizer, stamps: NewestStamps):
         self.synchronizer = synchronizer
         self.spread_ns = stamps.spread_ns
+        self.inputs_seen = stamps.inputs_seen
+
+
+class SyncWatchdog:
+    """Says why no synchronised set came through since the last check, as stereo_image_proc
+    warns about inputs that never pair up. A node calls :meth:`check` from a timer with its
+    count of sets so far; nothing is said while sets arrive, or while no input has published
+    anything (no camera running is not an error).
+
+    ``topics``: the resolved input names, in the synchroniser's order; ``advice``: what to do
+    when every input arrives but their newest stamps differ.
+    """
+
+    def __init__(self, synchronizer, topics: Sequence[str], advice: str, period_s: float = 5.0):
+        self._sync = synchronizer
+        self._topics = list(topics)
+        self._advice = advice
+        self._period_s = period_s
+        self._last_count = 0
+        self.problem: Optional[str] = None   # the newest diagnosis, None while sets arrive
+
+    def check(self, sets_so_far: int) -> Optional[str]:
+        if sets_so_far != self._last_count:
+            self._last_count = sets_so_far
+            self.problem = None
+            return None
+        seen = self._sync.inputs_seen()
+        if any(seen) and not all(seen):
+            arriving = ', '.join(t for t, s in zip(self._topics, seen) if s)
+            silent = ', '.join(t for t, s in zip(self._topics, seen) if not s)
+            self.problem = (f'no synchronised set in the last {self._period_s:g} s: messages '
+                            f'arrive on {arriving} but none yet on {silent} (check that it is '
+                            'published, and the topic names and remappings)')
+        else:
+            spread = self._sync.spread_ns()
+            self.problem = None if not spread else (
+                f'no synchronised set in the last {self._period_s:g} s: the newest input stamps '
+                f'differ by {spread / 1e9:.3f} s ({self._advice})')
+        return self.problem
 
 
 def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, callback: Callable,

@@ -230,6 +230,13 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
         assert not result.success, expected_text
         assert expected_text in result.message, (expected_text, result.message)
         assert len(result.matches) == 0
+    # The pixel limit holds for stored references too (an empty list asks for all of them).
+    assert node.set_parameters([Parameter('max_pixels_per_request', value=3)])[0].successful
+    for pixels in ([], PIXELS):
+        result = client.call(client.find, _find(pixels, reference_id='handle'))
+        assert not result.success and "4 pixels of reference 'handle' requested; the limit is " \
+            'max_pixels_per_request = 3' in result.message, result.message
+    assert node.set_parameters([Parameter('max_pixels_per_request', value=200)])[0].successful
     bad_id = client.call(client.set, SetReference.Request(reference_id='../x'))
     assert not bad_id.success and 'not usable' in bad_id.message
     # Still serving.
@@ -265,6 +272,16 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert one_pass._network_id != restarted._network_id
     with pytest.raises(references.ReferenceError, match='network'):
         one_pass._store.get('handle')
+    # Nor may its clicks replace the other network's "clicked" file (called directly: the other
+    # nodes would take a published click too).
+    client.wait_live(one_pass)
+    one_pass._on_click(Point(x=10.0, y=10.0))
+    assert 'was made by descriptor network' in one_pass._errors.last_message
+    on_disk = references.load_reference(str(tmp_path / 'refs' / 'clicked.safetensors'))
+    assert on_disk.network_id == restarted._network_id and len(on_disk.pixels_xy) == 2
+    # A click reference id that cannot name a file is refused at start-up too.
+    with pytest.raises(ValueError, match='click_reference_id'):
+        _start(ros, tmp_path, click_reference_id='my ref')
     # A click that cannot be saved (references_dir gone) is reported; the node keeps running.
     import shutil
     shutil.rmtree(tmp_path / 'refs')

@@ -182,13 +182,13 @@ def test_bad_inputs_are_reported_and_node_recovers(ros, motorcycle):
 
     # Unsynchronised stamps: never matched, never processed, and the watchdog (every 5 s; run
     # here by hand) says by how much the stamps differ.
-    node._check_sync()
+    node._sync_watchdog.report()
     sets_before, errors_before = node.synchronised_sets, node._errors.count
     for _ in range(3):
         rig.publish(small_l, small_r, right_stamp_offset_ns=5_000_000)
         time.sleep(0.2)
     assert node.synchronised_sets == sets_before
-    node._check_sync()
+    node._sync_watchdog.report()
     assert node._errors.count > errors_before
     assert 'stamps differ by 0.005 s' in node._errors.last_message, node._errors.last_message
 

@@ -2,7 +2,7 @@
 import pytest
 from std_msgs.msg import Header
 
-from corr_depth_ros.sync import NewestStamps, StampSynchronizer
+from corr_depth_ros.sync import FiltersSynchronizer, NewestStamps, StampSynchronizer, SyncWatchdog
 
 
 class Msg:
@@ -56,7 +56,34 @@ def test_newest_stamps_spread_for_message_filters():
     left, right = stamps.input_callback(0), stamps.input_callback(1)
     left(Msg(5, 0))
     assert stamps.spread_ns() is None          # until every input has a message
+    assert stamps.inputs_seen() == [True, False]
     right(Msg(5, 5_000_000))
     assert stamps.spread_ns() == 5_000_000
     left(Msg(6, 0))                            # the newest stamp counts
     assert stamps.spread_ns() == 995_000_000
+
+
+@pytest.mark.parametrize('kind', ['builtin', 'message_filters'])
+def test_watchdog_names_a_silent_input_and_a_stamp_spread(kind):
+    """The nodes' watchdog: silent while sets arrive or while nothing is published at all; names
+    the inputs that never published; else says how far apart the newest stamps are."""
+    topics = ['/left', '/right', '/info']
+    if kind == 'builtin':
+        sync = StampSynchronizer(3, 5, lambda *m: None)
+        feed = sync.add
+    else:   # as make_synchronizer wraps message_filters: only the stamps are watched
+        stamps = NewestStamps(3)
+        sync = FiltersSynchronizer(None, stamps)
+        feed = lambda i, msg: stamps.input_callback(i)(msg)   # noqa: E731
+    watchdog = SyncWatchdog(sync, topics, 'raise slop_s')
+    assert watchdog.check(0) is None                  # no camera yet: not an error
+    feed(0, Msg(1))
+    feed(2, Msg(1))
+    problem = watchdog.check(0)
+    assert 'none yet on /right' in problem and 'arrive on /left, /info' in problem, problem
+    assert watchdog.problem == problem
+    feed(1, Msg(1, 250_000_000))
+    problem = watchdog.check(0)
+    assert 'stamps differ by 0.250 s (raise slop_s)' in problem, problem
+    assert watchdog.check(1) is None and watchdog.problem is None   # a set came through
+    assert watchdog.check(1) is not None               # and then none again

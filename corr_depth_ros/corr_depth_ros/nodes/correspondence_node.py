@@ -43,7 +43,7 @@ from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
 from ..sync import make_synchronizer
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node
+from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node, start_sync_watchdog
 
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
@@ -57,8 +57,10 @@ PARAMS = [
               'them: changing this needs new references.', read_only=True),
     ParamSpec('use_depth', True, 'Subscribe to depth + camera_info (synchronised with image) '
               'for 3D points and grasp poses; false: image only, points are NaN.', read_only=True),
-    ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
-              value_range=(1, 100)),
+    ParamSpec('queue_size', 30, 'Messages kept per input while synchronising. Depth from a '
+              'stereo node arrives after the image it was computed from (same stamp), so the '
+              'image queue must cover that latency: at least frame rate x depth latency.',
+              read_only=True, value_range=(1, 100)),
     ParamSpec('slop_s', 0.05, 'Stamp tolerance between image, depth and camera_info, seconds.',
               read_only=True, value_range=(0.0, 1.0)),
     ParamSpec('references_dir', '~/.ros/corr_depth_ros/references', 'Folder where named '
@@ -102,6 +104,10 @@ class CorrespondenceNode(Node):
     def __init__(self, **kwargs):
         super().__init__('correspondence_node', **kwargs)
         self._values = declare(self, PARAMS)
+        try:
+            references.validate_reference_id(self._values['click_reference_id'])
+        except references.ReferenceError as exc:
+            raise ValueError(f'invalid initial parameter click_reference_id: {exc}') from exc
         self.add_on_set_parameters_callback(lambda params: self._on_set_parameters(params))
         self._errors = ThrottledReporter(self.get_logger())
         self._load_model()
@@ -116,6 +122,7 @@ class CorrespondenceNode(Node):
         self._frame: Optional[LiveFrame] = None
         self._buffers = RecyclingPool()
         self.frames_processed = 0
+        self._synchronised_sets = 0
 
         self._pub_heatmap = self.create_publisher(Image, 'correspondence/heatmap', output_qos())
         self._pub_markers = self.create_publisher(MarkerArray, 'correspondence/markers',
@@ -141,7 +148,13 @@ class CorrespondenceNode(Node):
                 qos_profile_sensor_data, self._on_frame, approximate=True,
                 queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
                 qos_overriding_options=overrides, callback_group=frames_group)
+            self._sync_watchdog = start_sync_watchdog(
+                self, self._sync, ['image', 'depth', 'camera_info'],
+                'depth computed from these images arrives after them: raise queue_size to '
+                'cover that latency (frame rate x latency), or slop_s', self._errors,
+                lambda: self._synchronised_sets)
         else:
+            self._sync_watchdog = None
             sync_impl = 'none'
             self._subs = [self.create_subscription(
                 Image, 'image', lambda msg: self._on_frame(msg, None, None),
@@ -199,6 +212,7 @@ class CorrespondenceNode(Node):
 
     # --- live frames -------------------------------------------------------------------------
     def _on_frame(self, image_msg, depth_msg, info_msg):
+        self._synchronised_sets += 1
         self._worker.submit((image_msg, depth_msg, info_msg))
 
     def _process(self, item) -> None:
@@ -245,6 +259,9 @@ class CorrespondenceNode(Node):
             dropped = self._frame_error_note(-1.0)
             if dropped:
                 raise RequestError(f'no live image yet: {dropped}')
+            problem = self._sync_watchdog and self._sync_watchdog.problem
+            if problem:
+                raise RequestError(f'no live image yet: {problem}')
             needs = f'{self._image_topic}' + (', depth and camera_info (synchronised)'
                                                if self._values['use_depth'] else '')
             raise RequestError(f'no live image yet: waiting for {needs}; check the topics are '
@@ -263,13 +280,17 @@ class CorrespondenceNode(Node):
         descriptors = self._describe(rgb)
         return rgb, self._descriptors_at(descriptors, pixels_xy, 'reference_image')
 
+    def _check_pixel_count(self, count: int, what: str) -> None:
+        limit = self._values['max_pixels_per_request']
+        if count > limit:
+            raise RequestError(f'{what}; the limit is max_pixels_per_request = {limit} (ask for '
+                               'fewer pixels, or raise the parameter)')
+
     def _descriptors_at(self, descriptors, pixels_xy, what):
         if len(pixels_xy) == 0:
             raise RequestError('reference_pixels is empty: give at least one (x = column, '
                                'y = row) pixel')
-        if len(pixels_xy) > self._values['max_pixels_per_request']:
-            raise RequestError(f'{len(pixels_xy)} reference_pixels requested; the limit is '
-                               f'max_pixels_per_request = {self._values["max_pixels_per_request"]}')
+        self._check_pixel_count(len(pixels_xy), f'{len(pixels_xy)} reference_pixels requested')
         if not np.all(np.isfinite(pixels_xy)):
             raise RequestError('reference_pixels contain NaN or inf')
         try:
@@ -303,6 +324,9 @@ class CorrespondenceNode(Node):
             with self._store_lock:
                 pixels_xy, ref_desc = references.lookup(self._store, request.reference_id,
                                                         pixels_xy)
+            # An empty reference_pixels asks for every stored pixel (clicks add up).
+            self._check_pixel_count(len(pixels_xy), f'{len(pixels_xy)} pixels of reference '
+                                    f'{request.reference_id!r} requested')
             source = f'reference {request.reference_id!r}'
         else:
             if not has_image:
@@ -388,7 +412,9 @@ class CorrespondenceNode(Node):
             pixel = np.array([[msg.x, msg.y]], dtype=np.float32)
             desc = self._descriptors_at(frame.descriptors, pixel, 'click')
             with self._store_lock:
-                if reference_id in self._store:
+                if self._store.known(reference_id):
+                    # get() refuses one another network made, rather than a click replacing
+                    # its pixels on disk.
                     ref = self._store.get(reference_id).extended(pixel, desc)
                 else:
                     ref = references.Reference(reference_id, pixel, desc, self._network_id,

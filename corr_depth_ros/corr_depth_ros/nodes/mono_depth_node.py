@@ -30,7 +30,8 @@ from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node
+from .worker import (LatestFrameWorker, ThrottledReporter, output_qos, run_node,
+                     start_sync_watchdog, sync_advice)
 
 PARAMS = [
     ParamSpec('depth_mode', 'metric', 'metric: metres with the training rig baseline; relative: '
@@ -107,6 +108,10 @@ class MonoDepthNode(Node):
             queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
             qos_overriding_options=overrides)
         self.synchronised_sets = 0
+        self._sync_watchdog = start_sync_watchdog(
+            self, self._sync, ['image', 'camera_info'],
+            sync_advice(self._values['approximate_sync']), self._errors,
+            lambda: self.synchronised_sets)
         self.get_logger().info(
             f'mono_depth_node ready: weights={self._values["weights_path"] or "shipped"} '
             f'(identity {header.get("identity")}), input {self._input_size[1]}x'

@@ -26,7 +26,8 @@ from ..core.stereo_pipeline import run_stereo
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node
+from .worker import (LatestFrameWorker, ThrottledReporter, output_qos, run_node,
+                     start_sync_watchdog, sync_advice)
 
 _SGBM_DEFAULTS = asdict(SgbmParams())
 _SGBM_HELP = {
@@ -135,18 +136,19 @@ class StereoDepthNode(Node):
             # As image_transport does: the base name is remapped (left/image_rect:=...), then
             # the transport's suffix is added.
             images = [self.resolve_topic_name(name) + '/compressed' for name in images]
+        topics = images + ['left/camera_info', 'right/camera_info']
         self._sync, self._subs, sync_impl = make_synchronizer(
-            self, [image_type, image_type, CameraInfo, CameraInfo],
-            images + ['left/camera_info', 'right/camera_info'],
+            self, [image_type, image_type, CameraInfo, CameraInfo], topics,
             qos_profile_sensor_data, self._on_synchronised,
             approximate=self._values['approximate_sync'], queue_size=self._values['queue_size'],
             slop_s=self._values['slop_s'], qos_overriding_options=overrides)
         self.get_logger().info(
             f'stereo_depth_node ready: backend={self._backend_name}, sync={sync_impl} '
             f'({"approximate" if self._values["approximate_sync"] else "exact"})')
-        self._sync_watchdog = self.create_timer(5.0, self._check_sync)
-        self._last_sync_count = 0
         self.synchronised_sets = 0
+        self._sync_watchdog = start_sync_watchdog(
+            self, self._sync, topics, sync_advice(self._values['approximate_sync']), self._errors,
+            lambda: self.synchronised_sets)
 
     # --- parameters -------------------------------------------------------------------------
     def _switch_backend(self, name: str, fallback: bool = True) -> None:
@@ -237,17 +239,6 @@ class StereoDepthNode(Node):
     def _on_synchronised(self, left_img, right_img, left_info, right_info):
         self.synchronised_sets += 1
         self._worker.submit((left_img, right_img, left_info, right_info))
-
-    def _check_sync(self):
-        if self.synchronised_sets == self._last_sync_count:
-            spread = getattr(self._sync, 'spread_ns', lambda: None)()
-            if spread is not None and spread > 0:
-                advice = ('raise slop_s, or fix the driver' if self._values['approximate_sync']
-                          else 'set approximate_sync:=true and slop_s, or fix the driver')
-                self._errors.error('sync', f'no synchronised left/right set in the last 5 s: '
-                                   f'the newest input stamps differ by {spread / 1e9:.3f} s '
-                                   f'({advice})')
-        self._last_sync_count = self.synchronised_sets
 
     def _on_worker_error(self, exc: BaseException) -> None:
         self._errors.frame_dropped(exc, self.context)

@@ -94,6 +94,31 @@ class ThrottledReporter:
         self.error(type(exc).__name__ + str(exc)[:40], f'frame dropped: {exc}')
 
 
+def sync_advice(approximate: bool) -> str:
+    """What to do when every input arrives but no set matches (SyncWatchdog's advice)."""
+    return ('raise slop_s, or fix the stamps the driver writes' if approximate
+            else 'set approximate_sync:=true and slop_s, or fix the stamps the driver writes')
+
+
+def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: ThrottledReporter,
+                        sets_so_far: Callable[[], int], period_s: float = 5.0):
+    """Every ``period_s``, report (a throttled error) why no synchronised set came through:
+    an input that never published, or stamps that never match. ``topics``: the names given to
+    make_synchronizer, in its order. Returns the :class:`..sync.SyncWatchdog` (its ``problem``
+    is the newest diagnosis; ``report()`` runs one check now, as the timer does)."""
+    from ..sync import SyncWatchdog
+    watchdog = SyncWatchdog(synchronizer, [node.resolve_topic_name(t) for t in topics], advice,
+                            period_s)
+
+    def check() -> None:
+        problem = watchdog.check(sets_so_far())
+        if problem:
+            reporter.error('sync', problem)
+    watchdog.report = check
+    watchdog.timer = node.create_timer(period_s, check)
+    return watchdog
+
+
 def output_qos():
     """The outputs' QoS (reliable, depth 1), a fresh profile for each publisher: rclpy writes
     QoS overrides (``qos_overrides.<topic>.publisher.*``) into the profile it is given, so one

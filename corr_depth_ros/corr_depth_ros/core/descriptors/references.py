@@ -127,6 +127,10 @@ class ReferenceStore:
     def __contains__(self, reference_id: str) -> bool:
         return reference_id in self._refs
 
+    def known(self, reference_id: str) -> bool:
+        """Stored, by this network or another (whose file :meth:`put` would replace)."""
+        return reference_id in self._refs or reference_id in self._foreign
+
     def get(self, reference_id: str) -> Reference:
         """The reference, or ReferenceError saying why not (unknown / made by another network)."""
         if reference_id in self._refs:
@@ -147,8 +151,7 @@ class ReferenceStore:
         if ref.network_id != self.network_id:
             raise ReferenceError(f'reference {ref.reference_id!r} has network {ref.network_id}, '
                                  f'this store is for {self.network_id}')
-        exists = ref.reference_id in self._refs or ref.reference_id in self._foreign
-        if exists and not overwrite:
+        if self.known(ref.reference_id) and not overwrite:
             raise ReferenceError(f'reference {ref.reference_id!r} already exists; set '
                                  'overwrite=true to replace it')
         if self.directory:
