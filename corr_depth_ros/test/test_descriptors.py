@@ -484,6 +484,11 @@ def test_train_descriptors_cli_fine_tunes_given_weights_with_mined_negatives(tmp
     assert meta['initialised_from']['identity'] == read_weights_header(start_path)['identity']
     assert meta['spec']['descriptor_dim'] == 6
     assert meta['loss']['global_non_matches'] == 3 and meta['loss']['global_matches'] == 16
+    # Steps, data version and validation numbers, named as in best.safetensors.
+    assert meta['steps'] == 2 and meta['synth_version'].startswith('corr_depth_synth-')
+    best_meta = read_weights_header(str(out / 'best.safetensors'))['metadata']
+    assert set(meta['validation']) == set(best_meta['validation']) and 'pck@3' in meta['validation']
+    assert best_meta['steps'] == 2
     trained = load_file(path)
     assert any(not torch.equal(trained[k], v) for k, v in start.state_dict().items())
     logged = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]

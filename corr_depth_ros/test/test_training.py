@@ -66,6 +66,14 @@ def test_fit_learns_and_resumes(tmp_path):
     assert new_lines and new_lines[0]['step'] > 150
 
 
+def test_fit_refuses_fewer_items_than_a_batch(tmp_path):
+    """With drop_last, 64 items and a batch of 100 yield no batch: a clear error, not a hang."""
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=2, batch_size=100,
+                               device='cpu', threads=1)
+    with pytest.raises(ValueError, match='64 training items are fewer than one batch of 100'):
+        training.fit(_tiny(), _Line(), _loss, cfg)
+
+
 class _Recorded(_Line):
     """_Line that records the indices read, and a start_stream() call if any."""
 

@@ -90,10 +90,11 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
 
 def run(args) -> int:
     from ..core.mono.train import MonoTrainSpec, train_mono
-    from ..core.training import TrainConfig
+    from ..core.training import TrainConfig, main_process_first
     data, baseline_m, source = args.data, args.baseline_m, None
     if data.startswith('bag:'):
-        source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)
+        with main_process_first(args.device):   # one torchrun rank extracts, the others reuse
+            source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)
         data, baseline_m = f'folder:{source["folder"]}', baseline_m or float(source['baseline_m'])
     spec = MonoTrainSpec(
         data=data, rig_baseline_m=baseline_m, data_source=source, height=args.height,

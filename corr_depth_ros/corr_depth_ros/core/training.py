@@ -8,6 +8,7 @@
   JSON-lines log on rank 0, and a resumable checkpoint (``checkpoint.pt``, loaded with
   ``weights_only=True`` so resuming never unpickles arbitrary objects).
 """
+import contextlib
 import hashlib
 import itertools
 import json
@@ -58,6 +59,22 @@ def init_distributed(device_name: str = 'auto') -> Tuple[DistInfo, torch.device]
         if not dist.is_initialized():
             dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
     return DistInfo(rank, world_size, local_rank), device
+
+
+@contextlib.contextmanager
+def main_process_first(device_name: str = 'auto'):
+    """Under torchrun, rank 0 runs the block first and the other ranks wait for it, then run it
+    themselves: for data every rank reads but only one should write (a rendered cache, pairs
+    extracted from a bag), which the others then find done. A single process just runs it.
+    (If rank 0 fails inside, torchrun stops the other ranks.)"""
+    info, _ = init_distributed(device_name)
+    if info.world_size > 1 and not info.is_main:
+        import torch.distributed as dist
+        dist.barrier()
+    yield
+    if info.world_size > 1 and info.is_main:
+        import torch.distributed as dist
+        dist.barrier()
 
 
 def is_main_process() -> bool:
@@ -304,6 +321,14 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None,
                         sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
                         pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
+    if len(loader) == 0:
+        # drop_last with fewer items than a batch yields nothing: batches() would spin forever.
+        per_rank = len(sampler) if sampler is not None else len(train_dataset)
+        raise ValueError(f'{per_rank} training items' +
+                         (f' per process ({dist_info.world_size} processes)'
+                          if dist_info.world_size > 1 else '') +
+                         f' are fewer than one batch of {cfg.batch_size}: add data or lower '
+                         '--batch-size')
 
     def batches():
         # Epochs before a resume at `step` numbered below it (each has >= 1 step): new seeds.

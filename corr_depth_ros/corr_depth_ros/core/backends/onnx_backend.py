@@ -94,7 +94,11 @@ class OnnxStereoBackend(StereoBackend):
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         width, height = self.input_size
         if width > 0 and (image.shape[1], image.shape[0]) != (width, height):
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            # Area averaging to shrink; enlarging with it would repeat pixels (blocky input
+            # to a net that estimates sub-pixel disparity), so linear then.
+            shrink = width <= image.shape[1] and height <= image.shape[0]
+            image = cv2.resize(image, (width, height),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         x = image.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
         return np.ascontiguousarray((x - self.mean) / self.std)
 

@@ -14,9 +14,10 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from ..synth.config import SYNTH_VERSION
 from ..synth.contact_sheet import to_uint8_rgb
-from ..training import (BestWeights, TrainConfig, fit, load_weights, save_weights, source_note,
-                        unwrap)
+from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, save_weights,
+                        source_note, unwrap)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -127,11 +128,12 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
     best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'pck@3',
                        higher_is_better=True)
 
-    def metadata(step_metrics):
+    def metadata(step, step_metrics):
         return {'model': 'Dense Object Nets descriptors (Florence et al. 2018), small U-Net',
                 'training_data': f'corr_depth_ros synthetic pairs ({1 - spec.stereo_fraction:.2f} '
                                  f'multiview, {spec.stereo_fraction:.2f} stereo), '
                                  f'{spec.width}x{spec.height}, seeds < 1e9',
+                'synth_version': SYNTH_VERSION, 'synth_seed': cfg.seed, 'steps': step,
                 'input': 'RGB float in [0,1], any size (padded to a multiple of 16)',
                 'divisible_by': DIVISIBLE_BY,
                 'loss': spec.loss.to_dict(), 'train_config': vars(cfg).copy(),
@@ -142,13 +144,16 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
 
     def val_fn(bare_model):
         metrics = pck_on_pairs(bare_model, val_pairs, spec.val_points)
-        best.offer(bare_model, metrics, arch=ARCH, config=net_config, metadata=metadata(metrics))
+        best.offer(bare_model, metrics, arch=ARCH, config=net_config,
+                   metadata=metadata(logged_step(cfg.out_dir), metrics))
         return metrics
 
     last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), unwrap(model), arch=ARCH,
-                 config=net_config, metadata=metadata({k: v for k, v in last.items()
-                                                       if k.startswith('val_')}))
+                 config=net_config,
+                 # fit() prefixes validation numbers with val_; best's metadata has them bare.
+                 metadata=metadata(last.get('step', cfg.steps),
+                                   {k[4:]: v for k, v in last.items() if k.startswith('val_')}))
     return {'last': last, 'best': best.best or {'pck@3': -1.0},
             'wall_s': time.time() - started}
 

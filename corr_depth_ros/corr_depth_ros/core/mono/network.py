@@ -15,7 +15,7 @@ Consistency", CVPR 2017 (arXiv:1609.03677), Sec. 3.1-3.3. As in the paper:
 Unlike the paper's VGG/ResNet encoders (31-58 M parameters) this one has ~1 M parameters and
 ~0.5 GMAC at 384x256 with ``base_channels`` 16, so that it runs at >= 15 frames/s at 384x256 on a
 two-core CPU. The input size must be a multiple of :data:`DIVISIBILITY` (five stride-2 stages);
-:func:`pad_to_multiple` pads anything else.
+inference (``inference.predict_disparity``) resizes images to the trained input size.
 """
 import math
 from typing import List

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training import BestWeights, TrainConfig, fit, is_main_process, logged_step, save_weights
+from ..training import (BestWeights, TrainConfig, fit, is_main_process, logged_step,
+                        main_process_first, save_weights)
 from .data import (TRAINING_RIG, PairArrayDataset, build_synthetic_cache, load_cache, pair_item,
                    training_synth_config)
 from .inference import metric_depth, predict_disparity
@@ -82,11 +83,12 @@ class _FolderPairs(torch.utils.data.Dataset):
         return pair_item(self._image(item['left']), self._image(item['right']), True, self.hints)
 
 
-def make_dataset(spec: MonoTrainSpec):
+def make_dataset(spec: MonoTrainSpec, device: str = 'auto'):
     if spec.data == 'synthetic':
         cache = spec.cache_dir or os.path.join(
             'runs', 'mono', f'cache_train_{spec.height}x{spec.width}_{spec.train_count}')
-        build_synthetic_cache(cache, spec.train_count, spec.height, spec.width, first_seed=0)
+        with main_process_first(device):    # one torchrun rank renders, the others wait
+            build_synthetic_cache(cache, spec.train_count, spec.height, spec.width, first_seed=0)
         arrays = load_cache(cache)
         return (PairArrayDataset(arrays['left'], arrays['right'], augment=True,
                                  hints=spec.depth_hints), arrays['meta'])
@@ -134,7 +136,7 @@ def training_rig(spec: MonoTrainSpec) -> Optional[Dict[str, Any]]:
 
 def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     """Train, then write ``spec.weights_out`` (safetensors + JSON sidecar). Returns the header."""
-    dataset, data_meta = make_dataset(spec)
+    dataset, data_meta = make_dataset(spec, cfg.device)
     model = build_mono_net(base_channels=spec.base_channels,
                            max_disparity_fraction=spec.max_disparity_fraction)
     weights = LossWeights(use_lr=spec.use_lr,
@@ -165,9 +167,11 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     if spec.val_cache_dir:
         best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'abs_rel_median')
         # Rendered on first use; an existing cache with other seeds is refused (data.py).
-        build_synthetic_cache(spec.val_cache_dir, spec.val_images, spec.height, spec.width,
-                              first_seed=VALIDATION_FIRST_SEED, config=training_synth_config(),
-                              with_depth=True, progress=False)
+        with main_process_first(cfg.device):
+            build_synthetic_cache(spec.val_cache_dir, spec.val_images, spec.height, spec.width,
+                                  first_seed=VALIDATION_FIRST_SEED,
+                                  config=training_synth_config(), with_depth=True,
+                                  progress=False)
 
         def val_fn(bare_model):
             result = evaluate_on_cache(bare_model, spec.val_cache_dir, spec.val_images,

@@ -240,9 +240,10 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      data_dir: str = '', command: str = '', refine_from: str = '',
                      refine_channels: int = 16, refine_radius: int = 2,
                      init_from: str = '') -> Dict[str, Any]:
-    """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs of ``height`` x ``width``
-    rendered on the fly, or, with ``data_dir``, on a pool written by ``corr_depth synth stereo``
-    (rendering once and re-augmenting every pass frees the CPU that rendering would take).
+    """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs (per torchrun rank) of
+    ``height`` x ``width`` rendered on the fly, or, with ``data_dir``, on a pool written by
+    ``corr_depth synth stereo`` (rendering once and re-augmenting every pass frees the CPU that
+    rendering would take).
 
     Every validation that improves the held-out EPE writes ``out_dir/best.safetensors`` (+ JSON
     sidecar) with the full metadata; ``out_dir/last.safetensors`` is written at the end.
@@ -272,6 +273,9 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     if train_seed in (VALIDATION_SEED_BASE, CALIBRATION_SEED_BASE):
         raise ValueError(f'--seed {cfg.seed} would train on the held-out validation or '
                          'calibration pairs: choose another seed')
+    # Every torchrun rank takes steps * batch_size items of its own (DistributedSampler splits
+    # the dataset), so the data is world_size times that: no pair is drawn by two ranks.
+    count = cfg.steps * cfg.batch_size * int(os.environ.get('WORLD_SIZE', '1'))
     if data_dir:
         base = stereo_folder_dataset(data_dir, height, width)
         with open(os.path.join(data_dir, 'dataset.json'), encoding='utf-8') as f:
@@ -280,12 +284,11 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      f'written by corr_depth synth stereo --seed {info.get("seed")} '
                      f'(sample seeds seed*1000003+i), {height}x{width}, re-augmented every pass')
     else:
-        base = synthetic_stereo_dataset(cfg.steps * cfg.batch_size, height, width, train_seed)
-        count = cfg.steps * cfg.batch_size
+        base = synthetic_stereo_dataset(count, height, width, train_seed)
         data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {height}x{width}, '
                      f'sample seeds {sample_seed(train_seed, 0)}..'
                      f'{sample_seed(train_seed, count - 1)}')
-    dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=cfg.steps * cfg.batch_size)
+    dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=count)
     val_data = validation_set(val_count, height, width)
     best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'epe_px')
     def metadata(step, val):
