@@ -21,6 +21,7 @@ from pathlib import Path
 
 # Run from a source checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'corr_depth_ros'))
+from corr_depth_ros.cli._args import size_hw  # noqa: E402
 
 
 def _load():
@@ -102,7 +103,8 @@ def bench_workers(kind, height, width, pairs, warmup, workers, first_seed=1000):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--size', default='320x240', help='WIDTHxHEIGHT (default 320x240)')
+    parser.add_argument('--size', type=size_hw, default='320x240',
+                        help='WIDTHxHEIGHT (default 320x240)')
     parser.add_argument('--pairs', type=int, default=40, help='timed pairs per case')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
@@ -117,9 +119,8 @@ def main(argv=None) -> int:
 
     from corr_depth_ros.core.synth import render_multiview_pair, render_stereo_pair
     from corr_depth_ros.core.synth.config import SYNTH_VERSION
-    from corr_depth_ros.core.synth.render import split_size
 
-    height, width = split_size(args.size)
+    height, width = args.size
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     devices = ['cpu']

@@ -216,6 +216,8 @@ def _camera_inputs(ns: str, image_topic: str = '') -> Dict[str, int]:
     ``image_topic`` such as /stereo/left/image_rect, /stereo/left/camera_info (the ROS
     convention: camera_info lives in the image's namespace)."""
     image = image_topic or f'{ns}/image'
+    if image.endswith('/compressed'):   # as `ros2 bag info` lists it: the base name is meant
+        image = image[:-len('/compressed')]
     info = image.rsplit('/', 1)[0] + '/camera_info'
     return {**{t: 0 for t in _image_topics(image)}, info: 1}
 
@@ -256,7 +258,8 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     if missing:
         wanted = ', '.join(sorted(t for t, i in inputs.items() if i in missing))
         present = ', '.join(sorted(bag_topics(in_path))) or 'none'
-        raise ValueError(f'no messages on {wanted} (check --namespace); the bag has: {present}')
+        raise ValueError(f'no messages on {wanted} (check --namespace or --image-topic); '
+                         f'the bag has: {present}')
     counts['unmatched'] = max(0, len(primary_stamps) - counts['sets'] - counts['errors'])
     return counts
 

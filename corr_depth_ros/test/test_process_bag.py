@@ -189,6 +189,13 @@ def test_process_mono_bag(tmp_path):
                      '/mono', '--weights', weights, '--device', 'cpu', '--no-progress']) == 0
     by_topic = [t for t, _, _, _ in bag.read_messages(str(tmp_path / 'by_topic.mcap'))]
     assert by_topic.count('/mono/depth') == len(out['/mono/depth'])
+    # The compressed name, as `ros2 bag info` lists it, means the same image.
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'by_cmp.mcap'),
+                     '--pipeline', 'mono', '--image-topic', '/cam/image/compressed',
+                     '--output-prefix', '/mono', '--weights', weights, '--device', 'cpu',
+                     '--no-progress']) == 0
+    by_cmp = [t for t, _, _, _ in bag.read_messages(str(tmp_path / 'by_cmp.mcap'))]
+    assert by_cmp.count('/mono/depth') == len(out['/mono/depth'])
     assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'x.mcap'),
                      '--image-topic', '/cam/image', '--no-progress']) == 2   # stereo: refused
     # A missing weights file is a clear error, not a traceback.

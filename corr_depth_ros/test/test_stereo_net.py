@@ -294,12 +294,20 @@ def test_batchnorm_recalibration_changes_statistics_not_weights():
             assert torch.equal(value, weights[key]), key
 
 
-def test_split_size():
-    from corr_depth_ros.core.synth.render import split_size
-    assert split_size('256x192') == (192, 256)
+def test_cli_size_and_count_types():
+    """The CLI's argparse types refuse bad sizes and counts while parsing."""
+    import argparse
+
+    from corr_depth_ros.cli._args import positive_float, positive_int, size_hw
+    assert size_hw('256x192') == (192, 256)
     for bad in ('256', '256x', 'x192', '256x1', '-4x3'):
-        with pytest.raises(ValueError):
-            split_size(bad)
+        with pytest.raises(argparse.ArgumentTypeError):
+            size_hw(bad)
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_int('0')
+    for bad in ('0', '-1', 'inf', 'nan'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(bad)
 
 
 def test_vectorised_correlation_equals_the_export_loop():

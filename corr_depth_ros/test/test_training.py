@@ -74,6 +74,20 @@ def test_fit_refuses_fewer_items_than_a_batch(tmp_path):
         training.fit(_tiny(), _Line(), _loss, cfg)
 
 
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    """The run signature (e.g. the loss) is kept in the checkpoint; resuming with another one is
+    refused, naming what differs. A longer schedule with the same signature resumes."""
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=4, batch_size=16,
+                               checkpoint_every=2, device='cpu', threads=1)
+    training.fit(_tiny(), _Line(), _loss, cfg, signature={'loss': {'use_lr': True}})
+    cfg.steps = 6
+    with pytest.raises(ValueError, match=r"another run \(loss: \{'use_lr': True\} there, "
+                                         r"\{'use_lr': False\} now\)"):
+        training.fit(_tiny(), _Line(), _loss, cfg, signature={'loss': {'use_lr': False}})
+    assert training.fit(_tiny(), _Line(), _loss, cfg,
+                        signature={'loss': {'use_lr': True}})['step'] == 6
+
+
 class _Recorded(_Line):
     """_Line that records the indices read, and a start_stream() call if any."""
 

@@ -6,6 +6,7 @@ heavy imports (torch, cv2) inside their functions so ``corr_depth --help`` stays
 """
 import argparse
 import importlib
+import os
 import sys
 
 # Sub-command modules, in help order. A module missing from the installed tree is skipped.
@@ -34,7 +35,15 @@ def main(argv=None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        # Bad input (a missing file, a folder of another run, a value the command refuses):
+        # the reason in one line, as argparse does. CORR_DEPTH_TRACEBACK=1 shows where.
+        if os.environ.get('CORR_DEPTH_TRACEBACK'):
+            raise
+        print(f'corr_depth: error: {exc}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """`corr_depth eval corr`: dense correspondences (descriptor net vs SIFT vs patch NCC)."""
+from ._args import positive_int, size_hw
 
 
 def _baselines(text: str):
@@ -16,15 +17,16 @@ def register(subparsers):
     p.add_argument('--weights', default='', help='descriptor weights (default: shipped)')
     p.add_argument('--json', required=True, help='write the numbers here')
     p.add_argument('--figure', default='', help='optional PNG: matches drawn side by side')
-    p.add_argument('--queries', type=int, default=1000, help='query pixels (per pair)')
-    p.add_argument('--pairs', type=int, default=10, help='synthetic: held-out pairs')
-    p.add_argument('--size', default='320x240', help='synthetic: WIDTHxHEIGHT')
+    p.add_argument('--queries', type=positive_int, default=1000, help='query pixels (per pair)')
+    p.add_argument('--pairs', type=positive_int, default=10, help='synthetic: held-out pairs')
+    p.add_argument('--size', type=size_hw, default='320x240', help='synthetic: WIDTHxHEIGHT')
     p.add_argument('--kind', choices=('multiview', 'stereo'), default='multiview',
                    help='synthetic: pair kind')
     p.add_argument('--split', choices=('held-out', 'train'), default='held-out',
                    help='synthetic: held-out seeds (the benchmark) or the first training seeds '
-                        '(the pairs a `--seed 0` training run rendered first): the same score '
-                        'on both means the net underfits rather than fails to generalise')
+                        '(a `--seed 0` training run rendered these seeds first, some of them '
+                        'as stereo rather than multiview pairs): the same score on both means '
+                        'the net underfits rather than fails to generalise')
     p.add_argument('--queries-on', choices=('visible', 'objects'), default='visible',
                    help='synthetic: query among all A pixels visible in B (the benchmark), or '
                         "only among those on objects (Dense Object Nets' setting: grasp points "
@@ -81,8 +83,7 @@ def run(args) -> int:
     else:
         from ..core.descriptors.data import HELD_OUT_SEED, render_sample
         from ..core.synth.contact_sheet import to_uint8_rgb
-        from ..core.synth.render import split_size
-        height, width = split_size(args.size)
+        height, width = args.size
         first_seed = HELD_OUT_SEED + ev.SYNTHETIC_TEST_OFFSET if args.split == 'held-out' else 0
         skipped = []
         for i in range(args.pairs):

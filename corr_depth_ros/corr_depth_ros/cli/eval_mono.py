@@ -1,16 +1,6 @@
 """`corr_depth eval mono`: Motorcycle (zero-shot) and held-out synthetic depth metrics, the
 LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
-
-
-def _size(text: str):
-    """argparse type: 'WxH' -> (height, width) (core.synth.render.split_size)."""
-    import argparse
-
-    from ..core.synth.render import split_size
-    try:
-        return split_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+from ._args import positive_float, positive_int, size_hw
 
 
 def register(subparsers):
@@ -22,15 +12,15 @@ def register(subparsers):
     parser.add_argument('--dataset', default='all', choices=('motorcycle', 'synthetic', 'all'))
     parser.add_argument('--json', required=True, help='output JSON path')
     parser.add_argument('--figure', default='', help='PNG: image, GT depth, prediction, error')
-    parser.add_argument('--max-depth-m', type=float, default=None,
+    parser.add_argument('--max-depth-m', type=positive_float, default=None,
                         help='evaluate only GT depths up to this (and cap aligned predictions)')
     parser.add_argument('--weights', default='', help='LR model (default: shipped)')
     parser.add_argument('--ablation-weights', default=None,
                         help='no-LR model (default: shipped if present; "" to skip)')
-    parser.add_argument('--input-size', default=None, type=_size,
+    parser.add_argument('--input-size', default=None, type=size_hw,
                         help='network input WxH, e.g. 384x256 (default: the training size '
                              'from the weights metadata)')
-    parser.add_argument('--synthetic-count', type=int, default=200)
+    parser.add_argument('--synthetic-count', type=positive_int, default=200)
     parser.add_argument('--synthetic-cache', default='')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-speed', action='store_true')
@@ -42,13 +32,16 @@ def run(args) -> int:
 
     from ..core.memory import keep_freed_memory
     from ..core.mono.evaluate import run_evaluation, write_json
+    from .eval import write_figure
     keep_freed_memory()   # timed as the mono node runs (core/memory.py)
     datasets = ('motorcycle', 'synthetic') if args.dataset == 'all' else (args.dataset,)
-    report = run_evaluation(
+    if args.figure and 'motorcycle' not in datasets:
+        raise ValueError('--figure draws the Motorcycle image: use --dataset motorcycle or all')
+    report, figure = run_evaluation(
         datasets=datasets, weights=args.weights, ablation_weights=args.ablation_weights,
         input_size=args.input_size,
         max_depth_m=args.max_depth_m, synthetic_count=args.synthetic_count,
-        synthetic_cache=args.synthetic_cache, device=args.device, figure=args.figure,
+        synthetic_cache=args.synthetic_cache, device=args.device, figure=bool(args.figure),
         speed=not args.no_speed)
     write_json(report, args.json)
     summary = {}
@@ -63,4 +56,6 @@ def run(args) -> int:
         summary['speed_fps_384x256'] = round(report['speed']['forward_fps'], 2)
     print(json.dumps(summary, indent=2))
     print(f'wrote {args.json}')
+    if figure is not None:     # after the JSON: a bad figure path must not lose the numbers
+        write_figure(args.figure, figure)
     return 0

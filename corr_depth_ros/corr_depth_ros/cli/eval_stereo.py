@@ -2,15 +2,17 @@
 import json
 import os
 
+from ._args import positive_float, positive_int, size_hw
+
 
 def register(subparsers):
     p = subparsers.add_parser('stereo', help='stereo backends on Motorcycle or held-out synthetic data')
     p.add_argument('--backend', action='append', choices=('learned', 'sgbm', 'onnx'),
                    help='repeat to compare backends in one run (default: learned and sgbm)')
     p.add_argument('--dataset', default='motorcycle', choices=('motorcycle', 'synthetic'))
-    p.add_argument('--scale', type=float, default=1.0, help='resize Motorcycle by this factor')
-    p.add_argument('--count', type=int, default=8, help='synthetic pairs')
-    p.add_argument('--size', default='256x192', help='synthetic size, WIDTHxHEIGHT')
+    p.add_argument('--scale', type=positive_float, default=1.0, help='resize Motorcycle by this factor')
+    p.add_argument('--count', type=positive_int, default=8, help='synthetic pairs')
+    p.add_argument('--size', type=size_hw, default='256x192', help='synthetic size, WIDTHxHEIGHT')
     p.add_argument('--seed', type=int, default=950_000_000,
                    help='first synthetic seed (disjoint from training and validation seeds)')
     p.add_argument('--weights', default='', help='learned: safetensors (default: shipped)')
@@ -18,10 +20,11 @@ def register(subparsers):
                    help="learned: skip the weights' local refiner (the node's learned.refine)")
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--onnx-model', default='', help='onnx: model path')
-    p.add_argument('--onnx-size', default='', help='onnx: fixed input WIDTHxHEIGHT')
+    p.add_argument('--onnx-size', type=size_hw, default=None,
+                   help='onnx: fixed input WIDTHxHEIGHT (default: the model\'s own)')
     p.add_argument('--onnx-mean', default='0,0,0')
     p.add_argument('--onnx-std', default='1,1,1')
-    p.add_argument('--repeats', type=int, default=5, help='timed runs per pair (after 1 warm-up)')
+    p.add_argument('--repeats', type=positive_int, default=5, help='timed runs per pair (after 1 warm-up)')
     p.add_argument('--threads', type=int, default=2, help='torch / onnxruntime CPU threads')
     p.add_argument('--json', required=True, help='output JSON path')
     p.add_argument('--figure', default='', help='output PNG: left, GT, prediction, error')
@@ -39,13 +42,14 @@ def run(args) -> int:
     from ..core.stereo_net.evaluate import (DENSE_NOTE, environment, error_figure,
                                             evaluate_backend, motorcycle_pairs, strip_predictions,
                                             synthetic_pairs)
-    from ..core.synth.render import split_size
     from .eval import write_figure
     backends = args.backend or ['learned', 'sgbm']
+    if 'onnx' in backends and not args.onnx_model:
+        raise ValueError('--backend onnx needs --onnx-model PATH (e.g. from corr_depth export-onnx)')
     if args.dataset == 'motorcycle':
         pairs = motorcycle_pairs(args.scale)
     else:
-        height, width = split_size(args.size)
+        height, width = args.size
         pairs = synthetic_pairs(args.count, height, width, args.seed)
     cv2.setNumThreads(args.threads)
     reports = {}
@@ -55,7 +59,7 @@ def run(args) -> int:
                                      refine=not args.no_refine,
                                      threads=args.threads)
         elif name == 'onnx':
-            width, height = (int(v) for v in args.onnx_size.split('x')) if args.onnx_size else (0, 0)
+            height, width = args.onnx_size or (0, 0)
             backend = create_backend('onnx', model_path=args.onnx_model, input_width=width,
                                      input_height=height, device=args.device, threads=args.threads,
                                      mean=[float(v) for v in args.onnx_mean.split(',')],

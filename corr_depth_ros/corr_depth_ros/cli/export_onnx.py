@@ -1,4 +1,5 @@
 """`corr_depth export-onnx stereo --weights W --out model.onnx --height H --width W`."""
+from ._args import positive_int
 
 
 def register(subparsers):
@@ -7,19 +8,22 @@ def register(subparsers):
     p = children.add_parser('stereo', help='the learned stereo network (fixed input size)')
     p.add_argument('--weights', default='', help='safetensors weights (default: shipped)')
     p.add_argument('--out', required=True, help='output .onnx path')
-    p.add_argument('--height', type=int, required=True, help='input height, pixels')
-    p.add_argument('--width', type=int, required=True, help='input width, pixels')
+    p.add_argument('--height', type=positive_int, required=True, help='input height, pixels')
+    p.add_argument('--width', type=positive_int, required=True, help='input width, pixels')
     p.add_argument('--opset', type=int, default=17)
     p.set_defaults(func=run_stereo)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
 def run_stereo(args) -> int:
+    import os
+
     from ..core.backends.learned import DEFAULT_WEIGHTS
     from ..core.stereo_net import ARCH, build_stereo_net
     from ..core.stereo_net.export import export_stereo_onnx
     from ..core.training import load_weights
     model, _ = load_weights(args.weights or DEFAULT_WEIGHTS, build_stereo_net, expected_arch=ARCH)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     parity = export_stereo_onnx(model, args.out, height=args.height, width=args.width,
                                 opset=args.opset)
     print(f'wrote {args.out} ({args.width}x{args.height}, inputs left/right RGB in [0, 1], '

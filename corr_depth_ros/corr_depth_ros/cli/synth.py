@@ -7,31 +7,9 @@ Example::
 
 Heavy imports (torch, cv2) happen inside :func:`run` so that ``corr_depth --help`` stays fast.
 """
-import argparse
+from ._args import non_negative_int, positive_int, size_hw
 
 KINDS = ('stereo', 'multiview')
-
-
-def _size(text: str):
-    """argparse type: 'WIDTHxHEIGHT' -> (height, width)."""
-    parts = text.lower().split('x')
-    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 2 for p in parts):
-        raise argparse.ArgumentTypeError(f'expected WIDTHxHEIGHT such as 320x240, got {text!r}')
-    return int(parts[1]), int(parts[0])
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {value}')
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
 
 
 def register(subparsers) -> None:
@@ -46,13 +24,13 @@ def register(subparsers) -> None:
             ('multiview', 'two posed views with depth, correspondences and visibility GT')):
         sub = kinds.add_parser(kind, help=help_text, description=help_text)
         sub.add_argument('--out', required=True, help='output directory')
-        sub.add_argument('--count', type=_positive_int, default=100,
+        sub.add_argument('--count', type=positive_int, default=100,
                          help='number of samples (default: 100)')
-        sub.add_argument('--size', type=_size, default=(240, 320), metavar='WxH',
+        sub.add_argument('--size', type=size_hw, default=(240, 320), metavar='WxH',
                          help='image size WIDTHxHEIGHT (default: 320x240)')
-        sub.add_argument('--seed', type=_non_negative_int, default=0,
+        sub.add_argument('--seed', type=non_negative_int, default=0,
                          help='dataset seed; sample i uses seed*1000003+i (default: 0)')
-        sub.add_argument('--workers', type=_non_negative_int, default=0,
+        sub.add_argument('--workers', type=non_negative_int, default=0,
                          help='render processes; 0 renders in this process (default: 0)')
         sub.add_argument('--device', default='cpu', help="torch device, e.g. 'cuda' (default: cpu)")
         sub.add_argument('--layout', default=None,
@@ -60,7 +38,7 @@ def register(subparsers) -> None:
                          help='force one scene layout (default: random per sample)')
         sub.add_argument('--clean', action='store_true',
                          help='no photometric nuisances (asymmetry, specular, noise, blur, JPEG)')
-        sub.add_argument('--contact-sheet-rows', type=_non_negative_int, default=6,
+        sub.add_argument('--contact-sheet-rows', type=non_negative_int, default=6,
                          help='samples drawn on contact_sheet.png; 0 for none (default: 6)')
         sub.add_argument('--overwrite', action='store_true',
                          help='write into a directory that already holds a dataset')

@@ -1,11 +1,12 @@
 """`corr_depth train descriptors`: Dense Object Nets descriptors on synthetic pairs."""
+from ._args import positive_int, size_hw
 
 
 def register(subparsers):
     p = subparsers.add_parser('descriptors', help='dense object descriptors (Dense Object Nets)')
     p.add_argument('--out', default='runs/descriptors', help='run folder (log, checkpoint, weights)')
-    p.add_argument('--steps', type=int, default=3000)
-    p.add_argument('--batch-size', type=int, default=6)
+    p.add_argument('--steps', type=positive_int, default=3000)
+    p.add_argument('--batch-size', type=positive_int, default=6)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--weight-decay', type=float, default=1e-4)
     p.add_argument('--warmup-steps', type=int, default=100)
@@ -15,7 +16,7 @@ def register(subparsers):
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
     p.add_argument('--no-resume', action='store_true')
-    p.add_argument('--size', default='256x192', help='training image size WIDTHxHEIGHT')
+    p.add_argument('--size', type=size_hw, default='256x192', help='training image size WIDTHxHEIGHT')
     p.add_argument('--descriptor-dim', type=int, default=16)
     p.add_argument('--base-channels', type=int, default=16)
     p.add_argument('--no-normalize', action='store_true', help='do not unit-normalise descriptors')
@@ -43,9 +44,8 @@ def run(args) -> int:
     import json
 
     from ..core.descriptors import train as train_mod
-    from ..core.synth.render import split_size
     from ..core.training import TrainConfig, is_main_process
-    args.height, args.width = split_size(args.size)
+    args.height, args.width = args.size
     spec = train_mod.spec_from_args(args)
     cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

@@ -2,6 +2,8 @@
 import shlex
 import sys
 
+from ._args import positive_int
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -21,7 +23,9 @@ def register(subparsers):
                         help='folder:PATH: your rig\'s baseline, metres, stored in the weights for '
                              'metric depth (0: none stored; the node then needs baseline_m or '
                              'relative depth)')
-    parser.add_argument('--out-dir', default='runs/mono/lr', help='log.jsonl + checkpoint.pt')
+    parser.add_argument('--out-dir', default='',
+                        help='log.jsonl + checkpoint.pt (default runs/mono/lr, with --no-lr '
+                             'runs/mono/nolr); rerunning resumes a run of the same options')
     parser.add_argument('--weights-out', default='',
                         help='safetensors file to write (default OUT_DIR/mono.safetensors)')
     parser.add_argument('--no-lr', action='store_true',
@@ -30,7 +34,7 @@ def register(subparsers):
     parser.add_argument('--width', type=int, default=192, help='training width, px (x32)')
     parser.add_argument('--base-channels', type=int, default=16)
     parser.add_argument('--max-disparity-fraction', type=float, default=0.35)
-    parser.add_argument('--train-count', type=int, default=2400,
+    parser.add_argument('--train-count', type=positive_int, default=2400,
                         help='synthetic pairs to render (cached)')
     parser.add_argument('--cache-dir', default='', help='synthetic training cache directory')
     parser.add_argument('--val-cache-dir', default='',
@@ -49,8 +53,8 @@ def register(subparsers):
     parser.add_argument('--lr-weight', type=float, default=1.0, help='a_lr')
     parser.add_argument('--float32', action='store_true',
                         help='store float32 tensors (default: float16, half the file size)')
-    parser.add_argument('--steps', type=int, default=3000)
-    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--steps', type=positive_int, default=3000)
+    parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--lr', type=float, default=5e-4, help='learning rate')
     parser.add_argument('--warmup-steps', type=int, default=100)
     parser.add_argument('--val-every', type=int, default=250)
@@ -91,6 +95,7 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
 def run(args) -> int:
     from ..core.mono.train import MonoTrainSpec, train_mono
     from ..core.training import TrainConfig, main_process_first
+    args.out_dir = args.out_dir or ('runs/mono/nolr' if args.no_lr else 'runs/mono/lr')
     data, baseline_m, source = args.data, args.baseline_m, None
     if data.startswith('bag:'):
         with main_process_first(args.device):   # one torchrun rank extracts, the others reuse

@@ -2,13 +2,15 @@
 import shlex
 import sys
 
+from ._args import positive_int, size_hw
+
 
 def register(subparsers):
     p = subparsers.add_parser('stereo', help='learned stereo (GwcNet-style, CPU-sized)')
     p.add_argument('--out', default='runs/stereo', help='output folder (log, checkpoint, weights)')
-    p.add_argument('--steps', type=int, default=4000)
-    p.add_argument('--batch-size', type=int, default=4)
-    p.add_argument('--size', default='256x192', help='training image size, WIDTHxHEIGHT')
+    p.add_argument('--steps', type=positive_int, default=4000)
+    p.add_argument('--batch-size', type=positive_int, default=4)
+    p.add_argument('--size', type=size_hw, default='256x192', help='training image size, WIDTHxHEIGHT')
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--weight-decay', type=float, default=1e-4)
     p.add_argument('--warmup-steps', type=int, default=100)
@@ -50,9 +52,8 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..core.stereo_net.train import AugmentConfig, train_stereo_net
-    from ..core.synth.render import split_size
     from ..core.training import TrainConfig, is_main_process
-    height, width = split_size(args.size)
+    height, width = args.size
     cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                       log_every=args.log_every, val_every=args.val_every,

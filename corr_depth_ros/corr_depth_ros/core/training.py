@@ -249,8 +249,28 @@ def _log(path: str, record: Dict[str, Any]) -> None:
         f.write(json.dumps(record) + '\n')
 
 
+def _signature_text(signature: Optional[Dict[str, Any]]) -> str:
+    return json.dumps(signature, sort_keys=True, default=str) if signature is not None else ''
+
+
+def check_signature(ckpt_path: str, stored: Optional[str], signature: Optional[Dict[str, Any]]
+                    ) -> None:
+    """Refuse to resume a checkpoint made with another run signature (see :func:`fit`).
+    Checkpoints without one (older, or a caller that gives none) are accepted."""
+    if not stored or signature is None:
+        return
+    before = json.loads(stored)
+    now = json.loads(_signature_text(signature))
+    if before != now:
+        differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        detail = '; '.join(f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in differ)
+        raise ValueError(f'{ckpt_path} is of another run ({detail}): give another output '
+                         'folder, or the options that run had')
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
-        val_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None) -> Dict[str, float]:
+        val_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
+        signature: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """Train ``model`` for ``cfg.steps`` optimiser steps (resuming from out_dir if possible).
 
     ``loss_fn(model, batch) -> (loss, logs)``; ``val_fn(bare_model) -> {name: value}``.
@@ -262,6 +282,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     epochs go on from there, and a dataset with ``start_stream(rank, items_read)`` (the
     descriptor pair pool) is told where this rank's stream stood. Every rank calls it too, so
     that ranks of a torchrun job draw different data.
+
+    ``signature``: what defines the run apart from its length (network, loss, data; JSON
+    types). It is stored in the checkpoint, and a resume with another one is refused: e.g. a
+    --no-lr ablation must not continue the LR run's checkpoint. ``cfg.steps`` may change.
     """
     from torch.utils.data import DataLoader, DistributedSampler
     if cfg.threads > 0:
@@ -287,6 +311,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     step = 0
     if cfg.resume and os.path.isfile(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        check_signature(ckpt_path, state.get('signature'), signature)
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
@@ -353,6 +378,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             tmp = ckpt_path + '.tmp'
             torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                         'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
+                        'signature': _signature_text(signature),
                         'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 

@@ -148,7 +148,11 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                    metadata=metadata(logged_step(cfg.out_dir), metrics))
         return metrics
 
-    last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn)
+    signature = {'net': net_config, 'loss': spec.loss.to_dict(),
+                 'size_hw': [spec.height, spec.width], 'stereo_fraction': spec.stereo_fraction,
+                 'pool_size': spec.pool_size, 'background_prob': spec.background_prob,
+                 'init_from': spec.init_from or None}
+    last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn, signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), unwrap(model), arch=ARCH,
                  config=net_config,
                  # fit() prefixes validation numbers with val_; best's metadata has them bare.

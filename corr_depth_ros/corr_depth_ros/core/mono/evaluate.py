@@ -120,9 +120,9 @@ def measure_speed(model, device, size_hw=SPEED_SIZE_HW, repeats: int = 20) -> Di
     return result
 
 
-def make_figure(path: str, image_rgb8: np.ndarray, gt_m: np.ndarray, pred_m: np.ndarray,
-                title: str) -> None:
-    """PNG of four panels: image | GT depth | median-scaled prediction | |error| / GT."""
+def make_figure(image_rgb8: np.ndarray, gt_m: np.ndarray, pred_m: np.ndarray,
+                title: str) -> np.ndarray:
+    """RGB image of four panels: image | GT depth | median-scaled prediction | |error| / GT."""
     import cv2
 
     from ..colormap import colourise
@@ -136,7 +136,7 @@ def make_figure(path: str, image_rgb8: np.ndarray, gt_m: np.ndarray, pred_m: np.
               'abs rel error 0-0.3']
     tiles = []
     for panel, label in zip(panels, labels):
-        tile = np.ascontiguousarray(panel[..., ::-1])
+        tile = np.ascontiguousarray(panel)
         cv2.putText(tile, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
         tiles.append(tile)
     top = np.concatenate(tiles[:2], axis=1)
@@ -144,16 +144,16 @@ def make_figure(path: str, image_rgb8: np.ndarray, gt_m: np.ndarray, pred_m: np.
     canvas = np.concatenate([top, bottom], axis=0)
     cv2.putText(canvas, title, (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
                 (255, 255, 255), 2)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    cv2.imwrite(path, canvas)
+    return canvas
 
 
 def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
                    ablation_weights: Optional[str] = None, input_size: Optional[Tuple[int, int]] = None,
                    max_depth_m: Optional[float] = None, synthetic_count: int = 200,
-                   synthetic_cache: str = '', device: str = 'cpu', figure: str = '',
-                   speed: bool = True) -> Dict[str, Any]:
-    """The whole benchmark as one JSON-ready dict (see the module docstring)."""
+                   synthetic_cache: str = '', device: str = 'cpu', figure: bool = False,
+                   speed: bool = True) -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
+    """The whole benchmark as one JSON-ready dict (see the module docstring), and with
+    ``figure`` the Motorcycle figure (RGB; :func:`make_figure`), else None."""
     from ..training import resolve_device
     device = resolve_device(device)
     weights = weights or shipped_weights_path(SHIPPED_WEIGHTS)
@@ -204,15 +204,18 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
     report['baseline_constant_depth'] = baseline
     if speed:
         report['speed'] = measure_speed(first_model[0], device)
-    if figure and 'motorcycle' in datasets:
+    canvas = None
+    if figure:
+        if 'motorcycle' not in datasets:
+            raise ValueError('the figure shows the Motorcycle image: evaluate it too')
         model, size = first_model
         gt = motorcycle_ground_truth()
         pred = predict_depth_m(model, gt['left'], gt['fx_px'], size, True, device)
         metrics = report['models']['lr']['motorcycle']['pp']['median']
-        make_figure(figure, gt['left'], gt['depth_m'], pred,
-                    f'Motorcycle zero-shot, pp: AbsRel {metrics["abs_rel"]:.3f}, '
-                    f'd1 {metrics["delta1"]:.3f}')
-    return report
+        canvas = make_figure(gt['left'], gt['depth_m'], pred,
+                             f'Motorcycle zero-shot, pp: AbsRel {metrics["abs_rel"]:.3f}, '
+                             f'd1 {metrics["delta1"]:.3f}')
+    return report, canvas
 
 
 def write_json(report: Dict[str, Any], path: str) -> None:

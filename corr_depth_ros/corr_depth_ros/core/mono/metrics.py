@@ -76,7 +76,7 @@ def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray, max_depth_m: Optional[fl
     # Median-scaled predictions are capped at max_depth_m when one is given (a fixed cap for the
     # dataset, like KITTI's 80 m), never at this image's own ground-truth maximum: that would
     # use the answer to cut every over-estimate off (it did until stop 17, flattering AbsRel).
-    cap_m = float(max_depth_m) if max_depth_m else None
+    cap_m = float(max_depth_m) if max_depth_m is not None and max_depth_m > 0 else None
     scale = median_scale(pred, gt)
     a, b = fit_scale_shift_inverse(pred, gt)
     # The fitted inverse depth can reach 0 or below (the affine fit extrapolates): it is floored

@@ -183,7 +183,9 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
             best.offer(bare_model, {**val, 'step': logged_step(cfg.out_dir)}, arch=ARCH,
                        config=config, metadata=metadata)
             return val
-    final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn)
+    signature = {'loss': asdict(weights), 'data': spec.data, 'size_hw': [spec.height, spec.width],
+                 'net': config, 'train_count': spec.train_count if spec.data == 'synthetic' else None}
+    final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn, signature=signature)
     model.eval()
     metadata['final'] = final
     selected = best.load_into(model) if best is not None and spec.select == 'best' else None

@@ -90,7 +90,7 @@ def evaluate_backend(backend: StereoBackend, pairs: Sequence[Dict[str, np.ndarra
 
 def error_figure(left_rgb: np.ndarray, gt_px: np.ndarray,
                  predictions: Dict[str, np.ndarray], max_error_px: float = 4.0) -> np.ndarray:
-    """One RGB panel per row: left | GT | prediction | |error| (0..max_error_px, black = no GT)
+    """One RGB panel per row: left | GT | prediction | |error| (0..max_error_px, grey = no GT)
     for each named prediction; all disparities share the GT's colour range. -> (h, w, 3) uint8."""
     sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
     check_shape('gt_px', gt_px, ('H', 'W'), sizes)
@@ -101,7 +101,9 @@ def error_figure(left_rgb: np.ndarray, gt_px: np.ndarray,
     for name, pred in predictions.items():
         error = np.abs(np.where(np.isfinite(pred), pred, 0.0) - gt_px)
         panels = [left_rgb, gt_colour, colourise(pred, vmin, vmax),
-                  colourise(error, 0.0, max_error_px, colormap=cv2.COLORMAP_INFERNO)]
+                  # Grey where there is no GT: inferno's zero error is black already.
+                  colourise(error, 0.0, max_error_px, invalid_rgb=(128, 128, 128),
+                            colormap=cv2.COLORMAP_INFERNO)]
         row = np.concatenate(panels, axis=1).copy()
         for i, label in enumerate(('left', 'ground truth', f'{name}', f'{name} |error| 0-{max_error_px:g}px')):
             cv2.putText(row, label, (8 + i * left_rgb.shape[1], 22), cv2.FONT_HERSHEY_SIMPLEX,

@@ -312,7 +312,11 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                    metadata=metadata(step, val))
         return val
 
-    result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn)
+    signature = {'net': config, 'size_hw': [height, width], 'data_dir': data_dir or None,
+                 'augment': asdict(augment) if augment else None,
+                 'refine_from': refine_from or None, 'init_from': init_from or None}
+    result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn,
+                 signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
                  metadata=metadata(result.get('step', cfg.steps),
                                    {k[4:]: v for k, v in result.items() if k.startswith('val_')}))

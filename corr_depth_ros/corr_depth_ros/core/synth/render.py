@@ -1,5 +1,5 @@
 """Steps shared by the stereo and multiview generators: arguments, intrinsics, appearance."""
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -82,13 +82,3 @@ def resolve_device(device) -> torch.device:
         raise ValueError('device is cuda but torch.cuda.is_available() is False')
     return device
 
-
-def split_size(size: str) -> Tuple[int, int]:
-    """'320x240' -> (height, width) = (240, 320). Raises ValueError on anything else."""
-    parts = str(size).lower().split('x')
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f'size must look like WIDTHxHEIGHT, e.g. 320x240; got {size!r}')
-    width, height = int(parts[0]), int(parts[1])
-    if width < 2 or height < 2:
-        raise ValueError(f'size must be at least 2x2 pixels, got {size!r}')
-    return height, width

@@ -1,0 +1,34 @@
+"""argparse types shared by the sub-commands: a bad value is refused while parsing, with the
+option's name, instead of failing later with a traceback. No heavy imports here."""
+import argparse
+from typing import Tuple
+
+
+def size_hw(text: str) -> Tuple[int, int]:
+    """'WIDTHxHEIGHT' (e.g. 320x240) -> (height, width), each at least 2 px."""
+    parts = str(text).lower().split('x')
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 2 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f'expected WIDTHxHEIGHT of at least 2x2 pixels, such as 320x240; got {text!r}')
+    return int(parts[1]), int(parts[0])
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {value}')
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float('inf'):
+        raise argparse.ArgumentTypeError(f'must be a finite number > 0, got {text}')
+    return value
