@@ -342,3 +342,28 @@ def test_image_only_node_matches_without_3d_points(ros, tmp_path, scene):
         assert np.abs(np.array([match.match_pixel.x, match.match_pixel.y]) - expected).max() <= 2.0
         assert not match.found and 'use_depth is false' in match.reason
         assert math.isnan(match.point.point.z)
+
+
+def test_compressed_image_input(ros, tmp_path, scene):
+    """image_transport compressed (png, lossless): the node takes <image>/compressed and keeps
+    the very pixels of the raw image; depth stays raw."""
+    from sensor_msgs.msg import CompressedImage
+    node = _start(ros, tmp_path, image_transport='compressed')
+    assert node._subs[0].topic_name == '/image/compressed'
+    client = Client(ros, scene)
+    pub_png = client.node.create_publisher(CompressedImage, 'image/compressed', RELIABLE)
+    png = conversions.rgb8_to_compressed(scene['live'], Header(), 'png')
+    raw_publish = client.pub_image.publish
+
+    def publish_png(msg):
+        png.header = msg.header
+        pub_png.publish(png)
+    client.pub_image.publish = publish_png
+    try:
+        client.wait_live(node)
+    finally:
+        client.pub_image.publish = raw_publish
+    with node._frame_lock:
+        frame = node._frame
+    np.testing.assert_array_equal(frame.rgb, scene['live'])
+    assert frame.points_m is not None

@@ -249,3 +249,29 @@ def test_shipped_weights_through_the_node_on_a_real_image(ros):
     ours = depth_metrics(depth, gt_depth)['scale_shift_inv']['abs_rel']
     constant = depth_metrics(np.ones_like(gt_depth), gt_depth)['scale_shift_inv']['abs_rel']
     assert ours < constant - 0.02, (ours, constant)
+
+
+def test_compressed_input_gives_the_raw_inputs_depth(ros, weights_path, image):
+    """image_transport's `compressed` (png: lossless) under a remapped image name: the node
+    subscribes to <remapped image>/compressed and publishes the depth the raw input gives."""
+    from sensor_msgs.msg import CompressedImage
+    node = ros.add(MonoDepthNode(
+        context=ros.context, cli_args=['--ros-args', '-r', 'image:=/cam/image_rect'],
+        parameter_overrides=[Parameter(k, value=v) for k, v in {
+            'weights_path': weights_path, 'device': 'cpu', 'torch_threads': 1,
+            'image_transport': 'compressed'}.items()]))
+    assert node._subs[0].topic_name == '/cam/image_rect/compressed'
+    rig = MonoRig(ros)
+    rig.pub_image = rig.node.create_publisher(CompressedImage, '/cam/image_rect/compressed',
+                                              RELIABLE)
+
+    def as_png(msgs):
+        msgs['image'] = conversions.rgb8_to_compressed(image, msgs['image'].header, 'png')
+    compressed = rig.wait_outputs(ros, lambda: rig.publish(image, mutate=as_png))
+    compressed_depth = conversions.image_to_array(compressed['depth'])
+    raw_node = _start(ros, weights_path)    # the same model on the raw topic
+    rig2 = MonoRig(ros)
+    rig2.stamp_sec = 1000                   # stamps apart from the first rig's
+    raw = rig2.wait_outputs(ros, lambda: rig2.publish(image))
+    np.testing.assert_array_equal(conversions.image_to_array(raw['depth']), compressed_depth)
+    assert raw_node.synchronised_sets > 0

@@ -42,8 +42,9 @@ from ..core.descriptors.network import DEFAULT_SCALES, check_scales, compute_des
 from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
 from ..sync import make_synchronizer
-from .params import ParamSpec, declare, validate
-from .worker import LatestFrameWorker, ThrottledReporter, output_qos, run_node, start_sync_watchdog
+from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
+from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
+                     start_sync_watchdog)
 
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
@@ -55,6 +56,7 @@ PARAMS = [
     ParamSpec('descriptor_scales', list(DEFAULT_SCALES), 'Image scales the descriptors are computed at and '
               'concatenated (first 1.0; [1.0] is one pass, fastest). Stored references remember '
               'them: changing this needs new references.', read_only=True),
+    IMAGE_TRANSPORT,
     ParamSpec('use_depth', True, 'Subscribe to depth + camera_info (synchronised with image) '
               'for 3D points and grasp poses; false: image only, points are NaN.', read_only=True),
     ParamSpec('queue_size', 30, 'Messages kept per input while synchronising. Depth from a '
@@ -142,14 +144,16 @@ class CorrespondenceNode(Node):
         requests_group = MutuallyExclusiveCallbackGroup()
         overrides = QoSOverridingOptions.with_default_policies()
         self._image_topic = self.resolve_topic_name('image')
+        image_type, (image_input,) = image_inputs(self, ['image'], self._values['image_transport'])
         if self._values['use_depth']:
+            # Depth stays raw: image_transport's compressed is for 8-bit colour images.
             self._sync, self._subs, sync_impl = make_synchronizer(
-                self, [Image, Image, CameraInfo], ['image', 'depth', 'camera_info'],
+                self, [image_type, Image, CameraInfo], [image_input, 'depth', 'camera_info'],
                 qos_profile_sensor_data, self._on_frame, approximate=True,
                 queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
                 qos_overriding_options=overrides, callback_group=frames_group)
             self._sync_watchdog = start_sync_watchdog(
-                self, self._sync, ['image', 'depth', 'camera_info'],
+                self, self._sync, [image_input, 'depth', 'camera_info'],
                 'depth computed from these images arrives after them: raise queue_size to '
                 'cover that latency (frame rate x latency), or slop_s', self._errors,
                 lambda: self._synchronised_sets)
@@ -157,7 +161,7 @@ class CorrespondenceNode(Node):
             self._sync_watchdog = None
             sync_impl = 'none'
             self._subs = [self.create_subscription(
-                Image, 'image', lambda msg: self._on_frame(msg, None, None),
+                image_type, image_input, lambda msg: self._on_frame(msg, None, None),
                 copy.copy(qos_profile_sensor_data), qos_overriding_options=overrides,
                 callback_group=frames_group)]
         # rqt_image_view publishes clicks on "<displayed image topic>_mouse_left".
@@ -217,7 +221,7 @@ class CorrespondenceNode(Node):
 
     def _process(self, item) -> None:
         image_msg, depth_msg, info_msg = item
-        rgb = conversions.image_to_rgb8(image_msg)
+        rgb = conversions.any_image_to_rgb8(image_msg)
         points_m = None
         if depth_msg is not None:
             depth_m = conversions.depth_image_to_metres(depth_msg)

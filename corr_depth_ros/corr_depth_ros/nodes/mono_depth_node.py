@@ -29,8 +29,8 @@ from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_d
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
-from .params import ParamSpec, declare, validate
-from .worker import (LatestFrameWorker, ThrottledReporter, output_qos, run_node,
+from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
+from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, sync_advice)
 
 PARAMS = [
@@ -53,6 +53,7 @@ PARAMS = [
               'depth topic\'s unit.', value_range=(0.0, 10000.0)),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
               'is built only while points2 has a subscriber.'),
+    IMAGE_TRANSPORT,
     ParamSpec('approximate_sync', True, 'Match image and camera_info by nearest stamp within '
               'slop_s (false: exactly equal stamps).', read_only=True),
     ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
@@ -102,14 +103,15 @@ class MonoDepthNode(Node):
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth')
         # Sensor-data (best-effort) inputs like image_proc; override per topic with
         # qos_overrides./<ns>/image.subscription.reliability etc.
+        image_type, (image_topic,) = image_inputs(self, ['image'], self._values['image_transport'])
         self._sync, self._subs, sync_impl = make_synchronizer(
-            self, [Image, CameraInfo], ['image', 'camera_info'], qos_profile_sensor_data,
+            self, [image_type, CameraInfo], [image_topic, 'camera_info'], qos_profile_sensor_data,
             self._on_synchronised, approximate=self._values['approximate_sync'],
             queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
             qos_overriding_options=overrides)
         self.synchronised_sets = 0
         self._sync_watchdog = start_sync_watchdog(
-            self, self._sync, ['image', 'camera_info'],
+            self, self._sync, [image_topic, 'camera_info'],
             sync_advice(self._values['approximate_sync']), self._errors,
             lambda: self.synchronised_sets)
         self.get_logger().info(
@@ -156,7 +158,7 @@ class MonoDepthNode(Node):
 
     def _process(self, item) -> None:
         image_msg, info = item
-        rgb = conversions.image_to_rgb8(image_msg)
+        rgb = conversions.any_image_to_rgb8(image_msg)
         fx, fy, cx, cy = conversions.camera_intrinsics(info, rgb.shape)
         with self._lock:
             values = dict(self._values)

@@ -50,6 +50,13 @@ class ParamSpec:
         return None
 
 
+# Shared by every node that subscribes to camera images.
+IMAGE_TRANSPORT = ParamSpec(
+    'image_transport', 'raw', 'raw: subscribe to sensor_msgs/Image; compressed: to '
+    'image_transport\'s <image>/compressed (jpeg/png), e.g. over Wi-Fi.', read_only=True,
+    choices=('raw', 'compressed'))
+
+
 def declare(node, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
     """Declare every spec on ``node``; return {name: value} as set (overrides applied)."""
     values = {}

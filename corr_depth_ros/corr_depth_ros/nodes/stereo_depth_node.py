@@ -15,7 +15,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 from .. import conversions
@@ -25,8 +25,8 @@ from ..core.colormap import colourise
 from ..core.stereo_pipeline import run_stereo
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
-from .params import ParamSpec, declare, validate
-from .worker import (LatestFrameWorker, ThrottledReporter, output_qos, run_node,
+from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
+from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, sync_advice)
 
 _SGBM_DEFAULTS = asdict(SgbmParams())
@@ -56,9 +56,7 @@ PARAMS = [
               choices=('sgbm', 'learned', 'onnx')),
     ParamSpec('device', 'auto', 'Compute device for learned backends.', read_only=True,
               choices=('auto', 'cpu', 'cuda')),
-    ParamSpec('image_transport', 'raw', 'raw: subscribe to sensor_msgs/Image; compressed: to '
-              'image_transport\'s <image>/compressed (jpeg/png), e.g. over Wi-Fi.', read_only=True,
-              choices=('raw', 'compressed')),
+    IMAGE_TRANSPORT,
     ParamSpec('approximate_sync', False, 'Match left/right by nearest stamp within slop_s '
               'instead of exactly equal stamps.', read_only=True),
     ParamSpec('queue_size', 5, 'Messages kept per input while synchronising.', read_only=True,
@@ -129,13 +127,8 @@ class StereoDepthNode(Node):
         self._worker = LatestFrameWorker(self._process, self._on_worker_error)
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
-        compressed = self._values['image_transport'] == 'compressed'
-        image_type = CompressedImage if compressed else Image
-        images = ['left/image_rect', 'right/image_rect']
-        if compressed:
-            # As image_transport does: the base name is remapped (left/image_rect:=...), then
-            # the transport's suffix is added.
-            images = [self.resolve_topic_name(name) + '/compressed' for name in images]
+        image_type, images = image_inputs(self, ['left/image_rect', 'right/image_rect'],
+                                          self._values['image_transport'])
         topics = images + ['left/camera_info', 'right/camera_info']
         self._sync, self._subs, sync_impl = make_synchronizer(
             self, [image_type, image_type, CameraInfo, CameraInfo], topics,

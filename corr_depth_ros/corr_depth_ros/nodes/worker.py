@@ -94,6 +94,16 @@ class ThrottledReporter:
         self.error(type(exc).__name__ + str(exc)[:40], f'frame dropped: {exc}')
 
 
+def image_inputs(node, names, transport: str):
+    """(message type, topic names) of image inputs under image_transport ``raw`` or
+    ``compressed``. As image_transport does, the base name is remapped first
+    (``image:=/cam/image_rect``), then the transport's suffix is added."""
+    from sensor_msgs.msg import CompressedImage, Image
+    if transport == 'compressed':
+        return CompressedImage, [node.resolve_topic_name(name) + '/compressed' for name in names]
+    return Image, list(names)
+
+
 def sync_advice(approximate: bool) -> str:
     """What to do when every input arrives but no set matches (SyncWatchdog's advice)."""
     return ('raise slop_s, or fix the stamps the driver writes' if approximate
