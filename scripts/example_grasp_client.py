@@ -6,6 +6,8 @@
     python scripts/example_grasp_client.py --find mug_handle
     # inline reference image (PNG/JPG on disk) + pixels, timing 20 calls:
     python scripts/example_grasp_client.py --image ref.png --pixels 120,80 --repeat 20
+    # or store that image's pixels as a reference:
+    python scripts/example_grasp_client.py --set mug_handle --image ref.png --pixels 120,80
 
 Prints, per pixel: match pixel, descriptor distance, confidence, found/reason, the 3D point and
 the grasp pose (camera optical frame; pose z axis = approach direction into the surface).
@@ -28,15 +30,21 @@ def parse_pixels(texts):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--namespace', default='', help='namespace of the node (services under it)')
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument('--set', metavar='ID', help='store the pixels of the newest live image as ID')
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--set', metavar='ID', help='store the pixels as reference ID (of the '
+                       'newest live image, or of --image)')
     group.add_argument('--find', metavar='ID', help='find a stored reference in the live image')
-    group.add_argument('--image', metavar='PATH', help='inline reference image file (+ --pixels)')
+    parser.add_argument('--image', metavar='PATH', help='reference image file (+ --pixels): found '
+                        'in the live image inline, or stored with --set')
     parser.add_argument('--pixels', nargs='*', default=[], help='x,y pixels (column,row)')
     parser.add_argument('--overwrite', action='store_true', help='with --set: replace ID')
     parser.add_argument('--repeat', type=int, default=1, help='call N times, print latency')
     parser.add_argument('--timeout', type=float, default=10.0, help='seconds per call')
     args = parser.parse_args(argv)
+    if not (args.set or args.find or args.image):
+        parser.error('give --set ID, --find ID or --image PATH')
+    if args.find and args.image:
+        parser.error('--find uses the stored reference: leave out --image')
 
     import rclpy
     from geometry_msgs.msg import Point
@@ -50,22 +58,19 @@ def main(argv=None) -> int:
         if args.set:
             client = node.create_client(SetReference, prefix + 'set_reference')
             request = SetReference.Request(reference_id=args.set, overwrite=args.overwrite)
-            request.reference_pixels = pixels
         else:
             client = node.create_client(FindCorrespondence, prefix + 'find_correspondence')
-            request = FindCorrespondence.Request()
-            request.reference_pixels = pixels
-            if args.find:
-                request.reference_id = args.find
-            else:
-                import cv2
-                from std_msgs.msg import Header
-                from corr_depth_ros.conversions import array_to_image
-                bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
-                if bgr is None:
-                    print(f'cannot read {args.image}', file=sys.stderr)
-                    return 2
-                request.reference_image = array_to_image(bgr, 'bgr8', Header())
+            request = FindCorrespondence.Request(reference_id=args.find or '')
+        request.reference_pixels = pixels
+        if args.image:
+            import cv2
+            from std_msgs.msg import Header
+            from corr_depth_ros.conversions import array_to_image
+            bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
+            if bgr is None:
+                print(f'cannot read {args.image}', file=sys.stderr)
+                return 2
+            request.reference_image = array_to_image(bgr, 'bgr8', Header())
         if not client.wait_for_service(timeout_sec=args.timeout):
             print(f'service {client.srv_name} not available', file=sys.stderr)
             return 2

@@ -326,6 +326,12 @@ def test_example_grasp_client_script(ros, tmp_path, scene):
     assert found.returncode == 0 and found.stdout.count('found=') == 2, found.stdout
     missing = run('--find', 'no_such_reference')
     assert missing.returncode == 1 and 'success=False' in missing.stdout
+    # A reference stored from an image file, then found in the live image.
+    from_file = run('--set', 'from_file', '--image', reference_png, '--pixels', *pixels)
+    assert from_file.returncode == 0 and 'from the given image' in from_file.stdout, \
+        from_file.stdout + from_file.stderr
+    assert run('--find', 'from_file').stdout.count('found=') == 2
+    assert run('--find', 'handle', '--image', reference_png).returncode == 2   # refused
 
 
 def test_image_only_node_matches_without_3d_points(ros, tmp_path, scene):

@@ -5,6 +5,7 @@ from the traced shapes, so an exported model accepts exactly (1, 3, height, widt
 Inputs ``left``/``right`` are RGB in [0, 1] (normalisation is inside the graph, so the ``onnx``
 backend runs it with mean 0 and std 1); outputs ``disparity`` and ``confidence`` (1, 1, H, W).
 """
+import inspect
 from typing import Dict
 
 import numpy as np
@@ -43,8 +44,11 @@ def export_stereo_onnx(model: nn.Module, path: str, *, height: int, width: int,
     left = torch.rand(1, 3, height, width, generator=gen)
     right = torch.roll(left, shifts=-4, dims=3) * 0.9 + 0.1 * torch.rand(1, 3, height, width,
                                                                         generator=gen)
+    # The TorchScript exporter; torch releases before 2.5 have no `dynamo` switch (and use it).
+    legacy = ({'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters
+              else {})
     torch.onnx.export(wrapper, (left, right), path, input_names=list(INPUT_NAMES),
-                      output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False)
+                      output_names=list(OUTPUT_NAMES), opset_version=opset, **legacy)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     disparity, confidence = session.run(list(OUTPUT_NAMES),
                                         {'left': left.numpy(), 'right': right.numpy()})
