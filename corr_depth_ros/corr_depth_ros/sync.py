@@ -37,7 +37,7 @@ class StampSynchronizer:
         self._callback = callback
         self._slop_ns = int(round(slop_s * 1e9))
         self._lock = threading.Lock()
-        self._seen = [False] * num_inputs
+        self._counts = [0] * num_inputs
         self.dropped_unmatched = 0  # messages pushed out of a full queue without a partner
 
     def input_callback(self, index: int) -> Callable:
@@ -52,15 +52,15 @@ class StampSynchronizer:
             newest = [stamp_to_ns(q[-1]) for q in self._queues]
         return max(newest) - min(newest)
 
-    def inputs_seen(self) -> List[bool]:
-        """Per input: has it delivered any message yet?"""
+    def message_counts(self) -> List[int]:
+        """Messages received so far, per input."""
         with self._lock:
-            return list(self._seen)
+            return list(self._counts)
 
     def add(self, index: int, msg) -> None:
         matched = None
         with self._lock:
-            self._seen[index] = True
+            self._counts[index] += 1
             queue = self._queues[index]
             if len(queue) == queue.maxlen:
                 self.dropped_unmatched += 1
@@ -94,12 +94,14 @@ class NewestStamps:
 
     def __init__(self, num_inputs: int):
         self._newest: List[Optional[int]] = [None] * num_inputs
+        self._counts = [0] * num_inputs
         self._lock = threading.Lock()
 
     def input_callback(self, index: int) -> Callable:
         def note(msg) -> None:
             with self._lock:
                 self._newest[index] = stamp_to_ns(msg)
+                self._counts[index] += 1
         return note
 
     def spread_ns(self) -> Optional[int]:
@@ -109,27 +111,27 @@ class NewestStamps:
                 return None
             return max(self._newest) - min(self._newest)
 
-    def inputs_seen(self) -> List[bool]:
-        """As StampSynchronizer.inputs_seen."""
+    def message_counts(self) -> List[int]:
+        """As StampSynchronizer.message_counts."""
         with self._lock:
-            return [s is not None for s in self._newest]
+            return list(self._counts)
 
 
 class FiltersSynchronizer:
-    """A message_filters synchroniser with :meth:`spread_ns` and :meth:`inputs_seen` like
+    """A message_filters synchroniser with :meth:`spread_ns` and :meth:`message_counts` like
     :class:`StampSynchronizer`."""
 
     def __init__(self, synchronizer, stamps: NewestStamps):
         self.synchronizer = synchronizer
         self.spread_ns = stamps.spread_ns
-        self.inputs_seen = stamps.inputs_seen
+        self.message_counts = stamps.message_counts
 
 
 class SyncWatchdog:
     """Says why no synchronised set came through since the last check, as stereo_image_proc
     warns about inputs that never pair up. A node calls :meth:`check` from a timer with its
-    count of sets so far; nothing is said while sets arrive, or while no input has published
-    anything (no camera running is not an error).
+    count of sets so far; nothing is said while sets arrive, or while no input receives anything
+    (no camera running is not an error).
 
     ``topics``: the resolved input names, in the synchroniser's order; ``advice``: what to do
     when every input arrives but their newest stamps differ.
@@ -140,26 +142,33 @@ class SyncWatchdog:
         self._topics = list(topics)
         self._advice = advice
         self._period_s = period_s
-        self._last_count = 0
+        self._last_sets = 0
+        self._last_counts = [0] * len(self._topics)
         self.problem: Optional[str] = None   # the newest diagnosis, None while sets arrive
 
     def check(self, sets_so_far: int) -> Optional[str]:
-        if sets_so_far != self._last_count:
-            self._last_count = sets_so_far
+        counts = self._sync.message_counts()
+        arrived = [now > before for now, before in zip(counts, self._last_counts)]
+        self._last_counts = counts
+        if sets_so_far != self._last_sets:
+            self._last_sets = sets_so_far
             self.problem = None
             return None
-        seen = self._sync.inputs_seen()
-        if any(seen) and not all(seen):
-            arriving = ', '.join(t for t, s in zip(self._topics, seen) if s)
-            silent = ', '.join(t for t, s in zip(self._topics, seen) if not s)
+        if any(arrived) and not all(arrived):
+            # An input that never published, or one that stopped (e.g. a crashed depth node).
+            arriving = ', '.join(t for t, a in zip(self._topics, arrived) if a)
+            silent = ', '.join(f'{t} ({"none yet" if n == 0 else "stopped"})'
+                               for t, a, n in zip(self._topics, arrived, counts) if not a)
             self.problem = (f'no synchronised set in the last {self._period_s:g} s: messages '
-                            f'arrive on {arriving} but none yet on {silent} (check that it is '
-                            'published, and the topic names and remappings)')
-        else:
+                            f'arrive on {arriving} but none on {silent}; check that it is '
+                            'published, and the topic names and remappings')
+        elif all(arrived):
             spread = self._sync.spread_ns()
             self.problem = None if not spread else (
                 f'no synchronised set in the last {self._period_s:g} s: the newest input stamps '
                 f'differ by {spread / 1e9:.3f} s ({self._advice})')
+        else:
+            self.problem = None     # nothing arrives at all: idle, not a synchronisation fault
         return self.problem
 
 

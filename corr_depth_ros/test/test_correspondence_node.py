@@ -258,6 +258,14 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
                      action=lambda: client.pub_click.publish(Point(x=float(x), y=float(y))),
                      action_period_s=5.0)
     assert np.array_equal(node._store.get('clicked').pixels_xy, PIXELS[:2].astype(np.float32))
+    # A click that would take the reference past max_pixels_per_request (beyond which a find of
+    # all its pixels is refused) is itself refused.
+    assert node.set_parameters([Parameter('max_pixels_per_request', value=2)])[0].successful
+    node._on_click(Point(x=5.0, y=5.0))
+    assert "would have 3 pixels; the limit is max_pixels_per_request = 2" in \
+        node._errors.last_message, node._errors.last_message
+    assert len(node._store.get('clicked').pixels_xy) == 2
+    assert node.set_parameters([Parameter('max_pixels_per_request', value=200)])[0].successful
     # A click reference id that cannot name a file is refused as a parameter.
     bad = node.set_parameters([Parameter('click_reference_id', value='bad id/x')])[0]
     assert not bad.successful and 'not usable' in bad.reason

@@ -54,6 +54,10 @@ def test_motorcycle_accuracy_and_pipeline():
     strict = run_stereo(data['left'], data['right'], data['geometry'], backend,
                         confidence_threshold=1.0)
     assert strict.valid.sum() < out.valid.sum()
+    # valid_window is what SGBM computes (64 disparities, block 5: columns from 63 + 2), not the
+    # filled mask's bounding box; OpenCV matched nothing left of it.
+    assert out.valid_window == (65, 2, 741 - 2 - 65, 500 - 4)
+    assert not strict.valid[:, :63].any() and strict.valid[:, 65:].any()
     with pytest.raises(ValueError, match='does not match camera_info'):
         run_stereo(data['left'][:100], data['right'][:100], data['geometry'], backend)
 

@@ -56,7 +56,7 @@ def test_newest_stamps_spread_for_message_filters():
     left, right = stamps.input_callback(0), stamps.input_callback(1)
     left(Msg(5, 0))
     assert stamps.spread_ns() is None          # until every input has a message
-    assert stamps.inputs_seen() == [True, False]
+    assert stamps.message_counts() == [1, 0]
     right(Msg(5, 5_000_000))
     assert stamps.spread_ns() == 5_000_000
     left(Msg(6, 0))                            # the newest stamp counts
@@ -65,8 +65,8 @@ def test_newest_stamps_spread_for_message_filters():
 
 @pytest.mark.parametrize('kind', ['builtin', 'message_filters'])
 def test_watchdog_names_a_silent_input_and_a_stamp_spread(kind):
-    """The nodes' watchdog: silent while sets arrive or while nothing is published at all; names
-    the inputs that never published; else says how far apart the newest stamps are."""
+    """The nodes' watchdog: silent while sets arrive or while nothing arrives at all; names the
+    inputs that never published or stopped; else says how far apart the newest stamps are."""
     topics = ['/left', '/right', '/info']
     if kind == 'builtin':
         sync = StampSynchronizer(3, 5, lambda *m: None)
@@ -80,10 +80,14 @@ def test_watchdog_names_a_silent_input_and_a_stamp_spread(kind):
     feed(0, Msg(1))
     feed(2, Msg(1))
     problem = watchdog.check(0)
-    assert 'none yet on /right' in problem and 'arrive on /left, /info' in problem, problem
+    assert 'arrive on /left, /info but none on /right (none yet)' in problem, problem
     assert watchdog.problem == problem
-    feed(1, Msg(1, 250_000_000))
+    for i in range(3):
+        feed(i, Msg(2, 250_000_000 if i == 1 else 0))
     problem = watchdog.check(0)
     assert 'stamps differ by 0.250 s (raise slop_s)' in problem, problem
     assert watchdog.check(1) is None and watchdog.problem is None   # a set came through
-    assert watchdog.check(1) is not None               # and then none again
+    feed(0, Msg(3))                                   # then /right and /info stop
+    problem = watchdog.check(1)
+    assert 'arrive on /left but none on /right (stopped), /info (stopped)' in problem, problem
+    assert watchdog.check(1) is None                  # nothing arrives at all: idle

@@ -86,6 +86,9 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
         training.fit(_tiny(), _Line(), _loss, cfg, signature={'loss': {'use_lr': False}})
     assert training.fit(_tiny(), _Line(), _loss, cfg,
                         signature={'loss': {'use_lr': True}})['step'] == 6
+    # Path options are stored resolved: one folder however it is spelled.
+    assert training.path_key(str(tmp_path / 'run')) == training.path_key(
+        os.path.relpath(tmp_path / 'run') + '/') and training.path_key('') is None
 
 
 class _Recorded(_Line):

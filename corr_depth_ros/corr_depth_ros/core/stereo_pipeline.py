@@ -24,7 +24,8 @@ class StereoOutputs:
     depth_m: (H, W) float32 metres, NaN invalid (REP 118). valid: (H, W) bool.
     points_m: (H, W, 3) float32 in the left optical frame, NaN invalid (None if not requested).
     confidence: (H, W) float32 in [0, 1] or None.
-    valid_window: (x, y, width, height) bounding box of valid pixels.
+    valid_window: (x, y, width, height): the backend's computed window (StereoResult), else
+        the bounding box of valid pixels.
     min_disparity_px, max_disparity_px: DisparityImage's min_disparity / max_disparity: the
     range the backend searched, plus doffs, as its definition and stereo_image_proc have it
     (a viewer scales colours by it, steady from frame to frame); for a backend that cannot
@@ -84,7 +85,7 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
                                                                                  copy=False)
     points = depth_to_points(depth_m, geometry.fx, geometry.fy, geometry.cx_left, geometry.cy) \
         if compute_points else None
-    window = valid_window(valid)
+    window = result.computed_window or valid_window(valid)
     low = high = 0.0
     if result.search_range_px is not None:
         low, high = (float(v + geometry.doffs_px) for v in result.search_range_px)

@@ -249,6 +249,12 @@ def _log(path: str, record: Dict[str, Any]) -> None:
         f.write(json.dumps(record) + '\n')
 
 
+def path_key(path: str) -> Optional[str]:
+    """A path option as run signatures store it: absolute and resolved (``pool``,
+    ``./pool/`` and ``$PWD/pool`` are one folder), None when not given."""
+    return os.path.realpath(path) if path else None
+
+
 def _signature_text(signature: Optional[Dict[str, Any]]) -> str:
     return json.dumps(signature, sort_keys=True, default=str) if signature is not None else ''
 

@@ -419,7 +419,12 @@ class CorrespondenceNode(Node):
                 if self._store.known(reference_id):
                     # get() refuses one another network made, rather than a click replacing
                     # its pixels on disk.
-                    ref = self._store.get(reference_id).extended(pixel, desc)
+                    ref = self._store.get(reference_id)
+                    # Beyond the limit, a find of all its pixels would be refused.
+                    self._check_pixel_count(len(ref.pixels_xy) + 1,
+                                            f'reference {reference_id!r} would have '
+                                            f'{len(ref.pixels_xy) + 1} pixels')
+                    ref = ref.extended(pixel, desc)
                 else:
                     ref = references.Reference(reference_id, pixel, desc, self._network_id,
                                                frame.rgb.shape[:2],

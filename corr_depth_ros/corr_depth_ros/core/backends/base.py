@@ -15,12 +15,16 @@ class StereoResult:
     confidence: (H, W) float32 in [0, 1], or None when the backend has no notion of it.
     search_range_px: (min, max) disparity the backend searched (no doffs), or None when it
         cannot say; DisparityImage's min_disparity / max_disparity are this range.
+    computed_window: (x, y, width, height) where the matcher has its whole search range and
+        window inside the images (DisparityImage.valid_window, as stereo_image_proc fills it),
+        or None: then the bounding box of ``valid``. Hole filling may extend outside it.
     """
 
     disparity_px: np.ndarray
     valid: np.ndarray
     confidence: Optional[np.ndarray] = None
     search_range_px: Optional[Tuple[float, float]] = None
+    computed_window: Optional[Tuple[int, int, int, int]] = None
 
 
 class StereoBackend:

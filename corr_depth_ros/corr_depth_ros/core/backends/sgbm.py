@@ -1,7 +1,7 @@
 """OpenCV StereoSGBM backend with scanline hole filling (dense output)."""
 import threading
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -11,6 +11,19 @@ from .base import StereoBackend, StereoResult
 
 _MODES = {'sgbm': cv2.STEREO_SGBM_MODE_SGBM, 'hh': cv2.STEREO_SGBM_MODE_HH,
           'sgbm_3way': cv2.STEREO_SGBM_MODE_SGBM_3WAY, 'hh4': cv2.STEREO_SGBM_MODE_HH4}
+
+
+def sgbm_window(height: int, width: int, min_disparity: int, num_disparities: int,
+                block_size: int) -> Tuple[int, int, int, int]:
+    """(x, y, width, height) of the pixels SGBM computes from a whole search range and a whole
+    block: a column needs its largest disparity to stay inside the right image (x >= min +
+    num - 1 plus half a block), the block must fit at the other edges, and the smallest
+    disparity (when positive) cuts the right edge. stereo_image_proc publishes the same
+    region as DisparityImage.valid_window. Pixels outside it are only hole-filled."""
+    border = block_size // 2
+    left = max(0, min_disparity + num_disparities - 1 + border)
+    right = width - (border + min_disparity if min_disparity >= 0 else max(border, -min_disparity))
+    return left, border, max(0, right - left), max(0, height - 2 * border)
 
 
 @dataclass(frozen=True)
@@ -154,4 +167,6 @@ class SgbmBackend(StereoBackend):
                 & np.any(valid, axis=1, keepdims=True)
         searched = (float(params.min_disparity), float(params.min_disparity + num_disparities - 1))
         return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence,
-                            search_range_px=searched)
+                            search_range_px=searched,
+                            computed_window=sgbm_window(sizes['H'], width, params.min_disparity,
+                                                        num_disparities, params.block_size))

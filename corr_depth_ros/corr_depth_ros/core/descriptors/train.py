@@ -16,8 +16,8 @@ import torch
 
 from ..synth.config import SYNTH_VERSION
 from ..synth.contact_sheet import to_uint8_rgb
-from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, save_weights,
-                        source_note, unwrap)
+from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, path_key,
+                        save_weights, source_note, unwrap)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -151,7 +151,7 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
     signature = {'net': net_config, 'loss': spec.loss.to_dict(),
                  'size_hw': [spec.height, spec.width], 'stereo_fraction': spec.stereo_fraction,
                  'pool_size': spec.pool_size, 'background_prob': spec.background_prob,
-                 'init_from': spec.init_from or None}
+                 'init_from': path_key(spec.init_from)}
     last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn, signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), unwrap(model), arch=ARCH,
                  config=net_config,

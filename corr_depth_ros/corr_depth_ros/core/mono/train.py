@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..training import (BestWeights, TrainConfig, fit, is_main_process, logged_step,
-                        main_process_first, save_weights)
+                        main_process_first, path_key, save_weights)
 from .data import (TRAINING_RIG, PairArrayDataset, build_synthetic_cache, load_cache, pair_item,
                    training_synth_config)
 from .inference import metric_depth, predict_disparity
@@ -183,7 +183,9 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
             best.offer(bare_model, {**val, 'step': logged_step(cfg.out_dir)}, arch=ARCH,
                        config=config, metadata=metadata)
             return val
-    signature = {'loss': asdict(weights), 'data': spec.data, 'size_hw': [spec.height, spec.width],
+    data_key = (f'folder:{path_key(spec.data.split(":", 1)[1])}'
+                if spec.data.startswith('folder:') else spec.data)
+    signature = {'loss': asdict(weights), 'data': data_key, 'size_hw': [spec.height, spec.width],
                  'net': config, 'train_count': spec.train_count if spec.data == 'synthetic' else None}
     final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn, signature=signature)
     model.eval()

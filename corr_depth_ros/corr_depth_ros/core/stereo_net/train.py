@@ -24,8 +24,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..shapes import check_shape
-from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, save_weights,
-                        source_note, unwrap)
+from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, path_key,
+                        save_weights, source_note, unwrap)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Dataset base seeds (a sample's own seed is synth.io.sample_seed(base, index) = base * 1_000_003
@@ -312,9 +312,9 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                    metadata=metadata(step, val))
         return val
 
-    signature = {'net': config, 'size_hw': [height, width], 'data_dir': data_dir or None,
+    signature = {'net': config, 'size_hw': [height, width], 'data_dir': path_key(data_dir),
                  'augment': asdict(augment) if augment else None,
-                 'refine_from': refine_from or None, 'init_from': init_from or None}
+                 'refine_from': path_key(refine_from), 'init_from': path_key(init_from)}
     result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn,
                  signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
