@@ -42,6 +42,7 @@ class Recorder:
         qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self.node = node
         self.latest = {}
+        self.seen = {}      # topic -> every stamp received (for counting complete frames)
         self.arrivals = {}
         self.latency_s = {}
         self.lock = threading.Lock()
@@ -58,6 +59,7 @@ class Recorder:
             now = self.node.get_clock().now()
             stamp = msg.header.stamp
             with self.lock:
+                self.seen.setdefault(topic, set()).add((stamp.sec, stamp.nanosec))
                 self.latest.setdefault(topic, {})[(stamp.sec, stamp.nanosec)] = msg
                 if len(self.latest[topic]) > 8:
                     self.latest[topic].pop(next(iter(self.latest[topic])))
@@ -65,6 +67,12 @@ class Recorder:
                 self.latency_s.setdefault(topic, []).append(
                     (now.nanoseconds - (stamp.sec * 10 ** 9 + stamp.nanosec)) / 1e9)
         return store
+
+    def complete_count(self, topics) -> int:
+        """Stamps seen on every one of ``topics`` so far (the messages kept are only the
+        newest 8 per topic)."""
+        with self.lock:
+            return len(set.intersection(*[self.seen.get(t, set()) for t in topics]))
 
     def complete_stamps(self, topics):
         with self.lock:
@@ -278,7 +286,7 @@ def main(argv=None) -> int:
               f'stereo_depth_node (backend {stereo._backend_name}); waiting for {args.frames} frames')
         deadline = time.monotonic() + args.timeout
         started = time.monotonic()
-        while time.monotonic() < deadline and len(recorder.complete_stamps(topics)) < args.frames:
+        while time.monotonic() < deadline and recorder.complete_count(topics) < args.frames:
             time.sleep(0.1)
         complete = recorder.complete_stamps(topics)
         if not complete:
@@ -293,7 +301,7 @@ def main(argv=None) -> int:
             summary['correspondence']['frames_described'] = corr_node.frames_processed
         summary.update({
             'backend': stereo._backend_name,
-            'frames': len(complete), 'elapsed_s': elapsed,
+            'frames': recorder.complete_count(topics), 'elapsed_s': elapsed,
             'camera_render_s': camera.last_render_s,
             'stereo_compute_s': stereo._worker.last_duration_s,
             'rates_hz': {t: recorder.rate_hz(t) for t in ('left/image_rect', 'disparity', 'depth', 'points2')},

@@ -304,6 +304,12 @@ def test_stereo_dataset_round_trip_through_the_cli(tmp_path):
     # Writing over an existing dataset needs --overwrite.
     assert _run_cli(['synth', 'stereo', '--out', str(out), '--count', '1', '--size', '64x48',
                      '--no-progress']) == 2
+    # With it, a smaller dataset replaces the old one whole: no leftover sample is read.
+    assert _run_cli(['synth', 'stereo', '--out', str(out), '--count', '1', '--size', '64x48',
+                     '--seed', '8', '--no-progress', '--overwrite']) == 0
+    replaced = SyntheticFolderDataset(out)
+    assert len(replaced) == 1 and not (out / '000001').exists()
+    assert json.loads((out / '000000' / 'meta.json').read_text())['seed'] == sample_seed(8, 0)
 
 
 def test_multiview_dataset_round_trip(tmp_path):

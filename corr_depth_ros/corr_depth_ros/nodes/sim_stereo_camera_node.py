@@ -116,18 +116,18 @@ class SimStereoCameraNode(Node):
                 frame = self._frames.frame(index)
             except Exception as exc:  # noqa: BLE001 - report and keep the camera alive
                 self.get_logger().error(f'frame {index} failed: {exc}', throttle_duration_sec=5.0)
-                index += 1
-                continue
-            self.last_render_s = time.perf_counter() - start
-            if self._stop.is_set() or not self.context.ok():
-                return  # shutting down: the publishers may already be gone
-            try:
-                self._publish(frame)
-            except Exception as exc:  # noqa: BLE001 - one failed publish must not stop the camera
+                frame = None    # and still wait for the next frame's time: no busy loop
+            if frame is not None:
+                self.last_render_s = time.perf_counter() - start
                 if self._stop.is_set() or not self.context.ok():
-                    return
-                self.get_logger().error(f'frame {index} not published: {exc}',
-                                        throttle_duration_sec=5.0)
+                    return  # shutting down: the publishers may already be gone
+                try:
+                    self._publish(frame)
+                except Exception as exc:  # noqa: BLE001 - a failed publish must not stop it
+                    if self._stop.is_set() or not self.context.ok():
+                        return
+                    self.get_logger().error(f'frame {index} not published: {exc}',
+                                            throttle_duration_sec=5.0)
             index += 1
             next_time = max(next_time + 1.0 / self.get_parameter('rate_hz').value, time.monotonic())
             self._stop.wait(max(0.0, next_time - time.monotonic()))

@@ -37,8 +37,10 @@ def motorcycle_pairs(scale: float = 1.0) -> List[Dict[str, np.ndarray]]:
 
 
 def synthetic_pairs(count: int, height: int, width: int, seed: int) -> List[Dict[str, np.ndarray]]:
-    """``count`` rendered pairs (uint8 RGB, GT disparity with NaN where none); use seeds that
-    training never saw (training uses seed * 1e6 + index, validation 9e8 + index)."""
+    """``count`` rendered pairs (uint8 RGB, GT disparity with NaN where none) with sample seeds
+    ``seed + index``: use seeds training never saw (training renders sample seeds
+    (seed * 1e6) * 1000003 + index, validation 9e8 * 1000003 + index; the default evaluation
+    seed 950_000_000 is apart from both)."""
     from ..synth.stereo import render_stereo_pair
     pairs = []
     for i in range(count):

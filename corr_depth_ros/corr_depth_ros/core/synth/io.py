@@ -19,6 +19,7 @@ float32 rows stored bottom-to-top. NaN is kept as NaN.
 """
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -258,13 +259,23 @@ class SyntheticFolderDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f'SyntheticFolderDataset: {self.root} is not a directory')
-        self.sample_dirs = sorted(p.parent for p in self.root.glob('*/meta.json'))
+        info = self.root / 'dataset.json'
+        kinds = set()
+        if info.exists():
+            # Exactly the samples dataset.json lists: not leftovers of an earlier, larger one.
+            dataset = json.loads(info.read_text())
+            kinds.add(dataset['kind'])
+            self.sample_dirs = [self.root / f'{i:06d}' for i in range(int(dataset['count']))]
+            missing = [p.name for p in self.sample_dirs if not (p / 'meta.json').exists()]
+            if missing:
+                raise ValueError(f'SyntheticFolderDataset: {self.root}/dataset.json lists '
+                                 f'{len(self.sample_dirs)} samples, {len(missing)} are missing '
+                                 f'(first {missing[0]})')
+        else:
+            self.sample_dirs = sorted(p.parent for p in self.root.glob('*/meta.json'))
         if not self.sample_dirs:
             raise ValueError(f'SyntheticFolderDataset: no samples (*/meta.json) in {self.root}')
-        kinds = {_read_meta(self.sample_dirs[0])['kind']}
-        info = self.root / 'dataset.json'
-        if info.exists():
-            kinds.add(json.loads(info.read_text())['kind'])
+        kinds.add(_read_meta(self.sample_dirs[0])['kind'])
         if len(kinds) != 1:
             raise ValueError(f'SyntheticFolderDataset: {self.root} mixes kinds {sorted(kinds)}')
         self.kind = kinds.pop()
@@ -398,6 +409,12 @@ def write_dataset(root: PathLike, kind: str, count: int, height: int, width: int
         raise ValueError(f'{root} already holds a dataset (dataset.json); choose another '
                          f'--out or pass overwrite')
     root.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        # The previous dataset's samples go too: a smaller new one must not leave them behind.
+        for old in root.glob('[0-9][0-9][0-9][0-9][0-9][0-9]'):
+            if old.is_dir() and (old / 'meta.json').exists():
+                shutil.rmtree(old)
+        (root / 'dataset.json').unlink(missing_ok=True)
     info = {'format': FORMAT_NAME, 'kind': kind, 'synth_version': SYNTH_VERSION,
             'count': count, 'height': height, 'width': width, 'seed': int(seed),
             'sample_seed': 'seed * 1000003 + index', 'layout': layout,
