@@ -288,6 +288,7 @@ def main(argv=None) -> int:
         started = time.monotonic()
         while time.monotonic() < deadline and recorder.complete_count(topics) < args.frames:
             time.sleep(0.1)
+        frames = recorder.complete_count(topics)   # within elapsed_s, before the corr phase
         complete = recorder.complete_stamps(topics)
         if not complete:
             print('demo: no complete output set arrived', file=sys.stderr)
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
             summary['correspondence']['frames_described'] = corr_node.frames_processed
         summary.update({
             'backend': stereo._backend_name,
-            'frames': recorder.complete_count(topics), 'elapsed_s': elapsed,
+            'frames': frames, 'elapsed_s': elapsed,
             'camera_render_s': camera.last_render_s,
             'stereo_compute_s': stereo._worker.last_duration_s,
             'rates_hz': {t: recorder.rate_hz(t) for t in ('left/image_rect', 'disparity', 'depth', 'points2')},
