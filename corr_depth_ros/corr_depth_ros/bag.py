@@ -100,7 +100,10 @@ class BagWriter:
 
     def __init__(self, path: str):
         from mcap_ros2.writer import Writer
-        self._file = open(path, 'wb')
+        # Written beside the target and moved into place only when complete: a run that fails
+        # leaves neither a broken file nor an existing output destroyed.
+        self.path, self._partial = path, path + '.partial'
+        self._file = open(self._partial, 'wb')
         self._writer = Writer(self._file)
         self._schemas = {}
 
@@ -111,9 +114,16 @@ class BagWriter:
                                    log_time=log_time_ns,
                                    publish_time=log_time_ns)
 
-    def close(self) -> None:
-        self._writer.finish()
-        self._file.close()
+    def close(self, complete: bool = True) -> None:
+        """Finish the file and move it to ``path``; with ``complete`` False, delete it."""
+        try:
+            self._writer.finish()
+        finally:
+            self._file.close()
+        if complete:
+            os.replace(self._partial, self.path)
+        else:
+            os.remove(self._partial)
 
 
 _MCAP_MAGIC = b'\x89MCAP0\r\n'
@@ -162,20 +172,33 @@ def check_bag_paths(in_path: str, out_path: str) -> List[str]:
 def read_messages(path: str, topics: Optional[Iterable[str]] = None):
     """Yield (topic, datatype, message, log_time_ns) in log-time order (file by file for a
     split bag), from an MCAP file or rosbag2 MCAP folder."""
+    from mcap.exceptions import McapError
     from mcap_ros2.reader import read_ros2_messages
     for name in bag_files(path):
         with open(name, 'rb') as f:
-            for item in read_ros2_messages(f, topics=list(topics) if topics else None):
-                yield item.channel.topic, item.schema.name, item.ros_msg, item.log_time_ns
+            try:
+                for item in read_ros2_messages(f, topics=list(topics) if topics else None):
+                    yield item.channel.topic, item.schema.name, item.ros_msg, item.log_time_ns
+            except McapError as exc:
+                raise ValueError(_damaged(name, exc)) from exc
+
+
+def _damaged(name: str, exc: Exception) -> str:
+    return (f'{name} is unfinished or damaged ({type(exc).__name__}: {str(exc)[:120]}), e.g. '
+            'a recording that was killed: `mcap recover` (the mcap CLI) can repair it')
 
 
 def bag_topics(path: str) -> Dict[str, int]:
     """topic -> message count over the bag's files (from their summaries)."""
+    from mcap.exceptions import McapError
     from mcap.reader import make_reader
     counts: Dict[str, int] = {}
     for name in bag_files(path):
         with open(name, 'rb') as f:
-            summary = make_reader(f).get_summary()
+            try:
+                summary = make_reader(f).get_summary()
+            except McapError as exc:
+                raise ValueError(_damaged(name, exc)) from exc
         if summary is None or summary.statistics is None:
             continue
         for cid, channel in summary.channels.items():
@@ -222,19 +245,57 @@ def _camera_inputs(ns: str, image_topic: str = '') -> Dict[str, int]:
     return {**{t: 0 for t in _image_topics(image)}, info: 1}
 
 
+def _prefer_raw(inputs: Dict[str, int], available: Dict[str, int]) -> Dict[str, int]:
+    """Drop an image's ``/compressed`` sibling when the raw topic has messages: a recording of
+    both (`ros2 bag record -a` on an image_transport camera) must use the lossless copy, not
+    whichever arrived first."""
+    return {t: i for t, i in inputs.items()
+            if not (t.endswith('/compressed') and available.get(t[:-len('/compressed')], 0))}
+
+
 def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                   progress: bool, counts: Dict[str, int],
-                  writer: Optional['BagWriter'] = None) -> Dict[str, int]:
+                  writer: Optional['BagWriter'] = None, *, queue_size: int = 60,
+                  topic_hint: str = '--namespace or --image-topic') -> Dict[str, int]:
     """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
     synchroniser into ``on_set(*items)``, in log-time order, with a progress bar; close
     ``writer`` at the end, also on error (an MCAP file needs its footer to be readable).
     Returns ``counts`` ({'sets', 'errors'} kept by ``on_set``) with 'unmatched': frames of the
     first input that were neither processed nor skipped had no partner with the same stamp on
-    another input (a dropped message), counted rather than silently lost."""
+    another input (a dropped message), counted rather than silently lost. ``queue_size``:
+    messages kept per input while its partners are awaited (an input logged up to that many
+    frames late still pairs). Any error deletes the unfinished output (BagWriter.close).
+    """
     from .sync import StampSynchronizer, stamp_to_ns
-    sync = StampSynchronizer(num_inputs, 10, on_set)
+    complete = False
+    try:
+        available = bag_topics(in_path)
+        inputs = _prefer_raw(inputs, available)
+        if available:       # summaries say which topics exist: refuse before reading it all
+            _check_inputs(in_path, inputs, num_inputs, available, topic_hint)
+        _feed(in_path, inputs, num_inputs, StampSynchronizer(num_inputs, queue_size, on_set),
+              progress, counts, topic_hint, stamp_to_ns)
+        complete = True
+    finally:
+        if writer is not None:
+            writer.close(complete)
+    return counts
+
+
+def _check_inputs(in_path: str, inputs: Dict[str, int], num_inputs: int,
+                  seen: Dict[str, int], topic_hint: str) -> None:
+    """ValueError naming the inputs without any message among ``seen`` (topic -> count)."""
+    missing = [i for i in range(num_inputs)
+               if not any(seen.get(t, 0) for t, j in inputs.items() if j == i)]
+    if missing:
+        wanted = ', '.join(sorted(t for t, i in inputs.items() if i in missing))
+        present = ', '.join(sorted(bag_topics(in_path))) or 'none'
+        raise ValueError(f'no messages on {wanted} (check {topic_hint}); the bag has: {present}')
+
+
+def _feed(in_path, inputs, num_inputs, sync, progress, counts, topic_hint, stamp_to_ns) -> None:
     bar = None
-    seen = [0] * num_inputs
+    seen: Dict[str, int] = {}
     primary_stamps = set()          # the first input's frames (raw and compressed count once)
     try:
         if progress:
@@ -243,7 +304,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                        dynamic_ncols=True)
         for topic, datatype, message, log_time in read_messages(in_path, inputs):
             item = _Item(datatype, message, log_time)
-            seen[inputs[topic]] += 1
+            seen[topic] = seen.get(topic, 0) + 1
             if inputs[topic] == 0:
                 primary_stamps.add(stamp_to_ns(item))
             sync.add(inputs[topic], item)
@@ -252,16 +313,8 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     finally:
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()
-    missing = [i for i in range(num_inputs) if seen[i] == 0]
-    if missing:
-        wanted = ', '.join(sorted(t for t, i in inputs.items() if i in missing))
-        present = ', '.join(sorted(bag_topics(in_path))) or 'none'
-        raise ValueError(f'no messages on {wanted} (check --namespace or --image-topic); '
-                         f'the bag has: {present}')
+    _check_inputs(in_path, inputs, num_inputs, seen, topic_hint)
     counts['unmatched'] = max(0, len(primary_stamps) - counts['sets'] - counts['errors'])
-    return counts
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
@@ -485,7 +538,7 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
             write_rgb8_png(os.path.join(out_dir, side, name), rgb)
         counts['sets'] += 1
 
-    _run_pipeline(in_path, inputs, 4, on_set, progress, counts)
+    _run_pipeline(in_path, inputs, 4, on_set, progress, counts, topic_hint='--bag-namespace')
     if counts['sets'] == 0:
         raise ValueError(f'no usable stereo pair in {in_path} under namespace {ns or "/"!r}')
     return {'pairs': counts['sets'], 'skipped': counts['errors'],

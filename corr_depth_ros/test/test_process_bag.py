@@ -95,6 +95,30 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
                      '/other', '--no-progress']) == 2
     text = capsys.readouterr().out
     assert 'no messages on /other/left/camera_info' in text and '/cam/left/image_rect' in text
+    # A failed run neither leaves an output behind nor destroys an existing one.
+    assert not os.path.exists(tmp_path / 'out2.mcap')
+    good = (tmp_path / 'out.mcap').read_bytes()
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out.mcap'), '--namespace',
+                     '/other', '--no-progress']) == 2
+    assert (tmp_path / 'out.mcap').read_bytes() == good
+    assert not list(tmp_path.glob('*.partial'))
+    # A damaged (cut) file: one line saying so, exit 2, no output.
+    cut = tmp_path / 'cut.mcap'
+    cut.write_bytes((folder / 'rec_0.mcap').read_bytes()[:len(good) // 3])
+    assert cli_main(['process-bag', str(cut), str(tmp_path / 'out3.mcap'), '--namespace', '/cam',
+                     '--no-progress']) == 2
+    assert 'unfinished or damaged' in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / 'out3.mcap')
+    # sgbm parameters as the node's sgbm.* ones; a malformed one is refused.
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out4.mcap'), '--namespace',
+                     '/cam', '--sgbm', 'num_disparities=32', '--sgbm', 'block_size=7',
+                     '--max-disparity-px', '32', '--no-progress']) == 0
+    disparity = next(m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out4.mcap'))
+                     if t == '/cam/disparity')
+    assert disparity.max_disparity == pytest.approx(31 + geo.doffs_px)
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out5.mcap'), '--namespace',
+                     '/cam', '--sgbm', 'blocksize=7', '--no-progress']) == 2
+    assert "expected KEY=VALUE with KEY one of" in capsys.readouterr().out
     # A frame whose right image was not recorded is counted, not silently lost.
     writer = bag.BagWriter(str(tmp_path / 'gap.mcap'))
     for topic, datatype, message, t in bag.read_messages(str(folder)):

@@ -29,6 +29,14 @@ def register(subparsers):
     parser.add_argument('--max-depth-m', type=float, default=0.0)
     stereo = parser.add_argument_group('stereo')
     stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
+    stereo.add_argument('--max-disparity-px', type=int, default=0,
+                        help='search range, px, as the node\'s max_disparity_px (0: the '
+                             'backend\'s own)')
+    stereo.add_argument('--confidence-threshold', type=float, default=0.0,
+                        help='invalidate pixels whose confidence is below this (0: keep all)')
+    stereo.add_argument('--sgbm', action='append', default=[], metavar='KEY=VALUE',
+                        help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
+                             'num_disparities=128 or block_size=7 (repeatable)')
     mono = parser.add_argument_group('mono')
     mono.add_argument('--depth-mode', default='metric', choices=('metric', 'relative'))
     mono.add_argument('--baseline-m', type=float, default=0.0,
@@ -59,6 +67,15 @@ def run(args) -> int:
         common['image_topic'] = args.image_topic
     if args.pipeline == 'stereo':
         params = None
+        if args.sgbm and args.backend != 'sgbm':
+            print('process-bag: --sgbm sets parameters of --backend sgbm')
+            return 2
+        if args.backend == 'sgbm' and args.sgbm:
+            try:
+                params = _sgbm_params(args.sgbm)
+            except ValueError as exc:
+                print(f'process-bag: {exc}')
+                return 2
         if args.backend == 'learned':
             params = {'device': args.device, 'weights_path': args.weights}
         elif args.backend == 'onnx':
@@ -66,7 +83,9 @@ def run(args) -> int:
                 print('process-bag: --backend onnx needs the model: --weights MODEL.onnx')
                 return 2
             params = {'device': args.device, 'model_path': args.weights}
-        options = dict(backend=args.backend, backend_params=params)
+        options = dict(backend=args.backend, backend_params=params,
+                       max_disparity_px=args.max_disparity_px or None,
+                       confidence_threshold=args.confidence_threshold)
     elif args.pipeline == 'mono':
         options = dict(weights_path=args.weights, depth_mode=args.depth_mode,
                        baseline_m=args.baseline_m, post_process=args.post_process,
@@ -86,3 +105,29 @@ def run(args) -> int:
           + (f', {unmatched} without a partner of the same stamp on every input' if unmatched
              else '') + f' -> {args.output}')
     return 0 if counts['sets'] > 0 else 1
+
+
+def _sgbm_params(items) -> dict:
+    """['num_disparities=128', 'mode=hh'] -> {'num_disparities': 128, 'mode': 'hh'}, typed as
+    SgbmParams declares them (the backend validates the values)."""
+    import dataclasses
+
+    from ..core.backends.sgbm import SgbmParams
+    types = {f.name: type(f.default) for f in dataclasses.fields(SgbmParams)}
+    params = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or key not in types:
+            raise ValueError(f'--sgbm {item!r}: expected KEY=VALUE with KEY one of '
+                             f'{", ".join(sorted(types))}')
+        kind = types[key]
+        if kind is bool:
+            if value.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError(f'--sgbm {item!r}: {key} is true or false')
+            params[key] = value.lower() in ('true', '1')
+        else:
+            try:
+                params[key] = kind(value)
+            except ValueError:
+                raise ValueError(f'--sgbm {item!r}: {key} takes a {kind.__name__}') from None
+    return params
