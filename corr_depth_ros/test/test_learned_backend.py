@@ -134,6 +134,10 @@ def test_onnx_export_parity_and_onnx_backend(tmp_path, refine_channels):
     # A different image size is resized to the model's input and the disparity rescaled.
     big = backend.compute(np.repeat(np.repeat(left, 2, 0), 2, 1), np.repeat(np.repeat(right, 2, 0), 2, 1))
     assert big.disparity_px.shape == (96, 144)
+    # The model sees the same 72x48 image (area-averaged back), so its disparity, measured in
+    # the model's pixels, is twice as many pixels of the twice as wide image.
+    np.testing.assert_allclose(np.median(big.disparity_px), 2 * np.median(result.disparity_px),
+                               rtol=0.02)
     # Defaults: the model's fixed input size and its 'confidence' output are found by name.
     plain = create_backend('onnx', model_path=path, device='cpu')
     assert plain.input_size == (72, 48) and plain.confidence_name == 'confidence'
@@ -160,3 +164,29 @@ def test_onnx_backend_refuses_a_grey_model_at_load(tmp_path):
                       input_names=['left', 'right'], output_names=['disparity'], dynamo=False)
     with pytest.raises(ValueError, match='RGB'):
         create_backend('onnx', model_path=path, device='cpu')
+
+
+def test_onnx_backend_refuses_outputs_that_are_not_disparity(tmp_path):
+    """A flow-style (1, 2, H, W) output, or negative 'disparity' (flow x), is a model fault:
+    ModelOutputError (not ValueError, which the node takes for a bad frame), so the node falls
+    back to sgbm with the reason instead of dropping every frame."""
+    pytest.importorskip('onnxruntime')
+    from corr_depth_ros.core.backends.onnx_backend import ModelOutputError
+
+    class Flow(torch.nn.Module):
+        def forward(self, left, right):
+            return (left - right)[:, :2] * 0.0 - 3.0     # two channels
+
+    class Negative(torch.nn.Module):
+        def forward(self, left, right):
+            return (left - right)[:, :1] * 0.0 - 3.0     # one channel, all negative
+    image = np.zeros((8, 8, 3), np.uint8)
+    for net in (Flow(), Negative()):
+        path = str(tmp_path / f'{type(net).__name__}.onnx')
+        torch.onnx.export(net, (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), path,
+                          input_names=['left', 'right'], output_names=['disparity'],
+                          dynamo=False)
+        backend = create_backend('onnx', model_path=path, device='cpu')
+        with pytest.raises(ModelOutputError, match='shape|negative'):
+            backend.compute(image, image)
+    assert not issubclass(ModelOutputError, ValueError)

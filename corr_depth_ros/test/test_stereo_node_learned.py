@@ -81,6 +81,7 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
 def test_missing_weights_fall_back_to_sgbm(ros, crop, tmp_path):
     node = _start(ros, backend='learned', **{'learned.weights_path': str(tmp_path / 'nope.safetensors')})
     assert node._backend_name == 'sgbm'
+    assert node.get_parameter('backend').value == 'sgbm'   # the parameter names what runs
     rig = StereoRig(ros, crop['geometry'])
     out = rig.wait_outputs(ros, lambda: rig.publish(crop['left'], crop['right']))
     assert out['disparity'].delta_d == pytest.approx(1.0 / 16.0)   # SGBM's fixed point

@@ -92,6 +92,9 @@ PARAMS = [
               read_only=True),
     ParamSpec('onnx.output_name', 'disparity', 'onnx: name of the disparity output.',
               read_only=True),
+    ParamSpec('onnx.confidence_name', '', 'onnx: name of a confidence output in [0, 1] (\'\': '
+              'one named confidence if the model has it, as export-onnx writes).',
+              read_only=True),
 ] + [ParamSpec(f'sgbm.{k}', v, _SGBM_HELP[k], value_range=_SGBM_RANGES.get(k),
                choices=('sgbm', 'hh', 'sgbm_3way', 'hh4') if k == 'mode' else None)
      for k, v in _SGBM_DEFAULTS.items()]
@@ -111,6 +114,9 @@ class StereoDepthNode(Node):
         if beyond:
             self.get_logger().warning(f'{beyond}: it searches that range only')
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self._backend_name != self._values['backend']:
+            # A start-up fallback: the parameter names what runs, as after a runtime one.
+            self.set_parameters([Parameter('backend', value=self._backend_name)])
 
         overrides = QoSOverridingOptions.with_default_policies()
         self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', output_qos(),
@@ -181,7 +187,8 @@ class StereoDepthNode(Node):
             return {'model_path': v['onnx.model_path'], 'input_width': v['onnx.input_width'],
                     'input_height': v['onnx.input_height'], 'mean': list(v['onnx.mean']),
                     'std': list(v['onnx.std']), 'input_names': list(v['onnx.input_names']),
-                    'output_name': v['onnx.output_name']}
+                    'output_name': v['onnx.output_name'],
+                    'confidence_name': v['onnx.confidence_name']}
         return {}
 
     def _on_set_parameters(self, params):
@@ -224,6 +231,9 @@ class StereoDepthNode(Node):
                     result.reason = (f'backend {changes["backend"]!r} failed to start ({exc}); '
                                      f'still running {self._backend_name!r}')
                     return result
+                beyond = self._beyond_trained_range(self._values['max_disparity_px'])
+                if beyond:
+                    self.get_logger().warning(f'{beyond}: it searches that range only')
             elif sgbm_changes and self._backend_name == 'sgbm':
                 self._backend.set_params(**sgbm_changes)
         return result

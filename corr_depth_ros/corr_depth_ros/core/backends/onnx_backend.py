@@ -18,6 +18,20 @@ from ..shapes import check_shape
 from .base import StereoBackend, StereoResult
 
 
+
+class ModelOutputError(RuntimeError):
+    """The model's output cannot be disparity (a model fault, not this frame's input): the
+    stereo node falls back to sgbm with this message rather than dropping every frame."""
+
+
+def _image_plane(output, name: str) -> np.ndarray:
+    """An output of shape (h, w), (1, h, w) or (1, 1, h, w) as (h, w) float32."""
+    array = np.asarray(output, np.float32)
+    if array.ndim < 2 or any(n != 1 for n in array.shape[:-2]):
+        raise ModelOutputError(f'output {name!r} has shape {list(array.shape)}; this backend '
+                               'reads one disparity image: (1, 1, h, w), (1, h, w) or (h, w)')
+    return array.reshape(array.shape[-2:])
+
 class OnnxStereoBackend(StereoBackend):
     """Args:
         model_path: the .onnx file.
@@ -111,10 +125,16 @@ class OnnxStereoBackend(StereoBackend):
                  self.input_names[1]: self._prepare(right_rgb)}
         wanted = [self.output_name] + ([self.confidence_name] if self.confidence_name else [])
         results = self.session.run(wanted, feeds)
-        disparity = np.asarray(results[0], np.float32).reshape(results[0].shape[-2:])
+        disparity = _image_plane(results[0], self.output_name)
         confidence = None
         if self.confidence_name:
-            confidence = np.asarray(results[1], np.float32).reshape(results[1].shape[-2:])
+            confidence = _image_plane(results[1], self.confidence_name)
+        if np.mean(disparity < 0) > 0.5:
+            raise ModelOutputError(
+                f'output {self.output_name!r} is mostly negative (median '
+                f'{float(np.nanmedian(disparity)):.3g}): this backend expects disparity >= 0 in '
+                'pixels; a model that outputs flow (x_right - x_left) needs it negated in the '
+                'export')
         if disparity.shape != (height, width):
             # Disparity is measured in pixels of the model's input: rescale by the width ratio.
             scale = width / disparity.shape[1]
