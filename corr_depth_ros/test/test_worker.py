@@ -70,3 +70,20 @@ def test_reporter_throttles_per_problem_and_is_silent_after_shutdown():
     assert logger.lines[-1] == 'frame dropped: camera_info has Tx = 0'
     reporter.frame_dropped(RuntimeError("publisher's context is invalid"), FakeContext(ok=False))
     assert len(logger.lines) == 3 and reporter.count == 5
+
+
+def test_stop_reports_a_busy_worker_and_silences_its_abandoned_frame():
+    """stop() says False while an item still runs past its timeout; that item's error (e.g. a
+    publish after the node's publishers are gone) is not reported as a dropped frame."""
+    started, errors = threading.Event(), []
+
+    def slow_failure(item):
+        started.set()
+        time.sleep(0.3)
+        raise RuntimeError('publisher destroyed')
+    worker = LatestFrameWorker(slow_failure, errors.append)
+    worker.submit(1)
+    assert started.wait(5)
+    assert worker.stop(timeout_s=0.01) is False
+    time.sleep(0.5)
+    assert errors == [] and worker.stop(timeout_s=1.0) is True

@@ -44,14 +44,15 @@ from ..core.memory import RecyclingPool
 from ..sync import make_synchronizer
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
-                     start_sync_watchdog)
+                     start_sync_watchdog, stop_workers)
 
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
               'descriptors_don_small.', read_only=True),
     ParamSpec('device', 'auto', 'Compute device for the descriptor net.', read_only=True,
               choices=('auto', 'cpu', 'cuda')),
-    ParamSpec('threads', 0, 'torch CPU threads (0: torch default).', read_only=True,
+    ParamSpec('threads', 0, 'torch CPU threads (0: torch default). Process-wide: it also sets '
+              'them for other torch nodes composed into this process.', read_only=True,
               value_range=(0, 256)),
     ParamSpec('descriptor_scales', list(DEFAULT_SCALES), 'Image scales the descriptors are computed at and '
               'concatenated (first 1.0; [1.0] is one pass, fastest). Stored references remember '
@@ -442,8 +443,7 @@ class CorrespondenceNode(Node):
             return self._store.ids()
 
     def destroy_node(self):
-        self._worker.stop()
-        self._heatmap_worker.stop()
+        stop_workers(self.get_logger(), self._worker, self._heatmap_worker)
         super().destroy_node()
 
 

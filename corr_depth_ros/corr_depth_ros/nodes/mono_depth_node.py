@@ -31,7 +31,7 @@ from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
-                     start_sync_watchdog, sync_advice)
+                     start_sync_watchdog, stop_workers, sync_advice)
 
 PARAMS = [
     ParamSpec('depth_mode', 'metric', 'metric: metres with the training rig baseline; relative: '
@@ -181,7 +181,7 @@ class MonoDepthNode(Node):
                     colourise(1.0 / depth), 'rgb8', header))
 
     def destroy_node(self):
-        self._worker.stop()
+        stop_workers(self.get_logger(), self._worker)
         self._clouds.shutdown()
         super().destroy_node()
 

@@ -129,8 +129,16 @@ class SimStereoCameraNode(Node):
                     self.get_logger().error(f'frame {index} not published: {exc}',
                                             throttle_duration_sec=5.0)
             index += 1
-            next_time = max(next_time + 1.0 / self.get_parameter('rate_hz').value, time.monotonic())
-            self._stop.wait(max(0.0, next_time - time.monotonic()))
+            # Wait in short slices, re-reading rate_hz: a higher rate set during a long wait
+            # (0.1 Hz is allowed) takes effect at once, not after the old period.
+            last_time, done_time = next_time, time.monotonic()
+            while not self._stop.is_set():
+                # Behind schedule: the next frame now, no catching up.
+                next_time = max(last_time + 1.0 / self.get_parameter('rate_hz').value, done_time)
+                remaining = next_time - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._stop.wait(min(remaining, 0.1))
 
     def _publish(self, frame):
         stamp = self.get_clock().now().to_msg()

@@ -27,7 +27,7 @@ from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
-                     start_sync_watchdog, sync_advice)
+                     start_sync_watchdog, stop_workers, sync_advice)
 
 _SGBM_DEFAULTS = asdict(SgbmParams())
 _SGBM_HELP = {
@@ -309,7 +309,7 @@ class StereoDepthNode(Node):
         return backend
 
     def destroy_node(self):
-        self._worker.stop()
+        stop_workers(self.get_logger(), self._worker)
         self._clouds.shutdown()
         super().destroy_node()
 

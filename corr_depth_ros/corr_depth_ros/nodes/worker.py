@@ -35,11 +35,15 @@ class LatestFrameWorker:
         return {'processed': self.processed, 'dropped': self.dropped,
                 'last_duration_s': self.last_duration_s}
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Ask the thread to end after its current item and wait up to ``timeout_s``. False if
+        it is still busy then: the item's error (e.g. publishing after the node's publishers are
+        destroyed) is no longer reported, and the caller should say the frame was abandoned."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -53,12 +57,21 @@ class LatestFrameWorker:
             try:
                 self._process(item)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
-                self._on_error(exc)
+                if not self._stopping:      # after stop(): an abandoned frame, not an error
+                    self._on_error(exc)
             self.last_duration_s = time.perf_counter() - start
             self.processed += 1
             # Not kept while idle: what an item refers to (a frame's buffers, see
             # core.memory.RecyclingPool) is then free for the next one.
             item = None
+
+
+def stop_workers(logger, *workers: LatestFrameWorker) -> None:
+    """Stop ``workers`` at node shutdown; warn about one still busy (its frame is abandoned)."""
+    for worker in workers:
+        if not worker.stop():
+            logger.warning(f'{worker._thread.name} still busy after 5 s at shutdown: its '
+                           'frame is abandoned')
 
 
 class ThrottledReporter:
