@@ -63,7 +63,9 @@ PARAMS = [
               value_range=(1, 100)),
     ParamSpec('slop_s', 0.01, 'Stamp tolerance for approximate_sync, seconds.', read_only=True,
               value_range=(0.0, 1.0)),
-    ParamSpec('max_disparity_px', 0, 'Disparity search range override, pixels (0: backend default).',
+    ParamSpec('max_disparity_px', 0, 'Disparity search range override, pixels (0: backend '
+              'default). sgbm searches that range; learned and onnx search their trained range '
+              'and mark pixels beyond this invalid (no faster, within the trained range only).',
               value_range=(0, 1024)),
     ParamSpec('confidence_threshold', 0.0, 'Pixels with confidence below this are invalid '
               '(NaN depth). 0 keeps every pixel the backend outputs.', value_range=(0.0, 1.0)),

@@ -283,7 +283,10 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
         data_note = (f'synthetic stereo ({info.get("synth_version")}), pool of {len(base)} pairs '
                      f'written by corr_depth synth stereo --seed {info.get("seed")} '
                      f'(sample seeds seed*1000003+i), {height}x{width}, re-augmented every pass')
+        # The generator that rendered the pool, not this code's (the pool may be older).
+        data_version, data_seed = info.get('synth_version'), info.get('seed')
     else:
+        data_version, data_seed = SYNTH_VERSION, train_seed
         base = synthetic_stereo_dataset(count, height, width, train_seed)
         data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {height}x{width}, '
                      f'sample seeds {sample_seed(train_seed, 0)}..'
@@ -293,7 +296,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'epe_px')
     def metadata(step, val):
         return {'training_data': data_note,
-                'synth_version': SYNTH_VERSION, 'synth_seed': train_seed,
+                'synth_version': data_version, 'synth_seed': data_seed,
                 'validation_seeds': f'{sample_seed(VALIDATION_SEED_BASE, 0)}..'
                                     f'{sample_seed(VALIDATION_SEED_BASE, val_count - 1)}',
                 'steps': step, 'batch_size': cfg.batch_size, 'train_size_hw': [height, width],
