@@ -190,3 +190,52 @@ def test_onnx_backend_refuses_outputs_that_are_not_disparity(tmp_path):
         with pytest.raises(ModelOutputError, match='shape|negative'):
             backend.compute(image, image)
     assert not issubclass(ModelOutputError, ValueError)
+
+
+def test_onnx_backend_with_other_names_and_normalisation(tmp_path):
+    """A user's model with its own input/output names and ImageNet-style normalisation: the
+    backend's names, mean and std options are enough (issue 4)."""
+    pytest.importorskip('onnxruntime')
+
+    class Normalised(torch.nn.Module):   # returns the mean of the left input as 'disparity'
+        def forward(self, img_l, img_r):
+            return img_l.mean(dim=1, keepdim=True) + 0.0 * img_r[:, :1]
+    path = str(tmp_path / 'named.onnx')
+    torch.onnx.export(Normalised(), (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), path,
+                      input_names=['img_l', 'img_r'], output_names=['disp'], dynamo=False)
+    backend = create_backend('onnx', model_path=path, input_names=['img_l', 'img_r'],
+                             output_name='disp', mean=[0.5] * 3, std=[0.25] * 3, device='cpu')
+    white = np.full((8, 8, 3), 255, np.uint8)
+    np.testing.assert_allclose(backend.compute(white, white).disparity_px, 2.0, atol=1e-5)
+
+
+def test_half_precision_runs_and_stays_close(learned):
+    """float16 inference (what the node uses on a GPU), run here on the CPU: finite and within
+    a fraction of a pixel of float32 on a Motorcycle crop."""
+    half = create_backend('learned', device='cpu', half=True)
+    pair = motorcycle_pairs(0.25)[0]
+    full = learned.compute(pair['left'], pair['right']).disparity_px
+    low = half.compute(pair['left'], pair['right']).disparity_px
+    assert np.isfinite(low).all() and np.median(np.abs(low - full)) < 0.5
+
+
+def test_eval_stereo_and_export_onnx_commands(tmp_path, capsys):
+    """`corr_depth export-onnx stereo` prints its parity check; `corr_depth eval stereo` measures
+    sgbm and the exported model in one run and writes JSON and the figure."""
+    pytest.importorskip('onnxruntime')
+    import json
+
+    from corr_depth_ros.cli import main as cli_main
+    model = str(tmp_path / 'out' / 'stereo.onnx')
+    assert cli_main(['export-onnx', 'stereo', '--out', model, '--width', '96',
+                     '--height', '64']) == 0
+    assert 'parity torch vs onnxruntime: max abs diff disparity' in capsys.readouterr().out
+    report, figure = tmp_path / 'eval.json', tmp_path / 'eval.png'
+    assert cli_main(['eval', 'stereo', '--dataset', 'synthetic', '--count', '1', '--size', '96x64',
+                     '--backend', 'sgbm', '--backend', 'onnx', '--onnx-model', model,
+                     '--repeats', '1', '--json', str(report), '--figure', str(figure)]) == 0
+    results = json.loads(report.read_text())
+    backends = results['backends']
+    for name in ('sgbm', 'onnx'):
+        assert {'epe_px', 'bad_2_pct'} <= set(backends[name]), backends.keys()
+    assert figure.is_file() and figure.stat().st_size > 0

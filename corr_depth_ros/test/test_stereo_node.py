@@ -197,6 +197,25 @@ def test_bad_inputs_are_reported_and_node_recovers(ros, motorcycle):
     assert conversions.image_to_array(out['depth']).shape == (240, 320)
 
 
+def test_approximate_sync_pairs_within_slop_only(ros, motorcycle):
+    """approximate_sync: a right image 5 ms off its left pairs with slop 10 ms (outputs carry
+    the left stamp); 50 ms off it does not."""
+    import time
+    node = _start(ros, approximate_sync=True, slop_s=0.01)
+    geometry = motorcycle['geometry']
+    small_l = np.ascontiguousarray(motorcycle['left'][:240, :320])
+    small_r = np.ascontiguousarray(motorcycle['right'][:240, :320])
+    rig = StereoRig(ros, type(geometry)(**{**geometry.__dict__, 'width': 320, 'height': 240}))
+    out = rig.wait_outputs(ros, lambda: rig.publish(small_l, small_r,
+                                                    right_stamp_offset_ns=5_000_000))
+    assert out['depth'].header.stamp.nanosec == 0         # the left image's stamp
+    sets = node.synchronised_sets
+    for _ in range(3):
+        rig.publish(small_l, small_r, right_stamp_offset_ns=50_000_000)
+        time.sleep(0.2)
+    assert node.synchronised_sets == sets
+
+
 def test_runtime_parameters_validated(ros):
     node = _start(ros)
     ok = node.set_parameters([Parameter('sgbm.num_disparities', value=96)])[0]
