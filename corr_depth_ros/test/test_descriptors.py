@@ -428,6 +428,24 @@ def test_eval_corr_synthetic_splits(tmp_path):
     assert seeds['train'] == 0 and seeds['held-out'] >= HELD_OUT_SEED
 
 
+def test_eval_corr_motorcycle_with_both_baselines_and_the_figure(tmp_path):
+    """The benchmark's own path: Motorcycle, the net against SIFT and NCC (settings recorded),
+    whole right image searched, and the matches figure."""
+    import json
+
+    from corr_depth_ros.cli import main as cli_main
+    out, figure = tmp_path / 'moto.json', tmp_path / 'moto.png'
+    assert cli_main(['eval', 'corr', '--dataset', 'motorcycle', '--queries', '10',
+                     '--json', str(out), '--figure', str(figure)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report['results']) == {'descriptor_net', 'sift', 'ncc'}
+    for method in report['results'].values():
+        assert {'pck@1', 'pck@3', 'pck@5', 'pck@10', 'median_error_px',
+                'mean_fraction_false_positives'} <= set(method)
+    assert 'validation' in report['baseline_settings']['chosen_on']
+    assert figure.is_file() and figure.stat().st_size > 0
+
+
 def test_eval_corr_synthetic_object_queries_lie_on_objects(tmp_path, monkeypatch):
     """--queries-on objects samples queries only where A shows an object visible in B."""
     import json

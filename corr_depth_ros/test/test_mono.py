@@ -449,3 +449,27 @@ def test_training_with_depth_hints_logs_the_hint_term(tmp_path):
     assert logs and all(r['hints'] > 0 for r in logs)
     assert header['metadata']['loss']['hints'] == 1.0
     assert 'Depth Hints' in header['metadata']['labels_used']
+
+
+def test_eval_mono_command_writes_both_models_alignments_and_the_figure(tmp_path):
+    """`corr_depth eval mono` on Motorcycle (shipped LR model and its no-LR ablation in one run):
+    every metric under median scaling and scale-and-shift, with and without pp, the constant
+    baseline, then the figure (written after the JSON)."""
+    import json
+
+    from corr_depth_ros.cli import main as cli_main
+    from corr_depth_ros.core.mono.inference import shipped_weights_path
+    if not os.path.isfile(shipped_weights_path()):
+        pytest.skip('shipped mono weights not present')
+    out, figure = tmp_path / 'mono.json', tmp_path / 'mono.png'
+    assert cli_main(['eval', 'mono', '--dataset', 'motorcycle', '--no-speed', '--json', str(out),
+                     '--figure', str(figure)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report['models']) == {'lr', 'no_lr'}
+    for model in report['models'].values():
+        for pp in ('no_pp', 'pp'):
+            for alignment in ('raw', 'median', 'scale_shift_inv'):
+                assert {'abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'delta1', 'delta2',
+                        'delta3'} <= set(model['motorcycle'][pp][alignment])
+    assert 'motorcycle' in report['baseline_constant_depth']
+    assert figure.is_file() and figure.stat().st_size > 0

@@ -74,7 +74,7 @@ def run(args) -> int:
                                                visible)
         _, raw = ev.evaluate_pair(methods, data['left'], data['right'], queries, truth)
         raws.append(raw)
-        figure_args = (data['left'], data['right'], queries, raw)
+        figure_args = (data['left'], data['right'], queries, truth, raw)
         protocol = ('Middlebury Motorcycle (scikit-image, 741x500): left (x,y) -> right (x-d,y) '
                     'from GT disparity; whole right image searched; queries sampled among left '
                     'pixels with GT that are visible in the right view (forward-warp z-buffer on '
@@ -101,7 +101,7 @@ def run(args) -> int:
             _, raw = ev.evaluate_pair(methods, a, b, queries, truth)
             raws.append(raw)
             if figure_args is None:
-                figure_args = (a, b, queries, raw)
+                figure_args = (a, b, queries, truth, raw)
         protocol = (f'{args.split} synthetic {args.kind} pairs (seeds {first_seed} + i, '
                     f'i < {args.pairs}), {width}x{height}; '
                     f'queries among A pixels visible in B'
@@ -115,8 +115,13 @@ def run(args) -> int:
               'weights': args.weights or 'shipped', 'weights_identity': header.get('identity'),
               'weights_config': header.get('config'), 'descriptor_scales': list(scales),
               'threads': torch.get_num_threads(),
-              'baseline_settings': {'sift': 'upright, keypoint size 16 px, dense 1-px grid in B',
-                                    'ncc': '15x15 grey patch, TM_CCOEFF_NORMED over all of B'},
+              'baseline_settings': {
+                  'sift': f'upright, OpenCV keypoint size {ev.SIFT_KEYPOINT_SIZE_PX:g} px, dense '
+                          '1-px grid in B',
+                  'ncc': f'{ev.NCC_PATCH_PX}x{ev.NCC_PATCH_PX} grey patch, TM_CCOEFF_NORMED '
+                         'over all of B',
+                  'chosen_on': 'synthetic validation stereo pairs, PCK@3 (core/descriptors/'
+                               'evaluate.py), not on the evaluation data'},
               **extra}
     if args.benchmark:
         import cv2
@@ -134,7 +139,7 @@ def run(args) -> int:
               f'FP {r["mean_fraction_false_positives"]:.4f}  ({r["seconds"]:.1f} s)')
     if args.figure:
         from .eval import write_figure
-        a, b, queries, raw = figure_args
+        a, b, queries, truth, raw = figure_args
         matches, errors = raw['descriptor_net'][0], raw['descriptor_net'][1]
-        write_figure(args.figure, ev.draw_matches(a, b, queries, matches, errors))
+        write_figure(args.figure, ev.draw_matches(a, b, queries, matches, errors, truth))
     return 0

@@ -117,8 +117,19 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
+# Baseline settings, chosen on synthetic *validation* stereo pairs (4 pairs at 640x480, seeds
+# HELD_OUT_SEED + i, apart from the test pairs; 1000 queries), by PCK@3, before they were run
+# on Motorcycle (stop 18; before, 16 px and 15x15 were set by hand and made weak baselines):
+# SIFT keypoint size 3/4/6/8/12/16 px: 0.396/0.454/0.494/0.504/0.469/0.405;
+# NCC patch 7/11/15/21/31/41/51/63/81/101/127 px: 0.148/0.256/0.327/0.388/0.456/0.479/0.481/
+# 0.496/0.499/0.508/0.502.
+SIFT_KEYPOINT_SIZE_PX = 8.0
+NCC_PATCH_PX = 101
+
+
 def match_sift(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
-               truth_px: np.ndarray, keypoint_size_px: float = 16.0, grid_step_px: int = 1):
+               truth_px: np.ndarray, keypoint_size_px: float = SIFT_KEYPOINT_SIZE_PX,
+               grid_step_px: int = 1):
     """OpenCV SIFT (Lowe 2004) descriptors, upright (angle 0: the views are not rotated), at the
     query pixels, matched by L2 against SIFT descriptors on a dense grid of B."""
     import cv2
@@ -150,7 +161,7 @@ def match_sift(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
 
 
 def match_ncc(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
-              truth_px: np.ndarray, patch_px: int = 15):
+              truth_px: np.ndarray, patch_px: int = NCC_PATCH_PX):
     """Raw grey patches of A at the queries, zero-mean normalised cross-correlation over all of
     B (cv2.matchTemplate TM_CCOEFF_NORMED); both images reflect-padded so every pixel is a
     candidate centre."""
@@ -197,18 +208,34 @@ def merge_raw(raws) -> Dict[str, Dict[str, float]]:
 
 
 def draw_matches(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
-                 matches_px: np.ndarray, errors_px: np.ndarray, max_lines: int = 80,
+                 matches_px: np.ndarray, errors_px: np.ndarray,
+                 truth_px: Optional[np.ndarray] = None, max_lines: int = 80,
                  good_px: float = 3.0) -> np.ndarray:
-    """Side-by-side RGB figure: green lines for matches within good_px of the truth, red else."""
+    """Side-by-side RGB figure: a line from each query in A to its match in B, green within
+    good_px of the truth, red else; with ``truth_px``, each wrong match's error is drawn in B as
+    a yellow segment from the match to the true pixel (a cross). A caption gives PCK and the
+    median error over all queries."""
     import cv2
     canvas = np.concatenate([image_a, image_b], axis=1).copy()
     offset = image_a.shape[1]
     step = max(1, len(queries_px) // max_lines)
-    for (qx, qy), (mx, my), err in zip(queries_px[::step], matches_px[::step], errors_px[::step]):
-        colour = (0, 200, 0) if err <= good_px else (230, 0, 0)
-        cv2.line(canvas, (int(round(qx)), int(round(qy))), (int(round(mx)) + offset, int(round(my))),
-                 colour, 1, cv2.LINE_AA)
-        cv2.circle(canvas, (int(round(qx)), int(round(qy))), 2, colour, -1)
+
+    def px(point, dx=0):
+        return int(round(point[0])) + dx, int(round(point[1]))
+    for i in range(0, len(queries_px), step):
+        good = errors_px[i] <= good_px
+        colour = (0, 200, 0) if good else (230, 0, 0)
+        cv2.line(canvas, px(queries_px[i]), px(matches_px[i], offset), colour, 1, cv2.LINE_AA)
+        cv2.circle(canvas, px(queries_px[i]), 2, colour, -1)
+        if truth_px is not None and not good:
+            cv2.line(canvas, px(matches_px[i], offset), px(truth_px[i], offset), (255, 220, 0), 1,
+                     cv2.LINE_AA)
+            cv2.drawMarker(canvas, px(truth_px[i], offset), (255, 220, 0), cv2.MARKER_CROSS, 7)
+    caption = (f'{len(queries_px)} queries: within {good_px:g} px {np.mean(errors_px <= good_px):.3f}, '
+               f'median error {np.median(errors_px):.2f} px; '
+               + ('yellow: wrong match -> truth' if truth_px is not None else ''))
+    cv2.putText(canvas, caption, (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
 
 
