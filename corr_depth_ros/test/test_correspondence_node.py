@@ -277,6 +277,7 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     # descriptor, and another meaning): refused by name, with what to do.
     one_pass = _start(ros, tmp_path, descriptor_scales=[1.0])
     assert one_pass.reference_ids() == []
+    assert sorted(one_pass._store.foreign()) == ['clicked', 'handle']   # named at start-up
     assert one_pass._network_id != restarted._network_id
     with pytest.raises(references.ReferenceError, match='network'):
         one_pass._store.get('handle')

@@ -120,6 +120,13 @@ class CorrespondenceNode(Node):
         self._store = references.ReferenceStore(directory, self._network_id)
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
+        foreign = self._store.foreign()
+        if foreign:
+            self.get_logger().warning(
+                f'{len(foreign)} stored reference(s) were made by another descriptor network and '
+                f'cannot be used by this one ({self._network_id}): '
+                + ', '.join(f'{k} ({v})' for k, v in sorted(foreign.items()))
+                + '; re-create them with set_reference (overwrite=true)')
 
         self._frame_lock = threading.Lock()
         self._frame: Optional[LiveFrame] = None

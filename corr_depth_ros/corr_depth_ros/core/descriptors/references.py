@@ -127,6 +127,10 @@ class ReferenceStore:
     def __contains__(self, reference_id: str) -> bool:
         return reference_id in self._refs
 
+    def foreign(self) -> Dict[str, str]:
+        """Stored references made by another network: id -> that network's identity."""
+        return dict(self._foreign)
+
     def known(self, reference_id: str) -> bool:
         """Stored, by this network or another (whose file :meth:`put` would replace)."""
         return reference_id in self._refs or reference_id in self._foreign
