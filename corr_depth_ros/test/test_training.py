@@ -221,3 +221,36 @@ def test_fit_skips_non_finite_batches_and_stops_on_divergence(tmp_path):
                                device='cpu', threads=1, max_bad_batches=3)
     with pytest.raises(FloatingPointError, match='3 non-finite losses in a row'):
         training.fit(_tiny(), _Line(), lambda m, b: (_loss(m, b)[0] * float('nan'), {}), cfg)
+
+
+@pytest.mark.parametrize('model', ['mono', 'descriptors'])
+def test_torchrun_ddp_mono_and_descriptors(tmp_path, model):
+    """The other two trainers under `torchrun --nproc_per_node=2`: they finish (mono's ranks
+    share one rendered cache through training.main_process_first) and rank 0 alone logs."""
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    if not os.path.exists(torchrun):
+        pytest.skip('torchrun not installed')
+    out = tmp_path / model
+    if model == 'mono':
+        args = ['train', 'mono', '--out-dir', str(out), '--height', '64', '--width', '96',
+                '--train-count', '8', '--cache-dir', str(tmp_path / 'cache'), '--val-images',
+                '0', '--steps', '2', '--batch-size', '2', '--threads', '1', '--device', 'cpu']
+        weights = out / 'mono.safetensors'
+    else:
+        args = ['train', 'descriptors', '--out', str(out), '--size', '64x48', '--steps', '2',
+                '--batch-size', '1', '--pool-size', '2', '--val-every', '2', '--checkpoint-every',
+                '2', '--num-matches', '32', '--threads', '1', '--device', 'cpu']
+        weights = out / 'last.safetensors'
+    result = subprocess.run(
+        [torchrun, '--nproc_per_node=2', '--master_port', str(29600 + os.getpid() % 1000
+                                                              + (model == 'mono')),
+         '-m', 'corr_depth_ros.cli', *args],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert weights.is_file()
+    steps = [json.loads(line)['step'] for line in (out / 'log.jsonl').read_text().splitlines()
+             if json.loads(line)['event'] == 'train']
+    assert steps == sorted(set(steps)) and steps[-1] == 2      # one log, rank 0's
