@@ -188,8 +188,10 @@ def _damaged(name: str, exc: Exception) -> str:
             'a recording that was killed: `mcap recover` (the mcap CLI) can repair it')
 
 
-def bag_topics(path: str) -> Dict[str, int]:
-    """topic -> message count over the bag's files (from their summaries)."""
+def bag_topics(path: str, every_file: bool = False) -> Dict[str, int]:
+    """topic -> message count over the bag's files (from their summaries). With
+    ``every_file``, {} unless every file has a summary with statistics (a count that is known
+    to be complete)."""
     from mcap.exceptions import McapError
     from mcap.reader import make_reader
     counts: Dict[str, int] = {}
@@ -200,6 +202,8 @@ def bag_topics(path: str) -> Dict[str, int]:
             except McapError as exc:
                 raise ValueError(_damaged(name, exc)) from exc
         if summary is None or summary.statistics is None:
+            if every_file:
+                return {}
             continue
         for cid, channel in summary.channels.items():
             counts[channel.topic] = counts.get(channel.topic, 0) + \
@@ -269,7 +273,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     from .sync import StampSynchronizer, stamp_to_ns
     complete = False
     try:
-        available = bag_topics(in_path)
+        available = bag_topics(in_path, every_file=True)
         inputs = _prefer_raw(inputs, available)
         if available:       # summaries say which topics exist: refuse before reading it all
             _check_inputs(in_path, inputs, num_inputs, available, topic_hint)
