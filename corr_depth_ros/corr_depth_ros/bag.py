@@ -99,11 +99,18 @@ class BagWriter:
     """Writes rclpy (or any attribute-compatible) message objects to an MCAP rosbag2 file."""
 
     def __init__(self, path: str):
+        import tempfile
+
         from mcap_ros2.writer import Writer
-        # Written beside the target and moved into place only when complete: a run that fails
-        # leaves neither a broken file nor an existing output destroyed.
-        self.path, self._partial = path, path + '.partial'
-        self._file = open(self._partial, 'wb')
+        if os.path.isdir(path):
+            raise ValueError(f'the output {path} is a folder: give a .mcap file path')
+        # Written to a new file beside the target (a unique name: never an existing file, such
+        # as an input) and moved into place only when complete: a run that fails leaves neither
+        # a broken file nor an existing output destroyed.
+        self.path = path
+        folder, name = os.path.split(os.path.abspath(path))
+        handle, self._partial = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.partial')
+        self._file = os.fdopen(handle, 'wb')
         self._writer = Writer(self._file)
         self._schemas = {}
 
@@ -120,10 +127,12 @@ class BagWriter:
             self._writer.finish()
         finally:
             self._file.close()
-        if complete:
-            os.replace(self._partial, self.path)
-        else:
-            os.remove(self._partial)
+        try:
+            if complete:
+                os.replace(self._partial, self.path)
+        finally:
+            if os.path.exists(self._partial):
+                os.remove(self._partial)
 
 
 _MCAP_MAGIC = b'\x89MCAP0\r\n'

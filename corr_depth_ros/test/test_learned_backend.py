@@ -191,6 +191,15 @@ def test_onnx_backend_refuses_outputs_that_are_not_disparity(tmp_path):
             backend.compute(image, image)
     assert not issubclass(ModelOutputError, ValueError)
 
+    class NearZero(torch.nn.Module):    # a far scene: slightly negative, not flow
+        def forward(self, left, right):
+            return (left - right)[:, :1] * 0.0 - 0.04
+    path = str(tmp_path / 'near_zero.onnx')
+    torch.onnx.export(NearZero(), (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), path,
+                      input_names=['left', 'right'], output_names=['disparity'], dynamo=False)
+    result = create_backend('onnx', model_path=path, device='cpu').compute(image, image)
+    assert not result.valid.any()       # invalid pixels, but the model is not refused
+
 
 def test_onnx_backend_with_other_names_and_normalisation(tmp_path):
     """A user's model with its own input/output names and ImageNet-style normalisation: the

@@ -101,7 +101,13 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     assert cli_main(['process-bag', str(folder), str(tmp_path / 'out.mcap'), '--namespace',
                      '/other', '--no-progress']) == 2
     assert (tmp_path / 'out.mcap').read_bytes() == good
-    assert not list(tmp_path.glob('*.partial'))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.partial')]
+    # An output path that is a folder is refused before any work, leaving nothing behind.
+    (tmp_path / 'outdir').mkdir()
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'outdir'), '--namespace', '/cam',
+                     '--no-progress']) == 2
+    assert 'is a folder' in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.partial')]
     # A damaged (cut) file: one line saying so, exit 2, no output.
     cut = tmp_path / 'cut.mcap'
     cut.write_bytes((folder / 'rec_0.mcap').read_bytes()[:len(good) // 3])

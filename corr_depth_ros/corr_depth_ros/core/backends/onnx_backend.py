@@ -84,6 +84,7 @@ class OnnxStereoBackend(StereoBackend):
         if not confidence_name and 'confidence' in outputs and self.output_name != 'confidence':
             confidence_name = 'confidence'    # ours (export-onnx) has one under that name
         self.confidence_name = confidence_name
+        self._output_checked = False   # the first frame tells whether the output is disparity
         self.model_path = model_path
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         for name in self.input_names:
@@ -129,12 +130,18 @@ class OnnxStereoBackend(StereoBackend):
         confidence = None
         if self.confidence_name:
             confidence = _image_plane(results[1], self.confidence_name)
-        if np.mean(disparity < 0) > 0.5:
-            raise ModelOutputError(
-                f'output {self.output_name!r} is mostly negative (median '
-                f'{float(np.nanmedian(disparity)):.3g}): this backend expects disparity >= 0 in '
-                'pixels; a model that outputs flow (x_right - x_left) needs it negated in the '
-                'export')
+        if not self._output_checked:
+            # Judged on the first frame only (a model's convention does not change; a frame of a
+            # far scene may legitimately come out slightly negative later): clearly negative
+            # output means flow, x_right - x_left, not disparity.
+            finite = disparity[np.isfinite(disparity)]
+            self._output_checked = finite.size > 0
+            if finite.size and np.mean(finite < 0) > 0.5 and np.median(finite) < -1.0:
+                raise ModelOutputError(
+                    f'output {self.output_name!r} is mostly negative (median '
+                    f'{float(np.median(finite)):.3g}): this backend expects disparity >= 0 in '
+                    'pixels; a model that outputs flow (x_right - x_left) needs it negated in '
+                    'the export')
         if disparity.shape != (height, width):
             # Disparity is measured in pixels of the model's input: rescale by the width ratio.
             scale = width / disparity.shape[1]
