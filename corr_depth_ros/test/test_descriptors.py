@@ -333,6 +333,27 @@ def test_rotation_to_quaternion_identity_and_axis():
 
 
 # --- references ----------------------------------------------------------------------------------
+
+def test_rotation_to_quaternion_uses_tf_transformations_when_installed(monkeypatch):
+    """With a ROS install's tf_transformations importable, it computes the quaternion (from a
+    4x4 matrix, xyzw); the result is the same as transforms3d's, w >= 0."""
+    import sys
+    import types
+
+    from transforms3d.quaternions import mat2quat
+    calls = []
+
+    def quaternion_from_matrix(matrix):
+        calls.append(np.asarray(matrix).shape)
+        w, x, y, z = mat2quat(np.asarray(matrix)[:3, :3])
+        return [-x, -y, -z, -w]          # the other sign: still the same rotation
+    stub = types.SimpleNamespace(quaternion_from_matrix=quaternion_from_matrix)
+    rot_z90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = grasp.rotation_to_quaternion_xyzw(rot_z90)
+    monkeypatch.setitem(sys.modules, 'tf_transformations', stub)
+    assert np.allclose(grasp.rotation_to_quaternion_xyzw(rot_z90), expected)
+    assert calls == [(4, 4)]
+
 def test_reference_persistence_and_identity_refusal(tmp_path):
     net = tiny_net(seed=0)
     other = tiny_net(seed=1)

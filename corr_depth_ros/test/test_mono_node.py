@@ -138,6 +138,15 @@ def test_outputs_encodings_shapes_and_headers(ros, weights_path, image):
     assert np.nanmedian(relative) == pytest.approx(1.0, rel=0.02)
     bad = node.set_parameters([Parameter('depth_mode', value='furlongs')])[0]
     assert not bad.successful and 'one of' in bad.reason
+
+    # The colourised depth, computed only while someone subscribes: rgb8 at the image's size,
+    # with the image's header.
+    colour = []
+    rig.node.create_subscription(Image, 'depth/color', colour.append, RELIABLE)
+    assert ros.wait_for(lambda: colour, timeout_s=30, action=lambda: rig.publish(image),
+                        action_period_s=1.0)
+    assert (colour[0].encoding, colour[0].height, colour[0].width) == ('rgb8', HEIGHT, WIDTH)
+    assert colour[0].header.frame_id == 'camera_optical'
     assert not node.set_parameters([Parameter('weights_path', value='/x')])[0].successful
 
 
