@@ -11,7 +11,7 @@ Message definitions for the output schemas come from the installed interface pac
 """
 import os
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -170,6 +170,13 @@ def bag_files(path: str) -> List[str]:
     return files
 
 
+def _output_writer(in_path: str, out_path: str) -> BagWriter:
+    """The writer of a pipeline's output, once it is sure the output is not the input (the
+    finished file replaces ``out_path``)."""
+    check_bag_paths(in_path, out_path)
+    return BagWriter(out_path)
+
+
 def check_bag_paths(in_path: str, out_path: str) -> List[str]:
     """bag_files(in_path), after making sure writing ``out_path`` cannot destroy the input."""
     files = bag_files(in_path)
@@ -197,13 +204,13 @@ def _damaged(name: str, exc: Exception) -> str:
             'a recording that was killed: `mcap recover` (the mcap CLI) can repair it')
 
 
-def bag_topics(path: str, every_file: bool = False) -> Dict[str, int]:
-    """topic -> message count over the bag's files (from their summaries). With
-    ``every_file``, {} unless every file has a summary with statistics (a count that is known
-    to be complete)."""
+def _summary_counts(path: str) -> Tuple[Dict[str, int], bool]:
+    """(topic -> message count over the bag's files, from their summaries; whether every file
+    had a summary with statistics, i.e. whether the counts are complete)."""
     from mcap.exceptions import McapError
     from mcap.reader import make_reader
     counts: Dict[str, int] = {}
+    complete = True
     for name in bag_files(path):
         with open(name, 'rb') as f:
             try:
@@ -211,18 +218,17 @@ def bag_topics(path: str, every_file: bool = False) -> Dict[str, int]:
             except McapError as exc:
                 raise ValueError(_damaged(name, exc)) from exc
         if summary is None or summary.statistics is None:
-            if every_file:
-                return {}
+            complete = False
             continue
         for cid, channel in summary.channels.items():
             counts[channel.topic] = counts.get(channel.topic, 0) + \
                 summary.statistics.channel_message_counts.get(cid, 0)
-    return counts
+    return counts, complete
 
 
-def count_messages(path: str, topics: Iterable[str]) -> int:
-    available = bag_topics(path)
-    return sum(available.get(t, 0) for t in set(topics))
+def bag_topics(path: str) -> Dict[str, int]:
+    """topic -> message count over the bag's files (from their summaries)."""
+    return _summary_counts(path)[0]
 
 
 class _Item:
@@ -279,15 +285,15 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     messages kept per input while its partners are awaited (an input logged up to that many
     frames late still pairs). Any error deletes the unfinished output (BagWriter.close).
     """
-    from .sync import StampSynchronizer, stamp_to_ns
+    from .sync import StampSynchronizer
     complete = False
     try:
-        available = bag_topics(in_path, every_file=True)
-        inputs = _prefer_raw(inputs, available)
-        if available:       # summaries say which topics exist: refuse before reading it all
-            _check_inputs(in_path, inputs, num_inputs, available, topic_hint)
+        available, summaries_complete = _summary_counts(in_path)
+        if summaries_complete:  # the summaries say which topics exist: check before reading
+            inputs = _prefer_raw(inputs, available)
+            _check_inputs(inputs, num_inputs, available, available, topic_hint)
         _feed(in_path, inputs, num_inputs, StampSynchronizer(num_inputs, queue_size, on_set),
-              progress, counts, topic_hint, stamp_to_ns)
+              progress, counts, topic_hint, available)
         complete = True
     finally:
         if writer is not None:
@@ -295,26 +301,29 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     return counts
 
 
-def _check_inputs(in_path: str, inputs: Dict[str, int], num_inputs: int,
-                  seen: Dict[str, int], topic_hint: str) -> None:
-    """ValueError naming the inputs without any message among ``seen`` (topic -> count)."""
+def _check_inputs(inputs: Dict[str, int], num_inputs: int, seen: Dict[str, int],
+                  available: Dict[str, int], topic_hint: str) -> None:
+    """ValueError naming the inputs without any message among ``seen`` (topic -> count), beside
+    the topics the bag has (``available``)."""
     missing = [i for i in range(num_inputs)
                if not any(seen.get(t, 0) for t, j in inputs.items() if j == i)]
     if missing:
         wanted = ', '.join(sorted(t for t, i in inputs.items() if i in missing))
-        present = ', '.join(sorted(bag_topics(in_path))) or 'none'
+        present = ', '.join(sorted(available)) or 'none'
         raise ValueError(f'no messages on {wanted} (check {topic_hint}); the bag has: {present}')
 
 
-def _feed(in_path, inputs, num_inputs, sync, progress, counts, topic_hint, stamp_to_ns) -> None:
+def _feed(in_path, inputs, num_inputs, sync, progress, counts, topic_hint,
+          available: Dict[str, int]) -> None:
+    from .sync import stamp_to_ns
     bar = None
     seen: Dict[str, int] = {}
     primary_stamps = set()          # the first input's frames (raw and compressed count once)
     try:
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=count_messages(in_path, inputs), desc='process-bag', unit='msg',
-                       dynamic_ncols=True)
+            bar = tqdm(total=sum(available.get(t, 0) for t in inputs), desc='process-bag',
+                       unit='msg', dynamic_ncols=True)
         for topic, datatype, message, log_time in read_messages(in_path, inputs):
             item = _Item(datatype, message, log_time)
             seen[topic] = seen.get(topic, 0) + 1
@@ -326,7 +335,7 @@ def _feed(in_path, inputs, num_inputs, sync, progress, counts, topic_hint, stamp
     finally:
         if bar is not None:
             bar.close()
-    _check_inputs(in_path, inputs, num_inputs, seen, topic_hint)
+    _check_inputs(inputs, num_inputs, seen, available, topic_hint)
     counts['unmatched'] = max(0, len(primary_stamps) - counts['sets'] - counts['errors'])
 
 
@@ -358,8 +367,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     inputs = _stereo_inputs(ns)
     out_ns = (output_prefix or ns).rstrip('/')
     engine = create_backend(backend, **(backend_params or {}))
-    check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
-    writer = BagWriter(out_path)
+    writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
 
     def on_set(left, right, left_info, right_info):
@@ -413,8 +421,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     input_size = input_size_from_header(header)
     if depth_mode == 'metric' and baseline_m <= 0:
         baseline_m = baseline_from_header(header)
-    check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
-    writer = BagWriter(out_path)
+    writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
 
     def on_set(image, info):
@@ -475,8 +482,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
     reference = matching.descriptors_at(
         compute_descriptors(model, np.ascontiguousarray(reference_bgr[:, :, ::-1]), torch_device),
         pixels)
-    check_bag_paths(in_path, out_path)      # before the output is opened (truncated)
-    writer = BagWriter(out_path)
+    writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
     buffers = RecyclingPool()   # each set's descriptor image reuses the previous one's memory
 

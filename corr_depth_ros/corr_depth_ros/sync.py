@@ -134,14 +134,19 @@ class SyncWatchdog:
     (no camera running is not an error).
 
     ``topics``: the resolved input names, in the synchroniser's order; ``advice``: what to do
-    when every input arrives but their newest stamps differ.
+    when every input arrives but their newest stamps differ. With ``sets_so_far`` (the node's
+    count) and ``on_problem`` (its error reporter), :meth:`report` is what a timer calls.
     """
 
-    def __init__(self, synchronizer, topics: Sequence[str], advice: str, period_s: float = 5.0):
+    def __init__(self, synchronizer, topics: Sequence[str], advice: str, period_s: float = 5.0,
+                 sets_so_far: Optional[Callable[[], int]] = None,
+                 on_problem: Optional[Callable[[str], None]] = None):
         self._sync = synchronizer
         self._topics = list(topics)
         self._advice = advice
         self._period_s = period_s
+        self._sets_so_far = sets_so_far
+        self._on_problem = on_problem
         self._last_sets = 0
         self._last_counts = [0] * len(self._topics)
         self.problem: Optional[str] = None   # the newest diagnosis, None while sets arrive
@@ -170,6 +175,12 @@ class SyncWatchdog:
         else:
             self.problem = None     # nothing arrives at all: idle, not a synchronisation fault
         return self.problem
+
+    def report(self) -> None:
+        """One check with the node's count; a problem goes to ``on_problem``."""
+        problem = self.check(self._sets_so_far())
+        if problem and self._on_problem is not None:
+            self._on_problem(problem)
 
 
 def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, callback: Callable,

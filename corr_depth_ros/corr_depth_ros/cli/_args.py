@@ -32,3 +32,23 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float('inf'):
         raise argparse.ArgumentTypeError(f'must be a finite number > 0, got {text}')
     return value
+
+
+def int_in(low: int, high: int):
+    """argparse type: an int in [low, high]."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'must be in [{low}, {high}], got {value}')
+        return value
+    return parse
+
+
+def float_in(low: float, high: float):
+    """argparse type: a float in [low, high]."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'must be in [{low:g}, {high:g}], got {text}')
+        return value
+    return parse

@@ -2,6 +2,7 @@
 import argparse
 
 from ..core.mono import POST_PROCESS_DEFAULT
+from ._args import float_in, int_in
 
 
 def register(subparsers):
@@ -29,10 +30,11 @@ def register(subparsers):
     parser.add_argument('--max-depth-m', type=float, default=0.0)
     stereo = parser.add_argument_group('stereo')
     stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
-    stereo.add_argument('--max-disparity-px', type=_disparity_px, default=0,
+    # The ranges of the node's max_disparity_px and confidence_threshold parameters.
+    stereo.add_argument('--max-disparity-px', type=int_in(0, 1024), default=0,
                         help='search range, px, as the node\'s max_disparity_px (0: the '
                              'backend\'s own)')
-    stereo.add_argument('--confidence-threshold', type=_unit_interval, default=0.0,
+    stereo.add_argument('--confidence-threshold', type=float_in(0.0, 1.0), default=0.0,
                         help='invalidate pixels whose confidence is below this (0: keep all)')
     stereo.add_argument('--sgbm', action='append', default=[], metavar='KEY=VALUE',
                         help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
@@ -131,19 +133,3 @@ def _sgbm_params(items) -> dict:
             except ValueError:
                 raise ValueError(f'--sgbm {item!r}: {key} takes a {kind.__name__}') from None
     return params
-
-
-def _disparity_px(text: str) -> int:
-    """argparse type: 0..1024 px, the node's max_disparity_px range."""
-    value = int(text)
-    if not 0 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f'must be in [0, 1024] px, got {value}')
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    """argparse type: 0..1, the node's confidence_threshold range."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'must be in [0, 1], got {text}')
-    return value

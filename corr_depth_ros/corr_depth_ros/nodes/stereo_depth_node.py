@@ -112,9 +112,7 @@ class StereoDepthNode(Node):
         self._backend = None
         self._backend_name = None
         self._switch_backend(self._values['backend'])
-        beyond = self._beyond_trained_range(self._values['max_disparity_px'])
-        if beyond:
-            self.get_logger().warning(f'{beyond}: it searches that range only')
+        self._warn_beyond_trained_range()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if self._backend_name != self._values['backend']:
             # A start-up fallback: the parameter names what runs, as after a runtime one.
@@ -179,6 +177,12 @@ class StereoDepthNode(Node):
         return (f'max_disparity_px {max_disparity_px} is beyond the {self._backend_name} '
                 f'backend\'s trained range ({trained} px)')
 
+    def _warn_beyond_trained_range(self) -> None:
+        """After the backend changed under a set max_disparity_px (start-up, runtime switch)."""
+        beyond = self._beyond_trained_range(self._values['max_disparity_px'])
+        if beyond:
+            self.get_logger().warning(f'{beyond}: it searches that range only')
+
     def _backend_params(self, name: str) -> dict:
         """The ``<name>.*`` parameters as keyword arguments of that backend."""
         if name == 'learned':
@@ -233,9 +237,7 @@ class StereoDepthNode(Node):
                     result.reason = (f'backend {changes["backend"]!r} failed to start ({exc}); '
                                      f'still running {self._backend_name!r}')
                     return result
-                beyond = self._beyond_trained_range(self._values['max_disparity_px'])
-                if beyond:
-                    self.get_logger().warning(f'{beyond}: it searches that range only')
+                self._warn_beyond_trained_range()
             elif sgbm_changes and self._backend_name == 'sgbm':
                 self._backend.set_params(**sgbm_changes)
         return result

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 class LatestFrameWorker:
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
                  name: str = 'corr_depth_worker'):
+        self.name = name
         self._process = process
         self._on_error = on_error
         self._cond = threading.Condition()
@@ -70,7 +71,7 @@ def stop_workers(logger, *workers: LatestFrameWorker) -> None:
     """Stop ``workers`` at node shutdown; warn about one still busy (its frame is abandoned)."""
     for worker in workers:
         if not worker.stop():
-            logger.warning(f'{worker._thread.name} still busy after 5 s at shutdown: its '
+            logger.warning(f'{worker.name} still busy after 5 s at shutdown: its '
                            'frame is abandoned')
 
 
@@ -131,14 +132,9 @@ def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: Throt
     is the newest diagnosis; ``report()`` runs one check now, as the timer does)."""
     from ..sync import SyncWatchdog
     watchdog = SyncWatchdog(synchronizer, [node.resolve_topic_name(t) for t in topics], advice,
-                            period_s)
-
-    def check() -> None:
-        problem = watchdog.check(sets_so_far())
-        if problem:
-            reporter.error('sync', problem)
-    watchdog.report = check
-    watchdog.timer = node.create_timer(period_s, check)
+                            period_s, sets_so_far=sets_so_far,
+                            on_problem=lambda problem: reporter.error('sync', problem))
+    node.create_timer(period_s, watchdog.report)    # the node keeps its timers
     return watchdog
 
 
