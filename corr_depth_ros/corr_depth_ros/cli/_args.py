@@ -34,21 +34,13 @@ def positive_float(text: str) -> float:
     return value
 
 
-def int_in(low: int, high: int):
-    """argparse type: an int in [low, high]."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f'must be in [{low}, {high}], got {value}')
-        return value
-    return parse
 
-
-def float_in(low: float, high: float):
-    """argparse type: a float in [low, high]."""
-    def parse(text: str) -> float:
-        value = float(text)
+def in_range(kind, low, high):
+    """argparse type: a ``kind`` (int or float) in [low, high]."""
+    def parse(text: str):
+        value = kind(text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f'must be in [{low:g}, {high:g}], got {text}')
         return value
+    parse.__name__ = kind.__name__      # argparse names it in "invalid int value: ..."
     return parse

@@ -2,7 +2,7 @@
 import argparse
 
 from ..core.mono import POST_PROCESS_DEFAULT
-from ._args import float_in, int_in
+from ._args import in_range
 
 
 def register(subparsers):
@@ -31,10 +31,10 @@ def register(subparsers):
     stereo = parser.add_argument_group('stereo')
     stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
     # The ranges of the node's max_disparity_px and confidence_threshold parameters.
-    stereo.add_argument('--max-disparity-px', type=int_in(0, 1024), default=0,
+    stereo.add_argument('--max-disparity-px', type=in_range(int, 0, 1024), default=0,
                         help='search range, px, as the node\'s max_disparity_px (0: the '
                              'backend\'s own)')
-    stereo.add_argument('--confidence-threshold', type=float_in(0.0, 1.0), default=0.0,
+    stereo.add_argument('--confidence-threshold', type=in_range(float, 0.0, 1.0), default=0.0,
                         help='invalidate pixels whose confidence is below this (0: keep all)')
     stereo.add_argument('--sgbm', action='append', default=[], metavar='KEY=VALUE',
                         help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
