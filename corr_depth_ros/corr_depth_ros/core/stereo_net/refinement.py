@@ -147,36 +147,42 @@ class LocalRefiner(nn.Module):
         Interpolation is linear in the right features, so the correlation at a fractional
         shift is the interpolation of the correlations at the two integer shifts around it:
         2r+2 integer shifts around floor(d) serve all 4r+1 offsets (radius 2: six for nine).
+        The integer shifts read whole pixels (all C channels, contiguous in channels-last
+        memory) with one ``index_select`` instead of a per-channel ``gather`` over NCHW, and the
+        output comes out channels-last, the layout the head's convolutions want.
         """
         sizes = check_shape('left_q', left_q, ('B', 'C', 'h', 'w'))
         check_shape('right_q', right_q, ('B', 'C', 'h', 'w'), sizes)
         check_shape('disparity_q', disparity_q, ('B', 1, 'h', 'w'), sizes)
         batch, channels, height, width = left_q.shape
+        device, dtype = left_q.device, left_q.dtype
         base = torch.floor(disparity_q)
         fraction = disparity_q - base
         lowest = math.floor(min(self.offsets))
         count = math.floor(max(self.offsets)) + 2 - lowest      # radius 2: shifts -2 .. 3
-        shifts = torch.arange(lowest, lowest + count, device=left_q.device).view(1, count, 1, 1)
-        # Source column of every pixel for every integer shift around floor(d): (B, S, h, w).
-        source = (torch.arange(width, device=left_q.device).view(1, 1, 1, width)
-                  - base.long() - shifts)
-        inside = ((source >= 0) & (source < width)).to(left_q.dtype)
-        # One gather for all shifts: the S index rows of each image row side by side.
-        index = source.clamp(0, width - 1).permute(0, 2, 1, 3).reshape(batch, 1, height, -1)
-        sampled = torch.gather(right_q, 3, index.expand(batch, channels, height, count * width))
-        integer = (left_q.unsqueeze(3) * sampled.view(batch, channels, height, count, width)
-                   ).mean(dim=1).permute(0, 2, 1, 3) * inside              # (B, S, h, w)
+        shifts = torch.arange(lowest, lowest + count, device=device)
+        # Source column of every pixel for every integer shift around floor(d): (B, h, w, S).
+        source = (torch.arange(width, device=device).view(1, 1, width, 1)
+                  - base.long().view(batch, height, width, 1) - shifts)
+        inside = ((source >= 0) & (source < width)).to(dtype)
+        # Row of the (B*h*w, C) pixel-major right features that each sample reads.
+        rows = (torch.arange(batch * height, device=device).view(batch, height, 1, 1) * width
+                + source.clamp(0, width - 1)).view(-1)
+        right_rows = right_q.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        sampled = right_rows.index_select(0, rows).view(batch, height, width, count, channels)
+        left_rows = left_q.permute(0, 2, 3, 1).reshape(batch, height, width, 1, channels)
+        integer = (sampled * left_rows).sum(-1).mul_(1.0 / channels).mul_(inside)  # (B,h,w,S)
         # Each offset interpolates the two integer shifts around d + o. Clamped: a fraction
         # just under 1 plus the largest offset can round up to the next integer in float32;
         # the weight then takes the last shift in full.
-        offsets = torch.tensor(self.offsets, dtype=left_q.dtype,
-                               device=left_q.device).view(1, -1, 1, 1)
-        total = fraction + offsets                                          # (B, K, h, w)
+        offsets = torch.tensor(self.offsets, dtype=dtype, device=device)
+        total = fraction.view(batch, height, width, 1) + offsets             # (B, h, w, K)
         below = (torch.floor(total) - lowest).clamp(0, count - 2)
         weight = total - (below + lowest)
         below = below.long()
-        return ((1.0 - weight) * torch.gather(integer, 1, below)
-                + weight * torch.gather(integer, 1, below + 1))
+        out = ((1.0 - weight) * torch.gather(integer, 3, below)
+               + weight * torch.gather(integer, 3, below + 1))
+        return out.permute(0, 3, 1, 2)
 
     def forward(self, disparity: torch.Tensor, quarter: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) disparity in full-resolution pixels and (2B, C, H/4, W/4) stem features,
@@ -187,9 +193,9 @@ class LocalRefiner(nn.Module):
         check_shape('quarter', quarter, (2 * batch, None, None, None))
         factor = disparity.shape[-1] // quarter.shape[-1]
         disparity_q = F.avg_pool2d(disparity, factor) / factor
-        # Projected straight from the stacked (channels-last) stem output; the correlation's
-        # gathers and sums run in NCHW.
-        projected = self.project(quarter).contiguous()
+        # Projected straight from the stacked (channels-last) stem output, and kept
+        # channels-last: the correlation reads whole pixels.
+        projected = self.project(quarter)
         left_p, right_p = projected[:batch], projected[batch:]
         correlation = self.local_correlation(left_p, right_p, disparity_q)
         # Disparity input scaled to ~unit range (1/4-res pixels / 16), for the convolutions.
