@@ -53,7 +53,17 @@ pip_install() {
 }
 
 pip_install "$TORCH_SPEC"
-pip_install -r requirements.txt
+requirements=requirements.txt
+if [ "$mode" != pypi-ros ] && "$VPY" -c "import cv2" 2>/dev/null; then
+  # The ROS install's OpenCV (python3-opencv, which cv_bridge and image_view use) is already
+  # importable, but pip cannot see it under opencv-python-headless's name and would put a second
+  # cv2 in the venv that shadows it. Keep the system one: the core tests pass with Ubuntu
+  # 24.04's (OpenCV 4.6.0 with numpy 1.26.4).
+  requirements=$(mktemp)
+  grep -v '^opencv-python' requirements.txt > "$requirements"
+fi
+pip_install -r "$requirements"
+[ "$requirements" = requirements.txt ] || rm -f "$requirements"
 if [ "$mode" != pypi-ros ] && ! "$VPY" -c "import colcon_core" 2>/dev/null; then
   # The Makefile runs colcon with the venv's interpreter (python -m colcon); a colcon that the
   # ROS install's Python cannot import (pipx, another interpreter) is not enough.
