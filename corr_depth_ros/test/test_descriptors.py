@@ -157,6 +157,22 @@ def test_sample_descriptors_bilinear():
     assert torch.allclose(got, torch.tensor([0.0, 11.0, 0.5 * 4 + 1.5]))
 
 
+def test_sample_descriptors_keeps_sub_pixel_locations_under_bfloat16():
+    """Descriptors in bfloat16 (mixed-precision training): the locations are not rounded to
+    bfloat16 (200.3 would read at ~200.2); the values come back in the descriptors' dtype."""
+    ramp = torch.arange(256, dtype=torch.float32).view(1, 1, 256).expand(1, 2, 256)
+    pixels = torch.tensor([[200.3, 1.0], [60.2, 0.0]])
+    got = sample_descriptors(ramp.to(torch.bfloat16), pixels)
+    assert got.dtype == torch.bfloat16
+    # bfloat16 holds 200.3 as 200.0 and 60.2 as 60.25: the read must come from 200.3 / 60.2,
+    # the difference of the two reads survives bfloat16's 8-bit mantissa to within 1.
+    exact = sample_descriptors(ramp, pixels)[:, 0]
+    torch.testing.assert_close(exact, torch.tensor([200.3, 60.2]))
+    ramp_small = (torch.arange(256, dtype=torch.float32) - 200.0).view(1, 1, 256)
+    near = sample_descriptors(ramp_small.to(torch.bfloat16), pixels[:1])[0, 0]
+    assert abs(float(near) - 0.3) < 0.01      # 0.3 px past 200, not 0.2 or 0
+
+
 def _pair_batch(height=24, width=32, shift_px=3):
     """B = A shifted right by shift_px: every A pixel with x + shift < W matches (x + shift, y)."""
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing='ij')

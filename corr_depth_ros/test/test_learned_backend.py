@@ -220,12 +220,37 @@ def test_onnx_backend_with_other_names_and_normalisation(tmp_path):
 
 def test_half_precision_runs_and_stays_close(learned):
     """float16 inference (what the node uses on a GPU), run here on the CPU: finite and within
-    a fraction of a pixel of float32 on a Motorcycle crop."""
+    a fraction of a pixel of float32 on a Motorcycle crop; DisparityImage.delta_d then states
+    float16's step at the top of the range (1/8 px), not float32's 1/64."""
     half = create_backend('learned', device='cpu', half=True)
     pair = motorcycle_pairs(0.25)[0]
     full = learned.compute(pair['left'], pair['right']).disparity_px
     low = half.compute(pair['left'], pair['right']).disparity_px
     assert np.isfinite(low).all() and np.median(np.abs(low - full)) < 0.5
+    assert learned.disparity_step_px == 1.0 / 64.0 and half.disparity_step_px == 1.0 / 8.0
+    assert np.spacing(np.float16(191.0)) <= half.disparity_step_px
+
+
+def test_onnx_backend_refuses_cuda_it_could_not_start(tmp_path, monkeypatch):
+    """onnxruntime-gpu lists its CUDA provider even when the CUDA libraries are missing, and
+    then runs the session on the CPU. device 'cuda' must say so (the node falls back with the
+    reason), not run on the CPU unannounced. Simulated: the CPU build with the provider listed."""
+    ort = pytest.importorskip('onnxruntime')
+
+    class Diff(torch.nn.Module):
+        def forward(self, left, right):
+            return (left - right).abs().mean(dim=1, keepdim=True)
+    path = str(tmp_path / 'diff.onnx')
+    torch.onnx.export(Diff(), (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), path,
+                      input_names=['left', 'right'], output_names=['disparity'], dynamo=False)
+    listed = ort.get_available_providers()
+    monkeypatch.setattr(ort, 'get_available_providers',
+                        lambda: ['CUDAExecutionProvider'] + listed)
+    with pytest.raises(ValueError, match='could not start its CUDA provider'):
+        create_backend('onnx', model_path=path, device='cuda')
+    # 'auto' takes the CPU quietly, as it should.
+    backend = create_backend('onnx', model_path=path, device='auto')
+    assert backend.get_params()['providers'] == ['CPUExecutionProvider']
 
 
 def test_eval_stereo_and_export_onnx_commands(tmp_path, capsys):

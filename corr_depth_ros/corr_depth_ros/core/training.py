@@ -274,6 +274,14 @@ def check_signature(ckpt_path: str, stored: Optional[str], signature: Optional[D
                          'folder, or the options that run had')
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision type for training on a CUDA ``device``: bfloat16 (no loss scaling
+    needed) where the GPU runs it natively, Ampere (compute capability 8) and newer; float16
+    with a GradScaler before that. ``torch.cuda.is_bf16_supported()`` is no guide: it also says
+    yes on a T4 or V100, where bfloat16 is emulated and slow."""
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
@@ -311,7 +319,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     use_amp = cfg.amp and device.type == 'cuda'
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(device) if use_amp else torch.float16
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp and amp_dtype == torch.float16)
 
     step = 0

@@ -53,6 +53,10 @@ class LearnedBackend(StereoBackend):
             # output is the base network's (stereo_net/refinement.LocalRefiner).
             model.refiner = None
         self.half = self.device.type == 'cuda' if half is None else bool(half)
+        if self.half:
+            # float16 output: its spacing is 1/8 px between 128 and 256 px of disparity (1/32
+            # from 32 to 64), so a finer delta_d would promise steps the values do not have.
+            self.disparity_step_px = 1.0 / 8.0
         model = prepare_for_inference(model, self.device)
         self.model = model.half() if self.half else model
         self.max_disparity_px = int(self.model.max_disparity_px)

@@ -70,6 +70,13 @@ class OnnxStereoBackend(StereoBackend):
         if threads > 0:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        if device == 'cuda' and 'CUDAExecutionProvider' not in self.session.get_providers():
+            # onnxruntime-gpu lists its CUDA provider even when the CUDA/cuDNN libraries it needs
+            # are missing; the session then quietly runs on the CPU. Say so (the node falls back
+            # or refuses the switch with this reason) instead of running slowly unannounced.
+            raise ValueError('device "cuda" requested but onnxruntime could not start its CUDA '
+                             f'provider (the session runs on {self.session.get_providers()}; '
+                             'check the CUDA and cuDNN libraries onnxruntime-gpu needs)')
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         self.input_names = list(input_names) or inputs[:2]
