@@ -231,6 +231,30 @@ def test_half_precision_runs_and_stays_close(learned):
     assert np.spacing(np.float16(191.0)) <= half.disparity_step_px
 
 
+def test_out_of_memory_is_retried_once_before_it_reaches_the_node(monkeypatch):
+    """A GPU out-of-memory error (often passing: a bigger frame, another process) frees the
+    allocator's cache and retries the frame once; a second one in a row goes to the caller,
+    whose fallback to sgbm then applies. CPU stand-in: a model that raises it."""
+    backend = create_backend('learned', device='cpu')
+    real = backend.model
+    calls = []
+
+    def flaky(left, right, failures):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise torch.OutOfMemoryError('CUDA out of memory (simulated)')
+        return real(left, right)
+    pair = motorcycle_pairs(0.125)[0]
+    monkeypatch.setattr(backend, 'model', lambda l, r: flaky(l, r, 1))
+    result = backend.compute(pair['left'], pair['right'])
+    assert len(calls) == 2 and result.valid.any()
+    calls.clear()
+    monkeypatch.setattr(backend, 'model', lambda l, r: flaky(l, r, 2))
+    with pytest.raises(torch.OutOfMemoryError):
+        backend.compute(pair['left'], pair['right'])
+    assert len(calls) == 2
+
+
 def test_onnx_backend_refuses_cuda_it_could_not_start(tmp_path, monkeypatch):
     """onnxruntime-gpu lists its CUDA provider even when the CUDA libraries are missing, and
     then runs the session on the CPU. device 'cuda' must say so (the node falls back with the
