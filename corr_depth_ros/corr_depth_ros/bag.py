@@ -507,8 +507,12 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                          normal_radius_px=normal_radius_px,
                                          no_depth_reason='no --depth-topic given')
         header = conversions.copy_header(image.message.header)
+        # A PoseArray has no found flag: a match that is not found (beyond --match-threshold,
+        # or without depth) is a NaN pose, so a consumer cannot take it for a grasp.
+        nan3, nan4 = (float('nan'),) * 3, (float('nan'),) * 4
         poses = PoseArray(header=header, poses=[
-            conversions.make_pose_stamped(m.position_m, m.quaternion_xyzw, header).pose
+            conversions.make_pose_stamped(m.position_m if m.found else nan3,
+                                          m.quaternion_xyzw if m.found else nan4, header).pose
             for m in matches])
         writer.write(f'{out_ns}/poses', 'geometry_msgs/msg/PoseArray', poses, log_time)
         writer.write(f'{out_ns}/markers', 'visualization_msgs/msg/MarkerArray',

@@ -432,6 +432,30 @@ def test_training_ships_the_best_validated_step_from_validation_seeds_of_its_own
                                           device='cpu', threads=1))
 
 
+def test_train_mono_command_validates_by_default(tmp_path, capsys):
+    """`corr_depth train mono` with the default --select best and no --val-cache-dir renders a
+    validation cache beside the run and writes the best validated step (before, it skipped
+    validation and quietly wrote the last step); --val-images 0 says it writes the last one."""
+    from corr_depth_ros.cli import main as cli_main
+    from corr_depth_ros.core.training import read_weights_header
+    common = ['--height', '64', '--width', '64', '--base-channels', '4', '--train-count', '2',
+              '--cache-dir', str(tmp_path / 'cache'), '--steps', '2', '--batch-size', '2',
+              '--warmup-steps', '1', '--checkpoint-every', '2', '--threads', '1',
+              '--device', 'cpu', '--float32']
+    run = tmp_path / 'run'
+    assert cli_main(['train', 'mono', '--out-dir', str(run), '--val-images', '2',
+                     '--val-every', '1', *common]) == 0
+    assert (run / 'val_cache_64x64_2').is_dir() and (run / 'best.safetensors').is_file()
+    rule = read_weights_header(str(run / 'mono.safetensors'))['metadata']['selected']['rule']
+    assert rule.startswith('lowest validation AbsRel')
+    assert cli_main(['train', 'mono', '--out-dir', str(tmp_path / 'last'), '--val-images', '0',
+                     *common]) == 0
+    assert 'the last step is written' in capsys.readouterr().out
+    rule = read_weights_header(str(tmp_path / 'last' / 'mono.safetensors'))['metadata'][
+        'selected']['rule']
+    assert rule == 'last step'
+
+
 def test_training_with_depth_hints_logs_the_hint_term(tmp_path):
     """`train mono --depth-hints`: the items carry SGBM hints, the loss has its term, the
     weights' metadata says what supervised them."""

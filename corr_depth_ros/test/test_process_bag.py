@@ -1,4 +1,6 @@
 """`corr_depth process-bag`: a recorded stereo MCAP bag in, standard depth messages out."""
+import math
+
 import numpy as np
 import pytest
 
@@ -262,6 +264,21 @@ def test_process_corr_bag_finds_reference_pixels_with_depth(tmp_path):
         assert pose.position.y == pytest.approx((y - 96) * 1.5 / 200.0, abs=0.02)
     heatmap = conversions.image_to_array(out['/cam/correspondence/heatmap'][0][1])
     assert heatmap.shape == (192, 256, 3)
+    # Matches beyond --match-threshold are not found: a PoseArray has no found flag, so those
+    # poses are NaN (they had the match's 3D point before), never a pose a planner could take
+    # for a grasp. (Without depth they are NaN anyway: no 3D point.)
+    # A reference a little different from the live frame, so no distance is exactly 0.
+    cv2.imwrite(str(tmp_path / 'other.png'), np.roll(left, 3, axis=1)[:, :, ::-1])
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'strict.mcap'),
+                     '--pipeline', 'corr', '--namespace', '/cam', '--depth-topic', '/cam/depth',
+                     '--reference-image', str(tmp_path / 'other.png'), '--reference-pixels',
+                     '60,50;180,120', '--match-threshold', '0', '--device', 'cpu',
+                     '--no-progress']) == 0
+    poses = _read_all(tmp_path / 'strict.mcap')['/cam/correspondence/poses'][0][1].poses
+    assert len(poses) == 2
+    for pose in poses:
+        assert all(math.isnan(v) for v in (pose.position.x, pose.position.y, pose.position.z,
+                                           pose.orientation.w))
     # Bad pixel text: a clear error (exit 2).
     assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'x.mcap'),
                      '--pipeline', 'corr', '--namespace', '/cam', '--reference-image',
@@ -287,7 +304,7 @@ def test_train_mono_on_a_recorded_bag(tmp_path):
                      '--bag-namespace', '/cam', '--out-dir', str(out), '--steps', '2',
                      '--batch-size', '1', '--height', '64', '--width', '96',
                      '--base-channels', '4', '--warmup-steps', '1', '--checkpoint-every', '2',
-                     '--threads', '1', '--device', 'cpu']) == 0
+                     '--select', 'last', '--threads', '1', '--device', 'cpu']) == 0
     source = json.loads((out / 'bag_pairs' / 'source.json').read_text())
     assert source['pairs'] == 3 and len(list((out / 'bag_pairs' / 'left').iterdir())) == 3
     meta = read_weights_header(str(out / 'mono.safetensors'))['metadata']

@@ -1,8 +1,9 @@
 """`corr_depth train mono`: self-supervised monocular depth (Godard et al., CVPR 2017)."""
+import os
 import shlex
 import sys
 
-from ._args import positive_int
+from ._args import non_negative_int, positive_int
 
 
 def register(subparsers):
@@ -39,9 +40,10 @@ def register(subparsers):
     parser.add_argument('--cache-dir', default='', help='synthetic training cache directory')
     parser.add_argument('--val-cache-dir', default='',
                         help='validation cache with depth, rendered on first use from seeds of '
-                             'its own (apart from training and from `eval mono`); empty: no '
-                             'validation')
-    parser.add_argument('--val-images', type=int, default=50)
+                             'its own (apart from training and from `eval mono`); default with '
+                             '--select best: OUT_DIR/val_cache_HxW_N')
+    parser.add_argument('--val-images', type=non_negative_int, default=50,
+                        help='validation images (0: no validation; the last step is written)')
     parser.add_argument('--select', choices=('best', 'last'), default='best',
                         help='weights to write: the step with the best validation AbsRel '
                              '(kept in OUT_DIR/best.safetensors) or the last step')
@@ -101,11 +103,18 @@ def run(args) -> int:
         with main_process_first(args.device):   # one torchrun rank extracts, the others reuse
             source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)
         data, baseline_m = f'folder:{source["folder"]}', baseline_m or float(source['baseline_m'])
+    val_cache_dir = args.val_cache_dir if args.val_images > 0 else ''
+    if not val_cache_dir and args.select == 'best' and args.val_images > 0:
+        # "best" needs validation: without a cache named, render one beside the run.
+        val_cache_dir = os.path.join(
+            args.out_dir, f'val_cache_{args.height}x{args.width}_{args.val_images}')
+    if args.select == 'best' and not val_cache_dir:
+        print('train mono: no validation (--val-images 0), so the last step is written')
     spec = MonoTrainSpec(
         data=data, rig_baseline_m=baseline_m, data_source=source, height=args.height,
         width=args.width, base_channels=args.base_channels,
         max_disparity_fraction=args.max_disparity_fraction, use_lr=not args.no_lr,
-        train_count=args.train_count, cache_dir=args.cache_dir, val_cache_dir=args.val_cache_dir,
+        train_count=args.train_count, cache_dir=args.cache_dir, val_cache_dir=val_cache_dir,
         val_images=args.val_images, select=args.select, weights_out=args.weights_out,
         depth_hints=args.depth_hints,
         half=not args.float32,
