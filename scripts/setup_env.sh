@@ -60,10 +60,10 @@ if [ "$mode" != pypi-ros ] && "$VPY" -c "import cv2" 2>/dev/null; then
   # cv2 in the venv that shadows it. Keep the system one: the core tests pass with Ubuntu
   # 24.04's (OpenCV 4.6.0 with numpy 1.26.4).
   requirements=$(mktemp)
+  trap 'rm -f "$requirements"' EXIT
   grep -v '^opencv-python' requirements.txt > "$requirements"
 fi
 pip_install -r "$requirements"
-[ "$requirements" = requirements.txt ] || rm -f "$requirements"
 if [ "$mode" != pypi-ros ] && ! "$VPY" -c "import colcon_core" 2>/dev/null; then
   # The Makefile runs colcon with the venv's interpreter (python -m colcon); a colcon that the
   # ROS install's Python cannot import (pipx, another interpreter) is not enough.

@@ -235,14 +235,20 @@ def test_out_of_memory_is_retried_once_before_it_reaches_the_node(monkeypatch):
     """A GPU out-of-memory error (often passing: a bigger frame, another process) frees the
     allocator's cache and retries the frame once; a second one in a row goes to the caller,
     whose fallback to sgbm then applies. CPU stand-in: a model that raises it."""
+    import weakref
     backend = create_backend('learned', device='cpu')
     real = backend.model
-    calls = []
+    calls, failed_pass = [], []
 
     def flaky(left, right, failures):
         calls.append(1)
         if len(calls) <= failures:
+            activations = torch.empty(1 << 20)         # the failed pass's memory
+            failed_pass.append(weakref.ref(activations))
             raise torch.OutOfMemoryError('CUDA out of memory (simulated)')
+        # The retry runs once the failed pass's tensors are released (not from inside the
+        # except block, whose traceback would still hold them).
+        assert all(ref() is None for ref in failed_pass)
         return real(left, right)
     pair = motorcycle_pairs(0.125)[0]
     monkeypatch.setattr(backend, 'model', lambda l, r: flaky(l, r, 1))

@@ -304,9 +304,11 @@ def test_train_mono_on_a_recorded_bag(tmp_path):
                      '--bag-namespace', '/cam', '--out-dir', str(out), '--steps', '2',
                      '--batch-size', '1', '--height', '64', '--width', '96',
                      '--base-channels', '4', '--warmup-steps', '1', '--checkpoint-every', '2',
-                     '--select', 'last', '--threads', '1', '--device', 'cpu']) == 0
+                     '--threads', '1', '--device', 'cpu']) == 0
     source = json.loads((out / 'bag_pairs' / 'source.json').read_text())
     assert source['pairs'] == 3 and len(list((out / 'bag_pairs' / 'left').iterdir())) == 3
     meta = read_weights_header(str(out / 'mono.safetensors'))['metadata']
+    # Trained on the rig's own pairs: not judged on synthetic scenes unless asked to.
+    assert meta['selected']['rule'] == 'last step' and not (out / 'best.safetensors').exists()
     assert meta['training_rig']['baseline_m'] == pytest.approx(geo.baseline_m)
     assert meta['data_source']['bag'].endswith('rig.mcap')

@@ -260,10 +260,13 @@ def test_mixed_precision_type_follows_native_bfloat16_support(monkeypatch):
     """bfloat16 only on GPUs that run it natively (compute capability >= 8); a T4 or V100
     (7.x), where torch.cuda.is_bf16_supported() also says yes but emulates it, gets float16
     (with the GradScaler fit() enables for it)."""
-    from corr_depth_ros.core.training import autocast_dtype
+    from corr_depth_ros.core.training import mixed_precision
     device = torch.device('cuda', 0)
     for capability, want in (((7, 5), torch.float16), ((7, 0), torch.float16),
                              ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
         monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d=None, c=capability: c)
         monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
-        assert autocast_dtype(device) == want, capability
+        # What fit() uses: autocast on, its dtype, and the GradScaler for float16 only.
+        assert mixed_precision(True, device) == (True, want, want == torch.float16), capability
+    assert mixed_precision(False, device) == (False, torch.float16, False)
+    assert mixed_precision(True, torch.device('cpu')) == (False, torch.float16, False)

@@ -104,12 +104,17 @@ def run(args) -> int:
             source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)
         data, baseline_m = f'folder:{source["folder"]}', baseline_m or float(source['baseline_m'])
     val_cache_dir = args.val_cache_dir if args.val_images > 0 else ''
-    if not val_cache_dir and args.select == 'best' and args.val_images > 0:
-        # "best" needs validation: without a cache named, render one beside the run.
+    if not val_cache_dir and args.select == 'best' and args.val_images > 0 \
+            and args.data == 'synthetic':
+        # "best" needs validation: without a cache named, render one beside the run. Only for
+        # synthetic training: a run on a rig's own recordings is not judged on synthetic
+        # scenes it never saw (name a --val-cache-dir to do that deliberately).
         val_cache_dir = os.path.join(
             args.out_dir, f'val_cache_{args.height}x{args.width}_{args.val_images}')
     if args.select == 'best' and not val_cache_dir:
-        print('train mono: no validation (--val-images 0), so the last step is written')
+        why = ('--val-images 0' if args.val_images == 0 else
+               'training on your own data; --val-cache-dir names a validation cache')
+        print(f'train mono: no validation ({why}), so the last step is written')
     spec = MonoTrainSpec(
         data=data, rig_baseline_m=baseline_m, data_source=source, height=args.height,
         width=args.width, base_channels=args.base_channels,

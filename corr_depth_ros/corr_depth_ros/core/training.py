@@ -282,6 +282,14 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
+def mixed_precision(enabled: bool, device: torch.device) -> Tuple[bool, torch.dtype, bool]:
+    """fit()'s choice: (autocast on, its dtype, GradScaler on). Mixed precision only on CUDA;
+    float16 needs the loss scaler, bfloat16 does not."""
+    use_amp = bool(enabled) and device.type == 'cuda'
+    dtype = autocast_dtype(device) if use_amp else torch.float16
+    return use_amp, dtype, use_amp and dtype == torch.float16
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
@@ -318,9 +326,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    use_amp = cfg.amp and device.type == 'cuda'
-    amp_dtype = autocast_dtype(device) if use_amp else torch.float16
-    scaler = torch.amp.GradScaler('cuda', enabled=use_amp and amp_dtype == torch.float16)
+    use_amp, amp_dtype, scaled = mixed_precision(cfg.amp, device)
+    scaler = torch.amp.GradScaler('cuda', enabled=scaled)
 
     step = 0
     if cfg.resume and os.path.isfile(ckpt_path):

@@ -77,12 +77,17 @@ class LearnedBackend(StereoBackend):
             return (tensor.permute(2, 0, 1)[None] * (1.0 / 255.0)).to(dtype)
 
         with torch.inference_mode():
+            out = None
             try:
                 out = self.model(to_tensor(left_rgb), to_tensor(right_rgb))
             except torch.OutOfMemoryError:
-                # Often passing: a larger frame, or another process holding GPU memory for a
-                # while. Give back the allocator's cached blocks and try this frame once more
-                # before the caller (the node) gives up on the backend and falls back to sgbm.
+                # Often passing: another process holding GPU memory for a while, or memory
+                # fragmented by a larger frame. Try this frame once more before the caller (the
+                # node) gives up on the backend and falls back to sgbm; the retry runs after
+                # this block, once the traceback (and with it the failed pass's tensors) is
+                # gone, not while it still holds them.
+                pass
+            if out is None:
                 torch.cuda.empty_cache()         # a no-op where CUDA is not in use
                 out = self.model(to_tensor(left_rgb), to_tensor(right_rgb))
         disparity = out['disparity'][0, 0].float().cpu().numpy()

@@ -163,7 +163,7 @@ class LocalRefiner(nn.Module):
         shifts = torch.arange(lowest, lowest + count, device=device)
         # Source column of every pixel for every integer shift around floor(d): (B, h, w, S).
         source = (torch.arange(width, device=device).view(1, 1, width, 1)
-                  - base.long().view(batch, height, width, 1) - shifts)
+                  - base.long().reshape(batch, height, width, 1) - shifts)
         inside = ((source >= 0) & (source < width)).to(dtype)
         # Row of the (B*h*w, C) pixel-major right features that each sample reads.
         rows = (torch.arange(batch * height, device=device).view(batch, height, 1, 1) * width
@@ -176,7 +176,7 @@ class LocalRefiner(nn.Module):
         # just under 1 plus the largest offset can round up to the next integer in float32;
         # the weight then takes the last shift in full.
         offsets = torch.tensor(self.offsets, dtype=dtype, device=device)
-        total = fraction.view(batch, height, width, 1) + offsets             # (B, h, w, K)
+        total = fraction.reshape(batch, height, width, 1) + offsets          # (B, h, w, K)
         below = (torch.floor(total) - lowest).clamp(0, count - 2)
         weight = total - (below + lowest)
         below = below.long()
