@@ -164,8 +164,9 @@ def test_sample_descriptors_keeps_sub_pixel_locations_under_bfloat16():
     pixels = torch.tensor([[200.3, 1.0], [60.2, 0.0]])
     got = sample_descriptors(ramp.to(torch.bfloat16), pixels)
     assert got.dtype == torch.bfloat16
-    # bfloat16 holds 200.3 as 200.0 and 60.2 as 60.25: the read must come from 200.3 / 60.2,
-    # the difference of the two reads survives bfloat16's 8-bit mantissa to within 1.
+    # bfloat16 holds 200.3 as 200.0 and 60.2 as 60.25, so a grid of the descriptors' dtype
+    # reads at those places. In float32 the reads are exact; a ramp that is 0 at 200 shows the
+    # 0.3 px in the bfloat16 case too.
     exact = sample_descriptors(ramp, pixels)[:, 0]
     torch.testing.assert_close(exact, torch.tensor([200.3, 60.2]))
     ramp_small = (torch.arange(256, dtype=torch.float32) - 200.0).view(1, 1, 256)

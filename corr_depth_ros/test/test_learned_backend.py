@@ -232,9 +232,9 @@ def test_half_precision_runs_and_stays_close(learned):
 
 
 def test_out_of_memory_is_retried_once_before_it_reaches_the_node(monkeypatch):
-    """A GPU out-of-memory error (often passing: a bigger frame, another process) frees the
-    allocator's cache and retries the frame once; a second one in a row goes to the caller,
-    whose fallback to sgbm then applies. CPU stand-in: a model that raises it."""
+    """A GPU out-of-memory error (often passing: another process, fragmentation) retries the
+    frame once, after the failed pass's tensors are released; a second one in a row goes to
+    the caller, whose fallback to sgbm then applies. CPU stand-in: a model that raises it."""
     import weakref
     backend = create_backend('learned', device='cpu')
     real = backend.model

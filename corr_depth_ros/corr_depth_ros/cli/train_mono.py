@@ -41,7 +41,8 @@ def register(subparsers):
     parser.add_argument('--val-cache-dir', default='',
                         help='validation cache with depth, rendered on first use from seeds of '
                              'its own (apart from training and from `eval mono`); default with '
-                             '--select best: OUT_DIR/val_cache_HxW_N')
+                             '--select best on synthetic data: OUT_DIR/val_cache_HxW_N (on '
+                             'your own --data, only a cache named here validates)')
     parser.add_argument('--val-images', type=non_negative_int, default=50,
                         help='validation images (0: no validation; the last step is written)')
     parser.add_argument('--select', choices=('best', 'last'), default='best',
