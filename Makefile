@@ -11,7 +11,7 @@ ENV := source scripts/env.sh
 CMAKE_ARGS := -DBUILD_TESTING=OFF $(if $(ROS_DISTRO),,-DPython3_EXECUTABLE=$(abspath $(VENV))/bin/python)
 PYTEST_ARGS ?=
 
-.PHONY: setup build test test-core test-ros demo bench eval clean distclean
+.PHONY: setup build test test-core test-ros demo bench eval clean distclean bench-gpu
 
 setup:
 	@bash scripts/setup_env.sh
@@ -41,6 +41,10 @@ bench: build
 	@$(ENV) && python scripts/bench_stereo_node.py --json bench_output/stereo_node.json
 	@$(ENV) && python scripts/bench_correspondence_node.py --json bench_output/correspondence_node.json
 	@$(ENV) && python scripts/bench_synth.py --json bench_output/synth.json
+
+# On a machine with CUDA: every model's GPU figures in one run (runs on the CPU elsewhere).
+bench-gpu: build
+	@$(ENV) && python scripts/bench_gpu.py --json bench_output/gpu.json
 
 # Accuracy and speed of the shipped models against their baselines (JSON + figures in eval_output/).
 eval: build

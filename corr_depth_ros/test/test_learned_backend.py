@@ -303,3 +303,27 @@ def test_eval_stereo_and_export_onnx_commands(tmp_path, capsys):
     for name in ('sgbm', 'onnx'):
         assert {'epe_px', 'bad_2_pct'} <= set(backends[name]), backends.keys()
     assert figure.is_file() and figure.stat().st_size > 0
+
+
+def test_gpu_benchmark_script_runs_every_section_on_the_cpu(tmp_path):
+    """scripts/bench_gpu.py, the one-shot script for a session that is lent a GPU: every
+    section runs (here on the CPU, tiny counts) and lands in its JSON; a failed section would
+    make it exit 1 with the error recorded."""
+    import json
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), '..', '..', 'scripts', 'bench_gpu.py')
+    if not os.path.isfile(script):
+        pytest.skip('scripts/ is not beside the package (installed elsewhere)')
+    out = tmp_path / 'gpu.json'
+    result = subprocess.run([sys.executable, script, '--device', 'cpu', '--repeats', '1',
+                             '--train-steps', '1', '--json', str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for section in ('stereo', 'mono', 'descriptors', 'train', 'onnx'):
+        assert 'error' not in report[section], report[section]
+    assert report['stereo']['float32']['motorcycle']['epe_px'] < 3.0
+    assert report['stereo']['float32']['network_only']['per_s'] > 0
+    assert report['onnx']['parity']['max_abs_diff_disparity_px'] < 1e-3
+    assert report['train']['autocast'] is False         # mixed precision is for CUDA only
