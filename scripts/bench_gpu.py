@@ -14,6 +14,14 @@ section that fails records its error and the others still run (GPU time is scarc
 
 Without CUDA it runs the same on the CPU (``--device cpu``, what the test does with tiny
 counts), which is how it is checked on the project's development machine.
+
+It needs no ROS: only torch, numpy, opencv, scikit-image (the Motorcycle pair), safetensors,
+tqdm and onnx/onnxruntime (the onnx section). On a GPU machine without this repository's
+setup (no network, no .venv), run it from the repository root as
+
+    PYTHONPATH=corr_depth_ros python3 scripts/bench_gpu.py --json OUT/gpu.json
+
+(checked that way with a venv that has no ROS in it).
 """
 import argparse
 import os
