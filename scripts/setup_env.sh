@@ -18,8 +18,14 @@ PY=${PYTHON:-python3}
 
 mode=pypi-ros
 [ -n "${ROS_DISTRO:-}" ] && mode=system-ros:${ROS_DISTRO}
+# With a sourced ROS, is its OpenCV (python3-opencv, which cv_bridge and image_view use)
+# importable? Then it is used (below), and the stamp records it: a later change redoes setup.
+system_cv2=
+if [ "$mode" != pypi-ros ] && "$PY" -c "import cv2" 2>/dev/null; then
+  system_cv2=system-cv2
+fi
 inputs_hash=$(cat requirements.txt scripts/ros-requirements.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
-stamp_want="$mode $TORCH_SPEC ${PIP_INDEX_URL:-} ${PIP_EXTRA_INDEX_URL:-} $inputs_hash"
+stamp_want="$mode $system_cv2 $TORCH_SPEC ${PIP_INDEX_URL:-} ${PIP_EXTRA_INDEX_URL:-} $inputs_hash"
 stamp="$VENV/.corr_depth_setup"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
   echo "setup: $VENV is up to date ($mode)"
@@ -54,11 +60,10 @@ pip_install() {
 
 pip_install "$TORCH_SPEC"
 requirements=requirements.txt
-if [ "$mode" != pypi-ros ] && "$VPY" -c "import cv2" 2>/dev/null; then
-  # The ROS install's OpenCV (python3-opencv, which cv_bridge and image_view use) is already
-  # importable, but pip cannot see it under opencv-python-headless's name and would put a second
-  # cv2 in the venv that shadows it. Keep the system one: the core tests pass with Ubuntu
-  # 24.04's (OpenCV 4.6.0 with numpy 1.26.4).
+if [ -n "$system_cv2" ]; then
+  # pip cannot see the ROS install's OpenCV under opencv-python-headless's name and would put a
+  # second cv2 in the venv that shadows it. Keep the system one: the core tests pass with
+  # Ubuntu 24.04's (OpenCV 4.6.0 with numpy 1.26.4).
   requirements=$(mktemp)
   trap 'rm -f "$requirements"' EXIT
   grep -v '^opencv-python' requirements.txt > "$requirements"
