@@ -31,21 +31,24 @@ import time
 import traceback
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import machine_info, write_result  # noqa: E402
+from bench_common import machine_info, timing_summary, write_result  # noqa: E402
+
+from corr_depth_ros.cli._args import positive_int  # noqa: E402
 
 SECTIONS = ('stereo', 'mono', 'descriptors', 'train', 'onnx')
 
 
 def _sync(device):
-    import torch
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
 def _timed(call, device, repeats, warmup=2):
-    """Median and best seconds of ``call()`` with the device synchronised around each run."""
+    """bench_common.timing_summary of ``call()`` with the device synchronised around each run,
+    plus ``per_s`` (runs per second at the median)."""
     for _ in range(warmup):
         call()
     _sync(device)
@@ -55,12 +58,11 @@ def _timed(call, device, repeats, warmup=2):
         call()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return {'median_ms': 1000 * float(np.median(times)), 'best_ms': 1000 * float(np.min(times)),
-            'per_s': float(1.0 / np.median(times)), 'runs': repeats}
+    summary = timing_summary(times)
+    return {**summary, 'per_s': 1000.0 / summary['median_ms']}
 
 
 def environment(device):
-    import torch
     info = {'torch': torch.__version__, 'device': str(device), **machine_info()}
     if device.type == 'cuda':
         props = torch.cuda.get_device_properties(device)
@@ -77,7 +79,6 @@ def environment(device):
 
 
 def bench_stereo(device, repeats):
-    import torch
     from corr_depth_ros.core.backends.learned import LearnedBackend
     from corr_depth_ros.core.metrics import disparity_metrics
     from corr_depth_ros.core.stereo_net.evaluate import motorcycle_pairs
@@ -87,11 +88,7 @@ def bench_stereo(device, repeats):
         backend = LearnedBackend(device=str(device), half=half)
         entry = {'end_to_end': _timed(lambda: backend.compute(pair['left'], pair['right']),
                                       device, repeats)}
-        dtype = torch.float16 if half else torch.float32
-
-        def resident(image):
-            return (torch.from_numpy(image).to(device).permute(2, 0, 1)[None] / 255.0).to(dtype)
-        left, right = resident(pair['left']), resident(pair['right'])
+        left, right = backend.input_tensor(pair['left']), backend.input_tensor(pair['right'])
         with torch.inference_mode():
             entry['network_only'] = _timed(lambda: backend.model(left, right), device, repeats)
         result = backend.compute(pair['left'], pair['right'])
@@ -118,7 +115,6 @@ def bench_descriptors(device, repeats):
     model, _ = load_descriptor_net(device=device)
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     pool = RecyclingPool()
-    import torch
     with torch.inference_mode():
         timing = _timed(lambda: compute_descriptors(model, image, device, pool=pool), device,
                         repeats)
@@ -146,14 +142,14 @@ def bench_train(device, steps):
 
 
 def bench_onnx(device, repeats):
-    from corr_depth_ros.core.backends.learned import LearnedBackend
+    from corr_depth_ros.core.backends.learned import DEFAULT_WEIGHTS
     from corr_depth_ros.core.backends.onnx_backend import OnnxStereoBackend
     from corr_depth_ros.core.stereo_net.evaluate import motorcycle_pairs
     from corr_depth_ros.core.stereo_net.export import export_stereo_onnx
     from corr_depth_ros.core.stereo_net import build_stereo_net, ARCH
     from corr_depth_ros.core.training import load_weights
     pair = motorcycle_pairs()[0]
-    model, _ = load_weights(LearnedBackend().weights_path, build_stereo_net, expected_arch=ARCH)
+    model, _ = load_weights(DEFAULT_WEIGHTS, build_stereo_net, expected_arch=ARCH)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, 'stereo.onnx')
         parity = export_stereo_onnx(model, path, height=500, width=741)
@@ -165,8 +161,8 @@ def bench_onnx(device, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
-    parser.add_argument('--repeats', type=int, default=20)
-    parser.add_argument('--train-steps', type=int, default=30)
+    parser.add_argument('--repeats', type=positive_int, default=20)
+    parser.add_argument('--train-steps', type=positive_int, default=30)
     parser.add_argument('--sections', default=','.join(SECTIONS),
                         help=f'comma list of {", ".join(SECTIONS)}')
     parser.add_argument('--json', default='bench_output/gpu.json')

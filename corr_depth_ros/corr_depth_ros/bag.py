@@ -226,11 +226,6 @@ def _summary_counts(path: str) -> Tuple[Dict[str, int], bool]:
     return counts, complete
 
 
-def bag_topics(path: str) -> Dict[str, int]:
-    """topic -> message count over the bag's files (from their summaries)."""
-    return _summary_counts(path)[0]
-
-
 class _Item:
     """A decoded bag message with the ``header`` the synchroniser reads."""
     __slots__ = ('header', 'datatype', 'message', 'log_time_ns')
@@ -292,8 +287,10 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
         if summaries_complete:  # the summaries say which topics exist: check before reading
             inputs = _prefer_raw(inputs, available)
             _check_inputs(inputs, num_inputs, available, available, topic_hint)
-        _feed(in_path, inputs, num_inputs, StampSynchronizer(num_inputs, queue_size, on_set),
-              progress, counts, topic_hint, available)
+        seen, frames = _feed(in_path, inputs, StampSynchronizer(num_inputs, queue_size, on_set),
+                             progress, available)
+        _check_inputs(inputs, num_inputs, seen, available, topic_hint)
+        counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
         complete = True
     finally:
         if writer is not None:
@@ -313,8 +310,10 @@ def _check_inputs(inputs: Dict[str, int], num_inputs: int, seen: Dict[str, int],
         raise ValueError(f'no messages on {wanted} (check {topic_hint}); the bag has: {present}')
 
 
-def _feed(in_path, inputs, num_inputs, sync, progress, counts, topic_hint,
-          available: Dict[str, int]) -> None:
+def _feed(in_path, inputs, sync, progress,
+          available: Dict[str, int]) -> Tuple[Dict[str, int], int]:
+    """Read the messages of ``inputs`` into ``sync`` -> (topic -> messages seen, frames of the
+    first input)."""
     from .sync import stamp_to_ns
     bar = None
     seen: Dict[str, int] = {}
@@ -335,8 +334,7 @@ def _feed(in_path, inputs, num_inputs, sync, progress, counts, topic_hint,
     finally:
         if bar is not None:
             bar.close()
-    _check_inputs(inputs, num_inputs, seen, available, topic_hint)
-    counts['unmatched'] = max(0, len(primary_stamps) - counts['sets'] - counts['errors'])
+    return seen, len(primary_stamps)
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:

@@ -497,3 +497,12 @@ def test_eval_mono_command_writes_both_models_alignments_and_the_figure(tmp_path
                         'delta3'} <= set(model['motorcycle'][pp][alignment])
     assert 'motorcycle' in report['baseline_constant_depth']
     assert figure.is_file() and figure.stat().st_size > 0
+
+
+def test_figure_leaves_the_callers_image_alone():
+    """make_figure draws its labels on copies, not on the image it was given."""
+    from corr_depth_ros.core.mono.evaluate import make_figure
+    image = np.zeros((48, 64, 3), np.uint8)
+    depth = np.full((48, 64), 2.0, np.float32)
+    figure = make_figure(image, depth, depth, 'title')
+    assert figure.shape == (96, 128, 3) and figure.any() and not image.any()

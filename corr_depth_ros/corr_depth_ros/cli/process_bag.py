@@ -2,6 +2,7 @@
 import argparse
 
 from ..core.mono import POST_PROCESS_DEFAULT
+from ..core.stereo_pipeline import CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX
 from ._args import in_range
 
 
@@ -31,10 +32,12 @@ def register(subparsers):
     stereo = parser.add_argument_group('stereo')
     stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
     # The ranges of the node's max_disparity_px and confidence_threshold parameters.
-    stereo.add_argument('--max-disparity-px', type=in_range(int, 0, 1024), default=0,
+    stereo.add_argument('--max-disparity-px', type=in_range(int, *MAX_DISPARITY_RANGE_PX),
+                        default=0,
                         help='search range, px, as the node\'s max_disparity_px (0: the '
                              'backend\'s own)')
-    stereo.add_argument('--confidence-threshold', type=in_range(float, 0.0, 1.0), default=0.0,
+    stereo.add_argument('--confidence-threshold',
+                        type=in_range(float, *CONFIDENCE_THRESHOLD_RANGE), default=0.0,
                         help='invalidate pixels whose confidence is below this (0: keep all)')
     stereo.add_argument('--sgbm', action='append', default=[], metavar='KEY=VALUE',
                         help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
@@ -72,7 +75,7 @@ def run(args) -> int:
         if args.sgbm and args.backend != 'sgbm':
             print('process-bag: --sgbm sets parameters of --backend sgbm')
             return 2
-        if args.backend == 'sgbm' and args.sgbm:
+        if args.sgbm:
             try:
                 params = _sgbm_params(args.sgbm)
             except ValueError as exc:

@@ -12,6 +12,10 @@ from .geometry import (StereoGeometry, depth_from_shifted_disparity, depth_to_po
                        message_disparity, shifted_disparity)
 from .shapes import check_shape
 
+# Ranges of the disparity-search override and the confidence threshold, shared by the stereo
+# node's parameters and `corr_depth process-bag`'s options.
+MAX_DISPARITY_RANGE_PX = (0, 1024)
+CONFIDENCE_THRESHOLD_RANGE = (0.0, 1.0)
 INVALID_DISPARITY = -1.0  # published for invalid pixels: below any valid disparity + doffs
 
 

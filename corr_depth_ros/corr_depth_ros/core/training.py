@@ -274,6 +274,11 @@ def check_signature(ckpt_path: str, stored: Optional[str], signature: Optional[D
                          'folder, or the options that run had')
 
 
+def validation_metrics(result: Dict[str, Any]) -> Dict[str, Any]:
+    """fit()'s result -> its last validation numbers, without the ``val_`` prefix."""
+    return {k[4:]: v for k, v in result.items() if k.startswith('val_')}
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype:
     """The mixed-precision type for training on a CUDA ``device``: bfloat16 (no loss scaling
     needed) where the GPU runs it natively, Ampere (compute capability 8) and newer; float16

@@ -75,7 +75,8 @@ PARAMS = [
               'units.', value_range=(0.001, 10.0)),
     ParamSpec('normal_radius_px', 5, 'Half-size of the depth window the surface normal is '
               'fitted to, pixels.', value_range=(1, 50)),
-    ParamSpec('click_reference_id', 'clicked', 'Reference that clicks on the image extend.'),
+    ParamSpec('click_reference_id', 'clicked', 'Reference that clicks on the image extend.',
+              validator=references.reference_id_problem),
     ParamSpec('max_pixels_per_request', 200, 'Most reference pixels one request may ask for.',
               value_range=(1, 10000)),
 ]
@@ -107,10 +108,6 @@ class CorrespondenceNode(Node):
     def __init__(self, **kwargs):
         super().__init__('correspondence_node', **kwargs)
         self._values = declare(self, PARAMS)
-        try:
-            references.validate_reference_id(self._values['click_reference_id'])
-        except references.ReferenceError as exc:
-            raise ValueError(f'invalid initial parameter click_reference_id: {exc}') from exc
         self.add_on_set_parameters_callback(lambda params: self._on_set_parameters(params))
         self._errors = ThrottledReporter(self.get_logger())
         self._load_model()
@@ -209,12 +206,6 @@ class CorrespondenceNode(Node):
 
     def _on_set_parameters(self, params):
         result = validate(PARAMS, params)
-        for p in params:
-            if result.successful and p.name == 'click_reference_id':
-                try:
-                    references.validate_reference_id(p.value)
-                except references.ReferenceError as exc:
-                    result.successful, result.reason = False, str(exc)
         if result.successful:
             self._values.update({p.name: p.value for p in params})
         return result

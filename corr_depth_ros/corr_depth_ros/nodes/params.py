@@ -4,7 +4,7 @@ The same table feeds ``declare_parameters`` and the README's parameter reference
 (``python -m corr_depth_ros.nodes.params``), so the two cannot drift apart.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 
@@ -18,6 +18,9 @@ class ParamSpec:
     value_range: Optional[Tuple[float, float]] = None   # inclusive
     step: float = 0
     choices: Optional[Sequence[str]] = None
+    # A further check of a value: the reason it is unacceptable, or None (at start-up and on
+    # every change, like the range and choices).
+    validator: Optional[Callable[[Any], Optional[str]]] = None
 
     def descriptor(self) -> ParameterDescriptor:
         text = self.description
@@ -47,6 +50,10 @@ class ParamSpec:
             low, high = self.value_range
             if not low <= value <= high:
                 return f'{self.name} must be in [{low}, {high}], got {value}'
+        if self.validator is not None:
+            reason = self.validator(value)
+            if reason:
+                return f'{self.name}: {reason}'
         return None
 
 

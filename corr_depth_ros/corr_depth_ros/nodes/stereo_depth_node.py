@@ -22,7 +22,8 @@ from .. import conversions
 from ..core.backends import available_backends, create_backend
 from ..core.backends.sgbm import SgbmParams
 from ..core.colormap import colourise
-from ..core.stereo_pipeline import run_stereo
+from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX,
+                                    run_stereo)
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
@@ -66,9 +67,10 @@ PARAMS = [
     ParamSpec('max_disparity_px', 0, 'Disparity search range override, pixels (0: backend '
               'default). sgbm searches that range; learned and onnx search their trained range '
               'and mark pixels beyond this invalid (no faster, within the trained range only).',
-              value_range=(0, 1024)),
+              value_range=MAX_DISPARITY_RANGE_PX),
     ParamSpec('confidence_threshold', 0.0, 'Pixels with confidence below this are invalid '
-              '(NaN depth). 0 keeps every pixel the backend outputs.', value_range=(0.0, 1.0)),
+              '(NaN depth). 0 keeps every pixel the backend outputs.',
+              value_range=CONFIDENCE_THRESHOLD_RANGE),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
               value_range=(0.0, 10000.0)),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
+from ..sync import SyncWatchdog
+
 
 class LatestFrameWorker:
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
@@ -130,7 +132,6 @@ def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: Throt
     an input that never published, or stamps that never match. ``topics``: the names given to
     make_synchronizer, in its order. Returns the :class:`..sync.SyncWatchdog` (its ``problem``
     is the newest diagnosis; ``report()`` runs one check now, as the timer does)."""
-    from ..sync import SyncWatchdog
     watchdog = SyncWatchdog(synchronizer, [node.resolve_topic_name(t) for t in topics], advice,
                             period_s, sets_so_far=sets_so_far,
                             on_problem=lambda problem: reporter.error('sync', problem))

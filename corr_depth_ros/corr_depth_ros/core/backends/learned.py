@@ -66,15 +66,19 @@ class LearnedBackend(StereoBackend):
                 'max_disparity_px': self.max_disparity_px,
                 'refine': self.model.refiner is not None}
 
+    def input_tensor(self, image: np.ndarray):
+        """(H, W, 3) uint8 RGB -> the network's (1, 3, H, W) input in [0, 1] on its device, in
+        its dtype."""
+        torch = self._torch
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        # uint8 times a Python float is float32 in one pass (no separate conversion).
+        return (tensor.permute(2, 0, 1)[None] * (1.0 / 255.0)).to(
+            torch.float16 if self.half else torch.float32)
+
     def infer(self, left_rgb: np.ndarray, right_rgb: np.ndarray):
         """(H, W, 3) uint8 pair -> ((H, W) float32 disparity px, (H, W) float32 confidence)."""
         torch = self._torch
-        dtype = torch.float16 if self.half else torch.float32
-
-        def to_tensor(image):
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-            # uint8 times a Python float is float32 in one pass (no separate conversion).
-            return (tensor.permute(2, 0, 1)[None] * (1.0 / 255.0)).to(dtype)
+        to_tensor = self.input_tensor
 
         with torch.inference_mode():
             out = None
@@ -88,7 +92,8 @@ class LearnedBackend(StereoBackend):
                 # gone, not while it still holds them.
                 pass
             if out is None:
-                torch.cuda.empty_cache()         # a no-op where CUDA is not in use
+                # No empty_cache(): the caching allocator already returns its free blocks and
+                # retries before it raises out-of-memory.
                 out = self.model(to_tensor(left_rgb), to_tensor(right_rgb))
         disparity = out['disparity'][0, 0].float().cpu().numpy()
         confidence = out['confidence'][0, 0].float().cpu().numpy()

@@ -143,10 +143,11 @@ class OnnxStereoBackend(StereoBackend):
             # output means flow, x_right - x_left, not disparity.
             finite = disparity[np.isfinite(disparity)]
             self._output_checked = finite.size > 0
-            if finite.size and np.mean(finite < 0) > 0.5 and np.median(finite) < -1.0:
+            median = float(np.median(finite)) if finite.size else 0.0
+            if finite.size and np.mean(finite < 0) > 0.5 and median < -1.0:
                 raise ModelOutputError(
                     f'output {self.output_name!r} is mostly negative (median '
-                    f'{float(np.median(finite)):.3g}): this backend expects disparity >= 0 in '
+                    f'{median:.3g}): this backend expects disparity >= 0 in '
                     'pixels; a model that outputs flow (x_right - x_left) needs it negated in '
                     'the export')
         if disparity.shape != (height, width):

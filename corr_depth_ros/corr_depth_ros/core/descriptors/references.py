@@ -45,10 +45,18 @@ def network_identity(model, scales=(1.0,)) -> str:
     return weights_identity(model, ARCH, config)
 
 
+def reference_id_problem(reference_id: str) -> Optional[str]:
+    """Why ``reference_id`` cannot name a reference, or None."""
+    if not isinstance(reference_id, str) or not _ID_PATTERN.fullmatch(reference_id):
+        return (f'reference_id {reference_id!r} is not usable: use 1-64 characters from '
+                'letters, digits, "_", "-" and "." (it names a file)')
+    return None
+
+
 def validate_reference_id(reference_id: str) -> None:
-    if not _ID_PATTERN.fullmatch(reference_id or ''):
-        raise ReferenceError(f'reference_id {reference_id!r} is not usable: use 1-64 characters '
-                             'from letters, digits, "_", "-" and "." (it names a file)')
+    problem = reference_id_problem(reference_id)
+    if problem:
+        raise ReferenceError(problem)
 
 
 def make_thumbnail(image_rgb8: np.ndarray, max_px: int = THUMBNAIL_MAX_PX) -> np.ndarray:

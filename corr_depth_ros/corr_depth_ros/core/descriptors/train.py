@@ -17,7 +17,7 @@ import torch
 from ..synth.config import SYNTH_VERSION
 from ..synth.contact_sheet import to_uint8_rgb
 from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, path_key,
-                        save_weights, source_note, unwrap)
+                        save_weights, source_note, unwrap, validation_metrics)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -157,7 +157,7 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                  config=net_config,
                  # fit() prefixes validation numbers with val_; best's metadata has them bare.
                  metadata=metadata(last.get('step', cfg.steps),
-                                   {k[4:]: v for k, v in last.items() if k.startswith('val_')}))
+                                   validation_metrics(last)))
     return {'last': last, 'best': best.best or {'pck@3': -1.0},
             'wall_s': time.time() - started}
 

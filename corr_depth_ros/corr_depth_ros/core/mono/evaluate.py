@@ -136,7 +136,7 @@ def make_figure(image_rgb8: np.ndarray, gt_m: np.ndarray, pred_m: np.ndarray,
               'abs rel error 0-0.3']
     tiles = []
     for panel, label in zip(panels, labels):
-        tile = np.ascontiguousarray(panel)
+        tile = np.array(panel, order='C')      # a copy: the labels must not mark the caller's image
         cv2.putText(tile, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
         tiles.append(tile)
     top = np.concatenate(tiles[:2], axis=1)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..shapes import check_shape
 from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, path_key,
-                        save_weights, source_note, unwrap)
+                        save_weights, source_note, unwrap, validation_metrics)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Dataset base seeds (a sample's own seed is synth.io.sample_seed(base, index) = base * 1_000_003
@@ -322,7 +322,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                  signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
                  metadata=metadata(result.get('step', cfg.steps),
-                                   {k[4:]: v for k, v in result.items() if k.startswith('val_')}))
+                                   validation_metrics(result)))
     return {**result, 'best': best.best or {'epe_px': math.inf}}
 
 
