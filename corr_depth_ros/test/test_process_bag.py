@@ -124,9 +124,19 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     disparity = next(m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out4.mcap'))
                      if t == '/cam/disparity')
     assert disparity.max_disparity == pytest.approx(31 + geo.doffs_px)
-    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out5.mcap'), '--namespace',
-                     '/cam', '--sgbm', 'blocksize=7', '--no-progress']) == 2
-    assert "expected KEY=VALUE with KEY one of" in capsys.readouterr().out
+    # A bad item is refused while parsing (usage line, exit 2), before the bag is opened.
+    for item, reason in (('blocksize=7', 'expected KEY=VALUE with KEY one of'),
+                         ('block_size', 'expected KEY=VALUE with KEY one of'),
+                         ('block_size=x', 'block_size takes a int'),
+                         ('fill_holes=maybe', 'fill_holes is true or false'),
+                         ('num_disparities=30', 'positive multiple of 16')):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(['process-bag', str(tmp_path / 'absent.mcap'), str(tmp_path / 'out5.mcap'),
+                      '--sgbm', item, '--no-progress'])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith('usage: ') and f'argument --sgbm: {item!r}: ' in err
+        assert reason in err
     # A frame whose right image was not recorded is counted, not silently lost.
     writer = bag.BagWriter(str(tmp_path / 'gap.mcap'))
     for topic, datatype, message, t in bag.read_messages(str(folder)):

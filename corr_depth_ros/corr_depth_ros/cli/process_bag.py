@@ -39,7 +39,8 @@ def register(subparsers):
     stereo.add_argument('--confidence-threshold',
                         type=in_range(float, *CONFIDENCE_THRESHOLD_RANGE), default=0.0,
                         help='invalidate pixels whose confidence is below this (0: keep all)')
-    stereo.add_argument('--sgbm', action='append', default=[], metavar='KEY=VALUE',
+    stereo.add_argument('--sgbm', action='append', default=[], type=_sgbm_item,
+                        metavar='KEY=VALUE',
                         help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
                              'num_disparities=128 or block_size=7 (repeatable)')
     mono = parser.add_argument_group('mono')
@@ -76,11 +77,7 @@ def run(args) -> int:
             print('process-bag: --sgbm sets parameters of --backend sgbm')
             return 2
         if args.sgbm:
-            try:
-                params = _sgbm_params(args.sgbm)
-            except ValueError as exc:
-                print(f'process-bag: {exc}')
-                return 2
+            params = dict(args.sgbm)
         if args.backend == 'learned':
             params = {'device': args.device, 'weights_path': args.weights}
         elif args.backend == 'onnx':
@@ -112,27 +109,30 @@ def run(args) -> int:
     return 0 if counts['sets'] > 0 else 1
 
 
-def _sgbm_params(items) -> dict:
-    """['num_disparities=128', 'mode=hh'] -> {'num_disparities': 128, 'mode': 'hh'}, typed as
-    SgbmParams declares them (the backend validates the values)."""
+def _sgbm_item(text: str):
+    """argparse type of --sgbm: 'num_disparities=128' -> ('num_disparities', 128), typed as
+    SgbmParams declares it and checked by its validate() (the cross-parameter p2 > p1 check
+    is left to the backend, which sees them all)."""
     import dataclasses
 
     from ..core.backends.sgbm import SgbmParams
     types = {f.name: type(f.default) for f in dataclasses.fields(SgbmParams)}
-    params = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or key not in types:
-            raise ValueError(f'--sgbm {item!r}: expected KEY=VALUE with KEY one of '
-                             f'{", ".join(sorted(types))}')
-        kind = types[key]
-        if kind is bool:
-            if value.lower() not in ('true', 'false', '1', '0'):
-                raise ValueError(f'--sgbm {item!r}: {key} is true or false')
-            params[key] = value.lower() in ('true', '1')
-        else:
-            try:
-                params[key] = kind(value)
-            except ValueError:
-                raise ValueError(f'--sgbm {item!r}: {key} takes a {kind.__name__}') from None
-    return params
+    key, sep, value = text.partition('=')
+    if not sep or key not in types:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=VALUE with KEY one of '
+                                         f'{", ".join(sorted(types))}')
+    kind = types[key]
+    if kind is bool:
+        if value.lower() not in ('true', 'false', '1', '0'):
+            raise argparse.ArgumentTypeError(f'{text!r}: {key} is true or false')
+        parsed = value.lower() in ('true', '1')
+    else:
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r}: {key} takes a {kind.__name__}') from None
+    try:
+        dataclasses.replace(SgbmParams(), **{key: parsed}).validate()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f'{text!r}: {exc}') from None
+    return key, parsed
