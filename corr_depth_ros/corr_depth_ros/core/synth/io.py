@@ -148,6 +148,14 @@ def _load_float(path: PathLike) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- samples
 
+_SAMPLE_DIGITS = 6  # FORMAT.md: one folder a sample, its index zero-padded to 6 digits
+
+
+def sample_dir(root: PathLike, index: int) -> Path:
+    """The folder of sample ``index`` of the dataset at ``root``: ``ROOT/000042``."""
+    return Path(root) / f'{int(index):0{_SAMPLE_DIGITS}d}'
+
+
 def _meta(sample: dict, kind: str, config: Optional[SynthConfig]) -> dict:
     image = sample['left'] if kind == 'stereo' else sample['image_a']
     meta = {'format': FORMAT_NAME, 'kind': kind, 'synth_version': SYNTH_VERSION,
@@ -265,7 +273,7 @@ class SyntheticFolderDataset(Dataset):
             # Exactly the samples dataset.json lists: not leftovers of an earlier, larger one.
             dataset = json.loads(info.read_text())
             kinds.add(dataset['kind'])
-            self.sample_dirs = [self.root / f'{i:06d}' for i in range(int(dataset['count']))]
+            self.sample_dirs = [sample_dir(self.root, i) for i in range(int(dataset['count']))]
             missing = [p.name for p in self.sample_dirs if not (p / 'meta.json').exists()]
             if missing:
                 raise ValueError(f'SyntheticFolderDataset: {self.root}/dataset.json lists '
@@ -363,7 +371,7 @@ def _write_one(job) -> int:
     config = SynthConfig.from_dict(config_dict)
     sample = _render(kind, seed, height, width, config, device, layout)
     save = save_stereo_sample if kind == 'stereo' else save_multiview_sample
-    save(Path(root) / f'{index:06d}', sample, config)
+    save(sample_dir(root, index), sample, config)
     return index
 
 
@@ -410,8 +418,9 @@ def write_dataset(root: PathLike, kind: str, count: int, height: int, width: int
                          f'--out or pass overwrite')
     root.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        # The previous dataset's samples go too: a smaller new one must not leave them behind.
-        for old in root.glob('[0-9][0-9][0-9][0-9][0-9][0-9]'):
+        # The previous dataset's samples (sample_dir's folders) go too: a smaller new one must
+        # not leave them behind.
+        for old in root.glob('[0-9]' * _SAMPLE_DIGITS):
             if old.is_dir() and (old / 'meta.json').exists():
                 shutil.rmtree(old)
         (root / 'dataset.json').unlink(missing_ok=True)
