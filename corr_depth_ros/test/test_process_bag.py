@@ -322,3 +322,9 @@ def test_train_mono_on_a_recorded_bag(tmp_path):
     assert meta['selected']['rule'] == 'last step' and not (out / 'best.safetensors').exists()
     assert meta['training_rig']['baseline_m'] == pytest.approx(geo.baseline_m)
     assert meta['data_source']['bag'].endswith('rig.mcap')
+    # The run signature names the extracted folder, resolved, so a resume must use the same.
+    import os
+    import torch
+    state = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert json.loads(state['signature'])['data'] == \
+        f'folder:{os.path.realpath(out / "bag_pairs")}'

@@ -183,8 +183,9 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
             best.offer(bare_model, {**val, 'step': logged_step(cfg.out_dir)}, arch=ARCH,
                        config=config, metadata=metadata)
             return val
-    data_key = (f'folder:{path_key(spec.data.split(":", 1)[1])}'
-                if spec.data.startswith('folder:') else spec.data)
+    # make_dataset refused any --data but these two, and parsed the folder out of folder:PATH.
+    data_key = (spec.data if spec.data == 'synthetic'
+                else f'folder:{path_key(data_meta["folder"])}')
     signature = {'loss': asdict(weights), 'data': data_key, 'size_hw': [spec.height, spec.width],
                  'net': config, 'train_count': spec.train_count if spec.data == 'synthetic' else None}
     final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn, signature=signature)
