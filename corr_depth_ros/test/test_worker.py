@@ -57,6 +57,18 @@ def test_worker_processes_only_the_newest_waiting_item_and_survives_errors():
         worker.stop()
 
 
+def test_worker_name_is_its_threads_name():
+    threads = []
+    worker = LatestFrameWorker(lambda item: threads.append(threading.current_thread().name),
+                               lambda exc: None, name='mono_depth')
+    try:
+        worker.submit('frame')
+        assert _wait_for(lambda: threads == ['mono_depth'])
+        assert worker.name == 'mono_depth'
+    finally:
+        worker.stop()
+
+
 def test_reporter_throttles_per_problem_and_is_silent_after_shutdown():
     logger = ListLogger()
     reporter = ThrottledReporter(logger, period_s=60.0)

@@ -15,7 +15,6 @@ from ..sync import SyncWatchdog
 class LatestFrameWorker:
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
                  name: str = 'corr_depth_worker'):
-        self.name = name
         self._process = process
         self._on_error = on_error
         self._cond = threading.Condition()
@@ -26,6 +25,11 @@ class LatestFrameWorker:
         self.last_duration_s = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def name(self) -> str:
+        """The name of the thread that processes the items (as logs and stop_workers say it)."""
+        return self._thread.name
 
     def submit(self, item: Any) -> None:
         with self._cond:
