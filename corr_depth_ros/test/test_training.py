@@ -52,7 +52,7 @@ def test_fit_learns_and_resumes(tmp_path):
                                device='cpu', threads=1)
     data = _Line()
     model = _tiny()
-    out = training.fit(model, data, _loss, cfg, val_fn=lambda m: {'mse': _loss(m, {
+    out = training.fit(model, data, _loss, cfg, val_fn=lambda m, step: {'mse': _loss(m, {
         'x': torch.stack([data[i]['x'] for i in range(64)]),
         'y': torch.stack([data[i]['y'] for i in range(64)])})[0].item()})
     assert out['step'] == 150 and out['val_mse'] < 0.05
@@ -111,7 +111,7 @@ def test_resume_continues_the_data_stream_and_refuses_to_mix_runs(tmp_path):
                                     lr=1e-2, warmup_steps=1, log_every=3, val_every=4,
                                     checkpoint_every=4, device='cpu', threads=1, resume=resume)
     first = _Recorded()
-    training.fit(_tiny(), first, _loss, config(4), val_fn=lambda m: {'v': 1.0})
+    training.fit(_tiny(), first, _loss, config(4), val_fn=lambda m, step: {'v': 1.0})
     assert first.stream == (0, 0)
     resumed = _Recorded()
     training.fit(_tiny(), resumed, _loss, config(8))
@@ -120,11 +120,6 @@ def test_resume_continues_the_data_stream_and_refuses_to_mix_runs(tmp_path):
     assert resumed.read[:16] != first.read[:16]
     state = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
     assert state['step'] == 8 and 'scaler' in state
-    # The training record of a validation step is logged even when log_every does not divide
-    # it (the trainers read the step of their best weights from the log).
-    records = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
-    assert {'event': 'train', 'step': 4}.items() <= next(
-        r for r in records if r['event'] == 'train' and r['step'] == 4).items()
     with pytest.raises(FileExistsError, match='previous run'):
         training.fit(_tiny(), _Line(), _loss, config(8, resume=False))
 
@@ -156,11 +151,23 @@ def test_best_weights_keeps_the_best_validation_across_a_resume(tmp_path):
     assert not pck.offer(worse, {'pck': 0.25}, arch='tiny', config={}, metadata={})
 
 
-def test_logged_step_reads_the_newest_step(tmp_path):
-    assert training.logged_step(str(tmp_path)) == 0
-    with open(tmp_path / 'log.jsonl', 'w') as f:
-        f.write('{"event": "train", "step": 40}\n{"event": "val", "step": 40}\nnot json\n')
-    assert training.logged_step(str(tmp_path)) == 40
+def test_fit_passes_the_step_to_val_fn(tmp_path):
+    """val_fn is told the step it validates (the trainers store it with their best weights);
+    the training log keeps its log_every rhythm, with no extra record at validation steps."""
+    seen = []
+
+    def val_fn(model, step):
+        seen.append((step, model.training))
+        return {'v': float(step)}
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=6, batch_size=4,
+                               log_every=3, val_every=2, checkpoint_every=6, device='cpu',
+                               threads=1)
+    out = training.fit(_tiny(), _Line(), _loss, cfg, val_fn=val_fn)
+    assert seen == [(2, False), (4, False), (6, False)] and out['val_v'] == 6.0
+    records = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
+    assert [r['step'] for r in records if r['event'] == 'train'] == [3, 6]
+    assert [(r['step'], r['v']) for r in records if r['event'] == 'val'] == [
+        (2, 2.0), (4, 4.0), (6, 6.0)]
 
 
 def test_resolve_device():

@@ -134,21 +134,6 @@ def read_weights_header(path: str) -> Dict[str, Any]:
     return {k: json.loads(v) for k, v in raw.items()}
 
 
-def logged_step(out_dir: str) -> int:
-    """The newest step in log.jsonl: fit() does not pass the step to val_fn, and it logs the
-    training record of a step before validating at it (exact when log_every divides val_every)."""
-    path = os.path.join(out_dir, 'log.jsonl')
-    step = 0
-    if os.path.isfile(path):
-        with open(path, encoding='utf-8') as f:
-            for line in f:
-                try:
-                    step = max(step, int(json.loads(line).get('step', 0)))
-                except (ValueError, AttributeError):
-                    continue
-    return step
-
-
 class BestWeights:
     """``path`` (save_weights format) holds the weights of the best validation so far.
 
@@ -296,11 +281,12 @@ def mixed_precision(enabled: bool, device: torch.device) -> Tuple[bool, torch.dt
 
 
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
-        val_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
+        val_fn: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """Train ``model`` for ``cfg.steps`` optimiser steps (resuming from out_dir if possible).
 
-    ``loss_fn(model, batch) -> (loss, logs)``; ``val_fn(bare_model) -> {name: value}``.
+    ``loss_fn(model, batch) -> (loss, logs)``; ``val_fn(bare_model, step) -> {name: value}``,
+    ``step`` the optimiser steps done (what the trainers store with their best weights).
     Returns the last training logs merged with the last validation numbers.
 
     Without ``cfg.resume``, an out_dir that holds a previous run (checkpoint or log) is refused
@@ -443,9 +429,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f'{last["loss"]:.4f}')
-            # Also at each validation step: logged_step() reads the step from the log.
-            validates = val_fn is not None and step % cfg.val_every == 0
-            if step % cfg.log_every == 0 or step == cfg.steps or validates:
+            if step % cfg.log_every == 0 or step == cfg.steps:
                 _log(log_path, {'event': 'train', 'step': step, 'lr': scheduler.get_last_lr()[0],
                                 'elapsed_s': time.perf_counter() - started, **last})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -453,7 +437,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if val_fn is not None and dist_info.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
             model.eval()
             with torch.no_grad():
-                val_last = {k: float(v) for k, v in val_fn(model).items()}
+                val_last = {k: float(v) for k, v in val_fn(model, step).items()}
             model.train()
             _log(log_path, {'event': 'val', 'step': step, **val_last})
             if progress is not None:

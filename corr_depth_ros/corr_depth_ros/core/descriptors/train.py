@@ -16,8 +16,8 @@ import torch
 
 from ..synth.config import SYNTH_VERSION
 from ..synth.contact_sheet import to_uint8_rgb
-from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, path_key,
-                        save_weights, source_note, unwrap, validation_metrics)
+from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
+                        source_note, unwrap, validation_metrics)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -142,10 +142,10 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                 'torch': torch.__version__,
                 **({'initialised_from': initialised_from} if initialised_from else {})}
 
-    def val_fn(bare_model):
+    def val_fn(bare_model, step):
         metrics = pck_on_pairs(bare_model, val_pairs, spec.val_points)
         best.offer(bare_model, metrics, arch=ARCH, config=net_config,
-                   metadata=metadata(logged_step(cfg.out_dir), metrics))
+                   metadata=metadata(step, metrics))
         return metrics
 
     signature = {'net': net_config, 'loss': spec.loss.to_dict(),

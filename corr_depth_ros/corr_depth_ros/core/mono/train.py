@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training import (BestWeights, TrainConfig, fit, is_main_process, logged_step,
-                        main_process_first, path_key, save_weights)
+from ..training import (BestWeights, TrainConfig, fit, is_main_process, main_process_first,
+                        path_key, save_weights)
 from .data import (TRAINING_RIG, PairArrayDataset, build_synthetic_cache, load_cache, pair_item,
                    training_synth_config)
 from .inference import metric_depth, predict_disparity
@@ -173,15 +173,15 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
                                   config=training_synth_config(), with_depth=True,
                                   progress=False)
 
-        def val_fn(bare_model):
+        def val_fn(bare_model, step):
             result = evaluate_on_cache(bare_model, spec.val_cache_dir, spec.val_images,
                                        (spec.height, spec.width),
                                        device=next(bare_model.parameters()).device)
             val = {'abs_rel_median': result['median']['abs_rel'],
                    'delta1_median': result['median']['delta1'],
                    'abs_rel_raw': result['raw']['abs_rel']}
-            best.offer(bare_model, {**val, 'step': logged_step(cfg.out_dir)}, arch=ARCH,
-                       config=config, metadata=metadata)
+            best.offer(bare_model, {**val, 'step': step}, arch=ARCH, config=config,
+                       metadata=metadata)
             return val
     # make_dataset refused any --data but these two, and parsed the folder out of folder:PATH.
     data_key = (spec.data if spec.data == 'synthetic'

@@ -24,8 +24,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..shapes import check_shape
-from ..training import (BestWeights, TrainConfig, fit, load_weights, logged_step, path_key,
-                        save_weights, source_note, unwrap, validation_metrics)
+from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
+                        source_note, unwrap, validation_metrics)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Dataset base seeds (a sample's own seed is synth.io.sample_seed(base, index) = base * 1_000_003
@@ -308,9 +308,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                 **({'refined_from': refined_from} if refined_from else {}),
                 **({'initialised_from': initialised_from} if initialised_from else {})}
 
-    def val_fn(bare):
+    def val_fn(bare, step):
         val = evaluate_on_set(bare, val_data)
-        step = logged_step(cfg.out_dir)
         best.offer(bare, {**val, 'step': step}, arch=ARCH, config=config,
                    metadata=metadata(step, val))
         return val
