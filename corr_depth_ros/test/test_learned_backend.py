@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip('torch')
 
 from corr_depth_ros.core.backends import available_backends, create_backend  # noqa: E402
-from corr_depth_ros.core.backends.learned import DEFAULT_WEIGHTS  # noqa: E402
+from corr_depth_ros.core.backends.learned import (  # noqa: E402
+    AUTO_SCALE_RANGE, DEFAULT_WEIGHTS, choose_input_scale)
 from corr_depth_ros.core.metrics import disparity_metrics  # noqa: E402
 from corr_depth_ros.core.stereo_net import ARCH, build_stereo_net  # noqa: E402
 from corr_depth_ros.core.stereo_net.evaluate import motorcycle_pairs, synthetic_pairs  # noqa: E402
@@ -38,7 +39,10 @@ def test_shipped_weights_carry_their_config(learned):
     for key in ('synth_version', 'synth_seed', 'steps', 'validation', 'max_disparity_px',
                 'divisibility', 'command'):
         assert key in meta, key
-    assert meta['max_disparity_px'] == learned.max_disparity_px == header['config']['max_disparity_px']
+    assert meta['max_disparity_px'] == learned.network_max_disparity_px == \
+        header['config']['max_disparity_px']
+    # The widest range the backend answers: the network's at the smallest auto scale.
+    assert learned.max_disparity_px == int(meta['max_disparity_px'] / AUTO_SCALE_RANGE[0])
     assert os.path.getsize(DEFAULT_WEIGHTS) < 8 * 1024 * 1024   # a few MB at most
 
 
@@ -54,9 +58,58 @@ def test_output_contract_on_an_odd_size(learned):
     # A requested range below the prediction invalidates pixels instead of being ignored.
     limited = learned.compute(left, right, max_disparity_px=0)
     assert limited.valid.sum() <= (result.disparity_px <= 0).sum()
-    # What it searched (DisparityImage's min/max): the trained range, or less when asked.
-    assert result.search_range_px == (0.0, float(learned.max_disparity_px))
+    # What it searched (DisparityImage's min/max): the network's range at the scale it ran at
+    # (a 3 px shift: auto keeps the pair's size), or less when asked.
+    assert learned.last_input_scale == AUTO_SCALE_RANGE[1] == 1.0
+    assert result.search_range_px == (0.0, float(learned.network_max_disparity_px))
     assert limited.search_range_px == (0.0, 0.0)
+
+
+def test_auto_input_scale_rule():
+    """The probe's 99th-percentile disparity is put at AUTO_TARGET_PX (70 px): a near scene
+    shrinks, a far one keeps its size; multiples of 1/8; no disparity at all: the cap."""
+    low, high = AUTO_SCALE_RANGE
+    assert choose_input_scale(np.full((10, 10), 140.0)) == 0.5
+    assert choose_input_scale(np.full((10, 10), 100.0)) == 0.625      # 0.7 rounded down
+    assert choose_input_scale(np.full((10, 10), 1000.0)) == low
+    assert choose_input_scale(np.full((10, 10), 60.0)) == high == 1.0   # never enlarged
+    assert choose_input_scale(np.full((10, 10), np.nan)) == high
+    mostly_far = np.full((10, 10), 10.0)
+    mostly_far[0, :2] = 300.0              # 2 % of the pixels decide it (the 99th percentile)
+    assert choose_input_scale(mostly_far) == low
+
+
+def test_fixed_input_scale_answers_in_pixels_of_the_given_pair(learned):
+    """Run at half size, the disparity is still in pixels of the pair it was given: a
+    random texture shifted by 24 px reads ~24 px, not the 12 px the network saw."""
+    rng = np.random.default_rng(1)
+    texture = rng.integers(0, 256, (96, 200, 3), dtype=np.uint8)
+    texture = np.repeat(np.repeat(texture, 2, axis=0), 2, axis=1)     # 4-pixel grains
+    left, right = texture[:, 24:280], texture[:, 48:304]     # a point at x on the left: x - 24
+    half = create_backend('learned', device='cpu', input_scale=0.5)
+    result = half.compute(np.ascontiguousarray(left), np.ascontiguousarray(right))
+    assert result.disparity_px.shape == left.shape[:2] and half.last_input_scale == 0.5
+    inner = result.disparity_px[16:-16, 32:-32]
+    assert abs(float(np.median(inner)) - 24.0) < 1.0, np.median(inner)
+    assert result.search_range_px == (0.0, float(2 * half.network_max_disparity_px))
+    with pytest.raises(ValueError, match='input_scale'):
+        half.set_params(input_scale=-1.0)
+    with pytest.raises(ValueError, match='no runtime parameters'):
+        half.set_params(refine=False)
+
+
+def test_auto_input_scale_rescues_a_near_scene(learned):
+    """A 640x480 scene with disparities to ~200 px, beyond the 0-112 px the network was trained
+    on: run as trained it fails, auto shrinks the pair into its range."""
+    pair = synthetic_pairs(1, 480, 640, TEST_SEED + 5)[0]
+    assert np.nanpercentile(pair['disparity_px'], 95) > 150
+    errors = {}
+    for scale in (1.0, 0.0):
+        backend = create_backend('learned', device='cpu', input_scale=scale)
+        result = backend.compute(pair['left'], pair['right'])
+        errors[scale] = disparity_metrics(result.disparity_px, pair['disparity_px'])['epe_px']
+    assert backend.last_input_scale <= 0.5
+    assert errors[0.0] < 0.5 * errors[1.0], errors
 
 
 def test_missing_or_foreign_weights_raise(tmp_path):
@@ -236,11 +289,11 @@ def test_out_of_memory_is_retried_once_before_it_reaches_the_node(monkeypatch):
     frame once, after the failed pass's tensors are released; a second one in a row goes to
     the caller, whose fallback to sgbm then applies. CPU stand-in: a model that raises it."""
     import weakref
-    backend = create_backend('learned', device='cpu')
+    backend = create_backend('learned', device='cpu', input_scale=1.0)   # one pass a pair
     real = backend.model
     calls, failed_pass = [], []
 
-    def flaky(left, right, failures):
+    def flaky(left, right, refine, failures):
         calls.append(1)
         if len(calls) <= failures:
             activations = torch.empty(1 << 20)         # the failed pass's memory
@@ -249,13 +302,13 @@ def test_out_of_memory_is_retried_once_before_it_reaches_the_node(monkeypatch):
         # The retry runs once the failed pass's tensors are released (not from inside the
         # except block, whose traceback would still hold them).
         assert all(ref() is None for ref in failed_pass)
-        return real(left, right)
+        return real(left, right, refine)
     pair = motorcycle_pairs(0.125)[0]
-    monkeypatch.setattr(backend, 'model', lambda l, r: flaky(l, r, 1))
+    monkeypatch.setattr(backend, 'model', lambda l, r, refine=True: flaky(l, r, refine, 1))
     result = backend.compute(pair['left'], pair['right'])
     assert len(calls) == 2 and result.valid.any()
     calls.clear()
-    monkeypatch.setattr(backend, 'model', lambda l, r: flaky(l, r, 2))
+    monkeypatch.setattr(backend, 'model', lambda l, r, refine=True: flaky(l, r, refine, 2))
     with pytest.raises(torch.OutOfMemoryError):
         backend.compute(pair['left'], pair['right'])
     assert len(calls) == 2

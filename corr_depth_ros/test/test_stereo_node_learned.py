@@ -76,6 +76,14 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
     beyond = node.set_parameters([Parameter('max_disparity_px', value=trained + 16)])[0]
     assert not beyond.successful and 'trained range' in beyond.reason
     assert node.set_parameters([Parameter('max_disparity_px', value=trained // 2)])[0].successful
+    # learned.input_scale changes at runtime; 1 is the network as trained, and the range
+    # follows (auto reaches 192 / 0.375 = 512 px by shrinking near scenes).
+    assert trained == 512
+    assert node.set_parameters([Parameter('max_disparity_px', value=0)])[0].successful
+    assert node.set_parameters([Parameter('learned.input_scale', value=1.0)])[0].successful
+    assert node._backend.input_scale == 1.0 and node._backend.max_disparity_px == 192
+    refused = node.set_parameters([Parameter('learned.input_scale', value=-0.5)])[0]
+    assert not refused.successful and node._backend.input_scale == 1.0
 
 
 def test_missing_weights_fall_back_to_sgbm(ros, crop, tmp_path):

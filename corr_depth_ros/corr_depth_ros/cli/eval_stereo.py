@@ -1,8 +1,22 @@
 """`corr_depth eval stereo --backend learned --backend sgbm --dataset motorcycle --json out.json`"""
+import argparse
 import json
 import os
 
+from ..core.backends.learned import check_input_scale
 from ._args import positive_float, positive_int, size_hw
+
+
+def input_scale(text: str) -> float:
+    """argparse type: a learned.input_scale value (0 = auto)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    problem = check_input_scale(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def register(subparsers):
@@ -18,6 +32,9 @@ def register(subparsers):
     p.add_argument('--weights', default='', help='learned: safetensors (default: shipped)')
     p.add_argument('--no-refine', action='store_true',
                    help="learned: skip the weights' local refiner (the node's learned.refine)")
+    p.add_argument('--input-scale', type=input_scale, default=0.0,
+                   help='learned: resize pairs by this factor for the network (the node\'s '
+                        'learned.input_scale; 0 = auto per pair, 1 = as trained)')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--onnx-model', default='', help='onnx: model path')
     p.add_argument('--onnx-size', type=size_hw, default=None,
@@ -56,7 +73,7 @@ def run(args) -> int:
     for name in backends:
         if name == 'learned':
             backend = create_backend('learned', weights_path=args.weights, device=args.device,
-                                     refine=not args.no_refine,
+                                     refine=not args.no_refine, input_scale=args.input_scale,
                                      threads=args.threads)
         elif name == 'onnx':
             height, width = args.onnx_size or (0, 0)

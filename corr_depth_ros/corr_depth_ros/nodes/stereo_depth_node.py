@@ -20,6 +20,7 @@ from stereo_msgs.msg import DisparityImage
 
 from .. import conversions
 from ..core.backends import available_backends, create_backend
+from ..core.backends.learned import INPUT_SCALE_RANGE
 from ..core.backends.sgbm import SgbmParams
 from ..core.colormap import colourise
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX,
@@ -80,6 +81,12 @@ PARAMS = [
     ParamSpec('learned.refine', True, 'learned: run the weights\' 1/4-resolution local refiner '
               'when they have one (the shipped ones do); false skips it: less accurate, '
               '~13 ms faster a 741x500 pair on a 2-core CPU.', read_only=True),
+    ParamSpec('learned.input_scale', 0.0, 'learned: resize the pair by this factor before the '
+              'network (disparity rescaled back). 0 = auto, per pair: a small probe pass '
+              'measures the disparities and a near scene is shrunk (to 0.375) until they fall '
+              'within what the network was trained on. 1 = as trained; above 1 enlarges (finer '
+              'on far scenes, slower by the square).',
+              value_range=INPUT_SCALE_RANGE),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
               '(1,3,H,W) float32, output disparity in pixels).', read_only=True),
     ParamSpec('onnx.input_width', 0, 'onnx: model input width, pixels (0: the model\'s fixed '
@@ -189,7 +196,8 @@ class StereoDepthNode(Node):
         """The ``<name>.*`` parameters as keyword arguments of that backend."""
         if name == 'learned':
             return {'weights_path': self._values['learned.weights_path'],
-                    'refine': self._values['learned.refine']}
+                    'refine': self._values['learned.refine'],
+                    'input_scale': self._values['learned.input_scale']}
         if name == 'onnx':
             v = self._values
             return {'model_path': v['onnx.model_path'], 'input_width': v['onnx.input_width'],
@@ -242,6 +250,10 @@ class StereoDepthNode(Node):
                 self._warn_beyond_trained_range()
             elif sgbm_changes and self._backend_name == 'sgbm':
                 self._backend.set_params(**sgbm_changes)
+            elif 'learned.input_scale' in changes and self._backend_name == 'learned':
+                # Its range follows the scale (a fixed scale of 1: the network's 192 px).
+                self._backend.set_params(input_scale=changes['learned.input_scale'])
+                self._warn_beyond_trained_range()
         return result
 
     # --- data path ---------------------------------------------------------------------------

@@ -3,10 +3,26 @@
 Trade-off against ``sgbm``: dense, smooth output with a per-pixel confidence and better
 behaviour on weak texture once trained enough, but it needs torch, it is limited to the search
 range it was trained with (192 px) and it is slower on a CPU; on a GPU it runs in half precision.
-"""
-import os
-from typing import Any, Dict, Optional
 
+Input scale. The network only knows the disparities it was trained on: the synthetic pairs
+keep every disparity under 0.35 x the image width (core/synth/config.max_disparity_frac), i.e.
+0-112 px at the 320x256 training size, and past that its error grows fast. A 640x480 camera
+with near objects sees 200 px and more. So by default (``input_scale`` 0, "auto") the backend
+first runs the network on a small copy of the pair (``AUTO_PROBE_SCALE`` of its size, without
+the refiner), takes the 99th percentile of that disparity, and then runs it on the pair shrunk
+so that this percentile lands at ``AUTO_TARGET_PX`` (scale within ``AUTO_SCALE_RANGE``, rounded
+down to 1/8); the disparity is resized back and rescaled. The probe and the target were chosen
+on synthetic validation pairs at 320x256, 640x480 and 752x496 (seeds of their own, never the
+evaluation pairs; README "Models and measured results"). Enlarging far scenes (scales above 1)
+helped there too, a little, but costs time by the square of the scale, so auto stops at 1
+(the 100 ms CPU budget for a 741x500 pair); a fixed ``input_scale`` skips the probe, and one
+above 1 enlarges.
+"""
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import cv2
 import numpy as np
 
 from ..shapes import check_shape
@@ -14,6 +30,33 @@ from .base import StereoBackend, StereoResult
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), 'weights')
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, 'stereo_gwc_small.safetensors')
+
+AUTO_SCALE = 0.0            # input_scale value meaning "choose per pair"
+AUTO_PROBE_SCALE = 0.375    # the probe pass's size, a fraction of the pair's (~1/7 of the pixels)
+AUTO_TARGET_PX = 70.0       # where the probe's 99th-percentile disparity is put, network pixels
+AUTO_SCALE_RANGE = (0.375, 1.0)
+SCALE_STEP = 0.125          # chosen scales are multiples of this (stable sizes frame to frame)
+INPUT_SCALE_RANGE = (0.0, 4.0)   # the input_scale parameter's range (0 = auto)
+MIN_NETWORK_SIDE_PX = 32    # no resized side below this (the network's padding multiple)
+
+
+def choose_input_scale(probe_disparity_px: np.ndarray) -> float:
+    """The auto input scale for a pair whose disparity (pixels of the full-size pair) the probe
+    pass estimated: AUTO_TARGET_PX / its 99th percentile, within AUTO_SCALE_RANGE, rounded down
+    to a multiple of SCALE_STEP."""
+    finite = probe_disparity_px[np.isfinite(probe_disparity_px)]
+    p99 = float(np.percentile(finite, 99)) if finite.size else 0.0
+    low, high = AUTO_SCALE_RANGE
+    scale = high if p99 <= AUTO_TARGET_PX / high else max(low, AUTO_TARGET_PX / p99)
+    return max(low, math.floor(scale / SCALE_STEP + 1e-9) * SCALE_STEP)
+
+
+def check_input_scale(value: float) -> Optional[str]:
+    """Why ``value`` is not a usable input_scale, or None."""
+    low, high = INPUT_SCALE_RANGE
+    if not (low <= value <= high) or not math.isfinite(value):
+        return f'input_scale must be in [{low:g}, {high:g}] (0: auto), got {value}'
+    return None
 
 
 class LearnedBackend(StereoBackend):
@@ -25,6 +68,8 @@ class LearnedBackend(StereoBackend):
         half: float16 inference; None = on CUDA only (CPU float16 convolutions are slow).
         threads: torch CPU threads (0 = leave torch's setting alone).
         refine: run the weights' local refiner when they have one (False: faster, coarser).
+        input_scale: resize the pair by this factor for the network (disparity rescaled back);
+            0 = auto, per pair (see the module docstring). Changeable with set_params.
     Raises FileNotFoundError / ValueError when the weights are missing or of another model,
     so callers (the node) can fall back to another backend.
     """
@@ -36,7 +81,7 @@ class LearnedBackend(StereoBackend):
     disparity_step_px = 1.0 / 64.0
 
     def __init__(self, weights_path: str = '', device: str = 'auto', half: Optional[bool] = None,
-                 threads: int = 0, refine: bool = True):
+                 threads: int = 0, refine: bool = True, input_scale: float = AUTO_SCALE):
         import torch
         from ..stereo_net import ARCH, build_stereo_net
         from ..inference_prep import prepare_for_inference
@@ -59,12 +104,33 @@ class LearnedBackend(StereoBackend):
             self.disparity_step_px = 1.0 / 8.0
         model = prepare_for_inference(model, self.device)
         self.model = model.half() if self.half else model
-        self.max_disparity_px = int(self.model.max_disparity_px)
+        self.network_max_disparity_px = int(self.model.max_disparity_px)
+        self.input_scale = AUTO_SCALE
+        self.last_input_scale: Optional[float] = None   # the scale the latest pair ran at
+        self.set_params(input_scale=input_scale)
+
+    @property
+    def max_disparity_px(self) -> int:
+        """The widest range this backend can answer, pixels of the input pair: the network's
+        search range at the smallest scale it may run at."""
+        smallest = AUTO_SCALE_RANGE[0] if self.input_scale == AUTO_SCALE else self.input_scale
+        return int(self.network_max_disparity_px / smallest)
+
+    def set_params(self, **params: Any) -> None:
+        unknown = sorted(set(params) - {'input_scale'})
+        if unknown:
+            raise ValueError(f'learned backend has no runtime parameters {unknown}')
+        if 'input_scale' in params:
+            value = float(params['input_scale'])
+            problem = check_input_scale(value)
+            if problem:
+                raise ValueError(problem)
+            self.input_scale = value
 
     def get_params(self) -> Dict[str, Any]:
         return {'weights_path': self.weights_path, 'device': str(self.device), 'half': self.half,
                 'max_disparity_px': self.max_disparity_px,
-                'refine': self.model.refiner is not None}
+                'refine': self.model.refiner is not None, 'input_scale': self.input_scale}
 
     def input_tensor(self, image: np.ndarray):
         """(H, W, 3) uint8 RGB -> the network's (1, 3, H, W) input in [0, 1] on its device, in
@@ -75,15 +141,16 @@ class LearnedBackend(StereoBackend):
         return (tensor.permute(2, 0, 1)[None] * (1.0 / 255.0)).to(
             torch.float16 if self.half else torch.float32)
 
-    def infer(self, left_rgb: np.ndarray, right_rgb: np.ndarray):
-        """(H, W, 3) uint8 pair -> ((H, W) float32 disparity px, (H, W) float32 confidence)."""
+    def infer(self, left_rgb: np.ndarray, right_rgb: np.ndarray, refine: bool = True):
+        """(H, W, 3) uint8 pair -> ((H, W) float32 disparity px, (H, W) float32 confidence);
+        ``refine`` False skips the refiner for this pair."""
         torch = self._torch
         to_tensor = self.input_tensor
 
         with torch.inference_mode():
             out = None
             try:
-                out = self.model(to_tensor(left_rgb), to_tensor(right_rgb))
+                out = self.model(to_tensor(left_rgb), to_tensor(right_rgb), refine)
             except torch.OutOfMemoryError:
                 # Often passing: another process holding GPU memory for a while, or memory
                 # fragmented by a larger frame. Try this frame once more before the caller (the
@@ -94,18 +161,54 @@ class LearnedBackend(StereoBackend):
             if out is None:
                 # No empty_cache(): the caching allocator already returns its free blocks and
                 # retries before it raises out-of-memory.
-                out = self.model(to_tensor(left_rgb), to_tensor(right_rgb))
+                out = self.model(to_tensor(left_rgb), to_tensor(right_rgb), refine)
         disparity = out['disparity'][0, 0].float().cpu().numpy()
         confidence = out['confidence'][0, 0].float().cpu().numpy()
         return disparity, confidence
+
+    def _infer_at(self, left_rgb: np.ndarray, right_rgb: np.ndarray, scale: float,
+                  refine: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """The network on the pair resized by ``scale``: (disparity in pixels of the given
+        pair, confidence), both on the resized grid."""
+        height, width = left_rgb.shape[:2]
+        size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+        if size == (width, height):
+            return self.infer(left_rgb, right_rgb, refine)
+        # Area averaging when shrinking (no aliasing), bilinear when enlarging.
+        interpolation = cv2.INTER_AREA if size[0] < width else cv2.INTER_LINEAR
+        disparity, confidence = self.infer(
+            cv2.resize(left_rgb, size, interpolation=interpolation),
+            cv2.resize(right_rgb, size, interpolation=interpolation), refine)
+        disparity *= width / size[0]      # disparity scales with the image width
+        return disparity, confidence
+
+    def _floor_scale(self, scale: float, height: int, width: int) -> float:
+        """``scale``, raised where it would make a side shorter than MIN_NETWORK_SIDE_PX (never
+        above 1 for that reason)."""
+        return max(scale, min(1.0, MIN_NETWORK_SIDE_PX / min(height, width)))
 
     def compute(self, left_rgb: np.ndarray, right_rgb: np.ndarray,
                 max_disparity_px: Optional[int] = None) -> StereoResult:
         sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
-        disparity, confidence = self.infer(left_rgb, right_rgb)
+        height, width = left_rgb.shape[:2]
+        if self.input_scale != AUTO_SCALE:
+            scale = self._floor_scale(self.input_scale, height, width)
+            disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
+        else:
+            # The probe skips the refiner (a +-8 px local correction: the percentile hardly
+            # moves, ~4 ms saved); a pair that stays at the probe's size is run again with it.
+            probe = self._floor_scale(AUTO_PROBE_SCALE, height, width)
+            disparity, _ = self._infer_at(left_rgb, right_rgb, probe, refine=False)
+            scale = self._floor_scale(choose_input_scale(disparity), height, width)
+            disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
+        if disparity.shape != (height, width):
+            disparity = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR)
+            confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+        self.last_input_scale = scale
         valid = np.isfinite(disparity) & (disparity >= 0)
-        top = self.max_disparity_px
+        # The network's candidates span its range at the scale it ran at.
+        top = int(self.network_max_disparity_px * (width / max(1, int(round(width * scale)))))
         if max_disparity_px is not None:
             # The search range is fixed by training; a smaller requested range invalidates
             # pixels beyond it rather than changing the network.

@@ -78,7 +78,10 @@ def evaluate_backend(backend: StereoBackend, pairs: Sequence[Dict[str, np.ndarra
         runs_ms.extend(times)
         prediction = np.where(result.valid, result.disparity_px, np.nan).astype(np.float32)
         metrics = disparity_metrics(prediction, pair['disparity_px'])
-        per_pair.append({'name': pair['name'], **metrics, 'runtime_ms_median': float(np.median(times))})
+        entry = {'name': pair['name'], **metrics, 'runtime_ms_median': float(np.median(times))}
+        if getattr(backend, 'last_input_scale', None) is not None:
+            entry['input_scale'] = backend.last_input_scale     # learned: the scale it ran at
+        per_pair.append(entry)
         predictions.append(prediction)
         for key, value in metrics.items():
             if key != 'pixels':

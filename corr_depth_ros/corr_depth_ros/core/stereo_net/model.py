@@ -85,7 +85,9 @@ class StereoNet(nn.Module):
                     child.eval()
         return self
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, left: torch.Tensor, right: torch.Tensor,
+                refine: bool = True) -> Dict[str, torch.Tensor]:
+        """``refine`` False skips the refiner for this call (the learned backend's probe pass)."""
         sizes = check_shape('left', left, ('B', 3, 'H', 'W'))
         check_shape('right', right, ('B', 3, 'H', 'W'), sizes)
         height, width = left.shape[-2:]
@@ -130,7 +132,7 @@ class StereoNet(nn.Module):
         up = self.upsampler(torch.cat([disparity_c * FEATURE_STRIDE, confidence_c], dim=1),
                             torch.cat([decoder_f, left_f], dim=1), left_padded)
         disparity = up[:, :1]
-        if self.refiner is not None:
+        if self.refiner is not None and refine:
             # 6. Local refinement at 1/4 (padded size; cropped below with the rest).
             disparity = self.refiner(disparity, quarter)
         out = {'disparity': disparity[..., :height, :width],
