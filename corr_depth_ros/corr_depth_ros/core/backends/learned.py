@@ -1,8 +1,9 @@
 """Backend ``learned``: our GwcNet-style network (core/stereo_net) with the shipped weights.
 
 Trade-off against ``sgbm``: dense, smooth output with a per-pixel confidence and better
-behaviour on weak texture once trained enough, but it needs torch, it is limited to the search
-range it was trained with (192 px) and it is slower on a CPU; on a GPU it runs in half precision.
+behaviour on weak texture once trained enough, but it needs torch, it answers only disparities
+it was trained on (hence the input scale below) and it is slower on a CPU; on a GPU it runs in
+half precision.
 
 Input scale. The network only knows the disparities it was trained on: the synthetic pairs
 keep every disparity under 0.35 x the image width (core/synth/config.max_disparity_frac), i.e.
