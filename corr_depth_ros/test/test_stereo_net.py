@@ -17,7 +17,7 @@ from corr_depth_ros.core.stereo_net.refinement import convex_upsample  # noqa: E
 from corr_depth_ros.core.stereo_net.regression import (entropy_confidence,  # noqa: E402
                                                        peak_confidence, soft_argmin_disparity)
 from corr_depth_ros.core.stereo_net.train import (AugmentConfig, StereoTrainingSet,  # noqa: E402
-                                                  augment_pair, stereo_loss)
+                                                  augment_pair, enlarge_and_crop, stereo_loss)
 from corr_depth_ros.core.training import load_weights, save_weights  # noqa: E402
 
 TINY = dict(max_disparity_px=32, feature_channels=8, groups=2, aggregation_channels=(8, 8, 8))
@@ -255,6 +255,38 @@ def test_geometric_flips_keep_a_consistent_pair(mirror, vflip):
     # The un-mirrored ground truth on the mirrored images must fail the same check.
     wrong = _warp_error(item['left'], item['right'], sample['disparity_left_px'], valid)
     assert good < 0.015 and wrong > 1.6 * good, (good, wrong)
+
+
+def test_scale_augmentation_keeps_a_consistent_pair():
+    """Enlarged 1.5x and cropped back: same sizes, disparities multiplied by 1.5 (nearest
+    sampling: no value mixes two surfaces), and the pair still warps onto itself with them,
+    which it does not with the unscaled values."""
+    synth = pytest.importorskip('corr_depth_ros.core.synth')
+    sample = synth.render_stereo_pair(6, 64, 96, synth.SynthConfig().clean())  # ~12 px
+    left, right = sample['left'].float(), sample['right'].float()
+    original = sample['disparity_left_px'].float()
+    gen = torch.Generator().manual_seed(5)
+    big_left, big_right, disparity = enlarge_and_crop(left, right, original, gen, (1.5, 1.5))
+    assert big_left.shape == left.shape and big_right.shape == right.shape
+    assert disparity.shape == original.shape
+    values = disparity[torch.isfinite(disparity)]
+    assert values.numel() > 0.5 * disparity.numel()
+    allowed = torch.unique(original[torch.isfinite(original)]) * 1.5
+    assert torch.isin(values, allowed).all()
+    # The warp check on pixels seen by both cameras whose match lies inside the crop.
+    _, _, occluded = enlarge_and_crop(left, right, sample['occlusion_left'].float(),
+                                      torch.Generator().manual_seed(5), (1.5, 1.5))
+    columns = torch.arange(disparity.shape[-1], dtype=torch.float32)
+    valid = torch.isfinite(disparity[0]) & (occluded[0] == 0) & (columns - disparity[0] >= 1)
+    valid[:, -3:] = False
+    assert valid.float().mean() > 0.3
+    good = _warp_error(big_left, big_right, disparity, valid)
+    wrong = _warp_error(big_left, big_right, disparity / 1.5, valid)
+    assert good < 0.02 and wrong > 3 * good, (good, wrong)
+    # Off by default, and a training item with it on keeps its sizes.
+    assert AugmentConfig().scale_prob == 0.0
+    item = StereoTrainingSet([sample], AugmentConfig(scale_prob=1.0), length=2)[1]
+    assert item['left'].shape == left.shape and item['disparity_px'].shape == original.shape
 
 
 def test_loss_decreases_on_a_tiny_synthetic_batch():

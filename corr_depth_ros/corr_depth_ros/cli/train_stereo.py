@@ -2,7 +2,7 @@
 import shlex
 import sys
 
-from ._args import positive_int, size_hw
+from ._args import in_range, positive_int, size_hw
 
 
 def register(subparsers):
@@ -24,6 +24,12 @@ def register(subparsers):
     p.add_argument('--checkpoint-every', type=int, default=100)
     p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
     p.add_argument('--no-augment', action='store_true')
+    p.add_argument('--scale-aug', type=in_range(float, 0.0, 1.0), default=0.0, metavar='PROB',
+                   help='enlarge this share of the training pairs by a random factor (1 to '
+                        '--scale-aug-max, log-uniform) and crop them back: larger objects and '
+                        'disparities than the renderer makes (default 0: off)')
+    p.add_argument('--scale-aug-max', type=in_range(float, 1.0, 4.0), default=1.6,
+                   help='largest enlargement of --scale-aug')
     p.add_argument('--data', default='', metavar='DIR',
                    help='train on a pool written by `corr_depth synth stereo` (same --size) '
                         'instead of rendering on the fly')
@@ -66,7 +72,9 @@ def run(args) -> int:
     command = 'corr_depth ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     result = train_stereo_net(cfg, height=height, width=width, net_config=net_config,
                               val_count=args.val_count,
-                              augment=None if args.no_augment else AugmentConfig(),
+                              augment=None if args.no_augment else AugmentConfig(
+                                  scale_prob=args.scale_aug,
+                                  scale_range=(1.0, args.scale_aug_max)),
                               data_dir=args.data, command=command,
                               refine_from=args.refine_from,
                               refine_channels=args.refine_channels,

@@ -52,6 +52,13 @@ class AugmentConfig:
     # GT = flip(disparity_right)); a vertical flip keeps the epipolar lines horizontal.
     mirror_prob: float = 0.5
     vflip_prob: float = 0.2
+    # Spatial scale (off unless asked for: the shipped weights trained without it): with this
+    # probability the pair and its disparity are enlarged by a factor drawn log-uniformly from
+    # scale_range and cropped back to the training size at a random place, so the network sees
+    # larger objects and disparities beyond the renderer's 0.35 x width (RAFT-Stereo's and
+    # FoundationStereo's training scale their crops the same way).
+    scale_prob: float = 0.0
+    scale_range: Tuple[float, float] = (1.0, 1.6)
 
 
 def photometric(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
@@ -100,6 +107,27 @@ def augment_pair(left: torch.Tensor, right: torch.Tensor, seed: int,
     if float(torch.rand((), generator=gen)) < cfg.patch_prob:
         right = occluding_patch(right, gen, cfg)
     return left.contiguous(), right.contiguous()
+
+
+def enlarge_and_crop(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
+                     gen: torch.Generator, scale_range: Tuple[float, float]):
+    """(3, H, W), (3, H, W), (1, H, W) -> the same sizes: enlarged by a factor drawn
+    log-uniformly from ``scale_range`` (images bilinear, disparity nearest, so no value mixes
+    two surfaces, and multiplied by the factor) and cropped at a random place."""
+    import math
+    _, height, width = left.shape
+    low, high = (math.log(v) for v in scale_range)
+    factor = math.exp(low + (high - low) * float(torch.rand((), generator=gen)))
+    size = (max(height, round(height * factor)), max(width, round(width * factor)))
+    if size == (height, width):
+        return left, right, disparity
+    y0 = int(torch.randint(0, size[0] - height + 1, (), generator=gen))
+    x0 = int(torch.randint(0, size[1] - width + 1, (), generator=gen))
+    crop = (slice(None), slice(y0, y0 + height), slice(x0, x0 + width))
+    images = F.interpolate(torch.stack([left, right]), size=size, mode='bilinear',
+                           align_corners=False)
+    big = F.interpolate(disparity[None], size=size, mode='nearest-exact')[0] * (size[1] / width)
+    return images[0][crop], images[1][crop], big[crop]
 
 
 class _RenderedStereo(Dataset):
@@ -154,6 +182,9 @@ class StereoTrainingSet(Dataset):
                 disparity = sample['disparity_right_px'].float().flip(-1)
             if float(flips[1]) < self.augment.vflip_prob:
                 left, right, disparity = left.flip(-2), right.flip(-2), disparity.flip(-2)
+            if float(torch.rand((), generator=gen)) < self.augment.scale_prob:
+                left, right, disparity = enlarge_and_crop(left, right, disparity, gen,
+                                                          self.augment.scale_range)
             left, right = augment_pair(left, right, item_seed, self.augment)
         return {'left': left.contiguous(), 'right': right.contiguous(),
                 'disparity_px': disparity.contiguous()}
