@@ -17,7 +17,8 @@ from corr_depth_ros.core.stereo_net.refinement import convex_upsample  # noqa: E
 from corr_depth_ros.core.stereo_net.regression import (entropy_confidence,  # noqa: E402
                                                        peak_confidence, soft_argmin_disparity)
 from corr_depth_ros.core.stereo_net.train import (AugmentConfig, StereoTrainingSet,  # noqa: E402
-                                                  augment_pair, enlarge_and_crop, stereo_loss)
+                                                  augment_pair, random_crop, rescale_and_crop,
+                                                  stereo_loss)
 from corr_depth_ros.core.training import load_weights, save_weights  # noqa: E402
 
 TINY = dict(max_disparity_px=32, feature_channels=8, groups=2, aggregation_channels=(8, 8, 8))
@@ -266,7 +267,7 @@ def test_scale_augmentation_keeps_a_consistent_pair():
     left, right = sample['left'].float(), sample['right'].float()
     original = sample['disparity_left_px'].float()
     gen = torch.Generator().manual_seed(5)
-    big_left, big_right, disparity = enlarge_and_crop(left, right, original, gen, (1.5, 1.5))
+    big_left, big_right, disparity = rescale_and_crop(left, right, original, gen, (1.5, 1.5))
     assert big_left.shape == left.shape and big_right.shape == right.shape
     assert disparity.shape == original.shape
     values = disparity[torch.isfinite(disparity)]
@@ -274,7 +275,7 @@ def test_scale_augmentation_keeps_a_consistent_pair():
     allowed = torch.unique(original[torch.isfinite(original)]) * 1.5
     assert torch.isin(values, allowed).all()
     # The warp check on pixels seen by both cameras whose match lies inside the crop.
-    _, _, occluded = enlarge_and_crop(left, right, sample['occlusion_left'].float(),
+    _, _, occluded = rescale_and_crop(left, right, sample['occlusion_left'].float(),
                                       torch.Generator().manual_seed(5), (1.5, 1.5))
     columns = torch.arange(disparity.shape[-1], dtype=torch.float32)
     valid = torch.isfinite(disparity[0]) & (occluded[0] == 0) & (columns - disparity[0] >= 1)
@@ -283,10 +284,23 @@ def test_scale_augmentation_keeps_a_consistent_pair():
     good = _warp_error(big_left, big_right, disparity, valid)
     wrong = _warp_error(big_left, big_right, disparity / 1.5, valid)
     assert good < 0.02 and wrong > 3 * good, (good, wrong)
-    # Off by default, and a training item with it on keeps its sizes.
+    # Shrunk to 0.8 into a smaller crop (a pool larger than the training size): the same.
+    small_left, small_right, small = rescale_and_crop(left, right, original, gen, (0.8, 0.8),
+                                                      (48, 72))
+    assert small_left.shape == (3, 48, 72) and small.shape == (1, 48, 72)
+    assert torch.isin(small[torch.isfinite(small)],
+                      torch.unique(original[torch.isfinite(original)]) * (77 / 96)).all()  # 96 -> 77
+    # Off by default; a training item with it on has the training size, and an unaugmented
+    # item of a larger pool is its centre.
     assert AugmentConfig().scale_prob == 0.0
     item = StereoTrainingSet([sample], AugmentConfig(scale_prob=1.0), length=2)[1]
     assert item['left'].shape == left.shape and item['disparity_px'].shape == original.shape
+    item = StereoTrainingSet([sample], AugmentConfig(scale_prob=1.0, scale_range=(0.5, 0.5)),
+                             length=2, crop_hw=(40, 64))[1]
+    assert item['left'].shape == (3, 40, 64) and item['disparity_px'].shape == (1, 40, 64)
+    centre = StereoTrainingSet([sample], None, crop_hw=(40, 64))[0]
+    assert torch.equal(centre['left'], left[:, 12:52, 16:80])
+    assert torch.equal(centre['left'], random_crop((left,), None, (40, 64))[0])
 
 
 def test_loss_decreases_on_a_tiny_synthetic_batch():

@@ -25,11 +25,14 @@ def register(subparsers):
     p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
     p.add_argument('--no-augment', action='store_true')
     p.add_argument('--scale-aug', type=in_range(float, 0.0, 1.0), default=0.0, metavar='PROB',
-                   help='enlarge this share of the training pairs by a random factor (1 to '
-                        '--scale-aug-max, log-uniform) and crop them back: larger objects and '
-                        'disparities than the renderer makes (default 0: off)')
+                   help='resize this share of the training pairs by a random factor '
+                        '(--scale-aug-min to --scale-aug-max, log-uniform) and crop them to '
+                        '--size (default 0: off). Above 1: larger objects and disparities than '
+                        'the renderer makes; below 1 needs a --data pool larger than --size')
+    p.add_argument('--scale-aug-min', type=in_range(float, 0.25, 1.0), default=1.0,
+                   help='smallest factor of --scale-aug')
     p.add_argument('--scale-aug-max', type=in_range(float, 1.0, 4.0), default=1.6,
-                   help='largest enlargement of --scale-aug')
+                   help='largest factor of --scale-aug')
     p.add_argument('--data', default='', metavar='DIR',
                    help='train on a pool written by `corr_depth synth stereo` (same --size) '
                         'instead of rendering on the fly')
@@ -74,7 +77,7 @@ def run(args) -> int:
                               val_count=args.val_count,
                               augment=None if args.no_augment else AugmentConfig(
                                   scale_prob=args.scale_aug,
-                                  scale_range=(1.0, args.scale_aug_max)),
+                                  scale_range=(args.scale_aug_min, args.scale_aug_max)),
                               data_dir=args.data, command=command,
                               refine_from=args.refine_from,
                               refine_channels=args.refine_channels,

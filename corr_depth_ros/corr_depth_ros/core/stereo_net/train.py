@@ -53,10 +53,11 @@ class AugmentConfig:
     mirror_prob: float = 0.5
     vflip_prob: float = 0.2
     # Spatial scale (off unless asked for: the shipped weights trained without it): with this
-    # probability the pair and its disparity are enlarged by a factor drawn log-uniformly from
-    # scale_range and cropped back to the training size at a random place, so the network sees
-    # larger objects and disparities beyond the renderer's 0.35 x width (RAFT-Stereo's and
-    # FoundationStereo's training scale their crops the same way).
+    # probability the pair and its disparity are resized by a factor drawn log-uniformly from
+    # scale_range and cropped to the training size at a random place (RAFT-Stereo's and
+    # FoundationStereo's training scale their crops the same way). Above 1: larger objects and
+    # disparities than the renderer's 0.35 x width; below 1 (a pool larger than the training
+    # size): finer structure, more depth edges per cell of the 1/8 cost volume.
     scale_prob: float = 0.0
     scale_range: Tuple[float, float] = (1.0, 1.6)
 
@@ -109,25 +110,40 @@ def augment_pair(left: torch.Tensor, right: torch.Tensor, seed: int,
     return left.contiguous(), right.contiguous()
 
 
-def enlarge_and_crop(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
-                     gen: torch.Generator, scale_range: Tuple[float, float]):
-    """(3, H, W), (3, H, W), (1, H, W) -> the same sizes: enlarged by a factor drawn
-    log-uniformly from ``scale_range`` (images bilinear, disparity nearest, so no value mixes
-    two surfaces, and multiplied by the factor) and cropped at a random place."""
+def rescale_and_crop(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
+                     gen: torch.Generator, scale_range: Tuple[float, float],
+                     out_hw: Optional[Tuple[int, int]] = None):
+    """(3, H, W), (3, H, W), (1, H, W) -> the same at ``out_hw`` (default (H, W)): resized by a
+    factor drawn log-uniformly from ``scale_range`` (raised where needed so the result still
+    covers ``out_hw``; images bilinear, disparity nearest, so no value mixes two surfaces, and
+    multiplied by the factor), then cropped at a random place."""
     import math
     _, height, width = left.shape
+    out_h, out_w = out_hw or (height, width)
     low, high = (math.log(v) for v in scale_range)
     factor = math.exp(low + (high - low) * float(torch.rand((), generator=gen)))
-    size = (max(height, round(height * factor)), max(width, round(width * factor)))
-    if size == (height, width):
-        return left, right, disparity
-    y0 = int(torch.randint(0, size[0] - height + 1, (), generator=gen))
-    x0 = int(torch.randint(0, size[1] - width + 1, (), generator=gen))
-    crop = (slice(None), slice(y0, y0 + height), slice(x0, x0 + width))
-    images = F.interpolate(torch.stack([left, right]), size=size, mode='bilinear',
-                           align_corners=False)
-    big = F.interpolate(disparity[None], size=size, mode='nearest-exact')[0] * (size[1] / width)
-    return images[0][crop], images[1][crop], big[crop]
+    factor = max(factor, out_h / height, out_w / width)
+    size = (max(out_h, round(height * factor)), max(out_w, round(width * factor)))
+    if size != (height, width):
+        images = F.interpolate(torch.stack([left, right]), size=size, mode='bilinear',
+                               align_corners=False)
+        left, right = images[0], images[1]
+        disparity = F.interpolate(disparity[None], size=size,
+                                  mode='nearest-exact')[0] * (size[1] / width)
+    return random_crop((left, right, disparity), gen, (out_h, out_w))
+
+
+def random_crop(tensors, gen: Optional[torch.Generator], out_hw: Tuple[int, int]):
+    """The same (out_h, out_w) window of each (C, H, W) tensor: at a random place, or centred
+    when ``gen`` is None."""
+    height, width = tensors[0].shape[-2:]
+    out_h, out_w = out_hw
+    if gen is None:
+        y0, x0 = (height - out_h) // 2, (width - out_w) // 2
+    else:
+        y0 = int(torch.randint(0, height - out_h + 1, (), generator=gen))
+        x0 = int(torch.randint(0, width - out_w + 1, (), generator=gen))
+    return tuple(t[:, y0:y0 + out_h, x0:x0 + out_w] for t in tensors)
 
 
 class _RenderedStereo(Dataset):
@@ -162,9 +178,11 @@ class StereoTrainingSet(Dataset):
     """
 
     def __init__(self, base: Dataset, augment: Optional[AugmentConfig] = AugmentConfig(),
-                 seed: int = 0, length: Optional[int] = None):
+                 seed: int = 0, length: Optional[int] = None,
+                 crop_hw: Optional[Tuple[int, int]] = None):
         self.base, self.augment, self.seed = base, augment, seed
         self.length = len(base) if length is None else int(length)
+        self.crop_hw = crop_hw
 
     def __len__(self):
         return self.length
@@ -183,8 +201,14 @@ class StereoTrainingSet(Dataset):
             if float(flips[1]) < self.augment.vflip_prob:
                 left, right, disparity = left.flip(-2), right.flip(-2), disparity.flip(-2)
             if float(torch.rand((), generator=gen)) < self.augment.scale_prob:
-                left, right, disparity = enlarge_and_crop(left, right, disparity, gen,
-                                                          self.augment.scale_range)
+                left, right, disparity = rescale_and_crop(left, right, disparity, gen,
+                                                          self.augment.scale_range, self.crop_hw)
+        if self.crop_hw is not None and tuple(left.shape[-2:]) != tuple(self.crop_hw):
+            # A pool larger than the training size: a random window (centred unaugmented).
+            left, right, disparity = random_crop((left, right, disparity),
+                                                 gen if self.augment is not None else None,
+                                                 self.crop_hw)
+        if self.augment is not None:
             left, right = augment_pair(left, right, item_seed, self.augment)
         return {'left': left.contiguous(), 'right': right.contiguous(),
                 'disparity_px': disparity.contiguous()}
@@ -192,15 +216,15 @@ class StereoTrainingSet(Dataset):
 
 def stereo_folder_dataset(root: str, height: int, width: int) -> Dataset:
     """A stereo dataset written by ``corr_depth synth stereo`` (core/synth/FORMAT.md), checked
-    to hold ``height`` x ``width`` samples."""
+    to hold samples of at least ``height`` x ``width`` (StereoTrainingSet crops larger ones)."""
     from ..synth.io import SyntheticFolderDataset
     data = SyntheticFolderDataset(root)
     if data.kind != 'stereo':
         raise ValueError(f'{root} holds {data.kind} samples; stereo training needs stereo pairs')
     shape = tuple(data[0]['left'].shape[-2:])
-    if shape != (height, width):
-        raise ValueError(f'{root} holds {shape[1]}x{shape[0]} pairs but --size asks for '
-                         f'{width}x{height}')
+    if shape[0] < height or shape[1] < width:
+        raise ValueError(f'{root} holds {shape[1]}x{shape[0]} pairs, smaller than the '
+                         f'{width}x{height} --size asks for (larger pools are cropped)')
     return data
 
 
@@ -322,7 +346,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
         data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {height}x{width}, '
                      f'sample seeds {sample_seed(train_seed, 0)}..'
                      f'{sample_seed(train_seed, count - 1)}')
-    dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=count)
+    dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=count,
+                                crop_hw=(height, width))
     val_data = validation_set(val_count, height, width)
     best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'epe_px')
     def metadata(step, val):
