@@ -21,7 +21,7 @@ from corr_depth_ros.core.training import read_weights_header  # noqa: E402
 
 # Measured on the shipped weights (see the report / weights JSON); the margin absorbs
 # float differences between machines, not a worse model.
-MOTORCYCLE_HALF_EPE_MAX_PX = 1.9   # measured 1.72 px (shipped weights, 2026-12-01)
+MOTORCYCLE_HALF_EPE_MAX_PX = 1.9   # measured 1.74 px (stop 20's shipped weights; 1.72 before)
 # Seeds disjoint from training (seed * 1e6 + i) and validation (9e8 + i).
 TEST_SEED = 970_000_000
 
@@ -145,7 +145,7 @@ def test_motorcycle_half_resolution_accuracy(learned):
 
 def test_refiner_can_be_switched_off(learned):
     """refine=False drops the shipped weights' local refiner: the base network's output
-    (2.12 px on the half-size Motorcycle against 1.72 refined)."""
+    (2.27 px on the half-size Motorcycle against 1.74 refined)."""
     assert learned.get_params()['refine']
     coarse = create_backend('learned', device='cpu', refine=False)
     assert not coarse.get_params()['refine']

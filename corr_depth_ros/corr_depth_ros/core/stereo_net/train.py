@@ -335,15 +335,18 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
         base = stereo_folder_dataset(data_dir, height, width)
         with open(os.path.join(data_dir, 'dataset.json'), encoding='utf-8') as f:
             info = json.load(f)
+        pool_h, pool_w = base[0]['left'].shape[-2:]
+        size_note = f'{pool_w}x{pool_h}' + ('' if (pool_h, pool_w) == (height, width) else
+                                            f' cropped to {width}x{height}')
         data_note = (f'synthetic stereo ({info.get("synth_version")}), pool of {len(base)} pairs '
                      f'written by corr_depth synth stereo --seed {info.get("seed")} '
-                     f'(sample seeds seed*1000003+i), {height}x{width}, re-augmented every pass')
+                     f'(sample seeds seed*1000003+i), {size_note}, re-augmented every pass')
         # The generator that rendered the pool, not this code's (the pool may be older).
         data_version, data_seed = info.get('synth_version'), info.get('seed')
     else:
         data_version, data_seed = SYNTH_VERSION, train_seed
         base = synthetic_stereo_dataset(count, height, width, train_seed)
-        data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {height}x{width}, '
+        data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {width}x{height}, '
                      f'sample seeds {sample_seed(train_seed, 0)}..'
                      f'{sample_seed(train_seed, count - 1)}')
     dataset = StereoTrainingSet(base, augment, seed=cfg.seed, length=count,
