@@ -52,7 +52,8 @@ class AugmentConfig:
     # GT = flip(disparity_right)); a vertical flip keeps the epipolar lines horizontal.
     mirror_prob: float = 0.5
     vflip_prob: float = 0.2
-    # Spatial scale (off unless asked for: the shipped weights trained without it): with this
+    # Spatial scale (off unless asked for; the shipped weights' fine-tuning used 0.8 of the
+    # pairs, 0.8-1.4: see their metadata): with this
     # probability the pair and its disparity are resized by a factor drawn log-uniformly from
     # scale_range and cropped to the training size at a random place (RAFT-Stereo's and
     # FoundationStereo's training scale their crops the same way). Above 1: larger objects and
