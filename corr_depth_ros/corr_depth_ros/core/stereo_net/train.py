@@ -53,9 +53,9 @@ class AugmentConfig:
     mirror_prob: float = 0.5
     vflip_prob: float = 0.2
     # Spatial scale (off unless asked for; the shipped weights' fine-tuning used 0.8 of the
-    # pairs, 0.8-1.4: see their metadata): with this
-    # probability the pair and its disparity are resized by a factor drawn log-uniformly from
-    # scale_range and cropped to the training size at a random place (RAFT-Stereo's and
+    # pairs, 0.8-1.4: see their metadata): with this probability the pair and its disparity
+    # are resized by a factor drawn log-uniformly from scale_range and cropped to the
+    # training size at a random place (RAFT-Stereo's and
     # FoundationStereo's training scale their crops the same way). Above 1: larger objects and
     # disparities than the renderer's 0.35 x width; below 1 (a pool larger than the training
     # size): finer structure, more depth edges per cell of the 1/8 cost volume.
