@@ -24,6 +24,7 @@ setup (no network, no .venv), run it from the repository root as
 (checked that way with a venv that has no ROS in it).
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -127,15 +128,27 @@ def bench_train(device, steps):
     from corr_depth_ros.core.training import TrainConfig, mixed_precision
     use_amp, dtype, scaled = mixed_precision(True, device)
     with tempfile.TemporaryDirectory() as out_dir:
+        # Logged a third of the way and at the end: the rate between those two records leaves
+        # out set-up, the first steps' warm-up and the final checkpoint and validation.
         cfg = TrainConfig(out_dir=out_dir, steps=steps, batch_size=4, val_every=10 ** 9,
-                          checkpoint_every=10 ** 9, log_every=10 ** 9, warmup_steps=1,
+                          checkpoint_every=10 ** 9, log_every=max(1, steps // 3),
+                          warmup_steps=1,
                           num_workers=min(4, os.cpu_count() or 1) if device.type == 'cuda' else 0,
                           device=device.type)
         start = time.perf_counter()
         result = train_stereo_net(cfg, height=256, width=320, val_count=1)
         seconds = time.perf_counter() - start
-    return {'steps': steps, 'batch_size': 4, 'size': '320x256', 'seconds': seconds,
-            'steps_per_s': steps / seconds, 'final_loss': result.get('loss'),
+        with open(os.path.join(out_dir, 'log.jsonl'), encoding='utf-8') as f:
+            records = [r for r in map(json.loads, f) if r.get('event') == 'train']
+    first, last = records[0], records[-1]
+    timed_steps = last['step'] - first['step']
+    steps_per_s = timed_steps / (last['elapsed_s'] - first['elapsed_s']) if timed_steps else \
+        last['step'] / last['elapsed_s']
+    return {'steps': steps, 'batch_size': 4, 'size': '320x256', 'seconds_total': seconds,
+            'steps_per_s': steps_per_s,
+            'steps_per_s_note': f'steps {first["step"]}-{last["step"]} (set-up, warm-up and the '
+                                'final checkpoint and validation left out)',
+            'final_loss': result.get('loss'),
             'autocast': use_amp, 'autocast_dtype': str(dtype) if use_amp else None,
             'grad_scaler': scaled, 'weights': 'a fresh network (a speed check, not a model)',
             'note': 'on-the-fly rendering included; a pool (`--data`) trains faster'}

@@ -67,6 +67,8 @@ if [ -n "$system_cv2" ]; then
   requirements=$(mktemp)
   trap 'rm -f "$requirements"' EXIT
   grep -v '^opencv-python' requirements.txt > "$requirements"
+  # A venv set up before the system one was installed still has the wheel, which would shadow it.
+  "$VPY" -m pip uninstall -y -q opencv-python-headless opencv-python >/dev/null 2>&1 || true
 fi
 pip_install -r "$requirements"
 if [ "$mode" != pypi-ros ] && ! "$VPY" -c "import colcon_core" 2>/dev/null; then

@@ -92,6 +92,8 @@ def test_fixed_input_scale_answers_in_pixels_of_the_given_pair(learned):
     inner = result.disparity_px[16:-16, 32:-32]
     assert abs(float(np.median(inner)) - 24.0) < 1.0, np.median(inner)
     assert result.search_range_px == (0.0, float(2 * half.network_max_disparity_px))
+    # DisparityImage.delta_d widens with it: the values were multiplied by 2.
+    assert half.disparity_step_px == 2.0 / 64.0
     with pytest.raises(ValueError, match='input_scale'):
         half.set_params(input_scale=-1.0)
     with pytest.raises(ValueError, match='no runtime parameters'):

@@ -64,6 +64,23 @@ def test_process_stereo_bag(tmp_path, compressed_right):
     assert (cloud.height, cloud.width, cloud.point_step) == (500, 741, 16)
 
 
+def test_process_stereo_bag_passes_the_learned_options(tmp_path):
+    """--input-scale and --no-refine reach the learned backend as the node's learned.* do: at
+    half size its range (DisparityImage max_disparity) doubles, and so does delta_d."""
+    pytest.importorskip('torch')
+    data = load_motorcycle()
+    _record(tmp_path / 'in.mcap', data)
+    rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                   '--namespace', '/cam', '--backend', 'learned', '--input-scale', '0.5',
+                   '--no-refine', '--no-progress'])
+    assert rc == 0
+    messages = [m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out.mcap'))
+                if t == '/cam/disparity']
+    top = int(192 * 741 / 370)          # the network's 192 px at 370 of 741 columns
+    assert messages[0].max_disparity == pytest.approx(top + data['geometry'].doffs_px)
+    assert messages[0].delta_d == pytest.approx(2.0 / 64.0)
+
+
 def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsys):
     """Output == input is refused before anything is written; a bag folder is read through its
     metadata.yaml; absent inputs are named with the bag's topics; a frame whose partner is

@@ -79,6 +79,13 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
     # learned.input_scale changes at runtime; 1 is the network as trained, and the range
     # follows (auto reaches 192 / 0.375 = 512 px by shrinking near scenes).
     assert trained == 512
+    # A scale whose range is below the max_disparity_px in force, or below one set with it, is
+    # refused too.
+    assert not node.set_parameters([Parameter('learned.input_scale', value=1.0)])[0].successful
+    both = node.set_parameters_atomically([Parameter('learned.input_scale', value=1.0),
+                                           Parameter('max_disparity_px', value=300)])
+    assert not both.successful and 'trained range' in both.reason
+    assert node._backend.input_scale == 0.0
     assert node.set_parameters([Parameter('max_disparity_px', value=0)])[0].successful
     assert node.set_parameters([Parameter('learned.input_scale', value=1.0)])[0].successful
     assert node._backend.input_scale == 1.0 and node._backend.max_disparity_px == 192

@@ -1,22 +1,9 @@
 """`corr_depth eval stereo --backend learned --backend sgbm --dataset motorcycle --json out.json`"""
-import argparse
 import json
 import os
 
-from ..core.backends.learned import check_input_scale
-from ._args import positive_float, positive_int, size_hw
-
-
-def input_scale(text: str) -> float:
-    """argparse type: a learned.input_scale value (0 = auto)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
-    problem = check_input_scale(value)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return value
+from ..core.backends.learned import INPUT_SCALE_RANGE
+from ._args import in_range, positive_float, positive_int, size_hw
 
 
 def register(subparsers):
@@ -32,7 +19,7 @@ def register(subparsers):
     p.add_argument('--weights', default='', help='learned: safetensors (default: shipped)')
     p.add_argument('--no-refine', action='store_true',
                    help="learned: skip the weights' local refiner (the node's learned.refine)")
-    p.add_argument('--input-scale', type=input_scale, default=0.0,
+    p.add_argument('--input-scale', type=in_range(float, *INPUT_SCALE_RANGE), default=0.0,
                    help='learned: resize pairs by this factor for the network (the node\'s '
                         'learned.input_scale; 0 = auto per pair, 1 = as trained)')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))

@@ -1,6 +1,7 @@
 """`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo|mono|corr ...`"""
 import argparse
 
+from ..core.backends.learned import INPUT_SCALE_RANGE
 from ..core.mono import POST_PROCESS_DEFAULT
 from ..core.stereo_pipeline import CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX
 from ._args import in_range
@@ -39,6 +40,11 @@ def register(subparsers):
     stereo.add_argument('--confidence-threshold',
                         type=in_range(float, *CONFIDENCE_THRESHOLD_RANGE), default=0.0,
                         help='invalidate pixels whose confidence is below this (0: keep all)')
+    stereo.add_argument('--input-scale', type=in_range(float, *INPUT_SCALE_RANGE), default=0.0,
+                        help='learned: as the node\'s learned.input_scale (0: auto per pair, '
+                             '1: as trained)')
+    stereo.add_argument('--no-refine', action='store_true',
+                        help='learned: skip the refiner, as the node\'s learned.refine false')
     stereo.add_argument('--sgbm', action='append', default=[], type=_sgbm_item,
                         metavar='KEY=VALUE',
                         help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
@@ -79,7 +85,8 @@ def run(args) -> int:
         if args.sgbm:
             params = dict(args.sgbm)
         if args.backend == 'learned':
-            params = {'device': args.device, 'weights_path': args.weights}
+            params = {'device': args.device, 'weights_path': args.weights,
+                      'input_scale': args.input_scale, 'refine': not args.no_refine}
         elif args.backend == 'onnx':
             if not args.weights:
                 print('process-bag: --backend onnx needs the model: --weights MODEL.onnx')

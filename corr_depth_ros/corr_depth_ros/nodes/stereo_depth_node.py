@@ -83,9 +83,9 @@ PARAMS = [
               '~13 ms faster a 741x500 pair on a 2-core CPU.', read_only=True),
     ParamSpec('learned.input_scale', 0.0, 'learned: resize the pair by this factor before the '
               'network (disparity rescaled back). 0 = auto, per pair: a small probe pass '
-              'measures the disparities and a near scene is shrunk (to 0.375) until they fall '
-              'within what the network was trained on. 1 = as trained; above 1 enlarges (finer '
-              'on far scenes, slower by the square).',
+              'measures the disparities and a near scene is shrunk (down to 0.375) until they '
+              'fall within what the network was trained on. 1.0 = as trained; above 1 enlarges '
+              '(finer on far scenes, slower by the square).',
               value_range=INPUT_SCALE_RANGE),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
               '(1,3,H,W) float32, output disparity in pixels).', read_only=True),
@@ -177,10 +177,13 @@ class StereoDepthNode(Node):
                 backend, name = create_backend('sgbm', **sgbm), 'sgbm'
         self._backend, self._backend_name = backend, name
 
-    def _beyond_trained_range(self, max_disparity_px: int) -> str:
+    def _beyond_trained_range(self, max_disparity_px: int, input_scale=None) -> str:
         """'' or why ``max_disparity_px`` exceeds the current backend's trained range (the
-        learned net's is fixed by training; sgbm and onnx have none)."""
+        learned net's is fixed by training and follows ``input_scale``, the current one when
+        None; sgbm and onnx have none)."""
         trained = getattr(self._backend, 'max_disparity_px', None)
+        if input_scale is not None and hasattr(self._backend, 'max_disparity_at'):
+            trained = self._backend.max_disparity_at(input_scale)
         if trained is None or not max_disparity_px or max_disparity_px <= trained:
             return ''
         return (f'max_disparity_px {max_disparity_px} is beyond the {self._backend_name} '
@@ -222,7 +225,12 @@ class StereoDepthNode(Node):
             result.reason = (f'backend {changes["backend"]!r} is not available here; '
                              f'available: {available_backends()}')
             return result
-        beyond = self._beyond_trained_range(changes.get('max_disparity_px', 0))
+        # A new input scale moves the learned range: the range set stays checked against it.
+        scale_change = changes.get('learned.input_scale')
+        beyond = self._beyond_trained_range(
+            changes.get('max_disparity_px',
+                        0 if scale_change is None else self._values['max_disparity_px']),
+            scale_change)
         if beyond and changes.get('backend', self._backend_name) == self._backend_name:
             result.successful, result.reason = False, beyond
             return result
@@ -251,9 +259,8 @@ class StereoDepthNode(Node):
             elif sgbm_changes and self._backend_name == 'sgbm':
                 self._backend.set_params(**sgbm_changes)
             elif 'learned.input_scale' in changes and self._backend_name == 'learned':
-                # Its range follows the scale (a fixed scale of 1: the network's 192 px).
+                # Its range follows the scale (checked above against max_disparity_px).
                 self._backend.set_params(input_scale=changes['learned.input_scale'])
-                self._warn_beyond_trained_range()
         return result
 
     # --- data path ---------------------------------------------------------------------------

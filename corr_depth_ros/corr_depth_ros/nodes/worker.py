@@ -73,11 +73,15 @@ class LatestFrameWorker:
             item = None
 
 
-def stop_workers(logger, *workers: LatestFrameWorker) -> None:
-    """Stop ``workers`` at node shutdown; warn about one still busy (its frame is abandoned)."""
+def stop_workers(logger, *workers: LatestFrameWorker, timeout_s: float = 4.0) -> None:
+    """Stop ``workers`` at node shutdown, all within ``timeout_s`` together (``ros2 launch``
+    sends SIGTERM 5 s after SIGINT); warn about one still busy (its frame is abandoned)."""
     for worker in workers:
-        if not worker.stop():
-            logger.warning(f'{worker.name} still busy after 5 s at shutdown: its '
+        worker.stop(timeout_s=0.0)          # ask them all first, so they finish in parallel
+    deadline = time.monotonic() + timeout_s
+    for worker in workers:
+        if not worker.stop(timeout_s=max(0.0, deadline - time.monotonic())):
+            logger.warning(f'{worker.name} still busy after {timeout_s:g} s at shutdown: its '
                            'frame is abandoned')
 
 

@@ -48,8 +48,14 @@ def choose_input_scale(probe_disparity_px: np.ndarray) -> float:
     finite = probe_disparity_px[np.isfinite(probe_disparity_px)]
     p99 = float(np.percentile(finite, 99)) if finite.size else 0.0
     low, high = AUTO_SCALE_RANGE
-    scale = high if p99 <= AUTO_TARGET_PX / high else max(low, AUTO_TARGET_PX / p99)
+    scale = min(high, AUTO_TARGET_PX / p99) if p99 > 0 else high
     return max(low, math.floor(scale / SCALE_STEP + 1e-9) * SCALE_STEP)
+
+
+def _floor_scale(scale: float, height: int, width: int) -> float:
+    """``scale``, raised where it would make a side shorter than MIN_NETWORK_SIDE_PX (never
+    above 1 for that reason)."""
+    return max(scale, min(1.0, MIN_NETWORK_SIDE_PX / min(height, width)))
 
 
 def check_input_scale(value: float) -> Optional[str]:
@@ -79,7 +85,7 @@ class LearnedBackend(StereoBackend):
     # DisparityImage.delta_d: the network regresses float disparities (soft-argmin), so there
     # is no quantisation step; 1/64 px is well below its accuracy and tells consumers that
     # sub-pixel values are meaningful.
-    disparity_step_px = 1.0 / 64.0
+    float_step_px = 1.0 / 64.0
 
     def __init__(self, weights_path: str = '', device: str = 'auto', half: Optional[bool] = None,
                  threads: int = 0, refine: bool = True, input_scale: float = AUTO_SCALE):
@@ -102,7 +108,7 @@ class LearnedBackend(StereoBackend):
         if self.half:
             # float16 output: its spacing is 1/8 px between 128 and 256 px of disparity (1/32
             # from 32 to 64), so a finer delta_d would promise steps the values do not have.
-            self.disparity_step_px = 1.0 / 8.0
+            self.float_step_px = 1.0 / 8.0
         model = prepare_for_inference(model, self.device)
         self.model = model.half() if self.half else model
         self.network_max_disparity_px = int(self.model.max_disparity_px)
@@ -112,10 +118,20 @@ class LearnedBackend(StereoBackend):
 
     @property
     def max_disparity_px(self) -> int:
-        """The widest range this backend can answer, pixels of the input pair: the network's
-        search range at the smallest scale it may run at."""
-        smallest = AUTO_SCALE_RANGE[0] if self.input_scale == AUTO_SCALE else self.input_scale
+        """The widest range this backend can answer, pixels of the input pair."""
+        return self.max_disparity_at(self.input_scale)
+
+    def max_disparity_at(self, input_scale: float) -> int:
+        """The widest range at that ``input_scale`` setting: the network's search range at the
+        smallest scale it may then run at."""
+        smallest = AUTO_SCALE_RANGE[0] if input_scale == AUTO_SCALE else input_scale
         return int(self.network_max_disparity_px / smallest)
+
+    @property
+    def disparity_step_px(self) -> float:
+        """DisparityImage.delta_d: the output's step, widened when the pair ran shrunk (its
+        disparity is multiplied back by up to 1/0.375)."""
+        return self.float_step_px / min(1.0, self.last_input_scale or 1.0)
 
     def set_params(self, **params: Any) -> None:
         unknown = sorted(set(params) - {'input_scale'})
@@ -183,33 +199,29 @@ class LearnedBackend(StereoBackend):
         disparity *= width / size[0]      # disparity scales with the image width
         return disparity, confidence
 
-    def _floor_scale(self, scale: float, height: int, width: int) -> float:
-        """``scale``, raised where it would make a side shorter than MIN_NETWORK_SIDE_PX (never
-        above 1 for that reason)."""
-        return max(scale, min(1.0, MIN_NETWORK_SIDE_PX / min(height, width)))
-
     def compute(self, left_rgb: np.ndarray, right_rgb: np.ndarray,
                 max_disparity_px: Optional[int] = None) -> StereoResult:
         sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
         height, width = left_rgb.shape[:2]
-        if self.input_scale != AUTO_SCALE:
-            scale = self._floor_scale(self.input_scale, height, width)
+        setting = self.input_scale     # once: set_params may change it from another thread
+        if setting != AUTO_SCALE:
+            scale = _floor_scale(setting, height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
         else:
             # The probe skips the refiner (a +-8 px local correction: the percentile hardly
             # moves, ~4 ms saved); a pair that stays at the probe's size is run again with it.
-            probe = self._floor_scale(AUTO_PROBE_SCALE, height, width)
+            probe = _floor_scale(AUTO_PROBE_SCALE, height, width)
             disparity, _ = self._infer_at(left_rgb, right_rgb, probe, refine=False)
-            scale = self._floor_scale(choose_input_scale(disparity), height, width)
+            scale = _floor_scale(choose_input_scale(disparity), height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
+        # The network's candidates span its range at the width it ran at.
+        top = int(self.network_max_disparity_px * width / disparity.shape[1])
         if disparity.shape != (height, width):
             disparity = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR)
             confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
         self.last_input_scale = scale
         valid = np.isfinite(disparity) & (disparity >= 0)
-        # The network's candidates span its range at the scale it ran at.
-        top = int(self.network_max_disparity_px * (width / max(1, int(round(width * scale)))))
         if max_disparity_px is not None:
             # The search range is fixed by training; a smaller requested range invalidates
             # pixels beyond it rather than changing the network.

@@ -118,7 +118,6 @@ def rescale_and_crop(left: torch.Tensor, right: torch.Tensor, disparity: torch.T
     factor drawn log-uniformly from ``scale_range`` (raised where needed so the result still
     covers ``out_hw``; images bilinear, disparity nearest, so no value mixes two surfaces, and
     multiplied by the factor), then cropped at a random place."""
-    import math
     _, height, width = left.shape
     out_h, out_w = out_hw or (height, width)
     low, high = (math.log(v) for v in scale_range)
