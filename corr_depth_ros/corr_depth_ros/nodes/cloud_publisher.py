@@ -5,7 +5,7 @@ points, packing and publishing it take longer than building and publishing the d
 depth images together. :class:`CloudPublisher` does that work on its own thread while the
 node's worker publishes the rest (numpy and the DDS write run without the GIL for most of it).
 Timed in the stereo node on the 2-core CPU: disparity and depth take ~1.8 ms to build and
-publish; the cloud, alongside, ~5.5 ms to build and 3 ms to publish (README, issue 2). Built
+publish; the cloud, alongside, ~5.5 ms to build and 3 ms to publish (docs/results.md, issue 2). Built
 from contiguous planes in one interleaving pass since (PointCloud2Packer.pack_planes), its
 packing alone went from 2.5 to 1.3 ms.
 """

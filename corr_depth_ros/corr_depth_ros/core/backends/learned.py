@@ -14,7 +14,7 @@ the refiner), takes the 99th percentile of that disparity, and then runs it on t
 so that this percentile lands at ``AUTO_TARGET_PX`` (scale within ``AUTO_SCALE_RANGE``, rounded
 down to 1/8); the disparity is resized back and rescaled. The probe and the target were chosen
 on synthetic validation pairs at 320x256, 640x480 and 752x496 (seeds of their own, never the
-evaluation pairs; README "Models and measured results"). Enlarging far scenes (scales above 1)
+evaluation pairs; docs/results.md, "Stereo"). Enlarging far scenes (scales above 1)
 helped there too, a little, but costs time by the square of the scale, so auto stops at 1
 (the 100 ms CPU budget for a 741x500 pair); a fixed ``input_scale`` skips the probe, and one
 above 1 enlarges.

@@ -172,7 +172,7 @@ def compute_descriptors(model: nn.Module, image_rgb8, device=None,
     their meaning. The coarser passes see more context per pixel, which tells apart repeated
     and weakly textured surfaces that one pass confuses (multi-scale features, as in SIFT's
     pyramid or D2-Net's multiscale mode). Measured with the shipped D=32 net on Motorcycle:
-    PCK@3 0.791 -> 0.833 with (1, 0.5) (README).
+    PCK@3 0.791 -> 0.833 with (1, 0.5) (docs/results.md).
     """
     check_shape('image_rgb8', image_rgb8, (None, None, 3))
     scales = check_scales(scales)
