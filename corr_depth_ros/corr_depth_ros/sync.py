@@ -177,7 +177,12 @@ class SyncWatchdog:
         return self.problem
 
     def report(self) -> None:
-        """One check with the node's count; a problem goes to ``on_problem``."""
+        """One check with the node's count; a problem goes to ``on_problem``. Needs
+        ``sets_so_far`` (without it, call :meth:`check` with the count yourself)."""
+        if self._sets_so_far is None:
+            # Said here rather than as "'NoneType' object is not callable" from a timer.
+            raise TypeError('SyncWatchdog.report() needs the sets_so_far callable given to the '
+                            'constructor; without it, call check(sets_so_far) instead')
         problem = self.check(self._sets_so_far())
         if problem and self._on_problem is not None:
             self._on_problem(problem)

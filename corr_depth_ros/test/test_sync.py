@@ -91,3 +91,17 @@ def test_watchdog_names_a_silent_input_and_a_stamp_spread(kind):
     problem = watchdog.check(1)
     assert 'arrive on /left but none on /right (stopped), /info (stopped)' in problem, problem
     assert watchdog.check(1) is None                  # nothing arrives at all: idle
+
+
+def test_watchdog_report_needs_the_count():
+    """report() reads the node's count through sets_so_far: a watchdog built without one says
+    so, and one built with it reports a problem through on_problem."""
+    sync = StampSynchronizer(2, 5, lambda *m: None)
+    with pytest.raises(TypeError, match='needs the sets_so_far callable'):
+        SyncWatchdog(sync, ['/left', '/right'], 'raise slop_s').report()
+    problems = []
+    watchdog = SyncWatchdog(sync, ['/left', '/right'], 'raise slop_s', sets_so_far=lambda: 0,
+                            on_problem=problems.append)
+    sync.add(0, Msg(1))
+    watchdog.report()
+    assert len(problems) == 1 and 'none on /right (none yet)' in problems[0], problems
