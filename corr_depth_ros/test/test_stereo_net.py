@@ -3,6 +3,7 @@
 Tiny random-weight models only (house style 11); accuracy of the shipped weights lives in
 test_learned_backend.py.
 """
+import json
 import math
 
 import pytest
@@ -508,6 +509,32 @@ def test_train_stereo_net_refines_a_frozen_base_or_starts_from_weights(tmp_path)
     with pytest.raises(ValueError, match='either'):
         run('both', refine_from=base_path, init_from=refined_path)
 
+
+
+def test_train_stereo_resumes_a_checkpoint_from_before_scale_augmentation(tmp_path):
+    """A checkpoint whose signature predates augment.scale_prob / scale_range (08fe5fc) resumes
+    without scale augmentation, the same run, and is refused with it."""
+    pytest.importorskip('corr_depth_ros.core.synth.stereo')
+    from corr_depth_ros.core.stereo_net.train import train_stereo_net
+    from corr_depth_ros.core.training import TrainConfig
+
+    def run(steps, augment):
+        cfg = TrainConfig(out_dir=str(tmp_path / 'run'), steps=steps, batch_size=1, val_every=100,
+                          checkpoint_every=1, log_every=1, threads=1, num_workers=0,
+                          resume=steps > 1)
+        return train_stereo_net(cfg, height=32, width=48, net_config=TINY, val_count=1,
+                                augment=augment)
+
+    run(1, AugmentConfig())
+    path = tmp_path / 'run' / 'checkpoint.pt'
+    state = torch.load(path, weights_only=True)
+    signature = json.loads(state['signature'])
+    del signature['augment']['scale_prob'], signature['augment']['scale_range']
+    state['signature'] = json.dumps(signature, sort_keys=True)   # as the older code wrote it
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="is of another run .*'scale_prob': 0.0.* there"):
+        run(2, AugmentConfig(scale_prob=0.5))
+    assert run(2, AugmentConfig())['step'] == 2
 
 @pytest.mark.parametrize('batch,height,width,padded', [(1, 13, 21, (16, 24)), (2, 16, 24, (16, 24)),
                                                         (1, 9, 16, (16, 16))])

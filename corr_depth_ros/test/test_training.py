@@ -91,6 +91,27 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
         os.path.relpath(tmp_path / 'run') + '/') and training.path_key('') is None
 
 
+
+def test_resume_reads_fields_added_later_as_the_old_code_had_them():
+    """A signature stored before a trainer added fields (here augment.scale_*) is read with the
+    values the older code implicitly had: the same run resumes, a run that sets them otherwise
+    is refused, and a stored signature without the parent (no augmentation) is left as it is."""
+    added_later = {'augment.scale_prob': 0.0, 'augment.scale_range': (1.0, 1.6)}
+    older = json.dumps({'net': {'groups': 4}, 'augment': {'mirror_prob': 0.5}})
+    same = {'net': {'groups': 4},
+            'augment': {'mirror_prob': 0.5, 'scale_prob': 0.0, 'scale_range': (1.0, 1.6)}}
+    training.check_signature('ckpt', older, same, added_later)
+    with pytest.raises(ValueError, match='is of another run'):
+        training.check_signature('ckpt', older, same)             # as before: refused
+    scaled = {**same, 'augment': {**same['augment'], 'scale_prob': 0.8}}
+    with pytest.raises(ValueError, match=r"augment: \{'mirror_prob': 0.5, 'scale_prob': 0.0, "
+                                         r"'scale_range': \[1.0, 1.6\]\} there"):
+        training.check_signature('ckpt', older, scaled, added_later)
+    without = json.dumps({'net': {'groups': 4}, 'augment': None})
+    training.check_signature('ckpt', without, {'net': {'groups': 4}, 'augment': None}, added_later)
+    with pytest.raises(ValueError, match='is of another run'):
+        training.check_signature('ckpt', without, same, added_later)
+
 class _Recorded(_Line):
     """_Line that records the indices read, and a start_stream() call if any."""
 

@@ -244,13 +244,28 @@ def _signature_text(signature: Optional[Dict[str, Any]]) -> str:
     return json.dumps(signature, sort_keys=True, default=str) if signature is not None else ''
 
 
-def check_signature(ckpt_path: str, stored: Optional[str], signature: Optional[Dict[str, Any]]
-                    ) -> None:
+def check_signature(ckpt_path: str, stored: Optional[str], signature: Optional[Dict[str, Any]],
+                    added_later: Optional[Dict[str, Any]] = None) -> None:
     """Refuse to resume a checkpoint made with another run signature (see :func:`fit`).
-    Checkpoints without one (older, or a caller that gives none) are accepted."""
+    Checkpoints without one (older, or a caller that gives none) are accepted.
+
+    ``added_later``: signature fields that a trainer added after checkpoints had been written,
+    by dotted path (``'augment.scale_prob'``), each with the value the older code implicitly
+    had (the option off). A stored signature without such a field is read as having that
+    value, so an older checkpoint resumes when the run leaves the new option as the old code
+    had it, and is refused when the run sets it otherwise.
+    """
     if not stored or signature is None:
         return
     before = json.loads(stored)
+    for path, old_value in (added_later or {}).items():
+        *parents, name = path.split('.')
+        node = before
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        # No parent (e.g. augment None, a run without augmentation): nothing was left out.
+        if isinstance(node, dict) and name not in node:
+            node[name] = json.loads(_signature_text(old_value))   # as stored: tuples as lists
     now = json.loads(_signature_text(signature))
     if before != now:
         differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
@@ -282,7 +297,8 @@ def mixed_precision(enabled: bool, device: torch.device) -> Tuple[bool, torch.dt
 
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
-        signature: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+        signature: Optional[Dict[str, Any]] = None,
+        signature_added_later: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """Train ``model`` for ``cfg.steps`` optimiser steps (resuming from out_dir if possible).
 
     ``loss_fn(model, batch) -> (loss, logs)``; ``val_fn(bare_model, step) -> {name: value}``,
@@ -299,6 +315,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     ``signature``: what defines the run apart from its length (network, loss, data; JSON
     types). It is stored in the checkpoint, and a resume with another one is refused: e.g. a
     --no-lr ablation must not continue the LR run's checkpoint. ``cfg.steps`` may change.
+    ``signature_added_later``: fields added to the signature since older checkpoints, with the
+    values those runs implicitly had (check_signature's ``added_later``).
     """
     from torch.utils.data import DataLoader, DistributedSampler
     if cfg.threads > 0:
@@ -323,7 +341,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     step = 0
     if cfg.resume and os.path.isfile(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        check_signature(ckpt_path, state.get('signature'), signature)
+        check_signature(ckpt_path, state.get('signature'), signature, signature_added_later)
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])

@@ -63,6 +63,14 @@ class AugmentConfig:
     scale_range: Tuple[float, float] = (1.0, 1.6)
 
 
+# Run-signature fields newer than some checkpoints, with the values the code before them
+# implicitly had: scale augmentation (08fe5fc) did not exist, i.e. it was off. The range is the
+# one a run without --scale-aug stores (an unused range given with probability 0 is refused,
+# though that run would train the same: the cautious side). Literal values, not AugmentConfig's
+# defaults, which may change without changing what the old runs did.
+SIGNATURE_ADDED_LATER = {'augment.scale_prob': 0.0, 'augment.scale_range': (1.0, 1.6)}
+
+
 def photometric(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
     """(3, H, W) RGB in [0, 1] -> the same with random brightness/contrast/gamma/gain/noise."""
     check_shape('image', image, (3, None, None))
@@ -377,7 +385,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                  'augment': asdict(augment) if augment else None,
                  'refine_from': path_key(refine_from), 'init_from': path_key(init_from)}
     result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn,
-                 signature=signature)
+                 signature=signature, signature_added_later=SIGNATURE_ADDED_LATER)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
                  metadata=metadata(result.get('step', cfg.steps),
                                    validation_metrics(result)))
