@@ -1,7 +1,8 @@
 """Run our pipelines over a recorded rosbag2 MCAP file, without a ROS runtime (no DDS, no rclpy
 context): `corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo ...`.
 
-Reading and writing use the `mcap` / `mcap-ros2-support` libraries; the per-frame work is the
+Reading uses the `mcap` / `mcap-ros2-support` libraries, writing `mcap` and rclpy's serialiser
+(BagWriter says why); the per-frame work is the
 same conversions and core code the nodes run (`conversions`, `core.stereo_pipeline`, `core.mono.inference`,
 `core.descriptors.query`). The output bag holds standard ROS 2 messages (stereo_msgs/DisparityImage,
 sensor_msgs/Image, sensor_msgs/PointCloud2, sensor_msgs/CameraInfo, geometry_msgs/PoseArray,
@@ -74,36 +75,76 @@ def message_definition(datatype: str) -> str:
     return '\n'.join(parts) + '\n'
 
 
-def to_plain(message):
-    """An rclpy message as nested dicts the MCAP encoder accepts (numpy fixed arrays -> lists,
-    uint8[] -> bytes); decoded bag messages pass through unchanged."""
+_MESSAGE_TYPE = re.compile(r'\w+/\w+')
+
+
+def as_rclpy_message(datatype: str, message):
+    """``message`` as an instance of the rclpy class of ``datatype`` ('sensor_msgs/msg/Image'
+    or 'sensor_msgs/Image'): an rclpy message as it is; any attribute-compatible object (e.g.
+    one mcap_ros2 decoded from a bag) copied field by field."""
     import array
-    if not hasattr(message, 'get_fields_and_field_types'):
+    import importlib
+    package, name = datatype.split('/')[0], datatype.split('/')[-1]
+    cls = getattr(importlib.import_module(f'{package}.msg'), name)
+    if isinstance(message, cls):
         return message
-    out = {}
-    for name in message.get_fields_and_field_types():
-        value = getattr(message, name)
-        if hasattr(value, 'get_fields_and_field_types'):
-            value = to_plain(value)
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, array.array):
-            value = value.tobytes() if value.typecode == 'B' else value.tolist()
-        elif isinstance(value, list):
-            value = [to_plain(v) for v in value]
-        out[name] = value
+    out = cls()
+    for field, field_type in cls.get_fields_and_field_types().items():
+        value = getattr(message, field)
+        # rclpy names message fields 'pkg/Name', also in 'sequence<pkg/Name>',
+        # 'sequence<pkg/Name, 3>' and 'pkg/Name[3]'.
+        nested_type = field_type.split('<')[-1].split(',')[0].rstrip('>').split('[')[0]
+        if _MESSAGE_TYPE.fullmatch(nested_type):
+            value = ([as_rclpy_message(nested_type, v) for v in value]
+                     if field_type.startswith('sequence<') or field_type.endswith(']')
+                     else as_rclpy_message(nested_type, value))
+        elif isinstance(getattr(out, field), array.array) and not isinstance(value, array.array):
+            value = array.array(getattr(out, field).typecode, value)   # e.g. uint8[] from bytes
+        setattr(out, field, value)
     return out
 
 
-class BagWriter:
-    """Writes rclpy (or any attribute-compatible) message objects to an MCAP rosbag2 file."""
+def offered_qos_profiles(qos) -> str:
+    """The ``offered_qos_profiles`` channel metadata that rosbag2's MCAP storage writes (and
+    `ros2 bag play` offers the topic with; without it, rosbag2's default) for one publisher
+    with the rclpy QoSProfile ``qos``: the YAML of rosbag2_storage's qos.cpp in Jazzy (metadata
+    version 9), a list of profiles with policies by their rmw names (rmw_qos_*_to_str, the same
+    as rclpy's ``short_key``) and durations as sec/nsec. Its reader also takes this from a file
+    without rosbag2's own metadata record: it tells the format by the history value."""
+    import yaml
 
-    def __init__(self, path: str):
+    def duration(value):
+        sec, nsec = divmod(value.nanoseconds, 1_000_000_000)
+        return {'sec': sec, 'nsec': nsec}
+    profile = {'history': qos.history.short_key, 'depth': qos.depth,
+               'reliability': qos.reliability.short_key,
+               'durability': qos.durability.short_key,
+               'deadline': duration(qos.deadline), 'lifespan': duration(qos.lifespan),
+               'liveliness': qos.liveliness.short_key,
+               'liveliness_lease_duration': duration(qos.liveliness_lease_duration),
+               'avoid_ros_namespace_conventions': bool(qos.avoid_ros_namespace_conventions)}
+    return yaml.safe_dump([profile], sort_keys=False, default_flow_style=False)
+
+
+class BagWriter:
+    """Writes rclpy (or any attribute-compatible) message objects to an MCAP rosbag2 file, as
+    rosbag2's MCAP storage does: ros2msg schemas, CDR serialised by rclpy (the bytes a recording
+    holds), and each channel's ``offered_qos_profiles``: ``offered_qos`` (an rclpy QoSProfile;
+    by default the nodes' outputs', nodes.worker.output_qos, since the pipelines write what the
+    nodes publish). mcap_ros2's Writer has no public way to give a channel metadata, so the
+    channels are registered on mcap's own Writer."""
+
+    def __init__(self, path: str, offered_qos=None):
         import tempfile
 
-        from mcap_ros2.writer import Writer
+        from mcap.well_known import Profile
+        from mcap.writer import Writer
         if os.path.isdir(path):
             raise ValueError(f'the output {path} is a folder: give a .mcap file path')
+        if offered_qos is None:
+            from .nodes.worker import output_qos
+            offered_qos = output_qos()
+        self._qos_metadata = {'offered_qos_profiles': offered_qos_profiles(offered_qos)}
         # Written to a new file beside the target (a unique name: never an existing file, such
         # as an input) and moved into place only when complete: a run that fails leaves neither
         # a broken file nor an existing output destroyed.
@@ -112,14 +153,27 @@ class BagWriter:
         handle, self._partial = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.partial')
         self._file = os.fdopen(handle, 'wb')
         self._writer = Writer(self._file)
-        self._schemas = {}
+        self._writer.start(profile=Profile.ROS2)
+        self._schemas: Dict[str, int] = {}
+        self._channels: Dict[str, Tuple[int, str]] = {}   # topic -> (channel id, datatype)
 
     def write(self, topic: str, datatype: str, message, log_time_ns: int) -> None:
+        from mcap.well_known import MessageEncoding, SchemaEncoding
+        from rclpy.serialization import serialize_message
         if datatype not in self._schemas:
-            self._schemas[datatype] = self._writer.register_msgdef(datatype, message_definition(datatype))
-        self._writer.write_message(topic, self._schemas[datatype], to_plain(message),
-                                   log_time=log_time_ns,
-                                   publish_time=log_time_ns)
+            self._schemas[datatype] = self._writer.register_schema(
+                datatype, SchemaEncoding.ROS2, message_definition(datatype).encode())
+        if topic not in self._channels:
+            channel = self._writer.register_channel(topic, MessageEncoding.CDR,
+                                                    self._schemas[datatype],
+                                                    metadata=self._qos_metadata)
+            self._channels[topic] = (channel, datatype)
+        channel, channel_type = self._channels[topic]
+        if channel_type != datatype:
+            raise ValueError(f'{topic} was written as {channel_type}, not {datatype}')
+        self._writer.add_message(channel, log_time=log_time_ns,
+                                 data=serialize_message(as_rclpy_message(datatype, message)),
+                                 publish_time=log_time_ns)
 
     def close(self, complete: bool = True) -> None:
         """Finish the file and move it to ``path``; with ``complete`` False, delete it."""

@@ -62,6 +62,9 @@ def test_process_stereo_bag(tmp_path, compressed_right):
     assert depth.dtype == np.float32 and 1.0 < np.nanmedian(depth) < 8.0
     cloud = out['/cam/points2'][0][1]
     assert (cloud.height, cloud.width, cloud.point_step) == (500, 741, 16)
+    # Every output offers the QoS the stereo node publishes it with, for `ros2 bag play`.
+    offered = _offered_qos(tmp_path / 'out.mcap')
+    assert set(offered) == set(out) and all(q == [NODE_OUTPUT_QOS] for q in offered.values())
 
 
 def test_process_stereo_bag_passes_the_learned_options(tmp_path):
@@ -208,6 +211,64 @@ def _record_mono(path, rgb, fx, frames=2, compressed=False, depth_m=None):
             writer.write('/cam/depth', 'sensor_msgs/msg/Image',
                          conversions.array_to_image(depth_m, '32FC1', header), t)
     writer.close()
+
+
+# The outputs' QoS (nodes.worker.output_qos: reliable, depth 1, the rest rclpy's defaults) as
+# rosbag2 Jazzy's MCAP storage writes a publisher's profile in a channel's offered_qos_profiles.
+NODE_OUTPUT_QOS = {'history': 'keep_last', 'depth': 1, 'reliability': 'reliable',
+                   'durability': 'volatile', 'deadline': {'sec': 0, 'nsec': 0},
+                   'lifespan': {'sec': 0, 'nsec': 0}, 'liveliness': 'system_default',
+                   'liveliness_lease_duration': {'sec': 0, 'nsec': 0},
+                   'avoid_ros_namespace_conventions': False}
+
+
+def _offered_qos(path):
+    """topic -> its channel's offered_qos_profiles, parsed, read with mcap's own reader."""
+    import yaml
+    from mcap.reader import make_reader
+    with open(path, 'rb') as f:
+        channels = make_reader(f).get_summary().channels.values()
+    return {c.topic: yaml.safe_load(c.metadata['offered_qos_profiles']) for c in channels}
+
+
+def test_bag_writer_offers_qos_and_copies_decoded_messages(tmp_path):
+    """Channels carry rosbag2's offered_qos_profiles (the nodes' output QoS by default, or the
+    profile given); messages decoded from a bag are written again field by field, nested
+    messages and sequences of them included."""
+    from geometry_msgs.msg import Pose, PoseArray
+    from rclpy.duration import Duration
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    header = Header(frame_id='cam_optical')
+    header.stamp.sec, header.stamp.nanosec = 3, 500
+    poses = PoseArray(header=header, poses=[Pose(), Pose()])
+    poses.poses[1].position.x, poses.poses[1].orientation.w = 0.25, 1.0
+    image = conversions.array_to_image(np.arange(24, dtype=np.uint8).reshape(2, 4, 3), 'rgb8',
+                                       header)
+    writer = bag.BagWriter(str(tmp_path / 'a.mcap'))
+    writer.write('/cam/poses', 'geometry_msgs/msg/PoseArray', poses, 7)
+    writer.write('/cam/image', 'sensor_msgs/msg/Image', image, 7)
+    with pytest.raises(ValueError, match='written as sensor_msgs/msg/Image'):
+        writer.write('/cam/image', 'geometry_msgs/msg/PoseArray', poses, 8)
+    writer.close()
+    assert _offered_qos(tmp_path / 'a.mcap') == {'/cam/poses': [NODE_OUTPUT_QOS],
+                                                '/cam/image': [NODE_OUTPUT_QOS]}
+    latched = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         deadline=Duration(seconds=2, nanoseconds=5))
+    writer = bag.BagWriter(str(tmp_path / 'b.mcap'), offered_qos=latched)
+    for topic, datatype, message, t in bag.read_messages(str(tmp_path / 'a.mcap')):
+        writer.write(topic, datatype, message, t)      # mcap_ros2's decoded objects
+    writer.close()
+    assert _offered_qos(tmp_path / 'b.mcap')['/cam/poses'] == [{
+        **NODE_OUTPUT_QOS, 'depth': 5, 'reliability': 'best_effort',
+        'durability': 'transient_local', 'deadline': {'sec': 2, 'nsec': 5}}]
+    copy = _read_all(tmp_path / 'b.mcap')
+    poses_back = copy['/cam/poses'][0][1]
+    assert (poses_back.header.stamp.sec, poses_back.header.stamp.nanosec) == (3, 500)
+    assert [(p.position.x, p.orientation.w) for p in poses_back.poses] == [(0.0, 1.0),
+                                                                           (0.25, 1.0)]
+    np.testing.assert_array_equal(conversions.image_to_array(copy['/cam/image'][0][1]),
+                                  conversions.image_to_array(image))
 
 
 def _read_all(path):
