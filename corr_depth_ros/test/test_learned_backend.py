@@ -151,6 +151,10 @@ def test_refiner_can_be_switched_off(learned):
     assert learned.get_params()['refine']
     coarse = create_backend('learned', device='cpu', refine=False)
     assert not coarse.get_params()['refine']
+    # What each searches (DisparityImage max_disparity): the last of the 24 candidates 8 px
+    # apart, 184 px, and with the refiner its +-8 px search around it, 192 px.
+    assert (learned.network_searched_px, coarse.network_searched_px) == (192.0, 184.0)
+    assert coarse.max_disparity_at(1.0) == 184 and learned.max_disparity_at(1.0) == 192
     pair = motorcycle_pairs(0.5)[0]
     errors = []
     for backend in (learned, coarse):

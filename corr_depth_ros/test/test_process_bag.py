@@ -69,7 +69,9 @@ def test_process_stereo_bag(tmp_path, compressed_right):
 
 def test_process_stereo_bag_passes_the_learned_options(tmp_path):
     """--input-scale and --no-refine reach the learned backend as the node's learned.* do: at
-    half size its range (DisparityImage max_disparity) doubles, and so does delta_d."""
+    half size its range (DisparityImage max_disparity) doubles, and so does delta_d; without
+    the refiner the range ends at the network's last candidate, 184 px (the refiner searches
+    8 px past it, to 192)."""
     pytest.importorskip('torch')
     data = load_motorcycle()
     _record(tmp_path / 'in.mcap', data)
@@ -79,7 +81,7 @@ def test_process_stereo_bag_passes_the_learned_options(tmp_path):
     assert rc == 0
     messages = [m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out.mcap'))
                 if t == '/cam/disparity']
-    top = int(192 * 741 / 370)          # the network's 192 px at 370 of 741 columns
+    top = int(184 * 741 / 370)          # the network's 184 px at 370 of 741 columns
     assert messages[0].max_disparity == pytest.approx(top + data['geometry'].doffs_px)
     assert messages[0].delta_d == pytest.approx(2.0 / 64.0)
 

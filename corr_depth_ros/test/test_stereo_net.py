@@ -511,6 +511,24 @@ def test_train_stereo_net_refines_a_frozen_base_or_starts_from_weights(tmp_path)
 
 
 
+def test_searched_range_ends_at_the_last_candidate():
+    """max_disparity_px 32 -> 4 candidates 0, 8, 16, 24 px: the base network never answers past
+    24 px (soft-argmin and convex upsampling stay within the candidates), what it searched; a
+    refiner of radius 3 (+-3 quarter-resolution pixels) searches 12 px further."""
+    torch.manual_seed(0)
+    model = build_stereo_net(**TINY).eval()
+    assert model.searched_max_disparity_px() == 24.0
+    with torch.no_grad():
+        # Aggregation weights scaled up: sharp distributions, some peaked at the last candidate.
+        for parameter in model.aggregation.parameters():
+            parameter.mul_(8.0)
+        left = torch.rand(2, 3, 32, 64)
+        disparity = model(left, torch.rand(2, 3, 32, 64))['disparity']
+    assert 0.0 <= float(disparity.min()) and float(disparity.max()) <= 24.0 + 1e-4
+    refined = build_stereo_net(**TINY, refine_channels=4, refine_radius=3)
+    assert refined.searched_max_disparity_px() == 36.0
+    assert refined.searched_max_disparity_px(refine=False) == 24.0
+
 def test_train_stereo_resumes_a_checkpoint_from_before_scale_augmentation(tmp_path):
     """A checkpoint whose signature predates augment.scale_prob / scale_range (08fe5fc) resumes
     without scale augmentation, the same run, and is refused with it."""

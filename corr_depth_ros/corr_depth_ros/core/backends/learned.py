@@ -111,7 +111,11 @@ class LearnedBackend(StereoBackend):
             self.float_step_px = 1.0 / 8.0
         model = prepare_for_inference(model, self.device)
         self.model = model.half() if self.half else model
-        self.network_max_disparity_px = int(self.model.max_disparity_px)
+        self.network_max_disparity_px = int(self.model.max_disparity_px)   # the training bound
+        # What the network searches at the size it runs at, and so DisparityImage's
+        # max_disparity (the largest disparity searched, as stereo_image_proc's min + num - 1):
+        # the last candidate, 184 px for 192, plus the refiner's search when it runs (8 px).
+        self.network_searched_px = self.model.searched_max_disparity_px()
         self.input_scale = AUTO_SCALE
         self.last_input_scale: Optional[float] = None   # the scale the latest pair ran at
         self.set_params(input_scale=input_scale)
@@ -125,7 +129,7 @@ class LearnedBackend(StereoBackend):
         """The widest range at that ``input_scale`` setting: the network's search range at the
         smallest scale it may then run at."""
         smallest = AUTO_SCALE_RANGE[0] if input_scale == AUTO_SCALE else input_scale
-        return int(self.network_max_disparity_px / smallest)
+        return int(self.network_searched_px / smallest)
 
     @property
     def disparity_step_px(self) -> float:
@@ -215,8 +219,8 @@ class LearnedBackend(StereoBackend):
             disparity, _ = self._infer_at(left_rgb, right_rgb, probe, refine=False)
             scale = _floor_scale(choose_input_scale(disparity), height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
-        # The network's candidates span its range at the width it ran at.
-        top = int(self.network_max_disparity_px * width / disparity.shape[1])
+        # The network's search spans its range at the width it ran at.
+        top = int(self.network_searched_px * width / disparity.shape[1])
         if disparity.shape != (height, width):
             disparity = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR)
             confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -67,6 +67,17 @@ class StereoNet(nn.Module):
                         if refine_channels else None)
         self.base_frozen = False
 
+    def searched_max_disparity_px(self, refine: bool = True) -> float:
+        """The largest disparity the network looks at, full-resolution pixels: its last
+        cost-volume candidate, (num_disparities - 1) x FEATURE_STRIDE (``max_disparity_px`` is
+        the training bound one step past it: 192 -> 184; soft-argmin and convex upsampling
+        stay within the candidates), plus, when the refiner runs, its search past the estimate
+        (its largest offset, quarter-resolution pixels x 4: refine_radius 2 -> 8 px)."""
+        top = float((self.num_disparities - 1) * FEATURE_STRIDE)
+        if refine and self.refiner is not None:
+            top += 4.0 * max(self.refiner.offsets)
+        return top
+
     def freeze_base(self) -> None:
         """Train only the refiner: every other parameter stops requiring gradients and the
         base stays in eval mode (its BatchNorm statistics fixed) even under ``train()``."""
@@ -156,8 +167,9 @@ def build_stereo_net(*, max_disparity_px: int = 192, feature_channels: int = 48,
                      refine_radius: int = 2) -> StereoNet:
     """Keyword-only factory; its arguments are the ``config`` stored in the weights file.
 
-    max_disparity_px: search range at full resolution, pixels (multiple of 8; 192 -> 24
-    candidates at 1/8). feature_channels must be divisible by ``groups``.
+    max_disparity_px: the training range at full resolution, pixels (multiple of 8; 192 -> 24
+    candidates at 1/8, 0 to 184 px: see StereoNet.searched_max_disparity_px).
+    feature_channels must be divisible by ``groups``.
     regression_radius: candidates each side of the peak used by the inference soft-argmin
     (0: full soft-argmin, as in training).
     refine_channels: width of the 1/4-resolution local refiner (refinement.LocalRefiner);
