@@ -46,14 +46,13 @@ bench: build
 bench-gpu: build
 	@$(ENV) && python scripts/bench_gpu.py --json bench_output/gpu.json
 
-# Accuracy and speed of the shipped models against their baselines (JSON + figures in eval_output/).
+# Accuracy and speed of the shipped models against their baselines (JSON + figures in eval_output/:
+# each evaluation writes its figure beside its JSON, out.json -> out.png).
 eval: build
-	@$(ENV) && corr_depth eval stereo --dataset motorcycle --json eval_output/stereo_motorcycle.json \
-	    --figure eval_output/stereo_motorcycle.png
+	@$(ENV) && corr_depth eval stereo --dataset motorcycle --json eval_output/stereo_motorcycle.json
 	@$(ENV) && corr_depth eval stereo --dataset synthetic --count 16 --json eval_output/stereo_synthetic.json
 	@$(ENV) && corr_depth eval mono --json eval_output/mono.json --figure eval_output/mono_motorcycle.png
-	@$(ENV) && corr_depth eval corr --dataset motorcycle --benchmark --json eval_output/corr_motorcycle.json \
-	    --figure eval_output/corr_motorcycle.png
+	@$(ENV) && corr_depth eval corr --dataset motorcycle --benchmark --json eval_output/corr_motorcycle.json
 	@$(ENV) && corr_depth eval corr --dataset synthetic --json eval_output/corr_synthetic.json
 	@$(ENV) && corr_depth eval corr --dataset synthetic --queries-on objects \
 	    --json eval_output/corr_synthetic_objects.json

@@ -364,6 +364,26 @@ def test_eval_stereo_and_export_onnx_commands(tmp_path, capsys):
     assert figure.is_file() and figure.stat().st_size > 0
 
 
+def test_eval_commands_write_their_figure_beside_the_json_by_default(tmp_path, capsys):
+    """The issues' evaluation commands (`corr_depth eval ... --json out.json`) each write a
+    figure: by default out.png beside the JSON; `--figure ''` writes none; mono's figure draws
+    Motorcycle, so a synthetic-only run has none by default (and refuses an explicit path)."""
+    from corr_depth_ros.cli import main as cli_main
+    tiny = ['eval', 'stereo', '--dataset', 'synthetic', '--count', '1', '--size', '96x64',
+            '--backend', 'sgbm', '--repeats', '1']
+    assert cli_main(tiny + ['--json', str(tmp_path / 'a' / 'out.json')]) == 0
+    assert (tmp_path / 'a' / 'out.png').stat().st_size > 0
+    assert cli_main(tiny + ['--json', str(tmp_path / 'b' / 'out.json'), '--figure', '']) == 0
+    assert sorted(p.name for p in (tmp_path / 'b').iterdir()) == ['out.json']
+    mono = ['eval', 'mono', '--dataset', 'synthetic', '--synthetic-count', '1', '--no-speed',
+            '--ablation-weights', '', '--json', str(tmp_path / 'c' / 'mono.json')]
+    assert cli_main(mono) == 0
+    assert sorted(p.name for p in (tmp_path / 'c').iterdir()) == ['mono.json']
+    capsys.readouterr()
+    assert cli_main(mono + ['--figure', str(tmp_path / 'c' / 'mono.png')]) == 2
+    assert '--figure draws the Motorcycle image' in capsys.readouterr().err
+
+
 def test_gpu_benchmark_script_runs_every_section_on_the_cpu(tmp_path):
     """scripts/bench_gpu.py, the one-shot script for a session that is lent a GPU: every
     section runs (here on the CPU, tiny counts) and lands in its JSON; a failed section would

@@ -7,6 +7,22 @@ def register(subparsers):
                    ('eval_stereo', 'eval_mono', 'eval_corr'))
 
 
+def add_figure_argument(parser, what: str) -> None:
+    """``--figure``: the issues' evaluations each write a figure, so by default it goes beside
+    the JSON (``out.json`` -> ``out.png``); ``--figure ''`` writes none."""
+    parser.add_argument('--figure', default=None,
+                        help=f'output PNG: {what} (default: the --json path with .png; "" for '
+                             'none)')
+
+
+def figure_path(args) -> str:
+    """The figure to write: ``--figure`` as given, else the JSON's path with ``.png``."""
+    import os
+    if args.figure is not None:
+        return args.figure
+    return os.path.splitext(args.json)[0] + '.png'
+
+
 def write_figure(path: str, rgb) -> None:
     """Write an (H,W,3) uint8 RGB figure as PNG, creating its folder; OSError if it failed
     (cv2.imwrite only returns False)."""

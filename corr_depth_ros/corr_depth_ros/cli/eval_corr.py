@@ -1,5 +1,6 @@
 """`corr_depth eval corr`: dense correspondences (descriptor net vs SIFT vs patch NCC)."""
 from ._args import positive_int, size_hw
+from .eval import add_figure_argument
 
 
 def _baselines(text: str):
@@ -16,7 +17,7 @@ def register(subparsers):
     p.add_argument('--dataset', choices=('motorcycle', 'synthetic'), default='motorcycle')
     p.add_argument('--weights', default='', help='descriptor weights (default: shipped)')
     p.add_argument('--json', required=True, help='write the numbers here')
-    p.add_argument('--figure', default='', help='optional PNG: matches drawn side by side')
+    add_figure_argument(p, 'matches drawn side by side, coloured by error')
     p.add_argument('--queries', type=positive_int, default=1000, help='query pixels (per pair)')
     p.add_argument('--pairs', type=positive_int, default=10, help='synthetic: held-out pairs')
     p.add_argument('--size', type=size_hw, default='320x240', help='synthetic: WIDTHxHEIGHT')
@@ -137,9 +138,10 @@ def run(args) -> int:
         print(f'{name:15s} PCK@1 {r["pck@1"]:.3f}  @3 {r["pck@3"]:.3f}  @5 {r["pck@5"]:.3f}  '
               f'@10 {r["pck@10"]:.3f}  median {r["median_error_px"]:.2f} px  '
               f'FP {r["mean_fraction_false_positives"]:.4f}  ({r["seconds"]:.1f} s)')
-    if args.figure:
-        from .eval import write_figure
+    from .eval import figure_path, write_figure
+    figure_out = figure_path(args)
+    if figure_out and figure_args is not None:
         a, b, queries, truth, raw = figure_args
         matches, errors = raw['descriptor_net'][0], raw['descriptor_net'][1]
-        write_figure(args.figure, ev.draw_matches(a, b, queries, matches, errors, truth))
+        write_figure(figure_out, ev.draw_matches(a, b, queries, matches, errors, truth))
     return 0

@@ -1,6 +1,7 @@
 """`corr_depth eval mono`: Motorcycle (zero-shot) and held-out synthetic depth metrics, the
 LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
 from ._args import positive_float, positive_int, size_hw
+from .eval import add_figure_argument
 
 
 def register(subparsers):
@@ -11,7 +12,8 @@ def register(subparsers):
                     'LR-consistency model and its no-LR ablation.')
     parser.add_argument('--dataset', default='all', choices=('motorcycle', 'synthetic', 'all'))
     parser.add_argument('--json', required=True, help='output JSON path')
-    parser.add_argument('--figure', default='', help='PNG: image, GT depth, prediction, error')
+    add_figure_argument(parser, 'Motorcycle image, GT depth, prediction, error (none by '
+                        'default with --dataset synthetic)')
     parser.add_argument('--max-depth-m', type=positive_float, default=None,
                         help='evaluate only GT depths up to this (and cap aligned predictions)')
     parser.add_argument('--weights', default='', help='LR model (default: shipped)')
@@ -32,16 +34,17 @@ def run(args) -> int:
 
     from ..core.memory import keep_freed_memory
     from ..core.mono.evaluate import run_evaluation, write_json
-    from .eval import write_figure
+    from .eval import figure_path, write_figure
     keep_freed_memory()   # timed as the mono node runs (core/memory.py)
     datasets = ('motorcycle', 'synthetic') if args.dataset == 'all' else (args.dataset,)
     if args.figure and 'motorcycle' not in datasets:
         raise ValueError('--figure draws the Motorcycle image: use --dataset motorcycle or all')
+    figure_out = figure_path(args) if 'motorcycle' in datasets else ''
     report, figure = run_evaluation(
         datasets=datasets, weights=args.weights, ablation_weights=args.ablation_weights,
         input_size=args.input_size,
         max_depth_m=args.max_depth_m, synthetic_count=args.synthetic_count,
-        synthetic_cache=args.synthetic_cache, device=args.device, figure=bool(args.figure),
+        synthetic_cache=args.synthetic_cache, device=args.device, figure=bool(figure_out),
         speed=not args.no_speed)
     write_json(report, args.json)
     summary = {}
@@ -57,5 +60,5 @@ def run(args) -> int:
     print(json.dumps(summary, indent=2))
     print(f'wrote {args.json}')
     if figure is not None:     # after the JSON: a bad figure path must not lose the numbers
-        write_figure(args.figure, figure)
+        write_figure(figure_out, figure)
     return 0

@@ -4,6 +4,7 @@ import os
 
 from ..core.backends.learned import INPUT_SCALE_RANGE
 from ._args import in_range, positive_float, positive_int, size_hw
+from .eval import add_figure_argument
 
 
 def register(subparsers):
@@ -31,7 +32,7 @@ def register(subparsers):
     p.add_argument('--repeats', type=positive_int, default=5, help='timed runs per pair (after 1 warm-up)')
     p.add_argument('--threads', type=int, default=2, help='torch / onnxruntime CPU threads')
     p.add_argument('--json', required=True, help='output JSON path')
-    p.add_argument('--figure', default='', help='output PNG: left, GT, prediction, error')
+    add_figure_argument(p, 'left, GT, prediction, error of the first pair')
     p.set_defaults(func=run)
 
 
@@ -46,7 +47,7 @@ def run(args) -> int:
     from ..core.stereo_net.evaluate import (DENSE_NOTE, environment, error_figure,
                                             evaluate_backend, motorcycle_pairs, strip_predictions,
                                             synthetic_pairs)
-    from .eval import write_figure
+    from .eval import figure_path, write_figure
     backends = args.backend or ['learned', 'sgbm']
     if 'onnx' in backends and not args.onnx_model:
         raise ValueError('--backend onnx needs --onnx-model PATH (e.g. from corr_depth export-onnx)')
@@ -88,8 +89,9 @@ def run(args) -> int:
         json.dump(out, f, indent=2)
         f.write('\n')
     print(f'wrote {args.json}')
-    if args.figure:
+    figure_out = figure_path(args)
+    if figure_out:
         panel = error_figure(pairs[0]['left'], pairs[0]['disparity_px'],
                              {k: v['predictions'][0] for k, v in reports.items()})
-        write_figure(args.figure, panel)
+        write_figure(figure_out, panel)
     return 0
