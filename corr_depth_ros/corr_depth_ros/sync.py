@@ -8,7 +8,7 @@ stamps are equal (exact) or within ``slop_s`` of each other (approximate).
 import copy
 import threading
 from collections import deque
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 
 def stamp_to_ns(msg) -> int:
@@ -134,16 +134,20 @@ class SyncWatchdog:
     (no camera running is not an error).
 
     ``topics``: the resolved input names, in the synchroniser's order; ``advice``: what to do
-    when every input arrives but their newest stamps differ. With ``sets_so_far`` (the node's
-    count) and ``on_problem`` (its error reporter), :meth:`report` is what a timer calls.
+    when every input arrives but their newest stamps differ; ``silent_advice``: {input index:
+    what else to do when that input stays silent} (e.g. an optional input that can be switched
+    off). With ``sets_so_far`` (the node's count) and ``on_problem`` (its error reporter),
+    :meth:`report` is what a timer calls.
     """
 
     def __init__(self, synchronizer, topics: Sequence[str], advice: str, period_s: float = 5.0,
                  sets_so_far: Optional[Callable[[], int]] = None,
-                 on_problem: Optional[Callable[[str], None]] = None):
+                 on_problem: Optional[Callable[[str], None]] = None,
+                 silent_advice: Optional[Dict[int, str]] = None):
         self._sync = synchronizer
         self._topics = list(topics)
         self._advice = advice
+        self._silent_advice = dict(silent_advice or {})
         self._period_s = period_s
         self._sets_so_far = sets_so_far
         self._on_problem = on_problem
@@ -164,9 +168,12 @@ class SyncWatchdog:
             arriving = ', '.join(t for t, a in zip(self._topics, arrived) if a)
             silent = ', '.join(f'{t} ({"none yet" if n == 0 else "stopped"})'
                                for t, a, n in zip(self._topics, arrived, counts) if not a)
+            extra = dict.fromkeys(self._silent_advice[i] for i, a in enumerate(arrived)
+                                  if not a and i in self._silent_advice)
             self.problem = (f'no synchronised set in the last {self._period_s:g} s: messages '
                             f'arrive on {arriving} but none on {silent}; check that it is '
-                            'published, and the topic names and remappings')
+                            'published, and the topic names and remappings'
+                            + ''.join(f'; {text}' for text in extra))
         elif all(arrived):
             spread = self._sync.spread_ns()
             self.problem = None if not spread else (

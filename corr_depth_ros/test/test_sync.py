@@ -105,3 +105,19 @@ def test_watchdog_report_needs_the_count():
     sync.add(0, Msg(1))
     watchdog.report()
     assert len(problems) == 1 and 'none on /right (none yet)' in problems[0], problems
+
+
+def test_watchdog_adds_the_advice_of_a_silent_optional_input():
+    """silent_advice: what else to do when a given input stays silent (the correspondence node:
+    without a depth source, use_depth false), said once, and only for a silent input it names."""
+    sync = StampSynchronizer(3, 5, lambda *m: None)
+    advice = dict.fromkeys((1, 2), 'set use_depth false')
+    watchdog = SyncWatchdog(sync, ['/image', '/depth', '/info'], 'raise slop_s',
+                            silent_advice=advice)
+    sync.add(0, Msg(1))
+    problem = watchdog.check(0)
+    assert problem.endswith('remappings; set use_depth false'), problem
+    sync.add(1, Msg(1))
+    sync.add(2, Msg(1))                               # the image stops, depth and info arrive
+    problem = watchdog.check(0)
+    assert 'none on /image (stopped)' in problem and 'use_depth' not in problem, problem

@@ -161,7 +161,9 @@ class CorrespondenceNode(Node):
                 self, self._sync, [image_input, 'depth', 'camera_info'],
                 'depth computed from these images arrives after them: raise queue_size to '
                 'cover that latency (frame rate x latency), or slop_s', self._errors,
-                lambda: self._synchronised_sets)
+                lambda: self._synchronised_sets,
+                silent_advice=dict.fromkeys((1, 2), 'without a depth source, set use_depth '
+                                            'false to match pixels without 3D points'))
         else:
             self._sync_watchdog = None
             sync_impl = 'none'

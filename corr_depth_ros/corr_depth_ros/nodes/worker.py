@@ -135,14 +135,16 @@ def sync_advice(approximate: bool) -> str:
 
 
 def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: ThrottledReporter,
-                        sets_so_far: Callable[[], int], period_s: float = 5.0):
+                        sets_so_far: Callable[[], int], period_s: float = 5.0,
+                        silent_advice: Optional[Dict[int, str]] = None):
     """Every ``period_s``, report (a throttled error) why no synchronised set came through:
     an input that never published, or stamps that never match. ``topics``: the names given to
-    make_synchronizer, in its order. Returns the :class:`..sync.SyncWatchdog` (its ``problem``
+    make_synchronizer, in its order; ``silent_advice`` as SyncWatchdog's. Returns the :class:`..sync.SyncWatchdog` (its ``problem``
     is the newest diagnosis; ``report()`` runs one check now, as the timer does)."""
     watchdog = SyncWatchdog(synchronizer, [node.resolve_topic_name(t) for t in topics], advice,
                             period_s, sets_so_far=sets_so_far,
-                            on_problem=lambda problem: reporter.error('sync', problem))
+                            on_problem=lambda problem: reporter.error('sync', problem),
+                            silent_advice=silent_advice)
     node.create_timer(period_s, watchdog.report)    # the node keeps its timers
     return watchdog
 
