@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from corr_depth_ros.core.ply import read_ply, write_ply
-from corr_depth_ros.core.sim_camera import SimRig, SimStereoCamera
+from corr_depth_ros.core.sim_camera import FrameCancelled, SimRig, SimStereoCamera
 
 RIG = SimRig(width=96, height=64, fx_px=80.0, baseline_m=0.1)
 
@@ -35,6 +35,25 @@ def test_sim_camera_is_deterministic_and_geometrically_right():
     assert diff < 0.5 * shuffled
     with pytest.raises(ValueError):
         SimStereoCamera(SimRig(width=8, height=8), seed=0)
+
+
+def test_sim_camera_frame_stops_between_stages_when_cancelled():
+    """frame(cancelled=...) asks between its stages (scene, raycasts, shading) and gives up at
+    the first yes, so a stopping camera thread leaves within one stage."""
+    cam = SimStereoCamera(RIG, seed=3, frames_per_scene=4, motion_m=0.02)
+    with pytest.raises(FrameCancelled):
+        cam.frame(1, cancelled=lambda: True)
+    asked = []
+
+    def third_time():
+        asked.append(1)
+        return len(asked) >= 3
+    with pytest.raises(FrameCancelled):
+        cam.frame(1, cancelled=third_time)
+    assert len(asked) == 3
+    never = cam.frame(1, cancelled=lambda: False)      # not cancelled: the same frame
+    assert np.array_equal(never['left'], SimStereoCamera(RIG, seed=3, frames_per_scene=4,
+                                                         motion_m=0.02).frame(1)['left'])
 
 
 def test_ply_round_trip(tmp_path):
@@ -71,6 +90,36 @@ def test_sim_camera_node_publishes_calibrated_pairs(ros):
     info = got['right_info'][0]
     assert info.p[3] == pytest.approx(-80.0 * 0.12)   # Tx = -fx * B (default baseline 0.12 m)
     assert conversions.image_to_array(got['gt'][0]).dtype == np.float32
+
+
+@pytest.mark.ros
+def test_sim_camera_node_stops_its_render_mid_frame(ros):
+    """destroy_node stops the render thread inside its frame (it used to finish the frame: on a
+    loaded machine past the 2 s it waited, and the thread left inside torch aborted the
+    process at exit under ros2 launch)."""
+    import threading
+
+    from rclpy.parameter import Parameter
+    from corr_depth_ros.nodes.sim_stereo_camera_node import SimStereoCameraNode
+    overrides = [Parameter('width', value=1280), Parameter('height', value=960),
+                 Parameter('rate_hz', value=30.0)]    # renders back to back
+    node = SimStereoCameraNode(context=ros.context, parameter_overrides=overrides)
+    frames, started, outcomes = node._frames, threading.Event(), []
+
+    def watched(i, cancelled=None):
+        started.set()
+        try:
+            return type(frames).frame(frames, i, cancelled=cancelled)
+        except FrameCancelled:
+            outcomes.append('cancelled')
+            raise
+    frames.frame = watched
+    try:
+        assert started.wait(10.0)
+    finally:
+        node.destroy_node()
+    assert not node._thread.is_alive()
+    assert outcomes == ['cancelled'], outcomes
 
 
 @pytest.mark.ros

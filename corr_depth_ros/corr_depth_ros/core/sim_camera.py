@@ -8,7 +8,7 @@ intrinsics and baseline, so the published CameraInfo stays constant. Each scene 
 """
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ from .synth.imaging import sample_camera_responses
 from .synth.raycast import raycast
 from .synth.render import depth_with_nan, render_image
 from .synth.scene import Rng, sample_scene
+
+
+class FrameCancelled(Exception):
+    """Raised by :meth:`SimStereoCamera.frame` when its ``cancelled`` callable says stop."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,21 @@ class SimStereoCamera:
         self._scene_index = index
         self._scene = (scene, pose, K, responses, rng)
 
-    def frame(self, i: int) -> Dict[str, np.ndarray]:
+    def frame(self, i: int, cancelled: Optional[Callable[[], bool]] = None
+              ) -> Dict[str, np.ndarray]:
+        """Frame ``i``. ``cancelled`` (e.g. a stop event's ``is_set``) is asked between the
+        stages (scene, each view's raycast and shading), and FrameCancelled raised once it says
+        yes: a camera thread asked to stop then leaves within one stage, not one frame, which
+        on a loaded machine can take seconds (a thread still inside torch when the interpreter
+        exits aborts the process)."""
+        def check():
+            if cancelled is not None and cancelled():
+                raise FrameCancelled(f'frame {i} cancelled')
+        check()
         index, step = divmod(int(i), self.frames_per_scene)
         if index != self._scene_index:
             self._load_scene(index)
+            check()
         scene, pose0, K, (resp_left, resp_right), rng = self._scene
         rig = self.rig
         # Smooth sideways / forward drift in the camera frame.
@@ -95,9 +110,12 @@ class SimStereoCamera:
         pose_right = pose_left.copy()
         pose_right[:3, 3] += rig.baseline_m * pose_left[:3, 0]
         hits_left = raycast(scene, K, pose_left, rig.height, rig.width, self.device)
+        check()
         hits_right = raycast(scene, K, pose_right, rig.height, rig.width, self.device)
+        check()
         frame_rng = Rng(self.seed * 7_919 + int(i))  # sensor noise differs frame to frame
         left = render_image(scene, hits_left, K, pose_left, self.config, resp_left, frame_rng)
+        check()
         right = render_image(scene, hits_right, K, pose_right, self.config, resp_right, frame_rng)
         depth = depth_with_nan(hits_left)[0].cpu().numpy().astype(np.float32)
 

@@ -17,7 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from .. import conversions
-from ..core.sim_camera import SimRig, SimStereoCamera
+from ..core.sim_camera import FrameCancelled, SimRig, SimStereoCamera
 from .params import ParamSpec, declare
 from .worker import output_qos, run_node
 
@@ -63,7 +63,7 @@ class FolderPairs:
     def __len__(self):
         return len(self.pairs)
 
-    def frame(self, i: int):
+    def frame(self, i: int, cancelled=None):   # two reads: quick, nothing to cancel
         left_path, right_path = self.pairs[i % len(self.pairs)]
         left = self._cv2.imread(left_path, self._cv2.IMREAD_COLOR)
         right = self._cv2.imread(right_path, self._cv2.IMREAD_COLOR)
@@ -113,7 +113,9 @@ class SimStereoCameraNode(Node):
                 return
             start = time.perf_counter()
             try:
-                frame = self._frames.frame(index)
+                frame = self._frames.frame(index, cancelled=self._stop.is_set)
+            except FrameCancelled:
+                return
             except Exception as exc:  # noqa: BLE001 - report and keep the camera alive
                 self.get_logger().error(f'frame {index} failed: {exc}', throttle_duration_sec=5.0)
                 frame = None    # and still wait for the next frame's time: no busy loop
@@ -156,12 +158,14 @@ class SimStereoCameraNode(Node):
 
     def destroy_node(self):
         self._stop.set()
-        # Within ros2 launch's 5 s between SIGINT and SIGTERM: a frame renders in well under a
-        # second, so a thread still busy after 2 s is stuck (say so) and is left behind (a
-        # daemon thread) rather than holding the node's exit until launch kills it.
-        self._thread.join(timeout=2.0)
+        # The render stops at its next stage (SimStereoCamera.frame's `cancelled`): one raycast
+        # or shading pass, well under a second even where three nodes share two cores (a whole
+        # frame there took over 2 s, and the thread left inside torch aborted the process at
+        # exit: SIGABRT under ros2 launch). Within launch's 5 s between SIGINT and SIGTERM, a
+        # thread still busy after 4 s is stuck (say so) and is left behind (a daemon thread).
+        self._thread.join(timeout=4.0)
         if self._thread.is_alive():
-            self.get_logger().warning('the render thread did not stop within 2 s; exiting '
+            self.get_logger().warning('the render thread did not stop within 4 s; exiting '
                                       'without it')
         super().destroy_node()
 
