@@ -26,6 +26,7 @@ from ..core.colormap import colourise
 from ..core.mono import POST_PROCESS_DEFAULT
 from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_depth,
                                    input_size_from_header, load_mono_model)
+from ..core.threads import model_threads, pin_torch_threads
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
@@ -47,8 +48,9 @@ PARAMS = [
               'from the weights).', read_only=True, value_range=(0, 4096)),
     ParamSpec('input_height', 0, 'Network input height, px, multiple of 32 (0: training size '
               'from the weights).', read_only=True, value_range=(0, 4096)),
-    ParamSpec('torch_threads', 0, 'CPU threads for inference (0: torch default). Process-wide; '
-              'on a busy CPU 1 can be faster than 2.', read_only=True, value_range=(0, 256)),
+    ParamSpec('torch_threads', 0, 'torch CPU threads of the thread that runs the network (0: '
+              'torch default); on a busy CPU 1 can be faster than 2.', read_only=True,
+              value_range=(0, 256)),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), in the '
               'depth topic\'s unit.', value_range=(0.0, 10000.0)),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
@@ -70,9 +72,10 @@ class MonoDepthNode(Node):
         self._errors = ThrottledReporter(self.get_logger())
         self._lock = threading.Lock()   # guards parameter values read by the worker
         self._device = resolve_device(self._values['device'])
-        if self._values['torch_threads'] > 0:
-            import torch
-            torch.set_num_threads(self._values['torch_threads'])
+        # Torch's threads go to the worker that runs the network (core/threads.py); this
+        # thread only loads it.
+        self._model_threads = model_threads(self._values['torch_threads'])
+        pin_torch_threads(1)
         # No fallback model exists: a missing or foreign weights file stops the node at once
         # with load_weights' reason, rather than publishing nothing forever.
         self._model, header = load_mono_model(self._values['weights_path'], self._device)
@@ -100,7 +103,8 @@ class MonoDepthNode(Node):
         self._pub_colour = self.create_publisher(Image, 'depth/color', output_qos())
 
         self._clouds = CloudPublisher(self._pub_points)
-        self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth')
+        self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth',
+                                         torch_threads=self._model_threads)
         # Sensor-data (best-effort) inputs like image_proc; override per topic with
         # qos_overrides./<ns>/image.subscription.reliability etc.
         image_type, (image_topic,) = image_inputs(self, ['image'], self._values['image_transport'])

@@ -9,14 +9,20 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
+from ..core.threads import pin_torch_threads, torch_in_use
 from ..sync import SyncWatchdog
 
 
 class LatestFrameWorker:
+    """``torch_threads``: the torch CPU threads this worker's thread runs on (core.threads:
+    the model's thread gets them all, any other torch-using thread one), pinned before its
+    first item once torch is imported; None leaves torch alone."""
+
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
-                 name: str = 'corr_depth_worker'):
+                 name: str = 'corr_depth_worker', torch_threads: Optional[int] = None):
         self._process = process
         self._on_error = on_error
+        self._torch_threads = torch_threads
         self._cond = threading.Condition()
         self._pending: Optional[Any] = None
         self._stopping = False
@@ -53,6 +59,7 @@ class LatestFrameWorker:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        pinned = False
         while True:
             with self._cond:
                 while self._pending is None and not self._stopping:
@@ -60,6 +67,9 @@ class LatestFrameWorker:
                 if self._stopping:
                     return
                 item, self._pending = self._pending, None
+            if self._torch_threads and not pinned and torch_in_use():
+                pin_torch_threads(self._torch_threads)
+                pinned = True
             start = time.perf_counter()
             try:
                 self._process(item)
