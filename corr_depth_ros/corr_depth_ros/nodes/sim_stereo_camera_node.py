@@ -18,6 +18,7 @@ from std_msgs.msg import Header
 
 from .. import conversions
 from ..core.sim_camera import FrameCancelled, SimRig, SimStereoCamera
+from ..core.threads import model_threads, pin_torch_threads
 from .params import ParamSpec, declare
 from .worker import output_qos, run_node
 
@@ -102,6 +103,9 @@ class SimStereoCameraNode(Node):
                                f'fx={rig.fx_px} px, baseline={rig.baseline_m} m')
 
     def _run(self):
+        # This thread renders with torch: it gets torch's threads (core/threads.py), whatever
+        # other nodes composed into the process (make demo) pinned for theirs.
+        pin_torch_threads(model_threads())
         index = 0
         next_time = time.monotonic()
         while not self._stop.is_set():
