@@ -109,8 +109,9 @@ def offered_qos_profiles(qos) -> str:
     `ros2 bag play` offers the topic with; without it, rosbag2's default) for one publisher
     with the rclpy QoSProfile ``qos``: the YAML of rosbag2_storage's qos.cpp in Jazzy (metadata
     version 9), a list of profiles with policies by their rmw names (rmw_qos_*_to_str, the same
-    as rclpy's ``short_key``) and durations as sec/nsec. Its reader also takes this from a file
-    without rosbag2's own metadata record: it tells the format by the history value."""
+    as rclpy's ``short_key``) and durations as sec/nsec. Jazzy's MCAP reader parses it with the
+    bag's metadata version, and for a file without rosbag2's own metadata record (ours) that is
+    its current one, 9, which reads policies by name."""
     import yaml
 
     def duration(value):
