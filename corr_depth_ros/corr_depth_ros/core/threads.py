@@ -6,8 +6,8 @@ threads than there are CPUs, libgomp stops letting an idle team member spin: it 
 ~100 spins (the throttled GOMP_SPINCOUNT, which no setting raises) and each of the thousands of
 parallel regions in a forward pass wakes it through the kernel. A node loads its model on the
 main thread and runs it on a worker thread: two teams. On the 2-core development machine that
-made the learned stereo backend take 138-146 ms a pair on the stereo node's worker thread
-against 67-73 ms on one thread of its own (same process, same code; 2026-12-02, stop 21).
+made the learned stereo backend take 138 ms a pair on the stereo node's worker thread against
+67-73 ms in a process with one team (same code; 2026-12-02, stop 21; docs/results.md).
 
 So a node gives torch's threads to the one thread that runs its model and keeps every other
 thread that touches torch (the main thread that loads models and serves requests, a heatmap
