@@ -339,3 +339,27 @@ def test_compressed_input(ros, motorcycle):
     published = conversions.disparity_msg_to_array(out['disparity'])
     raw = np.where(published > 0, published - geometry.doffs_px, np.nan)
     assert disparity_metrics(raw, motorcycle['disparity_px'])['bad_2_pct'] < 12.0
+
+
+def test_a_sgbm_node_does_not_import_torch():
+    """The sgbm backend needs no torch, and a node running it does not pay torch's import
+    (seconds, hundreds of MB): its worker resolves torch's thread count only once torch is in
+    use. In a subprocess, where nothing else has imported torch."""
+    import os
+    import subprocess
+    import sys
+    script = '''
+import sys, rclpy
+from corr_depth_ros.nodes.stereo_depth_node import StereoDepthNode
+rclpy.init()
+node = StereoDepthNode()
+assert node.get_parameter('backend').value == 'sgbm'
+print('torch imported:', 'torch' in sys.modules)
+node.destroy_node()
+rclpy.try_shutdown()
+'''
+    env = dict(os.environ, ROS_DOMAIN_ID=str(int(os.environ.get('ROS_DOMAIN_ID', '150')) + 2))
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert 'torch imported: False' in result.stdout, result.stdout

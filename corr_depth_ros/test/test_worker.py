@@ -104,7 +104,8 @@ def test_stop_reports_a_busy_worker_and_silences_its_abandoned_frame():
 def test_torch_threads_go_to_the_model_thread_only():
     """core.threads / LatestFrameWorker(torch_threads=...): the worker that runs the model gets
     torch's threads, the main thread that loaded it keeps one, even though torch's process-wide
-    value follows the last pin; a second worker pinned to one stays at one. (Two threads with
+    value follows the last pin; a second worker pinned to one stays at one, and one given 0
+    gets torch's default. (Two threads with
     their own OpenMP teams on a 2-core CPU made libgomp put idle team members to sleep at every
     parallel region: the learned stereo net took twice as long on the node's worker.) In a
     subprocess: pinning changes torch's process-wide setting."""
@@ -112,29 +113,30 @@ def test_torch_threads_go_to_the_model_thread_only():
     import sys
     script = '''
 import threading, torch
-from corr_depth_ros.core.threads import default_torch_threads, model_threads, pin_torch_threads
+from corr_depth_ros.core.threads import default_torch_threads, pin_torch_threads
 from corr_depth_ros.nodes.worker import LatestFrameWorker
 default = default_torch_threads()
-assert model_threads(0) == default and model_threads(3) == 3
 pin_torch_threads(1)                      # the node's main thread, before loading its model
 seen, done = {}, threading.Event()
 def note(name):
     def process(item):
         torch.ones(64, 64) @ torch.ones(64, 64)
         seen[name] = torch.get_num_threads()
-        if len(seen) == 2:
+        if len(seen) == 3:
             done.set()
     return process
 model = LatestFrameWorker(note('model'), print, name='model', torch_threads=3)
 heatmap = LatestFrameWorker(note('heatmap'), print, name='heatmap', torch_threads=1)
+default_count = LatestFrameWorker(note('default'), print, name='default', torch_threads=0)
 model.submit(1)
 heatmap.submit(1)
+default_count.submit(1)
 assert done.wait(30)
 torch.ones(64, 64) @ torch.ones(64, 64)   # the main thread, after the workers pinned theirs
-assert seen == {'model': 3, 'heatmap': 1}, seen
+assert seen == {'model': 3, 'heatmap': 1, 'default': default}, seen   # 0: torch's default
 assert torch.get_num_threads() == 1, torch.get_num_threads()
-model.stop()
-heatmap.stop()
+for worker in (model, heatmap, default_count):
+    worker.stop()
 print('ok')
 '''
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,

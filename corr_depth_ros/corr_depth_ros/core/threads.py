@@ -27,19 +27,15 @@ def default_torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def model_threads(requested: int = 0) -> int:
-    """The thread count for a node's model thread: ``requested``, or torch's default for 0."""
-    return requested if requested > 0 else default_torch_threads()
-
-
 def pin_torch_threads(count: int) -> None:
-    """Run the calling thread's torch CPU work on ``count`` threads from now on."""
+    """Run the calling thread's torch CPU work on ``count`` threads from now on (0: torch's
+    default, as the nodes' thread parameters read 0)."""
     import torch
-    default_torch_threads()
+    default = default_torch_threads()
     # Initialise this thread's OpenMP setting first: torch does it at the thread's first parallel
     # region, from the process-wide value, which a later pin on another thread would change.
     torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(count if count > 0 else default)
 
 
 def torch_in_use() -> bool:

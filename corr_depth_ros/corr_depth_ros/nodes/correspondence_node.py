@@ -41,7 +41,7 @@ from ..core.descriptors import matching, query, references
 from ..core.descriptors.network import DEFAULT_SCALES, check_scales, compute_descriptors
 from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
-from ..core.threads import model_threads, pin_torch_threads
+from ..core.threads import pin_torch_threads
 from ..sync import make_synchronizer
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
@@ -142,7 +142,7 @@ class CorrespondenceNode(Node):
         self._last_frame_error = None     # (monotonic s, text) of the newest dropped frame
         self._worker = LatestFrameWorker(self._process, self._on_frame_error,
                                          name='correspondence_descriptors',
-                                         torch_threads=self._model_threads)
+                                         torch_threads=self._values['threads'])
 
         # Frames and requests in separate callback groups: under a multi-threaded executor
         # (the node composed into one) a frame's messages are then taken while a request is
@@ -195,7 +195,6 @@ class CorrespondenceNode(Node):
         # Torch's threads go to the worker that computes the descriptors (core/threads.py);
         # this thread loads the network and serves requests (matching is mostly numpy: a
         # 10-pixel request took 26.5 ms on one thread, 23.7 on two, at 640x480).
-        self._model_threads = model_threads(self._values['threads'])
         pin_torch_threads(1)
         self._device = resolve_device(self._values['device'])
         self._model, header = load_descriptor_net(self._values['weights'] or None, self._device)

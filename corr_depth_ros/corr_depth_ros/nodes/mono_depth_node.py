@@ -26,7 +26,7 @@ from ..core.colormap import colourise
 from ..core.mono import POST_PROCESS_DEFAULT
 from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_depth,
                                    input_size_from_header, load_mono_model)
-from ..core.threads import model_threads, pin_torch_threads
+from ..core.threads import pin_torch_threads
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
@@ -74,7 +74,6 @@ class MonoDepthNode(Node):
         self._device = resolve_device(self._values['device'])
         # Torch's threads go to the worker that runs the network (core/threads.py); this
         # thread only loads it.
-        self._model_threads = model_threads(self._values['torch_threads'])
         pin_torch_threads(1)
         # No fallback model exists: a missing or foreign weights file stops the node at once
         # with load_weights' reason, rather than publishing nothing forever.
@@ -104,7 +103,7 @@ class MonoDepthNode(Node):
 
         self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth',
-                                         torch_threads=self._model_threads)
+                                         torch_threads=self._values['torch_threads'])
         # Sensor-data (best-effort) inputs like image_proc; override per topic with
         # qos_overrides./<ns>/image.subscription.reliability etc.
         image_type, (image_topic,) = image_inputs(self, ['image'], self._values['image_transport'])

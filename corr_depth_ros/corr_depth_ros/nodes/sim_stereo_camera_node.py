@@ -18,7 +18,7 @@ from std_msgs.msg import Header
 
 from .. import conversions
 from ..core.sim_camera import FrameCancelled, SimRig, SimStereoCamera
-from ..core.threads import model_threads, pin_torch_threads
+from ..core.threads import pin_torch_threads
 from .params import ParamSpec, declare
 from .worker import output_qos, run_node
 
@@ -105,7 +105,7 @@ class SimStereoCameraNode(Node):
     def _run(self):
         # This thread renders with torch: it gets torch's threads (core/threads.py), whatever
         # other nodes composed into the process (make demo) pinned for theirs.
-        pin_torch_threads(model_threads())
+        pin_torch_threads(0)
         index = 0
         next_time = time.monotonic()
         while not self._stop.is_set():

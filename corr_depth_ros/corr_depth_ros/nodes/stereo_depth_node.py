@@ -23,7 +23,7 @@ from ..core.backends import available_backends, create_backend
 from ..core.backends.learned import INPUT_SCALE_RANGE
 from ..core.backends.sgbm import SgbmParams
 from ..core.colormap import colourise
-from ..core.threads import model_threads, pin_torch_threads
+from ..core.threads import pin_torch_threads
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX,
                                     run_stereo)
 from ..sync import make_synchronizer
@@ -140,8 +140,7 @@ class StereoDepthNode(Node):
         self._pub_colour = self.create_publisher(Image, 'disparity/color', output_qos())
 
         self._clouds = CloudPublisher(self._pub_points)
-        self._worker = LatestFrameWorker(self._process, self._on_worker_error,
-                                         torch_threads=model_threads())
+        self._worker = LatestFrameWorker(self._process, self._on_worker_error, torch_threads=0)
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
         image_type, images = image_inputs(self, ['left/image_rect', 'right/image_rect'],

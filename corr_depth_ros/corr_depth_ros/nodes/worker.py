@@ -15,8 +15,9 @@ from ..sync import SyncWatchdog
 
 class LatestFrameWorker:
     """``torch_threads``: the torch CPU threads this worker's thread runs on (core.threads:
-    the model's thread gets them all, any other torch-using thread one), pinned before its
-    first item once torch is imported; None leaves torch alone."""
+    the model's thread gets them all, any other torch-using thread one; 0: torch's default),
+    pinned before its first item once torch is imported (a sgbm-only stereo node never imports
+    it); None leaves torch alone."""
 
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
                  name: str = 'corr_depth_worker', torch_threads: Optional[int] = None):
@@ -67,7 +68,7 @@ class LatestFrameWorker:
                 if self._stopping:
                     return
                 item, self._pending = self._pending, None
-            if self._torch_threads and not pinned and torch_in_use():
+            if self._torch_threads is not None and not pinned and torch_in_use():
                 pin_torch_threads(self._torch_threads)
                 pinned = True
             start = time.perf_counter()
