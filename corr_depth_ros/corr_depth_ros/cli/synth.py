@@ -38,6 +38,11 @@ def register(subparsers) -> None:
                          help='force one scene layout (default: random per sample)')
         sub.add_argument('--clean', action='store_true',
                          help='no photometric nuisances (asymmetry, specular, noise, blur, JPEG)')
+        sub.add_argument('--photo-textures', type=float, default=0.0, metavar='WEIGHT',
+                         help="add the 'photo' texture family (scikit-image's photographs) at "
+                              'this weight; the procedural weights sum to 1 (default: 0, off)')
+        sub.add_argument('--photo-set', default='train', choices=('train', 'validation'),
+                         help='photographs to draw from (validation: ones training never sees)')
         sub.add_argument('--contact-sheet-rows', type=non_negative_int, default=6,
                          help='samples drawn on contact_sheet.png; 0 for none (default: 6)')
         sub.add_argument('--overwrite', action='store_true',
@@ -53,6 +58,11 @@ def run(args) -> int:
     from ..core.synth import SynthConfig, write_dataset
 
     config = SynthConfig()
+    if args.photo_textures < 0:
+        print('corr_depth synth: error: --photo-textures must be >= 0', file=sys.stderr)
+        return 2
+    if args.photo_textures > 0:
+        config = config.with_photos(args.photo_textures, args.photo_set)
     if args.clean:
         config = config.clean()
     height, width = args.size

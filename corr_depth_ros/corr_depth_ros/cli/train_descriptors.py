@@ -35,6 +35,12 @@ def register(subparsers):
     p.add_argument('--background-prob', type=float, default=0.2,
                    help='probability of DON background randomisation per pair')
     p.add_argument('--pool-size', type=int, default=256, help='rendered pairs kept in memory')
+    p.add_argument('--photo-textures', type=float, default=0.0, metavar='WEIGHT',
+                   help="add the 'photo' texture family (photographs) at this weight beside "
+                        'the procedural ones (their weights sum to 1; 0: off). Validation then '
+                        'uses photographs that training never sees')
+    p.add_argument('--val-pairs', type=positive_int, default=6,
+                   help='held-out pairs validated on (200 points each)')
     p.add_argument('--notes', default='', help='free text stored in the weights metadata')
     p.add_argument('--ship', default='', help='copy the best weights (+ .json) here at the end')
     p.set_defaults(func=run)

@@ -41,6 +41,7 @@ class DescriptorTrainSpec:
     background_prob: float = 0.2
     val_pairs: int = 6
     val_points: int = 200
+    photo_textures: float = 0.0    # weight of the 'photo' texture family (0: procedural only)
     init_from: str = ''             # start from these weights (their network config wins)
     loss: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
@@ -120,11 +121,13 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
     os.makedirs(cfg.out_dir, exist_ok=True)
     started = time.time()
     print(f'a pool of {spec.pool_size} pairs is rendered at the first step ...', flush=True)
+    train_synth, val_synth = synth_configs(spec.photo_textures)
     dataset = PairPool(length=10 ** 7, height=spec.height, width=spec.width,
                        pool_size=spec.pool_size, renew_per_item=spec.renew_per_item,
-                       stereo_fraction=spec.stereo_fraction, seed=cfg.seed)
+                       stereo_fraction=spec.stereo_fraction, seed=cfg.seed, config=train_synth)
     val_kind = 'stereo' if missing else 'multiview'
-    val_pairs = held_out_pairs(spec.val_pairs, spec.height, spec.width, val_kind)
+    val_pairs = held_out_pairs(spec.val_pairs, spec.height, spec.width, val_kind,
+                               config=val_synth)
     best = BestWeights(os.path.join(cfg.out_dir, 'best.safetensors'), 'pck@3',
                        higher_is_better=True)
 
@@ -132,7 +135,9 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
         return {'model': 'Dense Object Nets descriptors (Florence et al. 2018), small U-Net',
                 'training_data': f'corr_depth_ros synthetic pairs ({1 - spec.stereo_fraction:.2f} '
                                  f'multiview, {spec.stereo_fraction:.2f} stereo), '
-                                 f'{spec.width}x{spec.height}, seeds < 1e9',
+                                 f'{spec.width}x{spec.height}, seeds < 1e9'
+                                 + (f', photo textures at weight {spec.photo_textures}'
+                                    if spec.photo_textures else ''),
                 'synth_version': SYNTH_VERSION, 'synth_seed': cfg.seed, 'steps': step,
                 'input': 'RGB float in [0,1], any size (padded to a multiple of 16)',
                 'divisible_by': DIVISIBLE_BY,
@@ -152,6 +157,8 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                  'size_hw': [spec.height, spec.width], 'stereo_fraction': spec.stereo_fraction,
                  'pool_size': spec.pool_size, 'background_prob': spec.background_prob,
                  'init_from': path_key(spec.init_from)}
+    if spec.photo_textures:   # absent when off, so that older runs still resume
+        signature['photo_textures'] = spec.photo_textures
     last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn, signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), unwrap(model), arch=ARCH,
                  config=net_config,
@@ -160,6 +167,18 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                                    validation_metrics(last)))
     return {'last': last, 'best': best.best or {'pck@3': -1.0},
             'wall_s': time.time() - started}
+
+
+def synth_configs(photo_weight: float):
+    """(training, validation) SynthConfigs: the defaults, or with the 'photo' family at
+    ``photo_weight``, validated on photographs training never sees. (None, None) when off."""
+    if photo_weight < 0:
+        raise ValueError(f'photo texture weight must be >= 0, got {photo_weight}')
+    if photo_weight == 0:
+        return None, None
+    from ..synth.config import SynthConfig
+    return (SynthConfig().with_photos(photo_weight, 'train'),
+            SynthConfig().with_photos(photo_weight, 'validation'))
 
 
 def command_line() -> str:
@@ -177,6 +196,7 @@ def spec_from_args(args) -> DescriptorTrainSpec:
                                height=args.height, width=args.width,
                                stereo_fraction=args.stereo_fraction, pool_size=args.pool_size,
                                background_prob=args.background_prob,
+                               photo_textures=args.photo_textures, val_pairs=args.val_pairs,
                                init_from=args.init_from, loss=loss)
 
 

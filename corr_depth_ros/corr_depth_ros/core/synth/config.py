@@ -18,7 +18,10 @@ SYNTH_VERSION = 'corr_depth_synth-1.2'
 
 LAYOUTS = ('tabletop', 'chaotic', 'fronto_plane')
 SHAPES = ('ellipsoid', 'box', 'cylinder', 'rod', 'board', 'disc')
-TEXTURES = ('constant', 'fbm', 'stripes', 'checker', 'blobs', 'dots')
+# 'photo' (photographs, see photos.py) is a family a config may add; the default is procedural.
+PROCEDURAL_TEXTURES = ('constant', 'fbm', 'stripes', 'checker', 'blobs', 'dots')
+TEXTURES = PROCEDURAL_TEXTURES + ('photo',)
+PHOTO_SET_NAMES = ('train', 'validation')
 
 Range = Tuple[float, float]
 
@@ -73,8 +76,11 @@ class SynthConfig:
     view_distance_ratio_range: Range = (0.7, 1.4)  # |B - target| / |A - target|
 
     # --- textures (solid, evaluated in the object's frame) ---
-    textures: Tuple[str, ...] = TEXTURES
+    textures: Tuple[str, ...] = PROCEDURAL_TEXTURES
     texture_weights: Tuple[float, ...] = (0.1, 0.35, 0.15, 0.15, 0.15, 0.1)
+    # Photographs the 'photo' family draws from (photos.PHOTO_SETS): 'validation' holds
+    # photographs that training never sees.
+    photo_set: str = 'train'
     # Pattern cycles across one object (log-uniform); background: cycles per metre / scene scale.
     texture_cycles_per_object_range: Range = (1.5, 12.0)
     background_cycles_per_m_range: Range = (0.5, 8.0)
@@ -142,6 +148,17 @@ class SynthConfig:
         _check_choices('layouts', self.layouts, self.layout_weights, LAYOUTS)
         _check_choices('shapes', self.shapes, self.shape_weights, SHAPES)
         _check_choices('textures', self.textures, self.texture_weights, TEXTURES)
+        if self.photo_set not in PHOTO_SET_NAMES:
+            raise ValueError(f'SynthConfig.photo_set must be one of {PHOTO_SET_NAMES}, '
+                             f'got {self.photo_set!r}')
+
+    def with_photos(self, weight: float, photo_set: str = 'train') -> 'SynthConfig':
+        """This config with the 'photo' family added at ``weight`` (the others keep theirs)."""
+        if 'photo' in self.textures:
+            raise ValueError('SynthConfig.with_photos: photo textures are already in')
+        return dataclasses.replace(self, textures=self.textures + ('photo',),
+                                   texture_weights=self.texture_weights + (float(weight),),
+                                   photo_set=photo_set)
 
     def clean(self) -> 'SynthConfig':
         """This config with every photometric nuisance off (asymmetry, specular, noise, blur,

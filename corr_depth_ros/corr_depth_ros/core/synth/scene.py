@@ -28,10 +28,14 @@ from .config import LAYOUTS, SynthConfig
 PLANE, ELLIPSOID, BOX, CYLINDER, ROOM = 0, 1, 2, 3, 4
 
 # Texture family codes, in the order of config.TEXTURES.
-TEXTURE_CODES = {'constant': 0, 'fbm': 1, 'stripes': 2, 'checker': 3, 'blobs': 4, 'dots': 5}
+TEXTURE_CODES = {'constant': 0, 'fbm': 1, 'stripes': 2, 'checker': 3, 'blobs': 4, 'dots': 5,
+                 'photo': 6}
 
-# Columns of Scene.texture_params: why five numbers is explained in textures.py.
-SOFTNESS, WARP, THRESHOLD, DOT_RADIUS, CONTRAST = range(5)
+# Columns of Scene.texture_params: why these numbers is explained in textures.py; PHOTO is the
+# photograph's index in the scene's photo set (photos.py; 0 for the other families).
+SOFTNESS, WARP, THRESHOLD, DOT_RADIUS, CONTRAST, PHOTO = range(6)
+# Photo textures' frequency relative to the procedural families' (log-uniform factor).
+PHOTO_FREQ_FACTOR_RANGE = (0.5, 8.0)
 
 
 class Rng:
@@ -121,7 +125,7 @@ class Scene:
     texture_freq_per_m: np.ndarray  # (P,) texture units per metre of local coordinates
     texture_offset: np.ndarray  # (P,3) texture units
     texture_dir: np.ndarray  # (P,3) unit stripe direction
-    texture_params: np.ndarray  # (P,5) softness, warp, threshold, dot radius, contrast
+    texture_params: np.ndarray  # (P,6) softness, warp, threshold, dot radius, contrast, photo
     palette: np.ndarray  # (P,2,3) linear albedo of the two pattern colours
     colour_jitter: np.ndarray  # (P,)
     specular_strength: np.ndarray  # (P,)
@@ -132,6 +136,7 @@ class Scene:
     layout: str
     target_world: np.ndarray  # (3,) point the cameras look at (clutter centre)
     up_world: np.ndarray  # (3,) the layout's up direction (for look-at cameras)
+    photo_set: str = 'train'  # photographs of the 'photo' family (photos.PHOTO_SETS)
 
     @property
     def num_primitives(self) -> int:
@@ -246,6 +251,11 @@ def _hsv_to_rgb_linear(h: float, s: float, v: float) -> np.ndarray:
     return rgb ** 2.2  # sRGB-ish display colour to linear albedo
 
 
+def _photo_count(config: SynthConfig) -> int:
+    from .photos import PHOTO_SETS
+    return len(PHOTO_SETS[config.photo_set])
+
+
 def _sample_material(rng: Rng, config: SynthConfig, cycles_per_m: float) -> dict:
     """Texture family, palette and specular parameters of one primitive."""
     family = config.textures[rng.choice(config.texture_weights)]
@@ -266,7 +276,13 @@ def _sample_material(rng: Rng, config: SynthConfig, cycles_per_m: float) -> dict
         rng.uniform(-0.6, 0.6),  # blob threshold, noise standard deviations
         rng.uniform(0.15, 0.42),  # dot radius, cells
         rng.uniform(1.0, 5.0),  # fbm/blob contrast
+        # Drawn only for photos, so that configs without them render as before.
+        rng.integer(0, _photo_count(config) - 1) if family == 'photo' else 0,
     ])
+    if family == 'photo':
+        # Photographs are drawn at a random scale (log-uniform), drawn only for them so that
+        # configs without photos render as before: fine detail from near to far surfaces.
+        cycles_per_m *= rng.log_uniform(*PHOTO_FREQ_FACTOR_RANGE)
     return dict(
         texture=TEXTURE_CODES[family],
         texture_freq_per_m=cycles_per_m,
@@ -460,6 +476,7 @@ def sample_scene(rng: Rng, config: SynthConfig, layout: str, fx: float, cx: floa
         layout=layout,
         target_world=np.asarray(target, np.float64),
         up_world=up,
+        photo_set=config.photo_set,
     )
     return scene, poses
 

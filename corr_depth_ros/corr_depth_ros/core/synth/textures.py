@@ -11,6 +11,7 @@ Texture coordinates are ``q = p_local * freq + offset`` (texture units). Familie
 * ``checker``: 3D checkerboard, one cell per texture unit (repetitive, a hard case).
 * ``blobs``: thresholded smooth noise (spots, camouflage).
 * ``dots``: a lattice of spheres (repetitive).
+* ``photo``: photographs, triplanar-mapped (fine real detail; see photos.py).
 
 Noise comes from a fixed, tileable 3D fBm volume made once per device by spectral synthesis
 (filtered white noise, FFT), sampled trilinearly (two bilinear ``grid_sample`` lookups in a 2D
@@ -31,8 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from ..shapes import check_shape
+from .photos import axis_weights, sample_photo, triplanar_uv
 from .raycast import dot3, length3, pixel_rays
-from .scene import (CONTRAST, DOT_RADIUS, SOFTNESS, TEXTURE_CODES, THRESHOLD, WARP, Scene)
+from .scene import (CONTRAST, DOT_RADIUS, PHOTO, SOFTNESS, TEXTURE_CODES, THRESHOLD, WARP,
+                    Scene)
 
 # 32^3 voxels x 4 channels is ~0.6 MB: it stays in cache, and grid_sample's cost grows with
 # the channel count, so two noise fields (plus their low-passed copies) is the budget.
@@ -155,15 +158,21 @@ def albedo(scene: Scene, primitive: torch.Tensor, point_local: torch.Tensor,
     height, width = primitive.shape
     device = point_local.device
     idx = primitive.reshape(-1).clamp_min(0)
-    table = np.concatenate([
-        scene.texture_freq_per_m[:, None], scene.texture_offset, scene.texture_dir,
-        scene.texture_params, scene.palette.reshape(-1, 6), scene.colour_jitter[:, None],
-        (scene.texture[:, None] == np.arange(len(TEXTURE_CODES))[None, :])], axis=1)
-    px = torch.as_tensor(table.T, dtype=torch.float32, device=device).index_select(1, idx)
+    present = set(int(v) for v in np.unique(scene.texture))
+    columns = [scene.texture_freq_per_m[:, None], scene.texture_offset, scene.texture_dir,
+               scene.texture_params, scene.palette.reshape(-1, 6), scene.colour_jitter[:, None],
+               (scene.texture[:, None] == np.arange(len(TEXTURE_CODES))[None, :])]
+    if TEXTURE_CODES['photo'] in present:
+        columns.append(axis_weights(scene.size))
+    px = torch.as_tensor(np.concatenate(columns, axis=1).T, dtype=torch.float32,
+                         device=device).index_select(1, idx)
     freq, offset, direction = px[0], px[1:4], px[4:7]
-    params = px[7:12]
-    c0, c1 = px[12:15], px[15:18]
-    jitter, is_family = px[18], px[19:]  # one-hot texture family
+    params = px[7:7 + scene.texture_params.shape[1]]
+    rest = px[7 + scene.texture_params.shape[1]:]
+    c0, c1 = rest[0:3], rest[3:6]
+    jitter = rest[6]
+    is_family = rest[7:7 + len(TEXTURE_CODES)]  # one-hot texture family
+    photo_weights = rest[7 + len(TEXTURE_CODES):]  # (3, N) axis_weights, when photos are present
 
     p = point_local.reshape(3, -1)
     q = torch.addcmul(offset, p, freq)
@@ -193,7 +202,6 @@ def albedo(scene: Scene, primitive: torch.Tensor, point_local: torch.Tensor,
                                                         footprint.index_select(0, selected)))
     softness = params[SOFTNESS]
     pattern = torch.zeros_like(freq)
-    present = set(int(v) for v in np.unique(scene.texture))
     two_pi = 2.0 * math.pi
 
     def add(code, value):
@@ -228,6 +236,15 @@ def albedo(scene: Scene, primitive: torch.Tensor, point_local: torch.Tensor,
         # Fade towards the covered fraction (on a planar section, the sphere volume fraction).
         mean = (4.0 / 3.0 * math.pi) * radius * radius * radius
         add(TEXTURE_CODES['dots'], mean + _attenuation(footprint) * (dots - mean))
+
+    if TEXTURE_CODES['photo'] in present:
+        code = TEXTURE_CODES['photo']
+        selected = torch.nonzero(is_family[code] > 0).reshape(-1)
+        uv = triplanar_uv(q.index_select(1, selected), p.index_select(1, selected),
+                          photo_weights.index_select(1, selected))
+        values = sample_photo(uv, params[PHOTO].index_select(0, selected),
+                              footprint.index_select(0, selected), scene.photo_set)
+        pattern.index_add_(0, selected, (0.5 + 0.3 * values).clamp_(0.0, 1.0))
 
     colour = torch.addcmul(c0, c1 - c0, pattern)
     # Low-amplitude colour variation (dirt, unevenness) on the noise families.
