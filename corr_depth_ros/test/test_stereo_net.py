@@ -214,6 +214,29 @@ def test_loss_ignores_pixels_without_ground_truth():
     assert loss.item() == pytest.approx(1.5)    # smooth L1 with a 1 px knee: 2 - 0.5
 
 
+def test_edge_weight_weighs_pixels_near_depth_steps():
+    from corr_depth_ros.core.stereo_net.train import disparity_edge_band
+    gt = torch.full((1, 1, 12, 20), 10.0)
+    gt[..., 10:] = 30.0                          # a depth edge between columns 9 and 10
+    gt[..., 0, 0] = float('nan')                 # no ground truth: not an edge by itself
+    band = disparity_edge_band(gt)[0, 0]
+    assert band[:, 6:14].all() and not band[:, :6].any() and not band[:, 14:].any()
+    pred = torch.nan_to_num(gt)
+    pred[..., 9] += 2.0                          # 2 px off at the edge (smooth L1: 1.5)
+    pred[..., 0] += 2.0                          # and far from it
+    plain, _ = stereo_loss({'disparity': pred}, gt, max_disparity_px=192)
+    weighted, logs = stereo_loss({'disparity': pred}, gt, max_disparity_px=192, edge_weight=3.0)
+    valid = 12 * 20 - 1
+    assert plain.item() == pytest.approx(1.5 * (12 + 11) / valid)
+    # Weights: 3 in the 8-column band (3 px each side of the step), 1 elsewhere; the mean
+    # is over the weights.
+    weight_sum = 3.0 * 8 * 12 + (valid - 8 * 12)
+    assert weighted.item() == pytest.approx(1.5 * (3.0 * 12 + 11) / weight_sum)
+    assert logs['epe_px'] == pytest.approx(2.0 * (12 + 11) / valid)   # EPE unweighted
+    same, _ = stereo_loss({'disparity': pred}, gt, max_disparity_px=192, edge_weight=1.0)
+    assert same.item() == plain.item()
+
+
 def test_augmentation_is_seeded_and_changes_the_pair():
     torch.manual_seed(4)
     left, right = torch.rand(3, 32, 48), torch.rand(3, 32, 48)

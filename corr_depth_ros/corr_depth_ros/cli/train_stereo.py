@@ -33,6 +33,9 @@ def register(subparsers):
                    help='smallest factor of --scale-aug')
     p.add_argument('--scale-aug-max', type=in_range(float, 1.0, 4.0), default=1.6,
                    help='largest factor of --scale-aug')
+    p.add_argument('--edge-weight', type=in_range(float, 1.0, 100.0), default=1.0,
+                   metavar='W', help='weigh pixels within 3 px of a depth edge W times in the '
+                                     'loss (1: all pixels alike)')
     p.add_argument('--data', default='', metavar='DIR',
                    help='train on a pool written by `corr_depth synth stereo` (same --size) '
                         'instead of rendering on the fly')
@@ -82,7 +85,7 @@ def run(args) -> int:
                               refine_from=args.refine_from,
                               refine_channels=args.refine_channels,
                               refine_radius=args.refine_radius,
-                              init_from=args.init_from)
+                              init_from=args.init_from, edge_weight=args.edge_weight)
     print({k: v for k, v in result.items()})
     if args.ship and is_main_process():
         import os

@@ -35,6 +35,10 @@ from .model import ARCH, DIVISIBILITY, build_stereo_net
 VALIDATION_SEED_BASE = 900_000_000
 CALIBRATION_SEED_BASE = 800_000_000
 MULTISCALE_WEIGHTS = {'disparity': 1.0, 'disparity_coarse': 0.6, 'disparity_coarser': 0.4}
+# Depth edges for --edge-weight: a disparity step over 1 px between neighbours, and the pixels
+# within 3 px of it (where the net's error concentrates, on synthetic and real pairs alike).
+EDGE_STEP_PX = 1.0
+EDGE_RADIUS_PX = 3
 
 
 @dataclass(frozen=True)
@@ -236,14 +240,37 @@ def stereo_folder_dataset(root: str, height: int, width: int) -> Dataset:
     return data
 
 
+def disparity_edge_band(disparity_px: torch.Tensor, step_px: float = EDGE_STEP_PX,
+                        radius_px: int = EDGE_RADIUS_PX) -> torch.Tensor:
+    """(B,1,H,W) ground-truth disparity (NaN / <= 0 = none) -> (B,1,H,W) bool: pixels within
+    ``radius_px`` of a disparity step larger than ``step_px`` between neighbours (depth edges)."""
+    known = torch.isfinite(disparity_px) & (disparity_px > 0)
+    d = torch.where(known, disparity_px, torch.zeros_like(disparity_px))
+    # Both pixels of a step are marked, and only where both have ground truth.
+    step = torch.zeros_like(known)
+    across = ((d[..., :, 1:] - d[..., :, :-1]).abs() > step_px) \
+        & known[..., :, 1:] & known[..., :, :-1]
+    step[..., :, 1:] |= across
+    step[..., :, :-1] |= across
+    down = ((d[..., 1:, :] - d[..., :-1, :]).abs() > step_px) \
+        & known[..., 1:, :] & known[..., :-1, :]
+    step[..., 1:, :] |= down
+    step[..., :-1, :] |= down
+    size = 2 * radius_px + 1
+    return F.max_pool2d(step.float(), size, stride=1, padding=radius_px) > 0
+
+
 def stereo_loss(outputs: Dict[str, torch.Tensor], disparity_gt_px: torch.Tensor,
                 max_disparity_px: float,
-                weights: Dict[str, float] = MULTISCALE_WEIGHTS) -> Tuple[torch.Tensor, Dict[str, float]]:
+                weights: Dict[str, float] = MULTISCALE_WEIGHTS,
+                edge_weight: float = 1.0) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Multi-scale smooth L1 over valid ground truth.
 
     outputs: the network's dict, each (B, 1, H, W) pixels; disparity_gt_px (B, 1, H, W), NaN or
     <= 0 = no ground truth; pixels at or beyond ``max_disparity_px`` are left out (the network
-    cannot represent them). Returns (scalar loss, logs with per-scale losses and the full-res EPE).
+    cannot represent them). ``edge_weight`` > 1 weighs pixels near depth edges
+    (disparity_edge_band) that much more, the mean taken over the weights. Returns (scalar
+    loss, logs with per-scale losses and the full-res EPE).
     """
     sizes = check_shape('disparity_gt_px', disparity_gt_px, ('B', 1, 'H', 'W'))
     check_shape('disparity', outputs['disparity'], ('B', 1, 'H', 'W'), sizes)
@@ -251,13 +278,18 @@ def stereo_loss(outputs: Dict[str, torch.Tensor], disparity_gt_px: torch.Tensor,
         (disparity_gt_px < max_disparity_px)
     gt = torch.where(valid, disparity_gt_px, torch.zeros_like(disparity_gt_px))
     count = valid.sum().clamp_min(1)
+    pixel_weight = valid.float()
+    if edge_weight != 1.0:
+        pixel_weight = pixel_weight * (1.0 + (edge_weight - 1.0)
+                                       * disparity_edge_band(disparity_gt_px).float())
+    weight_sum = pixel_weight.sum().clamp_min(1.0)
     total = disparity_gt_px.new_zeros(())
     logs = {}
     for key, weight in weights.items():
         if key not in outputs:
             continue
         per_pixel = F.smooth_l1_loss(outputs[key], gt, reduction='none', beta=1.0)
-        term = (per_pixel * valid).sum() / count
+        term = (per_pixel * pixel_weight).sum() / weight_sum
         total = total + weight * term
         logs[f'loss_{key}'] = float(term.detach())
     with torch.no_grad():
@@ -265,10 +297,11 @@ def stereo_loss(outputs: Dict[str, torch.Tensor], disparity_gt_px: torch.Tensor,
     return total, logs
 
 
-def make_loss_fn(max_disparity_px: float):
+def make_loss_fn(max_disparity_px: float, edge_weight: float = 1.0):
     def loss_fn(model, batch):
         outputs = model(batch['left'], batch['right'])
-        return stereo_loss(outputs, batch['disparity_px'], max_disparity_px)
+        return stereo_loss(outputs, batch['disparity_px'], max_disparity_px,
+                           edge_weight=edge_weight)
     return loss_fn
 
 
@@ -302,7 +335,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                      augment: Optional[AugmentConfig] = AugmentConfig(),
                      data_dir: str = '', command: str = '', refine_from: str = '',
                      refine_channels: int = 16, refine_radius: int = 2,
-                     init_from: str = '') -> Dict[str, Any]:
+                     init_from: str = '', edge_weight: float = 1.0) -> Dict[str, Any]:
     """Train on ``cfg.steps * cfg.batch_size`` fresh synthetic pairs (per torchrun rank) of
     ``height`` x ``width`` rendered on the fly, or, with ``data_dir``, on a pool written by
     ``corr_depth synth stereo`` (rendering once and re-augmenting every pass frees the CPU that
@@ -315,7 +348,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     (refinement.LocalRefiner), and only the refiner trains: the rest is loaded, frozen and
     kept in eval mode (``net_config`` is then ignored).
     With ``init_from``, training starts from that file's network and weights (all of them
-    train; ``net_config`` is ignored too).
+    train; ``net_config`` is ignored too). ``edge_weight``: see stereo_loss.
     Returns fit()'s final logs plus the best validation numbers.
     """
     from ..synth.config import SYNTH_VERSION
@@ -371,6 +404,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                 'divisibility': DIVISIBILITY, 'output': 'disparity in pixels (no doffs), '
                 'relative to the input size; metric depth needs the rig calibration',
                 'augmentation': asdict(augment) if augment else None,
+                **({'loss_edge_weight': edge_weight} if edge_weight != 1.0 else {}),
                 'command': command, 'train_config': asdict(cfg),
                 **({'refined_from': refined_from} if refined_from else {}),
                 **({'initialised_from': initialised_from} if initialised_from else {})}
@@ -384,7 +418,10 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     signature = {'net': config, 'size_hw': [height, width], 'data_dir': path_key(data_dir),
                  'augment': asdict(augment) if augment else None,
                  'refine_from': path_key(refine_from), 'init_from': path_key(init_from)}
-    result = fit(model, dataset, make_loss_fn(model.max_disparity_px), cfg, val_fn=val_fn,
+    if edge_weight != 1.0:   # absent at 1, so that older runs still resume
+        signature['edge_weight'] = edge_weight
+    result = fit(model, dataset, make_loss_fn(model.max_disparity_px, edge_weight), cfg,
+                 val_fn=val_fn,
                  signature=signature, signature_added_later=SIGNATURE_ADDED_LATER)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), model, arch=ARCH, config=config,
                  metadata=metadata(result.get('step', cfg.steps),
