@@ -55,29 +55,27 @@ def _load_grey(name: str) -> np.ndarray:
     return image[top:top + side, left:left + side]
 
 
+def _blur_periodic(tile: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur of a tile seen as periodic (wrapped around, no border effects)."""
+    import cv2
+    pad = tile.shape[0] // 2
+    return cv2.GaussianBlur(np.pad(tile, pad, mode='wrap'), (0, 0), sigma_px)[pad:-pad, pad:-pad]
+
+
 def _tile_levels(name: str) -> np.ndarray:
     """(LEVELS, TILE_PX + 1, TILE_PX + 1) float32: the photo's mip levels, zero mean and unit
     deviation at level 0, each closed by a copy of its first row and column (seamless wrap for
     align_corners sampling)."""
     import cv2
     grey = cv2.resize(_load_grey(name), (TILE_PX, TILE_PX), interpolation=cv2.INTER_AREA)
-    # High-pass (minus a wide Gaussian, on the periodic tile), so that every photo brings fine
-    # detail rather than its broad shading, which a surface's lighting provides anyway.
-    pad = TILE_PX // 2
-    broad = cv2.GaussianBlur(np.pad(grey, pad, mode='wrap'), (0, 0), HIGH_PASS_SIGMA_PX)
-    grey = grey - broad[pad:-pad, pad:-pad]
+    # High-pass (minus a wide Gaussian), so that every photo brings fine detail rather than its
+    # broad shading, which a surface's lighting provides anyway.
+    grey = grey - _blur_periodic(grey, HIGH_PASS_SIGMA_PX)
     grey = (grey - grey.mean()) / max(grey.std(), 1e-6)
-    levels = []
-    for level in range(LEVELS):
-        if level == 0:
-            blurred = grey
-        else:  # a Gaussian of sigma ~ half the footprint, on the periodic tile
-            pad = TILE_PX // 2
-            wrapped = np.pad(grey, pad, mode='wrap')
-            sigma = 0.5 * 2.0 ** level
-            blurred = cv2.GaussianBlur(wrapped, (0, 0), sigma)[pad:-pad, pad:-pad]
-        levels.append(np.pad(blurred, ((0, 1), (0, 1)), mode='wrap'))
-    return np.stack(levels).astype(np.float32)
+    # Level k: a Gaussian of sigma ~ half its footprint of 2^k photo pixels.
+    levels = [grey] + [_blur_periodic(grey, 0.5 * 2.0 ** level) for level in range(1, LEVELS)]
+    return np.stack([np.pad(level, ((0, 1), (0, 1)), mode='wrap')
+                     for level in levels]).astype(np.float32)
 
 
 def photo_atlas(photo_set: str, device='cpu') -> torch.Tensor:
