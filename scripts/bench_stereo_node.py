@@ -25,9 +25,13 @@ from bench_common import machine_info, node_process, timing_summary, write_resul
 
 
 def bare_backend(backend_name, data):
-    """A function that times one backend.compute on the pair (after one warm-up call)."""
+    """A function that times one backend.compute on the pair (after one warm-up call), the
+    backend set up as the node sets it up by default (learned: its probe_every)."""
     from corr_depth_ros.core.backends import create_backend
-    backend = create_backend(backend_name)
+    from corr_depth_ros.nodes.stereo_depth_node import PARAMS
+    defaults = {spec.name.split('.', 1)[1]: spec.default for spec in PARAMS
+                if spec.name in ('learned.probe_every',)}
+    backend = create_backend(backend_name, **(defaults if backend_name == 'learned' else {}))
     backend.compute(data['left'], data['right'])  # warm-up
 
     def once():

@@ -114,6 +114,54 @@ def test_auto_input_scale_rescues_a_near_scene(learned):
     assert errors[0.0] < 0.5 * errors[1.0], errors
 
 
+def test_a_stream_probes_again_only_when_its_scale_may_have_changed(monkeypatch):
+    """probe_every N: after a probe, pairs of the same size reuse the scale while their own
+    output calls for it, until N - 1 have; a changed scene, size or setting probes again.
+    Stand-in network: a constant disparity, so the scale each pass implies is known."""
+    backend = create_backend('learned', device='cpu', probe_every=3)
+    seen = {'disparity': 40.0}              # pixels of the given pair: auto keeps scale 1
+    passes = []
+
+    def network(left, right, scale, refine=True):
+        passes.append((scale, refine))
+        shape = (max(1, round(left.shape[0] * scale)), max(1, round(left.shape[1] * scale)))
+        return np.full(shape, seen['disparity'], np.float32), np.ones(shape, np.float32)
+    monkeypatch.setattr(backend, '_infer_at', network)
+    left = right = np.zeros((96, 128, 3), np.uint8)
+
+    def probed(pairs):
+        before = backend.probes
+        for _ in range(pairs):
+            backend.compute(left, right)
+        return backend.probes - before
+    assert probed(1) == 1 and passes[-1] == (1.0, True)
+    assert probed(2) == 0                   # the next N - 1 = 2 pairs reuse scale 1
+    assert probed(1) == 1                   # then the N-th probes again
+    assert probed(2) == 0
+    seen['disparity'] = 140.0               # something came near: the output calls for 0.5
+    assert probed(1) == 1                   # the periodic probe; it picks 0.5
+    assert backend.last_input_scale == 0.5
+    assert probed(1) == 0                   # and the stream holds at 0.5
+    seen['disparity'] = 40.0                # the near object left: 0.5's output calls for 1
+    assert probed(1) == 0 and backend.last_input_scale == 0.5   # one pair at the old scale
+    assert probed(1) == 1 and backend.last_input_scale == 1.0   # then a probe
+    probed(1)
+    assert probed(1) == 0
+    small = np.zeros((64, 96, 3), np.uint8)  # a new size probes
+    before = backend.probes
+    backend.compute(small, small)
+    assert backend.probes == before + 1
+    backend.set_params(probe_every=3)       # so does any new setting
+    assert probed(1) == 1
+    backend.set_params(probe_every=1)       # 1: every pair, as evaluations of unrelated pairs
+    assert probed(3) == 3
+    for bad in (0, 2.5, True, 1001):
+        with pytest.raises(ValueError, match='probe_every'):
+            backend.set_params(probe_every=bad)
+    assert backend.probe_every == 1
+    assert create_backend('learned', device='cpu').probe_every == 1   # the backend's default
+
+
 def test_missing_or_foreign_weights_raise(tmp_path):
     with pytest.raises(FileNotFoundError):
         create_backend('learned', weights_path=str(tmp_path / 'missing.safetensors'))

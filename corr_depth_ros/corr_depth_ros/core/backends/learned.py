@@ -18,6 +18,15 @@ evaluation pairs; docs/results.md, "Stereo"). Enlarging far scenes (scales above
 helped there too, a little, but costs time by the square of the scale, so auto stops at 1
 (the 100 ms CPU budget for a 741x500 pair); a fixed ``input_scale`` skips the probe, and one
 above 1 enlarges.
+
+Streams (``probe_every`` N > 1, the stereo node's default). Consecutive frames of a camera
+mostly keep their disparities, and the network's own full output estimates them better than
+the probe does. So after a pair whose output calls for the scale it ran at, the next pairs of
+the same size run at that scale without a probe, until N - 1 have done so; a pair whose output
+calls for another scale (something came nearer or moved away), a new size or a new setting
+sends the next pair through the probe again. One pair may thus run at the previous scale when
+the scene changes at once. ``probe_every`` 1 probes every pair (evaluations of unrelated
+pairs).
 """
 import math
 import os
@@ -39,6 +48,9 @@ AUTO_SCALE_RANGE = (0.375, 1.0)
 SCALE_STEP = 0.125          # chosen scales are multiples of this (stable sizes frame to frame)
 INPUT_SCALE_RANGE = (0.0, 4.0)   # the input_scale parameter's range (0 = auto)
 MIN_NETWORK_SIDE_PX = 32    # no resized side below this (the network's padding multiple)
+
+
+PROBE_EVERY_RANGE = (1, 1000)   # the probe_every parameter's range (1 = every pair)
 
 
 def choose_input_scale(probe_disparity_px: np.ndarray) -> float:
@@ -88,7 +100,8 @@ class LearnedBackend(StereoBackend):
     float_step_px = 1.0 / 64.0
 
     def __init__(self, weights_path: str = '', device: str = 'auto', half: Optional[bool] = None,
-                 threads: int = 0, refine: bool = True, input_scale: float = AUTO_SCALE):
+                 threads: int = 0, refine: bool = True, input_scale: float = AUTO_SCALE,
+                 probe_every: int = 1):
         import torch
         from ..stereo_net import ARCH, build_stereo_net
         from ..inference_prep import prepare_for_inference
@@ -118,7 +131,12 @@ class LearnedBackend(StereoBackend):
         self.network_searched_px = self.model.searched_max_disparity_px()
         self.input_scale = AUTO_SCALE
         self.last_input_scale: Optional[float] = None   # the scale the latest pair ran at
-        self.set_params(input_scale=input_scale)
+        self.probe_every = 1
+        self.probes = 0                      # probe passes run (for tests and benchmarks)
+        # (height, width, scale) the next pair of a stream may run at without a probe.
+        self._stream_scale: Optional[Tuple[int, int, float]] = None
+        self._pairs_since_probe = 0
+        self.set_params(input_scale=input_scale, probe_every=probe_every)
 
     @property
     def max_disparity_px(self) -> int:
@@ -138,20 +156,30 @@ class LearnedBackend(StereoBackend):
         return self.float_step_px / min(1.0, self.last_input_scale or 1.0)
 
     def set_params(self, **params: Any) -> None:
-        unknown = sorted(set(params) - {'input_scale'})
+        unknown = sorted(set(params) - {'input_scale', 'probe_every'})
         if unknown:
             raise ValueError(f'learned backend has no runtime parameters {unknown}')
+        if 'probe_every' in params:
+            every = params['probe_every']
+            low, high = PROBE_EVERY_RANGE
+            if isinstance(every, bool) or int(every) != every or not low <= every <= high:
+                raise ValueError(f'probe_every must be a whole number in [{low}, {high}] '
+                                 f'(1: probe every pair), got {every}')
         if 'input_scale' in params:
             value = float(params['input_scale'])
             problem = check_input_scale(value)
             if problem:
                 raise ValueError(problem)
             self.input_scale = value
+        if 'probe_every' in params:
+            self.probe_every = int(params['probe_every'])
+        self._stream_scale = None    # the next pair probes afresh
 
     def get_params(self) -> Dict[str, Any]:
         return {'weights_path': self.weights_path, 'device': str(self.device), 'half': self.half,
                 'max_disparity_px': self.max_disparity_px,
-                'refine': self.model.refiner is not None, 'input_scale': self.input_scale}
+                'refine': self.model.refiner is not None, 'input_scale': self.input_scale,
+                'probe_every': self.probe_every}
 
     def input_tensor(self, image: np.ndarray):
         """(H, W, 3) uint8 RGB -> the network's (1, 3, H, W) input in [0, 1] on its device, in
@@ -213,12 +241,25 @@ class LearnedBackend(StereoBackend):
             scale = _floor_scale(setting, height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
         else:
-            # The probe skips the refiner (a +-8 px local correction: the percentile hardly
-            # moves, ~4 ms saved); a pair that stays at the probe's size is run again with it.
-            probe = _floor_scale(AUTO_PROBE_SCALE, height, width)
-            disparity, _ = self._infer_at(left_rgb, right_rgb, probe, refine=False)
-            scale = _floor_scale(choose_input_scale(disparity), height, width)
+            stream = self._stream_scale
+            if stream is not None and stream[:2] == (height, width) \
+                    and self._pairs_since_probe < self.probe_every - 1:
+                scale = stream[2]
+                self._pairs_since_probe += 1
+            else:
+                # The probe skips the refiner (a +-8 px local correction: the percentile hardly
+                # moves, ~4 ms saved); a pair that stays at the probe's size is run again
+                # with it.
+                probe = _floor_scale(AUTO_PROBE_SCALE, height, width)
+                disparity, _ = self._infer_at(left_rgb, right_rgb, probe, refine=False)
+                self.probes += 1
+                self._pairs_since_probe = 0
+                scale = _floor_scale(choose_input_scale(disparity), height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
+            # A stream keeps the scale while the output itself calls for it (module docstring).
+            steady = _floor_scale(choose_input_scale(disparity), height, width) == scale
+            self._stream_scale = (height, width, scale) \
+                if self.probe_every > 1 and steady else None
         # The network's search spans its range at the width it ran at.
         top = int(self.network_searched_px * width / disparity.shape[1])
         if disparity.shape != (height, width):
