@@ -91,9 +91,9 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
     assert node._backend.input_scale == 1.0 and node._backend.max_disparity_px == 192
     refused = node.set_parameters([Parameter('learned.input_scale', value=-0.5)])[0]
     assert not refused.successful and node._backend.input_scale == 1.0
-    # learned.probe_every reaches the backend too (10 by default in the node), alone or with
+    # learned.probe_every reaches the backend too (5 by default in the node), alone or with
     # the scale; out of range is refused.
-    assert node._backend.probe_every == 10
+    assert node._backend.probe_every == 5
     assert node.set_parameters([Parameter('learned.probe_every', value=1)])[0].successful
     assert node._backend.probe_every == 1
     assert node.set_parameters_atomically([Parameter('learned.probe_every', value=4),

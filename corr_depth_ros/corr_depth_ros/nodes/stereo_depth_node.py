@@ -88,7 +88,7 @@ PARAMS = [
               'fall within what the network was trained on. 1.0 = as trained; above 1 enlarges '
               '(finer on far scenes, slower by the square).',
               value_range=INPUT_SCALE_RANGE),
-    ParamSpec('learned.probe_every', 10, 'learned, auto input scale: on a stream, probe only '
+    ParamSpec('learned.probe_every', 5, 'learned, auto input scale: on a stream, probe only '
               'every N-th pair while each pair\'s own output calls for the scale it ran at '
               '(a change of scene, size or setting probes the next pair; ~15 ms saved a 741x500 '
               'pair on a 2-core CPU). 1 = probe every pair.',
