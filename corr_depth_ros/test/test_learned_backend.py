@@ -145,17 +145,33 @@ def test_a_stream_probes_again_only_when_its_scale_may_have_changed(monkeypatch)
     seen['disparity'] = 40.0                # the near object left: 0.5's output calls for 1
     assert probed(1) == 0 and backend.last_input_scale == 0.5   # one pair at the old scale
     assert probed(1) == 1 and backend.last_input_scale == 1.0   # then a probe
-    probed(1)
-    assert probed(1) == 0
-    small = np.zeros((64, 96, 3), np.uint8)  # a new size probes
+    # Right after a probe (so no periodic one is due), a new size probes ...
+    small = np.zeros((64, 96, 3), np.uint8)
     before = backend.probes
     backend.compute(small, small)
     assert backend.probes == before + 1
-    backend.set_params(probe_every=3)       # so does any new setting
-    assert probed(1) == 1
+    before = backend.probes
+    backend.compute(small, small)           # (the stream goes on at the new size)
+    assert backend.probes == before
+    backend.set_params(probe_every=3)       # ... and so does any new setting
+    backend.compute(small, small)
+    assert backend.probes == before + 1
+    # Also a setting changed while a pair is running (the parameter callback's thread): that
+    # pair must not leave its scale for the next one.
+    def network_changing_settings(left, right, scale, refine=True):
+        if refine:
+            backend.set_params(probe_every=3)
+        return network(left, right, scale, refine)
+    monkeypatch.setattr(backend, '_infer_at', network_changing_settings)
+    before = backend.probes
+    backend.compute(small, small)           # reuses the scale; the setting changes meanwhile
+    assert backend.probes == before
+    monkeypatch.setattr(backend, '_infer_at', network)
+    backend.compute(small, small)
+    assert backend.probes == before + 1
     backend.set_params(probe_every=1)       # 1: every pair, as evaluations of unrelated pairs
     assert probed(3) == 3
-    for bad in (0, 2.5, True, 1001):
+    for bad in (0, 2.5, True, 1001, float('nan'), 'x'):
         with pytest.raises(ValueError, match='probe_every'):
             backend.set_params(probe_every=bad)
     assert backend.probe_every == 1

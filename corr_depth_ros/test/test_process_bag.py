@@ -67,7 +67,7 @@ def test_process_stereo_bag(tmp_path, compressed_right):
     assert set(offered) == set(out) and all(q == [NODE_OUTPUT_QOS] for q in offered.values())
 
 
-def test_process_stereo_bag_passes_the_learned_options(tmp_path):
+def test_process_stereo_bag_passes_the_learned_options(tmp_path, monkeypatch):
     """--input-scale and --no-refine reach the learned backend as the node's learned.* do: at
     half size its range (DisparityImage max_disparity) doubles, and so does delta_d; without
     the refiner the range ends at the network's last candidate, 184 px (the refiner searches
@@ -84,6 +84,23 @@ def test_process_stereo_bag_passes_the_learned_options(tmp_path):
     top = int(184 * 741 / 370)          # the network's 184 px at 370 of 741 columns
     assert messages[0].max_disparity == pytest.approx(top + data['geometry'].doffs_px)
     assert messages[0].delta_d == pytest.approx(2.0 / 64.0)
+    # --probe-every reaches the backend (1 by default here), and is range-checked.
+    import corr_depth_ros.core.backends as backends
+    made = []
+    real = backends.create_backend
+
+    def spy(name, **params):
+        made.append(params)
+        return real(name, **params)
+    monkeypatch.setattr(backends, 'create_backend', spy)
+    for i, (extra, expected) in enumerate((([], 1), (['--probe-every', '4'], 4))):
+        rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / f'out{i}.mcap'),
+                       '--namespace', '/cam', '--backend', 'learned', '--input-scale', '0.5',
+                       '--no-progress', *extra])
+        assert rc == 0 and made[-1]['probe_every'] == expected
+    with pytest.raises(SystemExit):
+        cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                  '--backend', 'learned', '--probe-every', '0'])
 
 
 def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsys):

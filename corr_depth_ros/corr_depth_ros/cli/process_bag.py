@@ -1,7 +1,7 @@
 """`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo|mono|corr ...`"""
 import argparse
 
-from ..core.backends.learned import INPUT_SCALE_RANGE
+from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE
 from ..core.mono import POST_PROCESS_DEFAULT
 from ..core.stereo_pipeline import CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX
 from ._args import in_range
@@ -43,6 +43,10 @@ def register(subparsers):
     stereo.add_argument('--input-scale', type=in_range(float, *INPUT_SCALE_RANGE), default=0.0,
                         help='learned: as the node\'s learned.input_scale (0: auto per pair, '
                              '1: as trained)')
+    stereo.add_argument('--probe-every', type=in_range(int, *PROBE_EVERY_RANGE), default=1,
+                        help='learned: as the node\'s learned.probe_every (default 1 here: '
+                             'every pair probes, so each frame\'s output depends on that '
+                             'frame alone; the node uses 5)')
     stereo.add_argument('--no-refine', action='store_true',
                         help='learned: skip the refiner, as the node\'s learned.refine false')
     stereo.add_argument('--sgbm', action='append', default=[], type=_sgbm_item,
@@ -86,7 +90,8 @@ def run(args) -> int:
             params = dict(args.sgbm)
         if args.backend == 'learned':
             params = {'device': args.device, 'weights_path': args.weights,
-                      'input_scale': args.input_scale, 'refine': not args.no_refine}
+                      'input_scale': args.input_scale, 'refine': not args.no_refine,
+                      'probe_every': args.probe_every}
         elif args.backend == 'onnx':
             if not args.weights:
                 print('process-bag: --backend onnx needs the model: --weights MODEL.onnx')

@@ -90,8 +90,9 @@ PARAMS = [
               value_range=INPUT_SCALE_RANGE),
     ParamSpec('learned.probe_every', 5, 'learned, auto input scale: on a stream, probe only '
               'every N-th pair while each pair\'s own output calls for the scale it ran at '
-              '(a change of scene, size or setting probes the next pair; a probe costs ~15 ms '
-              'a 741x500 pair on a 2-core CPU). 1 = probe every pair.',
+              '(an output calling for another scale, a new image size or a new setting makes '
+              'the next pair probe; a probe costs ~15 ms a 741x500 pair on a 2-core CPU). '
+              '1 = probe every pair.',
               value_range=PROBE_EVERY_RANGE),
     ParamSpec('onnx.model_path', '', 'onnx: path of the ONNX stereo model (inputs left/right '
               '(1,3,H,W) float32, output disparity in pixels).', read_only=True),

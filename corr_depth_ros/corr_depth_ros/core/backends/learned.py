@@ -24,9 +24,10 @@ mostly keep their disparities, and the network's own full output estimates them 
 the probe does. So after a pair whose output calls for the scale it ran at, the next pairs of
 the same size run at that scale without a probe, until N - 1 have done so; a pair whose output
 calls for another scale (something came nearer or moved away), a new size or a new setting
-sends the next pair through the probe again. One pair may thus run at the previous scale when
-the scene changes at once. ``probe_every`` 1 probes every pair (evaluations of unrelated
-pairs).
+sends the next pair through the probe again. A scene that changes at once runs one pair at the
+previous scale, and if that pair's output does not show the change (the network can
+under-read disparities beyond its range), the stream keeps the scale until the periodic probe.
+``probe_every`` 1 probes every pair (evaluations of unrelated pairs).
 """
 import math
 import os
@@ -89,6 +90,8 @@ class LearnedBackend(StereoBackend):
         refine: run the weights' local refiner when they have one (False: faster, coarser).
         input_scale: resize the pair by this factor for the network (disparity rescaled back);
             0 = auto, per pair (see the module docstring). Changeable with set_params.
+        probe_every: auto on a stream: probe only every N-th pair while the scale holds (see
+            the module docstring); 1 = every pair. Changeable with set_params.
     Raises FileNotFoundError / ValueError when the weights are missing or of another model,
     so callers (the node) can fall back to another backend.
     """
@@ -136,6 +139,9 @@ class LearnedBackend(StereoBackend):
         # (height, width, scale) the next pair of a stream may run at without a probe.
         self._stream_scale: Optional[Tuple[int, int, float]] = None
         self._pairs_since_probe = 0
+        # Bumped by set_params (ROS parameter thread): a compute that started before a change
+        # (worker thread) must not store its stream scale after it.
+        self._settings_generation = 0
         self.set_params(input_scale=input_scale, probe_every=probe_every)
 
     @property
@@ -162,9 +168,11 @@ class LearnedBackend(StereoBackend):
         if 'probe_every' in params:
             every = params['probe_every']
             low, high = PROBE_EVERY_RANGE
-            if isinstance(every, bool) or int(every) != every or not low <= every <= high:
+            whole = isinstance(every, (int, float, np.integer)) and not isinstance(every, bool) \
+                and math.isfinite(every) and int(every) == every
+            if not whole or not low <= every <= high:
                 raise ValueError(f'probe_every must be a whole number in [{low}, {high}] '
-                                 f'(1: probe every pair), got {every}')
+                                 f'(1: probe every pair), got {every!r}')
         if 'input_scale' in params:
             value = float(params['input_scale'])
             problem = check_input_scale(value)
@@ -173,6 +181,7 @@ class LearnedBackend(StereoBackend):
             self.input_scale = value
         if 'probe_every' in params:
             self.probe_every = int(params['probe_every'])
+        self._settings_generation += 1
         self._stream_scale = None    # the next pair probes afresh
 
     def get_params(self) -> Dict[str, Any]:
@@ -237,6 +246,7 @@ class LearnedBackend(StereoBackend):
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
         height, width = left_rgb.shape[:2]
         setting = self.input_scale     # once: set_params may change it from another thread
+        generation = self._settings_generation
         if setting != AUTO_SCALE:
             scale = _floor_scale(setting, height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
@@ -256,10 +266,11 @@ class LearnedBackend(StereoBackend):
                 self._pairs_since_probe = 0
                 scale = _floor_scale(choose_input_scale(disparity), height, width)
             disparity, confidence = self._infer_at(left_rgb, right_rgb, scale)
-            # A stream keeps the scale while the output itself calls for it (module docstring).
-            steady = _floor_scale(choose_input_scale(disparity), height, width) == scale
-            self._stream_scale = (height, width, scale) \
-                if self.probe_every > 1 and steady else None
+            # A stream keeps the scale while the output itself calls for it (module docstring);
+            # not after a settings change made while this pair ran.
+            steady = self.probe_every > 1 and generation == self._settings_generation \
+                and _floor_scale(choose_input_scale(disparity), height, width) == scale
+            self._stream_scale = (height, width, scale) if steady else None
         # The network's search spans its range at the width it ran at.
         top = int(self.network_searched_px * width / disparity.shape[1])
         if disparity.shape != (height, width):
