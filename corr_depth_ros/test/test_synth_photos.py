@@ -24,6 +24,24 @@ def test_a_zero_photo_weight_renders_what_the_default_renders():
     assert not torch.equal(with_photos['left'], render_stereo_pair(3, 48, 64)['left'])
 
 
+# Channel means of clean renders made by the code before the photo family existed (commit
+# 7ea08a5). The photo draws must not shift the random stream of configs without photos:
+# datasets rendered before stay reproducible. A shifted stream changes every palette, far
+# beyond this tolerance (float differences between CPUs stay well inside it).
+BEFORE_PHOTOS = {3: ((0.26208, 0.40921, 0.27352), (0.46014, 0.25895, 0.35892)),
+                 4: ((0.48772, 0.85574, 0.50235), (0.77772, 0.81621, 0.31372))}
+
+
+@pytest.mark.parametrize('seed', sorted(BEFORE_PHOTOS))
+def test_renders_without_photos_are_those_from_before_the_family(seed):
+    clean = SynthConfig().clean()
+    stereo_left = render_stereo_pair(seed, 48, 64, clean)['left'].mean((1, 2))
+    multiview_b = render_multiview_pair(seed, 48, 64, clean)['image_b'].mean((1, 2))
+    expected_left, expected_b = BEFORE_PHOTOS[seed]
+    assert torch.allclose(stereo_left, torch.tensor(expected_left), atol=2e-4)
+    assert torch.allclose(multiview_b, torch.tensor(expected_b), atol=2e-4)
+
+
 @pytest.mark.parametrize('seed', [1, 2])
 def test_photo_textures_are_solid_textures_seen_alike_by_both_views(seed):
     sample = render_stereo_pair(seed, 96, 128, PHOTOS_ONLY.clean())
@@ -104,6 +122,12 @@ def test_photo_config_checks():
         SynthConfig(photo_set='test')
     with pytest.raises(ValueError, match='already'):
         SynthConfig().with_photos(0.5).with_photos(0.5)
+    with pytest.raises(ValueError, match='needs the photo'):   # a set that would do nothing
+        SynthConfig(photo_set='validation')
+    # Without photos the dict reads as before the family existed; with them it round-trips.
+    assert 'photo_set' not in SynthConfig().to_dict()
+    for config in (SynthConfig(), SynthConfig().with_photos(0.5, 'validation')):
+        assert SynthConfig.from_dict(config.to_dict()) == config
     assert synth_configs(0.0) == (None, None)
     train, validation = synth_configs(0.5)
     assert train.textures[-1] == 'photo' and train.texture_weights[-1] == 0.5
@@ -124,3 +148,5 @@ def test_synth_cli_writes_photo_textured_datasets(tmp_path):
     assert config == SynthConfig().with_photos(0.5, 'validation')
     assert _run_cli(['synth', 'stereo', '--out', str(tmp_path / 'bad'), '--count', '1',
                      '--photo-textures', '-1', '--no-progress']) == 2
+    assert _run_cli(['synth', 'stereo', '--out', str(tmp_path / 'bad'), '--count', '1',
+                     '--photo-set', 'validation', '--no-progress']) == 2

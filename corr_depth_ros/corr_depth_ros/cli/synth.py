@@ -61,6 +61,10 @@ def run(args) -> int:
     if args.photo_textures < 0:
         print('corr_depth synth: error: --photo-textures must be >= 0', file=sys.stderr)
         return 2
+    if args.photo_set != 'train' and args.photo_textures == 0:
+        print('corr_depth synth: error: --photo-set needs --photo-textures WEIGHT > 0',
+              file=sys.stderr)
+        return 2
     if args.photo_textures > 0:
         config = config.with_photos(args.photo_textures, args.photo_set)
     if args.clean:

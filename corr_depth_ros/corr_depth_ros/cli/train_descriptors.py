@@ -1,5 +1,5 @@
 """`corr_depth train descriptors`: Dense Object Nets descriptors on synthetic pairs."""
-from ._args import positive_int, size_hw
+from ._args import in_range, positive_int, size_hw
 
 
 def register(subparsers):
@@ -35,7 +35,8 @@ def register(subparsers):
     p.add_argument('--background-prob', type=float, default=0.2,
                    help='probability of DON background randomisation per pair')
     p.add_argument('--pool-size', type=int, default=256, help='rendered pairs kept in memory')
-    p.add_argument('--photo-textures', type=float, default=0.0, metavar='WEIGHT',
+    p.add_argument('--photo-textures', type=in_range(float, 0.0, 1000.0), default=0.0,
+                   metavar='WEIGHT',
                    help="add the 'photo' texture family (photographs) at this weight beside "
                         'the procedural ones (their weights sum to 1; 0: off). Validation then '
                         'uses photographs that training never sees')

@@ -157,8 +157,11 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                  'size_hw': [spec.height, spec.width], 'stereo_fraction': spec.stereo_fraction,
                  'pool_size': spec.pool_size, 'background_prob': spec.background_prob,
                  'init_from': path_key(spec.init_from)}
-    if spec.photo_textures:   # absent when off, so that older runs still resume
+    # Absent at their defaults, so that older runs still resume.
+    if spec.photo_textures:
         signature['photo_textures'] = spec.photo_textures
+    if spec.val_pairs != DescriptorTrainSpec.val_pairs:   # best-so-far compares like with like
+        signature['val_pairs'] = spec.val_pairs
     last = fit(model, dataset, make_loss_fn(spec), cfg, val_fn=val_fn, signature=signature)
     save_weights(os.path.join(cfg.out_dir, 'last.safetensors'), unwrap(model), arch=ARCH,
                  config=net_config,

@@ -243,7 +243,8 @@ def stereo_folder_dataset(root: str, height: int, width: int) -> Dataset:
 def disparity_edge_band(disparity_px: torch.Tensor, step_px: float = EDGE_STEP_PX,
                         radius_px: int = EDGE_RADIUS_PX) -> torch.Tensor:
     """(B,1,H,W) ground-truth disparity (NaN / <= 0 = none) -> (B,1,H,W) bool: pixels within
-    ``radius_px`` of a disparity step larger than ``step_px`` between neighbours (depth edges)."""
+    ``radius_px`` of a disparity step larger than ``step_px`` between neighbours: depth edges,
+    and also surfaces so steeply slanted that their disparity changes that fast."""
     known = torch.isfinite(disparity_px) & (disparity_px > 0)
     d = torch.where(known, disparity_px, torch.zeros_like(disparity_px))
     # Both pixels of a step are marked, and only where both have ground truth.

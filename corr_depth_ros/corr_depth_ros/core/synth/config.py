@@ -151,6 +151,9 @@ class SynthConfig:
         if self.photo_set not in PHOTO_SET_NAMES:
             raise ValueError(f'SynthConfig.photo_set must be one of {PHOTO_SET_NAMES}, '
                              f'got {self.photo_set!r}')
+        if self.photo_set != 'train' and 'photo' not in self.textures:
+            raise ValueError(f'SynthConfig.photo_set {self.photo_set!r} needs the photo '
+                             "texture family in textures (see with_photos)")
 
     def with_photos(self, weight: float, photo_set: str = 'train') -> 'SynthConfig':
         """This config with the 'photo' family added at ``weight`` (the others keep theirs)."""
@@ -167,9 +170,11 @@ class SynthConfig:
                                    blur=False, jpeg=False, vignetting_range=(0.0, 0.0))
 
     def to_dict(self) -> Dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
+        """JSON-ready dict (tuples become lists). ``photo_set`` only when photos are in, so
+        that a config without them reads as it did before the family existed."""
         return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items()}
+                for k, v in dataclasses.asdict(self).items()
+                if k != 'photo_set' or 'photo' in self.textures}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> 'SynthConfig':
