@@ -29,9 +29,10 @@ def bare_backend(backend_name, data):
     backend set up as the node sets it up by default (learned: its probe_every)."""
     from corr_depth_ros.core.backends import create_backend
     from corr_depth_ros.nodes.stereo_depth_node import PARAMS
-    defaults = {spec.name.split('.', 1)[1]: spec.default for spec in PARAMS
-                if spec.name in ('learned.probe_every',)}
-    backend = create_backend(backend_name, **(defaults if backend_name == 'learned' else {}))
+    params = {}
+    if backend_name == 'learned':
+        params['probe_every'] = next(s.default for s in PARAMS if s.name == 'learned.probe_every')
+    backend = create_backend(backend_name, **params)
     backend.compute(data['left'], data['right'])  # warm-up
 
     def once():

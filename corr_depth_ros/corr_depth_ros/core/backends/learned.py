@@ -30,6 +30,7 @@ under-read disparities beyond its range), the stream keeps the scale until the p
 ``probe_every`` 1 probes every pair (evaluations of unrelated pairs).
 """
 import math
+import numbers
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -49,8 +50,6 @@ AUTO_SCALE_RANGE = (0.375, 1.0)
 SCALE_STEP = 0.125          # chosen scales are multiples of this (stable sizes frame to frame)
 INPUT_SCALE_RANGE = (0.0, 4.0)   # the input_scale parameter's range (0 = auto)
 MIN_NETWORK_SIDE_PX = 32    # no resized side below this (the network's padding multiple)
-
-
 PROBE_EVERY_RANGE = (1, 1000)   # the probe_every parameter's range (1 = every pair)
 
 
@@ -168,8 +167,7 @@ class LearnedBackend(StereoBackend):
         if 'probe_every' in params:
             every = params['probe_every']
             low, high = PROBE_EVERY_RANGE
-            whole = isinstance(every, (int, float, np.integer)) and not isinstance(every, bool) \
-                and math.isfinite(every) and int(every) == every
+            whole = isinstance(every, numbers.Integral) and not isinstance(every, bool)
             if not whole or not low <= every <= high:
                 raise ValueError(f'probe_every must be a whole number in [{low}, {high}] '
                                  f'(1: probe every pair), got {every!r}')

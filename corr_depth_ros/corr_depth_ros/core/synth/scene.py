@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import LAYOUTS, SynthConfig
+from .photos import PHOTO_SETS
 
 # Primitive kinds. Every primitive lives in its own local frame:
 #   PLANE     rectangle in z = 0, half sizes (hx, hy, unused); inf half sizes = infinite plane
@@ -251,11 +252,6 @@ def _hsv_to_rgb_linear(h: float, s: float, v: float) -> np.ndarray:
     return rgb ** 2.2  # sRGB-ish display colour to linear albedo
 
 
-def _photo_count(config: SynthConfig) -> int:
-    from .photos import PHOTO_SETS
-    return len(PHOTO_SETS[config.photo_set])
-
-
 def _sample_material(rng: Rng, config: SynthConfig, cycles_per_m: float) -> dict:
     """Texture family, palette and specular parameters of one primitive."""
     family = config.textures[rng.choice(config.texture_weights)]
@@ -277,7 +273,7 @@ def _sample_material(rng: Rng, config: SynthConfig, cycles_per_m: float) -> dict
         rng.uniform(0.15, 0.42),  # dot radius, cells
         rng.uniform(1.0, 5.0),  # fbm/blob contrast
         # Drawn only for photos, so that configs without them render as before.
-        rng.integer(0, _photo_count(config) - 1) if family == 'photo' else 0,
+        rng.integer(0, len(PHOTO_SETS[config.photo_set]) - 1) if family == 'photo' else 0,
     ])
     if family == 'photo':
         # Photographs are drawn at a random scale (log-uniform), drawn only for them so that
