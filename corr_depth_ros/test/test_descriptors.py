@@ -201,6 +201,50 @@ def test_pair_loss_perfect_descriptors_beat_random_and_backpropagate():
     assert noise.grad is not None and float(noise.grad.abs().sum()) > 0
 
 
+def test_match_edge_band_marks_field_jumps_and_occlusion_borders_only():
+    from corr_depth_ros.core.descriptors.loss import match_edge_band
+    height, width = 16, 40
+    ys, xs = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(),
+                            indexing='ij')
+    match = torch.stack([xs - 2.0, ys])             # the background shifts by 2 px...
+    match[0, :, 20:] -= 10.0                       # ...the right half (nearer) by 12: a jump
+    valid = match[0] >= 0                          # columns 0-1 land outside B: a view's edge
+    valid[:, 30:33] = False                        # hidden in B though inside it: occluded
+    band = match_edge_band(match, valid, jump_px=3.0, radius_px=2)
+    cols = band.any(0)
+    assert band[:, 17:23].all()                    # 2 px each side of the jump (19 | 20)
+    assert band[:, 28:30].all() and band[:, 33:35].all()   # beside the occluded columns
+    assert not band[:, 30:33].any()                # never an invalid pixel itself
+    assert not cols[:17].any() and not cols[23:28].any() and not cols[35:].any()
+    assert not band[:, 2:4].any()                  # out-of-view columns make no edge
+
+
+def test_edge_match_weight_draws_matches_near_edges_and_is_absent_when_off(monkeypatch):
+    from corr_depth_ros.core.descriptors import loss as loss_mod
+    match, valid, objects = _pair_batch()
+    height, width = valid.shape
+    match = match.clone()
+    match[0, :, width // 2:] -= 8.0                # a vertical correspondence edge
+    band = loss_mod.match_edge_band(match, valid)
+    assert band.any() and float(band.float().mean()) < 0.5
+    drawn = []
+    original = torch.multinomial
+    monkeypatch.setattr(loss_mod.torch, 'multinomial',
+                        lambda weights, *a, **k: drawn.append(weights) or original(weights, *a, **k))
+    desc = torch.zeros(2, height, width)
+    weights = {}
+    for weight in (1.0, 8.0):
+        drawn.clear()
+        pair_loss(desc, desc, match, valid, objects, objects,
+                  ContrastiveConfig(num_matches=64, edge_match_weight=weight))
+        weights[weight] = drawn[0].view(height, width)   # the first draw is the matches'
+    # Band pixels weigh 8 times as much as before (objects keep their own factor), others the same.
+    assert torch.allclose(weights[8.0][band], 8.0 * weights[1.0][band])
+    assert torch.equal(weights[8.0][~band], weights[1.0][~band])
+    assert 'edge_match_weight' not in ContrastiveConfig().to_dict()
+    assert ContrastiveConfig(edge_match_weight=3.0).to_dict()['edge_match_weight'] == 3.0
+
+
 def test_mining_returns_the_closest_pixels_outside_the_exclusion_disc():
     height, width = 12, 16
     desc = torch.full((2, height, width), 10.0)
@@ -427,6 +471,24 @@ def test_visible_in_right_finds_occlusion_and_out_of_view():
     assert np.array_equal(visible, expected)
 
 
+def test_queries_split_by_distance_to_a_depth_edge():
+    from corr_depth_ros.core.descriptors.evaluate import (depth_edge_distance_px,
+                                                          pck_by_edge_distance)
+    disparity = np.full((5, 30), 4.0, np.float32)
+    disparity[:, 10:] += 0.5 * np.arange(20)    # a slant: 0.5 px a pixel is no edge
+    disparity[:, 20:] += 10.0                   # a 10 px step between columns 19 and 20
+    disparity[2, 3] = np.inf                    # missing GT makes no edge either
+    distance = depth_edge_distance_px(disparity)
+    assert np.all(distance[:, 19:21] == 0)
+    assert distance[2, 25] == pytest.approx(5.0) and distance[2, 3] == pytest.approx(16.0)
+    assert np.isinf(depth_edge_distance_px(np.full((4, 4), 3.0))).all()
+    errors = np.array([0.5, 5.0, 1.0, 2.0, 9.0])
+    split = pck_by_edge_distance(errors, np.array([0.0, 2.0, 4.0, 12.0, 30.0]))
+    assert split == {'0-3px': {'pck@3': 0.5, 'queries': 2}, '3-10px': {'pck@3': 1.0, 'queries': 1},
+                     '10px+': {'pck@3': 0.5, 'queries': 2}}
+    assert pck_by_edge_distance(errors[:1], np.zeros(1))['10px+'] == {'pck@3': None, 'queries': 0}
+
+
 # Measured for the shipped weights with `corr_depth eval corr --dataset motorcycle` (1000
 # queries): PCK@3 0.791 (D=32). A collapsed or mis-loaded net scores near 0 (a D=3 run: 0.013).
 SHIPPED_MOTORCYCLE_PCK3_MIN = 0.60
@@ -481,6 +543,9 @@ def test_eval_corr_motorcycle_with_both_baselines_and_the_figure(tmp_path):
         assert {'pck@1', 'pck@3', 'pck@5', 'pck@10', 'median_error_px',
                 'mean_fraction_false_positives'} <= set(method)
     assert 'validation' in report['baseline_settings']['chosen_on']
+    by_edge = report['by_depth_edge_distance']
+    for method in report['results']:
+        assert sum(b['queries'] for b in by_edge[method].values()) == 10
     assert figure.is_file() and figure.stat().st_size > 0
 
 
@@ -532,7 +597,8 @@ def test_train_descriptors_cli_fine_tunes_given_weights_with_mined_negatives(tmp
     assert cli_main(['train', 'descriptors', '--out', str(out), '--init-from', start_path,
                      '--steps', '2', '--batch-size', '1', '--size', '64x48', '--pool-size', '2',
                      '--val-every', '2', '--checkpoint-every', '2', '--num-matches', '32',
-                     '--global-non-matches', '3', '--global-matches', '16', '--lr', '1e-2']) == 0
+                     '--global-non-matches', '3', '--global-matches', '16', '--lr', '1e-2',
+                     '--edge-match-weight', '4']) == 0
     path = str(out / 'last.safetensors')
     header = read_weights_header(path)
     assert header['config'] == config
@@ -540,6 +606,7 @@ def test_train_descriptors_cli_fine_tunes_given_weights_with_mined_negatives(tmp
     assert meta['initialised_from']['identity'] == read_weights_header(start_path)['identity']
     assert meta['spec']['descriptor_dim'] == 6
     assert meta['loss']['global_non_matches'] == 3 and meta['loss']['global_matches'] == 16
+    assert meta['loss']['edge_match_weight'] == 4.0
     # Steps, data version and validation numbers, named as in best.safetensors.
     assert meta['steps'] == 2 and meta['synth_version'].startswith('corr_depth_synth-')
     best_meta = read_weights_header(str(out / 'best.safetensors'))['metadata']

@@ -80,7 +80,16 @@ def run(args) -> int:
                     'from GT disparity; whole right image searched; queries sampled among left '
                     'pixels with GT that are visible in the right view (forward-warp z-buffer on '
                     'the left GT, tolerance 1 px).')
-        extra = {'visible_query_pool': int(visible.sum())}
+        # Where the methods fail: queries by distance to the nearest depth edge, where a
+        # descriptor's context holds another surface that moves differently between views.
+        distance = ev.depth_edge_distance_px(data['disparity_px'])[
+            queries[:, 1].astype(int), queries[:, 0].astype(int)]
+        extra = {'visible_query_pool': int(visible.sum()),
+                 'by_depth_edge_distance': {
+                     'definition': f'distance (px) from the query to the nearest pair of '
+                                   f'neighbours whose GT disparities differ by more than '
+                                   f'{ev.EDGE_STEP_PX:g} px',
+                     **{name: ev.pck_by_edge_distance(r[1], distance) for name, r in raw.items()}}}
     else:
         from ..core.descriptors.data import HELD_OUT_SEED, render_sample
         from ..core.synth.contact_sheet import to_uint8_rgb
@@ -138,6 +147,11 @@ def run(args) -> int:
         print(f'{name:15s} PCK@1 {r["pck@1"]:.3f}  @3 {r["pck@3"]:.3f}  @5 {r["pck@5"]:.3f}  '
               f'@10 {r["pck@10"]:.3f}  median {r["median_error_px"]:.2f} px  '
               f'FP {r["mean_fraction_false_positives"]:.4f}  ({r["seconds"]:.1f} s)')
+        by_edge = report.get('by_depth_edge_distance', {}).get(name)
+        if by_edge:
+            print(' ' * 16 + 'PCK@3 by distance to a depth edge: ' + ', '.join(
+                f'{bin_name} {b["pck@3"]:.3f} ({b["queries"]})' for bin_name, b in by_edge.items()
+                if b['pck@3'] is not None))
     from .eval import figure_path, write_figure
     figure_out = figure_path(args)
     if figure_out and figure_args is not None:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -466,6 +467,35 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         import torch.distributed as dist
         dist.barrier()   # no rank leaves (and reads best weights) while rank 0 still writes
     return {**last, **{f'val_{k}': v for k, v in val_last.items()}, 'step': step}
+
+
+def field_steps(field: torch.Tensor, known: torch.Tensor, step: float) -> torch.Tensor:
+    """Discontinuities of a ground-truth field: (B,C,H,W) ``field`` and (B,1,H,W) bool ``known``
+    -> (B,1,H,W) bool, True at both pixels of every pair of known 4-neighbours whose field values
+    differ by more than ``step`` (the L2 norm over C); unknown pixels never make one. With a
+    disparity (C=1) these are depth edges; with a correspondence field (C=2, where each pixel
+    lands in the other view) the places where the two sides of an edge move apart between
+    views."""
+    f = torch.where(known, field, torch.zeros_like(field))
+    marked = torch.zeros_like(known)
+    for dim in (-1, -2):
+        length = f.shape[dim]
+        first = [slice(None)] * 4
+        second = [slice(None)] * 4
+        first[dim], second[dim] = slice(1, length), slice(0, length - 1)
+        first, second = tuple(first), tuple(second)
+        jump = (f[first] - f[second]).norm(dim=1, keepdim=True) > step
+        jump &= known[first] & known[second]
+        marked[first] |= jump
+        marked[second] |= jump
+    return marked
+
+
+def step_band(field: torch.Tensor, known: torch.Tensor, step: float, radius_px: int) -> torch.Tensor:
+    """:func:`field_steps` widened to every pixel within ``radius_px`` (a square) of one."""
+    size = 2 * radius_px + 1
+    return F.max_pool2d(field_steps(field, known, step).float(), size, stride=1,
+                        padding=radius_px) > 0
 
 
 def train_config_dict(cfg: TrainConfig) -> Dict[str, Any]:

@@ -34,6 +34,9 @@ from .network import DEFAULT_SCALES, compute_descriptors
 
 THRESHOLDS_PX = (1, 3, 5, 10)
 SYNTHETIC_TEST_OFFSET = 500_000
+# Queries split by their distance to the nearest depth edge (px): [0, 3), [3, 10), [10, inf).
+EDGE_DISTANCE_BINS_PX = (3.0, 10.0)
+EDGE_STEP_PX = 2.0   # a disparity step larger than this between neighbours is a depth edge
 
 
 def visible_in_right(disparity_px: np.ndarray, occlusion_tol_px: float = 1.0) -> np.ndarray:
@@ -80,6 +83,37 @@ def motorcycle_queries(disparity_px: np.ndarray, count: int, seed: int = 0,
     rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
     truth = np.stack([queries[:, 0] - disparity_px[rows, cols], queries[:, 1]], 1)
     return queries, truth.astype(np.float32)
+
+
+def depth_edge_distance_px(disparity_px: np.ndarray, step_px: float = EDGE_STEP_PX) -> np.ndarray:
+    """(H,W) GT disparity (NaN / inf / <= 0 = none) -> (H,W) float32 distance in pixels to the
+    nearest depth edge: a pair of 4-neighbours with GT whose disparities differ by more than
+    ``step_px`` (training.field_steps). Where GT is missing next to a surface, no edge is
+    assumed. Inf everywhere when the image has no edge."""
+    import cv2
+
+    from ..training import field_steps
+    check_shape('disparity_px', disparity_px, (None, None))
+    disparity = torch.from_numpy(np.asarray(disparity_px, dtype=np.float32))[None, None]
+    known = torch.isfinite(disparity) & (disparity > 0)
+    edges = field_steps(disparity, known, step_px)[0, 0].numpy()
+    if not edges.any():
+        return np.full(edges.shape, np.inf, np.float32)
+    return cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def pck_by_edge_distance(errors_px: np.ndarray, distance_px: np.ndarray,
+                         threshold_px: float = 3.0) -> Dict[str, Dict[str, float]]:
+    """PCK@threshold of the queries in each EDGE_DISTANCE_BINS_PX bin of their distance to a
+    depth edge: {'0-3px': {'pck@3': ..., 'queries': n}, ...}."""
+    edges = (0.0,) + EDGE_DISTANCE_BINS_PX + (np.inf,)
+    out = {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        name = f'{low:g}-{high:g}px' if np.isfinite(high) else f'{low:g}px+'
+        inside = (distance_px >= low) & (distance_px < high)
+        out[name] = {f'pck@{threshold_px:g}': float(np.mean(errors_px[inside] <= threshold_px))
+                     if inside.any() else None, 'queries': int(inside.sum())}
+    return out
 
 
 def summarise(errors_px: np.ndarray, false_positive_fraction: np.ndarray,

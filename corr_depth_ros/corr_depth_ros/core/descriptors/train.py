@@ -193,7 +193,8 @@ def command_line() -> str:
 def spec_from_args(args) -> DescriptorTrainSpec:
     loss = ContrastiveConfig(margin=args.margin, num_matches=args.num_matches,
                              global_non_matches=args.global_non_matches,
-                             global_matches=args.global_matches)
+                             global_matches=args.global_matches,
+                             edge_match_weight=args.edge_match_weight)
     return DescriptorTrainSpec(descriptor_dim=args.descriptor_dim,
                                base_channels=args.base_channels, normalize=not args.no_normalize,
                                height=args.height, width=args.width,

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..shapes import check_shape
 from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
-                        source_note, unwrap, validation_metrics)
+                        source_note, step_band, unwrap, validation_metrics)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Dataset base seeds (a sample's own seed is synth.io.sample_seed(base, index) = base * 1_000_003
@@ -246,19 +246,7 @@ def disparity_edge_band(disparity_px: torch.Tensor, step_px: float = EDGE_STEP_P
     ``radius_px`` of a disparity step larger than ``step_px`` between neighbours: depth edges,
     and also surfaces so steeply slanted that their disparity changes that fast."""
     known = torch.isfinite(disparity_px) & (disparity_px > 0)
-    d = torch.where(known, disparity_px, torch.zeros_like(disparity_px))
-    # Both pixels of a step are marked, and only where both have ground truth.
-    step = torch.zeros_like(known)
-    across = ((d[..., :, 1:] - d[..., :, :-1]).abs() > step_px) \
-        & known[..., :, 1:] & known[..., :, :-1]
-    step[..., :, 1:] |= across
-    step[..., :, :-1] |= across
-    down = ((d[..., 1:, :] - d[..., :-1, :]).abs() > step_px) \
-        & known[..., 1:, :] & known[..., :-1, :]
-    step[..., 1:, :] |= down
-    step[..., :-1, :] |= down
-    size = 2 * radius_px + 1
-    return F.max_pool2d(step.float(), size, stride=1, padding=radius_px) > 0
+    return step_band(disparity_px, known, step_px, radius_px)
 
 
 def stereo_loss(outputs: Dict[str, torch.Tensor], disparity_gt_px: torch.Tensor,
