@@ -406,6 +406,33 @@ def test_onnx_backend_refuses_cuda_it_could_not_start(tmp_path, monkeypatch):
     assert backend.get_params()['providers'] == ['CPUExecutionProvider']
 
 
+def test_evaluation_splits_errors_at_depth_edges_from_the_rest():
+    """evaluate_backend's by_region: a stand-in backend 2 px off within 3 px of the one depth
+    step (both pixels of the step and 3 more each side: the band train stereo --edge-weight
+    weighs) and exact elsewhere."""
+    from corr_depth_ros.core.backends.base import StereoBackend, StereoResult
+    from corr_depth_ros.core.stereo_net.evaluate import depth_edge_mask, evaluate_backend
+    gt = np.full((10, 30), 5.0, np.float32)
+    gt[:, 15:] = 12.0                      # a step between columns 14 and 15
+    gt[0, :] = np.nan                      # no ground truth: never scored, never an edge
+    edges = depth_edge_mask(gt)
+    assert edges[1:, 11:19].all() and not edges[:, :11].any() and not edges[:, 19:].any()
+
+    class OffAtEdges(StereoBackend):
+        def compute(self, left_rgb, right_rgb, **_):
+            return StereoResult(disparity_px=np.nan_to_num(gt) + 2.0 * edges,
+                                valid=np.ones(gt.shape, bool))
+    image = np.zeros((10, 30, 3), np.uint8)
+    report = evaluate_backend(OffAtEdges(), [{'name': 'step', 'left': image, 'right': image,
+                                              'disparity_px': gt}], repeats=1)
+    regions = report['by_region']
+    assert regions['depth_edges']['pixels'] == 9 * 8 and regions['elsewhere']['pixels'] == 9 * 22
+    assert regions['depth_edges']['epe_px'] == pytest.approx(2.0)
+    assert regions['elsewhere']['epe_px'] == 0.0
+    assert regions['depth_edge_share_pct'] == pytest.approx(100.0 * 8 / 30)
+    assert report['epe_px'] == pytest.approx(2.0 * 8 / 30)
+
+
 def test_eval_stereo_and_export_onnx_commands(tmp_path, capsys):
     """`corr_depth export-onnx stereo` prints its parity check; `corr_depth eval stereo` measures
     sgbm and the exported model in one run and writes JSON and the figure."""
@@ -425,6 +452,7 @@ def test_eval_stereo_and_export_onnx_commands(tmp_path, capsys):
     backends = results['backends']
     for name in ('sgbm', 'onnx'):
         assert {'epe_px', 'bad_2_pct'} <= set(backends[name]), backends.keys()
+        assert {'depth_edges', 'elsewhere'} <= set(backends[name]['by_region'])
     assert figure.is_file() and figure.stat().st_size > 0
 
 

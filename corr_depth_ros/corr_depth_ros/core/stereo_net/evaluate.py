@@ -56,15 +56,44 @@ def synthetic_pairs(count: int, height: int, width: int, seed: int) -> List[Dict
     return pairs
 
 
+def depth_edge_mask(gt_px: np.ndarray) -> np.ndarray:
+    """(H,W) GT disparity (NaN = none) -> (H,W) bool: pixels within 3 px of a GT disparity step
+    over 1 px between neighbours (depth edges, as train stereo --edge-weight weighs them)."""
+    import torch
+
+    from .train import disparity_edge_band
+    return disparity_edge_band(torch.from_numpy(gt_px.astype(np.float32))[None, None])[0, 0].numpy()
+
+
+class _PixelWeighted:
+    """Sums of per-pair metrics weighted by their pixel counts -> means over all pixels."""
+
+    def __init__(self):
+        self.totals: Dict[str, float] = {}
+        self.pixels = 0
+
+    def add(self, metrics: Dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key != 'pixels':
+                self.totals[key] = self.totals.get(key, 0.0) + value * metrics['pixels']
+        self.pixels += metrics['pixels']
+
+    def means(self) -> Dict[str, float]:
+        return {**{k: v / self.pixels for k, v in self.totals.items()}, 'pixels': self.pixels} \
+            if self.pixels else {'pixels': 0}
+
+
 def evaluate_backend(backend: StereoBackend, pairs: Sequence[Dict[str, np.ndarray]], *,
                      repeats: int = 3) -> Dict[str, object]:
     """Run ``backend`` on every pair; pixel-weighted metrics over all pairs, median runtime.
 
     Returns {'epe_px', 'bad_1_pct', 'bad_2_pct', 'bad_4_pct', 'holes_pct', 'pixels',
-    'runtime_ms_median', 'runtime_ms_runs', 'per_pair': [...], 'predictions': [(H, W) ...]}.
+    'by_region': {'depth_edges': {...}, 'elsewhere': {...}} (the same metrics split by
+    :func:`depth_edge_mask`), 'runtime_ms_median', 'runtime_ms_runs', 'per_pair': [...],
+    'predictions': [(H, W) ...]}.
     """
-    totals: Dict[str, float] = {}
-    pixels = 0
+    overall = _PixelWeighted()
+    regions = {'depth_edges': _PixelWeighted(), 'elsewhere': _PixelWeighted()}
     per_pair, predictions, runs_ms = [], [], []
     for pair in pairs:
         sizes = check_shape('left', pair['left'], ('H', 'W', 3))
@@ -83,12 +112,15 @@ def evaluate_backend(backend: StereoBackend, pairs: Sequence[Dict[str, np.ndarra
             entry['input_scale'] = backend.last_input_scale     # learned: the scale it ran at
         per_pair.append(entry)
         predictions.append(prediction)
-        for key, value in metrics.items():
-            if key != 'pixels':
-                totals[key] = totals.get(key, 0.0) + value * metrics['pixels']
-        pixels += metrics['pixels']
-    summary = {k: v / pixels for k, v in totals.items()}
-    return {**summary, 'pixels': pixels, 'runtime_ms_median': float(np.median(runs_ms)),
+        overall.add(metrics)
+        edges = depth_edge_mask(pair['disparity_px'])
+        for name, mask in (('depth_edges', edges), ('elsewhere', ~edges)):
+            if (mask & np.isfinite(pair['disparity_px'])).any():
+                regions[name].add(disparity_metrics(prediction, pair['disparity_px'], mask))
+    by_region = {name: r.means() for name, r in regions.items()}
+    by_region['depth_edge_share_pct'] = 100.0 * by_region['depth_edges']['pixels'] / overall.pixels
+    return {**overall.means(), 'by_region': by_region,
+            'runtime_ms_median': float(np.median(runs_ms)),
             'runtime_ms_runs': [round(t, 2) for t in runs_ms], 'per_pair': per_pair,
             'predictions': predictions}
 
