@@ -261,6 +261,29 @@ def _warp_error(left, right, disparity_px, valid):
     return float((warped - left).abs().amax(dim=0)[valid].mean())
 
 
+def test_photometric_draws_are_independent_of_the_geometric_ones(monkeypatch):
+    """An item's mirror and its left/right photometric asymmetry are separate coin flips (they
+    once replayed the same random numbers, so the two always came together)."""
+    from corr_depth_ros.core.stereo_net import train as train_mod
+    seeds = []
+    monkeypatch.setattr(train_mod, 'augment_pair',
+                        lambda left, right, seed, cfg: seeds.append(seed) or (left, right))
+    sample = {'left': torch.zeros(3, 8, 8), 'right': torch.zeros(3, 8, 8),
+              'disparity_left_px': torch.ones(1, 8, 8), 'disparity_right_px': torch.ones(1, 8, 8)}
+    cfg = AugmentConfig(mirror_prob=0.5, asymmetric_prob=0.5, scale_prob=0.0)
+    dataset = StereoTrainingSet([sample], cfg, seed=3, length=400)
+    both = 0
+    for index in range(400):
+        mirrored = float(torch.rand(2, generator=torch.Generator().manual_seed(
+            3 * 7_919 + index))[0]) < 0.5
+        dataset[index]
+        asymmetric = float(torch.rand((), generator=torch.Generator().manual_seed(
+            seeds[-1]))) < 0.5
+        both += mirrored == asymmetric
+    assert len(set(seeds)) == 400
+    assert 140 < both < 260        # independent: about half agree (binomial sd 10)
+
+
 @pytest.mark.parametrize('mirror,vflip', [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
 def test_geometric_flips_keep_a_consistent_pair(mirror, vflip):
     synth = pytest.importorskip('corr_depth_ros.core.synth')

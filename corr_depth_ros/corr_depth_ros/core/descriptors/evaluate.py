@@ -110,7 +110,7 @@ def pck_by_edge_distance(errors_px: np.ndarray, distance_px: np.ndarray,
     out = {}
     for low, high in zip(edges[:-1], edges[1:]):
         name = f'{low:g}-{high:g}px' if np.isfinite(high) else f'{low:g}px+'
-        inside = (distance_px >= low) & (distance_px < high)
+        inside = (distance_px >= low) & ((distance_px < high) | np.isinf(high))
         out[name] = {f'pck@{threshold_px:g}': float(np.mean(errors_px[inside] <= threshold_px))
                      if inside.any() else None, 'queries': int(inside.sum())}
     return out

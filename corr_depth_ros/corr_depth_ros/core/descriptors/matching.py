@@ -110,12 +110,15 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
         x = col.to(dist2.dtype)
         y = row.to(dist2.dtype)
         if subpixel:
-            # Parabola through sqrt distances (the quantity reported); border pixels stay put.
-            left = dist2[rows_n, row, (col - 1).clamp_min(0)].sqrt()
-            right = dist2[rows_n, row, (col + 1).clamp_max(width - 1)].sqrt()
-            up = dist2[rows_n, (row - 1).clamp_min(0), col].sqrt()
-            down = dist2[rows_n, (row + 1).clamp_max(height - 1), col].sqrt()
-            centre = best_d2.sqrt()
+            # Parabola through the squared distances: where the descriptor field is locally
+            # linear (it is bilinearly upsampled) they are exactly quadratic in the offset,
+            # while the distances themselves form a cone whose parabola fit is pulled towards
+            # the whole pixel (up to ~0.09 px). Border pixels stay put.
+            left = dist2[rows_n, row, (col - 1).clamp_min(0)]
+            right = dist2[rows_n, row, (col + 1).clamp_max(width - 1)]
+            up = dist2[rows_n, (row - 1).clamp_min(0), col]
+            down = dist2[rows_n, (row + 1).clamp_max(height - 1), col]
+            centre = best_d2
             inner_x = (col > 0) & (col < width - 1)
             inner_y = (row > 0) & (row < height - 1)
             x = x + torch.where(inner_x, _parabola_offset(left, centre, right), torch.zeros_like(x))

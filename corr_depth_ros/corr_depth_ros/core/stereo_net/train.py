@@ -221,7 +221,11 @@ class StereoTrainingSet(Dataset):
                                                  gen if self.augment is not None else None,
                                                  self.crop_hw)
         if self.augment is not None:
-            left, right = augment_pair(left, right, item_seed, self.augment)
+            # The photometric stream gets a seed of its own, drawn from this item's generator:
+            # re-seeding with item_seed would replay the draws above, so that every mirrored
+            # pair also got asymmetric photometry, every flipped one a low gamma, and so on.
+            left, right = augment_pair(left, right, int(torch.randint(0, 2 ** 62, (), generator=gen)),
+                                       self.augment)
         return {'left': left.contiguous(), 'right': right.contiguous(),
                 'disparity_px': disparity.contiguous()}
 
