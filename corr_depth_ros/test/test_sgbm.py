@@ -108,6 +108,23 @@ def test_run_stereo_outputs_agree_with_each_other():
     sgbm = create_backend('sgbm', min_disparity=2, num_disparities=32)
     textured = np.random.default_rng(1).integers(0, 255, (24, 80, 3), dtype=np.uint8)
     assert sgbm.compute(textured, textured).search_range_px == (2.0, 33.0)
+    # A search from -16 px (verged cameras), or a negative doffs, puts min_disparity at -1 or
+    # below: invalid pixels then take min_disparity - 1, still below it as the message defines.
+    class FromMinus16(Fixed):
+        def compute(self, left, right, max_disparity_px=None):
+            result = super().compute(left, right, max_disparity_px)
+            result.search_range_px = (-16.0, 47.0)
+            return result
+    out = run_stereo(image, image, geometry, FromMinus16(), confidence_threshold=0.5,
+                     max_depth_m=4.0)
+    assert out.min_disparity_px == -15.0
+    np.testing.assert_array_equal(out.message_disparity_px,
+                                  [[5.0, 10.0, -16.0, -16.0], [-16.0] * 4])
+    backwards = StereoGeometry(width=4, height=2, fx=100.0, fy=100.0, cx_left=12.0, cx_right=2.0,
+                               cy=1.0, baseline_m=0.1)   # doffs -10 px
+    out = run_stereo(image, image, backwards, Searched())
+    assert out.min_disparity_px == -10.0
+    assert (out.message_disparity_px[~out.valid] < out.min_disparity_px).all()
 
 
 def test_parameter_validation():

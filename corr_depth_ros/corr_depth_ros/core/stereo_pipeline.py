@@ -16,7 +16,10 @@ from .shapes import check_shape
 # node's parameters and `corr_depth process-bag`'s options.
 MAX_DISPARITY_RANGE_PX = (0, 1024)
 CONFIDENCE_THRESHOLD_RANGE = (0.0, 1.0)
-INVALID_DISPARITY = -1.0  # published for invalid pixels: below any valid disparity + doffs
+# Published for invalid pixels, or min_disparity - 1 when that is lower: DisparityImage says
+# any value below min_disparity is invalid, and a negative search minimum (verged cameras)
+# or a negative doffs (cx_right < cx_left) puts min_disparity at -1 or below.
+INVALID_DISPARITY = -1.0
 
 
 @dataclass
@@ -24,7 +27,9 @@ class StereoOutputs:
     """All per-frame outputs on the left image's pixel grid.
 
     disparity_px: (H, W) float32 backend disparity, no doffs, NaN where invalid.
-    message_disparity_px: (H, W) float32 disparity + doffs (DisparityImage convention), -1 invalid.
+    message_disparity_px: (H, W) float32 disparity + doffs (DisparityImage convention), invalid
+        pixels -1 or, when min_disparity_px <= -1, min_disparity_px - 1 (below it, as the
+        message defines invalid).
     depth_m: (H, W) float32 metres, NaN invalid (REP 118). valid: (H, W) bool.
     points_m: (H, W, 3) float32 in the left optical frame, NaN invalid (None if not requested).
     confidence: (H, W) float32 in [0, 1] or None.
@@ -100,6 +105,6 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
         high = float(np.fmax.reduce(disparity, axis=None) + np.float32(geometry.doffs_px))
     return StereoOutputs(
         disparity_px=disparity,
-        message_disparity_px=message_disparity(shifted, valid, INVALID_DISPARITY),
+        message_disparity_px=message_disparity(shifted, valid, min(INVALID_DISPARITY, low - 1.0)),
         depth_m=depth_m, valid=valid, points_m=points, confidence=result.confidence,
         valid_window=window, min_disparity_px=low, max_disparity_px=high)
