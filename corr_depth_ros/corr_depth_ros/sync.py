@@ -6,6 +6,7 @@ our small equivalent. Both call ``callback(*msgs)`` with one message per input w
 stamps are equal (exact) or within ``slop_s`` of each other (approximate).
 """
 import copy
+import itertools
 import threading
 from collections import deque
 from typing import Callable, Dict, List, Optional, Sequence
@@ -19,9 +20,10 @@ def stamp_to_ns(msg) -> int:
 class StampSynchronizer:
     """Match messages from ``num_inputs`` streams by header stamp.
 
-    Each input keeps at most ``queue_size`` messages. When a message arrives, the newest
-    complete set that contains it is emitted, and everything up to that set is dropped
-    (older sets are stale by then: the node only ever wants the latest frame).
+    Each input keeps at most ``queue_size`` messages. When a message arrives, the set that
+    contains it with the smallest spread of stamps (any combination of queued messages within
+    ``slop_s`` of each other, as message_filters searches) is emitted, and everything up to that
+    set is dropped (older sets are stale by then: the node only ever wants the latest frame).
     ``slop_s = 0`` means exact stamps (TimeSynchronizer); > 0 means approximate.
     """
 
@@ -71,21 +73,37 @@ class StampSynchronizer:
             self._callback(*matched)
 
     def _match(self, stamp_ns: int, index: int) -> Optional[Sequence]:
-        chosen = []
+        # As message_filters' ApproximateTimeSynchronizer: every queued message within the slop
+        # of the new one is a candidate on its input, and any combination of candidates whose
+        # stamps lie within the slop of each other is a set. Taking only the nearest message per
+        # input would miss a set whose nearest picks fall on opposite sides of the new one
+        # (depth at -4 and +5 ms, camera_info at +9 ms, image at 0, slop 10 ms: only depth@+5
+        # pairs with info@+9). Of the sets, the one with the smallest spread is emitted.
+        candidates = []
         for i, queue in enumerate(self._queues):
             if i == index:
-                chosen.append(queue[-1])
+                candidates.append([(stamp_ns, queue[-1])])
                 continue
-            best = min(queue, key=lambda m: abs(stamp_to_ns(m) - stamp_ns))
-            chosen.append(best)
-        stamps = [stamp_to_ns(m) for m in chosen]
-        if max(stamps) - min(stamps) > self._slop_ns:
+            near = [(stamp_to_ns(m), m) for m in queue
+                    if abs(stamp_to_ns(m) - stamp_ns) <= self._slop_ns]
+            if not near:
+                return None
+            candidates.append(near)
+        best, best_key = None, None
+        for combination in itertools.product(*candidates):
+            stamps = [s for s, _ in combination]
+            spread = max(stamps) - min(stamps)
+            if spread > self._slop_ns:
+                continue
+            key = (spread, sum(abs(s - stamp_ns) for s in stamps))
+            if best_key is None or key < best_key:
+                best, best_key = combination, key
+        if best is None:
             return None
-        for queue, msg in zip(self._queues, chosen):
-            cut = stamp_to_ns(msg)
+        for queue, (cut, _) in zip(self._queues, best):
             while queue and stamp_to_ns(queue[0]) <= cut:
                 queue.popleft()
-        return chosen
+        return [m for _, m in best]
 
 
 class NewestStamps:

@@ -39,6 +39,25 @@ def test_approximate_matching_within_slop():
     assert out == [['a', 'b', 'c']]
 
 
+def test_approximate_matching_searches_every_combination_within_slop():
+    """A set whose nearest picks lie on opposite sides of the new message still comes out (as
+    message_filters finds it): the nearest depth (-4 ms) is 13 ms from the only camera_info."""
+    out = []
+    sync = StampSynchronizer(3, 5, lambda *m: out.append([x.tag for x in m]), slop_s=0.01)
+    sync.add(1, Msg(9, 996_000_000, 'depth-4ms'))
+    sync.add(1, Msg(10, 5_000_000, 'depth+5ms'))
+    sync.add(2, Msg(10, 9_000_000, 'info+9ms'))
+    sync.add(0, Msg(10, 0, 'image'))
+    assert out == [['image', 'depth+5ms', 'info+9ms']]
+    # Of several sets the tightest wins, and everything up to it is dropped.
+    sync.add(1, Msg(11, 0, 'd0'))
+    sync.add(1, Msg(11, 8_000_000, 'd8'))
+    sync.add(2, Msg(11, 7_000_000, 'i7'))
+    sync.add(0, Msg(11, 6_000_000, 'image2'))
+    assert out[-1] == ['image2', 'd8', 'i7']
+    assert [len(q) for q in sync._queues] == [0, 0, 0]
+
+
 def test_queue_bound_and_errors():
     sync = StampSynchronizer(2, 2, lambda *m: None)
     for i in range(5):
