@@ -225,11 +225,19 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
         'the limit is max_pixels_per_request = 200': _find(np.tile(PIXELS, (51, 1)),
                                                            reference_msg),
     }
+    reference_passes = []      # inline references are described without the frames' pool
+    describe = node._describe
+    node._describe = lambda rgb, pool=None: (reference_passes.append(1) if pool is None else None,
+                                             describe(rgb, pool))[1]
     for expected_text, request in bad_requests.items():
         result = client.call(client.find, request)
         assert not result.success, expected_text
         assert expected_text in result.message, (expected_text, result.message)
         assert len(result.matches) == 0
+    # Bad pixels are refused before describing the inline reference (out of bounds, empty,
+    # too many); only requests with an inline image and usable pixels cost a pass (none here).
+    assert reference_passes == []
+    node._describe = describe
     # The pixel limit holds for stored references too (an empty list asks for all of them).
     assert node.set_parameters([Parameter('max_pixels_per_request', value=3)])[0].successful
     for pixels in ([], PIXELS):

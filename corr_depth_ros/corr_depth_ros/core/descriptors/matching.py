@@ -178,8 +178,14 @@ def descriptors_at(descriptors: torch.Tensor, pixels_xy: np.ndarray) -> torch.Te
     """
     from .loss import sample_descriptors
     check_shape('descriptors', descriptors, (None, None, None))
+    pixels_xy = check_pixels_inside(pixels_xy, *descriptors.shape[1:])
+    return sample_descriptors(descriptors, torch.from_numpy(pixels_xy).to(descriptors.device))
+
+
+def check_pixels_inside(pixels_xy, height: int, width: int) -> np.ndarray:
+    """(N,2) pixels (x, y) as float32, or ValueError naming the first outside [0, W-1] x
+    [0, H-1]."""
     pixels_xy = np.asarray(pixels_xy, dtype=np.float32).reshape(-1, 2)
-    height, width = descriptors.shape[1:]
     bad = ~((pixels_xy[:, 0] >= 0) & (pixels_xy[:, 0] <= width - 1) &
             (pixels_xy[:, 1] >= 0) & (pixels_xy[:, 1] <= height - 1))
     if bad.any():
@@ -187,4 +193,4 @@ def descriptors_at(descriptors: torch.Tensor, pixels_xy: np.ndarray) -> torch.Te
         raise ValueError(f'pixel {i} ({pixels_xy[i, 0]:g}, {pixels_xy[i, 1]:g}) is outside the '
                          f'{width}x{height} image (x must be in [0, {width - 1}], '
                          f'y in [0, {height - 1}])')
-    return sample_descriptors(descriptors, torch.from_numpy(pixels_xy).to(descriptors.device))
+    return pixels_xy
