@@ -506,3 +506,18 @@ def test_figure_leaves_the_callers_image_alone():
     depth = np.full((48, 64), 2.0, np.float32)
     figure = make_figure(image, depth, depth, 'title')
     assert figure.shape == (96, 128, 3) and figure.any() and not image.any()
+
+
+def test_training_rig_names_where_its_baseline_came_from():
+    from corr_depth_ros.core.mono.train import MonoTrainSpec, training_rig
+    recording = {'bag': '/bags/run1', 'baseline_m': 0.12}
+    assert training_rig(MonoTrainSpec(data='folder:x', rig_baseline_m=0.12,
+                                      data_source=recording))['source'] == \
+        'camera_info of the recording'
+    # --baseline-m given with a recording overrides its camera_info, and says so.
+    assert training_rig(MonoTrainSpec(data='folder:x', rig_baseline_m=0.2,
+                                      data_source=recording)) == \
+        {'baseline_m': 0.2, 'source': '--baseline-m'}
+    assert training_rig(MonoTrainSpec(data='folder:x', rig_baseline_m=0.2))['source'] == \
+        '--baseline-m'
+    assert training_rig(MonoTrainSpec(data='folder:x')) is None

@@ -275,7 +275,7 @@ def test_photometric_draws_are_independent_of_the_geometric_ones(monkeypatch):
     both = 0
     for index in range(400):
         mirrored = float(torch.rand(2, generator=torch.Generator().manual_seed(
-            3 * 7_919 + index))[0]) < 0.5
+            train_mod.AUGMENT_SEED_OFFSET + 3 * 7_919 + index))[0]) < 0.5
         dataset[index]
         asymmetric = float(torch.rand((), generator=torch.Generator().manual_seed(
             seeds[-1]))) < 0.5
@@ -401,6 +401,21 @@ def test_cli_size_and_count_types():
     for bad in ('0', '-1', 'inf', 'nan'):
         with pytest.raises(argparse.ArgumentTypeError):
             positive_float(bad)
+
+
+@pytest.mark.parametrize('argv', [
+    ['train', 'stereo', '--val-every', '0'], ['train', 'stereo', '--val-count', '0'],
+    ['train', 'stereo', '--log-every', '0'], ['train', 'mono', '--height', '100'],
+    ['train', 'mono', '--checkpoint-every', '0'], ['train', 'descriptors', '--seed', '100'],
+    ['train', 'descriptors', '--pool-size', '0']])
+def test_train_options_that_would_fail_mid_run_are_refused_while_parsing(argv, capsys):
+    """Once a ZeroDivisionError or an IndexError after the first step, a crash on the first
+    read (training seeds running into the held-out range), a mono size the net cannot take."""
+    from corr_depth_ros.cli import main as cli_main
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv + ['--out' if argv[1] != 'mono' else '--out-dir', '/nonexistent/run'])
+    assert exit_info.value.code == 2
+    assert argv[2] in capsys.readouterr().err
 
 
 def test_vectorised_correlation_equals_the_export_loop():

@@ -66,6 +66,28 @@ def test_fit_learns_and_resumes(tmp_path):
     assert new_lines and new_lines[0]['step'] > 150
 
 
+def test_resume_uses_the_learning_rate_and_weight_decay_given_now(tmp_path, capsys):
+    """AdamW's and LambdaLR's saved state hold the first run's rate and decay; the options of
+    the resumed run win (its weights' metadata records them), and the first resumed step
+    already follows the new schedule."""
+    torch.manual_seed(0)
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=40, batch_size=16, lr=2e-2,
+                               weight_decay=1e-4, warmup_steps=5, log_every=1, val_every=1000,
+                               checkpoint_every=20, device='cpu', threads=1)
+    training.fit(_tiny(), _Line(), _loss, cfg)
+    logged = len(open(tmp_path / 'run' / 'log.jsonl').readlines())
+    cfg.lr, cfg.weight_decay, cfg.steps = 1e-3, 0.05, 44
+    training.fit(_tiny(), _Line(), _loss, cfg)
+    assert 'resuming with lr 0.001 and weight decay 0.05 (the checkpoint had 0.02 and 0.0001)' \
+        in capsys.readouterr().out
+    new = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')][logged:]
+    rates = [r['lr'] for r in new if r['event'] == 'train']
+    assert rates and all(rate <= 1e-3 for rate in rates)
+    group = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)[
+        'optimizer']['param_groups'][0]
+    assert group['initial_lr'] == 1e-3 and group['weight_decay'] == 0.05
+
+
 def test_fit_refuses_fewer_items_than_a_batch(tmp_path):
     """With drop_last, 64 items and a batch of 100 yield no batch: a clear error, not a hang."""
     cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=2, batch_size=100,

@@ -13,6 +13,15 @@ def size_hw(text: str) -> Tuple[int, int]:
     return int(parts[1]), int(parts[0])
 
 
+def multiple_of_32(text: str) -> int:
+    """A positive multiple of 32 (the mono net's input sizes), refused at parsing rather than at
+    the first forward pass after minutes of rendering."""
+    value = positive_int(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f'must be a multiple of 32, got {value}')
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

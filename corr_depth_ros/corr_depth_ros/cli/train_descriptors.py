@@ -10,9 +10,10 @@ def register(subparsers):
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--weight-decay', type=float, default=1e-4)
     p.add_argument('--warmup-steps', type=int, default=100)
-    p.add_argument('--val-every', type=int, default=200)
-    p.add_argument('--checkpoint-every', type=int, default=50)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--val-every', type=positive_int, default=200)
+    p.add_argument('--checkpoint-every', type=positive_int, default=50)
+    # Run s renders training seeds s * 1e7 onwards, below the held-out seeds (1e9): s < 100.
+    p.add_argument('--seed', type=in_range(int, 0, 99), default=0)
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
     p.add_argument('--no-resume', action='store_true')
@@ -38,7 +39,8 @@ def register(subparsers):
                    help='share of rectified stereo pairs (rest: multiview pairs)')
     p.add_argument('--background-prob', type=float, default=0.2,
                    help='probability of DON background randomisation per pair')
-    p.add_argument('--pool-size', type=int, default=256, help='rendered pairs kept in memory')
+    p.add_argument('--pool-size', type=positive_int, default=256,
+                   help='rendered pairs kept in memory')
     p.add_argument('--photo-textures', type=in_range(float, 0.0, 1000.0), default=0.0,
                    metavar='WEIGHT',
                    help="add the 'photo' texture family (photographs) at this weight beside "

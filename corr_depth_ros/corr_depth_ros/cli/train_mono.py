@@ -3,7 +3,7 @@ import os
 import shlex
 import sys
 
-from ._args import non_negative_int, positive_int
+from ._args import multiple_of_32, non_negative_int, positive_int
 
 
 def register(subparsers):
@@ -31,8 +31,10 @@ def register(subparsers):
                         help='safetensors file to write (default OUT_DIR/mono.safetensors)')
     parser.add_argument('--no-lr', action='store_true',
                         help='drop the left-right consistency term (the ablation)')
-    parser.add_argument('--height', type=int, default=128, help='training height, px (x32)')
-    parser.add_argument('--width', type=int, default=192, help='training width, px (x32)')
+    parser.add_argument('--height', type=multiple_of_32, default=128,
+                        help='training height, px (x32)')
+    parser.add_argument('--width', type=multiple_of_32, default=192,
+                        help='training width, px (x32)')
     parser.add_argument('--base-channels', type=int, default=16)
     parser.add_argument('--max-disparity-fraction', type=float, default=0.35)
     parser.add_argument('--train-count', type=positive_int, default=2400,
@@ -60,8 +62,8 @@ def register(subparsers):
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--lr', type=float, default=5e-4, help='learning rate')
     parser.add_argument('--warmup-steps', type=int, default=100)
-    parser.add_argument('--val-every', type=int, default=250)
-    parser.add_argument('--checkpoint-every', type=int, default=50)
+    parser.add_argument('--val-every', type=positive_int, default=250)
+    parser.add_argument('--checkpoint-every', type=positive_int, default=50)
     parser.add_argument('--num-workers', type=int, default=0)
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     parser.add_argument('--device', default='auto')
@@ -82,8 +84,8 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
         with open(record, encoding='utf-8') as f:
             source = json.load(f)
         if (source['bag'], source['namespace']) != (os.path.abspath(bag_path), namespace):
-            raise SystemExit(f'train mono: {folder} holds pairs of {source["bag"]} '
-                             f'(namespace {source["namespace"]!r}); give another --out-dir')
+            raise FileExistsError(f'train mono: {folder} holds pairs of {source["bag"]} '
+                                  f'(namespace {source["namespace"]!r}); give another --out-dir')
         print(f'train mono: reusing the {source["pairs"]} pairs extracted to {folder}')
         return source
     source = {'bag': os.path.abspath(bag_path), 'namespace': namespace, 'folder': folder,

@@ -296,6 +296,23 @@ def mixed_precision(enabled: bool, device: torch.device) -> Tuple[bool, torch.dt
     return use_amp, dtype, use_amp and dtype == torch.float16
 
 
+def _apply_optimizer_options(optimizer, scheduler, cfg: 'TrainConfig', say: bool) -> None:
+    """After a resume: the learning rate and weight decay given now win over the checkpoint's
+    (AdamW's state restores the old ones and LambdaLR its old base rates, while the weights'
+    metadata records the options of this run). The rate of the next step follows the schedule
+    of this run (``cfg.steps`` may have changed) instead of keeping the checkpoint's last one."""
+    before = optimizer.param_groups[0]
+    old = (before.get('initial_lr', before['lr']), before['weight_decay'])
+    for group in optimizer.param_groups:
+        group['initial_lr'] = cfg.lr
+        group['weight_decay'] = cfg.weight_decay
+        group['lr'] = cfg.lr * lr_factor(scheduler.last_epoch, cfg.warmup_steps, cfg.steps)
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    if say and old != (cfg.lr, cfg.weight_decay):
+        print(f'resuming with lr {cfg.lr:g} and weight decay {cfg.weight_decay:g} (the checkpoint '
+              f'had {old[0]:g} and {old[1]:g})')
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None,
@@ -346,6 +363,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
+        _apply_optimizer_options(optimizer, scheduler, cfg, dist_info.is_main)
         if state.get('scaler') and scaler.is_enabled():
             scaler.load_state_dict(state['scaler'])   # {} from a disabled one: nothing to load
         step = int(state['step'])

@@ -129,14 +129,18 @@ def training_rig(spec: MonoTrainSpec) -> Optional[Dict[str, Any]]:
     if spec.data == 'synthetic':
         return dict(TRAINING_RIG)
     if spec.rig_baseline_m > 0:
+        # A recording's camera_info gives the baseline unless --baseline-m overrode it.
+        recorded = (spec.data_source or {}).get('baseline_m')
+        from_recording = recorded is not None and float(recorded) == float(spec.rig_baseline_m)
         return {'baseline_m': float(spec.rig_baseline_m),
-                'source': 'camera_info of the recording' if spec.data_source else '--baseline-m'}
+                'source': 'camera_info of the recording' if from_recording else '--baseline-m'}
     return None
 
 
 def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     """Train, then write ``spec.weights_out`` (safetensors + JSON sidecar). Returns the header."""
     dataset, data_meta = make_dataset(spec, cfg.device)
+    torch.manual_seed(cfg.seed)   # before the network's random initialisation (fit seeds later)
     model = build_mono_net(base_channels=spec.base_channels,
                            max_disparity_fraction=spec.max_disparity_fraction)
     weights = LossWeights(use_lr=spec.use_lr,
@@ -188,6 +192,8 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
                 else f'folder:{path_key(data_meta["folder"])}')
     signature = {'loss': asdict(weights), 'data': data_key, 'size_hw': [spec.height, spec.width],
                  'net': config, 'train_count': spec.train_count if spec.data == 'synthetic' else None}
+    if spec.val_images != MonoTrainSpec.val_images:   # best-so-far compares like with like
+        signature['val_images'] = spec.val_images
     final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn, signature=signature)
     model.eval()
     metadata['final'] = final

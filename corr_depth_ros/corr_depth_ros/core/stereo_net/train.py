@@ -75,6 +75,9 @@ class AugmentConfig:
 SIGNATURE_ADDED_LATER = {'augment.scale_prob': 0.0, 'augment.scale_range': (1.0, 1.6)}
 
 
+AUGMENT_SEED_OFFSET = 2 ** 60   # augmentation streams, apart from every render seed
+
+
 def photometric(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
     """(3, H, W) RGB in [0, 1] -> the same with random brightness/contrast/gamma/gain/noise."""
     check_shape('image', image, (3, None, None))
@@ -204,8 +207,9 @@ class StereoTrainingSet(Dataset):
         left, right = sample['left'].float(), sample['right'].float()
         disparity = sample['disparity_left_px'].float().clone()
         if self.augment is not None:
-            item_seed = self.seed * 7_919 + index
-            gen = torch.Generator().manual_seed(item_seed)
+            # Offset by 2**60: with --seed 0 the item seeds would equal the renderer's sample
+            # seeds (seed * 1000003 + index), and the same integer seeds the same stream.
+            gen = torch.Generator().manual_seed(AUGMENT_SEED_OFFSET + self.seed * 7_919 + index)
             flips = torch.rand(2, generator=gen)
             if 'disparity_right_px' in sample and float(flips[0]) < self.augment.mirror_prob:
                 left, right = right.flip(-1), left.flip(-1)
@@ -222,7 +226,7 @@ class StereoTrainingSet(Dataset):
                                                  self.crop_hw)
         if self.augment is not None:
             # The photometric stream gets a seed of its own, drawn from this item's generator:
-            # re-seeding with item_seed would replay the draws above, so that every mirrored
+            # re-seeding with the item's seed would replay the draws above, so that every mirrored
             # pair also got asymmetric photometry, every flipped one a low gamma, and so on.
             left, right = augment_pair(left, right, int(torch.randint(0, 2 ** 62, (), generator=gen)),
                                        self.augment)
@@ -348,6 +352,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     refined_from = initialised_from = None
     if refine_from and init_from:
         raise ValueError('use either refine_from or init_from, not both')
+    torch.manual_seed(cfg.seed)   # before the network's random initialisation (fit seeds later)
     if refine_from:
         model, refined_from = refiner_on_frozen_base(refine_from, refine_channels,
                                                      refine_radius)
@@ -413,6 +418,8 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                  'refine_from': path_key(refine_from), 'init_from': path_key(init_from)}
     if edge_weight != 1.0:   # absent at 1, so that older runs still resume
         signature['edge_weight'] = edge_weight
+    if val_count != 16:      # best-so-far compares like with like (absent at the default)
+        signature['val_count'] = val_count
     result = fit(model, dataset, make_loss_fn(model.max_disparity_px, edge_weight), cfg,
                  val_fn=val_fn,
                  signature=signature, signature_added_later=SIGNATURE_ADDED_LATER)
