@@ -217,6 +217,14 @@ def test_match_edge_band_marks_field_jumps_and_occlusion_borders_only():
     assert not band[:, 30:33].any()                # never an invalid pixel itself
     assert not cols[:17].any() and not cols[23:28].any() and not cols[35:].any()
     assert not band[:, 2:4].any()                  # out-of-view columns make no edge
+    # A stereo-like field: steps of +3.5 and -3.5 px of disparity are both edges, +-2.5 are not.
+    for step, marked in ((3.5, True), (-3.5, True), (2.5, False), (-2.5, False)):
+        field = torch.stack([xs - 5.0, ys])
+        field[0, :, 20:] -= step
+        assert bool(match_edge_band(field, field[0] >= 0, jump_px=3.0, radius_px=1).any()) == marked
+    # A view zoomed 3.5 times lands neighbours 3.5 px apart, but moves them smoothly: no edge.
+    assert not match_edge_band(torch.stack([3.5 * xs, 3.5 * ys]),
+                               torch.ones(height, width, dtype=torch.bool)).any()
 
 
 def test_edge_match_weight_draws_matches_near_edges_and_is_absent_when_off(monkeypatch):

@@ -228,8 +228,9 @@ def pair_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, match_b_px: torch.Tens
 def match_edge_band(match_b_px: torch.Tensor, match_valid: torch.Tensor, jump_px: float = 3.0,
                     radius_px: int = 3) -> torch.Tensor:
     """(2,H,W) match locations in B and (H,W) bool validity -> (H,W) bool: valid A pixels within
-    ``radius_px`` of an edge of the correspondence field, i.e. of two neighbours that land more
-    than ``jump_px`` apart in B (a depth edge seen from two viewpoints), or of a valid pixel
+    ``radius_px`` of an edge of the correspondence field, i.e. of two neighbours whose
+    displacements into B differ by more than ``jump_px`` (a depth edge seen from two viewpoints;
+    in a stereo pair, a disparity step over ``jump_px``), or of a valid pixel
     next to one whose match is hidden in B though inside it (an occlusion's border).
 
     Why: on the real Motorcycle pair the shipped net finds 0.91 of the queries 10 px or more
@@ -242,7 +243,13 @@ def match_edge_band(match_b_px: torch.Tensor, match_valid: torch.Tensor, jump_px
     check_shape('match_valid', match_valid, ('H', 'W'), sizes)
     height, width = sizes['H'], sizes['W']
     valid = match_valid[None, None]
-    band = step_band(match_b_px[None].float(), valid, jump_px, radius_px)
+    # Steps of the displacement (where a pixel lands minus where it is), not of the landing
+    # place: neighbours on one smooth surface land ~1 px apart, so a landing-place test would
+    # mark a -3 px disparity step but not a +3 px one. For a stereo pair this is |delta d|.
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                            torch.arange(width, dtype=torch.float32), indexing='ij')
+    displacement = match_b_px.float() - torch.stack([xs, ys]).to(match_b_px.device)
+    band = step_band(displacement[None], valid, jump_px, radius_px)
     # Hidden in B but landing inside it: occluded (invalid matches outside B are a view's edge,
     # not a depth edge; the loaders store unknown locations as (0, 0), which counts as outside).
     x, y = match_b_px[0], match_b_px[1]
