@@ -408,14 +408,15 @@ def test_cli_size_and_count_types():
     ['train', 'stereo', '--log-every', '0'], ['train', 'mono', '--height', '100'],
     ['train', 'mono', '--checkpoint-every', '0'], ['train', 'descriptors', '--seed', '100'],
     ['train', 'descriptors', '--pool-size', '0']])
-def test_train_options_that_would_fail_mid_run_are_refused_while_parsing(argv, capsys):
+def test_train_options_that_would_fail_mid_run_are_refused_while_parsing(argv, capsys, tmp_path):
     """Once a ZeroDivisionError or an IndexError after the first step, a crash on the first
     read (training seeds running into the held-out range), a mono size the net cannot take."""
     from corr_depth_ros.cli import main as cli_main
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(argv + ['--out' if argv[1] != 'mono' else '--out-dir', '/nonexistent/run'])
+        cli_main(argv + ['--out' if argv[1] != 'mono' else '--out-dir', str(tmp_path / 'run')])
     assert exit_info.value.code == 2
     assert argv[2] in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
 
 
 def test_vectorised_correlation_equals_the_export_loop():

@@ -66,7 +66,7 @@ def test_fit_learns_and_resumes(tmp_path):
     assert new_lines and new_lines[0]['step'] > 150
 
 
-def test_resume_uses_the_learning_rate_and_weight_decay_given_now(tmp_path, capsys):
+def test_resume_uses_the_learning_rate_and_weight_decay_given_now(tmp_path, capsys, monkeypatch):
     """AdamW's and LambdaLR's saved state hold the first run's rate and decay; the options of
     the resumed run win (its weights' metadata records them), and the first resumed step
     already follows the new schedule."""
@@ -77,7 +77,14 @@ def test_resume_uses_the_learning_rate_and_weight_decay_given_now(tmp_path, caps
     training.fit(_tiny(), _Line(), _loss, cfg)
     logged = len(open(tmp_path / 'run' / 'log.jsonl').readlines())
     cfg.lr, cfg.weight_decay, cfg.steps = 1e-3, 0.05, 44
+    used = []        # (lr, weight decay) of every optimizer step of the resumed run
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, 'step', lambda self, *a, **k: (used.append(
+        (self.param_groups[0]['lr'], self.param_groups[0]['weight_decay'])), step(self, *a, **k))[1])
     training.fit(_tiny(), _Line(), _loss, cfg)
+    # The first resumed step (41 of 44) already runs on the new schedule.
+    assert len(used) == 4
+    assert used[0] == (pytest.approx(1e-3 * training.lr_factor(40, 5, 44)), 0.05)
     assert 'resuming with lr 0.001 and weight decay 0.05 (the checkpoint had 0.02 and 0.0001)' \
         in capsys.readouterr().out
     new = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')][logged:]

@@ -80,11 +80,11 @@ def run(args) -> int:
               f'bad-2 {r["bad_2_pct"]:.2f} %, bad-4 {r["bad_4_pct"]:.2f} %, holes '
               f'{r["holes_pct"]:.2f} %, {r["runtime_ms_median"]:.1f} ms/pair (median)')
         regions = r['by_region']
-        print(' ' * 9 + f'depth edges ({regions["depth_edge_share_pct"]:.1f} % of the pixels): '
-              + ', elsewhere: '.join(f'EPE {regions[k]["epe_px"]:.3f} px, bad-2 '
-                                     f'{regions[k]["bad_2_pct"]:.2f} %'
-                                     for k in ('depth_edges', 'elsewhere')
-                                     if regions[k]['pixels']))
+        print(' ' * 9 + ', '.join(
+            f'{label} EPE {regions[k]["epe_px"]:.3f} px, bad-2 {regions[k]["bad_2_pct"]:.2f} %'
+            for k, label in (('depth_edges', f'depth edges ({regions["depth_edge_share_pct"]:.1f}'
+                                             ' % of the pixels):'), ('elsewhere', 'elsewhere:'))
+            if regions[k]['pixels']))
     out = {'dataset': args.dataset, 'pairs': [p['name'] for p in pairs],
            'image_size_wh': [int(pairs[0]['left'].shape[1]), int(pairs[0]['left'].shape[0])],
            'metric_note': DENSE_NOTE,

@@ -28,7 +28,7 @@ def register(subparsers):
                         'descriptor space (mined hard negatives; 0: off)')
     p.add_argument('--global-matches', type=int, default=256,
                    help='--global-non-matches: how many of the sampled matches get the search')
-    p.add_argument('--edge-match-weight', type=in_range(float, 0.0, 1000.0), default=1.0,
+    p.add_argument('--edge-match-weight', type=in_range(float, 0.01, 1000.0), default=1.0,
                    metavar='W',
                    help='draw matches within 3 px of a correspondence edge (a depth edge seen '
                         'from both views, or an occlusion border) W times as often (1: off)')

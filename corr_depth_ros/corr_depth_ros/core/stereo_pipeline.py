@@ -16,9 +16,9 @@ from .shapes import check_shape
 # node's parameters and `corr_depth process-bag`'s options.
 MAX_DISPARITY_RANGE_PX = (0, 1024)
 CONFIDENCE_THRESHOLD_RANGE = (0.0, 1.0)
-# Published for invalid pixels, or min_disparity - 1 when that is lower: DisparityImage says
-# any value below min_disparity is invalid, and a negative search minimum (verged cameras)
-# or a negative doffs (cx_right < cx_left) puts min_disparity at -1 or below.
+# Published for invalid pixels, or min_disparity - 1 when that is lower (min_disparity below 0):
+# DisparityImage says any value below min_disparity is invalid, and a negative search minimum
+# (verged cameras) or a negative doffs (cx_right < cx_left) can put min_disparity at -1 or below.
 INVALID_DISPARITY = -1.0
 
 
@@ -28,8 +28,8 @@ class StereoOutputs:
 
     disparity_px: (H, W) float32 backend disparity, no doffs, NaN where invalid.
     message_disparity_px: (H, W) float32 disparity + doffs (DisparityImage convention), invalid
-        pixels -1 or, when min_disparity_px <= -1, min_disparity_px - 1 (below it, as the
-        message defines invalid).
+        pixels -1 or, when min_disparity_px is below 0, min_disparity_px - 1 if that is lower
+        (below it, as the message defines invalid).
     depth_m: (H, W) float32 metres, NaN invalid (REP 118). valid: (H, W) bool.
     points_m: (H, W, 3) float32 in the left optical frame, NaN invalid (None if not requested).
     confidence: (H, W) float32 in [0, 1] or None.

@@ -9,7 +9,8 @@ used a fixed threshold). We add two things a robot needs:
   twin elsewhere is still ambiguous. ``d_second`` is the best distance *outside* ``exclusion_px``
   of the best match, so a smooth descriptor field is not mistaken for ambiguity. Near 1 = the
   match is far better than anything else in the image; near 0 = another place fits as well;
-* sub-pixel positions from a parabola through the distances of the arg-min and its neighbours.
+* sub-pixel positions from a parabola through the squared distances of the arg-min and its
+  neighbours (exact where the descriptor field is locally linear, as bilinear upsampling makes it).
 
 All distances are Euclidean (not squared), in descriptor units.
 """

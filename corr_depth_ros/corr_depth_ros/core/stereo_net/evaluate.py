@@ -88,8 +88,9 @@ def evaluate_backend(backend: StereoBackend, pairs: Sequence[Dict[str, np.ndarra
     """Run ``backend`` on every pair; pixel-weighted metrics over all pairs, median runtime.
 
     Returns {'epe_px', 'bad_1_pct', 'bad_2_pct', 'bad_4_pct', 'holes_pct', 'pixels',
-    'by_region': {'depth_edges': {...}, 'elsewhere': {...}} (the same metrics split by
-    :func:`depth_edge_mask`), 'runtime_ms_median', 'runtime_ms_runs', 'per_pair': [...],
+    'by_region': {'depth_edges': {...}, 'elsewhere': {...}, 'depth_edge_share_pct'} (the same
+    metrics split by :func:`depth_edge_mask`, and the edges' share of the GT pixels),
+    'runtime_ms_median', 'runtime_ms_runs', 'per_pair': [...],
     'predictions': [(H, W) ...]}.
     """
     overall = _PixelWeighted()
