@@ -103,6 +103,27 @@ def test_process_stereo_bag_passes_the_learned_options(tmp_path, monkeypatch):
                   '--backend', 'learned', '--probe-every', '0'])
 
 
+@pytest.mark.parametrize('argv,named', [
+    (['--pipeline', 'mono', '--backend', 'learned'], '--backend applies to --pipeline stereo'),
+    (['--pipeline', 'mono', '--sgbm', 'uniqueness_ratio=5'], '--sgbm applies to'),
+    (['--pipeline', 'corr', '--max-depth-m', '3'], '--max-depth-m applies to'),
+    (['--backend', 'sgbm', '--input-scale', '0.5'],
+     '--input-scale applies to --pipeline stereo --backend learned'),
+    (['--backend', 'sgbm', '--weights', 'x.safetensors'], '--weights applies to'),
+    (['--backend', 'learned', '--sgbm', 'uniqueness_ratio=5'],
+     '--sgbm applies to --pipeline stereo --backend sgbm'),
+    (['--image-topic', '/cam/image'], '--image-topic applies to --pipeline mono or --pipeline corr'),
+    (['--pipeline', 'stereo', '--depth-mode', 'relative'], '--depth-mode applies to --pipeline mono'),
+    (['--pipeline', 'mono', '--match-threshold', '0.3'], '--match-threshold applies to --pipeline corr'),
+])
+def test_process_bag_refuses_options_its_pipeline_would_ignore(tmp_path, capsys, argv, named):
+    from corr_depth_ros.cli import main as cli_main
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                     '--no-progress', *argv]) == 2
+    assert named in capsys.readouterr().out
+    assert not (tmp_path / 'out.mcap').exists()
+
+
 def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsys):
     """Output == input is refused before anything is written; a bag folder is read through its
     metadata.yaml; absent inputs are named with the bag's topics; a frame whose partner is

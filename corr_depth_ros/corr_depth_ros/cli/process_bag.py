@@ -68,24 +68,55 @@ def register(subparsers):
                            '3D points and grasp poses')
     corr.add_argument('--match-threshold', type=float, default=0.6)
     parser.add_argument('--no-progress', action='store_true')
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, option_defaults={
+        dest: parser.get_default(dest) for dest in OPTION_SCOPE})
+
+
+# Where each option takes effect: {dest: (pipelines, stereo backends or None for any)}. An
+# option set away from its default outside its scope is refused rather than silently ignored.
+OPTION_SCOPE = {
+    'backend': (('stereo',), None), 'max_disparity_px': (('stereo',), None),
+    'confidence_threshold': (('stereo',), None),
+    'input_scale': (('stereo',), ('learned',)), 'probe_every': (('stereo',), ('learned',)),
+    'no_refine': (('stereo',), ('learned',)), 'sgbm': (('stereo',), ('sgbm',)),
+    'weights': (('stereo', 'mono', 'corr'), ('learned', 'onnx')),
+    'max_depth_m': (('stereo', 'mono'), None), 'image_topic': (('mono', 'corr'), None),
+    'depth_mode': (('mono',), None), 'baseline_m': (('mono',), None),
+    'post_process': (('mono',), None),
+    'reference_image': (('corr',), None), 'reference_pixels': (('corr',), None),
+    'depth_topic': (('corr',), None), 'match_threshold': (('corr',), None),
+}
+
+
+def options_out_of_scope(args) -> list:
+    """'--name applies to ...' for each option set (away from its default) where the chosen
+    pipeline (and stereo backend) does not use it."""
+    problems = []
+    for dest, (pipelines, backends) in OPTION_SCOPE.items():
+        if getattr(args, dest) == args.option_defaults[dest]:
+            continue
+        used = args.pipeline in pipelines and (
+            args.pipeline != 'stereo' or backends is None or args.backend in backends)
+        if not used:
+            scope = ' or '.join(f'--pipeline {p}' + (
+                f' --backend {"/".join(backends)}' if p == 'stereo' and backends else '')
+                for p in pipelines)
+            problems.append(f'--{dest.replace("_", "-")} applies to {scope}')
+    return problems
 
 
 def run(args) -> int:
     from ..bag import PIPELINES
     common = dict(namespace=args.namespace, output_prefix=args.output_prefix,
                   max_depth_m=args.max_depth_m, progress=not args.no_progress)
-    if args.pipeline == 'stereo' and args.image_topic:
-        print('process-bag: --image-topic is for mono and corr; stereo reads '
-              '<namespace>/left|right/image_rect')
+    problems = options_out_of_scope(args)
+    if problems:
+        print('process-bag: ' + '; '.join(problems))
         return 2
     if args.pipeline != 'stereo':
         common['image_topic'] = args.image_topic
     if args.pipeline == 'stereo':
         params = None
-        if args.sgbm and args.backend != 'sgbm':
-            print('process-bag: --sgbm sets parameters of --backend sgbm')
-            return 2
         if args.sgbm:
             params = dict(args.sgbm)
         if args.backend == 'learned':
