@@ -110,6 +110,7 @@ def test_process_stereo_bag_passes_the_learned_options(tmp_path, monkeypatch):
     (['--backend', 'sgbm', '--input-scale', '0.5'],
      '--input-scale applies to --pipeline stereo --backend learned'),
     (['--backend', 'sgbm', '--weights', 'x.safetensors'], '--weights applies to'),
+    (['--device', 'cpu'], '--device applies to'),
     (['--backend', 'learned', '--sgbm', 'uniqueness_ratio=5'],
      '--sgbm applies to --pipeline stereo --backend sgbm'),
     (['--image-topic', '/cam/image'], '--image-topic applies to --pipeline mono or --pipeline corr'),

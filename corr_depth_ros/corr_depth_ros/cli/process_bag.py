@@ -80,6 +80,7 @@ OPTION_SCOPE = {
     'input_scale': (('stereo',), ('learned',)), 'probe_every': (('stereo',), ('learned',)),
     'no_refine': (('stereo',), ('learned',)), 'sgbm': (('stereo',), ('sgbm',)),
     'weights': (('stereo', 'mono', 'corr'), ('learned', 'onnx')),
+    'device': (('stereo', 'mono', 'corr'), ('learned', 'onnx')),
     'max_depth_m': (('stereo', 'mono'), None), 'image_topic': (('mono', 'corr'), None),
     'depth_mode': (('mono',), None), 'baseline_m': (('mono',), None),
     'post_process': (('mono',), None),
