@@ -254,6 +254,15 @@ def test_torchrun_ddp_two_processes(tmp_path):
     header = training.load_weights(str(out / 'last.safetensors'), build_stereo_net,
                                    expected_arch=ARCH)[1]
     assert header['config']['feature_channels'] == 16
+    assert header['metadata']['train_config']['world_size'] == 2
+    # One process cannot resume the two processes' run: each read its own part of the data.
+    single = subprocess.run(
+        [sys.executable, '-m', 'corr_depth_ros.cli', 'train', 'stereo', '--out', str(out),
+         '--size', '96x64', '--steps', '6', '--batch-size', '2', '--val-every', '2',
+         '--val-count', '2', '--num-workers', '0', '--threads', '1', '--feature-channels', '16',
+         '--groups', '4', '--aggregation-channels', '8,8,8', '--max-disparity', '32',
+         '--resume'], capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 2 and 'world_size' in single.stdout + single.stderr
 
 
 def test_fit_skips_non_finite_batches_and_stops_on_divergence(tmp_path):

@@ -341,6 +341,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         torch.set_num_threads(cfg.threads)
     dist_info, device = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed + dist_info.rank)
+    if dist_info.world_size > 1 and signature is not None:
+        # Each rank reads its own part of the data (and the batch is per rank): a resume with
+        # another number of processes is another run. Absent for one process, as before.
+        signature = {**signature, 'world_size': dist_info.world_size}
     os.makedirs(cfg.out_dir, exist_ok=True)
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
     ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
@@ -517,4 +521,6 @@ def step_band(field: torch.Tensor, known: torch.Tensor, step: float, radius_px: 
 
 
 def train_config_dict(cfg: TrainConfig) -> Dict[str, Any]:
-    return asdict(cfg)
+    """The loop's settings for weights metadata, with the number of torchrun processes
+    (``batch_size`` is per process, so the effective batch is their product)."""
+    return {**asdict(cfg), 'world_size': int(os.environ.get('WORLD_SIZE', '1'))}

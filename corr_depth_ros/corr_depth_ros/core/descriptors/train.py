@@ -17,7 +17,7 @@ import torch
 from ..synth.config import SYNTH_VERSION
 from ..synth.contact_sheet import to_uint8_rgb
 from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
-                        source_note, unwrap, validation_metrics)
+                        source_note, train_config_dict, unwrap, validation_metrics)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -143,7 +143,7 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
                 'synth_version': SYNTH_VERSION, 'synth_seed': cfg.seed, 'steps': step,
                 'input': 'RGB float in [0,1], any size (padded to a multiple of 16)',
                 'divisible_by': DIVISIBLE_BY,
-                'loss': spec.loss.to_dict(), 'train_config': vars(cfg).copy(),
+                'loss': spec.loss.to_dict(), 'train_config': train_config_dict(cfg),
                 'spec': {k: v for k, v in vars(spec).items() if k != 'loss'},
                 'validation': step_metrics, 'command': command, 'notes': notes,
                 'torch': torch.__version__,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..training import (BestWeights, TrainConfig, fit, is_main_process, main_process_first,
-                        path_key, save_weights)
+                        path_key, save_weights, train_config_dict)
 from .data import (TRAINING_RIG, PairArrayDataset, build_synthetic_cache, load_cache, pair_item,
                    training_synth_config)
 from .inference import metric_depth, predict_disparity
@@ -164,7 +164,7 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
         'labels_used': ('none (self-supervised: image reconstruction, plus Depth Hints: SGBM '
                         'disparities of the same training pairs)' if spec.depth_hints else
                         'none (self-supervised: image reconstruction only)'),
-        'train_config': asdict(cfg),
+        'train_config': train_config_dict(cfg),
         'command': spec.command,
     }
     val_fn = best = None

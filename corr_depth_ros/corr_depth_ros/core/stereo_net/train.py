@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from ..shapes import check_shape
 from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
-                        source_note, step_band, unwrap, validation_metrics)
+                        source_note, step_band, train_config_dict, unwrap,
+                        validation_metrics)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
 # Dataset base seeds (a sample's own seed is synth.io.sample_seed(base, index) = base * 1_000_003
@@ -403,7 +404,7 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
                 'relative to the input size; metric depth needs the rig calibration',
                 'augmentation': asdict(augment) if augment else None,
                 **({'loss_edge_weight': edge_weight} if edge_weight != 1.0 else {}),
-                'command': command, 'train_config': asdict(cfg),
+                'command': command, 'train_config': train_config_dict(cfg),
                 **({'refined_from': refined_from} if refined_from else {}),
                 **({'initialised_from': initialised_from} if initialised_from else {})}
 
