@@ -81,25 +81,20 @@ class StampSynchronizer:
         # pairs with info@+9). Of the sets, the one with the smallest spread is emitted.
         candidates = []
         for i, queue in enumerate(self._queues):
-            if i == index:
-                candidates.append([(stamp_ns, queue[-1])])
-                continue
-            near = [(stamp_to_ns(m), m) for m in queue
-                    if abs(stamp_to_ns(m) - stamp_ns) <= self._slop_ns]
+            stamped = [(stamp_ns, queue[-1])] if i == index else \
+                [(stamp_to_ns(m), m) for m in queue]
+            near = [(s, m) for s, m in stamped if abs(s - stamp_ns) <= self._slop_ns]
             if not near:
                 return None
             candidates.append(near)
-        best, best_key = None, None
-        for combination in itertools.product(*candidates):
+
+        def spread(combination):
             stamps = [s for s, _ in combination]
-            spread = max(stamps) - min(stamps)
-            if spread > self._slop_ns:
-                continue
-            key = (spread, sum(abs(s - stamp_ns) for s in stamps))
-            if best_key is None or key < best_key:
-                best, best_key = combination, key
-        if best is None:
+            return max(stamps) - min(stamps)
+        sets = [c for c in itertools.product(*candidates) if spread(c) <= self._slop_ns]
+        if not sets:
             return None
+        best = min(sets, key=lambda c: (spread(c), sum(abs(s - stamp_ns) for s, _ in c)))
         for queue, (cut, _) in zip(self._queues, best):
             while queue and stamp_to_ns(queue[0]) <= cut:
                 queue.popleft()

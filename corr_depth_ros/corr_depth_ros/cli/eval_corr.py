@@ -69,6 +69,7 @@ def run(args) -> int:
     raws, figure_args = [], None
     if args.dataset == 'motorcycle':
         from ..core.motorcycle import load_motorcycle
+        from ..core.training import DEPTH_EDGE_STEP_PX
         data = load_motorcycle()
         visible = ev.visible_in_right(data['disparity_px'])
         queries, truth = ev.motorcycle_queries(data['disparity_px'], args.queries, args.seed,
@@ -88,7 +89,7 @@ def run(args) -> int:
                  'by_depth_edge_distance': {
                      'definition': f'distance (px) from the query to the nearest pair of '
                                    f'neighbours whose GT disparities differ by more than '
-                                   f'{ev.EDGE_STEP_PX:g} px',
+                                   f'{DEPTH_EDGE_STEP_PX:g} px',
                      **{name: ev.pck_by_edge_distance(r[1], distance) for name, r in raw.items()}}}
     else:
         from ..core.descriptors.data import HELD_OUT_SEED, render_sample

@@ -491,6 +491,11 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     return {**last, **{f'val_{k}': v for k, v in val_last.items()}, 'step': step}
 
 
+# A ground-truth disparity step over this between two neighbours is a depth edge: for train
+# stereo --edge-weight, eval stereo's by_region and eval corr's by_depth_edge_distance alike.
+DEPTH_EDGE_STEP_PX = 1.0
+
+
 def field_steps(field: torch.Tensor, known: torch.Tensor, step: float) -> torch.Tensor:
     """Discontinuities of a ground-truth field: (B,C,H,W) ``field`` and (B,1,H,W) bool ``known``
     -> (B,1,H,W) bool, True at both pixels of every pair of known 4-neighbours whose field values

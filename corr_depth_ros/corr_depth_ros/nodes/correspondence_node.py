@@ -289,7 +289,7 @@ class CorrespondenceNode(Node):
         # which would hold up the frames meanwhile.
         self._check_pixels(pixels_xy, rgb.shape[:2], 'reference_image')
         descriptors = self._describe(rgb)
-        return rgb, self._descriptors_at(descriptors, pixels_xy, 'reference_image')
+        return rgb, matching.descriptors_at(descriptors, pixels_xy).cpu().numpy()
 
     def _check_pixel_count(self, count: int, what: str) -> None:
         limit = self._values['max_pixels_per_request']

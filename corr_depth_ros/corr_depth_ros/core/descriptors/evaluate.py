@@ -36,7 +36,6 @@ THRESHOLDS_PX = (1, 3, 5, 10)
 SYNTHETIC_TEST_OFFSET = 500_000
 # Queries split by their distance to the nearest depth edge (px): [0, 3), [3, 10), [10, inf).
 EDGE_DISTANCE_BINS_PX = (3.0, 10.0)
-EDGE_STEP_PX = 2.0   # a disparity step larger than this between neighbours is a depth edge
 
 
 def visible_in_right(disparity_px: np.ndarray, occlusion_tol_px: float = 1.0) -> np.ndarray:
@@ -85,14 +84,16 @@ def motorcycle_queries(disparity_px: np.ndarray, count: int, seed: int = 0,
     return queries, truth.astype(np.float32)
 
 
-def depth_edge_distance_px(disparity_px: np.ndarray, step_px: float = EDGE_STEP_PX) -> np.ndarray:
+def depth_edge_distance_px(disparity_px: np.ndarray, step_px: Optional[float] = None) -> np.ndarray:
     """(H,W) GT disparity (NaN / inf / <= 0 = none) -> (H,W) float32 distance in pixels to the
     nearest depth edge: a pair of 4-neighbours with GT whose disparities differ by more than
-    ``step_px`` (training.field_steps). Where GT is missing next to a surface, no edge is
-    assumed. Inf everywhere when the image has no edge."""
+    ``step_px`` (default training.DEPTH_EDGE_STEP_PX, as eval stereo; training.field_steps).
+    Where GT is missing next to a surface, no edge is assumed. Inf everywhere when the image
+    has no edge."""
     import cv2
 
-    from ..training import field_steps
+    from ..training import DEPTH_EDGE_STEP_PX, field_steps
+    step_px = DEPTH_EDGE_STEP_PX if step_px is None else step_px
     check_shape('disparity_px', disparity_px, (None, None))
     disparity = torch.from_numpy(np.asarray(disparity_px, dtype=np.float32))[None, None]
     known = torch.isfinite(disparity) & (disparity > 0)

@@ -24,8 +24,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..shapes import check_shape
-from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
-                        source_note, step_band, train_config_dict, unwrap,
+from ..training import (DEPTH_EDGE_STEP_PX, BestWeights, TrainConfig, fit, load_weights, path_key,
+                        save_weights, source_note, step_band, train_config_dict, unwrap,
                         validation_metrics)
 from .model import ARCH, DIVISIBILITY, build_stereo_net
 
@@ -36,9 +36,9 @@ from .model import ARCH, DIVISIBILITY, build_stereo_net
 VALIDATION_SEED_BASE = 900_000_000
 CALIBRATION_SEED_BASE = 800_000_000
 MULTISCALE_WEIGHTS = {'disparity': 1.0, 'disparity_coarse': 0.6, 'disparity_coarser': 0.4}
-# Depth edges for --edge-weight: a disparity step over 1 px between neighbours, and the pixels
-# within 3 px of it (where the net's error concentrates, on synthetic and real pairs alike).
-EDGE_STEP_PX = 1.0
+# Depth edges for --edge-weight and eval stereo: the pixels within 3 px of a GT disparity step
+# over training.DEPTH_EDGE_STEP_PX (where the net's error concentrates, on synthetic and real
+# pairs alike).
 EDGE_RADIUS_PX = 3
 
 
@@ -249,7 +249,7 @@ def stereo_folder_dataset(root: str, height: int, width: int) -> Dataset:
     return data
 
 
-def disparity_edge_band(disparity_px: torch.Tensor, step_px: float = EDGE_STEP_PX,
+def disparity_edge_band(disparity_px: torch.Tensor, step_px: float = DEPTH_EDGE_STEP_PX,
                         radius_px: int = EDGE_RADIUS_PX) -> torch.Tensor:
     """(B,1,H,W) ground-truth disparity (NaN / <= 0 = none) -> (B,1,H,W) bool: pixels within
     ``radius_px`` of a disparity step larger than ``step_px`` between neighbours: depth edges,
