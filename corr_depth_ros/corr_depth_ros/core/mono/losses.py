@@ -114,9 +114,14 @@ def hint_loss(disparity: torch.Tensor, target: torch.Tensor, source: torch.Tenso
 
 
 def hint_pyramid(hint_px: torch.Tensor, num_scales: int) -> List[torch.Tensor]:
-    """[hint, hint/2, ...]: every 2^s-th pixel (no averaging across depth edges or NaN), in
-    pixels of that scale (divided by 2^s)."""
-    return [hint_px[..., ::2 ** s, ::2 ** s] / 2 ** s for s in range(num_scales)]
+    """[hint, hint/2, ...]: one pixel of each 2^s x 2^s block (no averaging across depth edges
+    or NaN), in pixels of that scale (divided by 2^s). The pixel taken is the one at offset
+    2^(s-1) in the block, within half a fine pixel of the block's centre (2^s - 1) / 2, where
+    the area-downsampled image pyramid has its sample; the block's first pixel would sit
+    (2^s - 1) / 2 fine pixels off it (3.5 at scale 3), biasing hints on slanted surfaces.
+    (H,W) must be multiples of 2^(num_scales-1), as the network's input sizes are."""
+    return [hint_px[..., (2 ** s) // 2::2 ** s, (2 ** s) // 2::2 ** s] / 2 ** s
+            for s in range(num_scales)]
 
 
 def smoothness_loss(disparity: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
