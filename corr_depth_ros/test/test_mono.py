@@ -151,6 +151,20 @@ def test_depth_hints_pull_only_where_the_hint_rebuilds_the_view_better():
     assert float(logs['hints']) > 0
 
 
+def test_hint_pyramid_samples_each_block_near_its_centre():
+    """The image pyramid is area-downsampled, so its pixel i at scale s sits at fine pixel
+    2^s i + (2^s - 1) / 2; the hint taken there must be within half a fine pixel of that place
+    (a hint of x itself, a plane slanted along the rows, shows the place taken)."""
+    import torch.nn.functional as F
+    from corr_depth_ros.core.mono.losses import hint_pyramid
+    height, width = 32, 48
+    ramp = torch.arange(width, dtype=torch.float32).expand(1, 1, height, width).clone()
+    for s, hint in enumerate(hint_pyramid(ramp, 4)):
+        centre = F.avg_pool2d(ramp, 2 ** s) / 2 ** s      # the block centres, that scale's px
+        assert hint.shape == centre.shape
+        assert float((hint - centre).abs().max()) <= 0.5 / 2 ** s + 1e-6, s
+
+
 def test_stereo_hints_match_a_rendered_pair():
     """SGBM hints of a synthetic pair, both views (the right one via the mirrored pair), agree
     with the rendered disparity where SGBM found a match; NaN elsewhere."""
@@ -388,7 +402,7 @@ def test_shipped_weights_order_motorcycle_depth_better_than_a_constant():
     assert header['metadata']['training_rig']['baseline_m'] > 0
     gt = motorcycle_ground_truth()
     pred = predict_depth_m(model, gt['left'], gt['fx_px'], input_size_from_header(header),
-                           False, 'cpu')
+                           False, 'cpu', header['metadata']['training_rig']['baseline_m'])
     ours = depth_metrics(pred, gt['depth_m'])
     constant = depth_metrics(np.ones_like(gt['depth_m']), gt['depth_m'])
     aligned = ours['scale_shift_inv']['abs_rel'], constant['scale_shift_inv']['abs_rel']
@@ -506,6 +520,42 @@ def test_figure_leaves_the_callers_image_alone():
     depth = np.full((48, 64), 2.0, np.float32)
     figure = make_figure(image, depth, depth, 'title')
     assert figure.shape == (96, 128, 3) and figure.any() and not image.any()
+
+
+def test_eval_mono_raw_depth_uses_the_baseline_the_weights_record(tmp_path):
+    """`eval mono`'s unaligned ('raw') figures are what the node's metric mode would publish:
+    with the weights' own training-rig baseline (not the synthetic rig's 0.1 m), and left out
+    for weights that record none; the alignments do not depend on it."""
+    from corr_depth_ros.core.mono.evaluate import motorcycle_ground_truth, run_evaluation
+    from corr_depth_ros.core.training import save_weights
+    torch.manual_seed(0)
+    model = build_mono_net(base_channels=4)
+    config = {'base_channels': 4, 'max_disparity_fraction': 0.35}
+    paths = {}
+    for name, rig in (('rig', {'baseline_m': 0.5}), ('none', None)):
+        paths[name] = str(tmp_path / f'{name}.safetensors')
+        metadata = {'input_size_hw': [64, 96]}
+        if rig:
+            metadata['training_rig'] = rig
+        save_weights(paths[name], model, arch=ARCH, config=config, metadata=metadata)
+    report, _ = run_evaluation(datasets=('motorcycle',), weights=paths['rig'],
+                               ablation_weights='', speed=False)
+    entry = report['models']['lr']
+    assert entry['baseline_m'] == 0.5
+    loaded, _ = load_mono_model(paths['rig'])
+    gt = motorcycle_ground_truth()
+    node_depth, _, _ = estimate_depth(loaded, gt['left'], gt['fx_px'], mode='metric',
+                                      baseline_m=0.5, input_size=(64, 96))
+    expected = depth_metrics(node_depth, gt['depth_m'])
+    assert entry['motorcycle']['no_pp']['raw']['abs_rel'] == pytest.approx(
+        expected['raw']['abs_rel'], rel=1e-5)
+    report, _ = run_evaluation(datasets=('motorcycle',), weights=paths['none'],
+                               ablation_weights='', speed=False)
+    entry = report['models']['lr']
+    assert entry['baseline_m'] is None
+    assert 'raw' not in entry['motorcycle']['no_pp']
+    assert entry['motorcycle']['no_pp']['median']['abs_rel'] == pytest.approx(
+        expected['median']['abs_rel'], rel=1e-5)
 
 
 def test_training_rig_names_where_its_baseline_came_from():

@@ -5,8 +5,9 @@
 * Held-out synthetic pairs (seeds from 10,000,000 on; training uses 0 .. N-1), rendered with the
   training rig, so the raw metric numbers are meaningful there too.
 * Every model is scored with two alignments (metrics.py: 'median' and 'scale_shift_inv') and
-  unaligned ('raw', metric mode with the training rig's baseline), with and without the
-  paper's post-processing ('pp' / 'no_pp').
+  unaligned ('raw', metric mode with the baseline the weights record, as the node's metric
+  mode; left out for weights that record none), with and without the paper's
+  post-processing ('pp' / 'no_pp').
 * The ablation: the LR-consistency model and the one trained without that term, in one run.
 * Speed: frames/s of one forward pass (and of pp) at 384x256 on this machine's CPU threads.
 """
@@ -21,8 +22,9 @@ import torch
 
 from ..geometry import disparity_to_depth
 from .data import TRAINING_RIG, build_synthetic_cache, load_cache, training_synth_config
-from .inference import (SHIPPED_ABLATION_WEIGHTS, SHIPPED_WEIGHTS, input_size_from_header,
-                        load_mono_model, metric_depth, predict_disparity, shipped_weights_path)
+from .inference import (SHIPPED_ABLATION_WEIGHTS, SHIPPED_WEIGHTS, baseline_from_header,
+                        input_size_from_header, load_mono_model, metric_depth, predict_disparity,
+                        shipped_weights_path)
 from .metrics import depth_metrics, mean_metrics
 
 HELDOUT_FIRST_SEED = 10_000_000
@@ -44,20 +46,43 @@ def _to_tensor(image_rgb8: np.ndarray, device) -> torch.Tensor:
 
 
 def predict_depth_m(model, image_rgb8: np.ndarray, fx_px: float, input_size: Tuple[int, int],
-                    post_process: bool, device) -> np.ndarray:
-    """Metric-mode depth (H,W) of one image with the training rig's baseline, metres."""
+                    post_process: bool, device, baseline_m: float) -> np.ndarray:
+    """Metric-mode depth (H,W) of one image, metres, with ``baseline_m`` the training rig's
+    baseline (the weights' ``training_rig.baseline_m``, as the node's metric mode uses)."""
     disparity = predict_disparity(model, _to_tensor(image_rgb8, device), input_size, post_process)
     depth_m, _ = metric_depth(disparity[0, 0].cpu().numpy(), fx_px, image_rgb8.shape[1],
-                              TRAINING_RIG['baseline_m'])
+                              baseline_m)
     return depth_m
 
 
-def evaluate_motorcycle(model, input_size, device, max_depth_m: Optional[float]) -> Dict[str, Any]:
+def weights_baseline_m(header) -> Optional[float]:
+    """The baseline metric mode uses for these weights, or None when they record none (then
+    only the scale-invariant alignments mean anything: 'raw' is left out of the report)."""
+    try:
+        return baseline_from_header(header)
+    except ValueError:
+        return None
+
+
+def _metrics(pred_m, gt_m, max_depth_m, with_raw: bool) -> Dict[str, Any]:
+    metrics = depth_metrics(pred_m, gt_m, max_depth_m)
+    if not with_raw:
+        del metrics['raw']
+    return metrics
+
+
+def evaluate_motorcycle(model, input_size, device, max_depth_m: Optional[float],
+                        baseline_m: Optional[float] = TRAINING_RIG['baseline_m']
+                        ) -> Dict[str, Any]:
+    """Metrics with and without pp; ``baseline_m`` None: the weights record no rig, 'raw' is
+    left out (the alignments do not depend on the baseline)."""
     gt = motorcycle_ground_truth()
     out = {}
     for pp in (False, True):
-        pred = predict_depth_m(model, gt['left'], gt['fx_px'], input_size, pp, device)
-        out['pp' if pp else 'no_pp'] = depth_metrics(pred, gt['depth_m'], max_depth_m)
+        pred = predict_depth_m(model, gt['left'], gt['fx_px'], input_size, pp, device,
+                               baseline_m or TRAINING_RIG['baseline_m'])
+        out['pp' if pp else 'no_pp'] = _metrics(pred, gt['depth_m'], max_depth_m,
+                                                baseline_m is not None)
     return out
 
 
@@ -67,17 +92,19 @@ def heldout_cache(root: str, count: int, height: int, width: int) -> Dict[str, A
     return load_cache(root)
 
 
-def evaluate_synthetic(model, arrays, input_size, device, max_depth_m: Optional[float]
+def evaluate_synthetic(model, arrays, input_size, device, max_depth_m: Optional[float],
+                       baseline_m: Optional[float] = TRAINING_RIG['baseline_m']
                        ) -> Dict[str, Any]:
+    """As :func:`evaluate_motorcycle`, averaged over the held-out pairs."""
     out = {}
     for pp in (False, True):
         per_image = []
         for index in range(len(arrays['left'])):
             image = np.array(arrays['left'][index])
             pred = predict_depth_m(model, image, float(arrays['fx_px'][index]), input_size, pp,
-                                   device)
-            per_image.append(depth_metrics(pred, np.array(arrays['depth_left_m'][index]),
-                                           max_depth_m))
+                                   device, baseline_m or TRAINING_RIG['baseline_m'])
+            per_image.append(_metrics(pred, np.array(arrays['depth_left_m'][index]),
+                                      max_depth_m, baseline_m is not None))
         out['pp' if pp else 'no_pp'] = mean_metrics(per_image)
     return out
 
@@ -166,7 +193,8 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
         runs['no_lr'] = ablation_weights
     report: Dict[str, Any] = {
         'benchmark': 'corr_depth eval mono',
-        'alignments': {'raw': 'metric mode, training-rig baseline, no alignment',
+        'alignments': {'raw': 'metric mode with the baseline the weights record (as the node), '
+                              'no alignment; absent for weights that record none',
                        'median': 'depth * median(gt)/median(pred) (then capped at max depth)',
                        'scale_shift_inv': 'least-squares scale and shift of inverse depth'},
         'post_processing': {'no_pp': 'single pass', 'pp': 'mirrored-input averaging (Godard 2017)'},
@@ -175,11 +203,13 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
     for name, path in runs.items():
         model, header = load_mono_model(path, device)
         size = input_size or input_size_from_header(header)
+        baseline_m = weights_baseline_m(header)
         entry: Dict[str, Any] = {'weights': path, 'identity': header.get('identity'),
                                  'loss': header.get('metadata', {}).get('loss'),
-                                 'input_size_hw': list(size)}
+                                 'input_size_hw': list(size), 'baseline_m': baseline_m}
         if 'motorcycle' in datasets:
-            entry['motorcycle'] = evaluate_motorcycle(model, size, device, max_depth_m)
+            entry['motorcycle'] = evaluate_motorcycle(model, size, device, max_depth_m,
+                                                      baseline_m)
         if 'synthetic' in datasets:
             height, width = input_size_from_header(header)
             cache = synthetic_cache or os.path.join(
@@ -187,7 +217,8 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
             arrays = heldout_cache(cache, synthetic_count, height, width)
             entry['synthetic'] = {'first_seed': HELDOUT_FIRST_SEED, 'count': synthetic_count,
                                   'size_hw': [height, width],
-                                  **evaluate_synthetic(model, arrays, size, device, max_depth_m)}
+                                  **evaluate_synthetic(model, arrays, size, device, max_depth_m,
+                                                       baseline_m)}
         report['models'][name] = entry
         if first_model is None:
             first_model = (model, size)
@@ -210,7 +241,8 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
             raise ValueError('the figure shows the Motorcycle image: evaluate it too')
         model, size = first_model
         gt = motorcycle_ground_truth()
-        pred = predict_depth_m(model, gt['left'], gt['fx_px'], size, True, device)
+        pred = predict_depth_m(model, gt['left'], gt['fx_px'], size, True, device,
+                               TRAINING_RIG['baseline_m'])      # median-scaled: any baseline
         metrics = report['models']['lr']['motorcycle']['pp']['median']
         canvas = make_figure(gt['left'], gt['depth_m'], pred,
                              f'Motorcycle zero-shot, pp: AbsRel {metrics["abs_rel"]:.3f}, '

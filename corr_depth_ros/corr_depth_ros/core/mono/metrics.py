@@ -98,7 +98,7 @@ def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray, max_depth_m: Optional[fl
 def mean_metrics(per_image) -> Dict[str, Dict[str, float]]:
     """Average each metric over images (each image weighted equally, as KITTI protocols do)."""
     out: Dict[str, Dict[str, float]] = {}
-    for group in ('raw', 'median', 'scale_shift_inv'):
+    for group in [g for g in ('raw', 'median', 'scale_shift_inv') if g in per_image[0]]:
         keys = per_image[0][group].keys()
         out[group] = {k: float(np.mean([m[group][k] for m in per_image])) for k in keys}
     out['images'] = len(per_image)
