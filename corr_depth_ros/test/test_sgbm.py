@@ -168,3 +168,47 @@ def test_search_range_wider_than_the_image_is_a_clear_error():
         create_backend('sgbm').compute(image, image)              # 64 px default range
     with pytest.raises(ValueError, match='lower max_disparity_px'):
         create_backend('sgbm', num_disparities=16).compute(image, image, max_disparity_px=1024)
+
+
+def _shifted_texture(shift_px: int, height: int = 120, width: int = 320):
+    """A blurred random texture and its copy moved shift_px to the left (disparity shift_px:
+    left x is right x - shift_px)."""
+    import cv2
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (height, width + shift_px), np.uint8)
+                               .astype(np.float32), (0, 0), 1.0)
+    left = np.repeat(texture[:, :width, None], 3, axis=2).astype(np.uint8)
+    right = np.repeat(texture[:, shift_px:, None], 3, axis=2).astype(np.uint8)
+    return np.ascontiguousarray(left), np.ascontiguousarray(right)
+
+
+def test_max_disparity_override_is_the_largest_disparity_searched_from_min_disparity():
+    """max_disparity_px means what the learned backends take it to mean: the largest disparity
+    wanted. From a negative min_disparity the search still reaches it; a positive one does not
+    push it further; what the multiple-of-16 rounding searches past it is invalid, also after
+    hole filling; and a maximum at or below min_disparity is a clear error."""
+    left, right = _shifted_texture(60)
+    for min_disparity in (-32, 0, 32):
+        backend = create_backend('sgbm', min_disparity=min_disparity)
+        result = backend.compute(left, right, max_disparity_px=64)
+        assert result.search_range_px == (float(min_disparity), 64.0)
+        inner = result.disparity_px[10:-10, 120:-10][result.valid[10:-10, 120:-10]]
+        assert inner.size > 0.5 * result.valid[10:-10, 120:-10].size, min_disparity
+        assert abs(float(np.median(inner)) - 60.0) < 0.5, min_disparity
+    # 60 px is past a maximum of 50: every pixel that matched there is invalid, none filled.
+    for fill in (False, True):
+        result = create_backend('sgbm', fill_holes=fill).compute(left, right, max_disparity_px=50)
+        assert result.search_range_px == (0.0, 50.0)
+        assert not (result.valid & (result.disparity_px > 50)).any()
+    with pytest.raises(ValueError, match='greater than sgbm.min_disparity'):
+        create_backend('sgbm', min_disparity=16).compute(left, right, max_disparity_px=16)
+
+
+def test_p2_must_exceed_p1_as_the_matcher_uses_them():
+    """0 stands for 8 (P1) and 32 (P2) x block^2; OpenCV would quietly raise a P2 at or below
+    P1 to P1 + 1, so such settings are refused whichever of them was left at 0."""
+    create_backend('sgbm')                                     # 200 and 800 at block 5
+    for params in ({'p1': 200, 'p2': 100}, {'p2': 100}, {'p1': 2000}, {'p1': 800}):
+        with pytest.raises(ValueError, match='p2 must be greater than p1'):
+            create_backend('sgbm', block_size=5, **params)
+    create_backend('sgbm', block_size=5, p1=700)               # below the default P2 800

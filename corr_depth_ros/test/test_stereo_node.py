@@ -224,6 +224,16 @@ def test_runtime_parameters_validated(ros):
     assert not bad.successful and 'multiple of 16' in bad.reason
     bad_p2 = node.set_parameters([Parameter('sgbm.p1', value=500), Parameter('sgbm.p2', value=100)])
     assert not all(r.successful for r in bad_p2)
+    bad_p2 = node.set_parameters([Parameter('sgbm.p2', value=100)])[0]     # P1 is 200 at block 5
+    assert not bad_p2.successful and 'p2 must be greater than p1' in bad_p2.reason
+    # sgbm searches sgbm.min_disparity .. max_disparity_px: an empty range is refused, from
+    # either side.
+    assert node.set_parameters([Parameter('sgbm.min_disparity', value=8)])[0].successful
+    empty = node.set_parameters([Parameter('max_disparity_px', value=8)])[0]
+    assert not empty.successful and 'greater than sgbm.min_disparity' in empty.reason
+    assert node.set_parameters([Parameter('max_disparity_px', value=40)])[0].successful
+    empty = node.set_parameters([Parameter('sgbm.min_disparity', value=40)])[0]
+    assert not empty.successful and 'greater than sgbm.min_disparity' in empty.reason
     bad_backend = node.set_parameters([Parameter('backend', value='magic')])[0]
     assert not bad_backend.successful and 'one of' in bad_backend.reason
     read_only = node.set_parameters([Parameter('queue_size', value=3)])[0]

@@ -38,7 +38,7 @@ _SGBM_HELP = {
     'num_disparities': 'Disparity search range, pixels (multiple of 16).',
     'block_size': 'Matched block size, pixels (odd).',
     'p1': 'Smoothness penalty for +-1 disparity changes (0: 8*block_size^2).',
-    'p2': 'Smoothness penalty for larger changes (0: 32*block_size^2; must exceed p1).',
+    'p2': 'Smoothness penalty for larger changes (0: 32*block_size^2; must exceed p1, both as used).',
     'disp12_max_diff': 'Left-right check tolerance, pixels (-1 disables).',
     'pre_filter_cap': 'Truncation of the pre-filtered image derivative.',
     'uniqueness_ratio': 'Margin (%) by which the best cost must beat the second best.',
@@ -66,9 +66,10 @@ PARAMS = [
               value_range=(1, 100)),
     ParamSpec('slop_s', 0.01, 'Stamp tolerance for approximate_sync, seconds.', read_only=True,
               value_range=(0.0, 1.0)),
-    ParamSpec('max_disparity_px', 0, 'Disparity search range override, pixels (0: backend '
-              'default). sgbm searches that range; learned and onnx search their trained range '
-              'and mark pixels beyond this invalid (no faster, within the trained range only).',
+    ParamSpec('max_disparity_px', 0, 'Largest disparity wanted, pixels (0: backend default). '
+              'sgbm searches from sgbm.min_disparity up to it (must be greater); learned and '
+              'onnx search their trained range; all mark pixels beyond it invalid (learned and '
+              'onnx: no faster, within the trained range only).',
               value_range=MAX_DISPARITY_RANGE_PX),
     ParamSpec('confidence_threshold', 0.0, 'Pixels with confidence below this are invalid '
               '(NaN depth). 0 keeps every pixel the backend outputs.',
@@ -248,11 +249,16 @@ class StereoDepthNode(Node):
         if beyond and changes.get('backend', self._backend_name) == self._backend_name:
             result.successful, result.reason = False, beyond
             return result
-        if sgbm_changes:
+        backend_after = changes.get('backend', self._backend_name)
+        if sgbm_changes or backend_after == 'sgbm':
             merged = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
             merged.update(sgbm_changes)
             try:
-                SgbmParams(**merged).validate()
+                sgbm = SgbmParams(**merged)
+                sgbm.validate()
+                if backend_after == 'sgbm':     # sgbm searches min_disparity .. max_disparity_px
+                    sgbm.search_count(changes.get('max_disparity_px',
+                                                  self._values['max_disparity_px']) or None)
             except ValueError as exc:
                 result.successful = False
                 result.reason = str(exc)

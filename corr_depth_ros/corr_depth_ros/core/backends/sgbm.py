@@ -51,12 +51,32 @@ class SgbmParams:
             raise ValueError(f'block_size must be odd and >= 1, got {self.block_size}')
         if self.mode not in _MODES:
             raise ValueError(f'mode must be one of {sorted(_MODES)}, got {self.mode!r}')
-        if self.p2 and self.p2 <= self.p1:
-            raise ValueError(f'p2 ({self.p2}) must be greater than p1 ({self.p1})')
+        # Compared as the matcher uses them (0 = the default); OpenCV would otherwise quietly
+        # raise P2 to P1 + 1, e.g. for p1 = 0 (200 at block 5) and p2 = 100.
+        p1, p2 = self.penalties()
+        if p2 <= p1:
+            raise ValueError(f'p2 must be greater than p1: they are {p2} and {p1} as used '
+                             f'(set {self.p2} and {self.p1}; 0 means 32 and 8 x block_size^2)')
         for field in ('disp12_max_diff', 'pre_filter_cap', 'uniqueness_ratio',
                       'speckle_window_size', 'speckle_range', 'p1', 'p2'):
             if getattr(self, field) < (-1 if field == 'disp12_max_diff' else 0):
                 raise ValueError(f'{field} must be non-negative, got {getattr(self, field)}')
+
+    def penalties(self) -> Tuple[int, int]:
+        """(P1, P2) as the matcher uses them: p1 / p2, or 8 / 32 x block_size^2 when 0."""
+        area = self.block_size * self.block_size
+        return self.p1 or 8 * area, self.p2 or 32 * area
+
+    def search_count(self, max_disparity_px: Optional[int] = None) -> int:
+        """OpenCV's numDisparities: ``num_disparities``, or with ``max_disparity_px`` the
+        range from ``min_disparity`` up to it, rounded up to a multiple of 16 (the disparities
+        past it that this also searches are marked invalid by :meth:`SgbmBackend.compute`)."""
+        if max_disparity_px is None:
+            return self.num_disparities
+        if max_disparity_px <= self.min_disparity:
+            raise ValueError(f'max_disparity_px ({max_disparity_px}) must be greater than '
+                             f'sgbm.min_disparity ({self.min_disparity})')
+        return max(16, -(-(max_disparity_px - self.min_disparity + 1) // 16) * 16)
 
 
 def fill_disparity_holes(disparity_px: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -127,10 +147,10 @@ class SgbmBackend(StereoBackend):
             built_for, matcher = self._matcher
         if built_for == key:
             return matcher
-        area = p.block_size * p.block_size
+        p1, p2 = p.penalties()
         matcher = cv2.StereoSGBM_create(
             minDisparity=p.min_disparity, numDisparities=num_disparities,
-            blockSize=p.block_size, P1=p.p1 or 8 * area, P2=p.p2 or 32 * area,
+            blockSize=p.block_size, P1=p1, P2=p2,
             disp12MaxDiff=p.disp12_max_diff, preFilterCap=p.pre_filter_cap,
             uniquenessRatio=p.uniqueness_ratio, speckleWindowSize=p.speckle_window_size,
             speckleRange=p.speckle_range, mode=_MODES[p.mode])
@@ -144,9 +164,9 @@ class SgbmBackend(StereoBackend):
         sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
         params = self._params           # one snapshot for the whole frame
-        num_disparities = params.num_disparities
-        if max_disparity_px is not None:
-            num_disparities = max(16, int(np.ceil(max_disparity_px / 16.0)) * 16)
+        # max_disparity_px is the largest disparity wanted, as for the learned backends: the
+        # search runs from min_disparity up to it (not that many disparities from min).
+        num_disparities = params.search_count(max_disparity_px)
         width = sizes['W']
         if params.min_disparity + num_disparities >= width or params.min_disparity <= -width:
             # OpenCV would fail with an assertion, or try to allocate exabytes.
@@ -159,13 +179,19 @@ class SgbmBackend(StereoBackend):
         # OpenCV returns fixed point with 4 fractional bits; invalid is minDisparity - 1 (scaled).
         disparity_px = raw.astype(np.float32) / 16.0
         valid = raw > (params.min_disparity - 1) * 16
+        top = params.min_disparity + num_disparities - 1
+        if max_disparity_px is not None:
+            # The range is rounded up to a multiple of 16: what lies past the requested
+            # maximum is invalid (and so never copied into a hole either).
+            valid &= raw <= max_disparity_px * 16
+            top = min(top, max_disparity_px)
         # The first num_disparities columns have no full search range: OpenCV marks them invalid.
         confidence = valid.astype(np.float32)
         if params.fill_holes:
             disparity_px = fill_disparity_holes(disparity_px, valid)
             valid = np.isfinite(disparity_px) & (disparity_px >= params.min_disparity) \
                 & np.any(valid, axis=1, keepdims=True)
-        searched = (float(params.min_disparity), float(params.min_disparity + num_disparities - 1))
+        searched = (float(params.min_disparity), float(top))
         return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence,
                             search_range_px=searched,
                             computed_window=sgbm_window(sizes['H'], width, params.min_disparity,
