@@ -38,7 +38,8 @@ _SGBM_HELP = {
     'num_disparities': 'Disparity search range, pixels (multiple of 16).',
     'block_size': 'Matched block size, pixels (odd).',
     'p1': 'Smoothness penalty for +-1 disparity changes (0: 8*block_size^2).',
-    'p2': 'Smoothness penalty for larger changes (0: 32*block_size^2; must exceed p1, both as used).',
+    'p2': 'Smoothness penalty for larger changes (0: 32*block_size^2; must exceed p1, both '
+          'as used).',
     'disp12_max_diff': 'Left-right check tolerance, pixels (-1 disables).',
     'pre_filter_cap': 'Truncation of the pre-filtered image derivative.',
     'uniqueness_ratio': 'Margin (%) by which the best cost must beat the second best.',
