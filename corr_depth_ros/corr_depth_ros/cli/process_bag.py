@@ -176,7 +176,7 @@ def _sgbm_item(text: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f'{text!r}: {key} takes a {kind.__name__}') from None
     try:
-        dataclasses.replace(SgbmParams(), **{key: parsed}).validate()
+        dataclasses.replace(SgbmParams(), **{key: parsed}).validate(check_penalties=False)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f'{text!r}: {exc}') from None
     return key, parsed

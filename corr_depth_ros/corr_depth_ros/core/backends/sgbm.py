@@ -44,7 +44,10 @@ class SgbmParams:
     mode: str = 'sgbm_3way'
     fill_holes: bool = True
 
-    def validate(self) -> None:
+    def validate(self, check_penalties: bool = True) -> None:
+        """ValueError with the reason for an invalid set. ``check_penalties`` False leaves out
+        the p2 > p1 check, which needs p1, p2 and block_size together (a command line that
+        gives them one by one checks each alone, then the whole set)."""
         if self.num_disparities <= 0 or self.num_disparities % 16:
             raise ValueError(f'num_disparities must be a positive multiple of 16, got {self.num_disparities}')
         if self.block_size < 1 or self.block_size % 2 == 0:
@@ -54,7 +57,7 @@ class SgbmParams:
         # Compared as the matcher uses them (0 = the default); OpenCV would otherwise quietly
         # raise P2 to P1 + 1, e.g. for p1 = 0 (200 at block 5) and p2 = 100.
         p1, p2 = self.penalties()
-        if p2 <= p1:
+        if check_penalties and p2 <= p1:
             raise ValueError(f'p2 must be greater than p1: they are {p2} and {p1} as used '
                              f'(set {self.p2} and {self.p1}; 0 means 32 and 8 x block_size^2)')
         for field in ('disp12_max_diff', 'pre_filter_cap', 'uniqueness_ratio',
