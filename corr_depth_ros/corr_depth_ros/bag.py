@@ -152,6 +152,11 @@ class BagWriter:
         self.path = path
         folder, name = os.path.split(os.path.abspath(path))
         handle, self._partial = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.partial')
+        # mkstemp makes the file 0600, which os.replace would keep: give it the mode a plain
+        # open() would (0666 less the umask), as `ros2 bag record` leaves its files.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle, 0o666 & ~umask)
         self._file = os.fdopen(handle, 'wb')
         self._writer = Writer(self._file)
         self._writer.start(profile=Profile.ROS2)
@@ -177,12 +182,15 @@ class BagWriter:
                                  publish_time=log_time_ns)
 
     def close(self, complete: bool = True) -> None:
-        """Finish the file and move it to ``path``; with ``complete`` False, delete it."""
+        """Finish the file and move it to ``path``; with ``complete`` False, delete it
+        unfinished. Whatever fails on the way (a full disk), the partial file is removed and
+        the first error is the one raised."""
         try:
-            self._writer.finish()
-        finally:
-            self._file.close()
-        try:
+            try:
+                if complete:
+                    self._writer.finish()
+            finally:
+                self._file.close()
             if complete:
                 os.replace(self._partial, self.path)
         finally:
@@ -307,7 +315,7 @@ def _camera_inputs(ns: str, image_topic: str = '') -> Dict[str, int]:
     camera_info beside it (input 1): `<ns>/image` and `<ns>/camera_info`, or for an explicit
     ``image_topic`` such as /stereo/left/image_rect, /stereo/left/camera_info (the ROS
     convention: camera_info lives in the image's namespace)."""
-    image = image_topic or f'{ns}/image'
+    image = _resolve(image_topic or 'image', ns)
     if image.endswith('/compressed'):   # as `ros2 bag info` lists it: the base name is meant
         image = image[:-len('/compressed')]
     info = image.rsplit('/', 1)[0] + '/camera_info'
@@ -325,15 +333,17 @@ def _prefer_raw(inputs: Dict[str, int], available: Dict[str, int]) -> Dict[str, 
 def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                   progress: bool, counts: Dict[str, int],
                   writer: Optional['BagWriter'] = None, *, queue_size: int = 60,
-                  topic_hint: str = '--namespace or --image-topic') -> Dict[str, int]:
+                  topic_hint: str = '--namespace or --image-topic',
+                  types: Optional[Dict[str, str]] = None) -> Dict[str, int]:
     """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
     synchroniser into ``on_set(*items)``, in log-time order, with a progress bar; close
     ``writer`` at the end, also on error (an MCAP file needs its footer to be readable).
     Returns ``counts`` ({'sets', 'errors'} kept by ``on_set``) with 'unmatched': frames of the
     first input that were neither processed nor skipped had no partner with the same stamp on
     another input (a dropped message), counted rather than silently lost. ``queue_size``:
-    messages kept per input while its partners are awaited (an input logged up to that many
-    frames late still pairs). Any error deletes the unfinished output (BagWriter.close).
+    messages kept per input while its partners are awaited (an input logged fewer than that
+    many frames late still pairs). Any error, or no frame processed, deletes the unfinished output
+    (BagWriter.close) and leaves an existing one as it was.
     """
     from .sync import StampSynchronizer
     complete = False
@@ -343,10 +353,11 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
             inputs = _prefer_raw(inputs, available)
             _check_inputs(inputs, num_inputs, available, available, topic_hint)
         seen, frames = _feed(in_path, inputs, StampSynchronizer(num_inputs, queue_size, on_set),
-                             progress, available)
+                             progress, available, types or {})
         _check_inputs(inputs, num_inputs, seen, available, topic_hint)
         counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
-        complete = True
+        # A run that processed no frame writes nothing: an existing output stays as it was.
+        complete = counts['sets'] > 0
     finally:
         if writer is not None:
             writer.close(complete)
@@ -365,10 +376,11 @@ def _check_inputs(inputs: Dict[str, int], num_inputs: int, seen: Dict[str, int],
         raise ValueError(f'no messages on {wanted} (check {topic_hint}); the bag has: {present}')
 
 
-def _feed(in_path, inputs, sync, progress,
-          available: Dict[str, int]) -> Tuple[Dict[str, int], int]:
+def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
+          types: Dict[str, str]) -> Tuple[Dict[str, int], int]:
     """Read the messages of ``inputs`` into ``sync`` -> (topic -> messages seen, frames of the
-    first input)."""
+    first input); ``types``: topic -> the one message type it may hold, where its name does
+    not tell (:func:`_check_type`)."""
     from .sync import stamp_to_ns
     bar = None
     seen: Dict[str, int] = {}
@@ -379,6 +391,8 @@ def _feed(in_path, inputs, sync, progress,
             bar = tqdm(total=sum(available.get(t, 0) for t in inputs), desc='process-bag',
                        unit='msg', dynamic_ncols=True)
         for topic, datatype, message, log_time in read_messages(in_path, inputs):
+            if topic not in seen:
+                _check_type(topic, datatype, types.get(topic))
             item = _Item(datatype, message, log_time)
             seen[topic] = seen.get(topic, 0) + 1
             if inputs[topic] == 0:
@@ -390,6 +404,34 @@ def _feed(in_path, inputs, sync, progress,
         if bar is not None:
             bar.close()
     return seen, len(primary_stamps)
+
+
+_IMAGE, _COMPRESSED = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'
+_CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
+
+
+def _check_type(topic: str, datatype: str, wanted: Optional[str] = None) -> None:
+    """ValueError unless ``topic`` holds ``wanted``, by default the type its name says the
+    pipeline reads there: CameraInfo for `.../camera_info`, CompressedImage for an image's
+    `/compressed` sibling, a raw Image for every other input (a depth topic given as
+    image_transport's `compressedDepth`, say, is refused here rather than failing mid-run)."""
+    if wanted is None:
+        wanted = (_CAMERA_INFO if topic.endswith('/camera_info') else
+                  _COMPRESSED if topic.endswith('/compressed') else _IMAGE)
+    if datatype != wanted:
+        raise ValueError(f'{topic} holds {datatype}, but it is read as {wanted}: give a topic '
+                         f'of that type (raw or image_transport /compressed images; depth raw)')
+
+
+def _resolve(name: str, ns: str) -> str:
+    """A topic name as a node in namespace ``ns`` ('' or '/a/b') resolves it: absolute names
+    as they are, relative ones under ``ns``."""
+    return name if name.startswith('/') else f'{ns}/{name}'
+
+
+def _output_namespace(output_prefix: str, ns: str) -> str:
+    """Where a pipeline writes: ``output_prefix`` (resolved as a topic name) or ``ns``."""
+    return _resolve(output_prefix, ns).rstrip('/') if output_prefix else ns
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
@@ -418,7 +460,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     from .core.stereo_pipeline import run_stereo
     ns = namespace.rstrip('/')
     inputs = _stereo_inputs(ns)
-    out_ns = (output_prefix or ns).rstrip('/')
+    out_ns = _output_namespace(output_prefix, ns)
     engine = create_backend(backend, **(backend_params or {}))
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
@@ -468,7 +510,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     from .core.training import resolve_device
     ns = namespace.rstrip('/')
     inputs = _camera_inputs(ns, image_topic)
-    out_ns = (output_prefix or ns).rstrip('/')
+    out_ns = _output_namespace(output_prefix, ns)
     torch_device = resolve_device(device)
     model, header = load_mono_model(weights_path, torch_device)
     input_size = input_size_from_header(header)
@@ -527,9 +569,15 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                          '(--reference-image PATH)')
     ns = namespace.rstrip('/')
     inputs = _camera_inputs(ns, image_topic)
+    types = {}
     if depth_topic:
+        depth_topic = _resolve(depth_topic, ns)
+        if depth_topic in inputs:
+            raise ValueError(f'--depth-topic {depth_topic} is an input already (the image or '
+                             'its camera_info): give the depth image\'s topic')
         inputs[depth_topic] = 2
-    out_ns = (output_prefix or ns).rstrip('/') + '/correspondence'
+        types[depth_topic] = _IMAGE     # REP 118 depth, never compressed
+    out_ns = _output_namespace(output_prefix, ns) + '/correspondence'
     torch_device = resolve_device(device)
     model, _ = load_descriptor_net(weights_path or None, torch_device)
     reference = matching.descriptors_at(
@@ -579,22 +627,34 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
         counts['sets'] += 1
 
     return _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress, counts,
-                         writer)
+                         writer, types=types)
 
 
 def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
                          progress: bool = True) -> Dict[str, object]:
     """Write a recording's rectified pairs as a RectifiedPairFolder (``out_dir/left/NNNNNN.png``
     and ``out_dir/right/NNNNNN.png``) for `corr_depth train mono --data bag:...`: the inputs of
-    process_stereo (exact stamps). Returns {'pairs', 'baseline_m', 'fx_px', 'width', 'height'}
-    from the first pair's camera_info (the rig that self-supervision learns the scale of)."""
+    process_stereo (exact stamps). Returns {'pairs', 'baseline_m', 'fx_px', 'width', 'height',
+    'doffs_px_removed'} from the first pair's camera_info (the rig that self-supervision learns
+    the scale of). ``out_dir`` must hold no pairs yet (ValueError): a mix of two recordings
+    would train on both under one rig's record.
+
+    Where the cameras' principal points differ (doffs = cx_right - cx_left != 0, as in
+    Middlebury's calibrations; ROS's zero-disparity rectification has 0), a pixel's image
+    disparity is f*B/Z - doffs, which metric mode (Z = f*B/d) would misread and a positive
+    doffs would make negative for far points, below what the network outputs. The right image
+    is therefore written resampled by doffs (right'(x) = right(x + doffs)), so that the pairs'
+    disparity is f*B/Z as for a zero-disparity rig."""
     from . import conversions
     from .core.synth.io import write_rgb8_png
     ns = namespace.rstrip('/')
     inputs = _stereo_inputs(ns)
     check_bag_paths(in_path, out_dir)
     for side in ('left', 'right'):
-        os.makedirs(os.path.join(out_dir, side), exist_ok=True)
+        folder = os.path.join(out_dir, side)
+        if os.path.isdir(folder) and any(n.endswith('.png') for n in os.listdir(folder)):
+            raise ValueError(f'{folder} holds images already: extract into an empty folder')
+        os.makedirs(folder, exist_ok=True)
     counts = {'sets': 0, 'errors': 0}
     rig: Dict[str, object] = {}
 
@@ -608,7 +668,10 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
             return
         if not rig:
             rig.update(baseline_m=geometry.baseline_m, fx_px=geometry.fx,
-                       width=geometry.width, height=geometry.height)
+                       width=geometry.width, height=geometry.height,
+                       doffs_px_removed=geometry.doffs_px)
+        if geometry.doffs_px:
+            images[1] = shift_columns(images[1], geometry.doffs_px)
         name = f'{counts["sets"]:06d}.png'
         for side, rgb in zip(('left', 'right'), images):
             write_rgb8_png(os.path.join(out_dir, side, name), rgb)
@@ -619,6 +682,16 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
         raise ValueError(f'no usable stereo pair in {in_path} under namespace {ns or "/"!r}')
     return {'pairs': counts['sets'], 'skipped': counts['errors'],
             'unmatched': counts['unmatched'], **rig}
+
+
+def shift_columns(image: np.ndarray, shift_px: float) -> np.ndarray:
+    """(H,W,C) uint8 -> the image sampled at x + ``shift_px`` (linear interpolation; columns
+    that fall outside repeat the edge), i.e. its content moved ``shift_px`` to the left."""
+    import cv2
+    matrix = np.array([[1.0, 0.0, shift_px], [0.0, 1.0, 0.0]], np.float64)
+    return cv2.warpAffine(image, matrix, (image.shape[1], image.shape[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def parse_pixels(text: str) -> np.ndarray:

@@ -184,7 +184,13 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
                      '--max-disparity-px', '32', '--no-progress']) == 0
     disparity = next(m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out4.mcap'))
                      if t == '/cam/disparity')
-    assert disparity.max_disparity == pytest.approx(31 + geo.doffs_px)
+    assert disparity.max_disparity == pytest.approx(32 + geo.doffs_px)
+    # p1 and p2 are checked together, whatever their order on the command line.
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out4.mcap'), '--namespace',
+                     '/cam', '--sgbm', 'p2=100', '--sgbm', 'p1=50', '--no-progress']) == 0
+    assert cli_main(['process-bag', str(folder), str(tmp_path / 'out4.mcap'), '--namespace',
+                     '/cam', '--sgbm', 'p2=100', '--no-progress']) == 2
+    assert 'p2 must be greater than p1' in capsys.readouterr().out
     # A bad item is refused while parsing (usage line, exit 2), before the bag is opened.
     for item, reason in (('blocksize=7', 'expected KEY=VALUE with KEY one of'),
                          ('block_size', 'expected KEY=VALUE with KEY one of'),
@@ -447,3 +453,137 @@ def test_train_mono_on_a_recorded_bag(tmp_path):
     state = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert json.loads(state['signature'])['data'] == \
         f'folder:{os.path.realpath(out / "bag_pairs")}'
+
+
+def _stereo_texture_pair(shift_px: int, doffs_px: int, height=48, width=96):
+    """A textured fronto-parallel pair whose image disparity is ``shift_px`` (left x = right
+    x - shift), recorded by a rig with principal-point offset ``doffs_px``."""
+    from corr_depth_ros.core.geometry import StereoGeometry
+    rng = np.random.default_rng(5)
+    texture = rng.integers(0, 255, (height, width + shift_px, 3), dtype=np.uint8)
+    return {'left': np.ascontiguousarray(texture[:, :width]),
+            'right': np.ascontiguousarray(texture[:, shift_px:]),
+            'geometry': StereoGeometry(width=width, height=height, fx=100.0, fy=100.0,
+                                       cx_left=48.0, cx_right=48.0 + doffs_px, cy=24.0,
+                                       baseline_m=0.1)}
+
+
+def test_extracted_pairs_have_the_disparity_of_a_zero_offset_rig_and_never_mix(tmp_path):
+    """`train mono --data bag:` pairs: with a principal-point offset (doffs) the right image is
+    resampled so that disparity is f*B/Z (image disparity + doffs), what metric mode assumes;
+    a folder that holds pairs already is refused (two recordings would mix under one record);
+    the CLI's own unfinished extraction is started afresh."""
+    import cv2
+    shift, doffs = 6, 4
+    _record(tmp_path / 'rig.mcap', _stereo_texture_pair(shift, doffs), frames=2)
+    out = tmp_path / 'pairs'
+    rig = bag.extract_stereo_pairs(str(tmp_path / 'rig.mcap'), str(out), namespace='/cam',
+                                   progress=False)
+    assert rig['pairs'] == 2 and rig['doffs_px_removed'] == pytest.approx(doffs)
+    left = cv2.imread(str(out / 'left' / '000000.png'))
+    right = cv2.imread(str(out / 'right' / '000000.png'))
+    disparity = shift + doffs                   # f*B/Z: left x = right' x - (shift + doffs)
+    np.testing.assert_array_equal(left[:, disparity:-doffs - 1],
+                                  right[:, :-disparity - doffs - 1])
+    with pytest.raises(ValueError, match='holds images already'):
+        bag.extract_stereo_pairs(str(tmp_path / 'rig.mcap'), str(out), namespace='/cam',
+                                 progress=False)
+    from corr_depth_ros.cli.train_mono import _pairs_from_bag
+    run = tmp_path / 'run'
+    (run / 'bag_pairs' / 'left').mkdir(parents=True)       # a killed extraction's leftovers
+    cv2.imwrite(str(run / 'bag_pairs' / 'left' / '000007.png'), left)
+    source = _pairs_from_bag(str(tmp_path / 'rig.mcap'), '/cam', str(run))
+    assert source['pairs'] == 2
+    assert sorted(p.name for p in (run / 'bag_pairs' / 'left').iterdir()) == \
+        ['000000.png', '000001.png']
+
+
+def test_process_bag_without_a_processed_frame_leaves_the_output_alone(tmp_path, capsys):
+    """A run in which every frame is skipped writes nothing: an existing output stays, as a
+    failed run leaves it (the README's promise); the run exits 1."""
+    data = _stereo_texture_pair(6, 0)
+    _record(tmp_path / 'in.mcap', data, frames=2)
+    out = tmp_path / 'out.mcap'
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(out), '--namespace', '/cam',
+                     '--no-progress']) == 0
+    good = out.read_bytes()
+    # A 256 px search does not fit the 96 px images: every frame is skipped.
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(out), '--namespace', '/cam',
+                     '--max-disparity-px', '256', '--no-progress']) == 1
+    assert '0 frames processed' in capsys.readouterr().out
+    assert out.read_bytes() == good
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.partial')]
+
+
+def test_bag_writer_output_mode_and_cleanup_when_finishing_fails(tmp_path, monkeypatch):
+    """The output gets a plain file's mode (0666 less the umask), not mkstemp's 0600; if
+    finishing the file fails (a full disk), the partial file goes and that error is raised."""
+    import os
+    import stat
+    umask = os.umask(0o022)
+    try:
+        writer = bag.BagWriter(str(tmp_path / 'a.mcap'))
+        writer.close()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / 'a.mcap').st_mode) == 0o644
+    writer = bag.BagWriter(str(tmp_path / 'b.mcap'))
+
+    def full_disk():
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(writer._writer, 'finish', full_disk)
+    with pytest.raises(OSError, match='No space left'):
+        writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.mcap']
+    writer = bag.BagWriter(str(tmp_path / 'c.mcap'))      # given up: not finished at all
+    monkeypatch.setattr(writer._writer, 'finish', full_disk)
+    writer.close(complete=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.mcap']
+
+
+def test_process_bag_checks_input_types_and_resolves_relative_names(tmp_path, capsys):
+    """An input topic of another type than the pipeline reads there (image_transport's
+    compressedDepth as --depth-topic, a CameraInfo as the image) is a clear error, exit 2, no
+    output; relative --image-topic, --depth-topic and --output-prefix resolve under
+    --namespace, as a node's relative names do."""
+    pytest.importorskip('torch')
+    import cv2
+    rgb = np.ascontiguousarray(load_motorcycle()['left'][100:196, 200:328])
+    cv2.imwrite(str(tmp_path / 'reference.png'), rgb[:, :, ::-1])
+    depth_m = np.full(rgb.shape[:2], 1.5, dtype=np.float32)
+    _record_mono(tmp_path / 'in.mcap', rgb, fx=100.0, depth_m=depth_m)
+    corr = ['--pipeline', 'corr', '--reference-image', str(tmp_path / 'reference.png'),
+            '--reference-pixels', '60,50', '--device', 'cpu', '--no-progress']
+    writer = bag.BagWriter(str(tmp_path / 'with_cmp.mcap'))    # + compressedDepth
+    for topic, datatype, message, t in bag.read_messages(str(tmp_path / 'in.mcap')):
+        writer.write(topic, datatype, message, t)
+        if topic == '/cam/depth':
+            header = Header(frame_id=message.header.frame_id)
+            header.stamp.sec = message.header.stamp.sec
+            writer.write('/cam/depth/compressedDepth', 'sensor_msgs/msg/CompressedImage',
+                         conversions.rgb8_to_compressed(rgb, header, 'png'), t)
+    writer.close()
+    out = tmp_path / 'out.mcap'
+    for topic, datatype in (('/cam/depth/compressedDepth', 'CompressedImage'),
+                            ('/cam/image/compressedDepth', None)):
+        rc = cli_main(['process-bag', str(tmp_path / 'with_cmp.mcap'), str(out), '--namespace',
+                       '/cam', '--depth-topic', topic] + corr)
+        text = capsys.readouterr().out
+        assert rc == 2 and not out.exists()
+        if datatype:
+            assert f'{topic} holds sensor_msgs/msg/{datatype}, but it is read as ' \
+                'sensor_msgs/msg/Image' in text
+        else:
+            assert f'no messages on {topic}' in text
+    # A depth topic that is another input already is refused, not silently swapped in.
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(out), '--namespace', '/cam',
+                     '--depth-topic', 'camera_info'] + corr) == 2
+    assert '--depth-topic /cam/camera_info is an input already' in capsys.readouterr().out
+    assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(out), '--namespace', '/cam',
+                     '--image-topic', 'image', '--depth-topic', 'depth', '--output-prefix',
+                     'processed'] + corr) == 0
+    assert set(_read_all(out)) == {'/cam/processed/correspondence/poses',
+                                   '/cam/processed/correspondence/markers',
+                                   '/cam/processed/correspondence/heatmap'}
+    poses = _read_all(out)['/cam/processed/correspondence/poses'][0][1].poses
+    assert poses[0].position.z == pytest.approx(1.5, abs=1e-4)     # the depth topic was read

@@ -88,12 +88,20 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
                                   f'(namespace {source["namespace"]!r}); give another --out-dir')
         print(f'train mono: reusing the {source["pairs"]} pairs extracted to {folder}')
         return source
+    if os.path.isdir(folder):
+        # No source.json: an extraction that did not finish (killed). Its pairs may be of
+        # another bag; this folder is ours (OUT_DIR/bag_pairs), so it starts afresh.
+        import shutil
+        print(f'train mono: removing the unfinished extraction in {folder}')
+        shutil.rmtree(folder)
     source = {'bag': os.path.abspath(bag_path), 'namespace': namespace, 'folder': folder,
               **extract_stereo_pairs(bag_path, folder, namespace=namespace)}
     with open(record, 'w', encoding='utf-8') as f:   # written last: marks a complete extraction
         json.dump(source, f, indent=2)
     print(f'train mono: {source["pairs"]} pairs from {source["bag"]}, rig baseline '
-          f'{source["baseline_m"]:.4f} m (from its camera_info)')
+          f'{source["baseline_m"]:.4f} m (from its camera_info)'
+          + (f'; right images resampled by the principal-point offset '
+             f'{source["doffs_px_removed"]:.2f} px' if source.get('doffs_px_removed') else ''))
     return source
 
 
