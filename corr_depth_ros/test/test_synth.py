@@ -152,6 +152,24 @@ def test_same_seed_same_sample_and_different_seeds_differ():
     assert not torch.equal(a['image_a'], b['image_a'])
 
 
+def test_seeds_count_whole_beyond_32_bits():
+    """torch's generator keeps a seed's low 32 bits only: seeds 2**32 apart (validation and
+    evaluation sample seeds are beyond 2**32) must still render different samples, and a
+    training stream offset by 2**60 must not replay the unoffset one. Seeds below 2**32 keep
+    the stream they always had (data rendered from them stays the same)."""
+    from corr_depth_ros.core.seeding import generator_seed, seeded_generator
+    a, b = render_stereo_pair(7, H, W), render_stereo_pair(7 + 2 ** 32, H, W)
+    assert not torch.equal(a['left'], b['left']) and a['baseline_m'] != b['baseline_m']
+    assert generator_seed(7) == 7 and generator_seed(2 ** 32 - 1) == 2 ** 32 - 1
+    assert torch.equal(torch.rand(4, generator=seeded_generator(7)),
+                       torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(torch.rand(4, generator=seeded_generator(2 ** 60 + 7)),
+                           torch.rand(4, generator=seeded_generator(7)))
+    assert len({generator_seed(900_000_000 * 1_000_003 + k * 2 ** 32) for k in range(8)}) == 8
+    with pytest.raises(ValueError, match='seed must be in'):
+        generator_seed(-1)
+
+
 def test_global_rng_is_not_used():
     torch.manual_seed(0)
     a = render_stereo_pair(3, H, W)

@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from ..seeding import seeded_generator
 from ..shapes import check_shape
 from ..training import (DEPTH_EDGE_STEP_PX, BestWeights, TrainConfig, fit, load_weights, path_key,
                         save_weights, source_note, step_band, train_config_dict, unwrap,
@@ -116,7 +117,7 @@ def occluding_patch(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfi
 def augment_pair(left: torch.Tensor, right: torch.Tensor, seed: int,
                  cfg: AugmentConfig = AugmentConfig()) -> Tuple[torch.Tensor, torch.Tensor]:
     """Augment one (3, H, W) pair, deterministically for a given seed (reproducible runs)."""
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = seeded_generator(seed)
     if float(torch.rand((), generator=gen)) < cfg.asymmetric_prob:
         left, right = photometric(left, gen, cfg), photometric(right, gen, cfg)
     else:
@@ -210,7 +211,7 @@ class StereoTrainingSet(Dataset):
         if self.augment is not None:
             # Offset by 2**60: with --seed 0 the item seeds would equal the renderer's sample
             # seeds (seed * 1000003 + index), and the same integer seeds the same stream.
-            gen = torch.Generator().manual_seed(AUGMENT_SEED_OFFSET + self.seed * 7_919 + index)
+            gen = seeded_generator(AUGMENT_SEED_OFFSET + self.seed * 7_919 + index)
             flips = torch.rand(2, generator=gen)
             if 'disparity_right_px' in sample and float(flips[0]) < self.augment.mirror_prob:
                 left, right = right.flip(-1), left.flip(-1)

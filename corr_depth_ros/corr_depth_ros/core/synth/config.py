@@ -14,7 +14,9 @@ from typing import Any, Dict, Tuple
 # on disk can tell which generator made it (stored in every meta.json).
 # 1.1: specular highlight clamped (no NaN pixels). 1.2: the right view is re-rendered after
 # the last disparity-cap rescale (a few small renders kept the unscaled scene's right view).
-SYNTH_VERSION = 'corr_depth_synth-1.2'
+# 1.3: sample seeds of 2**32 and more count whole (core/seeding.py): before, only their low
+# 32 bits did, so seeds 2**32 apart rendered the same sample; seeds below 2**32 are unchanged.
+SYNTH_VERSION = 'corr_depth_synth-1.3'
 
 LAYOUTS = ('tabletop', 'chaotic', 'fronto_plane')
 SHAPES = ('ellipsoid', 'box', 'cylinder', 'rod', 'board', 'disc')

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..seeding import seeded_generator
 from .config import LAYOUTS, SynthConfig
 from .photos import PHOTO_SETS
 
@@ -51,8 +52,9 @@ class Rng:
     _BLOCK = 512
 
     def __init__(self, seed: int):
-        self.generator = torch.Generator(device='cpu')
-        self.generator.manual_seed(int(seed))
+        # All 64 bits of the seed count (manual_seed alone keeps the low 32: seeds 2**32 apart
+        # rendered the same sample).
+        self.generator = seeded_generator(seed)
         self._uniform = np.empty(0)
         self._normal = np.empty(0)
 
