@@ -1,4 +1,6 @@
 """The 'photo' texture family of the synthetic data engine (core/synth/photos.py)."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,33 @@ def test_triplanar_mapping_projects_along_the_face_axis():
     assert torch.equal(uv, torch.tensor([[11.0, 12.0], [22.0, 20.0], [30.0, 31.0]]).t())
 
 
+def test_triplanar_mapping_projects_along_z_on_cylinder_caps_only():
+    """A cylinder's side is read across its nearest radial axis up to its rims (the nearest
+    axis overall put the side's top and bottom on the z projection, smeared into streaks);
+    the caps are read as (x, y)."""
+    radius, half_height = 1.0, 2.0
+    weights = torch.as_tensor(axis_weights(np.array([[radius, radius, half_height]]),
+                                           np.array([True])), dtype=torch.float32)
+    c = radius * math.cos(math.pi / 4)
+    points = torch.tensor([[c, c, 1.8],                 # side, near the top rim
+                           [c, c, 1.6],
+                           [-c, -c, -1.9],              # side, near the bottom rim
+                           [0.9, 0.1, 1.5],             # side, nearest the x axis
+                           [0.3, 0.6, half_height],     # top cap
+                           [0.9, 0.1, -half_height]]).t()   # bottom cap, near the rim
+    q = points * 10.0
+    uv = triplanar_uv(q, points, weights[[0] * points.shape[1]].t())
+    faces = []
+    for column, point in enumerate(points.t() * 10.0):
+        u = uv[:, column]
+        faces.append('x' if torch.equal(u, point[[1, 2]]) else
+                     'y' if torch.equal(u, point[[2, 0]]) else
+                     'z' if torch.equal(u, point[[0, 1]]) else '?')
+    assert set(faces[:3]) <= {'x', 'y'} and faces[3:] == ['x', 'z', 'z']
+    # Distinct heights on the side read distinct coordinates (no streak along z).
+    assert len({round(float(v), 4) for v in uv[1, :2]}) == 2
+
+
 def test_photo_config_checks():
     with pytest.raises(ValueError, match='photo_set'):
         SynthConfig(photo_set='test')
@@ -146,7 +175,13 @@ def test_synth_cli_writes_photo_textured_datasets(tmp_path):
                      '--contact-sheet-rows', '0']) == 0
     config = SynthConfig.from_dict(json.loads((out / '000000' / 'meta.json').read_text())['config'])
     assert config == SynthConfig().with_photos(0.5, 'validation')
-    assert _run_cli(['synth', 'stereo', '--out', str(tmp_path / 'bad'), '--count', '1',
-                     '--photo-textures', '-1', '--no-progress']) == 2
+    # A weight that is not a finite number >= 0 is refused while parsing (NaN used to pass
+    # both checks and drop the photographs silently; inf made every texture a photo).
+    for weight in ('-1', 'nan', 'inf'):
+        with pytest.raises(SystemExit) as exit_info:
+            _run_cli(['synth', 'stereo', '--out', str(tmp_path / 'bad'), '--count', '1',
+                      '--photo-textures', weight, '--no-progress'])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / 'bad').exists()
     assert _run_cli(['synth', 'stereo', '--out', str(tmp_path / 'bad'), '--count', '1',
                      '--photo-set', 'validation', '--no-progress']) == 2

@@ -18,7 +18,8 @@ primitive's two palette colours like the other families' patterns. Anti-aliasing
 pyramid (mip levels at 1, 2, 4, ... photo pixels per image pixel) read trilinearly, and past
 the coarsest level the pattern fades to its mean.
 """
-from typing import Dict, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -91,22 +92,33 @@ def photo_atlas(photo_set: str, device='cpu') -> torch.Tensor:
     return _cache[key]
 
 
-def axis_weights(size: np.ndarray) -> np.ndarray:
+def axis_weights(size: np.ndarray, cylinder: Optional[np.ndarray] = None) -> np.ndarray:
     """(P,3) primitive half sizes -> (P,3) weights whose largest ``(|p_i| + eps) * w_i`` names
-    the face a local point lies on (boxes, rooms; the nearest axis of ellipsoids and cylinders):
-    the inverse sizes, 0 along unbounded axes, large along a plane's zero thickness."""
+    the face a local point lies on (boxes, rooms; the nearest axis of ellipsoids): the inverse
+    sizes, 0 along unbounded axes, large along a plane's zero thickness. ``cylinder`` (P,) bool
+    marks cylinders, whose z weight is negated: :func:`triplanar_uv` then projects along z on
+    their caps only (by the nearest axis, the side's top and bottom quarters took the cap's
+    projection, parallel to the side, and were smeared into streaks)."""
     check_shape('size', size, ('P', 3))
     with np.errstate(divide='ignore'):
-        weights = 1.0 / np.asarray(size, np.float64)
-    return np.nan_to_num(weights, posinf=1e6)
+        weights = np.nan_to_num(1.0 / np.asarray(size, np.float64), posinf=1e6)
+    if cylinder is not None:
+        weights[np.asarray(cylinder, bool), 2] *= -1.0
+    return weights
 
 
 def triplanar_uv(q: torch.Tensor, point_local: torch.Tensor,
                  weights: torch.Tensor) -> torch.Tensor:
     """Texture coordinates (3,N) -> (2,N): the two components across the face axis (triplanar
-    mapping), so a photo is never smeared along a surface that is parallel to its projection."""
+    mapping), so a photo is never smeared along a surface that is parallel to its projection.
+    ``weights`` (3,N) from :func:`axis_weights`; a negative z weight (a cylinder) picks the z
+    face only where the point is on the cap (|z| at the half height, to float rounding)."""
     check_shape('q', q, (3, 'N'))
-    score = (point_local.abs() + 1e-6) * weights
+    score = (point_local.abs() + 1e-6) * weights.abs()
+    cap_only = weights[2] < 0
+    on_cap = score[2] >= 1.0 - 1e-4
+    score[2] = torch.where(cap_only, torch.where(on_cap, torch.full_like(score[2], math.inf),
+                                                 torch.zeros_like(score[2])), score[2])
     face = score.argmax(0)  # 0: project along x, read (y, z); 1: (z, x); 2: (x, y)
     u = torch.where(face == 0, q[1], torch.where(face == 1, q[2], q[0]))
     v = torch.where(face == 0, q[2], torch.where(face == 1, q[0], q[1]))

@@ -437,6 +437,22 @@ def sample_scene(rng: Rng, config: SynthConfig, layout: str, fx: float, cx: floa
         corners = np.array([[sx, sy, 0.0] for sx in (-1, 1) for sy in (-1, 1)]) * table_half
         points += list(corners @ background[0].rotation.T)
         radii += [0.0] * 4
+    elif layout == 'fronto_plane':
+        # The room must not hide the plane: it encloses where each camera's image corners
+        # meet the plane, pushed just behind it, so that the far wall lies behind the plane
+        # and the side walls outside the views (a view that reaches past the plane's horizon
+        # still sees walls there). The rig margin covers the stereo camera beside the first.
+        plane_z = float(objects[0].translation[2])
+        for index, pose in enumerate(poses):
+            for u, v in ((-0.5, -0.5), (width - 0.5, -0.5), (-0.5, height - 0.5),
+                         (width - 0.5, height - 0.5)):
+                ray = pose[:3, :3] @ np.array([(u - cx) / fx, (v - cy) / fx, 1.0])
+                if ray[2] <= 1e-9:
+                    continue
+                t = (plane_z - pose[2, 3]) / ray[2]
+                if 0 < t < 1e3 * plane_z:
+                    points.append(pose[:3, 3] + t * ray + np.array([0.0, 0.0, 0.01 * plane_z]))
+                    radii.append(camera_margin_m if index == 0 else 0.0)
     background.append(_room(rng, config, scale, room_rotation, points, radii, floor_z))
 
     primitives = background + objects
@@ -505,7 +521,8 @@ def _second_camera(rng, config, layout, first, target, up, objects) -> np.ndarra
         if not inside:
             pose = candidate
             break
-    if pose is None:  # degenerate draw: view from the opposite side of A along the same ray
+    if pose is None:  # degenerate draws only: halfway from the target to A, on A's ray
+        # (not checked against the objects; never taken in 3000 sampled multiview scenes)
         pose = look_at(target + 0.5 * offset, target, up, 0.0)
     return pose
 

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from ..shapes import check_shape
 from .photos import axis_weights, sample_photo, triplanar_uv
 from .raycast import dot3, length3, pixel_rays
-from .scene import (CONTRAST, DOT_RADIUS, PHOTO, SOFTNESS, TEXTURE_CODES, THRESHOLD, WARP,
-                    Scene)
+from .scene import (CONTRAST, CYLINDER, DOT_RADIUS, PHOTO, SOFTNESS, TEXTURE_CODES, THRESHOLD,
+                    WARP, Scene)
 
 # 32^3 voxels x 4 channels is ~0.6 MB: it stays in cache, and grid_sample's cost grows with
 # the channel count, so two noise fields (plus their low-passed copies) is the budget.
@@ -163,7 +163,7 @@ def albedo(scene: Scene, primitive: torch.Tensor, point_local: torch.Tensor,
                scene.texture_params, scene.palette.reshape(-1, 6), scene.colour_jitter[:, None],
                (scene.texture[:, None] == np.arange(len(TEXTURE_CODES))[None, :])]
     if TEXTURE_CODES['photo'] in present:
-        columns.append(axis_weights(scene.size))
+        columns.append(axis_weights(scene.size, scene.kind == CYLINDER))
     px = torch.as_tensor(np.concatenate(columns, axis=1).T, dtype=torch.float32,
                          device=device).index_select(1, idx)
     freq, offset, direction = px[0], px[1:4], px[4:7]
