@@ -170,6 +170,41 @@ def test_seeds_count_whole_beyond_32_bits():
         generator_seed(-1)
 
 
+def test_config_refuses_values_that_would_crash_or_render_garbage():
+    """Non-finite weights and tolerances, negative noise, shading fractions outside [0, 1]
+    and a camera straight above the table (no image-up: rendering crashed) are refused when
+    the config is made; the steepest allowed elevation renders."""
+    nan = float('nan')
+    for kw, field in ((dict(layout_weights=(nan, 1.0)), 'layout_weights'),
+                      (dict(visibility_rel_tol=nan), 'visibility_rel_tol'),
+                      (dict(shot_noise_scale_range=(-0.02, -0.01)), 'shot_noise_scale_range'),
+                      (dict(read_noise_std_range=(-0.1, 0.0)), 'read_noise_std_range'),
+                      (dict(ambient_range=(0.5, 1.5)), 'ambient_range'),
+                      (dict(vignetting_range=(-0.2, 0.1)), 'vignetting_range'),
+                      (dict(camera_elevation_deg_range=(87.5, 87.6)),
+                       'camera_elevation_deg_range')):
+        with pytest.raises(ValueError, match=field):
+            SynthConfig(**kw)
+    steep = SynthConfig(camera_elevation_deg_range=(85.0, 85.0))
+    for seed in range(4):
+        render_stereo_pair(seed, H, W, steep, layout='tabletop')
+
+
+def test_sizes_and_seeds_are_checked_before_rendering(tmp_path):
+    """numpy integer sizes are written as plain ints (json.dumps failed after every sample
+    was rendered); an on-the-fly dataset whose last sample seed would be out of range is
+    refused when made, not at its first item."""
+    import json
+
+    from corr_depth_ros.core.synth import SyntheticStereoDataset, write_dataset
+    write_dataset(tmp_path / 'a', 'stereo', 1, np.int64(H), np.int64(W), progress=False,
+                  contact_sheet_rows=0)
+    info = json.loads((tmp_path / 'a' / 'dataset.json').read_text())
+    assert (info['height'], info['width']) == (H, W)
+    with pytest.raises(ValueError, match='too large'):
+        SyntheticStereoDataset(2, H, W, seed=2 ** 62)
+
+
 def test_global_rng_is_not_used():
     torch.manual_seed(0)
     a = render_stereo_pair(3, H, W)
@@ -267,6 +302,18 @@ def test_fronto_plane_occlusion_is_only_the_out_of_view_band():
     # And the right view sees the whole plane from the left view except its own right band.
     x_left = torch.arange(W, dtype=torch.float32)[None, :] + sample['disparity_right_px'][0]
     assert torch.equal(sample['occlusion_right'][0], x_left > W - 1)
+
+
+def test_fronto_plane_fills_the_views_the_room_never_hides_it():
+    """The layout is one plane facing the camera: the room around it must not come in front
+    of it (its far wall used to land before the plane in a fifth of the samples, hiding it
+    whole), nor show its side walls in the stereo views or multiview's first view."""
+    for seed in range(12):
+        sample = render_stereo_pair(seed, H, W, layout='fronto_plane')
+        assert bool((sample['instance_left'] == 1).all()), seed
+        assert bool((sample['instance_right'] == 1).all()), seed
+        assert bool((render_multiview_pair(seed, H, W, layout='fronto_plane')['instance_a'] == 1)
+                    .all()), seed
 
 
 def test_instances_are_consistent_between_left_and_right():

@@ -43,6 +43,12 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float('inf'):       # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f'must be a finite number >= 0, got {text}')
+    return value
+
 
 def in_range(kind, low, high):
     """argparse type: a ``kind`` (int or float) in [low, high]."""

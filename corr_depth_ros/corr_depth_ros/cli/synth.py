@@ -7,7 +7,7 @@ Example::
 
 Heavy imports (torch, cv2) happen inside :func:`run` so that ``corr_depth --help`` stays fast.
 """
-from ._args import non_negative_int, positive_int, size_hw
+from ._args import non_negative_float, non_negative_int, positive_int, size_hw
 
 KINDS = ('stereo', 'multiview')
 
@@ -38,7 +38,8 @@ def register(subparsers) -> None:
                          help='force one scene layout (default: random per sample)')
         sub.add_argument('--clean', action='store_true',
                          help='no photometric nuisances (asymmetry, specular, noise, blur, JPEG)')
-        sub.add_argument('--photo-textures', type=float, default=0.0, metavar='WEIGHT',
+        sub.add_argument('--photo-textures', type=non_negative_float, default=0.0,
+                         metavar='WEIGHT',
                          help="add the 'photo' texture family (scikit-image's photographs) at "
                               'this weight; the procedural weights sum to 1 (default: 0, off)')
         sub.add_argument('--photo-set', default='train', choices=('train', 'validation'),
@@ -58,9 +59,6 @@ def run(args) -> int:
     from ..core.synth import SynthConfig, write_dataset
 
     config = SynthConfig()
-    if args.photo_textures < 0:
-        print('corr_depth synth: error: --photo-textures must be >= 0', file=sys.stderr)
-        return 2
     if args.photo_set != 'train' and args.photo_textures == 0:
         print('corr_depth synth: error: --photo-set needs --photo-textures WEIGHT > 0',
               file=sys.stderr)

@@ -16,6 +16,8 @@ from typing import Any, Dict, Tuple
 # the last disparity-cap rescale (a few small renders kept the unscaled scene's right view).
 # 1.3: sample seeds of 2**32 and more count whole (core/seeding.py): before, only their low
 # 32 bits did, so seeds 2**32 apart rendered the same sample; seeds below 2**32 are unchanged.
+# Also in 1.3: the fronto_plane layout's room encloses the plane (its far wall could hide it),
+# and photo textures read cylinder sides across a radial axis up to the rims (not streaked).
 SYNTH_VERSION = 'corr_depth_synth-1.3'
 
 LAYOUTS = ('tabletop', 'chaotic', 'fronto_plane')
@@ -145,8 +147,22 @@ class SynthConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f'SynthConfig.{name} must be a probability, '
                                  f'got {getattr(self, name)}')
-        if self.visibility_rel_tol <= 0:
-            raise ValueError('SynthConfig.visibility_rel_tol must be > 0')
+        if not (self.visibility_rel_tol > 0 and math.isfinite(self.visibility_rel_tol)):
+            raise ValueError(f'SynthConfig.visibility_rel_tol must be finite and > 0, '
+                             f'got {self.visibility_rel_tol}')
+        for name in ('read_noise_std_range', 'shot_noise_scale_range', 'colour_jitter_range',
+                     'specular_strength_range'):
+            if getattr(self, name)[0] < 0:
+                raise ValueError(f'SynthConfig.{name} must be >= 0, got {getattr(self, name)}')
+        for name in ('ambient_range', 'vignetting_range'):
+            if not 0 <= getattr(self, name)[0] <= getattr(self, name)[1] <= 1:
+                raise ValueError(f'SynthConfig.{name} must be within [0, 1], '
+                                 f'got {getattr(self, name)}')
+        # A look-at camera straight above the clutter has no defined image-up (look_at fails).
+        if not 0.0 <= self.camera_elevation_deg_range[0] <= \
+                self.camera_elevation_deg_range[1] <= 85.0:
+            raise ValueError(f'SynthConfig.camera_elevation_deg_range must be within '
+                             f'[0, 85] degrees, got {self.camera_elevation_deg_range}')
         _check_choices('layouts', self.layouts, self.layout_weights, LAYOUTS)
         _check_choices('shapes', self.shapes, self.shape_weights, SHAPES)
         _check_choices('textures', self.textures, self.texture_weights, TEXTURES)
@@ -198,6 +214,6 @@ def _check_choices(name, chosen, weights, allowed):
     if len(weights) != len(chosen):
         raise ValueError(f'SynthConfig.{name[:-1]}_weights has {len(weights)} entries for '
                          f'{len(chosen)} {name}')
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f'SynthConfig.{name[:-1]}_weights must be >= 0 with a positive sum, '
                          f'got {weights}')

@@ -27,7 +27,10 @@ class _SyntheticDataset(Dataset):
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise ValueError(f'length must be an int >= 0, got {length!r}')
         self.config = check_request(int(seed), height, width, config, layout)
-        self.length, self.height, self.width = length, height, width
+        if length and sample_seed(seed, length - 1) >= 2 ** 63:
+            raise ValueError(f'seed {seed} is too large for {length} samples: sample seeds '
+                             f'seed*1000003+i must stay below 2**63')
+        self.length, self.height, self.width = length, int(height), int(width)
         self.seed, self.layout, self.device = int(seed), layout, device
 
     def __len__(self) -> int:

@@ -409,6 +409,7 @@ def write_dataset(root: PathLike, kind: str, count: int, height: int, width: int
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f'workers must be an int >= 0, got {workers!r}')
     config = check_request(int(seed), height, width, config, layout)
+    height, width = int(height), int(width)     # numpy integers pass the check; JSON needs int
     if sample_seed(seed, count - 1) >= 2 ** 63:
         raise ValueError(f'seed {seed} is too large: sample seeds seed*1000003+i must stay '
                          f'below 2**63')
