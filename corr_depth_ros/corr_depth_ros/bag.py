@@ -334,12 +334,13 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                   progress: bool, counts: Dict[str, int],
                   writer: Optional['BagWriter'] = None, *, queue_size: int = 60,
                   topic_hint: str = '--namespace or --image-topic',
-                  types: Optional[Dict[str, str]] = None) -> Dict[str, int]:
-    """Feed the messages of ``inputs`` (topic -> input index) through an exact-stamp
-    synchroniser into ``on_set(*items)``, in log-time order, with a progress bar; close
-    ``writer`` at the end, also on error (an MCAP file needs its footer to be readable).
-    Returns ``counts`` ({'sets', 'errors'} kept by ``on_set``) with 'unmatched': frames of the
-    first input that were neither processed nor skipped had no partner with the same stamp on
+                  types: Optional[Dict[str, str]] = None, slop_s: float = 0.0
+                  ) -> Dict[str, int]:
+    """Feed the messages of ``inputs`` (topic -> input index) through a stamp synchroniser
+    (exact, or within ``slop_s`` seconds) into ``on_set(*items)``, in log-time order, with a
+    progress bar; close ``writer`` at the end, also on error (an MCAP file needs its footer to
+    be readable). Returns ``counts`` ({'sets', 'errors'} kept by ``on_set``) with 'unmatched':
+    frames of the first input that were neither processed nor skipped had no partner on
     another input (a dropped message), counted rather than silently lost. ``queue_size``:
     messages kept per input while its partners are awaited (an input logged fewer than that
     many frames late still pairs). Any error, or no frame processed, deletes the unfinished output
@@ -352,8 +353,8 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
         if summaries_complete:  # the summaries say which topics exist: check before reading
             inputs = _prefer_raw(inputs, available)
             _check_inputs(inputs, num_inputs, available, available, topic_hint)
-        seen, frames = _feed(in_path, inputs, StampSynchronizer(num_inputs, queue_size, on_set),
-                             progress, available, types or {})
+        sync = StampSynchronizer(num_inputs, queue_size, on_set, slop_s)
+        seen, frames = _feed(in_path, inputs, sync, progress, available, types or {})
         _check_inputs(inputs, num_inputs, seen, available, topic_hint)
         counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
         # A run that processed no frame writes nothing: an existing output stays as it was.
@@ -450,10 +451,11 @@ def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header,
 
 def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend: str = 'sgbm',
                    backend_params: Optional[dict] = None, output_prefix: str = '',
-                   progress: bool = True, **run_kwargs) -> Dict[str, int]:
+                   progress: bool = True, slop_s: float = 0.0, **run_kwargs) -> Dict[str, int]:
     """Stereo depth over a bag: inputs `<ns>/left/image_rect[/compressed]`, `<ns>/right/...`,
-    `<ns>/left/camera_info`, `<ns>/right/camera_info` (exact stamps); outputs under
-    `<output_prefix or ns>/`: disparity, depth, depth/camera_info, points2, confidence.
+    `<ns>/left/camera_info`, `<ns>/right/camera_info` (exact stamps, or within ``slop_s``
+    seconds); outputs under `<output_prefix or ns>/`: disparity, depth, depth/camera_info,
+    points2, confidence.
     Returns counts {'sets': n, 'errors': m}."""
     from . import conversions
     from .core.backends import create_backend
@@ -492,17 +494,18 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
                          log_time)
         counts['sets'] += 1
 
-    return _run_pipeline(in_path, inputs, 4, on_set, progress, counts, writer)
+    return _run_pipeline(in_path, inputs, 4, on_set, progress, counts, writer, slop_s=slop_s)
 
 
 def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
                  weights_path: str = '', depth_mode: str = 'metric', baseline_m: float = 0.0,
                  post_process: bool = POST_PROCESS_DEFAULT, max_depth_m: float = 0.0, device: str = 'auto',
-                 progress: bool = True, image_topic: str = '', **_unused) -> Dict[str, int]:
+                 progress: bool = True, image_topic: str = '', slop_s: float = 0.0,
+                 **_unused) -> Dict[str, int]:
     """Monocular depth over a bag, as mono_depth_node: inputs `<ns>/image[/compressed]` and
-    `<ns>/camera_info` (or ``image_topic`` and the camera_info beside it; exact stamps);
-    outputs under `<output_prefix or ns>/`: depth, depth/camera_info, points2. ``depth_mode``
-    and ``baseline_m`` as the node's parameters."""
+    `<ns>/camera_info` (or ``image_topic`` and the camera_info beside it; exact stamps or
+    within ``slop_s``); outputs under `<output_prefix or ns>/`: depth, depth/camera_info,
+    points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
     from . import conversions
     from .core.geometry import depth_to_points
     from .core.mono.inference import (baseline_from_header, estimate_depth,
@@ -539,18 +542,19 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                out_header, log_time)
         counts['sets'] += 1
 
-    return _run_pipeline(in_path, inputs, 2, on_set, progress, counts, writer)
+    return _run_pipeline(in_path, inputs, 2, on_set, progress, counts, writer, slop_s=slop_s)
 
 
 def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_prefix: str = '',
                  reference_image: str = '', reference_pixels: str = '',
                  depth_topic: str = '', weights_path: str = '', match_threshold: float = 0.6,
                  normal_radius_px: int = 5, device: str = 'auto', progress: bool = True,
-                 image_topic: str = '', **_unused) -> Dict[str, int]:
+                 image_topic: str = '', slop_s: float = 0.0, **_unused) -> Dict[str, int]:
     """Grasp-point transfer over a bag, as correspondence_node answers find_correspondence on
     every frame: the reference is an image file with pixels "x,y;x,y;..." (x = column).
     Inputs `<ns>/image[/compressed]`, `<ns>/camera_info` and, with ``depth_topic``, a REP 118
-    depth image (exact stamps). Outputs under `<output_prefix or ns>/correspondence/`:
+    depth image (exact stamps, or within ``slop_s``). Outputs under
+    `<output_prefix or ns>/correspondence/`:
     `poses` (geometry_msgs/PoseArray, one grasp pose per reference pixel, NaN where not found),
     `markers` (visualization_msgs/MarkerArray) and `heatmap` (rgb8, first pixel)."""
     import cv2
@@ -627,7 +631,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
         counts['sets'] += 1
 
     return _run_pipeline(in_path, inputs, 3 if depth_topic else 2, on_set, progress, counts,
-                         writer, types=types)
+                         writer, types=types, slop_s=slop_s)
 
 
 def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',

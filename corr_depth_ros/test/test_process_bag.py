@@ -587,3 +587,42 @@ def test_process_bag_checks_input_types_and_resolves_relative_names(tmp_path, ca
                                    '/cam/processed/correspondence/heatmap'}
     poses = _read_all(out)['/cam/processed/correspondence/poses'][0][1].poses
     assert poses[0].position.z == pytest.approx(1.5, abs=1e-4)     # the depth topic was read
+
+
+def test_process_bag_slop_pairs_a_camera_info_stamped_apart(tmp_path, capsys):
+    """A camera_info stamped 1 ms after its image pairs within --slop-s, as the nodes' slop_s
+    pairs it; with exact stamps (the default) no frame pairs, and that is what is said."""
+    from sensor_msgs.msg import CameraInfo
+    pytest.importorskip('torch')
+    from corr_depth_ros.core.mono.network import ARCH, build_mono_net
+    from corr_depth_ros.core.training import save_weights
+    weights = str(tmp_path / 'tiny_mono.safetensors')
+    save_weights(weights, build_mono_net(base_channels=4), arch=ARCH,
+                 config={'base_channels': 4, 'max_disparity_fraction': 0.35},
+                 metadata={'training_rig': {'baseline_m': 0.1}, 'input_size_hw': [64, 96]})
+    rgb = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    writer = bag.BagWriter(str(tmp_path / 'skew.mcap'))
+    for i in range(3):
+        header = Header(frame_id='cam_optical')
+        header.stamp.sec = 30 + i
+        info_header = Header(frame_id='cam_optical')
+        info_header.stamp.sec, info_header.stamp.nanosec = 30 + i, 1_000_000
+        info = CameraInfo(header=info_header, width=64, height=48)
+        info.k = [60.0, 0.0, 32.0, 0.0, 60.0, 24.0, 0.0, 0.0, 1.0]
+        info.p = [60.0, 0.0, 32.0, 0.0, 0.0, 60.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        t = (30 + i) * 10 ** 9
+        writer.write('/cam/image', 'sensor_msgs/msg/Image',
+                     conversions.array_to_image(rgb, 'rgb8', header), t)
+        writer.write('/cam/camera_info', 'sensor_msgs/msg/CameraInfo', info, t + 1_000_000)
+    writer.close()
+    argv = ['process-bag', str(tmp_path / 'skew.mcap'), str(tmp_path / 'out.mcap'),
+            '--pipeline', 'mono', '--namespace', '/cam', '--weights', weights, '--device', 'cpu',
+            '--no-progress']
+    assert cli_main(argv) == 1
+    text = capsys.readouterr().out
+    assert '0 frames processed' in text and '3 without a partner of the same stamp' in text
+    assert 'nothing written' in text and not (tmp_path / 'out.mcap').exists()
+    assert cli_main(argv + ['--slop-s', '0.01']) == 0
+    assert '3 frames processed' in capsys.readouterr().out
+    assert [t for t, _, _, _ in bag.read_messages(str(tmp_path / 'out.mcap'))].count(
+        '/cam/depth') == 3

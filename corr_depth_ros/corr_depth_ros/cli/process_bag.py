@@ -30,6 +30,11 @@ def register(subparsers):
     parser.add_argument('--weights', default='', help='mono/corr (and stereo learned): weights '
                         'file, default: the shipped one; stereo onnx: the .onnx model')
     parser.add_argument('--max-depth-m', type=float, default=0.0)
+    parser.add_argument('--slop-s', type=in_range(float, 0.0, 1.0), default=0.0,
+                        help='stamp tolerance between the inputs, seconds (0, the default: '
+                             'exactly equal stamps; the nodes\' slop_s for approximate '
+                             'matching, e.g. 0.01 for a camera_info stamped apart from its '
+                             'image)')
     stereo = parser.add_argument_group('stereo')
     stereo.add_argument('--backend', default='sgbm', choices=('sgbm', 'learned', 'onnx'))
     # The ranges of the node's max_disparity_px and confidence_threshold parameters.
@@ -109,7 +114,8 @@ def options_out_of_scope(args) -> list:
 def run(args) -> int:
     from ..bag import PIPELINES
     common = dict(namespace=args.namespace, output_prefix=args.output_prefix,
-                  max_depth_m=args.max_depth_m, progress=not args.no_progress)
+                  max_depth_m=args.max_depth_m, slop_s=args.slop_s,
+                  progress=not args.no_progress)
     problems = options_out_of_scope(args)
     if problems:
         print('process-bag: ' + '; '.join(problems))
@@ -148,8 +154,11 @@ def run(args) -> int:
         return 2
     unmatched = counts.get('unmatched', 0)
     print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped'
-          + (f', {unmatched} without a partner of the same stamp on every input' if unmatched
-             else '') + f' -> {args.output}')
+          + (f', {unmatched} without a partner ' + (
+              f'within {args.slop_s:g} s' if args.slop_s else 'of the same stamp')
+              + ' on every input' if unmatched else '')
+          + (f' -> {args.output}' if counts['sets'] else
+             '; nothing written (an existing output is left as it was)'))
     return 0 if counts['sets'] > 0 else 1
 
 
