@@ -407,7 +407,9 @@ def test_cli_size_and_count_types():
     ['train', 'stereo', '--val-every', '0'], ['train', 'stereo', '--val-count', '0'],
     ['train', 'stereo', '--log-every', '0'], ['train', 'mono', '--height', '100'],
     ['train', 'mono', '--checkpoint-every', '0'], ['train', 'descriptors', '--seed', '100'],
-    ['train', 'descriptors', '--pool-size', '0']])
+    ['train', 'descriptors', '--pool-size', '0'], ['train', 'descriptors', '--num-matches', '0'],
+    ['train', 'descriptors', '--margin', '-1'], ['train', 'descriptors', '--global-matches', '0'],
+    ['train', 'descriptors', '--stereo-fraction', '1.5']])
 def test_train_options_that_would_fail_mid_run_are_refused_while_parsing(argv, capsys, tmp_path):
     """Once a ZeroDivisionError or an IndexError after the first step, a crash on the first
     read (training seeds running into the held-out range), a mono size the net cannot take."""

@@ -1,5 +1,5 @@
 """`corr_depth train descriptors`: Dense Object Nets descriptors on synthetic pairs."""
-from ._args import in_range, positive_int, size_hw
+from ._args import in_range, non_negative_int, positive_float, positive_int, size_hw
 
 
 def register(subparsers):
@@ -9,24 +9,27 @@ def register(subparsers):
     p.add_argument('--batch-size', type=positive_int, default=6)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--weight-decay', type=float, default=1e-4)
-    p.add_argument('--warmup-steps', type=int, default=100)
+    p.add_argument('--warmup-steps', type=non_negative_int, default=100)
     p.add_argument('--val-every', type=positive_int, default=200)
     p.add_argument('--checkpoint-every', type=positive_int, default=50)
     # Run s renders training seeds s * 1e7 onwards, below the held-out seeds (1e9): s < 100.
     p.add_argument('--seed', type=in_range(int, 0, 99), default=0)
     p.add_argument('--device', default='auto')
-    p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
+    p.add_argument('--threads', type=non_negative_int, default=1,
+                   help='torch CPU threads (0: torch default)')
     p.add_argument('--no-resume', action='store_true')
     p.add_argument('--size', type=size_hw, default='256x192', help='training image size WIDTHxHEIGHT')
-    p.add_argument('--descriptor-dim', type=int, default=16)
-    p.add_argument('--base-channels', type=int, default=16)
+    p.add_argument('--descriptor-dim', type=positive_int, default=16)
+    p.add_argument('--base-channels', type=positive_int, default=16)
     p.add_argument('--no-normalize', action='store_true', help='do not unit-normalise descriptors')
-    p.add_argument('--margin', type=float, default=1.0, help='non-match margin M (descriptor units)')
-    p.add_argument('--num-matches', type=int, default=2048, help='matches sampled per pair')
-    p.add_argument('--global-non-matches', type=int, default=0, metavar='K',
+    p.add_argument('--margin', type=positive_float, default=1.0,
+                   help='non-match margin M (descriptor units)')
+    p.add_argument('--num-matches', type=positive_int, default=2048,
+                   help='matches sampled per pair')
+    p.add_argument('--global-non-matches', type=non_negative_int, default=0, metavar='K',
                    help='per match, also the K pixels of the whole second image closest in '
                         'descriptor space (mined hard negatives; 0: off)')
-    p.add_argument('--global-matches', type=int, default=256,
+    p.add_argument('--global-matches', type=positive_int, default=256,
                    help='--global-non-matches: how many of the sampled matches get the search')
     p.add_argument('--edge-match-weight', type=in_range(float, 0.01, 1000.0), default=1.0,
                    metavar='W',
@@ -35,9 +38,9 @@ def register(subparsers):
     p.add_argument('--init-from', default='', metavar='WEIGHTS',
                    help='start from these descriptor weights (their network; all parameters '
                         'train), e.g. to fine-tune the shipped net with another loss')
-    p.add_argument('--stereo-fraction', type=float, default=0.3,
+    p.add_argument('--stereo-fraction', type=in_range(float, 0.0, 1.0), default=0.3,
                    help='share of rectified stereo pairs (rest: multiview pairs)')
-    p.add_argument('--background-prob', type=float, default=0.2,
+    p.add_argument('--background-prob', type=in_range(float, 0.0, 1.0), default=0.2,
                    help='probability of DON background randomisation per pair')
     p.add_argument('--pool-size', type=positive_int, default=256,
                    help='rendered pairs kept in memory')
