@@ -82,9 +82,12 @@ if [ "$mode" = pypi-ros ]; then
   # their CMake exports still name its include dirs, which breaks rosidl's Python typesupport build.
   py_inc=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
   np_inc=$("$VPY" -c "import numpy; print(numpy.get_include())")
-  { grep -rlE "/opt/python/cp311-cp311/(include/python3\.11|lib/python3\.11/site-packages/numpy/_core/include)" "$VENV/share" || true; } \
-    | xargs -r sed -i -e "s#/opt/python/cp311-cp311/include/python3\.11#${py_inc}#g" \
-                      -e "s#/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/_core/include#${np_inc}#g"
+  # Any CPython the wheels were built for (cp311 on this project's machines, cp312 for
+  # Ubuntu 24.04's python3): the pattern names no version.
+  wheel_py='/opt/python/cp3[0-9]+-cp3[0-9]+'
+  { grep -rlE "${wheel_py}/(include/python3\.[0-9]+|lib/python3\.[0-9]+/site-packages/numpy/_core/include)" "$VENV/share" || true; } \
+    | xargs -r sed -i -E -e "s#${wheel_py}/include/python3\.[0-9]+#${py_inc}#g" \
+                         -e "s#${wheel_py}/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${np_inc}#g"
 fi
 "$VPY" -c "import rclpy, torch, cv2, numpy; print('setup: rclpy ok, torch', torch.__version__, 'cv2', cv2.__version__)"
 # Verify pip's rclpy works before declaring success.
