@@ -140,3 +140,27 @@ def test_watchdog_adds_the_advice_of_a_silent_optional_input():
     sync.add(2, Msg(1))                               # the image stops, depth and info arrive
     problem = watchdog.check(0)
     assert 'none on /image (stopped)' in problem and 'use_depth' not in problem, problem
+
+
+def test_correspondence_default_slop_keeps_image_and_depth_of_one_frame_after_a_loss():
+    """A 30 Hz camera, depth 100 ms after its image (the stereo node's latency), image 3 lost
+    on a best-effort link: with correspondence_node's default slop every image still pairs
+    with its own frame's depth. (With 50 ms, more than half the frame period, image 4 took
+    depth 3, and every later image the previous frame's depth.)"""
+    from corr_depth_ros.nodes.correspondence_node import PARAMS
+    slop_s = next(p.default for p in PARAMS if p.name == 'slop_s')
+    assert slop_s < 0.5 / 30
+    out = []
+    sync = StampSynchronizer(3, 30, lambda *m: out.append(tuple(x.tag for x in m)), slop_s)
+    period_ns, events = 33_333_333, []
+    for frame in range(12):
+        stamp = frame * period_ns
+        if frame != 3:
+            events.append((stamp, 0, frame))
+        events.append((stamp, 2, frame))                    # camera_info with its image
+        events.append((stamp + 100_000_000, 1, frame))      # depth, 100 ms later
+    for arrival, index, frame in sorted(events):
+        stamp = frame * period_ns
+        sync.add(index, Msg(stamp // 10 ** 9, stamp % 10 ** 9, f'{"idc"[index]}{frame}'))
+    assert all(len({tag[1:] for tag in tags}) == 1 for tags in out), out
+    assert [tags[0] for tags in out] == [f'i{f}' for f in range(12) if f != 3]

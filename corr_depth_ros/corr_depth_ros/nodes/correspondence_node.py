@@ -65,7 +65,9 @@ PARAMS = [
               'stereo node arrives after the image it was computed from (same stamp), so the '
               'image queue must cover that latency: at least frame rate x depth latency.',
               read_only=True, value_range=(1, 100)),
-    ParamSpec('slop_s', 0.05, 'Stamp tolerance between image, depth and camera_info, seconds.',
+    ParamSpec('slop_s', 0.01, 'Stamp tolerance between image, depth and camera_info, seconds. '
+              'Keep it under half the frame period: with more, a lost image pairs the next '
+              'image with the previous frame\'s depth, and every later frame after it.',
               read_only=True, value_range=(0.0, 1.0)),
     ParamSpec('references_dir', '~/.ros/corr_depth_ros/references', 'Folder where named '
               'references are stored and reloaded at start-up ("" keeps them in memory only).',
