@@ -184,7 +184,7 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
                      '--max-disparity-px', '32', '--no-progress']) == 0
     disparity = next(m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out4.mcap'))
                      if t == '/cam/disparity')
-    assert disparity.max_disparity == pytest.approx(32 + geo.doffs_px)
+    assert disparity.max_disparity == pytest.approx(31 + geo.doffs_px)
     # p1 and p2 are checked together, whatever their order on the command line.
     assert cli_main(['process-bag', str(folder), str(tmp_path / 'out4.mcap'), '--namespace',
                      '/cam', '--sgbm', 'p2=100', '--sgbm', 'p1=50', '--no-progress']) == 0

@@ -184,21 +184,21 @@ def _shifted_texture(shift_px: int, height: int = 120, width: int = 320):
 
 def test_max_disparity_override_is_the_largest_disparity_searched_from_min_disparity():
     """max_disparity_px means what the learned backends take it to mean: the largest disparity
-    wanted. From a negative min_disparity the search still reaches it; a positive one does not
-    push it further; what the multiple-of-16 rounding searches past it is invalid, also after
+    wanted. From a negative min_disparity the search still reaches it (to its last candidate:
+    a range of 64 from 0 ends at 63); a positive one does not push it further; what the multiple-of-16 rounding searches past it is invalid, also after
     hole filling; and a maximum at or below min_disparity is a clear error."""
     left, right = _shifted_texture(60)
     for min_disparity in (-32, 0, 32):
         backend = create_backend('sgbm', min_disparity=min_disparity)
         result = backend.compute(left, right, max_disparity_px=64)
-        assert result.search_range_px == (float(min_disparity), 64.0)
+        assert result.search_range_px == (float(min_disparity), 63.0)      # 64 candidates
         inner = result.disparity_px[10:-10, 120:-10][result.valid[10:-10, 120:-10]]
         assert inner.size > 0.5 * result.valid[10:-10, 120:-10].size, min_disparity
         assert abs(float(np.median(inner)) - 60.0) < 0.5, min_disparity
     # 60 px is past a maximum of 50: every pixel that matched there is invalid, none filled.
     for fill in (False, True):
         result = create_backend('sgbm', fill_holes=fill).compute(left, right, max_disparity_px=50)
-        assert result.search_range_px == (0.0, 50.0)
+        assert result.search_range_px == (0.0, 50.0)                       # 0..63, cut at 50
         assert not (result.valid & (result.disparity_px > 50)).any()
     with pytest.raises(ValueError, match='greater than sgbm.min_disparity'):
         create_backend('sgbm', min_disparity=16).compute(left, right, max_disparity_px=16)

@@ -72,14 +72,16 @@ class SgbmParams:
 
     def search_count(self, max_disparity_px: Optional[int] = None) -> int:
         """OpenCV's numDisparities: ``num_disparities``, or with ``max_disparity_px`` the
-        range from ``min_disparity`` up to it, rounded up to a multiple of 16 (the disparities
-        past it that this also searches are marked invalid by :meth:`SgbmBackend.compute`)."""
+        range from ``min_disparity`` up to it, in OpenCV's multiples of 16: the candidates
+        min_disparity .. min_disparity + count - 1 reach at least max_disparity_px - 1 (so 64
+        from 0 searches 64 candidates, 0..63, as stereo_image_proc's range of 64 does), and any
+        past max_disparity_px are marked invalid by :meth:`SgbmBackend.compute`."""
         if max_disparity_px is None:
             return self.num_disparities
         if max_disparity_px <= self.min_disparity:
             raise ValueError(f'max_disparity_px ({max_disparity_px}) must be greater than '
                              f'sgbm.min_disparity ({self.min_disparity})')
-        return max(16, -(-(max_disparity_px - self.min_disparity + 1) // 16) * 16)
+        return max(16, -(-(max_disparity_px - self.min_disparity) // 16) * 16)
 
 
 def fill_disparity_holes(disparity_px: np.ndarray, valid: np.ndarray) -> np.ndarray:
