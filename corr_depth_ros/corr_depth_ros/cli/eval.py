@@ -7,6 +7,19 @@ def register(subparsers):
                    ('eval_stereo', 'eval_mono', 'eval_corr'))
 
 
+def add_json_argument(parser, default_name: str) -> None:
+    """``--json``: where the numbers go, by default ``eval_output/<default_name>`` (the file
+    `make eval` writes for the same run), so the README's commands run as printed."""
+    parser.add_argument('--json', default=f'eval_output/{default_name}',
+                        help=f'output JSON path (default: eval_output/{default_name})')
+
+
+def resolve_json(args) -> str:
+    """``--json`` with ``<dataset>`` replaced by the ``--dataset`` chosen (the defaults')."""
+    args.json = args.json.replace('<dataset>', str(getattr(args, 'dataset', '')))
+    return args.json
+
+
 def add_figure_argument(parser, what: str) -> None:
     """``--figure``: the issues' evaluations each write a figure, so by default it goes beside
     the JSON (``out.json`` -> ``out.png``); ``--figure ''`` writes none."""

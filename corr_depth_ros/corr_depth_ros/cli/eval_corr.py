@@ -1,6 +1,6 @@
 """`corr_depth eval corr`: dense correspondences (descriptor net vs SIFT vs patch NCC)."""
 from ._args import positive_int, size_hw
-from .eval import add_figure_argument
+from .eval import add_figure_argument, add_json_argument, resolve_json
 
 
 def _baselines(text: str):
@@ -16,7 +16,7 @@ def register(subparsers):
     p = subparsers.add_parser('corr', help='dense correspondences: descriptor net vs baselines')
     p.add_argument('--dataset', choices=('motorcycle', 'synthetic'), default='motorcycle')
     p.add_argument('--weights', default='', help='descriptor weights (default: shipped)')
-    p.add_argument('--json', required=True, help='write the numbers here')
+    add_json_argument(p, 'corr_<dataset>.json')
     add_figure_argument(p, 'matches drawn side by side, coloured by error')
     p.add_argument('--queries', type=positive_int, default=1000, help='query pixels (per pair)')
     p.add_argument('--pairs', type=positive_int, default=10, help='synthetic: held-out pairs')
@@ -55,6 +55,7 @@ def run(args) -> int:
     from ..core.descriptors import evaluate as ev
     from ..core.memory import keep_freed_memory
     keep_freed_memory()   # timed as the correspondence node runs (core/memory.py)
+    resolve_json(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from ..core.descriptors.network import DEFAULT_SCALES, check_scales

@@ -1,7 +1,7 @@
 """`corr_depth eval mono`: Motorcycle (zero-shot) and held-out synthetic depth metrics, the
 LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
 from ._args import positive_float, positive_int, size_hw
-from .eval import add_figure_argument
+from .eval import add_figure_argument, add_json_argument, resolve_json
 
 
 def register(subparsers):
@@ -11,7 +11,7 @@ def register(subparsers):
                     'inverse depth, with and without the paper\'s post-processing, for the '
                     'LR-consistency model and its no-LR ablation.')
     parser.add_argument('--dataset', default='all', choices=('motorcycle', 'synthetic', 'all'))
-    parser.add_argument('--json', required=True, help='output JSON path')
+    add_json_argument(parser, 'mono.json')
     add_figure_argument(parser, 'Motorcycle image, GT depth, prediction, error (none by '
                         'default with --dataset synthetic)')
     parser.add_argument('--max-depth-m', type=positive_float, default=None,
@@ -36,6 +36,7 @@ def run(args) -> int:
     from ..core.mono.evaluate import run_evaluation, write_json
     from .eval import figure_path, write_figure
     keep_freed_memory()   # timed as the mono node runs (core/memory.py)
+    resolve_json(args)
     datasets = ('motorcycle', 'synthetic') if args.dataset == 'all' else (args.dataset,)
     if args.figure and 'motorcycle' not in datasets:
         raise ValueError('--figure draws the Motorcycle image: use --dataset motorcycle or all')

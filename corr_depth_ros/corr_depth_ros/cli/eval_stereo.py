@@ -4,7 +4,7 @@ import os
 
 from ..core.backends.learned import INPUT_SCALE_RANGE
 from ._args import in_range, positive_float, positive_int, size_hw
-from .eval import add_figure_argument
+from .eval import add_figure_argument, add_json_argument, resolve_json
 
 
 def register(subparsers):
@@ -31,7 +31,7 @@ def register(subparsers):
     p.add_argument('--onnx-std', default='1,1,1')
     p.add_argument('--repeats', type=positive_int, default=5, help='timed runs per pair (after 1 warm-up)')
     p.add_argument('--threads', type=int, default=2, help='torch / onnxruntime CPU threads')
-    p.add_argument('--json', required=True, help='output JSON path')
+    add_json_argument(p, 'stereo_<dataset>.json')
     add_figure_argument(p, 'left, GT, prediction, error of the first pair')
     p.set_defaults(func=run)
 
@@ -49,6 +49,7 @@ def run(args) -> int:
                                             synthetic_pairs)
     from .eval import figure_path, write_figure
     backends = args.backend or ['learned', 'sgbm']
+    resolve_json(args)
     if 'onnx' in backends and not args.onnx_model:
         raise ValueError('--backend onnx needs --onnx-model PATH (e.g. from corr_depth export-onnx)')
     if args.dataset == 'motorcycle':
