@@ -518,7 +518,11 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     model, header = load_mono_model(weights_path, torch_device)
     input_size = input_size_from_header(header)
     if depth_mode == 'metric' and baseline_m <= 0:
-        baseline_m = baseline_from_header(header)
+        try:
+            baseline_m = baseline_from_header(header)
+        except ValueError:
+            raise ValueError('the mono weights record no training-rig baseline: give '
+                             '--baseline-m B (metres) or --depth-mode relative') from None
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
 

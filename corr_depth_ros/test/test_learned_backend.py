@@ -476,6 +476,33 @@ def test_eval_commands_write_their_figure_beside_the_json_by_default(tmp_path, c
     assert '--figure draws the Motorcycle image' in capsys.readouterr().err
 
 
+def test_export_onnx_without_the_onnx_package_says_what_to_install(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A ROS install's rosdep keys bring onnxruntime at most; torch's exporter also needs onnx:
+    without it, one line saying so (exit 2), not torch's traceback, and no file."""
+    import sys
+
+    from corr_depth_ros.cli import main as cli_main
+    monkeypatch.setitem(sys.modules, 'onnx', None)
+    model = tmp_path / 'stereo.onnx'
+    assert cli_main(['export-onnx', 'stereo', '--out', str(model), '--width', '96',
+                     '--height', '64']) == 2
+    assert 'export-onnx needs the onnx package' in capsys.readouterr().err
+    assert not model.exists()
+
+
+def test_eval_commands_run_as_printed_without_json(tmp_path, monkeypatch):
+    """Without --json the numbers go where `make eval` puts them, eval_output/<kind>_<dataset>
+    .json under the current folder, with the figure beside them (the README's commands run as
+    printed)."""
+    from corr_depth_ros.cli import main as cli_main
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(['eval', 'stereo', '--dataset', 'synthetic', '--count', '1', '--size',
+                     '96x64', '--backend', 'sgbm', '--repeats', '1']) == 0
+    assert sorted(p.name for p in (tmp_path / 'eval_output').iterdir()) == \
+        ['stereo_synthetic.json', 'stereo_synthetic.png']
+
+
 def test_gpu_benchmark_script_runs_every_section_on_the_cpu(tmp_path):
     """scripts/bench_gpu.py, the one-shot script for a session that is lent a GPU: every
     section runs (here on the CPU, tiny counts) and lands in its JSON; a failed section would

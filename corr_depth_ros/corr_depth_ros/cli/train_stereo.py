@@ -37,8 +37,8 @@ def register(subparsers):
                    metavar='W', help='weigh pixels within 3 px of a depth edge W times in the '
                                      'loss (1: all pixels alike)')
     p.add_argument('--data', default='', metavar='DIR',
-                   help='train on a pool written by `corr_depth synth stereo` (same --size) '
-                        'instead of rendering on the fly')
+                   help='train on a pool written by `corr_depth synth stereo` (at least '
+                        '--size: larger pairs are cropped) instead of rendering on the fly')
     p.add_argument('--max-disparity', type=int, default=192, help='search range, pixels')
     p.add_argument('--feature-channels', type=int, default=48)
     p.add_argument('--groups', type=int, default=8)

@@ -192,7 +192,8 @@ class LearnedBackend(StereoBackend):
         """(H, W, 3) uint8 RGB -> the network's (1, 3, H, W) input in [0, 1] on its device, in
         its dtype."""
         torch = self._torch
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        # A read-only array (a decoded bag message) is copied: torch warns on those.
+        tensor = torch.from_numpy(np.require(image, requirements=('C', 'W'))).to(self.device)
         # uint8 times a Python float is float32 in one pass (no separate conversion).
         return (tensor.permute(2, 0, 1)[None] * (1.0 / 255.0)).to(
             torch.float16 if self.half else torch.float32)

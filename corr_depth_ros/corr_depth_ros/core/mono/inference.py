@@ -36,7 +36,9 @@ def image_to_tensor(image_rgb8: np.ndarray) -> torch.Tensor:
     check_shape('image_rgb8', image_rgb8, (None, None, 3))
     if image_rgb8.dtype != np.uint8:
         raise ValueError(f'image_rgb8 must be uint8, got {image_rgb8.dtype}')
-    return torch.from_numpy(np.ascontiguousarray(image_rgb8)).permute(2, 0, 1)[None].float() / 255.0
+    # A read-only array (a decoded bag message) is copied: torch warns on those.
+    return torch.from_numpy(np.require(image_rgb8, requirements=('C', 'W'))).permute(
+        2, 0, 1)[None].float() / 255.0
 
 
 @torch.no_grad()

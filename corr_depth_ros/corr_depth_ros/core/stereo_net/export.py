@@ -33,6 +33,12 @@ def export_stereo_onnx(model: nn.Module, path: str, *, height: int, width: int,
     """Write ``model`` (eval mode, CPU float32) to ``path`` for (height, width) inputs, then run
     torch and onnxruntime on the same random pair and return the max absolute differences
     ``{'max_abs_diff_disparity_px', 'max_abs_diff_confidence'}`` (the parity check)."""
+    import importlib.util
+    for module, why in (('onnx', 'torch writes ONNX files with it'),
+                        ('onnxruntime', 'the parity check runs the file with it')):
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f'export-onnx needs the {module} package ({why}): '
+                             f'pip install {module}')
     import onnxruntime as ort
     if height <= 0 or width <= 0:
         raise ValueError(f'height and width must be positive, got {height}x{width}')
