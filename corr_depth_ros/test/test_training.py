@@ -63,7 +63,8 @@ def test_fit_learns_and_resumes(tmp_path):
     out2 = training.fit(_tiny(), data, _loss, cfg)
     assert out2['step'] == 160
     new_lines = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')][len(lines):]
-    assert new_lines and new_lines[0]['step'] > 150
+    assert new_lines[0] == {'event': 'resumed', 'step': 150}      # where the second run begins
+    assert len(new_lines) > 1 and new_lines[1]['step'] > 150
 
 
 def test_resume_uses_the_learning_rate_and_weight_decay_given_now(tmp_path, capsys, monkeypatch):
@@ -172,6 +173,82 @@ def test_resume_continues_the_data_stream_and_refuses_to_mix_runs(tmp_path):
     assert state['step'] == 8 and 'scaler' in state
     with pytest.raises(FileExistsError, match='previous run'):
         training.fit(_tiny(), _Line(), _loss, config(8, resume=False))
+
+
+def test_an_interrupted_run_reads_the_same_items_as_an_uninterrupted_one(tmp_path):
+    """_Line has 64 items: 40 steps of 4 read two and a half epochs. Stopped at step 12
+    (inside the first epoch) and at 22 (inside the second) and resumed, a run reads exactly
+    the items, in the order, of one that ran through (a resume used to draw a new shuffle,
+    reading some items twice and others never)."""
+    def config(name, steps):
+        return training.TrainConfig(out_dir=str(tmp_path / name), steps=steps, batch_size=4,
+                                    lr=1e-2, warmup_steps=1, checkpoint_every=2, device='cpu',
+                                    threads=1, resume=True)
+    through = _Recorded()
+    training.fit(_tiny(), through, _loss, config('through', 40))
+    pieces = []
+    for steps in (12, 22, 40):
+        data = _Recorded()
+        training.fit(_tiny(), data, _loss, config('pieces', steps))
+        pieces += data.read
+    assert pieces == through.read and len(through.read) == 160
+    first_epoch = through.read[:64]
+    assert sorted(first_epoch) == list(range(64)) and first_epoch != list(range(64))
+    assert through.read[64:128] != first_epoch                   # each epoch a new order
+
+
+def test_a_skipped_batch_leaves_batch_norm_statistics_as_they_were(tmp_path):
+    """A non-finite loss skips the batch; its forward pass in train mode had already folded
+    the batch into the running statistics, which must be put back (NaN there made every later
+    validation and saved file NaN). The stereo validation counts a NaN prediction as an error
+    (it once read as 0 % bad pixels)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+    calls = {'n': 0}
+
+    def poisoned(model, batch):
+        calls['n'] += 1
+        x = batch['x'] * (float('inf') if calls['n'] == 3 else 1.0)
+        err = model(x) - batch['y']
+        return (err ** 2).mean(), {}
+
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=6, batch_size=8, lr=1e-2,
+                               warmup_steps=1, device='cpu', threads=1)
+    training.fit(model, _Line(), poisoned, cfg)
+    assert calls['n'] == 7
+    assert torch.isfinite(model[1].running_mean).all() and torch.isfinite(model[1].running_var).all()
+    assert int(model[1].num_batches_tracked) == 6
+    from corr_depth_ros.core.stereo_net.train import evaluate_on_set
+
+    class NaNNet(nn.Module):
+        def forward(self, left, right):
+            return {'disparity': torch.full(left.shape[:1] + left.shape[2:], float('nan'))[:, None]}
+    dummy = nn.Linear(1, 1)
+    net = NaNNet()
+    net.add_module('p', dummy)
+    data = {'left': torch.zeros(2, 3, 4, 5), 'right': torch.zeros(2, 3, 4, 5),
+            'disparity_px': torch.full((2, 1, 4, 5), 3.0)}
+    metrics = evaluate_on_set(net, data)
+    assert metrics['bad_1_pct'] == 100.0 and metrics['bad_2_pct'] == 100.0
+    assert metrics['epe_px'] == float('inf')
+
+
+def test_validation_comes_before_its_checkpoint_and_survives_a_finished_resume(tmp_path):
+    """The checkpoint of a validated step holds that step's numbers: a finished run resumed
+    again (e.g. to add --ship) still returns them rather than none; the logged learning rate
+    is the one the step used (with 2 warm-up steps: half the rate, then the full rate)."""
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=4, batch_size=4, lr=1e-2,
+                               warmup_steps=2, log_every=1, val_every=2, checkpoint_every=2,
+                               device='cpu', threads=1, resume=True)
+    out = training.fit(_tiny(), _Line(), _loss, cfg, val_fn=lambda m, step: {'v': float(step)})
+    assert out['val_v'] == 4.0
+    state = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
+    assert state['validation'] == {'v': 4.0}
+    again = training.fit(_tiny(), _Line(), _loss, cfg, val_fn=lambda m, step: {'v': -1.0})
+    assert again['val_v'] == 4.0 and again['step'] == 4
+    rates = [r['lr'] for r in map(json.loads, open(tmp_path / 'run' / 'log.jsonl'))
+             if r['event'] == 'train']
+    assert rates[:2] == pytest.approx([0.5e-2, 1e-2])
 
 
 def test_best_weights_keeps_the_best_validation_across_a_resume(tmp_path):

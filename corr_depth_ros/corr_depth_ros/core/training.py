@@ -10,7 +10,6 @@
 """
 import contextlib
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -313,6 +312,51 @@ def _apply_optimizer_options(optimizer, scheduler, cfg: 'TrainConfig', say: bool
               f'had {old[0]:g} and {old[1]:g})')
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Training indices, epoch after epoch: each epoch a permutation that depends only on
+    (seed, epoch), split across ranks as DistributedSampler splits it (rank r takes every
+    world_size-th index; the tail that does not divide evenly is left out). It starts at
+    ``start_epoch`` with the first ``skip`` indices of this rank's share left out, so that a
+    resumed run reads on where the checkpoint's run stood instead of drawing a new shuffle
+    (exactly so when the dataset length is the same; train stereo's on-the-fly set grows with
+    --steps, and then the epoch's order is a new one)."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start_epoch: int = 0, skip: int = 0):
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.per_rank = length // world_size
+        self.epoch, self.skip = start_epoch, skip
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        from .seeding import seeded_generator
+        generator = seeded_generator((int(self.seed) << 32) + self.epoch)
+        order = torch.randperm(self.length, generator=generator)[:self.per_rank * self.world_size]
+        mine = order[self.rank::self.world_size].tolist()
+        skip, self.skip = self.skip, 0
+        self.epoch += 1
+        return iter(mine[skip:])
+
+
+def _batch_norm_state(model: nn.Module):
+    """Copies of every batch norm's running statistics (small), to put back after a skipped
+    batch: its forward pass in train mode has already folded that batch into them."""
+    return [(m, [t.detach().clone() for t in (m.running_mean, m.running_var,
+                                              m.num_batches_tracked)])
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+def _restore_batch_norm(state) -> None:
+    with torch.no_grad():
+        for module, saved in state:
+            for tensor, value in zip((module.running_mean, module.running_var,
+                                      module.num_batches_tracked), saved):
+                tensor.copy_(value)
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None,
@@ -325,10 +369,14 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
 
     Without ``cfg.resume``, an out_dir that holds a previous run (checkpoint or log) is refused
     rather than mixed with it. A resumed run continues the data stream instead of replaying
-    its first batches: the random state is reseeded from the step reached, the sampler's
-    epochs go on from there, and a dataset with ``start_stream(rank, items_read)`` (the
-    descriptor pair pool) is told where this rank's stream stood. Every rank calls it too, so
-    that ranks of a torchrun job draw different data.
+    its first batches: the sampler (:class:`EpochSampler`) starts at the epoch and position
+    the steps done reached, the random state (augmentation) is reseeded from the step reached,
+    and a dataset with ``start_stream(rank, items_read)`` (the descriptor pair pool) is told
+    where this rank's stream stood. Every rank calls it too, so that ranks of a torchrun job
+    draw different data. A batch whose loss is not finite is skipped with the weights and the
+    batch norm statistics as they were. Validation runs before the checkpoint of the same step,
+    and the checkpoint keeps the last validation numbers, so a run killed during validation
+    validates that step again and a finished run resumed once more returns its numbers.
 
     ``signature``: what defines the run apart from its length (network, loss, data; JSON
     types). It is stored in the checkpoint, and a resume with another one is refused: e.g. a
@@ -336,7 +384,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     ``signature_added_later``: fields added to the signature since older checkpoints, with the
     values those runs implicitly had (check_signature's ``added_later``).
     """
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     dist_info, device = init_distributed(cfg.device)
@@ -361,6 +409,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     scaler = torch.amp.GradScaler('cuda', enabled=scaled)
 
     step = 0
+    resumed_validation: Dict[str, float] = {}
     if cfg.resume and os.path.isfile(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         check_signature(ckpt_path, state.get('signature'), signature, signature_added_later)
@@ -371,8 +420,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if state.get('scaler') and scaler.is_enabled():
             scaler.load_state_dict(state['scaler'])   # {} from a disabled one: nothing to load
         step = int(state['step'])
+        resumed_validation = dict(state.get('validation') or {})
         if dist_info.is_main:
             print(f'resumed from {ckpt_path} at step {step}')
+            _log(log_path, {'event': 'resumed', 'step': step})
     if dist_info.world_size > 1:
         import torch.distributed as dist
         steps = torch.tensor([step, -step], dtype=torch.int64,
@@ -389,31 +440,28 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         start_stream(rank=dist_info.rank, items_read=step * cfg.batch_size)
 
     train_model = model
-    sampler = None
     if dist_info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None)
-        sampler = DistributedSampler(train_dataset, num_replicas=dist_info.world_size,
-                                     rank=dist_info.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(train_dataset, batch_size=cfg.batch_size, shuffle=sampler is None,
-                        sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
-                        pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
-    if len(loader) == 0:
+    sampler = EpochSampler(len(train_dataset), cfg.seed, dist_info.rank, dist_info.world_size)
+    batches_per_epoch = len(sampler) // cfg.batch_size       # drop_last
+    if batches_per_epoch == 0:
         # drop_last with fewer items than a batch yields nothing: batches() would spin forever.
-        per_rank = len(sampler) if sampler is not None else len(train_dataset)
-        raise ValueError(f'{per_rank} training items' +
+        raise ValueError(f'{len(sampler)} training items' +
                          (f' per process ({dist_info.world_size} processes)'
                           if dist_info.world_size > 1 else '') +
                          f' are fewer than one batch of {cfg.batch_size}: add data or lower '
                          '--batch-size')
+    sampler.epoch = step // batches_per_epoch
+    sampler.skip = (step % batches_per_epoch) * cfg.batch_size
+    loader = DataLoader(train_dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.num_workers, drop_last=True,
+                        pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
 
     def batches():
-        # Epochs before a resume at `step` numbered below it (each has >= 1 step): new seeds.
-        for epoch in itertools.count(step):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            yield from loader
+        while True:
+            yield from loader      # each pass is the sampler's next epoch
 
     progress = None
     if dist_info.is_main:
@@ -421,7 +469,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         progress = tqdm(total=cfg.steps, initial=step, desc=os.path.basename(cfg.out_dir.rstrip('/')),
                         dynamic_ncols=True)
     last: Dict[str, float] = {}
-    val_last: Dict[str, float] = {}
+    val_last: Dict[str, float] = resumed_validation
     train_model.train()
     started = time.perf_counter()
     data_iter = batches()
@@ -432,12 +480,13 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                         'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
                         'signature': _signature_text(signature),
-                        'step': step}, tmp)
+                        'validation': val_last, 'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 
     bad_in_a_row = 0
     while step < cfg.steps:
         batch = _to_device(next(data_iter), device)
+        batch_norm_before = _batch_norm_state(model)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             loss, logs = loss_fn(train_model, batch)
         # All ranks must agree, or DDP's gradient all-reduce would wait for the skipping rank.
@@ -447,7 +496,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite):
             # One degenerate sample (e.g. a rendered pair with no valid match) must not end a
-            # long run: skip the batch, keep the weights. Many in a row is a real divergence.
+            # long run: skip the batch, keep the weights and the batch norm statistics (its
+            # forward pass folded the batch into them: NaN there would leave every later
+            # validation and saved file NaN). Many in a row is a real divergence.
+            _restore_batch_norm(batch_norm_before)
             bad_in_a_row += 1
             if dist_info.is_main:
                 _log(log_path, {'event': 'skipped_batch', 'step': step,
@@ -464,6 +516,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        lr_used = optimizer.param_groups[0]['lr']       # this step's; the scheduler moves it on
         scheduler.step()
         step += 1
         last = {'loss': float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
@@ -471,10 +524,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             progress.update(1)
             progress.set_postfix(loss=f'{last["loss"]:.4f}')
             if step % cfg.log_every == 0 or step == cfg.steps:
-                _log(log_path, {'event': 'train', 'step': step, 'lr': scheduler.get_last_lr()[0],
+                _log(log_path, {'event': 'train', 'step': step, 'lr': lr_used,
                                 'elapsed_s': time.perf_counter() - started, **last})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint()
+        # Validation first: a checkpoint of this step then holds its numbers, and a run killed
+        # while validating resumes from the step before and validates this one again.
         if val_fn is not None and dist_info.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
             model.eval()
             with torch.no_grad():
@@ -483,6 +536,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             _log(log_path, {'event': 'val', 'step': step, **val_last})
             if progress is not None:
                 progress.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in val_last.items()))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint()
     if progress is not None:
         progress.close()
     if dist_info.world_size > 1:

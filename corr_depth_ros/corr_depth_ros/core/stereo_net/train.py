@@ -323,7 +323,9 @@ def evaluate_on_set(model, data: Dict[str, torch.Tensor], batch_size: int = 4) -
                          data['right'][i:i + batch_size].to(device))['disparity'].cpu()
             gt = data['disparity_px'][i:i + batch_size]
             valid = torch.isfinite(gt) & (gt > 0)
-            errors.append((pred - gt)[valid].abs())
+            # A non-finite prediction is an error, not a pixel that passes every threshold
+            # (NaN > 1 is False: NaN batch norm statistics once read as 0 % bad pixels).
+            errors.append(torch.nan_to_num((pred - gt)[valid].abs(), nan=math.inf))
     err = torch.cat(errors)
     return {'epe_px': float(err.mean()), 'bad_1_pct': float(100 * (err > 1).float().mean()),
             'bad_2_pct': float(100 * (err > 2).float().mean())}
