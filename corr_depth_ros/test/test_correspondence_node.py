@@ -7,6 +7,7 @@ reference image, so every reference pixel's true match is known. Depth is a tilt
 3D points and surface normals are known too. Uses the shipped descriptor weights.
 """
 import math
+import time
 
 import numpy as np
 import pytest
@@ -255,8 +256,17 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
                         action=lambda: client.publish_frame(info_width=WIDTH * 2),
                         action_period_s=1.0)
     stale = client.call(client.find, _find(reference_id='handle'))
-    assert stale.success and 'that image is old' in stale.message, stale.message
+    assert stale.success and 'that image may be old' in stale.message, stale.message
     assert f'camera_info size {WIDTH * 2}x{HEIGHT} does not match' in stale.message
+    assert 'live since' in stale.message
+    # A planner that wants fresh frames only sets max_frame_age_s: past it, the request fails
+    # and says why no newer frame came.
+    time.sleep(0.3)
+    assert node.set_parameters([Parameter('max_frame_age_s', value=0.2)])[0].successful
+    too_old = client.call(client.find, _find(reference_id='handle'))
+    assert not too_old.success and 'more than max_frame_age_s = 0.2' in too_old.message
+    assert f'camera_info size {WIDTH * 2}x{HEIGHT} does not match' in too_old.message
+    assert node.set_parameters([Parameter('max_frame_age_s', value=0.0)])[0].successful
 
     # A click on the image (rqt_image_view's topic) creates the "clicked" reference, a second
     # click extends it.

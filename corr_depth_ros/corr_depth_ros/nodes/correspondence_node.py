@@ -82,6 +82,10 @@ PARAMS = [
               validator=references.reference_id_problem),
     ParamSpec('max_pixels_per_request', 200, 'Most reference pixels one request may ask for.',
               value_range=(1, 10000)),
+    ParamSpec('max_frame_age_s', 0.0, 'Requests fail (success false, with the reason) when the '
+              'newest usable image became live longer ago than this, seconds: the camera or '
+              'the depth stopped. 0: no limit (every answer\'s message gives the age).',
+              value_range=(0.0, 3600.0)),
 ]
 
 
@@ -276,6 +280,14 @@ class CorrespondenceNode(Node):
                                                if self._values['use_depth'] else '')
             raise RequestError(f'no live image yet: waiting for {needs}; check the topics are '
                                'published and remapped to this node')
+        limit = self._values['max_frame_age_s']
+        age_s = time.monotonic() - frame.received_s
+        if limit > 0 and age_s > limit:
+            cause = (self._frame_error_note(frame.received_s)
+                     or (self._sync_watchdog and self._sync_watchdog.problem)
+                     or 'no newer image has come in')
+            raise RequestError(f'the newest usable image became live {age_s:.1f} s ago, more '
+                               f'than max_frame_age_s = {limit:g}: {cause}')
         return frame
 
     # --- requests ----------------------------------------------------------------------------
@@ -373,10 +385,14 @@ class CorrespondenceNode(Node):
         founds = [m.found for m in matches]
         count = sum(founds)
         response.message = (f'{count}/{len(founds)} found for {source} in the image of '
-                            f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id})')
-        stale = self._frame_error_note(frame.received_s)
+                            f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id}), '
+                            f'live since {time.monotonic() - frame.received_s:.2f} s')
+        # Why no newer frame took its place, where the node knows: frames dropped, or sets that
+        # no longer pair (e.g. the depth stopped). A planner can also set max_frame_age_s.
+        stale = (self._frame_error_note(frame.received_s)
+                 or (self._sync_watchdog and self._sync_watchdog.problem))
         if stale:
-            response.message += f'; note: that image is old, {stale}'
+            response.message += f'; note: that image may be old, {stale}'
 
         # Outputs for people and RViz (after the work for the caller is done).
         if response.matches and np.all(np.isfinite(positions[0])):
