@@ -296,6 +296,42 @@ def test_a_model_that_fails_while_running_falls_back_to_sgbm(ros, motorcycle):
     assert 'switched to sgbm' in node._errors.last_message
 
 
+def test_settings_valid_alone_but_not_together_are_refused_at_start_up(ros):
+    """sgbm.min_disparity 64 with max_disparity_px 32 is an empty search: refused when the
+    node starts, with that reason (it used to surface from a QoS-override parameter of rclpy's,
+    which the user never set)."""
+    with pytest.raises(ValueError, match=r'max_disparity_px \(32\) must be greater than '
+                                         r'sgbm.min_disparity \(64\)'):
+        StereoDepthNode(context=ros.context, parameter_overrides=[
+            Parameter('sgbm.min_disparity', value=64), Parameter('max_disparity_px', value=32)])
+    with pytest.raises(ValueError, match='p2 must be greater than p1'):
+        StereoDepthNode(context=ros.context, parameter_overrides=[
+            Parameter('sgbm.p2', value=100)])
+
+
+def test_confidence_threshold_on_a_backend_without_confidence_says_it_is_not_applied(
+        ros, motorcycle):
+    """An ONNX model without a confidence output: the threshold cannot apply, and the node
+    says so rather than silently keeping every pixel."""
+    node = _start(ros, confidence_threshold=0.5)
+    sgbm = node._backend
+
+    class NoConfidence:
+        name = 'onnx'
+
+        def compute(self, left, right, max_disparity_px=None):
+            result = sgbm.compute(left, right, max_disparity_px)
+            result.confidence = None
+            return result
+    with node._lock:
+        node._backend, node._backend_name = NoConfidence(), 'onnx'
+    warnings = []
+    node._errors.warn = lambda key, text: warnings.append(text)
+    rig = StereoRig(ros, motorcycle['geometry'])
+    rig.wait_outputs(ros, lambda: rig.publish(motorcycle['left'], motorcycle['right']))
+    assert warnings and 'confidence_threshold 0.5 is not applied' in warnings[0]
+
+
 def test_qos_override_of_one_topic_changes_only_that_topic(ros):
     """rclpy writes overrides into the profile it is given: each topic needs its own."""
     from rclpy.qos import qos_profile_sensor_data

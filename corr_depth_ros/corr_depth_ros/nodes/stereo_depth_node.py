@@ -73,7 +73,8 @@ PARAMS = [
               'onnx: no faster, within the trained range only).',
               value_range=MAX_DISPARITY_RANGE_PX),
     ParamSpec('confidence_threshold', 0.0, 'Pixels with confidence below this are invalid '
-              '(NaN depth). 0 keeps every pixel the backend outputs.',
+              '(NaN depth). 0 keeps every pixel the backend outputs; a backend without '
+              'confidence (an ONNX model without that output) keeps them all, with a warning.',
               value_range=CONFIDENCE_THRESHOLD_RANGE),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
               value_range=(0.0, 10000.0)),
@@ -129,6 +130,13 @@ class StereoDepthNode(Node):
         self._local = threading.local()  # fallback_to: the sgbm a runtime fallback installed
         self._backend = None
         self._backend_name = None
+        # Settings valid one by one but not together are refused here with their reason (the
+        # set-parameters callback checks them on changes; declare() checks each alone).
+        sgbm = SgbmParams(**{k.split('.', 1)[1]: v for k, v in self._values.items()
+                             if k.startswith('sgbm.')})
+        sgbm.validate()
+        if self._values['backend'] == 'sgbm':
+            sgbm.search_count(self._values['max_disparity_px'] or None)
         self._switch_backend(self._values['backend'])
         self._warn_beyond_trained_range()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -251,7 +259,10 @@ class StereoDepthNode(Node):
             result.successful, result.reason = False, beyond
             return result
         backend_after = changes.get('backend', self._backend_name)
-        if sgbm_changes or backend_after == 'sgbm':
+        # Only a request that touches them checks the sgbm settings (rclpy also runs this for
+        # the QoS-override parameters it declares while the node starts).
+        if sgbm_changes or (backend_after == 'sgbm' and
+                            ('backend' in changes or 'max_disparity_px' in changes)):
             merged = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
             merged.update(sgbm_changes)
             try:
@@ -315,6 +326,11 @@ class StereoDepthNode(Node):
                 raise
             backend = self._fall_back_to_sgbm(backend, exc)
             out = run_stereo(left, right, geometry, backend, **options)
+        if out.confidence is None and values['confidence_threshold'] > 0:
+            self._errors.warn('confidence', f'confidence_threshold '
+                              f'{values["confidence_threshold"]:g} is not applied: the '
+                              f'{backend.name} backend gives no confidence (an ONNX model '
+                              'without a confidence output); every pixel it outputs is kept')
         header = left_img.header
         intrinsics = (geometry.fx, geometry.fy, geometry.cx_left, geometry.cy)
         with self._clouds.beside(out.depth_m, intrinsics, left, header,

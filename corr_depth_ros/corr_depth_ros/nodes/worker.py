@@ -109,14 +109,24 @@ class ThrottledReporter:
         self.last_message = ''
 
     def error(self, key: str, text: str) -> None:
-        now = time.monotonic()
         with self._lock:
             self.count += 1
             self.last_message = text
+        if self._due(key):
+            self._logger.error(text)
+
+    def warn(self, key: str, text: str) -> None:
+        """A warning, throttled as errors are (not counted among them)."""
+        if self._due(key):
+            self._logger.warning(text)
+
+    def _due(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
             if now - self._last.get(key, -1e9) < self._period_s:
-                return
+                return False
             self._last[key] = now
-        self._logger.error(text)
+            return True
 
     def frame_dropped(self, exc: BaseException, context=None) -> None:
         """Report a frame a worker could not process (LatestFrameWorker's ``on_error``).
