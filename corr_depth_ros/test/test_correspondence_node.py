@@ -295,6 +295,10 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     # descriptor, and another meaning): refused by name, with what to do.
     one_pass = _start(ros, tmp_path, descriptor_scales=[1.0])
     assert one_pass.reference_ids() == []
+    # Scales the network cannot use are refused at start-up like any invalid value (the node
+    # used to run with the default while the parameter showed the refused list).
+    with pytest.raises(ValueError, match='invalid initial parameter: descriptor_scales'):
+        _start(ros, tmp_path, descriptor_scales=[0.5, 1.0])
     assert sorted(one_pass._store.foreign()) == ['clicked', 'handle']   # named at start-up
     assert one_pass._network_id != restarted._network_id
     with pytest.raises(references.ReferenceError, match='network'):

@@ -47,6 +47,16 @@ from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, stop_workers)
 
+def _scales_problem(value) -> Optional[str]:
+    """declare()'s check of descriptor_scales: None, or why the list is refused (a node that
+    started with the default instead would show a value it does not use)."""
+    try:
+        check_scales(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
               'descriptors_don_small.', read_only=True),
@@ -57,7 +67,8 @@ PARAMS = [
               value_range=(0, 256)),
     ParamSpec('descriptor_scales', list(DEFAULT_SCALES), 'Image scales the descriptors are computed at and '
               'concatenated (first 1.0; [1.0] is one pass, fastest). Stored references remember '
-              'them: changing this needs new references.', read_only=True),
+              'them: changing this needs new references.', read_only=True,
+              validator=_scales_problem),
     IMAGE_TRANSPORT,
     ParamSpec('use_depth', True, 'Subscribe to depth + camera_info (synchronised with image) '
               'for 3D points and grasp poses; false: image only, points are NaN.', read_only=True),
@@ -204,11 +215,7 @@ class CorrespondenceNode(Node):
         pin_torch_threads(1)
         self._device = resolve_device(self._values['device'])
         self._model, header = load_descriptor_net(self._values['weights'] or None, self._device)
-        try:
-            self._scales = check_scales(self._values['descriptor_scales'])
-        except ValueError as exc:
-            self.get_logger().error(f'{exc}; using the default {list(DEFAULT_SCALES)}')
-            self._scales = DEFAULT_SCALES
+        self._scales = check_scales(self._values['descriptor_scales'])   # declare() checked
         # The header's identity is of the weights alone; references also carry the scales.
         if header.get('identity') not in (None, references.network_identity(self._model)):
             self.get_logger().warning('weights identity in the file header differs from the '
