@@ -412,16 +412,22 @@ _CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
 
 
 def _check_type(topic: str, datatype: str, wanted: Optional[str] = None) -> None:
-    """ValueError unless ``topic`` holds ``wanted``, by default the type its name says the
-    pipeline reads there: CameraInfo for `.../camera_info`, CompressedImage for an image's
-    `/compressed` sibling, a raw Image for every other input (a depth topic given as
-    image_transport's `compressedDepth`, say, is refused here rather than failing mid-run)."""
-    if wanted is None:
-        wanted = (_CAMERA_INFO if topic.endswith('/camera_info') else
-                  _COMPRESSED if topic.endswith('/compressed') else _IMAGE)
-    if datatype != wanted:
-        raise ValueError(f'{topic} holds {datatype}, but it is read as {wanted}: give a topic '
-                         f'of that type (raw or image_transport /compressed images; depth raw)')
+    """ValueError unless ``topic`` holds ``wanted``, by default a type the pipeline can read
+    there: CameraInfo for `.../camera_info`, CompressedImage for an image's `/compressed`
+    sibling, a raw or compressed image on any other image input (both are decoded). The depth
+    input passes ``wanted`` = a raw Image: image_transport's `compressedDepth`, say, is refused
+    here rather than failing mid-run."""
+    if wanted is not None:
+        allowed = (wanted,)
+    elif topic.endswith('/camera_info'):
+        allowed = (_CAMERA_INFO,)
+    elif topic.endswith('/compressed'):
+        allowed = (_COMPRESSED,)
+    else:
+        allowed = (_IMAGE, _COMPRESSED)
+    if datatype not in allowed:
+        raise ValueError(f'{topic} holds {datatype}, but it is read as '
+                         f'{" or ".join(allowed)}: give a topic of that type')
 
 
 def _resolve(name: str, ns: str) -> str:

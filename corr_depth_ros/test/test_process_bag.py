@@ -562,7 +562,12 @@ def test_process_bag_checks_input_types_and_resolves_relative_names(tmp_path, ca
             header.stamp.sec = message.header.stamp.sec
             writer.write('/cam/depth/compressedDepth', 'sensor_msgs/msg/CompressedImage',
                          conversions.rgb8_to_compressed(rgb, header, 'png'), t)
+            writer.write('/cam/jpeg', 'sensor_msgs/msg/CompressedImage',
+                         conversions.rgb8_to_compressed(rgb, header, 'png'), t)
     writer.close()
+    # A compressed image on a topic of any name is an image input still (decoded as before).
+    assert cli_main(['process-bag', str(tmp_path / 'with_cmp.mcap'), str(tmp_path / 'j.mcap'),
+                     '--image-topic', '/cam/jpeg', '--depth-topic', '/cam/depth'] + corr) == 0
     out = tmp_path / 'out.mcap'
     for topic, datatype in (('/cam/depth/compressedDepth', 'CompressedImage'),
                             ('/cam/image/compressedDepth', None)):
