@@ -202,6 +202,16 @@ def test_max_disparity_override_is_the_largest_disparity_searched_from_min_dispa
         assert not (result.valid & (result.disparity_px > 50)).any()
     with pytest.raises(ValueError, match='greater than sgbm.min_disparity'):
         create_backend('sgbm', min_disparity=16).compute(left, right, max_disparity_px=16)
+    # A near object (60 px) before a background (30 px) with a maximum of 50: the object is
+    # invalid, not filled with the background's disparity (at the background's depth).
+    near_left, _ = _shifted_texture(60)
+    right = np.roll(near_left, -30, axis=1)               # background: disparity 30
+    right[:, 140:260] = near_left[:, 200:320]             # columns 200.. of the left: 60
+    for fill in (False, True):
+        result = create_backend('sgbm', fill_holes=fill).compute(near_left, right,
+                                                                  max_disparity_px=50)
+        assert result.valid[10:-10, 220:310].mean() < 0.05, fill
+        assert result.valid[10:-10, 90:180].mean() > 0.5, fill
 
 
 def test_p2_must_exceed_p1_as_the_matcher_uses_them():

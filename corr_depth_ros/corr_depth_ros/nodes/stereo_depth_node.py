@@ -68,9 +68,11 @@ PARAMS = [
     ParamSpec('slop_s', 0.01, 'Stamp tolerance for approximate_sync, seconds.', read_only=True,
               value_range=(0.0, 1.0)),
     ParamSpec('max_disparity_px', 0, 'Largest disparity wanted, pixels (0: backend default). '
-              'sgbm searches from sgbm.min_disparity up to it (must be greater); learned and '
-              'onnx search their trained range; all mark pixels beyond it invalid (learned and '
-              'onnx: no faster, within the trained range only).',
+              'sgbm searches from sgbm.min_disparity (which must be lower) to it, or to one '
+              'less where that range is a multiple of 16 (64 from 0: 0..63, as '
+              'stereo_image_proc); learned and onnx search their trained range; all mark '
+              'pixels beyond it invalid, also with hole filling (learned and onnx: no faster, '
+              'within the trained range only).',
               value_range=MAX_DISPARITY_RANGE_PX),
     ParamSpec('confidence_threshold', 0.0, 'Pixels with confidence below this are invalid '
               '(NaN depth). 0 keeps every pixel the backend outputs; a backend without '

@@ -185,10 +185,13 @@ class SgbmBackend(StereoBackend):
         disparity_px = raw.astype(np.float32) / 16.0
         valid = raw > (params.min_disparity - 1) * 16
         top = params.min_disparity + num_disparities - 1
+        beyond = None
         if max_disparity_px is not None:
             # The range is rounded up to a multiple of 16: what lies past the requested
-            # maximum is invalid (and so never copied into a hole either).
-            valid &= raw <= max_disparity_px * 16
+            # maximum is invalid, never copied into a hole, and not filled itself (a near
+            # object would take the background's disparity).
+            beyond = raw > max_disparity_px * 16
+            valid &= ~beyond
             top = min(top, max_disparity_px)
         # The first num_disparities columns have no full search range: OpenCV marks them invalid.
         confidence = valid.astype(np.float32)
@@ -196,6 +199,8 @@ class SgbmBackend(StereoBackend):
             disparity_px = fill_disparity_holes(disparity_px, valid)
             valid = np.isfinite(disparity_px) & (disparity_px >= params.min_disparity) \
                 & np.any(valid, axis=1, keepdims=True)
+            if beyond is not None:
+                valid &= ~beyond
         searched = (float(params.min_disparity), float(top))
         return StereoResult(disparity_px=disparity_px, valid=valid, confidence=confidence,
                             search_range_px=searched,
