@@ -195,6 +195,33 @@ def test_an_interrupted_run_reads_the_same_items_as_an_uninterrupted_one(tmp_pat
     first_epoch = through.read[:64]
     assert sorted(first_epoch) == list(range(64)) and first_epoch != list(range(64))
     assert through.read[64:128] != first_epoch                   # each epoch a new order
+    # Any int seed works, as it did before the sampler (negative and 64-bit ones too).
+    for seed in (-1, 2 ** 40, 2 ** 70):
+        order = list(training.EpochSampler(8, seed))
+        assert sorted(order) == list(range(8))
+
+
+def test_a_resume_after_a_skipped_batch_still_reads_on_where_it_stood(tmp_path):
+    """A skipped (non-finite) batch is drawn from the data without a step: the checkpoint
+    counts batches drawn, so the resumed run does not read the batch before it again."""
+    def poisoned_by_item_5(model, batch):
+        loss, logs = _loss(model, batch)
+        items = (batch['x'][:, 0] * 64).round().long().tolist()
+        return (loss * float('nan') if 5 in items else loss), logs
+
+    def config(name, steps):
+        return training.TrainConfig(out_dir=str(tmp_path / name), steps=steps, batch_size=4,
+                                    lr=1e-2, warmup_steps=1, checkpoint_every=1, device='cpu',
+                                    threads=1, resume=True)
+    through = _Recorded()
+    training.fit(_tiny(), through, poisoned_by_item_5, config('through', 20))
+    pieces = []
+    for steps in (3, 9, 20):
+        data = _Recorded()
+        training.fit(_tiny(), data, poisoned_by_item_5, config('pieces', steps))
+        pieces += data.read
+    assert len(through.read) > 80                      # skipped batches were drawn too
+    assert pieces == through.read
 
 
 def test_a_skipped_batch_leaves_batch_norm_statistics_as_they_were(tmp_path):

@@ -315,7 +315,8 @@ def _apply_optimizer_options(optimizer, scheduler, cfg: 'TrainConfig', say: bool
 class EpochSampler(torch.utils.data.Sampler):
     """Training indices, epoch after epoch: each epoch a permutation that depends only on
     (seed, epoch), split across ranks as DistributedSampler splits it (rank r takes every
-    world_size-th index; the tail that does not divide evenly is left out). It starts at
+    world_size-th index; the tail that does not divide evenly is left out, where
+    DistributedSampler would pad it with repeats). It starts at
     ``start_epoch`` with the first ``skip`` indices of this rank's share left out, so that a
     resumed run reads on where the checkpoint's run stood instead of drawing a new shuffle
     (exactly so when the dataset length is the same; train stereo's on-the-fly set grows with
@@ -331,8 +332,10 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.per_rank
 
     def __iter__(self):
-        from .seeding import seeded_generator
-        generator = seeded_generator((int(self.seed) << 32) + self.epoch)
+        import numpy as np
+        # Any int seed (negative ones too), mixed with the epoch into the generator's 32 bits.
+        mixed = np.random.SeedSequence([int(self.seed) % 2 ** 64, self.epoch])
+        generator = torch.Generator().manual_seed(int(mixed.generate_state(1, np.uint32)[0]))
         order = torch.randperm(self.length, generator=generator)[:self.per_rank * self.world_size]
         mine = order[self.rank::self.world_size].tolist()
         skip, self.skip = self.skip, 0
@@ -408,7 +411,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     use_amp, amp_dtype, scaled = mixed_precision(cfg.amp, device)
     scaler = torch.amp.GradScaler('cuda', enabled=scaled)
 
-    step = 0
+    step = batches_drawn = 0
     resumed_validation: Dict[str, float] = {}
     if cfg.resume and os.path.isfile(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -420,6 +423,9 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if state.get('scaler') and scaler.is_enabled():
             scaler.load_state_dict(state['scaler'])   # {} from a disabled one: nothing to load
         step = int(state['step'])
+        # Batches taken from the data, skipped non-finite ones included (older checkpoints:
+        # as many as steps).
+        batches_drawn = int(state.get('batches_drawn', step))
         resumed_validation = dict(state.get('validation') or {})
         if dist_info.is_main:
             print(f'resumed from {ckpt_path} at step {step}')
@@ -433,7 +439,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             raise RuntimeError(f'ranks resumed at different steps ({-int(steps[1])} to '
                                f'{int(steps[0])}): out_dir must be one folder every node shares')
     if step > 0:
-        # Not the stream's start again: a step-dependent seed gives new shuffles and augmentation.
+        # Not the stream's start again: a step-dependent seed gives new random augmentation
+        # (the data order itself goes on where it stood: EpochSampler below).
         torch.manual_seed(cfg.seed + dist_info.rank + 1_000_003 * step)
     start_stream = getattr(train_dataset, 'start_stream', None)
     if callable(start_stream):
@@ -453,8 +460,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                           if dist_info.world_size > 1 else '') +
                          f' are fewer than one batch of {cfg.batch_size}: add data or lower '
                          '--batch-size')
-    sampler.epoch = step // batches_per_epoch
-    sampler.skip = (step % batches_per_epoch) * cfg.batch_size
+    sampler.epoch = batches_drawn // batches_per_epoch
+    sampler.skip = (batches_drawn % batches_per_epoch) * cfg.batch_size
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, drop_last=True,
                         pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
@@ -480,12 +487,14 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                         'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
                         'signature': _signature_text(signature),
-                        'validation': val_last, 'step': step}, tmp)
+                        'validation': val_last, 'batches_drawn': batches_drawn,
+                        'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 
     bad_in_a_row = 0
     while step < cfg.steps:
         batch = _to_device(next(data_iter), device)
+        batches_drawn += 1
         batch_norm_before = _batch_norm_state(model)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             loss, logs = loss_fn(train_model, batch)
