@@ -175,26 +175,33 @@ def test_resume_continues_the_data_stream_and_refuses_to_mix_runs(tmp_path):
         training.fit(_tiny(), _Line(), _loss, config(8, resume=False))
 
 
+def _read_through_and_in_pieces(tmp_path, loss_fn, stops, checkpoint_every):
+    """The items _Line gives a run of stops[-1] steps of 4, read in one go and in runs resumed
+    at each of ``stops`` -> (items read through, items read in pieces)."""
+    def config(name, steps):
+        return training.TrainConfig(out_dir=str(tmp_path / name), steps=steps, batch_size=4,
+                                    lr=1e-2, warmup_steps=1, checkpoint_every=checkpoint_every,
+                                    device='cpu', threads=1, resume=True)
+    through = _Recorded()
+    training.fit(_tiny(), through, loss_fn, config('through', stops[-1]))
+    pieces = []
+    for steps in stops:
+        data = _Recorded()
+        training.fit(_tiny(), data, loss_fn, config('pieces', steps))
+        pieces += data.read
+    return through.read, pieces
+
+
 def test_an_interrupted_run_reads_the_same_items_as_an_uninterrupted_one(tmp_path):
     """_Line has 64 items: 40 steps of 4 read two and a half epochs. Stopped at step 12
     (inside the first epoch) and at 22 (inside the second) and resumed, a run reads exactly
     the items, in the order, of one that ran through (a resume used to draw a new shuffle,
     reading some items twice and others never)."""
-    def config(name, steps):
-        return training.TrainConfig(out_dir=str(tmp_path / name), steps=steps, batch_size=4,
-                                    lr=1e-2, warmup_steps=1, checkpoint_every=2, device='cpu',
-                                    threads=1, resume=True)
-    through = _Recorded()
-    training.fit(_tiny(), through, _loss, config('through', 40))
-    pieces = []
-    for steps in (12, 22, 40):
-        data = _Recorded()
-        training.fit(_tiny(), data, _loss, config('pieces', steps))
-        pieces += data.read
-    assert pieces == through.read and len(through.read) == 160
-    first_epoch = through.read[:64]
+    through, pieces = _read_through_and_in_pieces(tmp_path, _loss, (12, 22, 40), 2)
+    assert pieces == through and len(through) == 160
+    first_epoch = through[:64]
     assert sorted(first_epoch) == list(range(64)) and first_epoch != list(range(64))
-    assert through.read[64:128] != first_epoch                   # each epoch a new order
+    assert through[64:128] != first_epoch                   # each epoch a new order
     # Any int seed works, as it did before the sampler (negative and 64-bit ones too).
     for seed in (-1, 2 ** 40, 2 ** 70):
         order = list(training.EpochSampler(8, seed))
@@ -209,19 +216,9 @@ def test_a_resume_after_a_skipped_batch_still_reads_on_where_it_stood(tmp_path):
         items = (batch['x'][:, 0] * 64).round().long().tolist()
         return (loss * float('nan') if 5 in items else loss), logs
 
-    def config(name, steps):
-        return training.TrainConfig(out_dir=str(tmp_path / name), steps=steps, batch_size=4,
-                                    lr=1e-2, warmup_steps=1, checkpoint_every=1, device='cpu',
-                                    threads=1, resume=True)
-    through = _Recorded()
-    training.fit(_tiny(), through, poisoned_by_item_5, config('through', 20))
-    pieces = []
-    for steps in (3, 9, 20):
-        data = _Recorded()
-        training.fit(_tiny(), data, poisoned_by_item_5, config('pieces', steps))
-        pieces += data.read
-    assert len(through.read) > 80                      # skipped batches were drawn too
-    assert pieces == through.read
+    through, pieces = _read_through_and_in_pieces(tmp_path, poisoned_by_item_5, (3, 9, 20), 1)
+    assert len(through) > 80                      # skipped batches were drawn too
+    assert pieces == through
 
 
 def test_a_skipped_batch_leaves_batch_norm_statistics_as_they_were(tmp_path):
