@@ -444,7 +444,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         torch.manual_seed(cfg.seed + dist_info.rank + 1_000_003 * step)
     start_stream = getattr(train_dataset, 'start_stream', None)
     if callable(start_stream):
-        start_stream(rank=dist_info.rank, items_read=step * cfg.batch_size)
+        start_stream(rank=dist_info.rank, items_read=batches_drawn * cfg.batch_size)
 
     train_model = model
     if dist_info.world_size > 1:
