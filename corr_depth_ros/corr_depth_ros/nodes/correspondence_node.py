@@ -47,6 +47,7 @@ from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, stop_workers)
 
+
 def _scales_problem(value) -> Optional[str]:
     """declare()'s check of descriptor_scales: None, or why the list is refused (a node that
     started with the default instead would show a value it does not use)."""
