@@ -166,7 +166,9 @@ def bench_onnx(device, repeats):
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, 'stereo.onnx')
         parity = export_stereo_onnx(model, path, height=500, width=741)
-        backend = OnnxStereoBackend(path, device='auto' if device.type == 'cpu' else 'cuda')
+        # 'auto': onnxruntime's CUDA provider where the installed onnxruntime has one and it
+        # starts (onnxruntime-gpu), else its CPU provider; the JSON records which ran.
+        backend = OnnxStereoBackend(path, device='auto')
         timing = _timed(lambda: backend.compute(pair['left'], pair['right']), device, repeats)
     return {'parity': parity, 'providers': backend.providers, 'end_to_end': timing}
 

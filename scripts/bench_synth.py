@@ -59,7 +59,7 @@ def bench(render, height, width, pairs, warmup, device, first_seed=1000):
             'cpu_ms_per_pair': 1000 * cpu_seconds / pairs}
 
 
-def _worker(kind, height, width, seeds, warmup, ready, start, results):
+def _worker(kind, height, width, seeds, warmup, ready, start, results, first_warmup_seed):
     """One spawned process: warm up, wait for the common start, render its seeds."""
     import torch
 
@@ -68,7 +68,7 @@ def _worker(kind, height, width, seeds, warmup, ready, start, results):
     torch.set_num_threads(1)
     render = render_stereo_pair if kind == 'stereo' else render_multiview_pair
     for i in range(warmup):
-        render(seeds[0] - 1 - i, height, width)
+        render(first_warmup_seed - i, height, width)
     ready.wait()
     start.wait()
     for seed in seeds:
@@ -81,15 +81,26 @@ def bench_workers(kind, height, width, pairs, warmup, workers, first_seed=1000):
     from a common start (after imports and warm-up) to the last process finishing."""
     import multiprocessing
 
+    workers = max(1, min(workers, pairs))     # a worker without seeds would have nothing to time
     context = multiprocessing.get_context('spawn')
     ready, start = context.Barrier(workers + 1), context.Event()
     results = context.Queue()
     seeds = list(range(first_seed + warmup, first_seed + warmup + pairs))
     procs = [context.Process(target=_worker, args=(kind, height, width, seeds[w::workers],
-                                                   warmup, ready, start, results))
+                                                   warmup, ready, start, results,
+                                                   first_seed + warmup - 1))
              for w in range(workers)]
     for proc in procs:
         proc.start()
+    # A worker that fails before the barrier (an import or a render error) must not leave this
+    # process waiting for ever: wait until every worker is there, or one has ended.
+    while ready.n_waiting < workers:
+        if any(proc.exitcode is not None for proc in procs):
+            for proc in procs:
+                proc.terminate()
+            raise RuntimeError('a render worker ended before the timed start (see its '
+                               'traceback above)')
+        time.sleep(0.05)
     ready.wait()
     begin = time.perf_counter()
     start.set()
@@ -146,7 +157,7 @@ def main(argv=None) -> int:
             result.update(device='cpu', kind=kind)
             report['results'].append(result)
             print(f'cpu   {kind:9s} {width}x{height}: {result["pairs_per_s"]:6.1f} pairs/s '
-                  f'({args.workers} processes x 1 torch thread)', flush=True)
+                  f'({result["workers"]} processes x 1 torch thread)', flush=True)
     report['load_avg_after'] = _load()
     print(f'torch threads {report["torch_threads"]}, cpu_count {report["cpu_count"]}, '
           f'load average before {report["load_avg_before"]} after {report["load_avg_after"]}')

@@ -92,6 +92,23 @@ def test_sim_camera_node_publishes_calibrated_pairs(ros):
     assert conversions.image_to_array(got['gt'][0]).dtype == np.float32
 
 
+def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
+    """A replayed folder plays frame2 before frame10, and a pair of another size than the
+    first (whose size the published camera_info has) is refused, not published with it."""
+    import cv2
+    from corr_depth_ros.nodes.sim_stereo_camera_node import FolderPairs
+    for side in ('left', 'right'):
+        (tmp_path / side).mkdir()
+        for name, (width, value) in {'frame2': (32, 2), 'frame10': (32, 10),
+                                     'frame1': (32, 1), 'frame11': (40, 11)}.items():
+            cv2.imwrite(str(tmp_path / side / f'{name}.png'),
+                        np.full((24, width, 3), value, np.uint8))
+    pairs = FolderPairs(str(tmp_path))
+    assert [int(pairs.frame(i)['left'][0, 0, 0]) for i in range(3)] == [1, 2, 10]
+    with pytest.raises(ValueError, match='frame11.png is 40x24, but the camera publishes 32x24'):
+        pairs.frame(3)
+
+
 @pytest.mark.ros
 def test_sim_camera_node_stops_its_render_mid_frame(ros):
     """destroy_node stops the render thread inside its frame (it used to finish the frame: on a

@@ -8,6 +8,7 @@ Rendering runs on its own thread, at `rate_hz` at most (slower if rendering cann
 """
 import glob
 import os
+import re
 import threading
 import time
 
@@ -48,13 +49,23 @@ PARAMS = [
 ]
 
 
+def _natural_key(path: str):
+    """Sort key that orders f2 before f10 (numbers in names compared as numbers)."""
+    return [(0, int(part), '') if part.isdigit() else (1, 0, part)
+            for part in re.split(r'(\d+)', os.path.basename(path))]
+
+
 class FolderPairs:
-    """Rectified pairs from ``folder/left/*.png`` and ``folder/right/*.png`` matched by name."""
+    """Rectified pairs from ``folder/left/*.png`` and ``folder/right/*.png`` matched by name,
+    in natural order (frame2 before frame10). Every pair must have the first pair's size: the
+    camera's CameraInfo is that size's, so a pair of another size is refused (logged, skipped)
+    rather than published with intrinsics that are not its own."""
 
     def __init__(self, folder: str):
         import cv2
         self._cv2 = cv2
-        left = sorted(glob.glob(os.path.join(folder, 'left', '*.png')))
+        self.size_hw = None         # the first pair's, set when it is read
+        left = sorted(glob.glob(os.path.join(folder, 'left', '*.png')), key=_natural_key)
         names = [os.path.basename(p) for p in left]
         self.pairs = [(p, os.path.join(folder, 'right', n)) for p, n in zip(left, names)
                       if os.path.isfile(os.path.join(folder, 'right', n))]
@@ -70,6 +81,12 @@ class FolderPairs:
         right = self._cv2.imread(right_path, self._cv2.IMREAD_COLOR)
         if left is None or right is None or left.shape != right.shape:
             raise ValueError(f'unreadable or mismatched pair {left_path} / {right_path}')
+        if self.size_hw is None:
+            self.size_hw = left.shape[:2]
+        elif left.shape[:2] != self.size_hw:
+            raise ValueError(f'{left_path} is {left.shape[1]}x{left.shape[0]}, but the camera '
+                             f'publishes {self.size_hw[1]}x{self.size_hw[0]} (the first pair\'s '
+                             'size, in its camera_info): a replayed folder holds one size')
         return {'left': np.ascontiguousarray(left[:, :, ::-1]),
                 'right': np.ascontiguousarray(right[:, :, ::-1])}
 

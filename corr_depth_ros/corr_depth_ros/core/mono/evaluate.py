@@ -130,6 +130,8 @@ def measure_speed(model, device, size_hw=SPEED_SIZE_HW, repeats: int = 20) -> Di
                                     ('pp', lambda: predict_disparity(model, image, size_hw, True))):
                     for _ in range(3):
                         call()
+                    if device.type == 'cuda':
+                        torch.cuda.synchronize()     # the warm-up's queued work is not timed
                     times = []
                     for _ in range(repeats):
                         start = time.perf_counter()
