@@ -27,7 +27,9 @@ PARAMS = [
     ParamSpec('source', 'synthetic', 'Where frames come from: procedural scenes, or a folder '
               'with left/*.png and right/*.png rectified pairs (matched by name).',
               read_only=True, choices=('synthetic', 'folder')),
-    ParamSpec('folder', '', 'Folder of rectified pairs when source is folder.', read_only=True),
+    ParamSpec('folder', '', 'Folder of rectified pairs when source is folder: left/NAME.png and '
+              'right/NAME.png of one size, played in natural name order (frame2 before '
+              'frame10).', read_only=True),
     ParamSpec('loop', True, 'Replay the folder forever.', read_only=True),
     ParamSpec('rate_hz', 5.0, 'Publishing rate (an upper bound: rendering may be slower).',
               value_range=(0.1, 120.0)),
