@@ -82,6 +82,20 @@ def test_geometry_from_projection_matrices():
         StereoGeometry.from_projection_matrices(np.zeros((3, 4)), p_right, 741, 500)
     with pytest.raises(ValueError, match='size'):
         StereoGeometry.from_projection_matrices(p_left, p_right, 0, 500)
+    # Not one rectified pair, or no principal point: refused with what differs (these used to
+    # give depth from the right camera's focal length, or NaN and infinite points).
+    for row, col, value, reason in ((0, 0, 40.0, 'differ in fx'), (1, 1, 40.0, 'differ in fy'),
+                                    (1, 2, 10.0, 'differ in cy'),
+                                    (0, 2, np.nan, 'right P has no valid principal point'),
+                                    (0, 3, -np.inf, 'Tx = -inf')):
+        bad = p_right.copy()
+        bad[row, col] = value
+        with pytest.raises(ValueError, match=reason):
+            StereoGeometry.from_projection_matrices(p_left, bad, 741, 500)
+    bad = p_left.copy()
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match='left P has no valid principal point'):
+        StereoGeometry.from_projection_matrices(bad, p_right, 741, 500)
 
 
 def test_shape_checks():

@@ -61,10 +61,22 @@ class StereoGeometry:
         fx_right = p_right[0, 0]
         if not (np.isfinite(fx_right) and fx_right > 0):
             raise ValueError(f'right P has no valid focal length (fx={fx_right})')
+        for side, p in (('left', p_left), ('right', p_right)):
+            if not np.isfinite(p[:2, 2]).all():
+                raise ValueError(f'{side} P has no valid principal point (cx={p[0, 2]}, '
+                                 f'cy={p[1, 2]})')
+        # A rectified pair shares its focal lengths and its rows (cy); only cx may differ.
+        for name, left_value, right_value, tolerance in (
+                ('fx', fx, fx_right, 1e-3 * fx), ('fy', fy, p_right[1, 1], 1e-3 * fy),
+                ('cy', p_left[1, 2], p_right[1, 2], 0.5)):
+            if not abs(left_value - right_value) <= tolerance:
+                raise ValueError(f'left and right P differ in {name} ({left_value} and '
+                                 f'{right_value}): the camera_infos are not of one rectified '
+                                 'pair (publish the rectified P of a stereo calibration)')
         tx = p_right[0, 3]
         if not np.isfinite(tx) or tx == 0.0:
-            raise ValueError('right P has Tx = 0, so the baseline is unknown: publish the right '
-                             'camera_info of a stereo calibration (Tx = -fx * baseline)')
+            raise ValueError(f'right P has Tx = {tx}, so the baseline is unknown: publish the '
+                             'right camera_info of a stereo calibration (Tx = -fx * baseline)')
         baseline_m = -tx / fx_right
         if baseline_m <= 0:
             raise ValueError(f'right P gives a negative baseline ({baseline_m:.4f} m): are left '
