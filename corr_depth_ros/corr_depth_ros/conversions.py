@@ -9,6 +9,7 @@ helpers, kept to exactly what the nodes need:
 Every builder takes the header to copy, so outputs carry the input's stamp and frame.
 """
 import array
+import contextlib
 from typing import Optional, Tuple
 
 import cv2
@@ -30,6 +31,16 @@ COLOUR_ENCODINGS = ('mono8', 'mono16', 'rgb8', 'bgr8', 'rgba8', 'bgra8')
 
 class ConversionError(ValueError):
     """A message that cannot be turned into an array; the text says what is wrong."""
+
+
+@contextlib.contextmanager
+def naming(what: str):
+    """Prefix a ConversionError raised inside with the input it is about ('right image: ...'),
+    for nodes that convert several messages of one kind in a frame."""
+    try:
+        yield
+    except ConversionError as exc:
+        raise ConversionError(f'{what}: {exc}') from exc
 
 
 def image_to_array(msg: Image) -> np.ndarray:
@@ -123,6 +134,18 @@ def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
     return msg
 
 
+def _check_binning_and_roi(info: CameraInfo, what: str) -> None:
+    """ConversionError if ``info`` has binning or a region of interest (not supported)."""
+    roi = info.roi
+    # An all-zero ROI and one covering the whole image both mean "no ROI" (CameraInfo.msg).
+    full_roi = (roi.x_offset, roi.y_offset) == (0, 0) and \
+        (roi.width, roi.height) in ((0, 0), (info.width, info.height))
+    if info.binning_x > 1 or info.binning_y > 1 or not full_roi:
+        raise ConversionError(f'{what} has binning or a region of interest, which is not '
+                              'supported: publish the camera_info of the image as delivered '
+                              '(e.g. from image_proc crop_decimate)')
+
+
 def stereo_geometry_from_camera_info(left: CameraInfo, right: CameraInfo) -> StereoGeometry:
     """Rectified stereo geometry from a CameraInfo pair; ConversionError with a reason if unusable.
 
@@ -136,6 +159,8 @@ def stereo_geometry_from_camera_info(left: CameraInfo, right: CameraInfo) -> Ste
         raise ConversionError('left camera_info has a zero K or P: the camera is not calibrated')
     if not any(right.k) or not any(right.p):
         raise ConversionError('right camera_info has a zero K or P: the camera is not calibrated')
+    for side, info in (('left', left), ('right', right)):
+        _check_binning_and_roi(info, f'{side} camera_info')
     try:
         return StereoGeometry.from_projection_matrices(left.p, right.p, left.width, left.height)
     except ValueError as exc:
@@ -349,28 +374,30 @@ def camera_intrinsics(info: CameraInfo, image_shape: Optional[Tuple[int, ...]] =
     """
     if image_shape is not None:
         height, width = int(image_shape[0]), int(image_shape[1])
-        roi = info.roi
-        # An all-zero ROI and one covering the whole image both mean "no ROI" (CameraInfo.msg).
-        full_roi = (roi.x_offset, roi.y_offset) == (0, 0) and \
-            (roi.width, roi.height) in ((0, 0), (info.width, info.height))
-        if info.binning_x > 1 or info.binning_y > 1 or not full_roi:
-            raise ConversionError('camera_info has binning or a region of interest, which is '
-                                  'not supported: publish the camera_info of the image as '
-                                  'delivered (e.g. from image_proc crop_decimate)')
+        _check_binning_and_roi(info, 'camera_info')
         if (info.width, info.height) != (width, height):
             raise ConversionError(f'camera_info size {info.width}x{info.height} does not match '
                                   f'the image size {width}x{height}')
     k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if not (np.isfinite(k).all() and k[0, 0] > 0 and k[1, 1] > 0):
+    if not (np.isfinite(k[[0, 1], [0, 1]]).all() and k[0, 0] > 0 and k[1, 1] > 0):
         raise ConversionError(f'camera_info K has no valid focal length (fx={k[0, 0]}, '
                               f'fy={k[1, 1]}): is the camera calibrated?')
+    if not np.isfinite(k).all():
+        raise ConversionError(f'camera_info K has entries that are not finite ({k.ravel()}): '
+                              'is the camera calibrated?')
     p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
-    if not p.any():
-        return float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2])
-    fx, fy, cx, cy = p[0, 0], p[1, 1], p[0, 2], p[1, 2]
-    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
-        raise ConversionError(f'camera_info P has no valid focal length (fx={fx}, fy={fy}) '
-                              'although K has: is the rectification calibrated?')
+    if p.any():
+        fx, fy, cx, cy = p[0, 0], p[1, 1], p[0, 2], p[1, 2]
+        source = 'P'
+    else:       # a driver that fills K alone
+        fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+        source = 'K (P is all zero)'
+    if not (np.isfinite([fx, fy]).all() and fx > 0 and fy > 0):
+        raise ConversionError(f'camera_info {source} has no valid focal length (fx={fx}, '
+                              f'fy={fy}): is the camera calibrated?')
+    if not np.isfinite([cx, cy]).all():
+        raise ConversionError(f'camera_info {source} has no valid principal point (cx={cx}, '
+                              f'cy={cy})')
     return float(fx), float(fy), float(cx), float(cy)
 
 
@@ -382,7 +409,10 @@ def depth_image_to_metres(msg: Image) -> np.ndarray:
     """
     if msg.encoding == '16UC1':
         height, width, step = int(msg.height), int(msg.width), int(msg.step)
-        if len(msg.data) != step * height or step < 2 * width:
+        if step < 2 * width:
+            raise ConversionError(f'16UC1 depth: step {step} is less than 2 * width = '
+                                  f'{2 * width} bytes')
+        if len(msg.data) != step * height:
             raise ConversionError(f'16UC1 depth: data length {len(msg.data)} does not match '
                                   f'step*height = {step * height}')
         raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :2 * width]
@@ -465,6 +495,10 @@ def compressed_to_rgb8(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (image_transport's `compressed`: jpeg or png) -> (H, W, 3)
     uint8 RGB. ``format`` is e.g. 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8'."""
     fmt = (msg.format or '').lower()
+    if 'compresseddepth' in fmt:
+        raise ConversionError(f'compressed format {msg.format!r} is image_transport\'s '
+                              'compressedDepth, for depth images: not supported for this input '
+                              '(send raw depth, or a jpeg/png colour image here)')
     if fmt and not any(kind in fmt for kind in ('jpeg', 'jpg', 'png')):
         raise ConversionError(f'unsupported compressed format {msg.format!r}; accepted: jpeg, png')
     if len(msg.data) == 0:

@@ -98,9 +98,51 @@ def test_camera_intrinsics_of_a_rectified_image_come_from_p():
     with pytest.raises(conversions.ConversionError, match='region of interest'):
         conversions.camera_intrinsics(info, (480, 640))
     info.roi.width = info.roi.height = 0
+    info.p[2] = float('nan')
+    with pytest.raises(conversions.ConversionError,
+                       match=r'P has no valid principal point \(cx=nan'):
+        conversions.camera_intrinsics(info)
+    info.p[2] = 318.0
     info.k = [0.0] * 9
     with pytest.raises(conversions.ConversionError, match='calibrated'):
         conversions.camera_intrinsics(info)
+
+
+def test_stereo_camera_infos_with_binning_or_roi_are_refused():
+    """As for one camera: intrinsics of the full-resolution image would be wrong for a binned
+    or cropped one (they were used as they are)."""
+    from corr_depth_ros.core.motorcycle import load_motorcycle
+    from std_msgs.msg import Header
+    geometry = load_motorcycle()['geometry']
+    for change in ('binning', 'roi'):
+        left, right = conversions.stereo_camera_infos(geometry, Header(), Header())
+        if change == 'binning':
+            right.binning_x = right.binning_y = 2
+        else:
+            left.roi.x_offset, left.roi.width, left.roi.height = 10, 40, 30
+        with pytest.raises(conversions.ConversionError,
+                           match=('right' if change == 'binning' else 'left') +
+                           ' camera_info has binning or a region of interest'):
+            conversions.stereo_geometry_from_camera_info(left, right)
+
+
+def test_conversion_errors_name_their_input_and_their_cause():
+    """A node converting several messages says which one is bad; a 16UC1 step below the row
+    length says so; image_transport's compressedDepth is refused for colour images (a colour
+    PNG labelled so was decoded and used)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage, Image
+    with pytest.raises(conversions.ConversionError, match=r'^right image: unsupported'):
+        with conversions.naming('right image'):
+            conversions.image_to_rgb8(Image(encoding='yuv422', width=2, height=2, step=4,
+                                            data=bytes(8)))
+    depth = Image(encoding='16UC1', width=8, height=2, step=8, data=bytes(16))
+    with pytest.raises(conversions.ConversionError, match='step 8 is less than 2 \\* width = 16'):
+        conversions.depth_image_to_metres(depth)
+    ok, png = cv2.imencode('.png', np.zeros((4, 4, 3), np.uint8))
+    message = CompressedImage(format='32FC1; compressedDepth png', data=png.tobytes())
+    with pytest.raises(conversions.ConversionError, match='compressedDepth'):
+        conversions.compressed_to_rgb8(message)
 
 
 def test_image_from_a_one_row_slice_has_its_own_step():

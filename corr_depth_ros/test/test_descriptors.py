@@ -464,6 +464,17 @@ def test_reference_persistence_and_identity_refusal(tmp_path):
         references.Reference('../evil', pixels, ref.descriptors, net_id, (48, 64))
     with pytest.raises(references.ReferenceError, match='not usable'):
         references.validate_reference_id('mug\n')       # `$` would let a final newline pass
+    for hidden in ('.', '..', '.mug'):                 # hidden files, or the folder above
+        with pytest.raises(references.ReferenceError, match='not usable'):
+            references.validate_reference_id(hidden)
+    references.validate_reference_id('mug.v2')
+    # A huge id in a request is not echoed whole.
+    with pytest.raises(references.ReferenceError) as info:
+        references.validate_reference_id('a' * 100_000)
+    assert len(str(info.value)) < 300 and '100000 characters' in str(info.value)
+    with pytest.raises(references.ReferenceError) as info:
+        store.get('b' * 100_000)
+    assert len(str(info.value)) < 300
 
 
 # --- evaluation ground truth ----------------------------------------------------------------------

@@ -242,7 +242,8 @@ class CorrespondenceNode(Node):
         rgb = conversions.any_image_to_rgb8(image_msg)
         points_m = None
         if depth_msg is not None:
-            depth_m = conversions.depth_image_to_metres(depth_msg)
+            with conversions.naming('depth'):
+                depth_m = conversions.depth_image_to_metres(depth_msg)
             if depth_m.shape != rgb.shape[:2]:
                 raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is '
                                  f'{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to '
@@ -325,7 +326,8 @@ class CorrespondenceNode(Node):
                                'y = row) pixel')
         self._check_pixel_count(len(pixels_xy), f'{len(pixels_xy)} reference_pixels requested')
         if not np.all(np.isfinite(pixels_xy)):
-            raise RequestError('reference_pixels contain NaN or inf')
+            raise RequestError('the click is at NaN or inf' if what == 'click' else
+                               'reference_pixels contain NaN or inf')
         try:
             matching.check_pixels_inside(pixels_xy, *size_hw)
         except ValueError as exc:

@@ -307,8 +307,10 @@ class StereoDepthNode(Node):
 
     def _process(self, item) -> None:
         left_img, right_img, left_info, right_info = item
-        left = conversions.any_image_to_rgb8(left_img)
-        right = conversions.any_image_to_rgb8(right_img)
+        with conversions.naming('left image'):
+            left = conversions.any_image_to_rgb8(left_img)
+        with conversions.naming('right image'):
+            right = conversions.any_image_to_rgb8(right_img)
         if left.shape != right.shape:
             raise ValueError(f'image size mismatch: left is {left.shape[1]}x{left.shape[0]}, '
                              f'right is {right.shape[1]}x{right.shape[0]}')

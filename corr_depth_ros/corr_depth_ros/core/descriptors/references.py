@@ -17,7 +17,9 @@ import numpy as np
 
 from ..shapes import check_shape
 
-_ID_PATTERN = re.compile(r'[A-Za-z0-9_.-]{1,64}')   # fullmatch: no trailing newline
+# fullmatch: no trailing newline; the first character is no dot ('.' and '..' would name
+# hidden files, '..' the folder above).
+_ID_PATTERN = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}')
 THUMBNAIL_MAX_PX = 160
 
 
@@ -45,11 +47,17 @@ def network_identity(model, scales=(1.0,)) -> str:
     return weights_identity(model, ARCH, config)
 
 
+def _shown(reference_id) -> str:
+    """repr of an id for a message, shortened: a request may carry a 100,000-character one."""
+    text = repr(reference_id)
+    return text if len(text) <= 80 else text[:60] + f'... ({len(str(reference_id))} characters)'
+
+
 def reference_id_problem(reference_id: str) -> Optional[str]:
     """Why ``reference_id`` cannot name a reference, or None."""
     if not isinstance(reference_id, str) or not _ID_PATTERN.fullmatch(reference_id):
-        return (f'reference_id {reference_id!r} is not usable: use 1-64 characters from '
-                'letters, digits, "_", "-" and "." (it names a file)')
+        return (f'reference_id {_shown(reference_id)} is not usable: use 1-64 characters from '
+                'letters, digits, "_", "-" and "." not starting with "." (it names a file)')
     return None
 
 
@@ -154,7 +162,7 @@ class ReferenceStore:
                 'descriptors of different networks cannot be compared. Re-create it with '
                 'set_reference (overwrite=true) or load the weights it was made with')
         known = ', '.join(self.ids()) or 'none'
-        raise ReferenceError(f'unknown reference_id {reference_id!r}; known: {known}. '
+        raise ReferenceError(f'unknown reference_id {_shown(reference_id)}; known: {known}. '
                              'Create it with set_reference or a click on the image')
 
     def put(self, ref: Reference, overwrite: bool) -> None:
