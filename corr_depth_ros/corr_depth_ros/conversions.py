@@ -142,8 +142,9 @@ def _check_binning_and_roi(info: CameraInfo, what: str) -> None:
         (roi.width, roi.height) in ((0, 0), (info.width, info.height))
     if info.binning_x > 1 or info.binning_y > 1 or not full_roi:
         raise ConversionError(f'{what} has binning or a region of interest, which is not '
-                              'supported: publish the camera_info of the image as delivered '
-                              '(e.g. from image_proc crop_decimate)')
+                              'supported: publish a camera_info whose K and P describe the '
+                              'delivered image (scaled for the binning, shifted for the crop) '
+                              'with binning and roi cleared')
 
 
 def stereo_geometry_from_camera_info(left: CameraInfo, right: CameraInfo) -> StereoGeometry:

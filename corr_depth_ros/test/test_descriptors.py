@@ -464,7 +464,7 @@ def test_reference_persistence_and_identity_refusal(tmp_path):
         references.Reference('../evil', pixels, ref.descriptors, net_id, (48, 64))
     with pytest.raises(references.ReferenceError, match='not usable'):
         references.validate_reference_id('mug\n')       # `$` would let a final newline pass
-    for hidden in ('.', '..', '.mug'):                 # hidden files, or the folder above
+    for hidden in ('.', '..', '.mug'):                 # would name hidden files
         with pytest.raises(references.ReferenceError, match='not usable'):
             references.validate_reference_id(hidden)
     references.validate_reference_id('mug.v2')

@@ -105,6 +105,9 @@ def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
                         np.full((24, width, 3), value, np.uint8))
     pairs = FolderPairs(str(tmp_path))
     assert [int(pairs.frame(i)['left'][0, 0, 0]) for i in range(3)] == [1, 2, 10]
+    from corr_depth_ros.nodes.sim_stereo_camera_node import _natural_key
+    assert sorted(['f\u00b2.png', 'f10.png', 'f9.png'], key=_natural_key) == \
+        ['f9.png', 'f10.png', 'f\u00b2.png']          # '²' is no number to int()
     with pytest.raises(ValueError, match='frame11.png is 40x24, but the camera publishes 32x24'):
         pairs.frame(3)
 

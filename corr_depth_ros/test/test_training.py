@@ -219,6 +219,14 @@ def test_a_resume_after_a_skipped_batch_still_reads_on_where_it_stood(tmp_path):
     through, pieces = _read_through_and_in_pieces(tmp_path, poisoned_by_item_5, (3, 9, 20), 1)
     assert len(through) > 80                      # skipped batches were drawn too
     assert pieces == through
+    # A stream dataset (the descriptor pair pool) is told the items drawn, skipped ones too.
+    state = torch.load(tmp_path / 'pieces' / 'checkpoint.pt', weights_only=True)
+    assert state['batches_drawn'] > state['step']
+    data = _Recorded()
+    training.fit(_tiny(), data, poisoned_by_item_5, training.TrainConfig(
+        out_dir=str(tmp_path / 'pieces'), steps=21, batch_size=4, lr=1e-2, warmup_steps=1,
+        checkpoint_every=1, device='cpu', threads=1, resume=True))
+    assert data.stream == (0, 4 * state['batches_drawn'])
 
 
 def test_a_skipped_batch_leaves_batch_norm_statistics_as_they_were(tmp_path):

@@ -48,7 +48,8 @@ class StereoGeometry:
 
         The right camera's P carries ``Tx = -fx * B`` (CameraInfo docs), so ``B = -Tx / fx``.
         Raises ValueError with a reason a user can act on when P cannot describe a rectified
-        pair (zero focal length, Tx = 0, non-positive size).
+        pair (zero focal length, Tx = 0, non-positive size, left and right P that differ in fx,
+        fy or cy, a non-finite principal point).
         """
         p_left = np.asarray(p_left, dtype=np.float64).reshape(3, 4)
         p_right = np.asarray(p_right, dtype=np.float64).reshape(3, 4)

@@ -53,8 +53,10 @@ PARAMS = [
 
 def _natural_key(path: str):
     """Sort key that orders f2 before f10 (numbers in names compared as numbers)."""
-    return [(0, int(part), '') if part.isdigit() else (1, 0, part)
-            for part in re.split(r'(\d+)', os.path.basename(path))]
+    # re.split with a group puts the digit runs at the odd positions (ASCII digits only: '²'
+    # is a digit to str.isdigit() but not to int()).
+    return [(0, int(part), '') if index % 2 else (1, 0, part)
+            for index, part in enumerate(re.split(r'([0-9]+)', os.path.basename(path)))]
 
 
 class FolderPairs:

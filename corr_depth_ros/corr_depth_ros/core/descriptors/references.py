@@ -17,8 +17,8 @@ import numpy as np
 
 from ..shapes import check_shape
 
-# fullmatch: no trailing newline; the first character is no dot ('.' and '..' would name
-# hidden files, '..' the folder above).
+# fullmatch: no trailing newline; the first character is no dot (the file would be hidden:
+# id '..' is the file '...safetensors').
 _ID_PATTERN = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}')
 THUMBNAIL_MAX_PX = 160
 
