@@ -152,13 +152,14 @@ def run(args) -> int:
     except (ValueError, OSError) as exc:
         print(f'process-bag: {exc}')
         return 2
-    unmatched = counts.get('unmatched', 0)
+    unmatched, note = counts.get('unmatched', 0), ''
+    if unmatched:
+        pairing = f'within {args.slop_s:g} s' if args.slop_s else 'of the same stamp'
+        note = f', {unmatched} without a partner {pairing} on every input'
+    written = (f' -> {args.output}' if counts['sets'] else
+               '; nothing written (an existing output is left as it was)')
     print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped'
-          + (f', {unmatched} without a partner ' + (
-              f'within {args.slop_s:g} s' if args.slop_s else 'of the same stamp')
-              + ' on every input' if unmatched else '')
-          + (f' -> {args.output}' if counts['sets'] else
-             '; nothing written (an existing output is left as it was)'))
+          f'{note}{written}')
     return 0 if counts['sets'] > 0 else 1
 
 

@@ -24,9 +24,20 @@ def generator_seed(seed: int) -> int:
         raise ValueError(f'seed must be in [0, 2**64), got {seed}')
     if seed < 2 ** 32:
         return seed
-    return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+    return _mixed(seed)
+
+
+def _mixed(*values: int) -> int:
+    """32 bits from non-negative ints of any size, by numpy's SeedSequence."""
+    return int(np.random.SeedSequence(list(values)).generate_state(1, np.uint32)[0])
 
 
 def seeded_generator(seed: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with :func:`generator_seed` of ``seed``."""
     return torch.Generator().manual_seed(generator_seed(seed))
+
+
+def mixed_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` for stream ``stream`` (>= 0) of ``seed`` (any int, negative
+    ones too, taken modulo 2**64): the pair is mixed whole into the generator's 32 bits."""
+    return torch.Generator().manual_seed(_mixed(int(seed) % SEED_LIMIT, int(stream)))

@@ -332,10 +332,8 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.per_rank
 
     def __iter__(self):
-        import numpy as np
-        # Any int seed (negative ones too), mixed with the epoch into the generator's 32 bits.
-        mixed = np.random.SeedSequence([int(self.seed) % 2 ** 64, self.epoch])
-        generator = torch.Generator().manual_seed(int(mixed.generate_state(1, np.uint32)[0]))
+        from .seeding import mixed_generator
+        generator = mixed_generator(self.seed, self.epoch)      # any int seed
         order = torch.randperm(self.length, generator=generator)[:self.per_rank * self.world_size]
         mine = order[self.rank::self.world_size].tolist()
         skip, self.skip = self.skip, 0

@@ -268,6 +268,12 @@ class CorrespondenceNode(Node):
         self._last_frame_error = (time.monotonic(), str(exc))
         self._on_worker_error(exc)
 
+    def _why_no_newer_frame(self, frame) -> str:
+        """'' or why no newer frame replaced ``frame``, where the node knows: frames dropped
+        since, or sets that no longer pair (e.g. the depth stopped)."""
+        return (self._frame_error_note(frame.received_s)
+                or (self._sync_watchdog and self._sync_watchdog.problem) or '')
+
     def _frame_error_note(self, since_s: float) -> str:
         """'' or why the newest frames since ``since_s`` (monotonic) were dropped."""
         error = self._last_frame_error
@@ -292,9 +298,7 @@ class CorrespondenceNode(Node):
         limit = self._values['max_frame_age_s']
         age_s = time.monotonic() - frame.received_s
         if limit > 0 and age_s > limit:
-            cause = (self._frame_error_note(frame.received_s)
-                     or (self._sync_watchdog and self._sync_watchdog.problem)
-                     or 'no newer image has come in')
+            cause = self._why_no_newer_frame(frame) or 'no newer image has come in'
             raise RequestError(f'the newest usable image became live {age_s:.1f} s ago, more '
                                f'than max_frame_age_s = {limit:g}: {cause}')
         return frame
@@ -397,10 +401,8 @@ class CorrespondenceNode(Node):
         response.message = (f'{count}/{len(founds)} found for {source} in the image of '
                             f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id}), '
                             f'live since {time.monotonic() - frame.received_s:.2f} s')
-        # Why no newer frame took its place, where the node knows: frames dropped, or sets that
-        # no longer pair (e.g. the depth stopped). A planner can also set max_frame_age_s.
-        stale = (self._frame_error_note(frame.received_s)
-                 or (self._sync_watchdog and self._sync_watchdog.problem))
+        # A planner can also set max_frame_age_s.
+        stale = self._why_no_newer_frame(frame)
         if stale:
             response.message += f'; note: that image may be old, {stale}'
 

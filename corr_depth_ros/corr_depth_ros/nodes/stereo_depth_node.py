@@ -123,6 +123,17 @@ PARAMS = [
      for k, v in _SGBM_DEFAULTS.items()]
 
 
+def _check_sgbm_settings(values: dict, backend: str) -> None:
+    """ValueError with the reason unless the ``sgbm.*`` parameters in ``values`` hold together
+    and, when ``backend`` is sgbm, max_disparity_px lies above sgbm.min_disparity (sgbm searches
+    from one to the other)."""
+    sgbm = SgbmParams(**{k.split('.', 1)[1]: v for k, v in values.items()
+                         if k.startswith('sgbm.')})
+    sgbm.validate()
+    if backend == 'sgbm':
+        sgbm.search_count(values['max_disparity_px'] or None)
+
+
 class StereoDepthNode(Node):
     def __init__(self, **kwargs):
         super().__init__('stereo_depth_node', **kwargs)
@@ -134,11 +145,7 @@ class StereoDepthNode(Node):
         self._backend_name = None
         # Settings valid one by one but not together are refused here with their reason (the
         # set-parameters callback checks them on changes; declare() checks each alone).
-        sgbm = SgbmParams(**{k.split('.', 1)[1]: v for k, v in self._values.items()
-                             if k.startswith('sgbm.')})
-        sgbm.validate()
-        if self._values['backend'] == 'sgbm':
-            sgbm.search_count(self._values['max_disparity_px'] or None)
+        _check_sgbm_settings(self._values, self._values['backend'])
         self._switch_backend(self._values['backend'])
         self._warn_beyond_trained_range()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -265,14 +272,8 @@ class StereoDepthNode(Node):
         # the QoS-override parameters it declares while the node starts).
         if sgbm_changes or (backend_after == 'sgbm' and
                             ('backend' in changes or 'max_disparity_px' in changes)):
-            merged = {k.split('.', 1)[1]: v for k, v in self._values.items() if k.startswith('sgbm.')}
-            merged.update(sgbm_changes)
             try:
-                sgbm = SgbmParams(**merged)
-                sgbm.validate()
-                if backend_after == 'sgbm':     # sgbm searches min_disparity .. max_disparity_px
-                    sgbm.search_count(changes.get('max_disparity_px',
-                                                  self._values['max_disparity_px']) or None)
+                _check_sgbm_settings({**self._values, **changes}, backend_after)
             except ValueError as exc:
                 result.successful = False
                 result.reason = str(exc)

@@ -46,12 +46,13 @@ def _to_tensor(image_rgb8: np.ndarray, device) -> torch.Tensor:
 
 
 def predict_depth_m(model, image_rgb8: np.ndarray, fx_px: float, input_size: Tuple[int, int],
-                    post_process: bool, device, baseline_m: float) -> np.ndarray:
+                    post_process: bool, device, baseline_m: Optional[float]) -> np.ndarray:
     """Metric-mode depth (H,W) of one image, metres, with ``baseline_m`` the training rig's
-    baseline (the weights' ``training_rig.baseline_m``, as the node's metric mode uses)."""
+    baseline (the weights' ``training_rig.baseline_m``, as the node's metric mode uses; None:
+    the synthetic rig's, for figures that do not depend on it)."""
     disparity = predict_disparity(model, _to_tensor(image_rgb8, device), input_size, post_process)
     depth_m, _ = metric_depth(disparity[0, 0].cpu().numpy(), fx_px, image_rgb8.shape[1],
-                              baseline_m)
+                              baseline_m or TRAINING_RIG['baseline_m'])
     return depth_m
 
 
@@ -80,7 +81,7 @@ def evaluate_motorcycle(model, input_size, device, max_depth_m: Optional[float],
     out = {}
     for pp in (False, True):
         pred = predict_depth_m(model, gt['left'], gt['fx_px'], input_size, pp, device,
-                               baseline_m or TRAINING_RIG['baseline_m'])
+                               baseline_m)
         out['pp' if pp else 'no_pp'] = _metrics(pred, gt['depth_m'], max_depth_m,
                                                 baseline_m is not None)
     return out
@@ -102,7 +103,7 @@ def evaluate_synthetic(model, arrays, input_size, device, max_depth_m: Optional[
         for index in range(len(arrays['left'])):
             image = np.array(arrays['left'][index])
             pred = predict_depth_m(model, image, float(arrays['fx_px'][index]), input_size, pp,
-                                   device, baseline_m or TRAINING_RIG['baseline_m'])
+                                   device, baseline_m)
             per_image.append(_metrics(pred, np.array(arrays['depth_left_m'][index]),
                                       max_depth_m, baseline_m is not None))
         out['pp' if pp else 'no_pp'] = mean_metrics(per_image)
@@ -244,7 +245,7 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
         model, size = first_model
         gt = motorcycle_ground_truth()
         pred = predict_depth_m(model, gt['left'], gt['fx_px'], size, True, device,
-                               TRAINING_RIG['baseline_m'])      # median-scaled: any baseline
+                               None)      # drawn median-scaled: any baseline
         metrics = report['models']['lr']['motorcycle']['pp']['median']
         canvas = make_figure(gt['left'], gt['depth_m'], pred,
                              f'Motorcycle zero-shot, pp: AbsRel {metrics["abs_rel"]:.3f}, '
