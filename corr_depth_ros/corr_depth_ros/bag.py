@@ -605,19 +605,20 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
         log_time = image.log_time_ns
         try:
             rgb = conversions.any_image_to_rgb8(image.message)
-            points_m = None
+            points_m = intrinsics = None
             if depth is not None:
                 depth_m = conversions.depth_image_to_metres(depth.message)
                 if depth_m.shape != rgb.shape[:2]:
                     raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the '
                                      f'image is {rgb.shape[1]}x{rgb.shape[0]}')
-                points_m = depth_to_points(
-                    depth_m, *conversions.camera_intrinsics(info.message, rgb.shape))
+                intrinsics = conversions.camera_intrinsics(info.message, rgb.shape)
+                points_m = depth_to_points(depth_m, *intrinsics)
             descriptors = compute_descriptors(model, rgb, torch_device, pool=buffers)
         except ValueError as exc:
             _skip(counts, log_time, exc)
             return
         matches = query.match_references(reference, descriptors, points_m,
+                                         intrinsics=intrinsics,
                                          match_threshold=match_threshold,
                                          normal_radius_px=normal_radius_px,
                                          no_depth_reason='no --depth-topic given')

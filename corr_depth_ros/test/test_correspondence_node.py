@@ -154,7 +154,10 @@ def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
         assert match.found, match.reason
         col, row = int(round(match.match_pixel.x)), int(round(match.match_pixel.y))
         point = np.array([match.point.point.x, match.point.point.y, match.point.point.z])
-        np.testing.assert_allclose(point, scene['points'][row, col], rtol=1e-5)
+        # On the ray through the sub-pixel match, at its nearest pixel's depth.
+        depth = scene['points'][row, col, 2]
+        ray = [(match.match_pixel.x - CX) / FX, (match.match_pixel.y - CY) / FY, 1.0]
+        np.testing.assert_allclose(point, depth * np.array(ray), rtol=1e-5)
         pose = match.grasp_pose.pose
         assert pose.position.z == pytest.approx(point[2])
         # The approach (z) axis points into the surface: minus the plane normal.

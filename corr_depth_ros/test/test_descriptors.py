@@ -359,29 +359,61 @@ def test_descriptors_at_rejects_out_of_bounds_pixel_with_a_message():
 
 # --- grasp ---------------------------------------------------------------------------------------
 def _plane_points(normal, offset_m=1.0, height=40, width=50, f_px=60.0):
-    """Depth of the plane n.p = -offset (n towards the camera) seen by a pinhole camera."""
+    """Points of the plane n.p = -offset (n towards the camera) seen by a pinhole camera, the
+    plane's unit normal and the camera's (fx, fy, cx, cy)."""
     normal = np.asarray(normal, dtype=np.float64) / np.linalg.norm(normal)
     cx, cy = (width - 1) / 2, (height - 1) / 2
     u, v = np.meshgrid(np.arange(width), np.arange(height))
     ray = np.stack([(u - cx) / f_px, (v - cy) / f_px, np.ones_like(u, dtype=np.float64)], -1)
     depth = -offset_m / (ray @ normal)
-    return depth_to_points(depth.astype(np.float32), f_px, f_px, cx, cy), normal
+    intrinsics = (f_px, f_px, cx, cy)
+    return depth_to_points(depth.astype(np.float32), *intrinsics), normal, intrinsics
 
 
 def test_fit_normal_on_a_tilted_plane_points_to_camera():
-    points, true_normal = _plane_points([0.3, -0.2, -1.0])
-    normal, reason = grasp.fit_normal(points, (25, 20), radius_px=4)
+    points, true_normal, intrinsics = _plane_points([0.3, -0.2, -1.0])
+    normal, reason = grasp.fit_normal(points, (25, 20), intrinsics, radius_px=4)
     assert reason == ''
     assert np.dot(normal, true_normal) > 0.999          # same direction, towards the camera
     holes = points.copy()
     holes[10:30, 15:35] = np.nan
-    normal, reason = grasp.fit_normal(holes, (25, 20), radius_px=4)
+    holes[20, 25] = points[20, 25]
+    normal, reason = grasp.fit_normal(holes, (25, 20), intrinsics, radius_px=4)
     assert np.all(np.isnan(normal)) and 'valid depth points' in reason
 
 
+def test_fit_normal_leaves_out_the_surface_behind_a_depth_edge():
+    """A box face 0.5 m away in front of a wall 1 m away, both facing the camera: near the
+    box's outline the window holds both, and their joint fit was a wall seen edge-on (an
+    approach from the side, reported as found)."""
+    height, width, f_px = 90, 120, 100.0
+    depth = np.full((height, width), 1.0, np.float32)
+    depth[:, :60] = 0.5
+    intrinsics = (f_px, f_px, 60.0, 45.0)
+    points = depth_to_points(depth, *intrinsics)
+    for col in (55, 59, 60, 64):     # on the box and on the wall, next to the edge
+        normal, reason = grasp.fit_normal(points, (col, 45), intrinsics, radius_px=5)
+        assert reason == '' and np.allclose(normal, [0, 0, -1], atol=1e-4), (col, normal)
+    # A steep but continuous surface (70 degrees from facing the camera) is still followed.
+    slanted, true_normal, slanted_intrinsics = _plane_points(
+        [np.sin(np.radians(70)), 0.0, -np.cos(np.radians(70))])
+    normal, reason = grasp.fit_normal(slanted, (25, 20), slanted_intrinsics, radius_px=4)
+    assert reason == '' and np.dot(normal, true_normal) > 0.999
+
+
+def test_grasp_position_projects_onto_the_sub_pixel_match():
+    points, _, intrinsics = _plane_points([0.3, -0.2, -1.0])
+    fx, fy, cx, cy = intrinsics
+    for pixel in [(25.4, 20.3), (24.6, 19.7), (25.0, 20.0)]:
+        position = grasp.grasp_at(points, pixel, intrinsics)['position']
+        assert np.isclose(position[2], points[20, 25, 2])      # the nearest pixel's depth
+        projected = (fx * position[0] / position[2] + cx, fy * position[1] / position[2] + cy)
+        assert np.allclose(projected, pixel, atol=1e-3), (pixel, projected)
+
+
 def test_grasp_pose_z_axis_is_the_approach():
-    points, true_normal = _plane_points([0.3, -0.2, -1.0])
-    pose = grasp.grasp_at(points, (25, 20))
+    points, true_normal, intrinsics = _plane_points([0.3, -0.2, -1.0])
+    pose = grasp.grasp_at(points, (25, 20), intrinsics)
     assert pose['reason'] == ''
     x, y, z, w = pose['quaternion_xyzw']
     assert math.isclose(x * x + y * y + z * z + w * w, 1.0, rel_tol=1e-6)
@@ -391,7 +423,7 @@ def test_grasp_pose_z_axis_is_the_approach():
     assert np.allclose(pose['position'], points[20, 25])
     nan_points = points.copy()
     nan_points[20, 25] = np.nan
-    missing = grasp.grasp_at(nan_points, (25, 20))
+    missing = grasp.grasp_at(nan_points, (25, 20), intrinsics)
     assert np.all(np.isnan(missing['position'])) and 'depth' in missing['reason']
 
 

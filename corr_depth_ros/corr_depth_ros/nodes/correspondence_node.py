@@ -107,6 +107,7 @@ class LiveFrame:
     rgb: np.ndarray                 # (H,W,3) uint8
     descriptors: object             # torch (D,H,W)
     points_m: Optional[np.ndarray]  # (H,W,3) metres, NaN invalid; None without depth
+    intrinsics: Optional[tuple]     # (fx, fy, cx, cy) of points_m; None without depth
     received_s: float
     _norms2: object = None          # torch (H*W,), see norms2()
 
@@ -240,7 +241,7 @@ class CorrespondenceNode(Node):
     def _process(self, item) -> None:
         image_msg, depth_msg, info_msg = item
         rgb = conversions.any_image_to_rgb8(image_msg)
-        points_m = None
+        points_m = intrinsics = None
         if depth_msg is not None:
             with conversions.naming('depth'):
                 depth_m = conversions.depth_image_to_metres(depth_msg)
@@ -248,13 +249,14 @@ class CorrespondenceNode(Node):
                 raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is '
                                  f'{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to '
                                  'the image (same size)')
-            fx, fy, cx, cy = conversions.camera_intrinsics(info_msg, rgb.shape)
-            points_m = depth_to_points(depth_m, fx, fy, cx, cy)
+            intrinsics = conversions.camera_intrinsics(info_msg, rgb.shape)
+            points_m = depth_to_points(depth_m, *intrinsics)
         # The descriptor image (78 MB at 640x480, two scales) is written into a buffer of a
         # frame nobody uses any more (RecyclingPool: the previous frame's, once it is replaced
         # and its last request is served), not into fresh memory: ~10-20 ms a frame less.
         descriptors = self._describe(rgb, pool=self._buffers)
-        frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, time.monotonic())
+        frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, intrinsics,
+                          time.monotonic())
         with self._frame_lock:
             self._frame = frame
         self.frames_processed += 1
@@ -379,7 +381,7 @@ class CorrespondenceNode(Node):
             source = 'the inline reference image'
         values = dict(self._values)
         matches = query.match_references(
-            ref_desc, frame.descriptors, frame.points_m,
+            ref_desc, frame.descriptors, frame.points_m, intrinsics=frame.intrinsics,
             match_threshold=values['match_threshold'],
             normal_radius_px=values['normal_radius_px'],
             no_depth_reason='no depth: use_depth is false', frame_norms2=frame.norms2())

@@ -307,7 +307,8 @@ def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int 
     reference = descriptors_at(descriptors, pixels)
     depth = np.full((height, width), 1.0, np.float32)
     from ..geometry import depth_to_points
-    points = depth_to_points(depth, 500.0, 500.0, width / 2, height / 2)
+    intrinsics = (500.0, 500.0, width / 2, height / 2)
+    points = depth_to_points(depth, *intrinsics)
     # The node computes the frame's descriptor norms with its first request and keeps them
     # (LiveFrame.norms2): a first request pays for them, later ones on the frame do not.
     first, later = [], []
@@ -316,12 +317,12 @@ def benchmark(model, image_rgb8: np.ndarray, num_pixels: int = 10, repeats: int 
         norms2 = pixel_norms2(descriptors)
         found = find_best_matches(reference, descriptors, norms2=norms2)
         for xy in found['match_px']:
-            grasp_at(points, xy, normal_radius_px)
+            grasp_at(points, xy, intrinsics, normal_radius_px)
         first.append(time.perf_counter() - start)
         start = time.perf_counter()
         found = find_best_matches(reference, descriptors, norms2=norms2)
         for xy in found['match_px']:
-            grasp_at(points, xy, normal_radius_px)
+            grasp_at(points, xy, intrinsics, normal_radius_px)
         later.append(time.perf_counter() - start)
     return {'image_size': f'{width}x{height}', 'threads': torch.get_num_threads(),
             'scales': list(scales), 'descriptor_dim': int(descriptors.shape[0]),

@@ -13,40 +13,80 @@ import numpy as np
 from ..shapes import check_shape
 
 
-def point_at(points_m: np.ndarray, pixel_xy) -> np.ndarray:
-    """(H,W,3) points, (x, y) pixel -> (3,) point at the nearest pixel; NaN if invalid/outside."""
+# fx, fy, cx, cy in pixels: the camera_info's P (K where P is all zero), as the depth was
+# back-projected with (geometry.depth_to_points).
+Intrinsics = Tuple[float, float, float, float]
+
+# The steepest surface, seen from the camera, that the normal fit follows: window points whose
+# depth differs from the centre's by more than tan(MAX_SLANT_DEG) times their sideways distance
+# belong to another surface (an occluding edge, the background behind an object) and are left
+# out. A depth step is then not fitted as a wall seen edge-on.
+MAX_SLANT_DEG = 80.0
+
+
+def _nearest_pixel(pixel_xy):
+    return int(round(float(pixel_xy[0]))), int(round(float(pixel_xy[1])))
+
+
+def point_at(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics) -> np.ndarray:
+    """(H,W,3) points, (x, y) sub-pixel -> (3,) point; NaN if invalid/outside.
+
+    The depth is the nearest pixel's; x and y lie on the ray through (x, y) itself (pixel
+    centres at integer coordinates, as camera_info has them), so the point projects back onto
+    the sub-pixel match rather than onto the pixel it was rounded to.
+    """
     check_shape('points_m', points_m, (None, None, 3))
     height, width = points_m.shape[:2]
-    col, row = int(round(float(pixel_xy[0]))), int(round(float(pixel_xy[1])))
+    col, row = _nearest_pixel(pixel_xy)
+    nan = np.full(3, np.nan, dtype=np.float32)
     if not (0 <= col < width and 0 <= row < height):
-        return np.full(3, np.nan, dtype=np.float32)
-    point = points_m[row, col].astype(np.float32)
-    return point if np.all(np.isfinite(point)) else np.full(3, np.nan, dtype=np.float32)
+        return nan
+    depth = float(points_m[row, col, 2])
+    if not (np.isfinite(depth) and depth > 0):
+        return nan
+    fx, fy, cx, cy = (float(value) for value in intrinsics)
+    return np.array([(float(pixel_xy[0]) - cx) * depth / fx,
+                     (float(pixel_xy[1]) - cy) * depth / fy, depth], dtype=np.float32)
 
 
-def fit_normal(points_m: np.ndarray, pixel_xy, radius_px: int = 5,
+def fit_normal(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics, radius_px: int = 5,
                min_points: int = 6) -> Tuple[np.ndarray, str]:
     """Unit surface normal (3,) at a pixel, pointing towards the camera; NaN + reason if unfit.
 
     Args:
         points_m: (H,W,3) camera-frame points, metres, NaN where depth is invalid.
-        pixel_xy: (x, y) pixel. radius_px: half-size of the square window, pixels.
-        min_points: fewest valid points for a fit.
+        pixel_xy: (x, y) pixel. intrinsics: (fx, fy, cx, cy) of the depth image.
+        radius_px: half-size of the square window, pixels.
+        min_points: fewest valid points on the pixel's surface for a fit.
     Returns:
         (normal, reason): reason is '' on success.
     """
     check_shape('points_m', points_m, (None, None, 3))
     height, width = points_m.shape[:2]
-    col, row = int(round(float(pixel_xy[0]))), int(round(float(pixel_xy[1])))
+    col, row = _nearest_pixel(pixel_xy)
     nan = np.full(3, np.nan, dtype=np.float32)
     if not (0 <= col < width and 0 <= row < height):
         return nan, f'pixel ({col}, {row}) is outside the {width}x{height} depth image'
-    window = points_m[max(0, row - radius_px):row + radius_px + 1,
-                      max(0, col - radius_px):col + radius_px + 1].reshape(-1, 3)
-    window = window[np.all(np.isfinite(window), axis=1)].astype(np.float64)
+    centre_depth = float(points_m[row, col, 2])
+    if not (np.isfinite(centre_depth) and centre_depth > 0):
+        return nan, 'no valid depth at the pixel to fit a surface normal around'
+    rows = slice(max(0, row - radius_px), row + radius_px + 1)
+    cols = slice(max(0, col - radius_px), col + radius_px + 1)
+    window = points_m[rows, cols].astype(np.float64)
+    # Sideways distance of each window pixel from the centre, at the centre's depth.
+    fx, fy = float(intrinsics[0]), float(intrinsics[1])
+    d_row, d_col = np.meshgrid(np.arange(rows.start, rows.start + window.shape[0]) - row,
+                               np.arange(cols.start, cols.start + window.shape[1]) - col,
+                               indexing='ij')
+    sideways_m = centre_depth * np.hypot(d_col / fx, d_row / fy)
+    with np.errstate(invalid='ignore'):
+        same_surface = (np.all(np.isfinite(window), axis=2)
+                        & (np.abs(window[..., 2] - centre_depth)
+                           <= np.tan(np.radians(MAX_SLANT_DEG)) * sideways_m))
+    window = window[same_surface]
     if len(window) < min_points:
-        return nan, (f'only {len(window)} valid depth points within {radius_px} px '
-                     f'(need {min_points}) to fit a surface normal')
+        return nan, (f'only {len(window)} valid depth points of the pixel\'s surface within '
+                     f'{radius_px} px (need {min_points}) to fit a surface normal')
     centred = window - window.mean(axis=0)
     # The right singular vector of the smallest singular value is the plane normal.
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
@@ -97,18 +137,21 @@ def rotation_to_quaternion_xyzw(rotation: np.ndarray) -> np.ndarray:
     return quat
 
 
-def grasp_at(points_m: np.ndarray, pixel_xy, radius_px: int = 5) -> Dict[str, object]:
+def grasp_at(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics,
+             radius_px: int = 5) -> Dict[str, object]:
     """Grasp pose at a pixel: position = the 3D point, z axis = -normal (into the surface).
+
+    ``intrinsics``: (fx, fy, cx, cy) the depth was back-projected with.
 
     Returns dict: ``position`` (3,) metres (NaN if no point), ``quaternion_xyzw`` (4,) (NaN if no
     normal), ``normal`` (3,), ``reason`` ('' when both exist).
     """
-    position = point_at(points_m, pixel_xy)
+    position = point_at(points_m, pixel_xy, intrinsics)
     if not np.all(np.isfinite(position)):
         nan4 = np.full(4, np.nan)
         return {'position': position, 'quaternion_xyzw': nan4, 'normal': np.full(3, np.nan),
                 'reason': 'no valid depth at the matched pixel'}
-    normal, reason = fit_normal(points_m, pixel_xy, radius_px)
+    normal, reason = fit_normal(points_m, pixel_xy, intrinsics, radius_px)
     if reason:
         return {'position': position, 'quaternion_xyzw': np.full(4, np.nan), 'normal': normal,
                 'reason': reason}

@@ -32,7 +32,8 @@ class Match:
 
 
 def match_references(reference_descriptors, frame_descriptors: torch.Tensor,
-                     points_m: Optional[np.ndarray], *, match_threshold: float,
+                     points_m: Optional[np.ndarray], *,
+                     intrinsics: Optional[grasp.Intrinsics] = None, match_threshold: float,
                      normal_radius_px: int, no_depth_reason: str = 'no depth image',
                      frame_norms2: Optional[torch.Tensor] = None) -> List[Match]:
     """Find each reference descriptor in a frame (Dense Object Nets: arg-min of L2 distance).
@@ -40,11 +41,15 @@ def match_references(reference_descriptors, frame_descriptors: torch.Tensor,
     Args:
         reference_descriptors: (N, D) array or tensor. frame_descriptors: (D, H, W) tensor.
         points_m: (H, W, 3) camera-frame points of the frame (metres, NaN invalid), or None.
+        intrinsics: (fx, fy, cx, cy) the points were back-projected with; needed with points.
         match_threshold: largest descriptor distance that counts as found.
         normal_radius_px: half-size of the depth window for the surface normal.
         no_depth_reason: the reason given when ``points_m`` is None.
         frame_norms2: matching.pixel_norms2 of ``frame_descriptors``, if already computed.
     """
+    if points_m is not None and intrinsics is None:
+        raise ValueError('match_references: points_m given without the intrinsics they were '
+                         'back-projected with')
     reference = torch.as_tensor(np.ascontiguousarray(reference_descriptors)
                                 if isinstance(reference_descriptors, np.ndarray)
                                 else reference_descriptors)
@@ -61,7 +66,7 @@ def match_references(reference_descriptors, frame_descriptors: torch.Tensor,
             pose = {'position': np.full(3, np.nan, np.float32),
                     'quaternion_xyzw': np.full(4, np.nan, np.float32), 'reason': no_depth_reason}
         else:
-            pose = grasp.grasp_at(points_m, match_xy, normal_radius_px)
+            pose = grasp.grasp_at(points_m, match_xy, intrinsics, normal_radius_px)
         if not np.all(np.isfinite(pose['position'])):
             reasons.append(pose['reason'] or 'no valid 3D point')
         elif pose['reason']:
