@@ -218,30 +218,46 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
     wrong_encoding = conversions.array_to_image(scene['reference'], 'rgb8', Header())
     wrong_encoding.encoding = 'yuv422'
-    bad_requests = {
-        'outside the 320x240 image': _find([[320.0, 10.0]], reference_msg),
-        'unknown reference_id': _find(reference_id='nope'),
-        'empty request': _find(PIXELS),
-        'unsupported image encoding': _find(PIXELS, wrong_encoding),
-        'reference_pixels is empty': _find([], reference_msg),
-        'not both': _find(PIXELS, reference_msg, reference_id='handle'),
-        'not stored with reference': _find([[1.0, 1.0]], reference_id='handle'),
-        'the limit is max_pixels_per_request = 200': _find(np.tile(PIXELS, (51, 1)),
-                                                           reference_msg),
-    }
+    outside, nan, inf = 'outside the 320x240 image', float('nan'), float('inf')
+    bad_requests = [
+        (outside, _find([[320.0, 10.0]], reference_msg)),
+        (outside, _find([[10.0, 240.0]], reference_msg)),
+        (outside, _find([[-1.0, 10.0]], reference_msg)),
+        (outside, _find([[10.0, -0.5]], reference_msg)),
+        (outside, _find([[1.0, 1.0], [319.5, 10.0]], reference_msg)),
+        ('reference_pixels contain NaN or inf', _find([[nan, 10.0]], reference_msg)),
+        ('reference_pixels contain NaN or inf', _find([[inf, 0.0]], reference_msg)),
+        ('unknown reference_id', _find(reference_id='nope')),
+        ('empty request', _find(PIXELS)),
+        ('unsupported image encoding', _find(PIXELS, wrong_encoding)),
+        ('reference_pixels is empty', _find([], reference_msg)),
+        ('not both', _find(PIXELS, reference_msg, reference_id='handle')),
+        ('not stored with reference', _find([[1.0, 1.0]], reference_id='handle')),
+        ('the limit is max_pixels_per_request = 200', _find(np.tile(PIXELS, (51, 1)),
+                                                            reference_msg)),
+    ]
     reference_passes = []      # inline references are described without the frames' pool
     describe = node._describe
     node._describe = lambda rgb, pool=None: (reference_passes.append(1) if pool is None else None,
                                              describe(rgb, pool))[1]
-    for expected_text, request in bad_requests.items():
+    for expected_text, request in bad_requests:
         result = client.call(client.find, request)
         assert not result.success, expected_text
         assert expected_text in result.message, (expected_text, result.message)
         assert len(result.matches) == 0
+    for pixels in ([[10.0, 240.0]], [[nan, 1.0]]):          # set_reference checks them too
+        bad_set = SetReference.Request(reference_id='bad_pixels')
+        bad_set.reference_pixels = [conversions.pixel_point(p) for p in pixels]
+        result = client.call(client.set, bad_set)
+        assert not result.success and ('outside' in result.message
+                                       or 'NaN or inf' in result.message), result.message
+    assert 'bad_pixels' not in node.reference_ids()
     # Bad pixels are refused before describing the inline reference (out of bounds, empty,
     # too many); only requests with an inline image and usable pixels cost a pass (none here).
     assert reference_passes == []
     node._describe = describe
+    corner = client.call(client.find, _find([[319.0, 239.0]], reference_msg))   # the last pixel
+    assert corner.success and len(corner.matches) == 1, corner.message
     # The pixel limit holds for stored references too (an empty list asks for all of them).
     assert node.set_parameters([Parameter('max_pixels_per_request', value=3)])[0].successful
     for pixels in ([], PIXELS):
@@ -287,6 +303,12 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
         node._errors.last_message, node._errors.last_message
     assert len(node._store.get('clicked').pixels_xy) == 2
     assert node.set_parameters([Parameter('max_pixels_per_request', value=200)])[0].successful
+    # Clicks off the image, or at NaN, are refused and said to be clicks.
+    node._on_click(Point(x=float('nan'), y=1.0))
+    assert 'the click is at NaN or inf' in node._errors.last_message, node._errors.last_message
+    node._on_click(Point(x=5.0, y=float(HEIGHT)))
+    assert 'outside' in node._errors.last_message, node._errors.last_message
+    assert len(node._store.get('clicked').pixels_xy) == 2
     # A click reference id that cannot name a file is refused as a parameter.
     bad = node.set_parameters([Parameter('click_reference_id', value='bad id/x')])[0]
     assert not bad.successful and 'not usable' in bad.reason

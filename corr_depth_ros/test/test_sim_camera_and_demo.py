@@ -113,7 +113,7 @@ def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
 
 
 @pytest.mark.ros
-def test_sim_camera_node_stops_its_render_mid_frame(ros):
+def test_sim_camera_node_stops_its_render_mid_frame(ros, monkeypatch):
     """destroy_node stops the render thread inside its frame (it used to finish the frame: on a
     loaded machine past the 2 s it waited, and the thread left inside torch aborted the
     process at exit under ros2 launch)."""
@@ -121,21 +121,25 @@ def test_sim_camera_node_stops_its_render_mid_frame(ros):
 
     from rclpy.parameter import Parameter
     from corr_depth_ros.nodes.sim_stereo_camera_node import SimStereoCameraNode
-    overrides = [Parameter('width', value=1280), Parameter('height', value=960),
-                 Parameter('rate_hz', value=30.0)]    # renders back to back
-    node = SimStereoCameraNode(context=ros.context, parameter_overrides=overrides)
-    frames, started, outcomes = node._frames, threading.Event(), []
+    started, outcomes = threading.Event(), []
+    render = SimStereoCamera.frame
 
-    def watched(i, cancelled=None):
+    def watched(self, i, cancelled=None):
         started.set()
         try:
-            return type(frames).frame(frames, i, cancelled=cancelled)
+            return render(self, i, cancelled=cancelled)
         except FrameCancelled:
             outcomes.append('cancelled')
             raise
-    frames.frame = watched
+    # Watched from the first frame on: the render thread starts inside the constructor, and a
+    # 1280x960 frame takes over 10 s on a loaded 2-core machine (waiting for the second frame
+    # timed out there).
+    monkeypatch.setattr(SimStereoCamera, 'frame', watched)
+    overrides = [Parameter('width', value=1280), Parameter('height', value=960),
+                 Parameter('rate_hz', value=30.0)]    # renders back to back
+    node = SimStereoCameraNode(context=ros.context, parameter_overrides=overrides)
     try:
-        assert started.wait(10.0)
+        assert started.wait(30.0)
     finally:
         node.destroy_node()
     assert not node._thread.is_alive()

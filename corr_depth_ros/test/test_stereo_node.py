@@ -170,31 +170,29 @@ def test_bad_inputs_are_reported_and_node_recovers(ros, motorcycle):
 
     cases = {'encoding': wrong_encoding, 'size': size_mismatch, 'length': bad_length,
              'empty': empty, 'calibrated': zero_k, 'Tx = 0': zero_tx}
+    bad_stamps = {}
     for expected_text, mutate in cases.items():
         before = node._errors.count
-        stamps = []
+        stamps = bad_stamps.setdefault(expected_text, [])
         ok = ros.wait_for(lambda: node._errors.count > before, timeout_s=20,
                           action=lambda: stamps.append(rig.publish(small_l, small_r, mutate=mutate)),
                           action_period_s=1.0)
         assert ok, f'no error reported for {expected_text}'
         assert expected_text in node._errors.last_message, node._errors.last_message
-        assert not any(rig.outputs_for(s) for s in stamps), f'{expected_text}: output published'
 
     # Unsynchronised stamps: never matched, never processed, and the watchdog (every 5 s; run
-    # here by hand) says by how much the stamps differ.
-    node._sync_watchdog.report()
-    sets_before, errors_before = node.synchronised_sets, node._errors.count
-    for _ in range(3):
-        rig.publish(small_l, small_r, right_stamp_offset_ns=5_000_000)
-        time.sleep(0.2)
-    assert node.synchronised_sets == sets_before
-    node._sync_watchdog.report()
-    assert node._errors.count > errors_before
-    assert 'stamps differ by 0.005 s' in node._errors.last_message, node._errors.last_message
+    # here by hand once all of them have arrived) says by how much the stamps differ.
+    message = ros.unmatched_stamps_report(node, lambda: rig.publish(
+        small_l, small_r, right_stamp_offset_ns=5_000_000))
+    assert 'stamps differ by 0.005 s' in message, message
 
     # The node is still alive: the next good frame (in BGR this time) is processed.
     out = rig.wait_outputs(ros, lambda: rig.publish(small_l, small_r, left_encoding='bgr8'))
     assert conversions.image_to_array(out['depth']).shape == (240, 320)
+    # Each output topic delivers in order, so an output of a bad frame (published before the
+    # good frame's) would have arrived by now.
+    for expected_text, stamps in bad_stamps.items():
+        assert not any(rig.outputs_for(s) for s in stamps), f'{expected_text}: output published'
 
 
 def test_approximate_sync_pairs_within_slop_only(ros, motorcycle):
@@ -209,10 +207,12 @@ def test_approximate_sync_pairs_within_slop_only(ros, motorcycle):
     out = rig.wait_outputs(ros, lambda: rig.publish(small_l, small_r,
                                                     right_stamp_offset_ns=5_000_000))
     assert out['depth'].header.stamp.nanosec == 0         # the left image's stamp
-    sets = node.synchronised_sets
+    counts, sets = node._sync.message_counts(), node.synchronised_sets
     for _ in range(3):
         rig.publish(small_l, small_r, right_stamp_offset_ns=50_000_000)
-        time.sleep(0.2)
+    # Judged once all of them have arrived, not after a fixed time.
+    assert ros.wait_for(lambda: all(now - before >= 3 for now, before in zip(
+        node._sync.message_counts(), counts)), timeout_s=30)
     assert node.synchronised_sets == sets
 
 
