@@ -218,8 +218,12 @@ def test_approximate_sync_pairs_within_slop_only(ros, motorcycle):
 
 def test_runtime_parameters_validated(ros):
     node = _start(ros)
+    running = node._backend
     ok = node.set_parameters([Parameter('sgbm.num_disparities', value=96)])[0]
     assert ok.successful and node._backend.get_params()['num_disparities'] == 96
+    # A changed copy is swapped in: a frame running on the old one keeps its settings, taken
+    # together with the node's (a change landing mid-frame mixed old and new).
+    assert running.get_params()['num_disparities'] != 96
     bad = node.set_parameters([Parameter('sgbm.num_disparities', value=100)])[0]
     assert not bad.successful and 'multiple of 16' in bad.reason
     bad_p2 = node.set_parameters([Parameter('sgbm.p1', value=500), Parameter('sgbm.p2', value=100)])

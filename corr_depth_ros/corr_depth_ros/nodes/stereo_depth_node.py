@@ -291,11 +291,14 @@ class StereoDepthNode(Node):
                                      f'still running {self._backend_name!r}')
                     return result
                 self._warn_beyond_trained_range()
+            # A changed copy is swapped in, never the running backend changed in place: a
+            # frame takes the backend together with self._values (under this lock), so it
+            # cannot meet new backend settings with old node settings, or the other way round.
             elif sgbm_changes and self._backend_name == 'sgbm':
-                self._backend.set_params(**sgbm_changes)
+                self._backend = self._backend.with_params(**sgbm_changes)
             elif self._backend_name == 'learned' and learned_changes:
                 # Its range follows the scale (checked above against max_disparity_px).
-                self._backend.set_params(**learned_changes)
+                self._backend = self._backend.with_params(**learned_changes)
         return result
 
     # --- data path ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The stereo backend interface."""
+import copy
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -44,3 +45,12 @@ class StereoBackend:
 
     def get_params(self) -> Dict[str, Any]:
         return {}
+
+    def with_params(self, **params: Any) -> 'StereoBackend':
+        """This backend with ``params`` changed, as a new object (sharing the model); ``self``
+        is left as it is. A node swaps the new one in under the lock it reads its own settings
+        with, so a frame runs with one consistent set: the backend's and the node's (e.g.
+        max_disparity_px against sgbm.min_disparity) from the same moment."""
+        changed = copy.copy(self)
+        changed.set_params(**params)
+        return changed
