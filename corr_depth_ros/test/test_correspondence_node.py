@@ -6,6 +6,7 @@ to train) as the live image, and the same scene shifted by (SHIFT_X, SHIFT_Y) pi
 reference image, so every reference pixel's true match is known. Depth is a tilted plane, so
 3D points and surface normals are known too. Uses the shipped descriptor weights.
 """
+import copy
 import math
 import time
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip('rclpy')
 from geometry_msgs.msg import Point, PointStamped  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_services_default  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
@@ -214,6 +215,17 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert all(m.found for m in response.matches)
     subset = client.call(client.find, _find(PIXELS[1:2], reference_id='handle'))
     assert subset.success and len(subset.matches) == 1
+    # Many callers at once are all answered (the services' default queue of 10 dropped the
+    # rest unanswered). The callers' own response queues are deep enough to hold them all.
+    deep = copy.copy(qos_profile_services_default)
+    deep.depth = 100
+    callers = [client.node.create_client(FindCorrespondence, 'find_correspondence',
+                                         qos_profile=deep) for _ in range(3)]
+    assert all(c.wait_for_service(timeout_sec=10.0) for c in callers)
+    futures = [c.call_async(_find(reference_id='handle')) for c in callers for _ in range(8)]
+    assert ros.wait_for(lambda: all(f.done() for f in futures), timeout_s=60), (
+        f'{sum(f.done() for f in futures)} of {len(futures)} requests answered')
+    assert all(f.result().success for f in futures)
 
     reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
     wrong_encoding = conversions.array_to_image(scene['reference'], 'rgb8', Header())
@@ -260,10 +272,16 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert corner.success and len(corner.matches) == 1, corner.message
     # The pixel limit holds for stored references too (an empty list asks for all of them).
     assert node.set_parameters([Parameter('max_pixels_per_request', value=3)])[0].successful
-    for pixels in ([], PIXELS):
+    for pixels, said in (([], "4 pixels of reference 'handle' requested"),
+                         (PIXELS, '4 reference_pixels requested')):
         result = client.call(client.find, _find(pixels, reference_id='handle'))
-        assert not result.success and "4 pixels of reference 'handle' requested; the limit is " \
-            'max_pixels_per_request = 3' in result.message, result.message
+        assert not result.success and f'{said}; the limit is max_pixels_per_request = 3' \
+            in result.message, result.message
+    # Counted before anything else is done with them: a pixel that is not stored is not what
+    # a request for too many is told.
+    result = client.call(client.find, _find(np.tile([[300.0, 200.0]], (4, 1)),
+                                            reference_id='handle'))
+    assert '4 reference_pixels requested; the limit' in result.message, result.message
     assert node.set_parameters([Parameter('max_pixels_per_request', value=200)])[0].successful
     bad_id = client.call(client.set, SetReference.Request(reference_id='../x'))
     assert not bad_id.success and 'not usable' in bad_id.message

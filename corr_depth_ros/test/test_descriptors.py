@@ -456,6 +456,7 @@ def test_rotation_to_quaternion_uses_tf_transformations_when_installed(monkeypat
     assert np.allclose(grasp.rotation_to_quaternion_xyzw(rot_z90), expected)
     assert calls == [(4, 4)]
 
+
 def test_reference_persistence_and_identity_refusal(tmp_path):
     net = tiny_net(seed=0)
     other = tiny_net(seed=1)
@@ -507,6 +508,38 @@ def test_reference_persistence_and_identity_refusal(tmp_path):
     with pytest.raises(references.ReferenceError) as info:
         store.get('b' * 100_000)
     assert len(str(info.value)) < 300
+
+
+def test_reference_store_refuses_files_that_are_not_what_they_claim(tmp_path):
+    """At load: a copy of a reference file under another name (it replaced the real reference
+    at every restart, since ids came from the metadata), and descriptors of a size this network
+    never makes (every request failed with an internal error), are skipped with a reason; a
+    references_dir that cannot be a folder says so by name (it was a FileExistsError)."""
+    net_id = references.network_identity(tiny_net(seed=0, descriptor_dim=4))
+    pixels = np.array([[1.0, 2.0]], np.float32)
+    store = references.ReferenceStore(str(tmp_path), net_id, descriptor_size=4)
+    store.put(references.Reference('handle', pixels, np.ones((1, 4), np.float32), net_id,
+                                   (10, 10)), overwrite=False)
+    other = references.Reference('rim', pixels * 2, np.zeros((1, 4), np.float32), net_id, (10, 10))
+    references.save_reference(str(tmp_path / 'zz_copy.safetensors'),
+                              references.Reference('handle', pixels * 3,
+                                                   np.zeros((1, 4), np.float32), net_id, (10, 10)))
+    references.save_reference(str(tmp_path / 'wide.safetensors'), references.Reference(
+        'wide', pixels, np.zeros((1, 7), np.float32), net_id, (10, 10)))
+    store.put(other, overwrite=False)
+    reloaded = references.ReferenceStore(str(tmp_path), net_id, descriptor_size=4)
+    assert reloaded.ids() == ['handle', 'rim']
+    assert np.array_equal(reloaded.get('handle').pixels_xy, pixels)      # not the copy's
+    problems = '\n'.join(reloaded.load_errors)
+    assert "zz_copy.safetensors: holds reference 'handle', which is stored as " \
+        'handle.safetensors' in problems, problems
+    assert 'wide.safetensors: descriptors of 7 numbers, but this network makes 4' in problems
+    not_a_folder = tmp_path / 'file'
+    not_a_folder.write_text('')
+    for directory in (not_a_folder, not_a_folder / 'below'):
+        with pytest.raises(references.ReferenceError, match=f'references_dir {str(directory)!r} '
+                           'cannot be used as a folder'):
+            references.ReferenceStore(str(directory), net_id)
 
 
 # --- evaluation ground truth ----------------------------------------------------------------------

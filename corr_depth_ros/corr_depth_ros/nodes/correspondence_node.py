@@ -27,7 +27,7 @@ import numpy as np
 from geometry_msgs.msg import Point, PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data, qos_profile_services_default
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
@@ -101,6 +101,10 @@ PARAMS = [
 ]
 
 
+# Requests waiting to be served, per service (see the constructor).
+SERVICE_QUEUE_DEPTH = 100
+
+
 @dataclass
 class LiveFrame:
     header: object
@@ -134,7 +138,9 @@ class CorrespondenceNode(Node):
 
         directory = os.path.expanduser(self._values['references_dir'])
         self._store_lock = threading.Lock()
-        self._store = references.ReferenceStore(directory, self._network_id)
+        self._store = references.ReferenceStore(
+            directory, self._network_id,
+            descriptor_size=self._model.descriptor_dim * len(self._scales))
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
         foreign = self._store.foreign()
@@ -196,9 +202,16 @@ class CorrespondenceNode(Node):
         self._click_topic = self._image_topic + '_mouse_left'
         self._click_sub = self.create_subscription(Point, self._click_topic, self._on_click, 10,
                                                    callback_group=requests_group)
+        # The services' default QoS keeps the newest 10 requests: callers beyond that, arriving
+        # while requests are served (~30 ms each), were dropped unanswered. A deeper queue
+        # answers them all, later.
+        services_qos = copy.copy(qos_profile_services_default)
+        services_qos.depth = SERVICE_QUEUE_DEPTH
         self._srv_find = self.create_service(FindCorrespondence, 'find_correspondence',
-                                             self._on_find, callback_group=requests_group)
+                                             self._on_find, qos_profile=services_qos,
+                                             callback_group=requests_group)
         self._srv_set = self.create_service(SetReference, 'set_reference', self._on_set_reference,
+                                            qos_profile=services_qos,
                                             callback_group=requests_group)
         self.get_logger().info(
             f'correspondence_node ready: network {self._network_id} '
@@ -326,6 +339,14 @@ class CorrespondenceNode(Node):
             raise RequestError(f'{what}; the limit is max_pixels_per_request = {limit} (ask for '
                                'fewer pixels, or raise the parameter)')
 
+    def _requested_pixels(self, request) -> np.ndarray:
+        """The request's reference_pixels as (N, 2) (x, y), counted against the limit before
+        they are converted or looked up: 100,000 of them took seconds of the request thread
+        before being refused."""
+        count = len(request.reference_pixels)
+        self._check_pixel_count(count, f'{count} reference_pixels requested')
+        return conversions.pixels_from_points(request.reference_pixels)
+
     def _check_pixels(self, pixels_xy, size_hw, what):
         if len(pixels_xy) == 0:
             raise RequestError('reference_pixels is empty: give at least one (x = column, '
@@ -360,7 +381,7 @@ class CorrespondenceNode(Node):
     def _find(self, request, response):
         import torch
         frame = self._live()
-        pixels_xy = conversions.pixels_from_points(request.reference_pixels)
+        pixels_xy = self._requested_pixels(request)
         has_image = request.reference_image.height > 0 or len(request.reference_image.data) > 0
         if request.reference_id:
             if has_image:
@@ -437,7 +458,7 @@ class CorrespondenceNode(Node):
 
     def _set_reference(self, request) -> str:
         references.validate_reference_id(request.reference_id)
-        pixels_xy = conversions.pixels_from_points(request.reference_pixels)
+        pixels_xy = self._requested_pixels(request)
         if request.reference_image.height > 0 or len(request.reference_image.data) > 0:
             rgb, desc = self._reference_from_image(request.reference_image, pixels_xy)
             where = 'the given image'

@@ -109,21 +109,31 @@ class ReferenceStore:
     memory only). References on disk made by another network are kept aside, so asking for one
     says why it cannot be used rather than "unknown id"."""
 
-    def __init__(self, directory: str, network_id: str):
+    def __init__(self, directory: str, network_id: str, descriptor_size: Optional[int] = None):
+        """``descriptor_size``: numbers per descriptor of this network (D x scales); a file of
+        this network with another size is refused at load (it can only be corrupt)."""
         self.directory = directory
         self.network_id = network_id
+        self.descriptor_size = descriptor_size
         self._refs: Dict[str, Reference] = {}
         self._foreign: Dict[str, str] = {}       # id -> network id that made it
         self.load_errors: List[str] = []
         if directory:
-            os.makedirs(directory, exist_ok=True)
-            self._load_all()
+            try:
+                os.makedirs(directory, exist_ok=True)
+                names = sorted(os.listdir(directory))
+            except OSError as exc:
+                raise ReferenceError(f'references_dir {directory!r} cannot be used as a folder '
+                                     f'of references ({exc.strerror or exc}); give a folder '
+                                     "this user can write, or '' to keep references in memory "
+                                     'only') from exc
+            self._load_all(names)
 
     def _path(self, reference_id: str) -> str:
         return os.path.join(self.directory, f'{reference_id}.safetensors')
 
-    def _load_all(self) -> None:
-        for name in sorted(os.listdir(self.directory)):
+    def _load_all(self, names: List[str]) -> None:
+        for name in names:
             if not name.endswith('.safetensors'):
                 continue
             path = os.path.join(self.directory, name)
@@ -132,7 +142,21 @@ class ReferenceStore:
             except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
                 self.load_errors.append(f'{path}: {exc}')
                 continue
+            # A reference is its file (put() writes <id>.safetensors and replaces that file):
+            # a copy under another name must not stand in for the id it carries.
+            if name != os.path.basename(self._path(ref.reference_id)):
+                self.load_errors.append(
+                    f'{path}: holds reference {ref.reference_id!r}, which is stored as '
+                    f'{os.path.basename(self._path(ref.reference_id))}; rename the file to '
+                    'match, or remove it')
+                continue
             if ref.network_id == self.network_id:
+                size = ref.descriptors.shape[1]
+                if self.descriptor_size is not None and size != self.descriptor_size:
+                    self.load_errors.append(
+                        f'{path}: descriptors of {size} numbers, but this network makes '
+                        f'{self.descriptor_size}: the file is damaged; re-create the reference')
+                    continue
                 self._refs[ref.reference_id] = ref
             else:
                 self._foreign[ref.reference_id] = ref.network_id
