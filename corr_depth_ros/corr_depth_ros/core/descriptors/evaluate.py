@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..shapes import check_shape
-from .matching import descriptors_at, find_best_matches, pixel_norms2, squared_distances
+from .matching import (descriptors_at, find_best_matches, pixel_norms2, squared_distances,
+                       subpixel_minimum)
 from .network import DEFAULT_SCALES, compute_descriptors
 
 THRESHOLDS_PX = (1, 3, 5, 10)
@@ -166,7 +167,9 @@ def match_sift(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
                truth_px: np.ndarray, keypoint_size_px: float = SIFT_KEYPOINT_SIZE_PX,
                grid_step_px: int = 1):
     """OpenCV SIFT (Lowe 2004) descriptors, upright (angle 0: the views are not rotated), at the
-    query pixels, matched by L2 against SIFT descriptors on a dense grid of B."""
+    query pixels, matched by L2 against SIFT descriptors on a dense grid of B; the match is
+    refined to sub-pixel like the descriptor net's (a parabola through the squared distances
+    around the grid minimum, matching.subpixel_minimum), so all methods are scored alike."""
     import cv2
     sift = cv2.SIFT_create()
     grey_a, grey_b = _grey(image_a), _grey(image_b)
@@ -179,6 +182,7 @@ def match_sift(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
             raise RuntimeError('SIFT dropped keypoints; cannot align descriptors')
         return torch.from_numpy(desc.astype(np.float32))
     grid_y, grid_x = np.mgrid[0:height:grid_step_px, 0:width:grid_step_px]
+    grid_hw = grid_y.shape
     grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(np.float32)
     desc_grid = describe(grey_b, grid)                                  # (M,128)
     desc_q = describe(grey_a, queries_px)
@@ -188,8 +192,11 @@ def match_sift(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
     for start in range(0, len(desc_q), 128):
         q = desc_q[start:start + 128]
         dist2 = q.pow(2).sum(1, keepdim=True) + grid_sq[None] - 2.0 * q @ desc_grid.t()
-        best = dist2.argmin(1).numpy()
-        matches.append(grid[best])
+        best = dist2.argmin(1)
+        x, y = subpixel_minimum(dist2.view(len(q), *grid_hw),
+                                torch.div(best, grid_hw[1], rounding_mode='floor'),
+                                best % grid_hw[1])
+        matches.append(torch.stack([x, y], 1).numpy() * grid_step_px)
         truth_d2 = (q - desc_t[start:start + 128]).pow(2).sum(1)
         fractions.append((dist2 < truth_d2[:, None]).float().mean(1).numpy())
     return np.concatenate(matches), np.concatenate(fractions)
@@ -199,7 +206,8 @@ def match_ncc(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
               truth_px: np.ndarray, patch_px: int = NCC_PATCH_PX):
     """Raw grey patches of A at the queries, zero-mean normalised cross-correlation over all of
     B (cv2.matchTemplate TM_CCOEFF_NORMED); both images reflect-padded so every pixel is a
-    candidate centre."""
+    candidate centre. The best score is refined to sub-pixel like the other methods' matches
+    (matching.subpixel_minimum on minus the score)."""
     import cv2
     half = patch_px // 2
     grey_a = cv2.copyMakeBorder(_grey(image_a), half, half, half, half, cv2.BORDER_REFLECT_101)
@@ -212,7 +220,9 @@ def match_ncc(image_a: np.ndarray, image_b: np.ndarray, queries_px: np.ndarray,
         score = cv2.matchTemplate(grey_b, template, cv2.TM_CCOEFF_NORMED)   # (H, W)
         score = np.nan_to_num(score, nan=-1.0)
         row, col = np.unravel_index(int(np.argmax(score)), score.shape)
-        matches[i] = (col, row)
+        x, y = subpixel_minimum(torch.from_numpy(-score)[None], torch.tensor([row]),
+                                torch.tensor([col]))
+        matches[i] = (float(x[0]), float(y[0]))
         tx, ty = np.clip(np.round(truth_px[i]).astype(int), 0, [width - 1, height - 1])
         fractions[i] = float(np.mean(score > score[ty, tx]))
     return matches, fractions

@@ -59,6 +59,26 @@ def _parabola_offset(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tens
     return torch.where(curvature > 0, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
 
 
+def subpixel_minimum(cost: torch.Tensor, row: torch.Tensor, col: torch.Tensor):
+    """(N,H,W) cost maps and the whole-pixel (row, col) of each one's minimum -> (x, y), each
+    (N,), refined by a parabola through the minimum and its neighbours, in x and in y apart (at
+    most +-0.5 px). Border pixels and fits that are not convex stay put."""
+    check_shape('cost', cost, ('N', 'H', 'W'))
+    n, height, width = cost.shape
+    rows_n = torch.arange(n, device=cost.device)
+    centre = cost[rows_n, row, col]
+    left = cost[rows_n, row, (col - 1).clamp_min(0)]
+    right = cost[rows_n, row, (col + 1).clamp_max(width - 1)]
+    up = cost[rows_n, (row - 1).clamp_min(0), col]
+    down = cost[rows_n, (row + 1).clamp_max(height - 1), col]
+    x, y = col.to(cost.dtype), row.to(cost.dtype)
+    inner_x = (col > 0) & (col < width - 1)
+    inner_y = (row > 0) & (row < height - 1)
+    x = x + torch.where(inner_x, _parabola_offset(left, centre, right), torch.zeros_like(x))
+    y = y + torch.where(inner_y, _parabola_offset(up, centre, down), torch.zeros_like(y))
+    return x, y
+
+
 def _argmin_rows(values: torch.Tensor) -> torch.Tensor:
     """(N,M) -> (N,) int64 index of each row's minimum (the first one on ties).
 
@@ -108,22 +128,14 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
         col = best % width
         rows_n = torch.arange(n, device=dist2.device)
         best_d2 = dist2[rows_n, row, col]
-        x = col.to(dist2.dtype)
-        y = row.to(dist2.dtype)
         if subpixel:
             # Parabola through the squared distances: where the descriptor field is locally
             # linear (it is bilinearly upsampled) they are exactly quadratic in the offset,
             # while the distances themselves form a cone whose parabola fit is pulled towards
-            # the whole pixel (up to ~0.09 px). Border pixels stay put.
-            left = dist2[rows_n, row, (col - 1).clamp_min(0)]
-            right = dist2[rows_n, row, (col + 1).clamp_max(width - 1)]
-            up = dist2[rows_n, (row - 1).clamp_min(0), col]
-            down = dist2[rows_n, (row + 1).clamp_max(height - 1), col]
-            centre = best_d2
-            inner_x = (col > 0) & (col < width - 1)
-            inner_y = (row > 0) & (row < height - 1)
-            x = x + torch.where(inner_x, _parabola_offset(left, centre, right), torch.zeros_like(x))
-            y = y + torch.where(inner_y, _parabola_offset(up, centre, down), torch.zeros_like(y))
+            # the whole pixel (up to ~0.09 px).
+            x, y = subpixel_minimum(dist2, row, col)
+        else:
+            x, y = col.to(dist2.dtype), row.to(dist2.dtype)
         # Runner-up: the minimum outside a (2r+1)^2 square around the best match. Blanking only
         # that window in place costs O(r^2) per reference instead of a full-image mask.
         radius = int(np.ceil(exclusion_px))
