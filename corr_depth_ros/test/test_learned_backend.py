@@ -274,6 +274,88 @@ def test_onnx_export_parity_and_onnx_backend(tmp_path, refine_channels):
         create_backend('onnx', model_path='')
 
 
+def test_onnx_export_leaves_no_file_it_could_not_check(tmp_path, monkeypatch):
+    """An opset too old for the network is refused up front (opset 11 wrote a file onnxruntime
+    cannot load, then a traceback); a file the parity check cannot run is removed."""
+    pytest.importorskip('onnxruntime')
+    import onnxruntime
+    from corr_depth_ros.core.stereo_net.export import export_stereo_onnx
+    model = build_stereo_net(max_disparity_px=32, feature_channels=8, groups=2,
+                             aggregation_channels=(8, 8, 8), refine_channels=0).eval()
+    path = tmp_path / 'old.onnx'
+    with pytest.raises(ValueError, match='opset 11 cannot express the network'):
+        export_stereo_onnx(model, str(path), height=32, width=48, opset=11)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('cannot load')
+    monkeypatch.setattr(onnxruntime, 'InferenceSession', broken)
+    with pytest.raises(ValueError, match='export to ONNX opset 17 failed .*cannot load'):
+        export_stereo_onnx(model, str(path), height=32, width=48)
+    assert not path.exists()
+
+
+def _export(net, path, inputs=None, names=('left', 'right'), outputs=('disparity',), **kwargs):
+    """A user's model as torch.onnx.export writes it (8x8 float32 images unless told)."""
+    inputs = inputs or (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    torch.onnx.export(net, inputs, str(path), input_names=list(names),
+                      output_names=list(outputs), dynamo=False, **kwargs)
+    return str(path)
+
+
+def test_onnx_backend_checks_what_the_model_needs_at_load(tmp_path):
+    """Models the backend cannot feed are refused when it starts (the node then keeps sgbm),
+    not by an error on every frame with no fallback; a failure inside onnxruntime is the
+    model's (ModelOutputError: the node falls back)."""
+    pytest.importorskip('onnxruntime')
+    from corr_depth_ros.core.backends.onnx_backend import ModelOutputError
+
+    class Shift(torch.nn.Module):        # disparity = left's first channel * 0 + 2
+        def forward(self, left, right):
+            return left[:, :1] * 0.0 + right[:, :1] * 0.0 + 2.0
+
+    class ThreeInputs(torch.nn.Module):
+        def forward(self, left, right, iters):
+            return left[:, :1] * 0.0 + right[:, :1] * 0.0 + iters.sum()
+
+    three = _export(ThreeInputs(), tmp_path / 'three.onnx', names=('left', 'right', 'iters'),
+                    inputs=(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.ones(1)))
+    with pytest.raises(ValueError, match=r"inputs \['iters'\] besides the two images"):
+        create_backend('onnx', model_path=three, device='cpu')
+    batch2 = _export(Shift(), tmp_path / 'batch2.onnx',
+                     inputs=(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)))
+    with pytest.raises(ValueError, match=r'\(1, 3, H, W\)'):
+        create_backend('onnx', model_path=batch2, device='cpu')
+    fixed = _export(Shift(), tmp_path / 'fixed.onnx')
+    with pytest.raises(ValueError, match='fixed at 8x8'):
+        create_backend('onnx', model_path=fixed, input_width=16, input_height=8, device='cpu')
+    # Width fixed, height free: the image keeps its height, the width is resized to the
+    # model's and the disparity rescaled (2 px at width 8 = 4 px at width 16).
+    free_height = _export(Shift(), tmp_path / 'free_height.onnx',
+                          dynamic_axes={'left': {2: 'h'}, 'right': {2: 'h'},
+                                        'disparity': {2: 'h'}})
+    backend = create_backend('onnx', model_path=free_height, device='cpu')
+    result = backend.compute(np.zeros((12, 16, 3), np.uint8), np.zeros((12, 16, 3), np.uint8))
+    np.testing.assert_allclose(result.disparity_px, 4.0, atol=1e-5)
+
+    class LowConfidence(torch.nn.Module):    # full-size disparity, quarter-size confidence
+        def forward(self, left, right):
+            disparity = left[:, :1] * 0.0 + right[:, :1] * 0.0 + 2.0
+            return disparity, torch.nn.functional.avg_pool2d(disparity, 4) * 0.0 + 0.5
+    low = _export(LowConfidence(), tmp_path / 'low.onnx', outputs=('disparity', 'confidence'))
+    result = create_backend('onnx', model_path=low, device='cpu').compute(
+        np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
+    assert result.confidence.shape == (8, 8) and np.allclose(result.confidence, 0.5)
+
+    class Fails(torch.nn.Module):           # declares 8x8 but reshapes to what only 8x8 fits
+        def forward(self, left, right):
+            return (left[:, :1] + right[:, :1]).reshape(1, 1, 8, 8)
+    fails = _export(Fails(), tmp_path / 'fails.onnx',
+                    dynamic_axes={'left': {2: 'h', 3: 'w'}, 'right': {2: 'h', 3: 'w'}})
+    backend = create_backend('onnx', model_path=fails, device='cpu')
+    with pytest.raises(ModelOutputError, match='onnxruntime could not run the model'):
+        backend.compute(np.zeros((10, 12, 3), np.uint8), np.zeros((10, 12, 3), np.uint8))
+
+
 def test_onnx_backend_refuses_a_grey_model_at_load(tmp_path):
     """A model that wants (1, 1, H, W) images fails when the backend starts (the node then
     falls back to sgbm), not on every frame."""
@@ -304,14 +386,13 @@ def test_onnx_backend_refuses_outputs_that_are_not_disparity(tmp_path):
         def forward(self, left, right):
             return (left - right)[:, :1] * 0.0 - 3.0     # one channel, all negative
     image = np.zeros((8, 8, 3), np.uint8)
-    for net in (Flow(), Negative()):
-        path = str(tmp_path / f'{type(net).__name__}.onnx')
-        torch.onnx.export(net, (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), path,
-                          input_names=['left', 'right'], output_names=['disparity'],
-                          dynamo=False)
-        backend = create_backend('onnx', model_path=path, device='cpu')
-        with pytest.raises(ModelOutputError, match='shape|negative'):
-            backend.compute(image, image)
+    path = _export(Flow(), tmp_path / 'flow.onnx')
+    with pytest.raises(ValueError, match=r"output 'disparity' has shape \[1, 2, 8, 8\]"):
+        create_backend('onnx', model_path=path, device='cpu')     # its shape is declared
+    backend = create_backend('onnx', model_path=_export(Negative(), tmp_path / 'neg.onnx'),
+                             device='cpu')
+    with pytest.raises(ModelOutputError, match='negative'):
+        backend.compute(image, image)
     assert not issubclass(ModelOutputError, ValueError)
 
     class NearZero(torch.nn.Module):    # a far scene: slightly negative, not flow

@@ -67,6 +67,49 @@ def test_process_stereo_bag(tmp_path, compressed_right):
     assert set(offered) == set(out) and all(q == [NODE_OUTPUT_QOS] for q in offered.values())
 
 
+def test_process_stereo_bag_passes_the_onnx_options(tmp_path, monkeypatch, capsys):
+    """--onnx KEY=VALUE reaches the onnx backend as the node's onnx.* parameters do (only the
+    model path did, so a model needing names or normalisation could not be used here)."""
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('onnxruntime')
+
+    class Named(torch.nn.Module):        # 3 px wherever left is white, in its own names
+        def forward(self, img_l, img_r):
+            return img_l.mean(dim=1, keepdim=True) * 0.0 + 3.0 + 0.0 * img_r[:, :1]
+    model = tmp_path / 'named.onnx'
+    torch.onnx.export(Named(), (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), str(model),
+                      input_names=['img_l', 'img_r'], output_names=['disp'], dynamo=False,
+                      dynamic_axes={'img_l': {2: 'h', 3: 'w'}, 'img_r': {2: 'h', 3: 'w'}})
+    data = load_motorcycle()
+    _record(tmp_path / 'in.mcap', data, frames=1)
+    base = ['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'), '--namespace',
+            '/cam', '--backend', 'onnx', '--weights', str(model), '--no-progress']
+    import corr_depth_ros.core.backends as backends
+    made, real = [], backends.create_backend
+    monkeypatch.setattr(backends, 'create_backend',
+                        lambda name, **params: made.append(params) or real(name, **params))
+    assert cli_main(base + ['--onnx', 'input_names=img_r,img_l', '--onnx', 'output_name=disp',
+                            '--onnx', 'mean=0.5,0.5,0.5', '--onnx', 'input_width=64',
+                            '--onnx', 'input_height=48']) == 0
+    assert made[-1] == {'device': 'auto', 'model_path': str(model),
+                        'input_names': ['img_r', 'img_l'], 'output_name': 'disp',
+                        'mean': [0.5, 0.5, 0.5], 'input_width': 64, 'input_height': 48}
+    disparity = next(m for t, _, m, _ in bag.read_messages(str(tmp_path / 'out.mcap'))
+                     if t == '/cam/disparity')
+    # 3 px at the model's 64 columns is 3 * 741 / 64 at the image's, plus doffs.
+    assert np.nanmedian(conversions.image_to_array(disparity.image)) == pytest.approx(
+        3.0 * 741 / 64 + data['geometry'].doffs_px, rel=1e-4)
+    # A wrong name is the backend's refusal, as in the node.
+    assert cli_main(base + ['--onnx', 'output_name=nope']) == 2
+    assert "output 'nope' not in the model outputs ['disp']" in capsys.readouterr().out
+    for item, reason in (('mean=a,b', 'mean takes numbers separated by commas'),
+                         ('input_width=-1', 'input_width must be >= 0'),
+                         ('size=3', 'expected KEY=VALUE with KEY one of')):
+        with pytest.raises(SystemExit):
+            cli_main(base + ['--onnx', item])
+        assert reason in capsys.readouterr().err
+
+
 def test_process_stereo_bag_passes_the_learned_options(tmp_path, monkeypatch):
     """--input-scale and --no-refine reach the learned backend as the node's learned.* do: at
     half size its range (DisparityImage max_disparity) doubles, and so does delta_d; without
@@ -113,6 +156,7 @@ def test_process_stereo_bag_passes_the_learned_options(tmp_path, monkeypatch):
     (['--device', 'cpu'], '--device applies to'),
     (['--backend', 'learned', '--sgbm', 'uniqueness_ratio=5'],
      '--sgbm applies to --pipeline stereo --backend sgbm'),
+    (['--onnx', 'output_name=disp'], '--onnx applies to --pipeline stereo --backend onnx'),
     (['--image-topic', '/cam/image'], '--image-topic applies to --pipeline mono or --pipeline corr'),
     (['--pipeline', 'stereo', '--depth-mode', 'relative'], '--depth-mode applies to --pipeline mono'),
     (['--pipeline', 'mono', '--match-threshold', '0.3'], '--match-threshold applies to --pipeline corr'),

@@ -10,7 +10,8 @@ def register(subparsers):
     p.add_argument('--out', required=True, help='output .onnx path')
     p.add_argument('--height', type=positive_int, required=True, help='input height, pixels')
     p.add_argument('--width', type=positive_int, required=True, help='input width, pixels')
-    p.add_argument('--opset', type=int, default=17)
+    p.add_argument('--opset', type=int, default=17,
+                   help='ONNX opset (12 or higher; default 17)')
     p.set_defaults(func=run_stereo)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 

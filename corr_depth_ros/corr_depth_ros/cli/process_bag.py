@@ -58,6 +58,11 @@ def register(subparsers):
                         metavar='KEY=VALUE',
                         help='an sgbm parameter as the node\'s sgbm.* ones, e.g. '
                              'num_disparities=128 or block_size=7 (repeatable)')
+    stereo.add_argument('--onnx', action='append', default=[], type=_onnx_item,
+                        metavar='KEY=VALUE',
+                        help='an onnx parameter as the node\'s onnx.* ones, e.g. '
+                             'input_width=640, mean=0.485,0.456,0.406 or '
+                             'input_names=img_l,img_r (repeatable)')
     mono = parser.add_argument_group('mono')
     mono.add_argument('--depth-mode', default='metric', choices=('metric', 'relative'))
     mono.add_argument('--baseline-m', type=float, default=0.0,
@@ -84,6 +89,7 @@ OPTION_SCOPE = {
     'confidence_threshold': (('stereo',), None),
     'input_scale': (('stereo',), ('learned',)), 'probe_every': (('stereo',), ('learned',)),
     'no_refine': (('stereo',), ('learned',)), 'sgbm': (('stereo',), ('sgbm',)),
+    'onnx': (('stereo',), ('onnx',)),
     'weights': (('stereo', 'mono', 'corr'), ('learned', 'onnx')),
     'device': (('stereo', 'mono', 'corr'), ('learned', 'onnx')),
     'max_depth_m': (('stereo', 'mono'), None), 'image_topic': (('mono', 'corr'), None),
@@ -134,7 +140,7 @@ def run(args) -> int:
             if not args.weights:
                 print('process-bag: --backend onnx needs the model: --weights MODEL.onnx')
                 return 2
-            params = {'device': args.device, 'model_path': args.weights}
+            params = {'device': args.device, 'model_path': args.weights, **dict(args.onnx)}
         options = dict(backend=args.backend, backend_params=params,
                        max_disparity_px=args.max_disparity_px or None,
                        confidence_threshold=args.confidence_threshold)
@@ -161,6 +167,34 @@ def run(args) -> int:
     print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped'
           f'{note}{written}')
     return 0 if counts['sets'] > 0 else 1
+
+
+# --onnx KEY=VALUE: the onnx backend's options (the node's onnx.* parameters) and their types.
+_ONNX_OPTIONS = {'input_width': int, 'input_height': int, 'mean': 'floats', 'std': 'floats',
+                 'input_names': 'names', 'output_name': str, 'confidence_name': str}
+
+
+def _onnx_item(text: str):
+    """argparse type of --onnx: 'mean=0.5,0.5,0.5' -> ('mean', [0.5, 0.5, 0.5]); the backend
+    checks the values against the model when it loads it."""
+    key, sep, value = text.partition('=')
+    if not sep or key not in _ONNX_OPTIONS:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=VALUE with KEY one of '
+                                         f'{", ".join(sorted(_ONNX_OPTIONS))}')
+    kind = _ONNX_OPTIONS[key]
+    try:
+        if kind == 'floats':
+            return key, [float(v) for v in value.split(',')]
+        if kind == 'names':
+            return key, [v for v in value.split(',') if v]
+        parsed = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: {key} takes '
+                                         + ('numbers separated by commas' if kind == 'floats'
+                                            else f'a {kind.__name__}')) from None
+    if kind is int and parsed < 0:
+        raise argparse.ArgumentTypeError(f'{text!r}: {key} must be >= 0 (0: the model\'s own)')
+    return key, parsed
 
 
 def _sgbm_item(text: str):

@@ -18,7 +18,6 @@ from ..shapes import check_shape
 from .base import StereoBackend, StereoResult
 
 
-
 class ModelOutputError(RuntimeError):
     """The model's output cannot be disparity (a model fault, not this frame's input): the
     stereo node falls back to sgbm with this message rather than dropping every frame."""
@@ -31,6 +30,40 @@ def _image_plane(output, name: str) -> np.ndarray:
         raise ModelOutputError(f'output {name!r} has shape {list(array.shape)}; this backend '
                                'reads one disparity image: (1, 1, h, w), (1, h, w) or (h, w)')
     return array.reshape(array.shape[-2:])
+
+def _size_text(fixed) -> str:
+    return 'x'.join('any' if v is None else str(v) for v in reversed(fixed))
+
+
+def _check_image_inputs(inputs, names) -> tuple:
+    """The two image inputs must be float32 (batch, 3, H, W) with batch 1 or dynamic, and
+    fixed at the same size if at all. Returns their (H, W), None where dynamic."""
+    by_name = {i.name: i for i in inputs}
+    sizes = []
+    for name in names:
+        node_arg = by_name[name]
+        shape = list(node_arg.shape)
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3) \
+                or (isinstance(shape[0], int) and shape[0] != 1):
+            raise ValueError(f'input {name!r} has shape {shape}; this backend feeds '
+                             '(1, 3, H, W) RGB images')
+        if node_arg.type != 'tensor(float)':
+            raise ValueError(f'input {name!r} is {node_arg.type}; this backend feeds float32 '
+                             '(export the model with float32 inputs)')
+        sizes.append(tuple(v if isinstance(v, int) and v > 0 else None for v in shape[2:]))
+    if sizes[0] != sizes[1]:
+        raise ValueError(f'the image inputs are fixed at different sizes: '
+                         f'{_size_text(sizes[0])} and {_size_text(sizes[1])}')
+    return sizes[0]
+
+
+def _check_output_shape(node_arg) -> None:
+    """An output whose shape is known must hold one image plane, as :func:`_image_plane`."""
+    shape = list(node_arg.shape)
+    if len(shape) < 2 or any(isinstance(n, int) and n != 1 for n in shape[:-2]):
+        raise ValueError(f'output {node_arg.name!r} has shape {shape}; this backend reads one '
+                         'image: (1, 1, h, w), (1, h, w) or (h, w)')
+
 
 class OnnxStereoBackend(StereoBackend):
     """Args:
@@ -93,16 +126,24 @@ class OnnxStereoBackend(StereoBackend):
         self.confidence_name = confidence_name
         self._output_checked = False   # the first frame tells whether the output is disparity
         self.model_path = model_path
-        shapes = {i.name: i.shape for i in self.session.get_inputs()}
-        for name in self.input_names:
-            shape = shapes[name]
-            if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
-                raise ValueError(f'input {name!r} has shape {shape}; this backend feeds '
-                                 '(1, 3, H, W) RGB images')
-        fixed = shapes[self.input_names[0]][2:]
-        if input_width <= 0 and all(isinstance(v, int) and v > 0 for v in fixed):
+        # What the model needs is known now: refused here with the reason, not frame by frame.
+        others = [n for n in inputs if n not in self.input_names]
+        if others:
+            raise ValueError(f'the model has inputs {others} besides the two images '
+                             f'{self.input_names}; this backend feeds only the left and right '
+                             'images (export the model with the others fixed)')
+        fixed = _check_image_inputs(self.session.get_inputs(), self.input_names)
+        for name in [self.output_name] + ([confidence_name] if confidence_name else []):
+            _check_output_shape(next(o for o in self.session.get_outputs() if o.name == name))
+        if input_width > 0 and any(f is not None and f != want for f, want
+                                   in zip(fixed, (input_height, input_width))):
+            raise ValueError(f'input_width x input_height {input_width}x{input_height} does '
+                             'not fit the model, whose inputs are fixed at '
+                             f'{_size_text(fixed)} (leave both 0 to use its size)')
+        if input_width <= 0:
             # A model exported at a fixed size (ours is): feed it that size, rescale the output.
-            input_height, input_width = fixed
+            # A side left dynamic keeps the image's own size (0).
+            input_height, input_width = (f or 0 for f in fixed)
         self.input_size = (int(input_width), int(input_height))
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
@@ -115,7 +156,8 @@ class OnnxStereoBackend(StereoBackend):
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         width, height = self.input_size
-        if width > 0 and (image.shape[1], image.shape[0]) != (width, height):
+        width, height = width or image.shape[1], height or image.shape[0]
+        if (image.shape[1], image.shape[0]) != (width, height):
             # Area averaging to shrink; enlarging with it would repeat pixels (blocky input
             # to a net that estimates sub-pixel disparity), so linear then.
             shrink = width <= image.shape[1] and height <= image.shape[0]
@@ -132,7 +174,14 @@ class OnnxStereoBackend(StereoBackend):
         feeds = {self.input_names[0]: self._prepare(left_rgb),
                  self.input_names[1]: self._prepare(right_rgb)}
         wanted = [self.output_name] + ([self.confidence_name] if self.confidence_name else [])
-        results = self.session.run(wanted, feeds)
+        try:
+            results = self.session.run(wanted, feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors have no common base
+            # The input was checked and prepared as the model declares it: a failure here is the
+            # model's (an op it cannot run, a shape it did not declare), so every frame would
+            # fail alike; the stereo node falls back to sgbm on this error.
+            raise ModelOutputError(f'onnxruntime could not run the model: '
+                                   f'{type(exc).__name__}: {exc}') from exc
         disparity = _image_plane(results[0], self.output_name)
         confidence = None
         if self.confidence_name:
@@ -154,8 +203,9 @@ class OnnxStereoBackend(StereoBackend):
             # Disparity is measured in pixels of the model's input: rescale by the width ratio.
             scale = width / disparity.shape[1]
             disparity = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR) * scale
-            if confidence is not None:
-                confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+        if confidence is not None and confidence.shape != (height, width):
+            # Its own resolution, whatever the disparity's (e.g. a cost-volume's 1/4).
+            confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
         valid = np.isfinite(disparity) & (disparity >= 0)
         if max_disparity_px is not None:
             valid &= disparity <= max_disparity_px

@@ -6,6 +6,7 @@ Inputs ``left``/``right`` are RGB in [0, 1] (normalisation is inside the graph, 
 backend runs it with mean 0 and std 1); outputs ``disparity`` and ``confidence`` (1, 1, H, W).
 """
 import inspect
+import os
 from typing import Dict
 
 import numpy as np
@@ -14,6 +15,8 @@ from torch import nn
 
 INPUT_NAMES = ('left', 'right')
 OUTPUT_NAMES = ('disparity', 'confidence')
+# The oldest opset that expresses the network (11 and below: Clip of int64 tensors fails).
+MIN_OPSET = 12
 
 
 class _TupleOutputs(nn.Module):
@@ -42,6 +45,10 @@ def export_stereo_onnx(model: nn.Module, path: str, *, height: int, width: int,
     import onnxruntime as ort
     if height <= 0 or width <= 0:
         raise ValueError(f'height and width must be positive, got {height}x{width}')
+    if opset < MIN_OPSET:
+        raise ValueError(f'opset {opset} cannot express the network (below {MIN_OPSET}, '
+                         'Clip of integer tensors has no ONNX form); use --opset '
+                         f'{MIN_OPSET} or higher')
     model = model.float().cpu().eval()
     # The wrapper must be in eval mode too: export restores the wrapper's own mode afterwards,
     # recursively, and a fresh module starts in training mode.
@@ -53,11 +60,18 @@ def export_stereo_onnx(model: nn.Module, path: str, *, height: int, width: int,
     # The TorchScript exporter; torch releases before 2.5 have no `dynamo` switch (and use it).
     legacy = ({'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters
               else {})
-    torch.onnx.export(wrapper, (left, right), path, input_names=list(INPUT_NAMES),
-                      output_names=list(OUTPUT_NAMES), opset_version=opset, **legacy)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    disparity, confidence = session.run(list(OUTPUT_NAMES),
-                                        {'left': left.numpy(), 'right': right.numpy()})
+    try:
+        torch.onnx.export(wrapper, (left, right), path, input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), opset_version=opset, **legacy)
+        session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        disparity, confidence = session.run(list(OUTPUT_NAMES),
+                                            {'left': left.numpy(), 'right': right.numpy()})
+    except Exception as exc:  # noqa: BLE001 - torch's and onnxruntime's errors alike
+        # No file that onnxruntime cannot run is left where a user would pick it up.
+        if os.path.exists(path):
+            os.remove(path)
+        raise ValueError(f'export to ONNX opset {opset} failed ({type(exc).__name__}: {exc}); '
+                         'no file written') from exc
     with torch.no_grad():
         ref_disparity, ref_confidence = wrapper(left, right)
     return {'max_abs_diff_disparity_px': float(np.abs(disparity - ref_disparity.numpy()).max()),
