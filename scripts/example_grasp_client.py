@@ -19,12 +19,14 @@ import sys
 import time
 
 
-def parse_pixels(texts):
-    pixels = []
-    for text in texts:
+def pixel(text):
+    """argparse type of --pixels: 'x,y' -> (x, y), or a usage error saying what is wrong."""
+    try:
         x, y = text.split(',')
-        pixels.append((float(x), float(y)))
-    return pixels
+        return float(x), float(y)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: a pixel is x,y (column,row), '
+                                         'e.g. 320,240') from None
 
 
 def main(argv=None) -> int:
@@ -36,7 +38,8 @@ def main(argv=None) -> int:
     group.add_argument('--find', metavar='ID', help='find a stored reference in the live image')
     parser.add_argument('--image', metavar='PATH', help='reference image file (+ --pixels): found '
                         'in the live image inline, or stored with --set')
-    parser.add_argument('--pixels', nargs='*', default=[], help='x,y pixels (column,row)')
+    parser.add_argument('--pixels', nargs='*', default=[], type=pixel,
+                        help='x,y pixels (column,row)')
     parser.add_argument('--overwrite', action='store_true', help='with --set: replace ID')
     parser.add_argument('--repeat', type=int, default=1, help='call N times, print latency')
     parser.add_argument('--timeout', type=float, default=10.0, help='seconds per call')
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
     rclpy.init()
     node = rclpy.create_node('example_grasp_client')
     prefix = args.namespace.rstrip('/') + '/' if args.namespace else ''
-    pixels = [Point(x=x, y=y, z=0.0) for x, y in parse_pixels(args.pixels)]
+    pixels = [Point(x=x, y=y, z=0.0) for x, y in args.pixels]
     try:
         if args.set:
             client = node.create_client(SetReference, prefix + 'set_reference')

@@ -151,6 +151,7 @@ class BagWriter:
         # a broken file nor an existing output destroyed.
         self.path = path
         folder, name = os.path.split(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
         handle, self._partial = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.partial')
         # mkstemp makes the file 0600, which os.replace would keep: give it the mode a plain
         # open() would (0666 less the umask), as `ros2 bag record` leaves its files.
@@ -430,6 +431,13 @@ def _check_type(topic: str, datatype: str, wanted: Optional[str] = None) -> None
                          f'{" or ".join(allowed)}: give a topic of that type')
 
 
+def _namespace(namespace: str) -> str:
+    """'' or '/a/b': a namespace as ROS takes it ('stereo' and '/stereo/' are '/stereo', as
+    `namespace:=stereo` puts a node under /stereo)."""
+    parts = [part for part in namespace.split('/') if part]
+    return '/' + '/'.join(parts) if parts else ''
+
+
 def _resolve(name: str, ns: str) -> str:
     """A topic name as a node in namespace ``ns`` ('' or '/a/b') resolves it: absolute names
     as they are, relative ones under ``ns``."""
@@ -466,7 +474,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     from . import conversions
     from .core.backends import create_backend
     from .core.stereo_pipeline import run_stereo
-    ns = namespace.rstrip('/')
+    ns = _namespace(namespace)
     inputs = _stereo_inputs(ns)
     out_ns = _output_namespace(output_prefix, ns)
     engine = create_backend(backend, **(backend_params or {}))
@@ -517,7 +525,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     from .core.mono.inference import (baseline_from_header, estimate_depth,
                                       input_size_from_header, load_mono_model)
     from .core.training import resolve_device
-    ns = namespace.rstrip('/')
+    ns = _namespace(namespace)
     inputs = _camera_inputs(ns, image_topic)
     out_ns = _output_namespace(output_prefix, ns)
     torch_device = resolve_device(device)
@@ -581,7 +589,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
     if reference_bgr is None:
         raise ValueError(f'could not read the reference image {reference_image!r} '
                          '(--reference-image PATH)')
-    ns = namespace.rstrip('/')
+    ns = _namespace(namespace)
     inputs = _camera_inputs(ns, image_topic)
     types = {}
     if depth_topic:
@@ -662,7 +670,7 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
     disparity is f*B/Z as for a zero-disparity rig."""
     from . import conversions
     from .core.synth.io import write_rgb8_png
-    ns = namespace.rstrip('/')
+    ns = _namespace(namespace)
     inputs = _stereo_inputs(ns)
     check_bag_paths(in_path, out_dir)
     for side in ('left', 'right'):

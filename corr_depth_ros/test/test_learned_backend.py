@@ -317,6 +317,11 @@ def test_onnx_backend_checks_what_the_model_needs_at_load(tmp_path):
         def forward(self, left, right, iters):
             return left[:, :1] * 0.0 + right[:, :1] * 0.0 + iters.sum()
 
+    with pytest.raises(FileNotFoundError, match='ONNX model not found'):
+        create_backend('onnx', model_path=str(tmp_path / 'missing.onnx'), device='cpu')
+    (tmp_path / 'ref.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(100))
+    with pytest.raises(ValueError, match='could not be loaded as an ONNX model'):
+        create_backend('onnx', model_path=str(tmp_path / 'ref.png'), device='cpu')
     three = _export(ThreeInputs(), tmp_path / 'three.onnx', names=('left', 'right', 'iters'),
                     inputs=(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.ones(1)))
     with pytest.raises(ValueError, match=r"inputs \['iters'\] besides the two images"):

@@ -101,7 +101,7 @@ def test_process_stereo_bag_passes_the_onnx_options(tmp_path, monkeypatch, capsy
         3.0 * 741 / 64 + data['geometry'].doffs_px, rel=1e-4)
     # A wrong name is the backend's refusal, as in the node.
     assert cli_main(base + ['--onnx', 'output_name=nope']) == 2
-    assert "output 'nope' not in the model outputs ['disp']" in capsys.readouterr().out
+    assert "output 'nope' not in the model outputs ['disp']" in capsys.readouterr().err
     for item, reason in (('mean=a,b', 'mean takes numbers separated by commas'),
                          ('input_width=-1', 'input_width must be >= 0'),
                          ('size=3', 'expected KEY=VALUE with KEY one of')):
@@ -165,7 +165,7 @@ def test_process_bag_refuses_options_its_pipeline_would_ignore(tmp_path, capsys,
     from corr_depth_ros.cli import main as cli_main
     assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
                      '--no-progress', *argv]) == 2
-    assert named in capsys.readouterr().out
+    assert named in capsys.readouterr().err
     assert not (tmp_path / 'out.mcap').exists()
 
 
@@ -186,7 +186,7 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     size = os.path.getsize(path)
     assert cli_main(['process-bag', str(path), str(path), '--namespace', '/cam',
                      '--no-progress']) == 2
-    assert 'is the input' in capsys.readouterr().out and os.path.getsize(path) == size
+    assert 'is the input' in capsys.readouterr().err and os.path.getsize(path) == size
     # A rosbag2 folder (metadata.yaml + files) is read like the file it lists.
     folder = tmp_path / 'rec'
     folder.mkdir()
@@ -200,7 +200,7 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     # Wrong namespace: which topics are missing, and what the bag has instead.
     assert cli_main(['process-bag', str(folder), str(tmp_path / 'out2.mcap'), '--namespace',
                      '/other', '--no-progress']) == 2
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert 'no messages on /other/left/camera_info' in text and '/cam/left/image_rect' in text
     # A failed run neither leaves an output behind nor destroys an existing one.
     assert not os.path.exists(tmp_path / 'out2.mcap')
@@ -213,14 +213,14 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     (tmp_path / 'outdir').mkdir()
     assert cli_main(['process-bag', str(folder), str(tmp_path / 'outdir'), '--namespace', '/cam',
                      '--no-progress']) == 2
-    assert 'is a folder' in capsys.readouterr().out
+    assert 'is a folder' in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.endswith('.partial')]
     # A damaged (cut) file: one line saying so, exit 2, no output.
     cut = tmp_path / 'cut.mcap'
     cut.write_bytes((folder / 'rec_0.mcap').read_bytes()[:len(good) // 3])
     assert cli_main(['process-bag', str(cut), str(tmp_path / 'out3.mcap'), '--namespace', '/cam',
                      '--no-progress']) == 2
-    assert 'unfinished or damaged' in capsys.readouterr().out
+    assert 'unfinished or damaged' in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'out3.mcap')
     # sgbm parameters as the node's sgbm.* ones; a malformed one is refused.
     assert cli_main(['process-bag', str(folder), str(tmp_path / 'out4.mcap'), '--namespace',
@@ -234,7 +234,7 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
                      '/cam', '--sgbm', 'p2=100', '--sgbm', 'p1=50', '--no-progress']) == 0
     assert cli_main(['process-bag', str(folder), str(tmp_path / 'out4.mcap'), '--namespace',
                      '/cam', '--sgbm', 'p2=100', '--no-progress']) == 2
-    assert 'p2 must be greater than p1' in capsys.readouterr().out
+    assert 'p2 must be greater than p1' in capsys.readouterr().err
     # A bad item is refused while parsing (usage line, exit 2), before the bag is opened.
     for item, reason in (('blocksize=7', 'expected KEY=VALUE with KEY one of'),
                          ('block_size', 'expected KEY=VALUE with KEY one of'),
@@ -257,6 +257,11 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     counts = bag.process_stereo(str(tmp_path / 'gap.mcap'), str(tmp_path / 'out3.mcap'),
                                 namespace='/cam', progress=False)
     assert counts == {'sets': 2, 'errors': 0, 'unmatched': 1}
+    # A namespace is taken as ROS takes it ('cam' is /cam, as namespace:=cam puts a node), and
+    # a missing output folder is made.
+    counts = bag.process_stereo(str(folder), str(tmp_path / 'new' / 'out6.mcap'),
+                                namespace='cam/', progress=False)
+    assert counts['sets'] == 3 and (tmp_path / 'new' / 'out6.mcap').exists()
     (tmp_path / 'old.db3').write_bytes(b'SQLite format 3\x00' + bytes(64))
     with pytest.raises(ValueError, match='not an MCAP file'):
         bag.bag_files(str(tmp_path / 'old.db3'))
@@ -617,7 +622,7 @@ def test_process_bag_checks_input_types_and_resolves_relative_names(tmp_path, ca
                             ('/cam/image/compressedDepth', None)):
         rc = cli_main(['process-bag', str(tmp_path / 'with_cmp.mcap'), str(out), '--namespace',
                        '/cam', '--depth-topic', topic] + corr)
-        text = capsys.readouterr().out
+        text = capsys.readouterr().err
         assert rc == 2 and not out.exists()
         if datatype:
             assert f'{topic} holds sensor_msgs/msg/{datatype}, but it is read as ' \
@@ -627,7 +632,7 @@ def test_process_bag_checks_input_types_and_resolves_relative_names(tmp_path, ca
     # A depth topic that is another input already is refused, not silently swapped in.
     assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(out), '--namespace', '/cam',
                      '--depth-topic', 'camera_info'] + corr) == 2
-    assert '--depth-topic /cam/camera_info is an input already' in capsys.readouterr().out
+    assert '--depth-topic /cam/camera_info is an input already' in capsys.readouterr().err
     assert cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(out), '--namespace', '/cam',
                      '--image-topic', 'image', '--depth-topic', 'depth', '--output-prefix',
                      'processed'] + corr) == 0

@@ -445,3 +445,26 @@ def test_mixed_precision_type_follows_native_bfloat16_support(monkeypatch):
         assert mixed_precision(True, device) == (True, want, want == torch.float16), capability
     assert mixed_precision(False, device) == (False, torch.float16, False)
     assert mixed_precision(True, torch.device('cpu')) == (False, torch.float16, False)
+
+
+def test_a_file_that_is_not_safetensors_is_refused_in_one_line(tmp_path):
+    """A PNG given as weights (--init-from, --weights, ...) is a ValueError the CLI prints in
+    one line, like a missing file or the wrong model kind, not a SafetensorError traceback."""
+    path = tmp_path / 'ref.png'
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(100))
+    with pytest.raises(ValueError, match='ref.png is not a safetensors weights file'):
+        training.read_weights_header(str(path))
+
+
+def test_cli_ctrl_c_says_how_to_go_on_without_a_traceback(monkeypatch, capsys):
+    import argparse
+
+    from corr_depth_ros import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args',
+                        lambda self, argv=None: argparse.Namespace(func=interrupted))
+    assert cli.main(['train', 'stereo']) == 130
+    assert 'interrupted. A training run goes on from its last checkpoint' in \
+        capsys.readouterr().err

@@ -44,6 +44,12 @@ def main(argv=None) -> int:
             raise
         print(f'corr_depth: error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is how a training run is paused: no traceback, and how to go on.
+        print('\ncorr_depth: interrupted. A training run goes on from its last checkpoint '
+              'when the same command is run again (train stereo: add --resume).',
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

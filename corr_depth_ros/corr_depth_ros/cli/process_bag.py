@@ -1,5 +1,6 @@
 """`corr_depth process-bag IN.mcap OUT.mcap --pipeline stereo|mono|corr ...`"""
 import argparse
+import sys
 
 from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE
 from ..core.mono import POST_PROCESS_DEFAULT
@@ -124,7 +125,7 @@ def run(args) -> int:
                   progress=not args.no_progress)
     problems = options_out_of_scope(args)
     if problems:
-        print('process-bag: ' + '; '.join(problems))
+        print('process-bag: ' + '; '.join(problems), file=sys.stderr)
         return 2
     if args.pipeline != 'stereo':
         common['image_topic'] = args.image_topic
@@ -138,7 +139,7 @@ def run(args) -> int:
                       'probe_every': args.probe_every}
         elif args.backend == 'onnx':
             if not args.weights:
-                print('process-bag: --backend onnx needs the model: --weights MODEL.onnx')
+                print('process-bag: --backend onnx needs the model: --weights MODEL.onnx', file=sys.stderr)
                 return 2
             params = {'device': args.device, 'model_path': args.weights, **dict(args.onnx)}
         options = dict(backend=args.backend, backend_params=params,
@@ -156,7 +157,7 @@ def run(args) -> int:
     try:
         counts = PIPELINES[args.pipeline](args.input, args.output, **common, **options)
     except (ValueError, OSError) as exc:
-        print(f'process-bag: {exc}')
+        print(f'process-bag: {exc}', file=sys.stderr)
         return 2
     unmatched, note = counts.get('unmatched', 0), ''
     if unmatched:

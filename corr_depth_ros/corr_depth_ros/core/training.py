@@ -122,11 +122,14 @@ def save_weights(path: str, model: nn.Module, *, arch: str, config: Dict[str, An
 
 def read_weights_header(path: str) -> Dict[str, Any]:
     """The arch/config/metadata/identity stored in a safetensors file written by save_weights."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weights file not found: {path}')
-    with safe_open(path, framework='pt') as f:
-        raw = f.metadata() or {}
+    try:
+        with safe_open(path, framework='pt') as f:
+            raw = f.metadata() or {}
+    except SafetensorError as exc:
+        raise ValueError(f'{path} is not a safetensors weights file ({exc})') from exc
     missing = {'arch', 'config'} - set(raw)
     if missing:
         raise ValueError(f'{path} has no {sorted(missing)} in its header: not a corr_depth_ros '

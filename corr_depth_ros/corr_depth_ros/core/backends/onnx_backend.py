@@ -9,6 +9,7 @@ scales with image width).
 Trade-off: no torch needed and the CUDA provider is used when onnxruntime-gpu is installed,
 but the pre-processing must be told exactly what the model expects (size, mean, std, names).
 """
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import cv2
@@ -85,9 +86,15 @@ class OnnxStereoBackend(StereoBackend):
                  mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
                  input_names: Sequence[str] = (), output_name: str = '',
                  confidence_name: str = '', device: str = 'auto', threads: int = 0):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ValueError('the onnx backend needs onnxruntime: pip install onnxruntime '
+                             '(onnxruntime-gpu for the CUDA provider)') from exc
         if not model_path:
             raise ValueError('onnx backend needs a model path (parameter onnx.model_path)')
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f'ONNX model not found: {model_path}')
         if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
             raise ValueError(f'mean and std need 3 values each, std non-zero; got {mean}, {std}')
         if (input_width > 0) != (input_height > 0):
@@ -102,7 +109,12 @@ class OnnxStereoBackend(StereoBackend):
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(model_path, sess_options=options,
+                                                providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors have no common base
+            raise ValueError(f'{model_path} could not be loaded as an ONNX model '
+                             f'({type(exc).__name__}: {exc})') from exc
         if device == 'cuda' and 'CUDAExecutionProvider' not in self.session.get_providers():
             # onnxruntime-gpu lists its CUDA provider even when the CUDA/cuDNN libraries it needs
             # are missing; the session then quietly runs on the CPU. Say so (the node falls back

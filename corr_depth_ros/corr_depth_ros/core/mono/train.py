@@ -96,7 +96,8 @@ def make_dataset(spec: MonoTrainSpec, device: str = 'auto'):
         root = spec.data.split(':', 1)[1]
         return (_FolderPairs(root, spec.height, spec.width, spec.depth_hints),
                 {'folder': os.path.abspath(root)})
-    raise ValueError(f'--data must be "synthetic" or "folder:PATH", got {spec.data!r}')
+    raise ValueError(f'--data must be "synthetic", "folder:PATH" or "bag:PATH", '
+                     f'got {spec.data!r}')
 
 
 def make_loss_fn(weights: LossWeights):

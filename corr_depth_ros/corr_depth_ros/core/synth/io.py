@@ -416,7 +416,7 @@ def write_dataset(root: PathLike, kind: str, count: int, height: int, width: int
     root = Path(root)
     if (root / 'dataset.json').exists() and not overwrite:
         raise ValueError(f'{root} already holds a dataset (dataset.json); choose another '
-                         f'--out or pass overwrite')
+                         f'--out or pass --overwrite')
     root.mkdir(parents=True, exist_ok=True)
     if overwrite:
         # The previous dataset's samples (sample_dir's folders) go too: a smaller new one must
