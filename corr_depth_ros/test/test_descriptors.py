@@ -717,8 +717,16 @@ def test_pair_pool_streams_per_rank_and_after_a_resume(monkeypatch):
     fresh = data.PairPool(100, 8, 8, pool_size=4, renew_per_item=0.5, seed=2)
     assert seeds_of(fresh, 1) == [20_000_000, 20_000_001, 20_000_002, 20_000_003]
     rank1 = data.PairPool(100, 8, 8, pool_size=4, renew_per_item=0.5, seed=2)
-    rank1.start_stream(rank=1, items_read=0)
+    rank1.start_stream(rank=1, items_read=0, world_size=2)
     assert seeds_of(rank1, 1)[0] == 2 * data.SEEDS_PER_RUN + data.SEEDS_PER_RANK
+    # Beyond 10 processes (2 nodes x 8 GPUs) the run's seeds are shared out evenly (rank 10
+    # was refused); up to 10, every rank renders what it did before.
+    rank15 = data.PairPool(100, 8, 8, pool_size=4, renew_per_item=0.5, seed=2)
+    rank15.start_stream(rank=15, items_read=0, world_size=16)
+    assert seeds_of(rank15, 1)[0] == 2 * data.SEEDS_PER_RUN + 15 * (data.SEEDS_PER_RUN // 16)
+    assert data.seeds_per_rank(10) == data.SEEDS_PER_RANK
+    with pytest.raises(ValueError, match=r'rank must be in \[0, 2\)'):
+        data.PairPool(100, 8, 8, pool_size=4, seed=2).start_stream(rank=2, world_size=2)
     # After 20 reads the fresh pool has rendered 4 + 10 seeds; a pool resumed there starts
     # with the newest four of them instead of the first four again.
     seeds_of(fresh, 19)

@@ -617,6 +617,11 @@ def test_train_stereo_resumes_a_checkpoint_from_before_scale_augmentation(tmp_pa
     with pytest.raises(ValueError, match="is of another run .*'scale_prob': 0.0.* there"):
         run(2, AugmentConfig(scale_prob=0.5))
     assert run(2, AugmentConfig())['step'] == 2
+    # On-the-fly pairs are read in order (a resume with more steps reads on into new pairs).
+    from corr_depth_ros.core.training import read_weights_header
+    header = read_weights_header(str(tmp_path / 'run' / 'last.safetensors'))
+    assert header['metadata']['train_config']['shuffle'] is False
+
 
 @pytest.mark.parametrize('batch,height,width,padded', [(1, 13, 21, (16, 24)), (2, 16, 24, (16, 24)),
                                                         (1, 9, 16, (16, 16))])

@@ -152,7 +152,7 @@ class _Recorded(_Line):
         self.read.append(int(i))
         return super().__getitem__(i)
 
-    def start_stream(self, rank, items_read):
+    def start_stream(self, rank, items_read, world_size):
         self.stream = (rank, items_read)
 
 
@@ -206,6 +206,22 @@ def test_an_interrupted_run_reads_the_same_items_as_an_uninterrupted_one(tmp_pat
     for seed in (-1, 2 ** 40, 2 ** 70):
         order = list(training.EpochSampler(8, seed))
         assert sorted(order) == list(range(8))
+
+
+def test_in_order_reading_goes_on_into_a_set_grown_by_more_steps():
+    """train stereo's on-the-fly set has steps x batch x processes items: a resume with more
+    --steps makes it longer. Read in order, the resumed run reads only new items; a new
+    shuffle of the longer set re-read most of the old ones (6 of 8 in a review's 2-process
+    run) and skipped most of the new."""
+    def drawn(length, skip, shuffle):
+        return [i for rank in (0, 1) for i in list(training.EpochSampler(
+            length, 0, rank=rank, world_size=2, skip=skip, shuffle=shuffle))]
+    first = [i for rank in (0, 1) for i in list(training.EpochSampler(
+        8, 0, rank=rank, world_size=2, shuffle=False))[:4]]
+    assert sorted(first) == list(range(8))
+    resumed = drawn(16, 4, shuffle=False)
+    assert sorted(resumed) == list(range(8, 16))
+    assert set(drawn(16, 4, shuffle=True)) & set(first)      # what a shuffle did
 
 
 def test_a_resume_after_a_skipped_batch_still_reads_on_where_it_stood(tmp_path):

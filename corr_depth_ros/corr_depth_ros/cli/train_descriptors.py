@@ -70,7 +70,8 @@ def run(args) -> int:
                       device=args.device, amp=True, threads=args.threads,
                       resume=not args.no_resume)
     summary = train_mod.train_descriptors(spec, cfg, train_mod.command_line(), notes=args.notes)
-    print(json.dumps({'best': summary['best'], 'wall_s': summary['wall_s']}, indent=2))
+    if is_main_process():        # the other torchrun ranks have no validation to report
+        print(json.dumps({'best': summary['best'], 'wall_s': summary['wall_s']}, indent=2))
     if args.ship and is_main_process():
         import os
         train_mod.copy_weights(os.path.join(args.out, 'best.safetensors'), args.ship)

@@ -86,7 +86,8 @@ def run(args) -> int:
                               refine_channels=args.refine_channels,
                               refine_radius=args.refine_radius,
                               init_from=args.init_from, edge_weight=args.edge_weight)
-    print({k: v for k, v in result.items()})
+    if is_main_process():        # the other torchrun ranks have no validation to report
+        print({k: v for k, v in result.items()})
     if args.ship and is_main_process():
         import os
         from ..core.stereo_net.train import ship_weights

@@ -9,6 +9,7 @@
   ``weights_only=True`` so resuming never unpickles arbitrary objects).
 """
 import contextlib
+import datetime
 import hashlib
 import json
 import math
@@ -57,7 +58,10 @@ def init_distributed(device_name: str = 'auto') -> Tuple[DistInfo, torch.device]
             device = torch.device('cuda', local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+            # Ranks wait at a barrier while rank 0 renders a cache (main_process_first): a
+            # large one takes longer than NCCL's 10 minute default.
+            dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
+                                    timeout=datetime.timedelta(hours=2))
     return DistInfo(rank, world_size, local_rank), device
 
 
@@ -215,6 +219,11 @@ class TrainConfig:
     amp: bool = True
     threads: int = 0
     resume: bool = True
+    # Shuffle the training items each epoch. False reads them in order: for on-the-fly data,
+    # where every item is a fresh random render and the set grows with --steps, so that a
+    # resumed run with more steps reads on into new items (a new shuffle of the longer set
+    # re-read most of those already trained on and skipped most of the new ones).
+    shuffle: bool = True
     # A batch whose loss is not finite is skipped (no optimiser step) and logged; this many in
     # a row means the weights themselves went bad, and training stops with an error.
     max_bad_batches: int = 10
@@ -322,22 +331,28 @@ class EpochSampler(torch.utils.data.Sampler):
     DistributedSampler would pad it with repeats). It starts at
     ``start_epoch`` with the first ``skip`` indices of this rank's share left out, so that a
     resumed run reads on where the checkpoint's run stood instead of drawing a new shuffle
-    (exactly so when the dataset length is the same; train stereo's on-the-fly set grows with
-    --steps, and then the epoch's order is a new one)."""
+    (exactly so when the dataset length is the same). With ``shuffle`` False every epoch reads
+    the items in order (rank r at its position p takes item p * world_size + r), so a dataset
+    that grows (train stereo's on-the-fly set, sized by --steps) is read on into its new
+    items."""
 
     def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_epoch: int = 0, skip: int = 0):
+                 start_epoch: int = 0, skip: int = 0, shuffle: bool = True):
         self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
         self.per_rank = length // world_size
-        self.epoch, self.skip = start_epoch, skip
+        self.epoch, self.skip, self.shuffle = start_epoch, skip, shuffle
 
     def __len__(self) -> int:
         return self.per_rank
 
     def __iter__(self):
         from .seeding import mixed_generator
-        generator = mixed_generator(self.seed, self.epoch)      # any int seed
-        order = torch.randperm(self.length, generator=generator)[:self.per_rank * self.world_size]
+        if self.shuffle:
+            generator = mixed_generator(self.seed, self.epoch)      # any int seed
+            order = torch.randperm(self.length, generator=generator)
+        else:
+            order = torch.arange(self.length)
+        order = order[:self.per_rank * self.world_size]
         mine = order[self.rank::self.world_size].tolist()
         skip, self.skip = self.skip, 0
         self.epoch += 1
@@ -375,7 +390,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     rather than mixed with it. A resumed run continues the data stream instead of replaying
     its first batches: the sampler (:class:`EpochSampler`) starts at the epoch and position
     the steps done reached, the random state (augmentation) is reseeded from the step reached,
-    and a dataset with ``start_stream(rank, items_read)`` (the descriptor pair pool) is told
+    and a dataset with ``start_stream(rank, items_read, world_size)`` (the descriptor pair pool) is told
     where this rank's stream stood. Every rank calls it too, so that ranks of a torchrun job
     draw different data. A batch whose loss is not finite is skipped with the weights and the
     batch norm statistics as they were. Validation runs before the checkpoint of the same step,
@@ -445,14 +460,16 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         torch.manual_seed(cfg.seed + dist_info.rank + 1_000_003 * step)
     start_stream = getattr(train_dataset, 'start_stream', None)
     if callable(start_stream):
-        start_stream(rank=dist_info.rank, items_read=batches_drawn * cfg.batch_size)
+        start_stream(rank=dist_info.rank, items_read=batches_drawn * cfg.batch_size,
+                     world_size=dist_info.world_size)
 
     train_model = model
     if dist_info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None)
-    sampler = EpochSampler(len(train_dataset), cfg.seed, dist_info.rank, dist_info.world_size)
+    sampler = EpochSampler(len(train_dataset), cfg.seed, dist_info.rank, dist_info.world_size,
+                           shuffle=cfg.shuffle)
     batches_per_epoch = len(sampler) // cfg.batch_size       # drop_last
     if batches_per_epoch == 0:
         # drop_last with fewer items than a batch yields nothing: batches() would spin forever.
@@ -530,6 +547,12 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         scheduler.step()
         step += 1
         last = {'loss': float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
+        if dist_info.world_size > 1 and (step % cfg.log_every == 0 or step == cfg.steps):
+            # What log.jsonl records: the mean over every process's batch, not rank 0's alone.
+            import torch.distributed as dist
+            values = torch.tensor(list(last.values()), dtype=torch.float64, device=device)
+            dist.all_reduce(values)
+            last = dict(zip(last, (values / dist_info.world_size).tolist()))
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f'{last["loss"]:.4f}')

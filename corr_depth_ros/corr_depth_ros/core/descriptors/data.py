@@ -20,10 +20,19 @@ from torch.utils.data import Dataset
 
 # Seeds at or above this are held out: training draws below it, evaluation at or above it.
 HELD_OUT_SEED = 1_000_000_000
-# A pool with seed s renders seeds s * SEEDS_PER_RUN + rank * SEEDS_PER_RANK + n: ranks of a
-# torchrun job draw disjoint pairs (up to 10 ranks, a million pairs each).
+# A pool with seed s renders seeds s * SEEDS_PER_RUN + rank * seeds_per_rank(world) + n:
+# ranks of a torchrun job draw disjoint pairs (a million each for up to 10 ranks; beyond that
+# the run's ten million are shared out evenly, so jobs of up to 10 ranks render as before).
 SEEDS_PER_RUN = 10_000_000
 SEEDS_PER_RANK = 1_000_000
+
+
+def seeds_per_rank(world_size: int) -> int:
+    """How many seeds each rank of a ``world_size``-process job renders from."""
+    if world_size < 1 or world_size > SEEDS_PER_RUN // 1000:
+        raise ValueError(f'{world_size} processes: descriptor training shares its seeds among '
+                         f'1 to {SEEDS_PER_RUN // 1000} processes')
+    return min(SEEDS_PER_RANK, SEEDS_PER_RUN // world_size)
 
 
 def multiview_sample(seed: int, height: int, width: int, config=None) -> Dict[str, torch.Tensor]:
@@ -99,18 +108,20 @@ class PairPool(Dataset):
         self.pool = []          # rendered on first read, after start_stream() if any
         self._oldest = 0
 
-    def start_stream(self, rank: int = 0, items_read: int = 0) -> None:
-        """Continue the stream where a run with this seed stood on ``rank`` after
-        ``items_read`` reads (the training loop calls it; see training.fit): each rank renders
-        its own range of seeds, and a resumed run renders the pairs that came next instead of
-        the first ones again. Call before the first read. (0, 0) is the constructor's stream.
+    def start_stream(self, rank: int = 0, items_read: int = 0, world_size: int = 1) -> None:
+        """Continue the stream where a run with this seed stood on ``rank`` (of ``world_size``
+        processes) after ``items_read`` reads (the training loop calls it; see training.fit):
+        each rank renders its own range of seeds, and a resumed run renders the pairs that
+        came next instead of the first ones again. Call before the first read. (0, 0, 1) is
+        the constructor's stream.
         """
         if self.pool:
             raise RuntimeError('start_stream() must come before the first read')
-        if not 0 <= rank < SEEDS_PER_RUN // SEEDS_PER_RANK:
-            raise ValueError(f'rank must be in [0, {SEEDS_PER_RUN // SEEDS_PER_RANK}), got {rank}')
+        per_rank = seeds_per_rank(world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank must be in [0, {world_size}), got {rank}')
         rendered_before = int(items_read * self.renew_per_item)   # beyond the first pool
-        self._next_seed = self._seed * SEEDS_PER_RUN + rank * SEEDS_PER_RANK + rendered_before
+        self._next_seed = self._seed * SEEDS_PER_RUN + rank * per_rank + rendered_before
         if (rank, items_read) != (0, 0):
             self._rng = random.Random(f'{self._seed}/{rank}/{items_read}')
 

@@ -16,8 +16,9 @@ import torch
 
 from ..synth.config import SYNTH_VERSION
 from ..synth.contact_sheet import to_uint8_rgb
-from ..training import (BestWeights, TrainConfig, fit, load_weights, path_key, save_weights,
-                        source_note, train_config_dict, unwrap, validation_metrics)
+from ..training import (BestWeights, TrainConfig, fit, is_main_process, load_weights, path_key,
+                        save_weights, source_note, train_config_dict, unwrap,
+                        validation_metrics)
 from .augment import augment_pairs
 from .data import PairPool, held_out_pairs, optional_import_check
 from .loss import ContrastiveConfig, pair_loss
@@ -120,7 +121,8 @@ def train_descriptors(spec: DescriptorTrainSpec, cfg: TrainConfig, command: str,
         model = build_descriptor_net(**net_config)
     os.makedirs(cfg.out_dir, exist_ok=True)
     started = time.time()
-    print(f'a pool of {spec.pool_size} pairs is rendered at the first step ...', flush=True)
+    if is_main_process():
+        print(f'a pool of {spec.pool_size} pairs is rendered at the first step ...', flush=True)
     train_synth, val_synth = synth_configs(spec.photo_textures)
     # The pool ignores the index it is read at, so the nominal epoch only sizes the sampler's
     # permutation (fit loops over epochs): 10**7 cost ~0.5 GB and 2.6 s before the first step.

@@ -16,7 +16,7 @@ Augmentation (applied to training pairs only):
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -389,6 +389,9 @@ def train_stereo_net(cfg: TrainConfig, *, height: int, width: int,
     else:
         data_version, data_seed = SYNTH_VERSION, train_seed
         base = synthetic_stereo_dataset(count, height, width, train_seed)
+        # Each item is a fresh render: read in order, so a resume with more --steps reads on
+        # into new pairs instead of a new shuffle of the longer set.
+        cfg = replace(cfg, shuffle=False)
         data_note = (f'synthetic stereo ({SYNTH_VERSION}), on the fly, {width}x{height}, '
                      f'sample seeds {sample_seed(train_seed, 0)}..'
                      f'{sample_seed(train_seed, count - 1)}')
