@@ -199,7 +199,9 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
         'alignments': {'raw': 'metric mode with the baseline the weights record (as the node), '
                               'no alignment; absent for weights that record none',
                        'median': 'depth * median(gt)/median(pred) (then capped at max depth)',
-                       'scale_shift_inv': 'least-squares scale and shift of inverse depth'},
+                       'scale_shift_inv': 'least-squares scale and shift of inverse depth; aligned '
+                                          'depth capped at max depth, or without one at the '
+                                          'image\'s farthest ground truth (flatters it)'},
         'post_processing': {'no_pp': 'single pass', 'pp': 'mirrored-input averaging (Godard 2017)'},
         'max_depth_m': max_depth_m, 'models': {}}
     first_model = None
