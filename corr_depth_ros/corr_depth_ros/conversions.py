@@ -1,7 +1,10 @@
 """The one place where ROS messages become numpy arrays and back.
 
-Small stand-ins for cv_bridge (not installable everywhere) and sensor_msgs_py's point-cloud
-helpers, kept to exactly what the nodes need:
+Small stand-ins for cv_bridge and sensor_msgs_py's point-cloud helpers, kept to exactly what
+the nodes need. They are used even where cv_bridge is installed: it is not everywhere (not on
+PyPI), and its Python conversion reshapes rows by ``step / itemsize``, which shears images
+whose ``step`` has padding that is not a whole number of pixels; the results are otherwise
+the same (mono16 to rgb8 rounds as its ``convertTo(255/65535)`` does). What they cover:
   * Image <-> (H, W[, C]) arrays for mono8, mono16, rgb8, bgr8, rgba8, bgra8 and 32FC1,
     honouring ``step`` padding and ``is_bigendian``;
   * CameraInfo pairs -> :class:`~corr_depth_ros.core.geometry.StereoGeometry`;
@@ -75,8 +78,10 @@ def image_to_rgb8(msg: Image) -> np.ndarray:
     pixels = image_to_array(msg)
     enc = msg.encoding
     if enc == 'mono16':
-        # Keep the high byte: a 16-bit camera's full range mapped onto 8 bits.
-        pixels = (pixels >> 8).astype(np.uint8)
+        # A 16-bit camera's full range mapped onto 8 bits, rounded to the nearest level:
+        # round(v * 255 / 65535) = round(v / 257), as cv_bridge and image_proc convert
+        # (the high byte alone, floor(v / 256), was one level darker for a quarter of values).
+        pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
         enc = 'mono8'
     if enc == 'mono8':
         return np.repeat(pixels[:, :, None], 3, axis=2)

@@ -31,9 +31,13 @@ def test_rgb8_from_every_encoding():
                         ('bgra8', np.dstack([rgb[:, :, ::-1], np.zeros((4, 6), np.uint8)]))):
         out = conversions.image_to_rgb8(conversions.array_to_image(pixels, enc, HEADER))
         np.testing.assert_array_equal(out, rgb, err_msg=enc)
-    grey16 = np.array([[0, 256 * 7 + 3, 65535]], dtype=np.uint16)
+    grey16 = np.array([[0, 256 * 7 + 3, 255, 51200, 65535]], dtype=np.uint16)
     out = conversions.image_to_rgb8(conversions.array_to_image(grey16, 'mono16', HEADER))
-    assert out[0, :, 0].tolist() == [0, 7, 255] and out.shape == (1, 3, 3)
+    # round(v * 255 / 65535), as cv_bridge converts mono16 to rgb8 (the high byte gave 0, 200).
+    assert out[0, :, 0].tolist() == [0, 7, 1, 199, 255] and out.shape == (1, 5, 3)
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = conversions.image_to_rgb8(conversions.array_to_image(every, 'mono16', HEADER))
+    np.testing.assert_array_equal(out[..., 0], np.rint(every * (255 / 65535)).astype(np.uint8))
 
 
 def test_step_padding_and_big_endian():
