@@ -103,18 +103,25 @@ class StampSynchronizer:
 
 class NewestStamps:
     """Newest header stamp seen on each input, for a synchroniser that does not keep them
-    (message_filters'): says how far apart the inputs are when no set comes through."""
+    (message_filters'): says how far apart the inputs are when no set comes through.
+    ``went_back(stamp_ns)`` (optional) is called with a stamp older than its input's previous
+    one, before the synchroniser sees that message (a bag played in a loop, a clock reset)."""
 
-    def __init__(self, num_inputs: int):
+    def __init__(self, num_inputs: int, went_back: Optional[Callable[[int], None]] = None):
         self._newest: List[Optional[int]] = [None] * num_inputs
         self._counts = [0] * num_inputs
         self._lock = threading.Lock()
+        self.went_back = went_back
 
     def input_callback(self, index: int) -> Callable:
         def note(msg) -> None:
+            stamp = stamp_to_ns(msg)
             with self._lock:
-                self._newest[index] = stamp_to_ns(msg)
+                previous = self._newest[index]
+                self._newest[index] = stamp
                 self._counts[index] += 1
+            if previous is not None and stamp < previous and self.went_back is not None:
+                self.went_back(stamp)
         return note
 
     def spread_ns(self) -> Optional[int]:
@@ -128,6 +135,18 @@ class NewestStamps:
         """As StampSynchronizer.message_counts."""
         with self._lock:
             return list(self._counts)
+
+
+def forget_later(synchronizer, stamp_ns: int) -> None:
+    """Drop the messages a message_filters synchroniser holds that are stamped after
+    ``stamp_ns``, a stamp that went back. It trims a full queue by its *smallest* stamp, so
+    with the old, later stamps kept every new message was the one dropped and no set ever
+    matched again (a review measured 0 sets after a bag's loop); without them the new stamps
+    pair, as with :class:`StampSynchronizer` (which drops the oldest arrival)."""
+    with synchronizer.lock:
+        for queue in synchronizer.queues:
+            for stamp in [s for s in queue if s > stamp_ns]:
+                del queue[stamp]
 
 
 class FiltersSynchronizer:
@@ -189,9 +208,19 @@ class SyncWatchdog:
                             + ''.join(f'; {text}' for text in extra))
         elif all(arrived):
             spread = self._sync.spread_ns()
-            self.problem = None if not spread else (
-                f'no synchronised set in the last {self._period_s:g} s: the newest input stamps '
-                f'differ by {spread / 1e9:.3f} s ({self._advice})')
+            if spread is None:
+                self.problem = None
+            elif spread:
+                self.problem = (f'no synchronised set in the last {self._period_s:g} s: the '
+                                f'newest input stamps differ by {spread / 1e9:.3f} s '
+                                f'({self._advice})')
+            else:
+                # Every input arrives with equal newest stamps, yet nothing pairs: the
+                # synchroniser itself is stuck (e.g. stamps that went back), not the inputs.
+                self.problem = (f'no synchronised set in the last {self._period_s:g} s although '
+                                'every input arrives and their newest stamps are equal: did the '
+                                'stamps go back (a bag played in a loop, a clock reset)? '
+                                'Restart the node if this persists')
         else:
             self.problem = None     # nothing arrives at all: idle, not a synchronisation fault
         return self.problem
@@ -234,12 +263,17 @@ def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, cal
                                                **extra)
                     for t, topic in zip(msg_types, topics)]
             stamps = NewestStamps(len(subs))
-            for i, sub in enumerate(subs):
+            for i, sub in enumerate(subs):      # before the synchroniser's own callbacks
                 sub.registerCallback(stamps.input_callback(i))
             if approximate and slop_s > 0:
-                sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop_s)
+                # Its test is "spread < slop" on whole nanoseconds; ours (and process-bag's) is
+                # "within slop_s", spread <= slop: a nanosecond more makes them one test (rclpy
+                # truncates the seconds to whole nanoseconds; the half keeps float error off).
+                sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size,
+                                                                   slop_s + 1.5e-9)
             else:   # its approximate test is "< slop": with slop 0 it would never match
                 sync = message_filters.TimeSynchronizer(subs, queue_size)
+            stamps.went_back = lambda stamp_ns: forget_later(sync, stamp_ns)
             sync.registerCallback(callback)
             return FiltersSynchronizer(sync, stamps), subs, 'message_filters'
     sync = StampSynchronizer(len(topics), queue_size, callback, slop_s if approximate else 0.0)

@@ -164,3 +164,87 @@ def test_correspondence_default_slop_keeps_image_and_depth_of_one_frame_after_a_
         sync.add(index, Msg(stamp // 10 ** 9, stamp % 10 ** 9, f'{"idc"[index]}{frame}'))
     assert all(len({tag[1:] for tag in tags}) == 1 for tags in out), out
     assert [tags[0] for tags in out] == [f'i{f}' for f in range(12) if f != 3]
+
+
+def test_message_filters_path_recovers_when_stamps_go_back(monkeypatch):
+    """With message_filters (a real ROS install), a full queue drops its *smallest* stamp: once
+    stamps jumped back (a bag played in a loop) every new message was the one dropped, no set
+    ever matched again, and the watchdog (equal newest stamps) said nothing. Its queues are now
+    emptied when a stamp goes back, and the watchdog names a stall with equal stamps. Its
+    approximate test (spread < slop) is given a nanosecond more, to be ours (<= slop_s).
+    Driven through a stand-in with message_filters' queue rules (the real one is not on PyPI)."""
+    import sys
+    import threading
+    import types
+
+    from rclpy.duration import Duration
+
+    from corr_depth_ros.sync import make_synchronizer
+
+    class Subscriber:
+        def __init__(self, node, msg_type, topic, qos_profile=None, **kwargs):
+            self.callbacks = []
+
+        def registerCallback(self, callback, *args):
+            self.callbacks.append((callback, args))
+
+        def deliver(self, msg):
+            for callback, args in self.callbacks:
+                callback(msg, *args)
+
+    class TimeSynchronizer:       # message_filters' exact synchroniser, its queue rules
+        def __init__(self, subs, queue_size):
+            self.queues, self.queue_size, self.lock = [{} for _ in subs], queue_size, threading.Lock()
+            self.callbacks = []
+            for sub, queue in zip(subs, self.queues):
+                sub.registerCallback(self.add, queue)
+
+        def registerCallback(self, callback):
+            self.callbacks.append(callback)
+
+        def add(self, msg, queue):
+            with self.lock:
+                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                queue[stamp] = msg
+                while len(queue) > self.queue_size:
+                    del queue[min(queue)]
+                common = set.intersection(*[set(q) for q in self.queues])
+                for t in sorted(common):
+                    msgs = [q.pop(t) for q in self.queues]
+                    for callback in self.callbacks:
+                        callback(*msgs)
+
+    made = {}
+
+    class ApproximateTimeSynchronizer(TimeSynchronizer):
+        def __init__(self, subs, queue_size, slop):
+            super().__init__(subs, queue_size)
+            made['slop'] = Duration(seconds=slop)       # as message_filters keeps it
+    monkeypatch.setitem(sys.modules, 'message_filters', types.SimpleNamespace(
+        Subscriber=Subscriber, TimeSynchronizer=TimeSynchronizer,
+        ApproximateTimeSynchronizer=ApproximateTimeSynchronizer))
+    sets = []
+    sync, subs, name = make_synchronizer(None, [None, None], ['/a', '/b'], None,
+                                         lambda *m: sets.append(m[0].header.stamp.sec),
+                                         approximate=False, queue_size=3, slop_s=0.0)
+    assert name == 'message_filters'
+    watchdog = SyncWatchdog(sync, ['/a', '/b'], 'advice')
+    for sec in range(10, 20):                 # /b loses every other frame: /a's queue fills
+        subs[0].deliver(Msg(sec))
+        if sec % 2 == 0:
+            subs[1].deliver(Msg(sec))
+    assert sets == [10, 12, 14, 16, 18]
+    watchdog.check(len(sets))
+    for sec in range(1, 5):                   # the bag starts again
+        subs[0].deliver(Msg(sec))
+        subs[1].deliver(Msg(sec))
+    assert sets[5:] == [1, 2, 3, 4]           # was none: each new /a message was dropped
+    # A stall with equal newest stamps is named (it was silent).
+    stamps = NewestStamps(2)
+    stalled = SyncWatchdog(FiltersSynchronizer(None, stamps), ['/a', '/b'], 'advice')
+    stamps.input_callback(0)(Msg(3))
+    stamps.input_callback(1)(Msg(3))
+    assert 'their newest stamps are equal: did the stamps go back' in stalled.check(0)
+    make_synchronizer(None, [None, None], ['/a', '/b'], None, lambda *m: None,
+                      approximate=True, queue_size=3, slop_s=0.01)
+    assert made['slop'].nanoseconds == 10_000_001      # spread < slop + 1 ns: spread <= 10 ms
