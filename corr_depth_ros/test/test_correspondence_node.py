@@ -178,6 +178,16 @@ def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     assert len(markers) == 1 + 2 * len(PIXELS)
     point = client.received['correspondence/point'][-1]
     assert point.point.z == pytest.approx(response.matches[0].point.point.z)
+    # A query whose first match has no 3D point shows the first one that has (nothing was
+    # published: the previous query's point stayed on show as if it were this one's).
+    points_before = len(client.received['correspondence/point'])
+    first_without = client.call(client.find, _find(np.concatenate([pixels[-1:], PIXELS[1:2]]),
+                                                   reference_msg))
+    assert first_without.success and math.isnan(first_without.matches[0].point.point.z)
+    assert ros.wait_for(lambda: len(client.received['correspondence/point']) > points_before,
+                        timeout_s=20)
+    assert client.received['correspondence/point'][-1].point.z == pytest.approx(
+        first_without.matches[1].point.point.z)
 
     # A match farther in descriptor space than match_threshold is not "found", even with depth
     # and a pose there: a planner must not grasp at a look-alike.

@@ -244,6 +244,33 @@ def test_runtime_parameters_validated(ros):
     assert not read_only.successful
 
 
+def test_disparity_colours_keep_the_message_disparity_range(ros, motorcycle):
+    """disparity/color maps the DisparityImage's min..max disparity onto the colour map, as
+    stereo_image_proc's stereo_view does, so a colour means one disparity in every frame (each
+    frame's own percentiles made the colours flicker)."""
+    from corr_depth_ros.core.colormap import colourise
+    _start(ros)
+    rig = StereoRig(ros, motorcycle['geometry'])
+    colours = {}
+    rig.node.create_subscription(Image, 'disparity/color',
+                                 lambda m: colours.setdefault(m.header.stamp.sec, m), RELIABLE)
+    stamps = []
+    assert ros.wait_for(lambda: any(s in colours and 'disparity' in rig.outputs_for(s)
+                                    for s in stamps), timeout_s=60,
+                        action=lambda: stamps.append(rig.publish(motorcycle['left'],
+                                                                 motorcycle['right'])),
+                        action_period_s=2.0)
+    stamp = next(s for s in stamps if s in colours and 'disparity' in rig.outputs_for(s))
+    message = rig.outputs_for(stamp)['disparity']
+    disparity = conversions.image_to_array(message.image)
+    disparity = np.where(disparity >= message.min_disparity, disparity, np.nan)
+    expected = colourise(disparity, vmin=message.min_disparity, vmax=message.max_disparity)
+    # The node colours the disparity before doffs is added: float rounding may move a pixel
+    # lying on a colour step to the next one.
+    differ = np.any(conversions.image_to_array(colours[stamp]) != expected, axis=2)
+    assert differ.mean() < 1e-3, differ.mean()
+
+
 def test_max_depth_and_no_cloud_through_the_node(ros, motorcycle):
     """max_depth_m masks far pixels in depth and disparity; publish_points=False publishes no
     cloud (and saves its CPU), the other outputs as usual."""

@@ -430,8 +430,11 @@ class CorrespondenceNode(Node):
             response.message += f'; note: that image may be old, {stale}'
 
         # Outputs for people and RViz (after the work for the caller is done).
-        if response.matches and np.all(np.isfinite(positions[0])):
-            self._pub_point.publish(response.matches[0].point)
+        # The first match that has a 3D point (a NaN one would be refused by RViz; skipping
+        # the query left the previous query's point on show as if it were this one's).
+        with_point = [i for i, p in enumerate(positions) if np.all(np.isfinite(p))]
+        if with_point:
+            self._pub_point.publish(response.matches[with_point[0]].point)
         self._pub_markers.publish(conversions.make_grasp_markers(positions, quats, founds, header))
         if self._pub_heatmap.get_subscription_count():
             self._heatmap_worker.submit((torch.from_numpy(np.ascontiguousarray(ref_desc[0])),

@@ -179,7 +179,9 @@ class MonoDepthNode(Node):
             self._pub_depth.publish(conversions.array_to_image(depth, '32FC1', header))
             self._pub_depth_info.publish(conversions.depth_camera_info(info, header))
             if self._pub_colour.get_subscription_count():
-                # Inverse depth reads like disparity: near is bright, far fades out.
+                # Inverse depth reads like disparity: near is red, far dark blue (turbo),
+                # stretched over each frame's own range (2nd-98th percentiles): mono depth's
+                # scale is the network's guess, so a fixed range would fit few scenes.
                 self._pub_colour.publish(conversions.array_to_image(
                     colourise(1.0 / depth), 'rgb8', header))
 

@@ -353,8 +353,12 @@ class StereoDepthNode(Node):
             self._pub_confidence.publish(conversions.array_to_image(
                 out.confidence.astype(np.float32), '32FC1', header))
         if self._pub_colour.get_subscription_count():
+            # Over the disparity range the DisparityImage gives (as stereo_image_proc's
+            # stereo_view colours it), so a colour means one disparity from frame to frame (each
+            # frame's own percentiles made the colours flicker).
             self._pub_colour.publish(conversions.array_to_image(
-                colourise(out.disparity_px), 'rgb8', header))
+                colourise(out.disparity_px, vmin=out.min_disparity_px - geometry.doffs_px,
+                          vmax=out.max_disparity_px - geometry.doffs_px), 'rgb8', header))
 
     def _fall_back_to_sgbm(self, failed, exc: BaseException):
         """A learned/onnx backend that fails while running: switch to sgbm (once), say why, and
