@@ -19,6 +19,16 @@ import time
 
 import numpy as np
 
+# Every file the demo may write into its output folder: removed before a run, so a folder of an
+# earlier run never keeps a picture this run did not make (e.g. correspondence.png after
+# --no-correspondence).
+OUTPUT_FILES = ('left.png', 'disparity_color.png', 'depth_color.png', 'confidence.png',
+                'points.ply', 'ground_truth_disparity_color.png', 'correspondence.png',
+                'correspondence_heatmap.png', 'summary.json')
+# A match drawn green must be found *and* unambiguous: found alone is only a descriptor distance
+# under the threshold, which a look-alike elsewhere (a repeated texture) also passes.
+CONFIDENT = 0.1
+
 
 def config_dir() -> str:
     """The installed share/corr_depth_ros/config, or the source tree's config/."""
@@ -110,10 +120,20 @@ def write_outputs(out_dir, recorder, stamp, geometry):
         save('confidence.png', colourise(conversions.image_to_array(pick['confidence']), 0.0, 1.0))
         files.append('confidence.png')
     points, rgb = conversions.pointcloud2_to_arrays(pick['points2'])
+    # Only where the matcher searched the whole range (the DisparityImage's valid_window): the
+    # node's output is dense, and left of it (sgbm's first num_disparities columns) the hole
+    # filling's guesses were ~10 % of the cloud and a third of its error, streaks in a viewer.
+    window = disparity_msg.valid_window
+    inside = np.zeros(points.shape[:2], bool)
+    inside[window.y_offset:window.y_offset + window.height,
+           window.x_offset:window.x_offset + window.width] = True
+    points = np.where(inside[..., None], points, np.float32(np.nan))
     count = write_ply(os.path.join(out_dir, 'points.ply'), points, rgb)
     files.append('points.ply')
     summary = {'stamp': list(stamp), 'valid_pixels_pct': float(100 * np.isfinite(depth).mean()),
-               'ply_points': count, 'median_depth_m': float(np.nanmedian(depth))}
+               'ply_points': count, 'ply_window_xywh': [window.x_offset, window.y_offset,
+                                                        window.width, window.height],
+               'median_depth_m': float(np.nanmedian(depth))}
     if 'ground_truth/depth' in pick:
         gt_depth = conversions.image_to_array(pick['ground_truth/depth'])
         gt_disparity = geometry.fx * geometry.baseline_m / gt_depth - geometry.doffs_px
@@ -125,18 +145,41 @@ def write_outputs(out_dir, recorder, stamp, geometry):
     return summary
 
 
-def pick_reference_pixels(depth_m: np.ndarray, count: int = 5) -> list:
-    """``count`` well-spread (x, y) pixels on the nearest surfaces of a depth image (objects
-    rather than the room behind them), chosen by farthest-point sampling; deterministic."""
-    finite = np.isfinite(depth_m)
+def pick_reference_pixels(depth_m: np.ndarray, image_rgb8: np.ndarray = None,
+                          count: int = 5) -> list:
+    """``count`` well-spread (x, y) pixels where a grasp planner would click: on the nearest
+    surfaces (the objects, not the room behind them), a few pixels inside their outlines (a
+    descriptor at a depth edge holds the other surface too; docs/results.md), on texture, and
+    away from the border (the later frame may no longer see it); chosen by farthest-point
+    sampling, deterministic. Each condition is dropped in turn if no pixel meets them all."""
+    import cv2
+    height, width = depth_m.shape
+    finite = np.isfinite(depth_m) & (depth_m > 0)
     if not finite.any():
-        height, width = depth_m.shape
         return [((i + 1) * width / (count + 1), height / 2) for i in range(count)]
-    near = finite & (depth_m <= np.percentile(depth_m[finite], 30))
-    # Keep away from the border, where the later frame may no longer see the point.
-    margin = np.zeros_like(near)
-    margin[depth_m.shape[0] // 10:-depth_m.shape[0] // 10, depth_m.shape[1] // 10:-depth_m.shape[1] // 10] = True
-    rows, cols = np.nonzero(near & margin if (near & margin).any() else near)
+    near = finite & (depth_m <= np.percentile(depth_m[finite], 15))
+    # Interior: no depth step of more than 5 % between 4-neighbours within 6 px.
+    filled = np.where(finite, depth_m, 0.0).astype(np.float32)
+    step = np.zeros((height, width), bool)
+    for dy, dx in ((0, 1), (1, 0)):
+        a, b = filled[:height - dy, :width - dx], filled[dy:, dx:]
+        jump = np.abs(a - b) > 0.05 * np.maximum(a, b)
+        step[:height - dy, :width - dx] |= jump
+        step[dy:, dx:] |= jump
+    interior = cv2.distanceTransform((~step).astype(np.uint8), cv2.DIST_L2, 5) >= 6
+    textured = np.ones((height, width), bool)
+    if image_rgb8 is not None:
+        grey = cv2.cvtColor(image_rgb8, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        mean = cv2.blur(grey, (9, 9))
+        spread = np.sqrt(np.maximum(cv2.blur(grey * grey, (9, 9)) - mean * mean, 0.0))
+        textured = spread >= np.percentile(spread, 50)
+    margin = np.zeros((height, width), bool)
+    margin[height // 10:height - height // 10, width // 10:width - width // 10] = True
+    keep = finite
+    for condition in (margin, near, interior, textured):
+        if (keep & condition).any():
+            keep = keep & condition
+    rows, cols = np.nonzero(keep)
     candidates = np.stack([cols, rows], axis=1).astype(np.float64)
     chosen = [candidates[len(candidates) // 2]]
     distance = np.linalg.norm(candidates - chosen[0], axis=1)
@@ -179,7 +222,7 @@ def correspondence_demo(out_dir, recorder, corr_node, wait_s: float = 1.5):
     reference_rgb = conversions.image_to_rgb8(reference_msg)
     depth_m = (conversions.image_to_array(depth_msg) if depth_msg is not None
                else np.full(reference_rgb.shape[:2], np.nan, np.float32))
-    pixels = pick_reference_pixels(depth_m)
+    pixels = pick_reference_pixels(depth_m, reference_rgb)
     request = SetReference.Request(reference_id='demo', reference_image=reference_msg,
                                    reference_pixels=[conversions.pixel_point(p) for p in pixels],
                                    overwrite=True)
@@ -204,13 +247,19 @@ def correspondence_demo(out_dir, recorder, corr_node, wait_s: float = 1.5):
     live_rgb = conversions.image_to_rgb8(live_msg) if live_msg is not None else np.zeros_like(reference_rgb)
     left_panel, right_panel = reference_rgb.copy(), live_rgb.copy()
     for index, (pixel, match) in enumerate(zip(pixels, response.matches)):
-        colour = (40, 220, 40) if match.found else (230, 60, 40)
+        # Green: found and unambiguous; yellow: found, but another place matches nearly as
+        # well (a look-alike); red: not found.
+        colour = ((40, 220, 40) if match.found and match.confidence >= CONFIDENT else
+                  (240, 200, 0) if match.found else (230, 60, 40))
         ref_xy = (int(round(pixel[0])), int(round(pixel[1])))
         live_xy = (int(round(match.match_pixel.x)), int(round(match.match_pixel.y)))
         for panel, xy in ((left_panel, ref_xy), (right_panel, live_xy)):
             cv2.circle(panel, xy, 6, colour, 2, cv2.LINE_AA)
-            cv2.putText(panel, str(index), (xy[0] + 7, xy[1] - 7), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(left_panel, str(index), (ref_xy[0] + 7, ref_xy[1] - 7),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(right_panel, f'{index} ({match.confidence:.2f})',
+                    (live_xy[0] + 7, live_xy[1] - 7),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     cv2.imwrite(os.path.join(out_dir, 'correspondence.png'),
                 np.concatenate([left_panel, right_panel], axis=1)[:, :, ::-1])
     files = ['correspondence.png']
@@ -230,16 +279,33 @@ def correspondence_demo(out_dir, recorder, corr_node, wait_s: float = 1.5):
                          'reason': m.reason} for p, m in zip(pixels, response.matches)]}
 
 
+def clear_outputs(out_dir: str) -> None:
+    """Remove the files an earlier run left in ``out_dir`` (OUTPUT_FILES only)."""
+    for name in OUTPUT_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text}: give at least 1')
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='demo_output', help='output folder')
-    parser.add_argument('--frames', type=int, default=5, help='complete output sets to wait for')
+    parser.add_argument('--frames', type=_positive_int, default=5,
+                        help='complete output sets to wait for')
     parser.add_argument('--timeout', type=float, default=300.0, help='give up after this many seconds')
     parser.add_argument('--params-file', action='append', default=[],
                         help='extra ROS parameter files (applied after the package YAMLs)')
     parser.add_argument('--no-correspondence', action='store_true',
                         help='leave correspondence_node and its scripted query out')
     args = parser.parse_args(argv)
+    clear_outputs(args.out)
 
     os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE',
                           os.path.join(config_dir(), 'fastdds_large_data.xml'))
@@ -293,6 +359,9 @@ def main(argv=None) -> int:
         if not complete:
             print('demo: no complete output set arrived', file=sys.stderr)
             return 1
+        if frames < args.frames:
+            print(f'demo: only {frames} of {args.frames} frames within --timeout '
+                  f'{args.timeout:g} s; writing the newest', file=sys.stderr)
         summary = write_outputs(args.out, recorder, complete[-1], camera.geometry)
         elapsed = time.monotonic() - started
         if corr_node is not None:
@@ -315,8 +384,13 @@ def main(argv=None) -> int:
         print(json.dumps(summary, indent=2))
         print(f'demo: wrote {", ".join(summary["files"])} and summary.json to {args.out}/')
         return 0
+    except KeyboardInterrupt:
+        print('\ndemo: interrupted', file=sys.stderr)
+        return 130
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        # Callbacks in flight finish before their nodes go (cut short, they fail in tasks
+        # nobody awaits: "exception was never retrieved" at exit).
+        executor.shutdown(timeout_sec=10.0)
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -194,7 +194,10 @@ def test_demo_runs_end_to_end(tmp_path):
     summary = json.loads((out / 'summary.json').read_text())
     for name in ('left.png', 'disparity_color.png', 'depth_color.png', 'points.ply'):
         assert (out / name).stat().st_size > 0
-    # Far background (disparity ~0, infinite depth) is rightly invalid; objects are not.
+    # Far background (disparity ~0, infinite depth) is rightly invalid; objects are not. The
+    # cloud keeps to where the matcher searched the whole range (sgbm: not its first columns).
+    x, y, width, height = summary['ply_window_xywh']
+    assert x > 0 and summary['ply_points'] <= width * height
     assert summary['ply_points'] > 0.2 * 128 * 96
     # Against the camera's ground truth the pipeline is in the right ball park.
     assert summary['vs_ground_truth']['epe_px'] < 5.0, summary
@@ -205,3 +208,27 @@ def test_demo_runs_end_to_end(tmp_path):
         assert 0 <= match['match_px'][0] < 128 and 0 <= match['match_px'][1] < 96
     for name in ('correspondence.png', 'correspondence_heatmap.png'):
         assert (out / name).stat().st_size > 0
+
+
+def test_demo_reference_pixels_lie_inside_near_textured_surfaces():
+    """The demo clicks where a planner would: on the near object, a few pixels inside its
+    outline, on texture (it took the nearest 30 % of pixels, room walls included, and ended on
+    an object's edge and on repeated wall texture)."""
+    from corr_depth_ros.demo import pick_reference_pixels
+    rng = np.random.default_rng(0)
+    depth = np.full((120, 160), 8.0, np.float32)          # the room
+    depth[30:90, 40:120] = 1.5                             # a box in front of it
+    image = np.full((120, 160, 3), 128, np.uint8)
+    image[30:90, 40:120] = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)   # textured box
+    pixels = pick_reference_pixels(depth, image)
+    assert len(pixels) == 5
+    for x, y in pixels:
+        assert 46 <= x <= 113 and 36 <= y <= 83, (x, y)    # 6 px or more inside the box
+
+
+def test_demo_clears_the_outputs_of_an_earlier_run(tmp_path):
+    from corr_depth_ros.demo import OUTPUT_FILES, clear_outputs
+    for name in OUTPUT_FILES + ('mine.txt',):
+        (tmp_path / name).write_text('old')
+    clear_outputs(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['mine.txt']
