@@ -140,7 +140,8 @@ class BagWriter:
 
         from mcap.well_known import Profile
         from mcap.writer import Writer
-        if os.path.isdir(path):
+        if os.path.isdir(path) or path.endswith(os.sep):
+            # Said before the work: the finished file could not be moved there at the end.
             raise ValueError(f'the output {path} is a folder: give a .mcap file path')
         if offered_qos is None:
             from .nodes.worker import output_qos
@@ -209,6 +210,11 @@ def bag_files(path: str) -> List[str]:
     if os.path.isdir(path):
         meta_path = os.path.join(path, 'metadata.yaml')
         if not os.path.isfile(meta_path):
+            if any(name.endswith('.mcap') for name in os.listdir(path)):
+                # rosbag2 writes metadata.yaml when a recording is closed: a killed one has none.
+                raise ValueError(f'{path} has .mcap files but no metadata.yaml (a recording '
+                                 'that was not closed?): run `ros2 bag reindex` on the folder, '
+                                 'or give the .mcap files one at a time')
             raise ValueError(f'{path} is a folder without metadata.yaml: not a rosbag2 bag')
         import yaml
         with open(meta_path, encoding='utf-8') as f:
@@ -217,6 +223,15 @@ def bag_files(path: str) -> List[str]:
         if storage != 'mcap':
             raise ValueError(f'{path} is a {storage or "non-MCAP"} bag; only MCAP is read here: '
                              f'convert it (ros2 bag convert) or record with -s mcap')
+        mode = str(info.get('compression_mode') or '').upper()
+        if mode and mode != 'NONE':
+            # rosbag2's own compression (whole files, or each message): MCAP's chunk
+            # compression, the usual kind, is read as is.
+            raise ValueError(f'{path} is compressed by rosbag2 (compression_mode {mode}, '
+                             f'format {info.get("compression_format") or "?"}), which is not '
+                             'read here: write an uncompressed copy with `ros2 bag convert` '
+                             '(an output options file without compression), or record with '
+                             'MCAP\'s own chunk compression (the default)')
         files = [os.path.join(path, name) for name in info.get('relative_file_paths', [])]
     elif os.path.isfile(path):
         files = [path]
@@ -227,6 +242,10 @@ def bag_files(path: str) -> List[str]:
             raise ValueError(f'{name} (listed in the bag\'s metadata.yaml) does not exist')
         with open(name, 'rb') as f:
             if f.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+                if name.endswith(('.zstd', '.lz4')):
+                    raise ValueError(f'{name} is compressed by rosbag2: decompress it (e.g. '
+                                     'zstd -d) or write an uncompressed copy with ros2 bag '
+                                     'convert')
                 raise ValueError(f'{name} is not an MCAP file (sqlite3 .db3 bags are not read '
                                  'here: convert with ros2 bag convert, or record with -s mcap)')
     if not files:
@@ -354,7 +373,9 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
         if summaries_complete:  # the summaries say which topics exist: check before reading
             inputs = _prefer_raw(inputs, available)
             _check_inputs(inputs, num_inputs, available, available, topic_hint)
-        sync = StampSynchronizer(num_inputs, queue_size, on_set, slop_s)
+        # Every frame is wanted offline: a set takes only its own messages, so a frame whose
+        # message was logged after a later frame's still pairs (the nodes drop it as stale).
+        sync = StampSynchronizer(num_inputs, queue_size, on_set, slop_s, keep_older=True)
         seen, frames = _feed(in_path, inputs, sync, progress, available, types or {})
         _check_inputs(inputs, num_inputs, seen, available, topic_hint)
         counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
@@ -450,8 +471,10 @@ def _output_namespace(output_prefix: str, ns: str) -> str:
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
+    from tqdm import tqdm
     counts['errors'] += 1
-    print(f'skipped a set at {log_time_ns} ns: {exc}')
+    # tqdm.write: printed above the progress bar, not into it.
+    tqdm.write(f'skipped a set logged at {log_time_ns} ns: {exc}')
 
 
 def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):
@@ -689,10 +712,17 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
         except ValueError as exc:
             _skip(counts, left.log_time_ns, exc)
             return
+        this_rig = dict(baseline_m=geometry.baseline_m, fx_px=geometry.fx,
+                        width=geometry.width, height=geometry.height)
         if not rig:
-            rig.update(baseline_m=geometry.baseline_m, fx_px=geometry.fx,
-                       width=geometry.width, height=geometry.height,
-                       doffs_px_removed=geometry.doffs_px)
+            rig.update(this_rig, doffs_px_removed=geometry.doffs_px)
+        elif any(not np.isclose(this_rig[k], rig[k], rtol=1e-6) for k in this_rig):
+            # The pairs train one rig's scale (source.json keeps the first pair's): a pair of
+            # another calibration or size (a camera re-calibrated mid-recording) is left out.
+            _skip(counts, left.log_time_ns, ValueError(
+                f'another rig than the first pair\'s ({this_rig} against '
+                f'{ {k: rig[k] for k in this_rig} }): left out'))
+            return
         if geometry.doffs_px:
             images[1] = shift_columns(images[1], geometry.doffs_px)
         name = f'{counts["sets"]:06d}.png'

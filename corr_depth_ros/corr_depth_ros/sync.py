@@ -25,10 +25,12 @@ class StampSynchronizer:
     ``slop_s`` of each other, as message_filters searches) is emitted, and everything up to that
     set is dropped (older sets are stale by then: the node only ever wants the latest frame).
     ``slop_s = 0`` means exact stamps (TimeSynchronizer); > 0 means approximate.
+    ``keep_older``: drop only the set's own messages, keeping older ones to pair later (offline,
+    where every frame is wanted and a topic may be logged out of stamp order).
     """
 
     def __init__(self, num_inputs: int, queue_size: int, callback: Callable,
-                 slop_s: float = 0.0):
+                 slop_s: float = 0.0, keep_older: bool = False):
         if num_inputs < 2:
             raise ValueError('need at least two inputs to synchronise')
         if queue_size < 1:
@@ -38,6 +40,7 @@ class StampSynchronizer:
         self._queues: List[deque] = [deque(maxlen=queue_size) for _ in range(num_inputs)]
         self._callback = callback
         self._slop_ns = int(round(slop_s * 1e9))
+        self._keep_older = keep_older
         self._lock = threading.Lock()
         self._counts = [0] * num_inputs
         self.dropped_unmatched = 0  # messages pushed out of a full queue without a partner
@@ -95,9 +98,15 @@ class StampSynchronizer:
         if not sets:
             return None
         best = min(sets, key=lambda c: (spread(c), sum(abs(s - stamp_ns) for s, _ in c)))
-        for queue, (cut, _) in zip(self._queues, best):
-            while queue and stamp_to_ns(queue[0]) <= cut:
-                queue.popleft()
+        for queue, (cut, matched) in zip(self._queues, best):
+            if self._keep_older:
+                for i, queued in enumerate(queue):
+                    if queued is matched:
+                        del queue[i]
+                        break
+            else:
+                while queue and stamp_to_ns(queue[0]) <= cut:
+                    queue.popleft()
         return [m for _, m in best]
 
 

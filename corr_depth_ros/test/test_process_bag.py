@@ -1,5 +1,6 @@
 """`corr_depth process-bag`: a recorded stereo MCAP bag in, standard depth messages out."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -173,7 +174,6 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
     """Output == input is refused before anything is written; a bag folder is read through its
     metadata.yaml; absent inputs are named with the bag's topics; a frame whose partner is
     missing is counted; sqlite3 bags get a clear error."""
-    import os
     data = load_motorcycle()
     small = {**data, 'left': data['left'][:64, :160], 'right': data['right'][:64, :160]}
     geo = data['geometry']
@@ -497,7 +497,6 @@ def test_train_mono_on_a_recorded_bag(tmp_path):
     assert meta['training_rig']['baseline_m'] == pytest.approx(geo.baseline_m)
     assert meta['data_source']['bag'].endswith('rig.mcap')
     # The run signature names the extracted folder, resolved, so a resume must use the same.
-    import os
     import torch
     state = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert json.loads(state['signature'])['data'] == \
@@ -567,7 +566,6 @@ def test_process_bag_without_a_processed_frame_leaves_the_output_alone(tmp_path,
 def test_bag_writer_output_mode_and_cleanup_when_finishing_fails(tmp_path, monkeypatch):
     """The output gets a plain file's mode (0666 less the umask), not mkstemp's 0600; if
     finishing the file fails (a full disk), the partial file goes and that error is raised."""
-    import os
     import stat
     umask = os.umask(0o022)
     try:
@@ -680,3 +678,71 @@ def test_process_bag_slop_pairs_a_camera_info_stamped_apart(tmp_path, capsys):
     assert '3 frames processed' in capsys.readouterr().out
     assert [t for t, _, _, _ in bag.read_messages(str(tmp_path / 'out.mcap'))].count(
         '/cam/depth') == 3
+
+
+def test_hostile_recordings_are_read_or_refused_before_the_work(tmp_path):
+    """From a review with bags a robot could produce: a frame whose message was logged after a
+    later frame's still pairs offline (it was dropped as stale and reported as having no
+    partner); `train mono --data bag:` leaves out pairs of another calibration than the first
+    (they were mixed under the first one's record); an output path ending in a separator is
+    refused at the start (it failed after the whole bag); rosbag2-compressed bags and a killed
+    split recording (no metadata.yaml) are named for what they are."""
+    data = _stereo_texture_pair(6, 0)
+    geo = data['geometry']
+    writer = bag.BagWriter(str(tmp_path / 'late.mcap'))
+    order = [10, 11, 13, 12, 14]          # frame 12's right image is logged after frame 13's
+    for i, sec in enumerate(range(10, 15)):
+        header = Header(frame_id='left_optical')
+        header.stamp.sec = sec
+        t = sec * 10 ** 9
+        left_info, right_info = conversions.stereo_camera_infos(geo, header, header)
+        writer.write('/cam/left/camera_info', 'sensor_msgs/msg/CameraInfo', left_info, t)
+        writer.write('/cam/right/camera_info', 'sensor_msgs/msg/CameraInfo', right_info, t)
+        writer.write('/cam/left/image_rect', 'sensor_msgs/msg/Image',
+                     conversions.array_to_image(data['left'], 'rgb8', header), t)
+        late = Header(frame_id='left_optical')
+        late.stamp.sec = order[i]
+        writer.write('/cam/right/image_rect', 'sensor_msgs/msg/Image',
+                     conversions.array_to_image(data['right'], 'rgb8', late), t + 1)
+    writer.close()
+    counts = bag.process_stereo(str(tmp_path / 'late.mcap'), str(tmp_path / 'out.mcap'),
+                                namespace='/cam', progress=False)
+    assert counts == {'sets': 5, 'errors': 0, 'unmatched': 0}
+
+    # A recalibrated rig mid-recording: its pairs are left out of the extraction.
+    writer = bag.BagWriter(str(tmp_path / 'recal.mcap'))
+    for sec in range(10, 14):
+        header = Header(frame_id='left_optical')
+        header.stamp.sec = sec
+        rig_geo = geo if sec < 12 else type(geo)(**{**geo.__dict__, 'fx': geo.fx * 1.5,
+                                                    'fy': geo.fy * 1.5})
+        left_info, right_info = conversions.stereo_camera_infos(rig_geo, header, header)
+        t = sec * 10 ** 9
+        writer.write('/cam/left/camera_info', 'sensor_msgs/msg/CameraInfo', left_info, t)
+        writer.write('/cam/right/camera_info', 'sensor_msgs/msg/CameraInfo', right_info, t)
+        for side in ('left', 'right'):
+            writer.write(f'/cam/{side}/image_rect', 'sensor_msgs/msg/Image',
+                         conversions.array_to_image(data[side], 'rgb8', header), t)
+    writer.close()
+    rig = bag.extract_stereo_pairs(str(tmp_path / 'recal.mcap'), str(tmp_path / 'pairs'),
+                                   namespace='/cam', progress=False)
+    assert (rig['pairs'], rig['skipped']) == (2, 2) and rig['fx_px'] == pytest.approx(geo.fx)
+    assert len(list((tmp_path / 'pairs' / 'left').iterdir())) == 2
+
+    with pytest.raises(ValueError, match='is a folder: give a .mcap file path'):
+        bag.BagWriter(str(tmp_path / 'not_yet') + os.sep)
+    folder = tmp_path / 'compressed'
+    folder.mkdir()
+    (folder / 'compressed_0.mcap').write_bytes((tmp_path / 'late.mcap').read_bytes())
+    (folder / 'metadata.yaml').write_text(
+        'rosbag2_bagfile_information:\n  storage_identifier: mcap\n  compression_mode: MESSAGE\n'
+        '  compression_format: zstd\n  relative_file_paths: [compressed_0.mcap]\n')
+    with pytest.raises(ValueError, match='compressed by rosbag2 .compression_mode MESSAGE'):
+        bag.bag_files(str(folder))
+    (folder / 'metadata.yaml').unlink()
+    with pytest.raises(ValueError, match='no metadata.yaml .*ros2 bag reindex'):
+        bag.bag_files(str(folder))
+    zstd = tmp_path / 'whole_0.mcap.zstd'
+    zstd.write_bytes(b'(\xb5/\xfd' + bytes(20))
+    with pytest.raises(ValueError, match='compressed by rosbag2: decompress it'):
+        bag.bag_files(str(zstd))
