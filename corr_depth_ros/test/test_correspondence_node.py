@@ -129,7 +129,8 @@ def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     # take a frame's messages while a request is being served.
     groups = {getattr(sub, 'sub', sub).callback_group for sub in node._subs}
     assert len(groups) == 1 and node._srv_find.callback_group not in groups
-    assert node._srv_set.callback_group is node._srv_find.callback_group
+    assert node._srv_set.callback_group not in groups | {node._srv_find.callback_group}
+    assert node._click_sub.callback_group is node._srv_set.callback_group
     client = Client(ros, scene)
     # Before any frame: refused with a message naming the missing input.
     early = client.call(client.find, _find(PIXELS, conversions.array_to_image(
@@ -457,3 +458,32 @@ def test_compressed_image_input(ros, tmp_path, scene):
         frame = node._frame
     np.testing.assert_array_equal(frame.rgb, scene['live'])
     assert frame.points_m is not None
+
+
+def test_set_reference_is_served_while_finds_keep_coming(ros, tmp_path, scene):
+    """Composed into a multi-threaded executor (as here), a set_reference among a stream of
+    find_correspondence requests is answered in turn: sharing one callback group with find, it
+    waited 30 s and more (rclpy offers the services in creation order, and find kept the group
+    busy)."""
+    node = _start(ros, tmp_path)
+    client = Client(ros, scene)
+    client.wait_live(node)
+    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    finder = client.node.create_client(FindCorrespondence, 'find_correspondence')
+    assert finder.wait_for_service(timeout_sec=10.0)
+    pending, stop = [], time.monotonic() + 60.0
+
+    def keep_finding():             # always a few finds waiting
+        while len([f for f in pending if not f.done()]) < 4 and time.monotonic() < stop:
+            pending.append(finder.call_async(_find(PIXELS, reference_msg)))
+    keep_finding()
+    set_request = SetReference.Request(reference_id='while_busy')
+    set_request.reference_pixels = [conversions.pixel_point(p) for p in PIXELS[:2]]
+    future = client.set.call_async(set_request)
+    start = time.monotonic()
+    assert ros.wait_for(future.done, timeout_s=20, action=keep_finding, action_period_s=0.02), \
+        f'set_reference unanswered after 20 s while {len(pending)} finds were served'
+    assert future.result().success, future.result().message
+    assert time.monotonic() - start < 20
+    stop = 0.0
+    assert ros.wait_for(lambda: all(f.done() for f in pending), timeout_s=60)

@@ -169,11 +169,16 @@ class CorrespondenceNode(Node):
                                          name='correspondence_descriptors',
                                          torch_threads=self._values['threads'])
 
-        # Frames and requests in separate callback groups: under a multi-threaded executor
-        # (the node composed into one) a frame's messages are then taken while a request is
-        # being served. main() spins one thread, which measured better here (see main).
+        # Frames, finds and references (set_reference, clicks) in separate callback groups:
+        # under a multi-threaded executor (the node composed into one) a frame's messages are
+        # then taken while a request is served, and a set_reference is not starved by a stream
+        # of finds (sharing one group, it waited 30 s: rclpy's executor offers the services in
+        # creation order, and find, first, kept the group busy). The store and the frame are
+        # guarded by locks; the network keeps no state. main() spins one thread, which
+        # measured better here (see main).
         frames_group = MutuallyExclusiveCallbackGroup()
         requests_group = MutuallyExclusiveCallbackGroup()
+        references_group = MutuallyExclusiveCallbackGroup()
         overrides = QoSOverridingOptions.with_default_policies()
         self._image_topic = self.resolve_topic_name('image')
         image_type, (image_input,) = image_inputs(self, ['image'], self._values['image_transport'])
@@ -201,7 +206,7 @@ class CorrespondenceNode(Node):
         # rqt_image_view publishes clicks on "<displayed image topic>_mouse_left".
         self._click_topic = self._image_topic + '_mouse_left'
         self._click_sub = self.create_subscription(Point, self._click_topic, self._on_click, 10,
-                                                   callback_group=requests_group)
+                                                   callback_group=references_group)
         # The services' default QoS keeps the newest 10 requests: callers beyond that, arriving
         # while requests are served (~30 ms each), were dropped unanswered. A deeper queue
         # answers them all, later.
@@ -212,7 +217,7 @@ class CorrespondenceNode(Node):
                                              callback_group=requests_group)
         self._srv_set = self.create_service(SetReference, 'set_reference', self._on_set_reference,
                                             qos_profile=services_qos,
-                                            callback_group=requests_group)
+                                            callback_group=references_group)
         self.get_logger().info(
             f'correspondence_node ready: network {self._network_id} '
             f'(D={self._model.descriptor_dim} at scales {list(self._scales)}), '
