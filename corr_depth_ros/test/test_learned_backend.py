@@ -291,7 +291,12 @@ def test_onnx_export_leaves_no_file_it_could_not_check(tmp_path, monkeypatch):
     monkeypatch.setattr(onnxruntime, 'InferenceSession', broken)
     with pytest.raises(ValueError, match='export to ONNX opset 17 failed .*cannot load'):
         export_stereo_onnx(model, str(path), height=32, width=48)
-    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+    # An earlier model at the path stays as it was (it was deleted).
+    path.write_bytes(b'an earlier model')
+    with pytest.raises(ValueError, match='was not written'):
+        export_stereo_onnx(model, str(path), height=32, width=48)
+    assert path.read_bytes() == b'an earlier model' and len(list(tmp_path.iterdir())) == 1
 
 
 def _export(net, path, inputs=None, names=('left', 'right'), outputs=('disparity',), **kwargs):
@@ -350,6 +355,30 @@ def test_onnx_backend_checks_what_the_model_needs_at_load(tmp_path):
     result = create_backend('onnx', model_path=low, device='cpu').compute(
         np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
     assert result.confidence.shape == (8, 8) and np.allclose(result.confidence, 0.5)
+
+    # An output whose rank onnxruntime cannot infer (declared []) is judged on the first frame,
+    # not refused at load: such a model worked before the load-time checks.
+    import onnx
+    from onnx import TensorProto, helper
+    image = ['N', 3, 'H', 'W']
+    graph = helper.make_graph(
+        [helper.make_node('Sub', ['left', 'right'], ['d']),
+         helper.make_node('ReduceMean', ['d'], ['m'], axes=[1], keepdims=1),
+         helper.make_node('Shape', ['m'], ['s']),
+         helper.make_node('Slice', ['s', 'zero', 'one'], ['s0']),
+         helper.make_node('Sub', ['s0', 'one'], ['axis']),        # 0, known only at run time
+         helper.make_node('Squeeze', ['m', 'axis'], ['disparity'])], 'unknown_rank',
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, image) for n in ('left', 'right')],
+        [helper.make_tensor_value_info('disparity', TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor('zero', TensorProto.INT64, [1], [0]),
+                     helper.make_tensor('one', TensorProto.INT64, [1], [1])])
+    unknown = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    unknown.ir_version = 8
+    onnx.save(unknown, str(tmp_path / 'unknown.onnx'))
+    result = create_backend('onnx', model_path=str(tmp_path / 'unknown.onnx'),
+                            device='cpu').compute(np.zeros((8, 8, 3), np.uint8),
+                                                  np.zeros((8, 8, 3), np.uint8))
+    assert result.disparity_px.shape == (8, 8)
 
     class Fails(torch.nn.Module):           # declares 8x8 but reshapes to what only 8x8 fits
         def forward(self, left, right):

@@ -155,10 +155,16 @@ def test_node_process_ends_at_once_on_sigint(tmp_path):
     import signal
     import time
     env = dict(os.environ, ROS_DOMAIN_ID=str(int(os.environ.get('ROS_DOMAIN_ID', '150')) + 2))
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'corr_depth_ros.nodes.sim_stereo_camera_node', '--ros-args',
-         '-p', 'width:=1280', '-p', 'height:=960', '-p', 'rate_hz:=30.0'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # The node's main() as its console script runs it, with an atexit marker: interpreter
+    # teardown (which runs atexit handlers) must not happen after the node is shut down.
+    code = ('import atexit, sys\n'
+            'atexit.register(lambda: print("INTERPRETER TEARDOWN", flush=True))\n'
+            'sys.argv = ["sim_stereo_camera_node", "--ros-args", "-p", "width:=1280", '
+            '"-p", "height:=960", "-p", "rate_hz:=30.0"]\n'
+            'from corr_depth_ros.nodes.sim_stereo_camera_node import main\n'
+            'main()\n')
+    process = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
     output = []
     try:
         for line in process.stdout:       # until the node is up (its render thread started)
@@ -176,6 +182,7 @@ def test_node_process_ends_at_once_on_sigint(tmp_path):
     text = ''.join(output) + rest
     assert process.returncode == 0, text[-3000:]
     assert 'Traceback' not in text and 'terminate called' not in text, text[-3000:]
+    assert 'INTERPRETER TEARDOWN' not in text, text[-3000:]
     assert seconds < 30.0, (seconds, text[-3000:])
 
 

@@ -326,6 +326,24 @@ def test_a_model_that_fails_while_running_falls_back_to_sgbm(ros, motorcycle):
     assert 'CUDA error: out of memory' in node._errors.last_message
     assert 'switched to sgbm' in node._errors.last_message
 
+    # An sgbm setting changed while the fallback is under way swaps in a changed copy of the
+    # new sgbm backend: the fallback's own backend:=sgbm still stands (it was refused as "a
+    # newer backend choice", leaving the parameter at learned while sgbm ran).
+    with node._lock:
+        node._backend, node._backend_name = Failing(), 'learned'
+        node._values['backend'] = 'learned'
+    node.set_parameters([Parameter('backend', value='learned')])
+    report = node._errors.error
+
+    def meanwhile(key, text):
+        if key == 'fallback':
+            assert node.set_parameters([Parameter('sgbm.uniqueness_ratio', value=7)])[0].successful
+        report(key, text)
+    node._errors.error = meanwhile
+    rig.wait_outputs(ros, lambda: rig.publish(motorcycle['left'], motorcycle['right']))
+    assert node._backend_name == 'sgbm' and node.get_parameter('backend').value == 'sgbm'
+    assert node._backend.get_params()['uniqueness_ratio'] == 7
+
 
 def test_settings_valid_alone_but_not_together_are_refused_at_start_up(ros):
     """sgbm.min_disparity 64 with max_disparity_px 32 is an empty search: refused when the

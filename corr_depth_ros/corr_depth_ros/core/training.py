@@ -548,11 +548,14 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         step += 1
         last = {'loss': float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
         if dist_info.world_size > 1 and (step % cfg.log_every == 0 or step == cfg.steps):
-            # What log.jsonl records: the mean over every process's batch, not rank 0's alone.
+            # log.jsonl records the loss averaged over every process's batch, not rank 0's
+            # alone. The loss only: the other logs may differ in keys between processes (a
+            # descriptor pair without object pixels has no object terms), and a reduction of
+            # unequal tensors would hang.
             import torch.distributed as dist
-            values = torch.tensor(list(last.values()), dtype=torch.float64, device=device)
-            dist.all_reduce(values)
-            last = dict(zip(last, (values / dist_info.world_size).tolist()))
+            loss_sum = torch.tensor([last['loss']], dtype=torch.float64, device=device)
+            dist.all_reduce(loss_sum)
+            last['loss'] = float(loss_sum) / dist_info.world_size
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f'{last["loss"]:.4f}')

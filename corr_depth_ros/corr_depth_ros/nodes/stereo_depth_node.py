@@ -140,9 +140,13 @@ class StereoDepthNode(Node):
         self._values = declare(self, PARAMS)
         self._errors = ThrottledReporter(self.get_logger())
         self._lock = threading.Lock()   # guards the backend and parameter values
-        self._local = threading.local()  # fallback_to: the sgbm a runtime fallback installed
+        # fallback_to: the backend choice (_choice) a runtime fallback made
+        self._local = threading.local()
         self._backend = None
         self._backend_name = None
+        # Counts backend choices (start-up, switches, fallbacks), not the changed copies a
+        # parameter change swaps in: "is the backend still the one this frame began with?"
+        self._choice = 0
         # Settings valid one by one but not together are refused here with their reason (the
         # set-parameters callback checks them on changes; declare() checks each alone).
         _check_sgbm_settings(self._values, self._values['backend'])
@@ -206,6 +210,7 @@ class StereoDepthNode(Node):
                                         'falling back to sgbm so the node keeps publishing')
                 backend, name = create_backend('sgbm', **sgbm), 'sgbm'
         self._backend, self._backend_name = backend, name
+        self._choice += 1
 
     def _beyond_trained_range(self, max_disparity_px: int, input_scale=None) -> str:
         """'' or why ``max_disparity_px`` exceeds the current backend's trained range (the
@@ -246,7 +251,7 @@ class StereoDepthNode(Node):
         if not result.successful:
             return result
         ours = getattr(self._local, 'fallback_to', None)
-        if ours is not None and self._backend is not ours:
+        if ours is not None and self._choice != ours:
             result.successful, result.reason = False, 'a newer backend choice stands'
             return result
         changes = {p.name: p.value for p in params}
@@ -321,7 +326,7 @@ class StereoDepthNode(Node):
         geometry = conversions.stereo_geometry_from_camera_info(left_info, right_info)
         with self._lock:
             values = dict(self._values)
-            backend = self._backend
+            backend, choice = self._backend, self._choice
         options = dict(max_disparity_px=values['max_disparity_px'] or None,
                        confidence_threshold=values['confidence_threshold'],
                        max_depth_m=values['max_depth_m'], compute_points=False)
@@ -332,7 +337,7 @@ class StereoDepthNode(Node):
         except Exception as exc:  # noqa: BLE001 - the model failed (CUDA error, out of memory, ...)
             if backend.name == 'sgbm':
                 raise
-            backend = self._fall_back_to_sgbm(backend, exc)
+            backend = self._fall_back_to_sgbm(backend, choice, exc)
             out = run_stereo(left, right, geometry, backend, **options)
         if out.confidence is None and values['confidence_threshold'] > 0:
             self._errors.warn('confidence', f'confidence_threshold '
@@ -360,22 +365,24 @@ class StereoDepthNode(Node):
                 colourise(out.disparity_px, vmin=out.min_disparity_px - geometry.doffs_px,
                           vmax=out.max_disparity_px - geometry.doffs_px), 'rgb8', header))
 
-    def _fall_back_to_sgbm(self, failed, exc: BaseException):
+    def _fall_back_to_sgbm(self, failed, choice: int, exc: BaseException):
         """A learned/onnx backend that fails while running: switch to sgbm (once), say why, and
-        set the backend parameter to match, so the node keeps publishing."""
+        set the backend parameter to match, so the node keeps publishing. ``choice``: the
+        backend choice the failed frame ran with (a changed copy swapped in since is the same
+        choice)."""
         with self._lock:
-            switched = self._backend is failed
+            switched = self._choice == choice
             if switched:
                 self._switch_backend('sgbm')
                 self._values['backend'] = 'sgbm'
-            backend = self._backend
+            backend, mine = self._backend, self._choice
         if switched:
             self._errors.error('fallback', f'backend {failed.name!r} failed while running '
                                f'({type(exc).__name__}: {exc}); switched to sgbm so the node '
                                'keeps publishing (set backend again to retry)')
             # Make the parameter say so; if a user switched again meanwhile, theirs stands
             # (the callback refuses this update when the backend is no longer ours).
-            self._local.fallback_to = backend
+            self._local.fallback_to = mine
             try:
                 self.set_parameters([Parameter('backend', value='sgbm')])
             finally:

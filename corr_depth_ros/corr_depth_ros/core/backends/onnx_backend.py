@@ -59,8 +59,11 @@ def _check_image_inputs(inputs, names) -> tuple:
 
 
 def _check_output_shape(node_arg) -> None:
-    """An output whose shape is known must hold one image plane, as :func:`_image_plane`."""
+    """An output whose shape is known must hold one image plane, as :func:`_image_plane`
+    (onnxruntime gives [] where not even the rank is known: checked on the first frame)."""
     shape = list(node_arg.shape)
+    if not shape:
+        return
     if len(shape) < 2 or any(isinstance(n, int) and n != 1 for n in shape[:-2]):
         raise ValueError(f'output {node_arg.name!r} has shape {shape}; this backend reads one '
                          'image: (1, 1, h, w), (1, h, w) or (h, w)')

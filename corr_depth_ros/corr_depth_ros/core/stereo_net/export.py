@@ -60,18 +60,23 @@ def export_stereo_onnx(model: nn.Module, path: str, *, height: int, width: int,
     # The TorchScript exporter; torch releases before 2.5 have no `dynamo` switch (and use it).
     legacy = ({'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters
               else {})
+    # Written beside ``path`` and moved there once onnxruntime has run it: a failed export
+    # leaves no file it cannot run, and an earlier model at ``path`` as it was.
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f'.{name}.partial')
     try:
-        torch.onnx.export(wrapper, (left, right), path, input_names=list(INPUT_NAMES),
+        torch.onnx.export(wrapper, (left, right), partial, input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), opset_version=opset, **legacy)
-        session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        session = ort.InferenceSession(partial, providers=['CPUExecutionProvider'])
         disparity, confidence = session.run(list(OUTPUT_NAMES),
                                             {'left': left.numpy(), 'right': right.numpy()})
+        os.replace(partial, path)
     except Exception as exc:  # noqa: BLE001 - torch's and onnxruntime's errors alike
-        # No file that onnxruntime cannot run is left where a user would pick it up.
-        if os.path.exists(path):
-            os.remove(path)
         raise ValueError(f'export to ONNX opset {opset} failed ({type(exc).__name__}: {exc}); '
-                         'no file written') from exc
+                         f'{path} was not written') from exc
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     with torch.no_grad():
         ref_disparity, ref_confidence = wrapper(left, right)
     return {'max_abs_diff_disparity_px': float(np.abs(disparity - ref_disparity.numpy()).max()),
