@@ -18,6 +18,17 @@ PY=${PYTHON:-python3}
 
 mode=pypi-ros
 [ -n "${ROS_DISTRO:-}" ] && mode=system-ros:${ROS_DISTRO}
+if [ "$mode" != pypi-ros ] && ! "$PY" -c "import rclpy" 2>/dev/null; then
+  # ROS's Python is the one that imports the sourced rclpy (on Ubuntu /usr/bin/python3); a
+  # pyenv or conda python3 first on PATH cannot, and would only fail at the end, after torch.
+  if [ -z "${PYTHON:-}" ] && /usr/bin/python3 -c "import rclpy" 2>/dev/null; then
+    PY=/usr/bin/python3
+  else
+    echo "setup: ROS $ROS_DISTRO is sourced but $PY cannot import its rclpy: set PYTHON to the" \
+         "interpreter ROS uses (e.g. PYTHON=/usr/bin/python3 make build)" >&2
+    exit 1
+  fi
+fi
 # With a sourced ROS, is its OpenCV (python3-opencv, which cv_bridge and image_view use)
 # importable? Then it is used (below), and the stamp records it: a later change redoes setup.
 system_cv2=
@@ -33,11 +44,28 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
 fi
 
 echo "setup: preparing $VENV ($mode, $TORCH_SPEC)"
+# A venv made for the other mode (made before ROS was sourced, or the reverse) sees the wrong
+# site-packages: it is made afresh rather than patched (with the system ROS's cv2 removed from
+# a venv that cannot see the system's, setup failed).
+want_system=false
+[ "$mode" != pypi-ros ] && want_system=true
+if [ -x "$VENV/bin/python" ]; then
+  have_system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+  if [ "${have_system:-false}" != "$want_system" ]; then
+    echo "setup: $VENV was made for the other kind of setup; making it afresh"
+    rm -rf "$VENV"
+  fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   if [ "$mode" = pypi-ros ]; then
     "$PY" -m venv "$VENV"
   else
-    "$PY" -m venv --system-site-packages "$VENV"
+    # Ubuntu needs the python3-venv package for this.
+    "$PY" -m venv --system-site-packages "$VENV" || {
+      rm -rf "$VENV"
+      echo "setup: could not make $VENV (on Ubuntu: sudo apt install python3-venv)" >&2
+      exit 1
+    }
   fi
 fi
 # colcon must never crawl into the venv: the ROS wheels install package.xml files under share/.
@@ -58,23 +86,37 @@ pip_install() {
   return $status
 }
 
-pip_install "$TORCH_SPEC"
+constraints=()
+if [ "$mode" != pypi-ros ]; then
+  # Keep what the system packages are built against. Ubuntu's OpenCV and ROS's message
+  # extensions are built with its numpy (1.26 on 24.04); onnx's dependencies would pull numpy 2
+  # over it and cv2 would fail to import. colcon-core needs setuptools < 80 for
+  # --symlink-install (torch would pull a newer one, and colcon then silently copied).
+  constraints_file=$(mktemp)
+  trap 'rm -f "$constraints_file" ${requirements_tmp:-}' EXIT
+  echo 'setuptools<80' > "$constraints_file"
+  if system_numpy=$("$PY" -c "import numpy; print(numpy.__version__)" 2>/dev/null); then
+    echo "numpy==$system_numpy" >> "$constraints_file"
+  fi
+  constraints=(-c "$constraints_file")
+fi
+pip_install "${constraints[@]}" "$TORCH_SPEC"
 requirements=requirements.txt
 if [ -n "$system_cv2" ]; then
   # pip cannot see the ROS install's OpenCV under opencv-python-headless's name and would put a
   # second cv2 in the venv that shadows it. Keep the system one: the core tests pass with
   # Ubuntu 24.04's (OpenCV 4.6.0 with numpy 1.26.4).
-  requirements=$(mktemp)
-  trap 'rm -f "$requirements"' EXIT
+  requirements_tmp=$(mktemp)
+  requirements=$requirements_tmp
   grep -v '^opencv-python' requirements.txt > "$requirements"
   # A venv set up before the system one was installed still has the wheel, which would shadow it.
   "$VPY" -m pip uninstall -y -q opencv-python-headless opencv-python >/dev/null 2>&1 || true
 fi
-pip_install -r "$requirements"
+pip_install "${constraints[@]}" -r "$requirements"
 if [ "$mode" != pypi-ros ] && ! "$VPY" -c "import colcon_core" 2>/dev/null; then
   # The Makefile runs colcon with the venv's interpreter (python -m colcon); a colcon that the
   # ROS install's Python cannot import (pipx, another interpreter) is not enough.
-  pip_install colcon-common-extensions
+  pip_install "${constraints[@]}" colcon-common-extensions
 fi
 if [ "$mode" = pypi-ros ]; then
   pip_install -r scripts/ros-requirements.txt
