@@ -503,6 +503,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     engine = create_backend(backend, **(backend_params or {}))
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
+    warned = []     # a confidence_threshold that cannot apply is said once
 
     def on_set(left, right, left_info, right_info):
         log_time = left.log_time_ns
@@ -515,6 +516,13 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
         except ValueError as exc:
             _skip(counts, log_time, exc)
             return
+        threshold = run_kwargs.get('confidence_threshold', 0.0)
+        if out.confidence is None and threshold > 0 and not warned:
+            from tqdm import tqdm
+            warned.append(True)     # once, as the node's throttled warning
+            tqdm.write(f'process-bag: --confidence-threshold {threshold:g} is not applied: the '
+                       f'{engine.name} backend gives no confidence (an ONNX model without a '
+                       'confidence output); every pixel it outputs is kept')
         header = conversions.copy_header(left.message.header)
         writer.write(f'{out_ns}/disparity', 'stereo_msgs/msg/DisparityImage',
                      conversions.make_disparity_msg(out.message_disparity_px, geometry, header,

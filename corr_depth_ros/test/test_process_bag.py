@@ -100,6 +100,9 @@ def test_process_stereo_bag_passes_the_onnx_options(tmp_path, monkeypatch, capsy
     # 3 px at the model's 64 columns is 3 * 741 / 64 at the image's, plus doffs.
     assert np.nanmedian(conversions.image_to_array(disparity.image)) == pytest.approx(
         3.0 * 741 / 64 + data['geometry'].doffs_px, rel=1e-4)
+    # A confidence threshold this model cannot apply is said, as the node says it.
+    assert cli_main(base + ['--onnx', 'output_name=disp', '--confidence-threshold', '0.5']) == 0
+    assert '--confidence-threshold 0.5 is not applied' in capsys.readouterr().out
     # A wrong name is the backend's refusal, as in the node.
     assert cli_main(base + ['--onnx', 'output_name=nope']) == 2
     assert "output 'nope' not in the model outputs ['disp']" in capsys.readouterr().err
@@ -240,7 +243,11 @@ def test_process_bag_protects_its_input_and_says_what_is_missing(tmp_path, capsy
                          ('block_size', 'expected KEY=VALUE with KEY one of'),
                          ('block_size=x', 'block_size takes a int'),
                          ('fill_holes=maybe', 'fill_holes is true or false'),
-                         ('num_disparities=30', 'positive multiple of 16')):
+                         ('num_disparities=30', 'positive multiple of 16'),
+                         # the node's ranges (they ran before: OpenCV took pre_filter_cap 1000)
+                         ('uniqueness_ratio=150', 'uniqueness_ratio must be in [0, 100]'),
+                         ('pre_filter_cap=1000', 'pre_filter_cap must be in [0, 255]'),
+                         ('block_size=41', 'block_size must be in [1, 31]')):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(['process-bag', str(tmp_path / 'absent.mcap'), str(tmp_path / 'out5.mcap'),
                       '--sgbm', item, '--no-progress'])
@@ -746,3 +753,16 @@ def test_hostile_recordings_are_read_or_refused_before_the_work(tmp_path):
     zstd.write_bytes(b'(\xb5/\xfd' + bytes(20))
     with pytest.raises(ValueError, match='compressed by rosbag2: decompress it'):
         bag.bag_files(str(zstd))
+
+
+@pytest.mark.parametrize('argv,named', [
+    (['--max-depth-m', '-5'], '--max-depth-m'), (['--pipeline', 'mono', '--baseline-m', '50'],
+                                                 '--baseline-m'),
+    (['--pipeline', 'corr', '--match-threshold', '50'], '--match-threshold'),
+])
+def test_process_bag_refuses_what_the_nodes_refuse(tmp_path, capsys, argv, named):
+    """Options share the ranges of the nodes' parameters of the same names (a negative
+    --max-depth-m meant no limit, --baseline-m -0.5 the weights' baseline)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap')] + argv)
+    assert exit_info.value.code == 2 and f'argument {named}:' in capsys.readouterr().err

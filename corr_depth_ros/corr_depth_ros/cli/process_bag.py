@@ -3,8 +3,10 @@ import argparse
 import sys
 
 from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE
-from ..core.mono import POST_PROCESS_DEFAULT
-from ..core.stereo_pipeline import CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX
+from ..core.descriptors import MATCH_THRESHOLD_RANGE
+from ..core.mono import BASELINE_RANGE_M, POST_PROCESS_DEFAULT
+from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
+                                    MAX_DISPARITY_RANGE_PX)
 from ._args import in_range
 
 
@@ -30,7 +32,9 @@ def register(subparsers):
                         help='learned models\' device')
     parser.add_argument('--weights', default='', help='mono/corr (and stereo learned): weights '
                         'file, default: the shipped one; stereo onnx: the .onnx model')
-    parser.add_argument('--max-depth-m', type=float, default=0.0)
+    # The ranges of the nodes' parameters of the same names: what a node refuses is refused.
+    parser.add_argument('--max-depth-m', type=in_range(float, *MAX_DEPTH_RANGE_M), default=0.0,
+                        help='stereo/mono: pixels farther are invalid, metres (0: no limit)')
     parser.add_argument('--slop-s', type=in_range(float, 0.0, 1.0), default=0.0,
                         help='stamp tolerance between the inputs, seconds (0, the default: '
                              'exactly equal stamps; the nodes\' slop_s for approximate '
@@ -66,7 +70,7 @@ def register(subparsers):
                              'input_names=img_l,img_r (repeatable)')
     mono = parser.add_argument_group('mono')
     mono.add_argument('--depth-mode', default='metric', choices=('metric', 'relative'))
-    mono.add_argument('--baseline-m', type=float, default=0.0,
+    mono.add_argument('--baseline-m', type=in_range(float, *BASELINE_RANGE_M), default=0.0,
                       help='training rig baseline for metric depth (0: from the weights)')
     mono.add_argument('--post-process', action=argparse.BooleanOptionalAction,
                       default=POST_PROCESS_DEFAULT,
@@ -77,7 +81,8 @@ def register(subparsers):
     corr.add_argument('--depth-topic', default='',
                       help='REP 118 depth topic registered to the image (e.g. /stereo/depth) for '
                            '3D points and grasp poses')
-    corr.add_argument('--match-threshold', type=float, default=0.6)
+    corr.add_argument('--match-threshold', type=in_range(float, *MATCH_THRESHOLD_RANGE),
+                      default=0.6)
     parser.add_argument('--no-progress', action='store_true')
     parser.set_defaults(func=run, option_defaults={
         dest: parser.get_default(dest) for dest in OPTION_SCOPE})

@@ -16,6 +16,8 @@ from .shapes import check_shape
 # node's parameters and `corr_depth process-bag`'s options.
 MAX_DISPARITY_RANGE_PX = (0, 1024)
 CONFIDENCE_THRESHOLD_RANGE = (0.0, 1.0)
+# max_depth_m of the stereo and mono nodes and process-bag (0: no limit).
+MAX_DEPTH_RANGE_M = (0.0, 10000.0)
 # Published for invalid pixels, or min_disparity - 1 when that is lower (min_disparity below 0):
 # DisparityImage says any value below min_disparity is invalid, and a negative search minimum
 # (verged cameras) or a negative doffs (cx_right < cx_left) can put min_disparity at -1 or below.

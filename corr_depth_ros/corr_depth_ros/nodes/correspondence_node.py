@@ -37,7 +37,7 @@ from corr_depth_interfaces.srv import FindCorrespondence, SetReference
 
 from .. import conversions
 from ..core.colormap import colourise
-from ..core.descriptors import matching, query, references
+from ..core.descriptors import MATCH_THRESHOLD_RANGE, matching, query, references
 from ..core.descriptors.network import DEFAULT_SCALES, check_scales, compute_descriptors
 from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
@@ -85,7 +85,8 @@ PARAMS = [
               'references are stored and reloaded at start-up ("" keeps them in memory only).',
               read_only=True),
     ParamSpec('match_threshold', 0.6, 'A match is found only if its descriptor L2 distance is at '
-              'most this (DON thresholds the distance the same way).', value_range=(0.0, 10.0)),
+              'most this (DON thresholds the distance the same way).',
+              value_range=MATCH_THRESHOLD_RANGE),
     ParamSpec('heatmap_sigma', 0.25, 'Scale of the heatmap exp(-distance/sigma), descriptor '
               'units.', value_range=(0.001, 10.0)),
     ParamSpec('normal_radius_px', 5, 'Half-size of the depth window the surface normal is '

@@ -23,9 +23,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from .. import conversions
 from ..core.colormap import colourise
-from ..core.mono import POST_PROCESS_DEFAULT
+from ..core.mono import BASELINE_RANGE_M, POST_PROCESS_DEFAULT
 from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_depth,
                                    input_size_from_header, load_mono_model)
+from ..core.stereo_pipeline import MAX_DEPTH_RANGE_M
 from ..core.threads import pin_torch_threads
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
@@ -38,7 +39,7 @@ PARAMS = [
     ParamSpec('depth_mode', 'metric', 'metric: metres with the training rig baseline; relative: '
               'unitless depth / frame median depth (not metres).', choices=DEPTH_MODES),
     ParamSpec('baseline_m', 0.0, 'Baseline of the rig the network was trained on, metres, for '
-              'metric mode (0: from the weights metadata).', value_range=(0.0, 10.0)),
+              'metric mode (0: from the weights metadata).', value_range=BASELINE_RANGE_M),
     ParamSpec('post_process', POST_PROCESS_DEFAULT, 'Average with the mirrored image\'s '
               'prediction (Godard 2017 "pp"): cleaner borders, twice the compute.'),
     ParamSpec('device', 'auto', 'Compute device.', read_only=True, choices=('auto', 'cpu', 'cuda')),
@@ -52,7 +53,7 @@ PARAMS = [
               'torch default); on a busy CPU 1 can be faster than 2.', read_only=True,
               value_range=(0, 256)),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), in the '
-              'depth topic\'s unit.', value_range=(0.0, 10000.0)),
+              'depth topic\'s unit.', value_range=MAX_DEPTH_RANGE_M),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
               'is built only while points2 has a subscriber.'),
     IMAGE_TRANSPORT,

@@ -21,11 +21,11 @@ from stereo_msgs.msg import DisparityImage
 from .. import conversions
 from ..core.backends import available_backends, create_backend
 from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE
-from ..core.backends.sgbm import SgbmParams
+from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
 from ..core.threads import pin_torch_threads
-from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DISPARITY_RANGE_PX,
-                                    run_stereo)
+from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
+                                    MAX_DISPARITY_RANGE_PX, run_stereo)
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
@@ -48,10 +48,6 @@ _SGBM_HELP = {
     'mode': 'SGBM variant: sgbm (5 paths), sgbm_3way (fast), hh (8 paths, full), hh4.',
     'fill_holes': 'Fill invalid pixels along scanlines with the background disparity (dense output).',
 }
-_SGBM_RANGES = {'min_disparity': (-256, 256), 'num_disparities': (16, 512), 'block_size': (1, 31),
-                'p1': (0, 100000), 'p2': (0, 400000), 'disp12_max_diff': (-1, 512),
-                'pre_filter_cap': (0, 255), 'uniqueness_ratio': (0, 100),
-                'speckle_window_size': (0, 10000), 'speckle_range': (0, 64)}
 
 PARAMS = [
     ParamSpec('backend', 'sgbm', 'Stereo backend (see README: trade-offs). learned or onnx fall '
@@ -79,7 +75,7 @@ PARAMS = [
               'confidence (an ONNX model without that output) keeps them all, with a warning.',
               value_range=CONFIDENCE_THRESHOLD_RANGE),
     ParamSpec('max_depth_m', 0.0, 'Pixels farther than this are invalid (0: no limit), metres.',
-              value_range=(0.0, 10000.0)),
+              value_range=MAX_DEPTH_RANGE_M),
     ParamSpec('publish_points', True, 'Publish points2 (skip the cloud to save CPU). The cloud '
               'is built only while points2 has a subscriber (~6 ms of CPU a 741x500 frame).'),
     ParamSpec('learned.weights_path', '', 'learned: safetensors weights file (empty: the shipped '
@@ -118,7 +114,7 @@ PARAMS = [
     ParamSpec('onnx.confidence_name', '', 'onnx: name of a confidence output in [0, 1] (\'\': '
               'one named confidence if the model has it, as export-onnx writes).',
               read_only=True),
-] + [ParamSpec(f'sgbm.{k}', v, _SGBM_HELP[k], value_range=_SGBM_RANGES.get(k),
+] + [ParamSpec(f'sgbm.{k}', v, _SGBM_HELP[k], value_range=SGBM_RANGES.get(k),
                choices=('sgbm', 'hh', 'sgbm_3way', 'hh4') if k == 'mode' else None)
      for k, v in _SGBM_DEFAULTS.items()]
 

@@ -3,6 +3,8 @@ matching, grasp poses from depth, persisted references, training and evaluation.
 import os
 
 DEFAULT_WEIGHTS = 'descriptors_don_small.safetensors'
+# match_threshold of correspondence_node and process-bag's --match-threshold (descriptor L2).
+MATCH_THRESHOLD_RANGE = (0.0, 10.0)
 
 
 def default_weights_path() -> str:

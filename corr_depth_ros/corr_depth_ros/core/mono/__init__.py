@@ -18,3 +18,5 @@ One file per stage:
 # Motorcycle the shipped model measured median-scaled AbsRel 0.231 with it, 0.266 without, at
 # 26-30 frames/s (384x256, 2-core CPU, 2 threads) instead of 53-57.
 POST_PROCESS_DEFAULT = True
+# baseline_m of the mono node and process-bag's --baseline-m, metres (0: from the weights).
+BASELINE_RANGE_M = (0.0, 10.0)
