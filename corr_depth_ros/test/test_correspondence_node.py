@@ -250,6 +250,8 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
         (outside, _find([[1.0, 1.0], [319.5, 10.0]], reference_msg)),
         ('reference_pixels contain NaN or inf', _find([[nan, 10.0]], reference_msg)),
         ('reference_pixels contain NaN or inf', _find([[inf, 0.0]], reference_msg)),
+        ('reference_image is empty', _find(PIXELS, Image(height=HEIGHT, width=WIDTH,
+                                                         encoding='rgb8', step=3 * WIDTH))),
         ('unknown reference_id', _find(reference_id='nope')),
         ('empty request', _find(PIXELS)),
         ('unsupported image encoding', _find(PIXELS, wrong_encoding)),

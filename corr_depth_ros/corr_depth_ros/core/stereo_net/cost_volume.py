@@ -92,6 +92,9 @@ def _groupwise_correlation_loop(left_features: torch.Tensor, right_features: tor
     return torch.stack(slices, dim=2)
 
 
+# FoundationStereo's optional V_cat, beside V_gwc. Not used by StereoNet (its 2D aggregation
+# takes the group-wise volume alone, for the CPU time budget; see README), kept tested for a
+# larger network that would concatenate both.
 def concatenation_volume(left_features: torch.Tensor, right_features: torch.Tensor,
                          num_disparities: int) -> torch.Tensor:
     """(B, c, H, W) reduced left/right features -> (B, 2c, D, H, W) concatenation volume
