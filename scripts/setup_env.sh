@@ -15,6 +15,11 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PY=${PYTHON:-python3}
+# The interpreter a venv is made from is the base one: a python3 that is itself a venv's (after
+# `source scripts/env.sh`, .venv's) would be deleted with that venv below.
+base_python() {
+  "$1" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))'
+}
 
 mode=pypi-ros
 [ -n "${ROS_DISTRO:-}" ] && mode=system-ros:${ROS_DISTRO}
@@ -49,10 +54,13 @@ echo "setup: preparing $VENV ($mode, $TORCH_SPEC)"
 # a venv that cannot see the system's, setup failed).
 want_system=false
 [ "$mode" != pypi-ros ] && want_system=true
+PY=$(base_python "$PY")
 if [ -x "$VENV/bin/python" ]; then
-  have_system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
-  if [ "${have_system:-false}" != "$want_system" ]; then
-    echo "setup: $VENV was made for the other kind of setup; making it afresh"
+  have_system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null || true)
+  # ... or from another interpreter (a pyenv python3 first on PATH, before ROS's was chosen).
+  have_base=$(base_python "$VENV/bin/python" 2>/dev/null || true)
+  if [ "${have_system:-false}" != "$want_system" ] || [ "$have_base" != "$PY" ]; then
+    echo "setup: $VENV was made for another kind of setup or interpreter; making it afresh"
     rm -rf "$VENV"
   fi
 fi

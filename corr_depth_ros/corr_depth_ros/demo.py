@@ -295,6 +295,14 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:       # also while rclpy and torch are still being imported
+        print('\ndemo: interrupted', file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='demo_output', help='output folder')
     parser.add_argument('--frames', type=_positive_int, default=5,
@@ -384,9 +392,6 @@ def main(argv=None) -> int:
         print(json.dumps(summary, indent=2))
         print(f'demo: wrote {", ".join(summary["files"])} and summary.json to {args.out}/')
         return 0
-    except KeyboardInterrupt:
-        print('\ndemo: interrupted', file=sys.stderr)
-        return 130
     finally:
         # Callbacks in flight finish before their nodes go (cut short, they fail in tasks
         # nobody awaits: "exception was never retrieved" at exit).

@@ -571,3 +571,12 @@ def test_training_rig_names_where_its_baseline_came_from():
     assert training_rig(MonoTrainSpec(data='folder:x', rig_baseline_m=0.2))['source'] == \
         '--baseline-m'
     assert training_rig(MonoTrainSpec(data='folder:x')) is None
+
+
+def test_depth_hints_on_images_wider_than_the_nodes_sgbm_range():
+    """The Depth Hints matcher searches 0.2 x width: 528 disparities at 2592 px, past the stereo
+    node's sgbm.num_disparities range (512), which SgbmParams.validate must not apply (a
+    process-bag option check put it there and broke wide training images)."""
+    from corr_depth_ros.core.mono.data import stereo_hints
+    hints = stereo_hints(torch.rand(3, 32, 2592), torch.rand(3, 32, 2592))
+    assert hints[0].shape[-1] == 2592

@@ -107,7 +107,7 @@ def test_process_stereo_bag_passes_the_onnx_options(tmp_path, monkeypatch, capsy
     assert cli_main(base + ['--onnx', 'output_name=nope']) == 2
     assert "output 'nope' not in the model outputs ['disp']" in capsys.readouterr().err
     for item, reason in (('mean=a,b', 'mean takes numbers separated by commas'),
-                         ('input_width=-1', 'input_width must be >= 0'),
+                         ('input_width=-1', 'input_width must be in [0, 8192]'),
                          ('size=3', 'expected KEY=VALUE with KEY one of')):
         with pytest.raises(SystemExit):
             cli_main(base + ['--onnx', item])

@@ -198,8 +198,12 @@ def _onnx_item(text: str):
         raise argparse.ArgumentTypeError(f'{text!r}: {key} takes '
                                          + ('numbers separated by commas' if kind == 'floats'
                                             else f'a {kind.__name__}')) from None
-    if kind is int and parsed < 0:
-        raise argparse.ArgumentTypeError(f'{text!r}: {key} must be >= 0 (0: the model\'s own)')
+    if kind is int:
+        from ..core.backends.onnx_backend import INPUT_SIZE_RANGE_PX
+        low, high = INPUT_SIZE_RANGE_PX
+        if not low <= parsed <= high:
+            raise argparse.ArgumentTypeError(f'{text!r}: {key} must be in [{low}, {high}] '
+                                             '(0: the model\'s own)')
     return key, parsed
 
 
@@ -226,7 +230,9 @@ def _sgbm_item(text: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f'{text!r}: {key} takes a {kind.__name__}') from None
     try:
-        dataclasses.replace(SgbmParams(), **{key: parsed}).validate(check_penalties=False)
+        candidate = dataclasses.replace(SgbmParams(), **{key: parsed})
+        candidate.check_ranges()
+        candidate.validate(check_penalties=False)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f'{text!r}: {exc}') from None
     return key, parsed

@@ -21,6 +21,7 @@ from stereo_msgs.msg import DisparityImage
 from .. import conversions
 from ..core.backends import available_backends, create_backend
 from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE
+from ..core.backends.onnx_backend import INPUT_SIZE_RANGE_PX
 from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
 from ..core.threads import pin_torch_threads
@@ -99,10 +100,10 @@ PARAMS = [
               '(1,3,H,W) float32, output disparity in pixels).', read_only=True),
     ParamSpec('onnx.input_width', 0, 'onnx: model input width, pixels (0: the model\'s fixed '
               'width if it has one, else the image width; images are resized and the disparity '
-              'rescaled).', read_only=True, value_range=(0, 8192)),
+              'rescaled).', read_only=True, value_range=INPUT_SIZE_RANGE_PX),
     ParamSpec('onnx.input_height', 0, 'onnx: model input height, pixels (0: the model\'s fixed '
               'height if it has one, else the image height).', read_only=True,
-              value_range=(0, 8192)),
+              value_range=INPUT_SIZE_RANGE_PX),
     ParamSpec('onnx.mean', [0.0, 0.0, 0.0], 'onnx: per-channel mean subtracted from RGB in [0, 1].',
               read_only=True),
     ParamSpec('onnx.std', [1.0, 1.0, 1.0], 'onnx: per-channel std dividing RGB in [0, 1].',

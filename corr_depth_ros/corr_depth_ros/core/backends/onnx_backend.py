@@ -19,6 +19,10 @@ from ..shapes import check_shape
 from .base import StereoBackend, StereoResult
 
 
+# onnx.input_width / input_height of the stereo node and process-bag's --onnx (0: the model's).
+INPUT_SIZE_RANGE_PX = (0, 8192)
+
+
 class ModelOutputError(RuntimeError):
     """The model's output cannot be disparity (a model fault, not this frame's input): the
     stereo node falls back to sgbm with this message rather than dropping every frame."""

@@ -26,8 +26,10 @@ def sgbm_window(height: int, width: int, min_disparity: int, num_disparities: in
     return left, border, max(0, right - left), max(0, height - 2 * border)
 
 
-# The stereo node's sgbm.* parameter ranges; SgbmParams.validate checks them too, so that
-# `corr_depth process-bag --sgbm KEY=VALUE` refuses what the node refuses.
+# The stereo node's sgbm.* parameter ranges; SgbmParams.check_ranges checks them for
+# `corr_depth process-bag --sgbm KEY=VALUE`, so that it refuses what the node refuses. (validate
+# does not: the mono trainer's Depth Hints matcher searches 0.2 x width, past 512 on images wider
+# than 2560 px.)
 SGBM_RANGES = {'min_disparity': (-256, 256), 'num_disparities': (16, 512), 'block_size': (1, 31),
                'p1': (0, 100000), 'p2': (0, 400000), 'disp12_max_diff': (-1, 512),
                'pre_filter_cap': (0, 255), 'uniqueness_ratio': (0, 100),
@@ -68,6 +70,14 @@ class SgbmParams:
         if check_penalties and p2 <= p1:
             raise ValueError(f'p2 must be greater than p1: they are {p2} and {p1} as used '
                              f'(set {self.p2} and {self.p1}; 0 means 32 and 8 x block_size^2)')
+        for field in ('disp12_max_diff', 'pre_filter_cap', 'uniqueness_ratio',
+                      'speckle_window_size', 'speckle_range', 'p1', 'p2'):
+            if getattr(self, field) < (-1 if field == 'disp12_max_diff' else 0):
+                raise ValueError(f'{field} must be non-negative, got {getattr(self, field)}')
+
+    def check_ranges(self) -> None:
+        """ValueError unless every field lies in SGBM_RANGES (the stereo node's parameter
+        ranges)."""
         for field, (low, high) in SGBM_RANGES.items():
             if not low <= getattr(self, field) <= high:
                 raise ValueError(f'{field} must be in [{low}, {high}], got {getattr(self, field)}')
