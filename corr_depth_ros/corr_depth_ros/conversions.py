@@ -20,7 +20,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
 from stereo_msgs.msg import DisparityImage
 
-from .core.geometry import StereoGeometry
+from .core.geometry import StereoGeometry, check_focal_lengths
 
 # encoding -> (numpy dtype, channels)
 IMAGE_ENCODINGS = {
@@ -401,6 +401,10 @@ def camera_intrinsics(info: CameraInfo, image_shape: Optional[Tuple[int, ...]] =
     if not (np.isfinite([fx, fy]).all() and fx > 0 and fy > 0):
         raise ConversionError(f'camera_info {source} has no valid focal length (fx={fx}, '
                               f'fy={fy}): is the camera calibrated?')
+    try:
+        check_focal_lengths(fx, fy, f'camera_info {source}')
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
     if not np.isfinite([cx, cy]).all():
         raise ConversionError(f'camera_info {source} has no valid principal point (cx={cx}, '
                               f'cy={cy})')

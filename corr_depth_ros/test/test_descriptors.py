@@ -757,3 +757,28 @@ def test_baselines_are_refined_to_sub_pixel_like_the_net():
         matches, _ = method(image_a, image_b, queries, truth)
         errors = np.linalg.norm(matches - truth, axis=1)
         assert np.median(errors) < 0.2, errors
+
+
+def test_small_images_and_large_requests_stay_sane(monkeypatch):
+    """On an image smaller than the exclusion window there is no runner-up: confidence is 0,
+    not 1 (a uniform 7x5 image read 'unambiguous'); on a large image the distance maps are
+    computed a few references at a time (a 200-pixel request on 12 megapixels took GBs), with
+    the same matches."""
+    desc = torch.nn.functional.normalize(torch.ones(4, 5, 7), dim=0)     # uniform 7x5 image
+    found = matching.find_best_matches(desc[:, :1, 0].t().contiguous(), desc)
+    assert np.isinf(found['second_distance'][0]) and found['confidence'][0] == 0.0
+    assert matching.match_confidence(np.array([0.1]), np.array([2.0]))[0] > 0.9
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.rand(8, 40, 50, generator=generator), dim=0)
+    reference = matching.descriptors_at(image, np.array([[3.0, 4.0], [20.0, 30.0], [49.0, 0.0],
+                                                         [10.0, 10.0], [33.0, 21.0]]))
+    whole = matching.find_best_matches(reference, image)
+    rows = []
+    squared = matching.squared_distances
+    monkeypatch.setattr(matching, 'squared_distances',
+                        lambda ref, *a, **k: (rows.append(len(ref)), squared(ref, *a, **k))[1])
+    monkeypatch.setattr(matching, 'CHUNK_BYTES', 2 * 4 * 40 * 50)      # two maps a chunk
+    chunked = matching.find_best_matches(reference, image)
+    assert rows == [2, 2, 1]
+    for key in ('match_px', 'distance', 'second_distance', 'confidence'):
+        np.testing.assert_allclose(chunked[key], whole[key], atol=1e-2)   # float rounding

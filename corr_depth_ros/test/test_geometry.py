@@ -103,3 +103,24 @@ def test_shape_checks():
         disparity_to_depth(np.zeros((2, 3, 1)), 1.0, 1.0)
     with pytest.raises(ValueError, match='last dim'):
         project_points(np.zeros((4, 2)), 1, 1, 0, 0)
+
+
+def test_broken_calibrations_give_no_infinite_depth_or_points():
+    """REP 118: invalid depth is NaN, never inf. Focal lengths no camera has are refused (fx
+    1e30 with a 1e9 m baseline gave +inf depth on every pixel, fy 1e-9 +inf points), and a
+    disparity so small that f*B/d overflows float32 is invalid."""
+    from corr_depth_ros.core.geometry import (StereoGeometry, check_focal_lengths,
+                                              depth_from_shifted_disparity)
+    with pytest.raises(ValueError, match='no usable focal length'):
+        check_focal_lengths(1e30, 100.0, 'camera_info P')
+    with pytest.raises(ValueError, match='no usable focal length'):
+        check_focal_lengths(100.0, 1e-9, 'camera_info P')
+    p_left = [1e30, 0, 10, 0, 0, 1e30, 10, 0, 0, 0, 1, 0]
+    p_right = [1e30, 0, 10, -1e30 * 1e9, 0, 1e30, 10, 0, 0, 0, 1, 0]
+    with pytest.raises(ValueError, match='no usable focal length'):
+        StereoGeometry.from_projection_matrices(p_left, p_right, 20, 20)
+    with pytest.raises(ValueError, match='beyond float32'):
+        depth_from_shifted_disparity(np.ones((2, 2), np.float32), 1e30, 1e9)
+    tiny = np.array([[1e-37, 4.0]], np.float32)
+    depth, valid = depth_from_shifted_disparity(tiny, 1e3, 1e3)
+    assert valid.tolist() == [[False, True]] and np.isnan(depth[0, 0]) and depth[0, 1] == 250e3

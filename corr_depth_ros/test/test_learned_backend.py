@@ -640,3 +640,12 @@ def test_gpu_benchmark_script_runs_every_section_on_the_cpu(tmp_path):
     assert report['stereo']['float32']['network_only']['per_s'] > 0
     assert report['onnx']['parity']['max_abs_diff_disparity_px'] < 1e-3
     assert report['train']['autocast'] is False         # mixed precision is for CUDA only
+
+
+def test_learned_backend_refuses_pairs_smaller_than_its_padding(learned):
+    """A pair padded up to the network's multiple is mostly padding: a 1x1 image came out with
+    a disparity 26 times its width, all valid. Refused with the reason, as sgbm refuses pairs
+    narrower than its search (the node drops the frame and keeps running)."""
+    tiny = np.zeros((8, 4000, 3), np.uint8)
+    with pytest.raises(ValueError, match='at least 32 px on each side, got 4000x8'):
+        learned.compute(tiny, tiny)

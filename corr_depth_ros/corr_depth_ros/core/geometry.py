@@ -20,6 +20,20 @@ import numpy as np
 from .shapes import check_shape
 
 
+# Focal lengths a real camera has, pixels. Outside them a calibration is broken, and depth or
+# points computed with it overflow float32 (fx 1e30 gave +inf depth, fy 1e-9 +inf points,
+# against REP 118's NaN-only invalid values).
+FOCAL_RANGE_PX = (1e-3, 1e8)
+
+
+def check_focal_lengths(fx: float, fy: float, what: str) -> None:
+    """ValueError unless fx and fy are finite and within FOCAL_RANGE_PX."""
+    low, high = FOCAL_RANGE_PX
+    if not all(np.isfinite(v) and low <= v <= high for v in (fx, fy)):
+        raise ValueError(f'{what} has no usable focal length (fx={fx}, fy={fy}; a camera\'s '
+                         f'lie in [{low:g}, {high:g}] px): is the camera calibrated?')
+
+
 @dataclass(frozen=True)
 class StereoGeometry:
     """Intrinsics of a rectified pair, taken from the two cameras' projection matrices P.
@@ -56,7 +70,9 @@ class StereoGeometry:
         if width <= 0 or height <= 0:
             raise ValueError(f'camera_info has a non-positive image size {width}x{height}')
         fx, fy = p_left[0, 0], p_left[1, 1]
-        if not (np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0):
+        if np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0:
+            check_focal_lengths(fx, fy, 'left P')
+        else:
             raise ValueError(f'left P has no valid focal length (fx={fx}, fy={fy}); '
                              'is the camera calibrated and camera_info filled in?')
         fx_right = p_right[0, 0]
@@ -115,14 +131,20 @@ def depth_from_shifted_disparity(shifted_px: np.ndarray, focal_px: float, baseli
     ``valid`` (bool, updated in place when given) restricts the pixels converted; pixels whose
     shifted disparity is not finite and positive become invalid. Returns (depth_m, valid).
     """
+    numerator = float(focal_px) * float(baseline_m)
+    if not (np.isfinite(numerator) and 0 < numerator < np.finfo(np.float32).max):
+        raise ValueError(f'focal length x baseline ({focal_px} px x {baseline_m} m) is beyond '
+                         'float32: not a real camera')
     finite_positive = np.isfinite(shifted_px)
-    finite_positive &= shifted_px > 0
+    # Above this the depth is finite in float32 (REP 118: invalid is NaN, never inf); for any
+    # real camera it is ~1e-37 px, i.e. d > 0.
+    finite_positive &= shifted_px > np.float32(numerator / np.finfo(np.float32).max)
     if valid is None:
         valid = finite_positive
     else:
         valid &= finite_positive
     depth_m = np.full(shifted_px.shape, np.nan, dtype=np.float32)
-    np.divide(np.float32(focal_px * baseline_m), shifted_px, out=depth_m, where=valid)
+    np.divide(np.float32(numerator), shifted_px, out=depth_m, where=valid)
     return depth_m, valid
 
 

@@ -244,6 +244,11 @@ class LearnedBackend(StereoBackend):
         sizes = check_shape('left_rgb', left_rgb, ('H', 'W', 3))
         check_shape('right_rgb', right_rgb, ('H', 'W', 3), sizes)
         height, width = left_rgb.shape[:2]
+        if min(height, width) < MIN_NETWORK_SIDE_PX:
+            # Padded up to the network's multiple, a smaller pair is mostly padding: it gave
+            # disparities many times the image width, all marked valid (a 1x1 image, 26x).
+            raise ValueError(f'the learned backend needs images of at least '
+                             f'{MIN_NETWORK_SIDE_PX} px on each side, got {width}x{height}')
         setting = self.input_scale     # once: set_params may change it from another thread
         generation = self._settings_generation
         if setting != AUTO_SCALE:

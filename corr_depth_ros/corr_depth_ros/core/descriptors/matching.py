@@ -91,6 +91,10 @@ def _argmin_rows(values: torch.Tensor) -> torch.Tensor:
     return values.argmin(dim=1)
 
 
+# Bytes of one chunk of distance maps in find_best_matches (it holds about two at a time).
+CHUNK_BYTES = 128 * 1024 * 1024
+
+
 def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
                       exclusion_px: float = 8.0, subpixel: bool = True,
                       chunk: int = 64, tau: float = 0.1,
@@ -103,7 +107,9 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
         exclusion_px: half-size of the square around the best match that is ignored when
             finding the runner-up, pixels.
         subpixel: refine positions by a parabola fit in x and in y (at most +-0.5 px).
-        chunk: reference descriptors processed at once (bounds memory to chunk*H*W floats).
+        chunk: most reference descriptors processed at once; fewer on large images, so that a
+            chunk's distance maps stay within CHUNK_BYTES (64 at 640x480; a 200-pixel request
+            on a 12-megapixel image took GBs with 64).
         tau: softening of the confidence's ratio test, descriptor units (> 0).
         norms2: :func:`pixel_norms2` of ``descriptors`` if the caller keeps it with the image
             (a server answering several requests per frame); computed here otherwise.
@@ -120,6 +126,7 @@ def find_best_matches(reference: torch.Tensor, descriptors: torch.Tensor,
     if norms2 is None:
         norms2 = pixel_norms2(descriptors)
     check_shape('norms2', norms2, (height * width,))
+    chunk = max(1, min(chunk, CHUNK_BYTES // (4 * height * width)))
     for start in range(0, sizes['N'], chunk):
         dist2 = squared_distances(reference[start:start + chunk], descriptors, norms2)
         n = dist2.shape[0]
@@ -156,15 +163,17 @@ def match_confidence(distance: np.ndarray, second_distance: np.ndarray,
                      tau: float = 0.1) -> np.ndarray:
     """Softened ratio-test confidence ``1 - (d_best + tau) / (d_second + tau)``, clipped to [0, 1].
 
-    Args: (N,) best and runner-up L2 distances (runner-up may be inf: no competitor -> 1);
-    tau > 0 in descriptor units.
+    Args: (N,) best and runner-up L2 distances; tau > 0 in descriptor units. A runner-up of
+    inf (no pixel outside the exclusion window: an image smaller than it) gives 0: with nothing
+    to compare against, a match is not known to be unambiguous (it read 1 on a uniform image).
     """
     if tau <= 0:
         raise ValueError(f'tau must be > 0, got {tau}')
     distance = np.asarray(distance, dtype=np.float64)
     second = np.asarray(second_distance, dtype=np.float64)
-    ratio = (distance + tau) / (second + tau)     # second = inf gives 0
-    return np.clip(1.0 - ratio, 0.0, 1.0).astype(np.float32)
+    with np.errstate(invalid='ignore'):
+        ratio = (distance + tau) / (second + tau)
+    return np.where(np.isfinite(second), np.clip(1.0 - ratio, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 def descriptor_heatmap(reference: torch.Tensor, descriptors: torch.Tensor,
