@@ -31,7 +31,8 @@ def check_focal_lengths(fx: float, fy: float, what: str) -> None:
     low, high = FOCAL_RANGE_PX
     if not all(np.isfinite(v) and low <= v <= high for v in (fx, fy)):
         raise ValueError(f'{what} has no usable focal length (fx={fx}, fy={fy}; a camera\'s '
-                         f'lie in [{low:g}, {high:g}] px): is the camera calibrated?')
+                         f'focal lengths lie in [{low:g}, {high:g}] px): is the camera '
+                         'calibrated?')
 
 
 @dataclass(frozen=True)
