@@ -479,7 +479,7 @@ def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
 
 def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):
     from . import conversions
-    writer.write(f'{out_ns}/depth', 'sensor_msgs/msg/Image',
+    writer.write(f'{out_ns}/depth', _IMAGE,
                  conversions.array_to_image(depth_m, '32FC1', header), log_time)
     writer.write(f'{out_ns}/depth/camera_info', 'sensor_msgs/msg/CameraInfo', info, log_time)
     writer.write(f'{out_ns}/points2', 'sensor_msgs/msg/PointCloud2',
@@ -534,7 +534,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
                                conversions.depth_camera_info(left_info.message, header),
                                header, log_time)
         if out.confidence is not None:
-            writer.write(f'{out_ns}/confidence', 'sensor_msgs/msg/Image',
+            writer.write(f'{out_ns}/confidence', _IMAGE,
                          conversions.array_to_image(out.confidence.astype('float32'), '32FC1', header),
                          log_time)
         counts['sets'] += 1
@@ -675,7 +675,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                                                     [m.quaternion_xyzw for m in matches],
                                                     [m.found for m in matches], header), log_time)
         heat = matching.descriptor_heatmap(reference[0], descriptors, 0.25)
-        writer.write(f'{out_ns}/heatmap', 'sensor_msgs/msg/Image',
+        writer.write(f'{out_ns}/heatmap', _IMAGE,
                      conversions.array_to_image(colourise(heat, vmin=0.0, vmax=1.0), 'rgb8', header),
                      log_time)
         counts['sets'] += 1

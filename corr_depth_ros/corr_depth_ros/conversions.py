@@ -398,9 +398,6 @@ def camera_intrinsics(info: CameraInfo, image_shape: Optional[Tuple[int, ...]] =
     else:       # a driver that fills K alone
         fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
         source = 'K (P is all zero)'
-    if not (np.isfinite([fx, fy]).all() and fx > 0 and fy > 0):
-        raise ConversionError(f'camera_info {source} has no valid focal length (fx={fx}, '
-                              f'fy={fy}): is the camera calibrated?')
     try:
         check_focal_lengths(fx, fy, f'camera_info {source}')
     except ValueError as exc:

@@ -145,50 +145,6 @@ def write_outputs(out_dir, recorder, stamp, geometry):
     return summary
 
 
-def pick_reference_pixels(depth_m: np.ndarray, image_rgb8: np.ndarray = None,
-                          count: int = 5) -> list:
-    """``count`` well-spread (x, y) pixels where a grasp planner would click: on the nearest
-    surfaces (the objects, not the room behind them), a few pixels inside their outlines (a
-    descriptor at a depth edge holds the other surface too; docs/results.md), on texture, and
-    away from the border (the later frame may no longer see it); chosen by farthest-point
-    sampling, deterministic. Each condition is dropped in turn if no pixel meets them all."""
-    import cv2
-    height, width = depth_m.shape
-    finite = np.isfinite(depth_m) & (depth_m > 0)
-    if not finite.any():
-        return [((i + 1) * width / (count + 1), height / 2) for i in range(count)]
-    near = finite & (depth_m <= np.percentile(depth_m[finite], 15))
-    # Interior: no depth step of more than 5 % between 4-neighbours within 6 px.
-    filled = np.where(finite, depth_m, 0.0).astype(np.float32)
-    step = np.zeros((height, width), bool)
-    for dy, dx in ((0, 1), (1, 0)):
-        a, b = filled[:height - dy, :width - dx], filled[dy:, dx:]
-        jump = np.abs(a - b) > 0.05 * np.maximum(a, b)
-        step[:height - dy, :width - dx] |= jump
-        step[dy:, dx:] |= jump
-    interior = cv2.distanceTransform((~step).astype(np.uint8), cv2.DIST_L2, 5) >= 6
-    textured = np.ones((height, width), bool)
-    if image_rgb8 is not None:
-        grey = cv2.cvtColor(image_rgb8, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        mean = cv2.blur(grey, (9, 9))
-        spread = np.sqrt(np.maximum(cv2.blur(grey * grey, (9, 9)) - mean * mean, 0.0))
-        textured = spread >= np.percentile(spread, 50)
-    margin = np.zeros((height, width), bool)
-    margin[height // 10:height - height // 10, width // 10:width - width // 10] = True
-    keep = finite
-    for condition in (margin, near, interior, textured):
-        if (keep & condition).any():
-            keep = keep & condition
-    rows, cols = np.nonzero(keep)
-    candidates = np.stack([cols, rows], axis=1).astype(np.float64)
-    chosen = [candidates[len(candidates) // 2]]
-    distance = np.linalg.norm(candidates - chosen[0], axis=1)
-    while len(chosen) < count:
-        chosen.append(candidates[int(np.argmax(distance))])
-        distance = np.minimum(distance, np.linalg.norm(candidates - chosen[-1], axis=1))
-    return [(float(x), float(y)) for x, y in chosen]
-
-
 def _call(client, request, timeout_s: float):
     """Call a service from the main thread while the executor spins elsewhere."""
     if not client.wait_for_service(timeout_sec=timeout_s):
@@ -202,13 +158,14 @@ def _call(client, request, timeout_s: float):
     return future.result()
 
 
-def correspondence_demo(out_dir, recorder, corr_node, wait_s: float = 1.5):
+def correspondence_demo(out_dir, recorder, corr_node, geometry, wait_s: float = 1.5):
     """What a grasp planner does: store a reference (pixels on one frame), then find those pixels
     again in a later live frame. Writes correspondence.png / correspondence_heatmap.png and
     returns a summary (matches, request latency)."""
     import cv2
     from corr_depth_interfaces.srv import FindCorrespondence, SetReference
     from . import conversions
+    from .core.descriptors.evaluate import pick_reference_pixels
     node = recorder.node
     set_client = node.create_client(SetReference, 'set_reference')
     find_client = node.create_client(FindCorrespondence, 'find_correspondence')
@@ -222,7 +179,9 @@ def correspondence_demo(out_dir, recorder, corr_node, wait_s: float = 1.5):
     reference_rgb = conversions.image_to_rgb8(reference_msg)
     depth_m = (conversions.image_to_array(depth_msg) if depth_msg is not None
                else np.full(reference_rgb.shape[:2], np.nan, np.float32))
-    pixels = pick_reference_pixels(depth_m, reference_rgb)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        disparity_px = geometry.fx * geometry.baseline_m / depth_m     # NaN depth: NaN
+    pixels = pick_reference_pixels(disparity_px, reference_rgb)
     request = SetReference.Request(reference_id='demo', reference_image=reference_msg,
                                    reference_pixels=[conversions.pixel_point(p) for p in pixels],
                                    overwrite=True)
@@ -373,7 +332,8 @@ def _main(argv=None) -> int:
         summary = write_outputs(args.out, recorder, complete[-1], camera.geometry)
         elapsed = time.monotonic() - started
         if corr_node is not None:
-            summary['correspondence'] = correspondence_demo(args.out, recorder, corr_node)
+            summary['correspondence'] = correspondence_demo(args.out, recorder, corr_node,
+                                                            camera.geometry)
             summary['files'] += summary['correspondence'].pop('files')
             summary['correspondence']['descriptor_compute_s'] = corr_node._worker.last_duration_s
             summary['correspondence']['frames_described'] = corr_node.frames_processed

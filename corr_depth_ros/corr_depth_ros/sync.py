@@ -100,10 +100,7 @@ class StampSynchronizer:
         best = min(sets, key=lambda c: (spread(c), sum(abs(s - stamp_ns) for s, _ in c)))
         for queue, (cut, matched) in zip(self._queues, best):
             if self._keep_older:
-                for i, queued in enumerate(queue):
-                    if queued is matched:
-                        del queue[i]
-                        break
+                queue.remove(matched)
             else:
                 while queue and stamp_to_ns(queue[0]) <= cut:
                     queue.popleft()
@@ -271,7 +268,10 @@ def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, cal
             subs = [message_filters.Subscriber(node, t, topic, qos_profile=copy.copy(qos),
                                                **extra)
                     for t, topic in zip(msg_types, topics)]
-            stamps = NewestStamps(len(subs))
+            # Told when a stamp goes back: forget_later then clears what sync holds (the
+            # lambda looks sync up when called, after it exists).
+            stamps = NewestStamps(len(subs),
+                                  went_back=lambda stamp_ns: forget_later(sync, stamp_ns))
             for i, sub in enumerate(subs):      # before the synchroniser's own callbacks
                 sub.registerCallback(stamps.input_callback(i))
             if approximate and slop_s > 0:
@@ -282,7 +282,6 @@ def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, cal
                                                                    slop_s + 1.5e-9)
             else:   # its approximate test is "< slop": with slop 0 it would never match
                 sync = message_filters.TimeSynchronizer(subs, queue_size)
-            stamps.went_back = lambda stamp_ns: forget_later(sync, stamp_ns)
             sync.registerCallback(callback)
             return FiltersSynchronizer(sync, stamps), subs, 'message_filters'
     sync = StampSynchronizer(len(topics), queue_size, callback, slop_s if approximate else 0.0)

@@ -372,13 +372,13 @@ def _plane_points(normal, offset_m=1.0, height=40, width=50, f_px=60.0):
 
 def test_fit_normal_on_a_tilted_plane_points_to_camera():
     points, true_normal, intrinsics = _plane_points([0.3, -0.2, -1.0])
-    normal, reason = grasp.fit_normal(points, (25, 20), intrinsics, radius_px=4)
+    normal, reason = grasp.fit_normal(points, (25, 20), radius_px=4)
     assert reason == ''
     assert np.dot(normal, true_normal) > 0.999          # same direction, towards the camera
     holes = points.copy()
     holes[10:30, 15:35] = np.nan
     holes[20, 25] = points[20, 25]
-    normal, reason = grasp.fit_normal(holes, (25, 20), intrinsics, radius_px=4)
+    normal, reason = grasp.fit_normal(holes, (25, 20), radius_px=4)
     assert np.all(np.isnan(normal)) and 'valid depth points' in reason
 
 
@@ -392,12 +392,12 @@ def test_fit_normal_leaves_out_the_surface_behind_a_depth_edge():
     intrinsics = (f_px, f_px, 60.0, 45.0)
     points = depth_to_points(depth, *intrinsics)
     for col in (55, 59, 60, 64):     # on the box and on the wall, next to the edge
-        normal, reason = grasp.fit_normal(points, (col, 45), intrinsics, radius_px=5)
+        normal, reason = grasp.fit_normal(points, (col, 45), radius_px=5)
         assert reason == '' and np.allclose(normal, [0, 0, -1], atol=1e-4), (col, normal)
     # A steep but continuous surface (70 degrees from facing the camera) is still followed.
-    slanted, true_normal, slanted_intrinsics = _plane_points(
+    slanted, true_normal, _ = _plane_points(
         [np.sin(np.radians(70)), 0.0, -np.cos(np.radians(70))])
-    normal, reason = grasp.fit_normal(slanted, (25, 20), slanted_intrinsics, radius_px=4)
+    normal, reason = grasp.fit_normal(slanted, (25, 20), radius_px=4)
     assert reason == '' and np.dot(normal, true_normal) > 0.999
 
 

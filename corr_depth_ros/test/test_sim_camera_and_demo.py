@@ -221,13 +221,14 @@ def test_demo_reference_pixels_lie_inside_near_textured_surfaces():
     """The demo clicks where a planner would: on the near object, a few pixels inside its
     outline, on texture (it took the nearest 30 % of pixels, room walls included, and ended on
     an object's edge and on repeated wall texture)."""
-    from corr_depth_ros.demo import pick_reference_pixels
+    from corr_depth_ros.core.descriptors.evaluate import pick_reference_pixels
     rng = np.random.default_rng(0)
     depth = np.full((120, 160), 8.0, np.float32)          # the room
     depth[30:90, 40:120] = 1.5                             # a box in front of it
+    disparity = 100.0 * 0.1 / depth                         # f = 100 px, B = 0.1 m
     image = np.full((120, 160, 3), 128, np.uint8)
     image[30:90, 40:120] = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)   # textured box
-    pixels = pick_reference_pixels(depth, image)
+    pixels = pick_reference_pixels(disparity, image)
     assert len(pixels) == 5
     for x, y in pixels:
         assert 46 <= x <= 113 and 36 <= y <= 83, (x, y)    # 6 px or more inside the box

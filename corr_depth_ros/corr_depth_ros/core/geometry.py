@@ -30,8 +30,8 @@ def check_focal_lengths(fx: float, fy: float, what: str) -> None:
     """ValueError unless fx and fy are finite and within FOCAL_RANGE_PX."""
     low, high = FOCAL_RANGE_PX
     if not all(np.isfinite(v) and low <= v <= high for v in (fx, fy)):
-        raise ValueError(f'{what} has no usable focal length (fx={fx}, fy={fy}; a camera\'s '
-                         f'focal lengths lie in [{low:g}, {high:g}] px): is the camera '
+        raise ValueError(f'{what} has no valid focal length (fx={fx}, fy={fy}; there is no '
+                         f'usable focal length outside [{low:g}, {high:g}] px): is the camera '
                          'calibrated?')
 
 
@@ -71,11 +71,7 @@ class StereoGeometry:
         if width <= 0 or height <= 0:
             raise ValueError(f'camera_info has a non-positive image size {width}x{height}')
         fx, fy = p_left[0, 0], p_left[1, 1]
-        if np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0:
-            check_focal_lengths(fx, fy, 'left P')
-        else:
-            raise ValueError(f'left P has no valid focal length (fx={fx}, fy={fy}); '
-                             'is the camera calibrated and camera_info filled in?')
+        check_focal_lengths(fx, fy, 'left P')
         fx_right = p_right[0, 0]
         if not (np.isfinite(fx_right) and fx_right > 0):
             raise ValueError(f'right P has no valid focal length (fx={fx_right})')

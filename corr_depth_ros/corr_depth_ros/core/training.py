@@ -468,18 +468,19 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None)
-    sampler = EpochSampler(len(train_dataset), cfg.seed, dist_info.rank, dist_info.world_size,
-                           shuffle=cfg.shuffle)
-    batches_per_epoch = len(sampler) // cfg.batch_size       # drop_last
+    per_rank = len(train_dataset) // dist_info.world_size
+    batches_per_epoch = per_rank // cfg.batch_size       # drop_last
     if batches_per_epoch == 0:
         # drop_last with fewer items than a batch yields nothing: batches() would spin forever.
-        raise ValueError(f'{len(sampler)} training items' +
+        raise ValueError(f'{per_rank} training items' +
                          (f' per process ({dist_info.world_size} processes)'
                           if dist_info.world_size > 1 else '') +
                          f' are fewer than one batch of {cfg.batch_size}: add data or lower '
                          '--batch-size')
-    sampler.epoch = batches_drawn // batches_per_epoch
-    sampler.skip = (batches_drawn % batches_per_epoch) * cfg.batch_size
+    sampler = EpochSampler(len(train_dataset), cfg.seed, dist_info.rank, dist_info.world_size,
+                           start_epoch=batches_drawn // batches_per_epoch,
+                           skip=(batches_drawn % batches_per_epoch) * cfg.batch_size,
+                           shuffle=cfg.shuffle)
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, drop_last=True,
                         pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)

@@ -357,7 +357,6 @@ class CorrespondenceNode(Node):
         if len(pixels_xy) == 0:
             raise RequestError('reference_pixels is empty: give at least one (x = column, '
                                'y = row) pixel')
-        self._check_pixel_count(len(pixels_xy), f'{len(pixels_xy)} reference_pixels requested')
         if not np.all(np.isfinite(pixels_xy)):
             raise RequestError('the click is at NaN or inf' if what == 'click' else
                                'reference_pixels contain NaN or inf')

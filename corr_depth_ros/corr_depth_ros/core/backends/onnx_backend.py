@@ -28,13 +28,23 @@ class ModelOutputError(RuntimeError):
     stereo node falls back to sgbm with this message rather than dropping every frame."""
 
 
+def _plane_problem(name: str, shape) -> Optional[str]:
+    """Why output ``name`` of ``shape`` (dims may be symbolic names) is not one image plane,
+    (h, w), (1, h, w) or (1, 1, h, w); None if it is."""
+    if len(shape) < 2 or any(isinstance(n, int) and n != 1 for n in shape[:-2]):
+        return (f'output {name!r} has shape {list(shape)}; this backend reads one disparity '
+                'image: (1, 1, h, w), (1, h, w) or (h, w)')
+    return None
+
+
 def _image_plane(output, name: str) -> np.ndarray:
     """An output of shape (h, w), (1, h, w) or (1, 1, h, w) as (h, w) float32."""
     array = np.asarray(output, np.float32)
-    if array.ndim < 2 or any(n != 1 for n in array.shape[:-2]):
-        raise ModelOutputError(f'output {name!r} has shape {list(array.shape)}; this backend '
-                               'reads one disparity image: (1, 1, h, w), (1, h, w) or (h, w)')
+    problem = _plane_problem(name, array.shape)
+    if problem:
+        raise ModelOutputError(problem)
     return array.reshape(array.shape[-2:])
+
 
 def _size_text(fixed) -> str:
     return 'x'.join('any' if v is None else str(v) for v in reversed(fixed))
@@ -65,12 +75,9 @@ def _check_image_inputs(inputs, names) -> tuple:
 def _check_output_shape(node_arg) -> None:
     """An output whose shape is known must hold one image plane, as :func:`_image_plane`
     (onnxruntime gives [] where not even the rank is known: checked on the first frame)."""
-    shape = list(node_arg.shape)
-    if not shape:
-        return
-    if len(shape) < 2 or any(isinstance(n, int) and n != 1 for n in shape[:-2]):
-        raise ValueError(f'output {node_arg.name!r} has shape {shape}; this backend reads one '
-                         'image: (1, 1, h, w), (1, h, w) or (h, w)')
+    problem = _plane_problem(node_arg.name, node_arg.shape) if node_arg.shape else None
+    if problem:
+        raise ValueError(problem)
 
 
 class OnnxStereoBackend(StereoBackend):

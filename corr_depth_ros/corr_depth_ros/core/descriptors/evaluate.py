@@ -72,6 +72,43 @@ def sample_queries(valid: np.ndarray, count: int, seed: int = 0, border_px: int 
     return np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
 
 
+def pick_reference_pixels(disparity_px: np.ndarray, image_rgb8: Optional[np.ndarray] = None,
+                          count: int = 5) -> list:
+    """``count`` well-spread (x, y) pixels where a grasp planner would click (make demo's
+    reference): on the nearest surfaces (largest disparity: the objects, not the room behind
+    them), at least 6 px from a depth edge (:func:`depth_edge_distance_px`; a descriptor there
+    holds the other surface too), on texture, and away from the border (a later frame may no
+    longer see it); chosen by farthest-point sampling, deterministic. Each condition is dropped
+    in turn if no pixel meets them all. ``disparity_px`` (H,W), NaN / <= 0 where unknown."""
+    import cv2
+    height, width = disparity_px.shape
+    known = np.isfinite(disparity_px) & (disparity_px > 0)
+    if not known.any():
+        return [((i + 1) * width / (count + 1), height / 2) for i in range(count)]
+    near = known & (disparity_px >= np.percentile(disparity_px[known], 85))
+    interior = depth_edge_distance_px(disparity_px) >= 6
+    textured = np.ones((height, width), bool)
+    if image_rgb8 is not None:
+        grey = cv2.cvtColor(image_rgb8, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        mean = cv2.blur(grey, (9, 9))
+        spread = np.sqrt(np.maximum(cv2.blur(grey * grey, (9, 9)) - mean * mean, 0.0))
+        textured = spread >= np.percentile(spread, 50)
+    margin = np.zeros((height, width), bool)
+    margin[height // 10:height - height // 10, width // 10:width - width // 10] = True
+    keep = known
+    for condition in (margin, near, interior, textured):
+        if (keep & condition).any():
+            keep = keep & condition
+    rows, cols = np.nonzero(keep)
+    candidates = np.stack([cols, rows], axis=1).astype(np.float64)
+    chosen = [candidates[len(candidates) // 2]]
+    distance = np.linalg.norm(candidates - chosen[0], axis=1)
+    while len(chosen) < count:
+        chosen.append(candidates[int(np.argmax(distance))])
+        distance = np.minimum(distance, np.linalg.norm(candidates - chosen[-1], axis=1))
+    return [(float(x), float(y)) for x, y in chosen]
+
+
 def motorcycle_queries(disparity_px: np.ndarray, count: int, seed: int = 0,
                        visible: Optional[np.ndarray] = None):
     """Queries on the left Motorcycle image among pixels the right view sees (``visible``, from

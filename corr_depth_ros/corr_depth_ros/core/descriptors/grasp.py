@@ -22,6 +22,7 @@ Intrinsics = Tuple[float, float, float, float]
 # belong to another surface (an occluding edge, the background behind an object) and are left
 # out. A depth step is then not fitted as a wall seen edge-on.
 MAX_SLANT_DEG = 80.0
+_MAX_SLANT_TAN = float(np.tan(np.radians(MAX_SLANT_DEG)))
 
 
 def _nearest_pixel(pixel_xy):
@@ -49,14 +50,13 @@ def point_at(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics) -> np.ndarr
                      (float(pixel_xy[1]) - cy) * depth / fy, depth], dtype=np.float32)
 
 
-def fit_normal(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics, radius_px: int = 5,
+def fit_normal(points_m: np.ndarray, pixel_xy, radius_px: int = 5,
                min_points: int = 6) -> Tuple[np.ndarray, str]:
     """Unit surface normal (3,) at a pixel, pointing towards the camera; NaN + reason if unfit.
 
     Args:
         points_m: (H,W,3) camera-frame points, metres, NaN where depth is invalid.
-        pixel_xy: (x, y) pixel. intrinsics: (fx, fy, cx, cy) of the depth image.
-        radius_px: half-size of the square window, pixels.
+        pixel_xy: (x, y) pixel. radius_px: half-size of the square window, pixels.
         min_points: fewest valid points on the pixel's surface for a fit.
     Returns:
         (normal, reason): reason is '' on success.
@@ -67,22 +67,19 @@ def fit_normal(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics, radius_px
     nan = np.full(3, np.nan, dtype=np.float32)
     if not (0 <= col < width and 0 <= row < height):
         return nan, f'pixel ({col}, {row}) is outside the {width}x{height} depth image'
-    centre_depth = float(points_m[row, col, 2])
+    centre = points_m[row, col].astype(np.float64)
+    centre_depth = float(centre[2])
     if not (np.isfinite(centre_depth) and centre_depth > 0):
         return nan, 'no valid depth at the pixel to fit a surface normal around'
-    rows = slice(max(0, row - radius_px), row + radius_px + 1)
-    cols = slice(max(0, col - radius_px), col + radius_px + 1)
-    window = points_m[rows, cols].astype(np.float64)
-    # Sideways distance of each window pixel from the centre, at the centre's depth.
-    fx, fy = float(intrinsics[0]), float(intrinsics[1])
-    d_row, d_col = np.meshgrid(np.arange(rows.start, rows.start + window.shape[0]) - row,
-                               np.arange(cols.start, cols.start + window.shape[1]) - col,
-                               indexing='ij')
-    sideways_m = centre_depth * np.hypot(d_col / fx, d_row / fy)
-    with np.errstate(invalid='ignore'):
+    window = points_m[max(0, row - radius_px):row + radius_px + 1,
+                      max(0, col - radius_px):col + radius_px + 1].astype(np.float64)
+    # Sideways distance of each window point from the centre, at the centre's depth: the
+    # angle between their rays (x/z, y/z, exact whatever the depth) times that depth.
+    with np.errstate(invalid='ignore', divide='ignore'):
+        offset = window[..., :2] / window[..., 2:3] - centre[:2] / centre_depth
+        sideways_m = centre_depth * np.hypot(offset[..., 0], offset[..., 1])
         same_surface = (np.all(np.isfinite(window), axis=2)
-                        & (np.abs(window[..., 2] - centre_depth)
-                           <= np.tan(np.radians(MAX_SLANT_DEG)) * sideways_m))
+                        & (np.abs(window[..., 2] - centre_depth) <= _MAX_SLANT_TAN * sideways_m))
     window = window[same_surface]
     if len(window) < min_points:
         return nan, (f'only {len(window)} valid depth points of the pixel\'s surface within '
@@ -93,8 +90,7 @@ def fit_normal(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics, radius_px
     if singular[1] <= 1e-9:
         return nan, 'the depth points around the pixel are collinear: no unique surface normal'
     normal = vt[-1]
-    centre = window.mean(axis=0)
-    if np.dot(normal, centre) > 0:     # orient towards the camera (at the origin)
+    if np.dot(normal, window.mean(axis=0)) > 0:     # orient towards the camera (the origin)
         normal = -normal
     return (normal / np.linalg.norm(normal)).astype(np.float32), ''
 
@@ -151,7 +147,7 @@ def grasp_at(points_m: np.ndarray, pixel_xy, intrinsics: Intrinsics,
         nan4 = np.full(4, np.nan)
         return {'position': position, 'quaternion_xyzw': nan4, 'normal': np.full(3, np.nan),
                 'reason': 'no valid depth at the matched pixel'}
-    normal, reason = fit_normal(points_m, pixel_xy, intrinsics, radius_px)
+    normal, reason = fit_normal(points_m, pixel_xy, radius_px)
     if reason:
         return {'position': position, 'quaternion_xyzw': np.full(4, np.nan), 'normal': normal,
                 'reason': reason}
