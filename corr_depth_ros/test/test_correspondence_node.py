@@ -317,6 +317,20 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert not too_old.success and 'more than max_frame_age_s = 0.2' in too_old.message
     assert f'camera_info size {WIDTH * 2}x{HEIGHT} does not match' in too_old.message
     assert node.set_parameters([Parameter('max_frame_age_s', value=0.0)])[0].successful
+    # Images over max_image_megapixels are not described (a 12 MP frame's descriptor image
+    # alone takes 3 GB): an inline reference is refused, a live frame dropped, and both say so.
+    assert node.set_parameters([Parameter('max_image_megapixels', value=0.05)])[0].successful
+    too_big = client.call(client.find, _find(PIXELS, reference_msg))
+    assert not too_big.success and 'reference_image is 320x240 (0.1 MP), more than ' \
+        'max_image_megapixels = 0.05 (its descriptor image would take 20 MB)' \
+        in too_big.message, too_big.message
+    node._last_frame_error = None
+    assert ros.wait_for(lambda: node._last_frame_error is not None, timeout_s=30,
+                        action=client.publish_frame, action_period_s=1.0)
+    stale = client.call(client.find, _find(reference_id='handle'))
+    assert stale.success and 'the live image is 320x240 (0.1 MP), more than ' \
+        'max_image_megapixels = 0.05' in stale.message, stale.message
+    assert node.set_parameters([Parameter('max_image_megapixels', value=4.0)])[0].successful
 
     # A click on the image (rqt_image_view's topic) creates the "clicked" reference, a second
     # click extends it.

@@ -95,6 +95,11 @@ PARAMS = [
               validator=references.reference_id_problem),
     ParamSpec('max_pixels_per_request', 200, 'Most reference pixels one request may ask for.',
               value_range=(1, 10000)),
+    ParamSpec('max_image_megapixels', 4.0, 'Largest live or reference image described, '
+              'megapixels; larger ones are refused with a message (its descriptor image takes '
+              'width x height x descriptor size x 4 bytes: 0.5 GB at 1920x1080, 3 GB at 12 MP). '
+              'Downscale the camera (e.g. image_proc resize) or raise this. 0: no limit.',
+              value_range=(0.0, 1000.0)),
     ParamSpec('max_frame_age_s', 0.0, 'Requests fail (success false, with the reason) when the '
               'newest usable image became live longer ago than this, seconds: the camera or '
               'the depth stopped. 0: no limit (every answer\'s message gives the age).',
@@ -141,7 +146,7 @@ class CorrespondenceNode(Node):
         self._store_lock = threading.Lock()
         self._store = references.ReferenceStore(
             directory, self._network_id,
-            descriptor_size=self._model.descriptor_dim * len(self._scales))
+            descriptor_size=self._descriptor_size)
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
         foreign = self._store.foreign()
@@ -237,6 +242,7 @@ class CorrespondenceNode(Node):
         self._device = resolve_device(self._values['device'])
         self._model, header = load_descriptor_net(self._values['weights'] or None, self._device)
         self._scales = check_scales(self._values['descriptor_scales'])   # declare() checked
+        self._descriptor_size = self._model.descriptor_dim * len(self._scales)
         # The header's identity is of the weights alone; references also carry the scales.
         if header.get('identity') not in (None, references.network_identity(self._model)):
             self.get_logger().warning('weights identity in the file header differs from the '
@@ -257,9 +263,26 @@ class CorrespondenceNode(Node):
         self._synchronised_sets += 1
         self._worker.submit((image_msg, depth_msg, info_msg))
 
+    def _check_image_size(self, width: int, height: int, what: str) -> Optional[str]:
+        """None, or why a ``what`` of this size is not described: a descriptor image of a
+        12-megapixel frame alone takes 3 GB, and the network's activations more."""
+        limit = self._values['max_image_megapixels']
+        megapixels = width * height / 1e6
+        if limit <= 0 or megapixels <= limit:
+            return None
+        size_mb = width * height * self._descriptor_size * 4 / 1e6
+        return (f'{what} is {width}x{height} ({megapixels:.1f} MP), more than '
+                f'max_image_megapixels = {limit:g} (its descriptor image would take '
+                f'{size_mb:.0f} MB): downscale it (e.g. image_proc\'s resize node) or raise '
+                'the parameter')
+
     def _process(self, item) -> None:
         image_msg, depth_msg, info_msg = item
         rgb = conversions.any_image_to_rgb8(image_msg)
+        # After conversion: a compressed image's size is known only once it is decoded.
+        too_big = self._check_image_size(rgb.shape[1], rgb.shape[0], 'the live image')
+        if too_big:
+            raise ValueError(too_big)
         points_m = intrinsics = None
         if depth_msg is not None:
             with conversions.naming('depth'):
@@ -336,6 +359,9 @@ class CorrespondenceNode(Node):
         # Bad pixels are refused before the descriptor pass (~0.1 s and 78 MB at 640x480),
         # which would hold up the frames meanwhile.
         self._check_pixels(pixels_xy, rgb.shape[:2], 'reference_image')
+        too_big = self._check_image_size(rgb.shape[1], rgb.shape[0], 'reference_image')
+        if too_big:
+            raise RequestError(too_big)
         descriptors = self._describe(rgb)
         return rgb, matching.descriptors_at(descriptors, pixels_xy).cpu().numpy()
 
