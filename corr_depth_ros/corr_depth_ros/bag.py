@@ -496,7 +496,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     Returns counts {'sets': n, 'errors': m}."""
     from . import conversions
     from .core.backends import create_backend
-    from .core.stereo_pipeline import run_stereo
+    from .core.stereo_pipeline import depth_reach_warning, run_stereo
     ns = _namespace(namespace)
     inputs = _stereo_inputs(ns)
     out_ns = _output_namespace(output_prefix, ns)
@@ -504,6 +504,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
     warned = []     # a confidence_threshold that cannot apply is said once
+    reach_said = set()   # so is each depth-reach warning (depth_reach_warning)
 
     def on_set(left, right, left_info, right_info):
         log_time = left.log_time_ns
@@ -523,6 +524,12 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
             tqdm.write(f'process-bag: --confidence-threshold {threshold:g} is not applied: the '
                        f'{engine.name} backend gives no confidence (an ONNX model without a '
                        'confidence output); every pixel it outputs is kept')
+        reach = depth_reach_warning(geometry, out.farthest_depth_m, engine.name,
+                                    '--sgbm min_disparity')
+        if reach and reach not in reach_said:
+            from tqdm import tqdm
+            reach_said.add(reach)
+            tqdm.write(f'process-bag: {reach}')
         header = conversions.copy_header(left.message.header)
         writer.write(f'{out_ns}/disparity', 'stereo_msgs/msg/DisparityImage',
                      conversions.make_disparity_msg(out.message_disparity_px, geometry, header,

@@ -87,7 +87,11 @@ def test_geometry_from_projection_matrices():
     for row, col, value, reason in ((0, 0, 40.0, 'differ in fx'), (1, 1, 40.0, 'differ in fy'),
                                     (1, 2, 10.0, 'differ in cy'),
                                     (0, 2, np.nan, 'right P has no valid principal point'),
-                                    (0, 3, -np.inf, 'Tx = -inf')):
+                                    (0, 3, -np.inf, 'non-finite translation'),
+                                    # Offset vertically or along z (accepted before, with
+                                    # rows that do not line up: depth half the truth).
+                                    (1, 3, -0.05 * p_right[1, 1], 'differ in Ty'),
+                                    (2, 3, 0.01, 'Tz = 0.0 \\(left\\), 0.01')):
         bad = p_right.copy()
         bad[row, col] = value
         with pytest.raises(ValueError, match=reason):
@@ -96,6 +100,21 @@ def test_geometry_from_projection_matrices():
     bad[1, 2] = np.inf
     with pytest.raises(ValueError, match='left P has no valid principal point'):
         StereoGeometry.from_projection_matrices(bad, p_right, 741, 500)
+    # P given relative to the rig's centre (left Tx = +fx B/2, right -fx B/2): the baseline
+    # is the difference, not the right Tx alone (which gave half of it, and half the depth).
+    centred_left, centred_right = p_left.copy(), p_right.copy()
+    centred_left[0, 3], centred_right[0, 3] = -p_right[0, 3] / 2, p_right[0, 3] / 2
+    assert StereoGeometry.from_projection_matrices(centred_left, centred_right, 741, 500) == geo
+    # The whole topics swapped (the left info carries the right camera's Tx), and a vertical
+    # pair: each refused with what it looks like.
+    right_as_left, left_as_right = p_right.copy(), p_left.copy()
+    right_as_left[0, 2] = left_as_right[0, 2] = p_left[0, 2]
+    with pytest.raises(ValueError, match='are left and right swapped'):
+        StereoGeometry.from_projection_matrices(right_as_left, left_as_right, 741, 500)
+    vertical = p_left.copy()
+    vertical[1, 3] = p_right[0, 3]
+    with pytest.raises(ValueError, match='a vertical stereo pair'):
+        StereoGeometry.from_projection_matrices(p_left, vertical, 741, 500)
 
 
 def test_shape_checks():

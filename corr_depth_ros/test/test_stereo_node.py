@@ -458,3 +458,39 @@ rclpy.try_shutdown()
                             timeout=120, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert 'torch imported: False' in result.stdout, result.stdout
+
+
+def test_principal_point_offset_limits_the_depth_reach_and_the_node_says_so(ros):
+    """cx_right 20 px right of cx_left: a plane at 2 m has an image disparity of 15 - 20 = -5
+    px, below sgbm's default search from 0, so it came out too near (1.5 m and less, dense and
+    valid) with nothing said. The node warns once, with the reach (f B / doffs = 1.5 m) and the
+    remedy, and the remedy gives the plane at 2 m."""
+    from corr_depth_ros.core.geometry import StereoGeometry
+    geometry = StereoGeometry(width=320, height=240, fx=300.0, fy=300.0, cx_left=159.5,
+                              cy=119.5, cx_right=179.5, baseline_m=0.1)
+    texture = np.random.default_rng(3).integers(0, 256, (240, 400, 3)).astype(np.uint8)
+    texture = np.repeat(np.repeat(texture[::2, ::2], 2, 0), 2, 1)[:240]
+    left = np.ascontiguousarray(texture[:, 40:360])
+    right = np.ascontiguousarray(texture[:, 35:355])     # left (x) is right (x + 5): d = -5
+    node = _start(ros)
+    said = []
+
+    class Logger:
+        def __getattr__(self, level):
+            return lambda text, **kwargs: said.append((level, text))
+    node.get_logger = Logger
+    rig = StereoRig(ros, geometry)
+
+    def median_depth():
+        out = rig.wait_outputs(ros, lambda: rig.publish(left, right))
+        return float(np.nanmedian(conversions.image_to_array(out['depth'])[:, 80:]))
+    assert median_depth() < 1.6
+    warnings = [text for level, text in said if level == 'warning']
+    assert len(warnings) == 1 and 'reaches depths up to 1.50 m only' in warnings[0] \
+        and 'set sgbm.min_disparity to -20 or lower' in warnings[0], said
+    median_depth()
+    assert len([1 for level, _ in said if level == 'warning']) == 1       # said once
+    assert node.set_parameters([Parameter('sgbm.min_disparity', value=-32)])[0].successful
+    rig.received = {k: [] for k in rig.received}
+    assert abs(median_depth() - 2.0) < 0.05
+    assert len([1 for level, _ in said if level == 'warning']) == 1

@@ -61,10 +61,11 @@ class StereoGeometry:
     def from_projection_matrices(cls, p_left, p_right, width: int, height: int) -> 'StereoGeometry':
         """Build from the 3x4 rectified projection matrices (CameraInfo.p) of both cameras.
 
-        The right camera's P carries ``Tx = -fx * B`` (CameraInfo docs), so ``B = -Tx / fx``.
-        Raises ValueError with a reason a user can act on when P cannot describe a rectified
-        pair (zero focal length, Tx = 0, non-positive size, left and right P that differ in fx,
-        fy or cy, a non-finite principal point).
+        The right camera's P carries ``Tx = -fx * B`` (CameraInfo docs; the left one Tx = 0),
+        so ``B = (Tx_left - Tx_right) / fx``: the difference also holds for P matrices given
+        relative to the rig's centre. Raises ValueError with a reason a user can act on when P
+        cannot describe a rectified horizontal pair (zero focal length, no baseline, non-positive
+        size, left and right P that differ in fx, fy, cy, Ty or Tz, a non-finite principal point).
         """
         p_left = np.asarray(p_left, dtype=np.float64).reshape(3, 4)
         p_right = np.asarray(p_right, dtype=np.float64).reshape(3, 4)
@@ -87,14 +88,33 @@ class StereoGeometry:
                 raise ValueError(f'left and right P differ in {name} ({left_value} and '
                                  f'{right_value}): the camera_infos are not of one rectified '
                                  'pair (publish the rectified P of a stereo calibration)')
-        tx = p_right[0, 3]
-        if not np.isfinite(tx) or tx == 0.0:
+        (tx_left, ty_left, tz_left), (tx, ty, tz) = p_left[:, 3], p_right[:, 3]
+        if not np.isfinite([tx_left, ty_left, tz_left, tx, ty, tz]).all():
+            raise ValueError(f'P has a non-finite translation column (left {p_left[:, 3]}, '
+                             f'right {p_right[:, 3]})')
+        tx_step, ty_step = tx_left - tx, ty_left - ty
+        if tx_step == 0.0:
+            if ty_step != 0.0:
+                raise ValueError(f'left and right P differ in Ty ({ty_left} and {ty}), not Tx: '
+                                 'a vertical stereo pair, which this node does not take '
+                                 '(rectify it as a horizontal pair, Tx = -fx * baseline)')
             raise ValueError(f'right P has Tx = {tx}, so the baseline is unknown: publish the '
                              'right camera_info of a stereo calibration (Tx = -fx * baseline)')
-        baseline_m = -tx / fx_right
+        # Rows line up at every depth only if the cameras are not offset along y or z
+        # (CameraInfo: "For the right (second) camera of a horizontal stereo pair, Ty = 0";
+        # "we assume Tz = 0"): a 0.1 % offset moves a 100 px disparity's rows by 0.1 px.
+        if abs(ty_step) > 1e-3 * abs(tx_step):
+            raise ValueError(f'left and right P differ in Ty ({ty_left} and {ty}): the cameras '
+                             'are offset vertically, so rows do not line up (publish the P '
+                             'of a horizontally rectified pair: Ty = 0)')
+        if tz_left != 0.0 or tz != 0.0:
+            raise ValueError(f'P has Tz = {tz_left} (left), {tz} (right): a rectified pair has '
+                             'Tz = 0')
+        baseline_m = tx_step / fx_right
         if baseline_m <= 0:
-            raise ValueError(f'right P gives a negative baseline ({baseline_m:.4f} m): are left '
-                             'and right swapped? Expected Tx = -fx * baseline < 0')
+            raise ValueError(f'P gives a negative baseline ({baseline_m:.4f} m; left Tx = '
+                             f'{tx_left}, right Tx = {tx}): are left and right swapped? Expected '
+                             'the right camera\'s Tx = -fx * baseline < 0, the left\'s 0')
         return cls(width=int(width), height=int(height), fx=float(fx), fy=float(fy),
                    cx_left=float(p_left[0, 2]), cy=float(p_left[1, 2]),
                    cx_right=float(p_right[0, 2]), baseline_m=float(baseline_m))

@@ -2,6 +2,7 @@
 
 The node, the demo and bag processing all call :func:`run_stereo`, so they cannot drift apart.
 """
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -41,6 +42,10 @@ class StereoOutputs:
     range the backend searched, plus doffs, as its definition and stereo_image_proc have it
     (a viewer scales colours by it, steady from frame to frame); for a backend that cannot
     say, the range of this frame's valid message disparities (0 if none).
+    farthest_depth_m: the farthest depth the backend's search reaches, f * B / (lowest
+        disparity searched + doffs); inf when that is 0 or below. Finite with cx_right >
+        cx_left (doffs > 0) and a search from 0: farther surfaces have a negative image
+        disparity, outside the search, and come out too near.
     """
 
     disparity_px: np.ndarray
@@ -52,6 +57,7 @@ class StereoOutputs:
     valid_window: Tuple[int, int, int, int]
     min_disparity_px: float = 0.0
     max_disparity_px: float = 0.0
+    farthest_depth_m: float = math.inf
 
 
 def valid_window(valid: np.ndarray) -> Tuple[int, int, int, int]:
@@ -109,4 +115,37 @@ def run_stereo(left_rgb: np.ndarray, right_rgb: np.ndarray, geometry: StereoGeom
         disparity_px=disparity,
         message_disparity_px=message_disparity(shifted, valid, min(INVALID_DISPARITY, low - 1.0)),
         depth_m=depth_m, valid=valid, points_m=points, confidence=result.confidence,
-        valid_window=window, min_disparity_px=low, max_disparity_px=high)
+        valid_window=window, min_disparity_px=low, max_disparity_px=high,
+        farthest_depth_m=farthest_depth_m(geometry, result.search_range_px))
+
+
+def farthest_depth_m(geometry: StereoGeometry,
+                     search_range_px: Optional[Tuple[float, float]]) -> float:
+    """The farthest depth a disparity search reaches: ``f * B / (lowest + doffs)``, inf when
+    that shifted disparity is 0 or below. A backend that does not say what it searched gives
+    disparities >= 0 (the onnx backend's validity)."""
+    lowest = search_range_px[0] if search_range_px is not None else 0.0
+    shifted = lowest + geometry.doffs_px
+    return geometry.fx * geometry.baseline_m / shifted if shifted > 0 else math.inf
+
+
+def depth_reach_warning(geometry: StereoGeometry, farthest_m: float, backend_name: str,
+                        min_disparity_option: str) -> str:
+    """'' or what to tell a user whose cx_right > cx_left (doffs > 0) limits the depth reach:
+    depths beyond f * B / doffs have a negative image disparity, which a search from 0 never
+    finds, so those surfaces come out too near (stereo_image_proc has the same limit and the
+    same remedy, a negative min_disparity). ``min_disparity_option``: how the user sets sgbm's
+    min_disparity (the node's parameter, process-bag's option)."""
+    if geometry.doffs_px <= 0 or not math.isfinite(farthest_m):
+        return ''
+    if backend_name == 'sgbm':
+        remedy = (f'set {min_disparity_option} to -{math.ceil(geometry.doffs_px)} or lower '
+                  '(and num_disparities up by as much to keep the near range)')
+    else:
+        remedy = (f'the {backend_name} backend searches from disparity 0: for farther scenes use '
+                  f'sgbm with a negative {min_disparity_option}, or rectify with equal '
+                  'principal points (cx_right = cx_left)')
+    return (f'the right camera\'s principal point lies {geometry.doffs_px:.2f} px right of the '
+            f'left\'s (cx_right - cx_left): the {backend_name} backend\'s disparity search '
+            f'reaches depths up to {farthest_m:.2f} m only, and farther surfaces come out too '
+            f'near; {remedy}')

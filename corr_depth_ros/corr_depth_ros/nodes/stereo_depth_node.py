@@ -7,6 +7,7 @@ Topics follow stereo_image_proc so the node drops into existing graphs:
        computed while someone subscribes).
 Every output carries the left image's header.
 """
+import math
 import threading
 from dataclasses import asdict
 
@@ -26,7 +27,7 @@ from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
 from ..core.threads import pin_torch_threads
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
-                                    MAX_DISPARITY_RANGE_PX, run_stereo)
+                                    MAX_DISPARITY_RANGE_PX, depth_reach_warning, run_stereo)
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
@@ -144,6 +145,7 @@ class StereoDepthNode(Node):
         # Counts backend choices (start-up, switches, fallbacks), not the changed copies a
         # parameter change swaps in: "is the backend still the one this frame began with?"
         self._choice = 0
+        self._far_limit_warned = None   # see _warn_far_limit
         # Settings valid one by one but not together are refused here with their reason (the
         # set-parameters callback checks them on changes; declare() checks each alone).
         _check_sgbm_settings(self._values, self._values['backend'])
@@ -341,6 +343,7 @@ class StereoDepthNode(Node):
                               f'{values["confidence_threshold"]:g} is not applied: the '
                               f'{backend.name} backend gives no confidence (an ONNX model '
                               'without a confidence output); every pixel it outputs is kept')
+        self._warn_far_limit(geometry, out.farthest_depth_m, backend.name)
         header = left_img.header
         intrinsics = (geometry.fx, geometry.fy, geometry.cx_left, geometry.cy)
         with self._clouds.beside(out.depth_m, intrinsics, left, header,
@@ -361,6 +364,16 @@ class StereoDepthNode(Node):
             self._pub_colour.publish(conversions.array_to_image(
                 colourise(out.disparity_px, vmin=out.min_disparity_px - geometry.doffs_px,
                           vmax=out.max_disparity_px - geometry.doffs_px), 'rgb8', header))
+
+    def _warn_far_limit(self, geometry, farthest_m: float, backend_name: str) -> None:
+        """Once per calibration and backend range (core.stereo_pipeline.depth_reach_warning)."""
+        key = (backend_name, geometry.doffs_px, farthest_m)
+        if key == self._far_limit_warned:
+            return
+        self._far_limit_warned = key
+        text = depth_reach_warning(geometry, farthest_m, backend_name, 'sgbm.min_disparity')
+        if text:
+            self.get_logger().warning(text)
 
     def _fall_back_to_sgbm(self, failed, choice: int, exc: BaseException):
         """A learned/onnx backend that fails while running: switch to sgbm (once), say why, and
