@@ -13,6 +13,16 @@ def size_hw(text: str) -> Tuple[int, int]:
     return int(parts[1]), int(parts[0])
 
 
+def size_hw_multiple_of_32(text: str) -> Tuple[int, int]:
+    """'WIDTHxHEIGHT' with both sides positive multiples of 32 (the mono net's input sizes)
+    -> (height, width)."""
+    height, width = size_hw(text)
+    if height % 32 or width % 32:
+        raise argparse.ArgumentTypeError(f'both sides must be multiples of 32, such as 384x256; '
+                                         f'got {text!r}')
+    return height, width
+
+
 def multiple_of_32(text: str) -> int:
     """A positive multiple of 32 (the mono net's input sizes), refused at parsing rather than at
     the first forward pass after minutes of rendering."""

@@ -1,6 +1,6 @@
 """`corr_depth eval mono`: Motorcycle (zero-shot) and held-out synthetic depth metrics, the
 LR-consistency ablation, speed at 384x256 and a figure, written as JSON."""
-from ._args import positive_float, positive_int, size_hw
+from ._args import positive_float, positive_int, size_hw_multiple_of_32
 from .eval import add_figure_argument, add_json_argument, resolve_json
 
 
@@ -19,7 +19,7 @@ def register(subparsers):
     parser.add_argument('--weights', default='', help='LR model (default: shipped)')
     parser.add_argument('--ablation-weights', default=None,
                         help='no-LR model (default: shipped if present; "" to skip)')
-    parser.add_argument('--input-size', default=None, type=size_hw,
+    parser.add_argument('--input-size', default=None, type=size_hw_multiple_of_32,
                         help='network input WxH, e.g. 384x256 (default: the training size '
                              'from the weights metadata)')
     parser.add_argument('--synthetic-count', type=positive_int, default=200)

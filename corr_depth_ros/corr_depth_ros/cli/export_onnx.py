@@ -1,5 +1,11 @@
 """`corr_depth export-onnx stereo --weights W --out model.onnx --height H --width W`."""
-from ._args import positive_int
+from ._args import in_range
+
+# The learned backend's smallest side (core.backends.learned.MIN_NETWORK_SIDE_PX, not imported
+# here: it pulls in torch) and the onnx backend's largest input (onnx_backend.INPUT_SIZE_RANGE_PX).
+# A model exported smaller ran, and the onnx backend resized a 741x500 pair down to it: 100 %
+# valid, EPE 20.8 px.
+SIDE_RANGE_PX = (32, 8192)
 
 
 def register(subparsers):
@@ -8,8 +14,10 @@ def register(subparsers):
     p = children.add_parser('stereo', help='the learned stereo network (fixed input size)')
     p.add_argument('--weights', default='', help='safetensors weights (default: shipped)')
     p.add_argument('--out', required=True, help='output .onnx path')
-    p.add_argument('--height', type=positive_int, required=True, help='input height, pixels')
-    p.add_argument('--width', type=positive_int, required=True, help='input width, pixels')
+    p.add_argument('--height', type=in_range(int, *SIDE_RANGE_PX), required=True,
+                   help='input height, pixels (32 to 8192)')
+    p.add_argument('--width', type=in_range(int, *SIDE_RANGE_PX), required=True,
+                   help='input width, pixels (32 to 8192)')
     p.add_argument('--opset', type=int, default=17,
                    help='ONNX opset (12 or higher; default 17)')
     p.set_defaults(func=run_stereo)

@@ -3,7 +3,8 @@ import os
 import shlex
 import sys
 
-from ._args import multiple_of_32, non_negative_int, positive_int
+from ..core.mono import BASELINE_RANGE_M
+from ._args import in_range, multiple_of_32, non_negative_int, positive_int
 
 
 def register(subparsers):
@@ -20,10 +21,12 @@ def register(subparsers):
                              'OUT_DIR/bag_pairs and its baseline read from the camera_info)')
     parser.add_argument('--bag-namespace', default='',
                         help='bag:PATH: the stereo topics\' namespace (<ns>/left/image_rect, ...)')
-    parser.add_argument('--baseline-m', type=float, default=0.0,
-                        help='folder:PATH: your rig\'s baseline, metres, stored in the weights for '
-                             'metric depth (0: none stored; the node then needs baseline_m or '
-                             'relative depth)')
+    parser.add_argument('--baseline-m', type=in_range(float, *BASELINE_RANGE_M), default=0.0,
+                        help='folder:PATH or bag:PATH: your rig\'s baseline, metres, stored in '
+                             'the weights for metric depth (for a bag it overrides the one its '
+                             'camera_info gives; 0: a folder stores none, and the node then '
+                             'needs baseline_m or relative depth). Synthetic pairs have their '
+                             'own rig.')
     parser.add_argument('--out-dir', default='',
                         help='log.jsonl + checkpoint.pt (default runs/mono/lr, with --no-lr '
                              'runs/mono/nolr); rerunning resumes a run of the same options')
@@ -110,6 +113,11 @@ def run(args) -> int:
     from ..core.training import TrainConfig, main_process_first
     args.out_dir = args.out_dir or ('runs/mono/nolr' if args.no_lr else 'runs/mono/lr')
     data, baseline_m, source = args.data, args.baseline_m, None
+    if data == 'synthetic' and baseline_m:
+        print('train mono: --baseline-m is for your own pairs (folder:PATH or bag:PATH); '
+              'synthetic pairs are rendered with their own rig, whose baseline is stored',
+              file=sys.stderr)
+        return 2
     if data.startswith('bag:'):
         with main_process_first(args.device):   # one torchrun rank extracts, the others reuse
             source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)

@@ -59,10 +59,43 @@ def register(subparsers):
                         '(BatchNorm re-estimated, regression radius chosen on validation)')
     p.add_argument('--recalibrate-batches', type=int, default=32,
                    help='--ship: batches used to re-estimate BatchNorm statistics (0: keep)')
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, option_defaults={
+        dest: p.get_default(dest)
+        for dest in (*NETWORK_OPTIONS, *(d for dests in OPTION_SCOPE.values() for d in dests))})
+
+
+# Options that take effect only with another: {what they need: (dests, when it is given)}. One
+# set away from its default without it is refused rather than silently ignored.
+OPTION_SCOPE = {
+    'augmentation (no --no-augment)': ('scale_aug', 'scale_aug_min', 'scale_aug_max'),
+    '--refine-from': ('refine_channels', 'refine_radius'),
+    '--ship': ('recalibrate_batches',),
+}
+# Taken from the weights' own architecture with --refine-from or --init-from.
+NETWORK_OPTIONS = ('max_disparity', 'feature_channels', 'groups', 'aggregation_channels')
+
+
+def options_out_of_scope(args) -> list:
+    """'--name applies to ...' for each option set (away from its default) where it has no
+    effect."""
+    given = {'augmentation (no --no-augment)': not args.no_augment,
+             '--refine-from': bool(args.refine_from), '--ship': bool(args.ship)}
+    problems = [f'--{dest.replace("_", "-")} applies to {needs} only'
+                for needs, dests in OPTION_SCOPE.items() if not given[needs]
+                for dest in dests if getattr(args, dest) != args.option_defaults[dest]]
+    source = '--refine-from' if args.refine_from else '--init-from' if args.init_from else ''
+    if source:
+        problems += [f'--{dest.replace("_", "-")} is taken from the {source} weights'
+                     for dest in NETWORK_OPTIONS
+                     if getattr(args, dest) != args.option_defaults[dest]]
+    return problems
 
 
 def run(args) -> int:
+    problems = options_out_of_scope(args)
+    if problems:
+        print('train stereo: ' + '; '.join(problems), file=sys.stderr)
+        return 2
     from ..core.stereo_net.train import AugmentConfig, train_stereo_net
     from ..core.training import TrainConfig, is_main_process
     height, width = args.size
