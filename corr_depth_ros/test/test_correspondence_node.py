@@ -371,13 +371,15 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
         _start(ros, tmp_path, descriptor_scales=[0.5, 1.0])
     assert sorted(one_pass._store.foreign()) == ['clicked', 'handle']   # named at start-up
     assert one_pass._network_id != restarted._network_id
-    with pytest.raises(references.ReferenceError, match='network'):
+    # Same weights, other scales: the refusal says which (it used to blame the weights).
+    with pytest.raises(references.ReferenceError, match=r'described at descriptor_scales '
+                       r'\[1.0, 0.5\], this node runs \[1.0\]: set descriptor_scales'):
         one_pass._store.get('handle')
     # Nor may its clicks replace the other network's "clicked" file (called directly: the other
     # nodes would take a published click too).
     client.wait_live(one_pass)
     one_pass._on_click(Point(x=10.0, y=10.0))
-    assert 'was made by descriptor network' in one_pass._errors.last_message
+    assert 'was described at descriptor_scales' in one_pass._errors.last_message
     on_disk = references.load_reference(str(tmp_path / 'refs' / 'clicked.safetensors'))
     assert on_disk.network_id == restarted._network_id and len(on_disk.pixels_xy) == 2
     # A click reference id that cannot name a file is refused at start-up too.
@@ -390,7 +392,8 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     assert ros.wait_for(lambda: node._errors.count > before, timeout_s=20,
                         action=lambda: client.pub_click.publish(Point(x=5.0, y=5.0)),
                         action_period_s=2.0)
-    assert 'click not stored' in node._errors.last_message
+    assert "reference 'clicked' could not be stored in references_dir" in \
+        node._errors.last_message, node._errors.last_message
     client.wait_live(node)      # still processing frames
 
 
@@ -503,3 +506,18 @@ def test_set_reference_is_served_while_finds_keep_coming(ros, tmp_path, scene):
     assert time.monotonic() - start < 20
     stop = 0.0
     assert ros.wait_for(lambda: all(f.done() for f in pending), timeout_s=60)
+
+
+def test_references_folder_is_per_node_unless_shared():
+    import os
+
+    from corr_depth_ros.nodes.correspondence_node import PARAMS, references_folder
+    default = next(p.default for p in PARAMS if p.name == 'references_dir')
+    home = os.path.expanduser('~')
+    assert references_folder(default, '/cam_a/correspondence_node') == \
+        f'{home}/.ros/corr_depth_ros/references/cam_a/correspondence_node'
+    assert references_folder(default, '/correspondence_node') == \
+        f'{home}/.ros/corr_depth_ros/references/correspondence_node'
+    assert references_folder('/data/refs', '/cam_a/correspondence_node') == '/data/refs'
+    assert references_folder('', '/x') == ''
+

@@ -1,6 +1,7 @@
 """Dense object descriptors, core tier: network shapes, DON loss known values, matching,
 normals and grasp orientation, reference persistence and network-identity refusal."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -540,6 +541,77 @@ def test_reference_store_refuses_files_that_are_not_what_they_claim(tmp_path):
         with pytest.raises(references.ReferenceError, match=f'references_dir {str(directory)!r} '
                            'cannot be used as a folder'):
             references.ReferenceStore(str(directory), net_id)
+
+
+
+def test_reference_stores_sharing_a_folder_and_damaged_files(tmp_path):
+    """Two nodes on one references_dir: the second's set_reference (overwrite false) replaced
+    the first's file and said "stored"; a damaged file (no pixels, NaN descriptors, a missing
+    tensor, truncated) loaded and failed later with an internal error, or was skipped and then
+    called an unknown id; a folder that cannot be written answered "internal error:
+    SafetensorError"; references made at other descriptor scales were said to be of other
+    weights."""
+    net_id = references.network_identity(tiny_net(seed=0, descriptor_dim=4))
+    pixels = np.array([[1.0, 2.0]], np.float32)
+
+    def make(reference_id, value=1.0, network=net_id, **kwargs):
+        return references.Reference(reference_id, pixels, np.full((1, 4), value, np.float32),
+                                    network, (10, 10), **kwargs)
+    first = references.ReferenceStore(str(tmp_path), net_id, descriptor_size=4)
+    second = references.ReferenceStore(str(tmp_path), net_id, descriptor_size=4)
+    first.put(make('mug'), overwrite=False)
+    with pytest.raises(references.ReferenceError, match='stored in .* since this node started '
+                       r'\(another node shares references_dir\)'):
+        second.put(make('mug', 2.0), overwrite=False)
+    assert references.load_reference(str(tmp_path / 'mug.safetensors')).descriptors[0, 0] == 1.0
+    second.put(make('mug', 2.0), overwrite=True)                      # asked for: replaced
+    assert sorted(os.listdir(tmp_path)) == ['mug.safetensors']        # no temporary left
+    with pytest.raises(references.ReferenceError, match='has no pixels'):
+        references.Reference('empty', np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32),
+                             net_id, (10, 10))
+    from safetensors.numpy import save_file
+    good = {'pixels_xy': pixels, 'descriptors': np.ones((1, 4), np.float32),
+            'thumbnail': np.zeros((1, 1, 3), np.uint8)}
+    meta = {'reference_id': 'x', 'network_id': net_id, 'image_size': '[10, 10]',
+            'created_s': '0.0', 'format': 'corr_depth_ros.reference/1'}
+    save_file({**good, 'descriptors': np.full((1, 4), np.nan, np.float32)},
+              str(tmp_path / 'nan.safetensors'), metadata={**meta, 'reference_id': 'nan'})
+    save_file({k: v for k, v in good.items() if k != 'descriptors'},
+              str(tmp_path / 'nodesc.safetensors'), metadata={**meta, 'reference_id': 'nodesc'})
+    save_file({**good, 'pixels_xy': np.zeros((0, 2), np.float32),
+               'descriptors': np.zeros((0, 4), np.float32)},
+              str(tmp_path / 'none.safetensors'), metadata={**meta, 'reference_id': 'none'})
+    (tmp_path / 'cut.safetensors').write_bytes(
+        (tmp_path / 'mug.safetensors').read_bytes()[:50])
+    reloaded = references.ReferenceStore(str(tmp_path), net_id, descriptor_size=4)
+    assert reloaded.ids() == ['mug']
+    for reference_id, why in (('nan', 'descriptors that are not finite'),
+                              ('nodesc', 'lacks descriptors'), ('none', 'has no pixels'),
+                              ('cut', 'could not be loaded')):
+        with pytest.raises(references.ReferenceError) as info:
+            reloaded.get(reference_id)
+        assert why in str(info.value) and 're-create it' in str(info.value), str(info.value)
+        assert 'unknown reference_id' not in str(info.value)
+    # At other scales, with the same weights: said so, not "another network".
+    weights_id = 'w' * 16
+    half = references.ReferenceStore(str(tmp_path / 'scales'), 'a' * 16, descriptor_size=4,
+                                     weights_id=weights_id, scales=(1.0, 0.5))
+    half.put(make('rim', network='a' * 16, weights_id=weights_id, scales=(1.0, 0.5)),
+             overwrite=False)
+    one = references.ReferenceStore(str(tmp_path / 'scales'), 'b' * 16, descriptor_size=4,
+                                    weights_id=weights_id, scales=(1.0,))
+    with pytest.raises(references.ReferenceError, match=r'described at descriptor_scales '
+                       r'\[1.0, 0.5\], this node runs \[1.0\]: set descriptor_scales'):
+        one.get('rim')
+    assert one.foreign() == {'rim': 'described at descriptor_scales [1.0, 0.5], this node '
+                                    'runs [1.0]'}
+    # A folder that cannot be written (here it became a file): a reason, not an internal error.
+    gone = tmp_path / 'gone'
+    store = references.ReferenceStore(str(gone), net_id, descriptor_size=4)
+    gone.rmdir()
+    gone.write_text('')
+    with pytest.raises(references.ReferenceError, match='could not be stored in references_dir'):
+        store.put(make('lid'), overwrite=False)
 
 
 # --- evaluation ground truth ----------------------------------------------------------------------

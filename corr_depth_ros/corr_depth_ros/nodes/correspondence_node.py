@@ -81,9 +81,11 @@ PARAMS = [
               'Keep it under half the frame period: with more, a lost image pairs the next '
               'image with the previous frame\'s depth, and every later frame after it.',
               read_only=True, value_range=(0.0, 1.0)),
-    ParamSpec('references_dir', '~/.ros/corr_depth_ros/references', 'Folder where named '
-              'references are stored and reloaded at start-up ("" keeps them in memory only).',
-              read_only=True),
+    ParamSpec('references_dir', '~/.ros/corr_depth_ros/references/{node}', 'Folder where '
+              'named references are stored and reloaded at start-up ("" keeps them in memory '
+              'only). {node} stands for the node\'s fully qualified name (e.g. '
+              'cam_a/correspondence_node), so instances keep their own; give several the same '
+              'folder to share references.', read_only=True),
     ParamSpec('match_threshold', 0.6, 'A match is found only if its descriptor L2 distance is at '
               'most this (DON thresholds the distance the same way).',
               value_range=MATCH_THRESHOLD_RANGE),
@@ -130,6 +132,13 @@ class LiveFrame:
         return self._norms2
 
 
+def references_folder(setting: str, node_name: str) -> str:
+    """references_dir with ~ expanded and {node} replaced by the node's fully qualified name
+    (without its leading slash): one folder per instance unless the setting names a shared one.
+    Two nodes writing one folder replaced each other's references (and clicks) on disk."""
+    return os.path.expanduser(setting.replace('{node}', node_name.lstrip('/')))
+
+
 class RequestError(ValueError):
     """A bad request: the text goes back to the caller in ``message``."""
 
@@ -142,20 +151,24 @@ class CorrespondenceNode(Node):
         self._errors = ThrottledReporter(self.get_logger())
         self._load_model()
 
-        directory = os.path.expanduser(self._values['references_dir'])
+        directory = references_folder(self._values['references_dir'],
+                                      self.get_fully_qualified_name())
         self._store_lock = threading.Lock()
         self._store = references.ReferenceStore(
-            directory, self._network_id,
-            descriptor_size=self._descriptor_size)
+            directory, self._network_id, descriptor_size=self._descriptor_size,
+            weights_id=self._weights_id, scales=self._scales)
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
         foreign = self._store.foreign()
         if foreign:
             self.get_logger().warning(
-                f'{len(foreign)} stored reference(s) were made by another descriptor network and '
-                f'cannot be used by this one ({self._network_id}): '
-                + ', '.join(f'{k} ({v})' for k, v in sorted(foreign.items()))
+                f'{len(foreign)} stored reference(s) cannot be used by this node: '
+                + '; '.join(f'{k} ({v})' for k, v in sorted(foreign.items()))
                 + '; re-create them with set_reference (overwrite=true)')
+        if not self._store.writable:
+            self.get_logger().warning(f'references_dir {directory} is not writable: its '
+                                      f'{len(self._store.ids())} references serve requests, '
+                                      'but new ones (set_reference, clicks) cannot be stored')
 
         self._frame_lock = threading.Lock()
         self._frame: Optional[LiveFrame] = None
@@ -247,6 +260,7 @@ class CorrespondenceNode(Node):
         if header.get('identity') not in (None, references.network_identity(self._model)):
             self.get_logger().warning('weights identity in the file header differs from the '
                                       'loaded tensors; using the recomputed one')
+        self._weights_id = references.network_identity(self._model)
         self._network_id = references.network_identity(self._model, self._scales)
 
     def _on_set_parameters(self, params):
@@ -501,8 +515,7 @@ class CorrespondenceNode(Node):
             rgb = frame.rgb
             desc = self._descriptors_at(frame.descriptors, pixels_xy, 'newest live image')
             where = 'the newest live image'
-        ref = references.Reference(request.reference_id, pixels_xy, desc, self._network_id,
-                                   rgb.shape[:2], references.make_thumbnail(rgb))
+        ref = self._new_reference(request.reference_id, pixels_xy, desc, rgb)
         with self._store_lock:
             self._store.put(ref, overwrite=request.overwrite)
         return f'stored reference {request.reference_id!r}: {len(pixels_xy)} pixels from {where}'
@@ -524,9 +537,7 @@ class CorrespondenceNode(Node):
                                             f'{len(ref.pixels_xy) + 1} pixels')
                     ref = ref.extended(pixel, desc)
                 else:
-                    ref = references.Reference(reference_id, pixel, desc, self._network_id,
-                                               frame.rgb.shape[:2],
-                                               references.make_thumbnail(frame.rgb))
+                    ref = self._new_reference(reference_id, pixel, desc, frame.rgb)
                 self._store.put(ref, overwrite=True)
             self.get_logger().info(f'click ({msg.x:g}, {msg.y:g}) added to reference '
                                    f'{reference_id!r} ({len(ref.pixels_xy)} pixels)')
@@ -534,6 +545,11 @@ class CorrespondenceNode(Node):
             self._errors.error('click', f'click ignored: {exc}')
         except Exception as exc:  # noqa: BLE001 - e.g. references_dir not writable: keep running
             self._errors.error('click', f'click not stored: {type(exc).__name__}: {exc}')
+
+    def _new_reference(self, reference_id, pixels_xy, descriptors, rgb):
+        return references.Reference(reference_id, pixels_xy, descriptors, self._network_id,
+                                    rgb.shape[:2], references.make_thumbnail(rgb),
+                                    weights_id=self._weights_id, scales=self._scales)
 
     def reference_ids(self):
         with self._store_lock:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -89,35 +90,52 @@ class Reference:
     image_size: Tuple[int, int]
     thumbnail: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 3), np.uint8))
     created_s: float = field(default_factory=time.time)
+    # What network_id is made of, kept apart so a refusal can say which differs: the weights'
+    # identity (network_identity at one scale) and the descriptor scales. Empty in files
+    # written before they were stored.
+    weights_id: str = ''
+    scales: Tuple[float, ...] = ()
 
     def __post_init__(self):
         validate_reference_id(self.reference_id)
         sizes = check_shape('pixels_xy', self.pixels_xy, ('N', 2))
         check_shape('descriptors', self.descriptors, ('N', None), sizes)
         check_shape('thumbnail', self.thumbnail, (None, None, 3))
+        if sizes['N'] == 0:
+            raise ReferenceError(f'reference {self.reference_id!r} has no pixels')
 
     def extended(self, pixels_xy: np.ndarray, descriptors: np.ndarray) -> 'Reference':
         """This reference with more pixels (a click adds one)."""
         return Reference(self.reference_id,
                          np.concatenate([self.pixels_xy, pixels_xy]).astype(np.float32),
                          np.concatenate([self.descriptors, descriptors]).astype(np.float32),
-                         self.network_id, self.image_size, self.thumbnail, self.created_s)
+                         self.network_id, self.image_size, self.thumbnail, self.created_s,
+                         self.weights_id, self.scales)
 
 
 class ReferenceStore:
     """References of one network, held in memory and mirrored to ``directory`` (may be '' for
-    memory only). References on disk made by another network are kept aside, so asking for one
-    says why it cannot be used rather than "unknown id"."""
+    memory only). References on disk made by another network, and files that could not be
+    loaded, are kept aside, so asking for one says why it cannot be used rather than "unknown
+    id". Another process may store into the same folder: an id stored there is not replaced
+    unless asked to (overwrite)."""
 
-    def __init__(self, directory: str, network_id: str, descriptor_size: Optional[int] = None):
+    def __init__(self, directory: str, network_id: str, descriptor_size: Optional[int] = None,
+                 weights_id: str = '', scales: Tuple[float, ...] = ()):
         """``descriptor_size``: numbers per descriptor of this network (D x scales); a file of
-        this network with another size is refused at load (it can only be corrupt)."""
+        this network with another size is refused at load (it can only be corrupt).
+        ``weights_id``, ``scales``: what ``network_id`` is made of, to say which differs when a
+        stored reference was made by another network."""
         self.directory = directory
         self.network_id = network_id
         self.descriptor_size = descriptor_size
+        self.weights_id = weights_id
+        self.scales = tuple(scales)
         self._refs: Dict[str, Reference] = {}
-        self._foreign: Dict[str, str] = {}       # id -> network id that made it
+        self._foreign: Dict[str, Reference] = {}    # made by another network
+        self._damaged: Dict[str, str] = {}          # id (from the file name) -> why not loaded
         self.load_errors: List[str] = []
+        self.writable = True
         if directory:
             try:
                 os.makedirs(directory, exist_ok=True)
@@ -127,6 +145,9 @@ class ReferenceStore:
                                      f'of references ({exc.strerror or exc}); give a folder '
                                      "this user can write, or '' to keep references in memory "
                                      'only') from exc
+            # A read-only folder (references made elsewhere, on read-only media) still serves
+            # its references; storing new ones is refused with the reason (put()).
+            self.writable = os.access(directory, os.W_OK | os.X_OK)
             self._load_all(names)
 
     def _path(self, reference_id: str) -> str:
@@ -141,6 +162,9 @@ class ReferenceStore:
                 ref = load_reference(path)
             except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
                 self.load_errors.append(f'{path}: {exc}')
+                file_id = name[:-len('.safetensors')]
+                if reference_id_problem(file_id) is None:
+                    self._damaged[file_id] = f'{path} could not be loaded ({exc})'
                 continue
             # A reference is its file (put() writes <id>.safetensors and replaces that file):
             # a copy under another name must not stand in for the id it carries.
@@ -153,13 +177,14 @@ class ReferenceStore:
             if ref.network_id == self.network_id:
                 size = ref.descriptors.shape[1]
                 if self.descriptor_size is not None and size != self.descriptor_size:
-                    self.load_errors.append(
-                        f'{path}: descriptors of {size} numbers, but this network makes '
-                        f'{self.descriptor_size}: the file is damaged; re-create the reference')
+                    problem = (f'descriptors of {size} numbers, but this network makes '
+                               f'{self.descriptor_size}: the file is damaged')
+                    self.load_errors.append(f'{path}: {problem}; re-create the reference')
+                    self._damaged[ref.reference_id] = f'{path} holds {problem}'
                     continue
                 self._refs[ref.reference_id] = ref
             else:
-                self._foreign[ref.reference_id] = ref.network_id
+                self._foreign[ref.reference_id] = ref
 
     def ids(self) -> List[str]:
         return sorted(self._refs)
@@ -168,40 +193,70 @@ class ReferenceStore:
         return reference_id in self._refs
 
     def foreign(self) -> Dict[str, str]:
-        """Stored references made by another network: id -> that network's identity."""
-        return dict(self._foreign)
+        """Stored references this network cannot use: id -> why (made by another network, or
+        at other descriptor scales)."""
+        return {k: self._foreign_reason(ref) for k, ref in self._foreign.items()}
+
+    def _foreign_reason(self, ref: Reference) -> str:
+        if ref.weights_id and ref.weights_id == self.weights_id and ref.scales \
+                and tuple(ref.scales) != self.scales:
+            return (f'described at descriptor_scales {list(ref.scales)}, this node runs '
+                    f'{list(self.scales)}')
+        return f'made by descriptor network {ref.network_id}, this node runs {self.network_id}'
 
     def known(self, reference_id: str) -> bool:
-        """Stored, by this network or another (whose file :meth:`put` would replace)."""
-        return reference_id in self._refs or reference_id in self._foreign
+        """Stored, by this network or another, or a file that could not be loaded (any of
+        which :meth:`put` would replace)."""
+        return (reference_id in self._refs or reference_id in self._foreign
+                or reference_id in self._damaged)
 
     def get(self, reference_id: str) -> Reference:
-        """The reference, or ReferenceError saying why not (unknown / made by another network)."""
+        """The reference, or ReferenceError saying why not (unknown / made by another network
+        or at other scales / its file damaged)."""
         if reference_id in self._refs:
             return self._refs[reference_id]
         if reference_id in self._foreign:
-            raise ReferenceError(
-                f'reference {reference_id!r} was made by descriptor network '
-                f'{self._foreign[reference_id]}, but this node runs {self.network_id}: '
-                'descriptors of different networks cannot be compared. Re-create it with '
-                'set_reference (overwrite=true) or load the weights it was made with')
+            ref = self._foreign[reference_id]
+            reason = self._foreign_reason(ref)
+            remedy = ('set descriptor_scales to match (a restart), or re-create it with '
+                      'set_reference (overwrite=true)' if reason.startswith('described at')
+                      else 'descriptors of different networks cannot be compared. Re-create '
+                      'it with set_reference (overwrite=true) or load the weights it was made '
+                      'with')
+            raise ReferenceError(f'reference {reference_id!r} was {reason}: {remedy}')
+        if reference_id in self._damaged:
+            raise ReferenceError(f'reference {reference_id!r}: {self._damaged[reference_id]}; '
+                                 're-create it with set_reference (overwrite=true)')
         known = ', '.join(self.ids()) or 'none'
         raise ReferenceError(f'unknown reference_id {_shown(reference_id)}; known: {known}. '
                              'Create it with set_reference or a click on the image')
 
     def put(self, ref: Reference, overwrite: bool) -> None:
-        """Store (and persist) ``ref``; ReferenceError if it exists and not ``overwrite``, or if
-        it was made by another network."""
+        """Store (and persist) ``ref``; ReferenceError if it exists (here, or on disk: another
+        node may share the folder) and not ``overwrite``, if it was made by another network, or
+        if the folder cannot be written."""
         if ref.network_id != self.network_id:
             raise ReferenceError(f'reference {ref.reference_id!r} has network {ref.network_id}, '
                                  f'this store is for {self.network_id}')
-        if self.known(ref.reference_id) and not overwrite:
-            raise ReferenceError(f'reference {ref.reference_id!r} already exists; set '
-                                 'overwrite=true to replace it')
-        if self.directory:
-            save_reference(self._path(ref.reference_id), ref)
+        path = self._path(ref.reference_id) if self.directory else ''
+        if not overwrite:
+            if self.known(ref.reference_id):
+                raise ReferenceError(f'reference {ref.reference_id!r} already exists; set '
+                                     'overwrite=true to replace it')
+            if path and os.path.exists(path):
+                raise ReferenceError(f'reference {ref.reference_id!r} was stored in '
+                                     f'{self.directory} since this node started (another node '
+                                     'shares references_dir); set overwrite=true to replace it')
+        if path:
+            try:
+                save_reference(path, ref)
+            except Exception as exc:  # noqa: BLE001 - OSError, safetensors' own I/O error
+                raise ReferenceError(f'reference {ref.reference_id!r} could not be stored in '
+                                     f'references_dir {self.directory} ({exc}); give a folder '
+                                     'this user can write') from exc
         self._refs[ref.reference_id] = ref
         self._foreign.pop(ref.reference_id, None)
+        self._damaged.pop(ref.reference_id, None)
 
 
 def save_reference(path: str, ref: Reference) -> None:
@@ -212,10 +267,17 @@ def save_reference(path: str, ref: Reference) -> None:
                'thumbnail': np.ascontiguousarray(ref.thumbnail, dtype=np.uint8)}
     metadata = {'reference_id': ref.reference_id, 'network_id': ref.network_id,
                 'image_size': json.dumps(list(ref.image_size)), 'created_s': repr(ref.created_s),
+                'weights_id': ref.weights_id, 'scales': json.dumps(list(ref.scales)),
                 'format': 'corr_depth_ros.reference/1'}
-    tmp = f'{path}.tmp'
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    # A name of its own: two processes storing the same id into one folder must not write
+    # (and rename) one temporary file.
+    tmp = f'{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_reference(path: str) -> Reference:
@@ -225,9 +287,18 @@ def load_reference(path: str) -> Reference:
         if meta.get('format') != 'corr_depth_ros.reference/1':
             raise ReferenceError(f'{path} is not a corr_depth_ros reference file')
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    return Reference(meta['reference_id'], tensors['pixels_xy'], tensors['descriptors'],
+    missing = sorted({'pixels_xy', 'descriptors', 'thumbnail'} - set(tensors)
+                     | {'reference_id', 'network_id', 'image_size', 'created_s'} - set(meta))
+    if missing:
+        raise ReferenceError(f'{path} lacks {", ".join(missing)}: the file is damaged')
+    for name in ('pixels_xy', 'descriptors'):
+        if not np.isfinite(tensors[name]).all():
+            raise ReferenceError(f'{path} holds {name} that are not finite: the file is damaged')
+    return Reference(meta['reference_id'], tensors['pixels_xy'].astype(np.float32),
+                     tensors['descriptors'].astype(np.float32),
                      meta['network_id'], tuple(json.loads(meta['image_size'])),
-                     tensors['thumbnail'], float(meta['created_s']))
+                     tensors['thumbnail'], float(meta['created_s']),
+                     meta.get('weights_id', ''), tuple(json.loads(meta.get('scales', '[]'))))
 
 
 def lookup(store: ReferenceStore, reference_id: str,
