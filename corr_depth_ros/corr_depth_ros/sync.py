@@ -243,13 +243,46 @@ class SyncWatchdog:
             self._on_problem(problem)
 
 
+class RepeatedStampGuard:
+    """Passes a synchronised set on to ``callback`` unless it carries the stamp of the set
+    before it. Stamps identify frames: when consecutive frames share one (a driver that does
+    not stamp, a /clock that stands still while a camera publishes), any synchroniser, ours or
+    message_filters', pairs one frame's image with another's depth or right image (a review
+    measured grasp points from depth two frames old, and disparities off by a frame after one
+    lost message, all reported as good). Such sets are dropped and ``on_repeat(text)`` says
+    why. A stamp that goes back (a bag played in a loop) starts a new sequence and passes."""
+
+    def __init__(self, callback: Callable, on_repeat: Optional[Callable[[str], None]] = None):
+        self._callback = callback
+        self._on_repeat = on_repeat
+        self._last_ns: Optional[int] = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def __call__(self, *msgs) -> None:
+        stamp_ns = stamp_to_ns(msgs[0])
+        with self._lock:
+            repeated = stamp_ns == self._last_ns
+            self._last_ns = stamp_ns
+            self.dropped += repeated
+        if not repeated:
+            self._callback(*msgs)
+        elif self._on_repeat is not None:
+            self._on_repeat(f'dropped {self.dropped} synchronised set(s) stamped as the one '
+                            f'before ({stamp_ns / 1e9:.9f} s): consecutive frames carry one '
+                            'stamp (a driver that does not stamp them, or a /clock that stands '
+                            'still), so their inputs cannot be paired by stamp; fix the stamps')
+
+
 def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, callback: Callable,
                       *, approximate: bool, queue_size: int, slop_s: float,
                       qos_overriding_options=None, prefer_message_filters: bool = True,
-                      callback_group=None):
+                      callback_group=None, on_repeated_stamp=None):
     """Subscribe to ``topics`` and call ``callback(*msgs)`` with synchronised sets.
 
     ``callback_group``: the subscriptions' rclpy callback group (None: the node's default).
+    ``on_repeated_stamp(text)``: told when a set with the previous set's stamp is dropped
+    (:class:`RepeatedStampGuard`).
     Returns ``(synchronizer, subscriptions, backend_name)``; keep the first two alive. The
     synchroniser has ``spread_ns()`` (None, or how far apart the newest input stamps are).
     Each subscription gets its own copy of ``qos``: rclpy writes QoS overrides into the profile
@@ -257,6 +290,7 @@ def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, cal
     topic's override to the others, and to other nodes in the process.
     """
     extra = {'qos_overriding_options': qos_overriding_options} if qos_overriding_options else {}
+    callback = RepeatedStampGuard(callback, on_repeated_stamp)
     if callback_group is not None:
         extra['callback_group'] = callback_group
     if prefer_message_filters:

@@ -36,6 +36,9 @@ def generate_launch_description():
                               description='metric (metres, training-rig baseline) or relative '
                                           '(unitless, 1.0 = median depth of the frame). Default: '
                                           "the params file's value (metric in config/mono.yaml)."),
+        DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
+                              description='The node on the /clock topic\'s time (a bag played '
+                                          'with --clock).'),
     ]
 
     def mono_node(context):
@@ -47,7 +50,8 @@ def generate_launch_description():
             output='screen',
             # Launch arguments that were given override the params file; unset ones leave it be.
             parameters=[LaunchConfiguration('params_file'),
-                        given_arguments(context, 'device', 'depth_mode')],
+                        given_arguments(context, 'device', 'depth_mode'),
+                        {'use_sim_time': LaunchConfiguration('use_sim_time')}],
             remappings=[('image', LaunchConfiguration('image')),
                         ('camera_info', LaunchConfiguration('camera_info'))],
         )]

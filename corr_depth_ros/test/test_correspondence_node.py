@@ -521,3 +521,34 @@ def test_references_folder_is_per_node_unless_shared():
     assert references_folder('/data/refs', '/cam_a/correspondence_node') == '/data/refs'
     assert references_folder('', '/x') == ''
 
+
+
+def test_frame_age_follows_sim_time(ros, tmp_path, scene):
+    """use_sim_time with a /clock (a played bag): a frame ages by the clock, so a paused bag does
+    not make it stale (it was measured on the wall clock: "became live 5.7 s ago" while the bag
+    stood still 1.5 s after the frame); the sync watchdog still runs on real time (on the node's
+    clock it never fired without a /clock)."""
+    from rclpy.clock import ClockType
+    from rosgraph_msgs.msg import Clock
+    node = _start(ros, tmp_path, use_sim_time=True)
+    client = Client(ros, scene)
+    clock_pub = client.node.create_publisher(Clock, '/clock', 10)
+
+    def set_clock(sec):
+        msg = Clock()
+        msg.clock.sec = sec
+        assert ros.wait_for(lambda: node.get_clock().now().nanoseconds == sec * 10 ** 9,
+                            timeout_s=20, action=lambda: clock_pub.publish(msg),
+                            action_period_s=0.2)
+    set_clock(100)
+    client.wait_live(node)
+    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    assert node.set_parameters([Parameter('max_frame_age_s', value=0.5)])[0].successful
+    time.sleep(1.0)                                  # wall time passes, the clock stands still
+    fresh = client.call(client.find, _find(PIXELS[:1], reference_msg))
+    assert fresh.success and 'live since 0.00 s' in fresh.message, fresh.message
+    set_clock(102)
+    stale = client.call(client.find, _find(PIXELS[:1], reference_msg))
+    assert not stale.success and 'became live 2.0 s ago' in stale.message, stale.message
+    watchdog_clocks = {t.clock.clock_type for t in node.timers}
+    assert ClockType.STEADY_TIME in watchdog_clocks

@@ -25,9 +25,11 @@ def test_only_given_launch_arguments_override_the_params_file():
 LAUNCH_DIR = os.path.join(os.path.dirname(__file__), '..', 'launch')
 EXPECTED_ARGS = {
     'stereo.launch.py': {'namespace', 'left_namespace', 'right_namespace', 'backend', 'device',
-                         'approximate_sync', 'params_file', 'use_rviz', 'use_sim_camera'},
+                         'approximate_sync', 'params_file', 'use_rviz', 'use_sim_camera',
+                         'use_sim_time'},
     'demo.launch.py': {'backend', 'device', 'use_rviz'},
-    'mono.launch.py': {'namespace', 'image', 'camera_info', 'params_file', 'device', 'depth_mode'},
+    'mono.launch.py': {'namespace', 'image', 'camera_info', 'params_file', 'device', 'depth_mode',
+                       'use_sim_time'},
 }
 
 

@@ -92,6 +92,37 @@ def test_sim_camera_node_publishes_calibrated_pairs(ros):
     assert conversions.image_to_array(got['gt'][0]).dtype == np.float32
 
 
+def test_sim_camera_on_sim_time_publishes_only_while_the_clock_advances(ros):
+    """use_sim_time: before the first /clock every frame was stamped 0, and while the clock
+    stood still 14 frames carried one stamp (frames nobody can pair by stamp). Now a frame
+    goes out only with a stamp of its own."""
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from corr_depth_ros.nodes.sim_stereo_camera_node import SimStereoCameraNode
+    overrides = [Parameter('width', value=64), Parameter('height', value=48),
+                 Parameter('fx_px', value=50.0), Parameter('rate_hz', value=20.0),
+                 Parameter('use_sim_time', value=True)]
+    camera = ros.add(SimStereoCameraNode(context=ros.context, parameter_overrides=overrides))
+    probe = ros.node('sim_time_probe')
+    stamps = []
+    probe.create_subscription(Image, 'left/image_rect',
+                              lambda m: stamps.append(m.header.stamp.sec),
+                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    clock_pub = probe.create_publisher(Clock, '/clock', 10)
+    ros.wait_for(lambda: False, timeout_s=1.5)
+    assert stamps == []                                     # no /clock yet: nothing
+    for sec in (7, 8):
+        msg = Clock()
+        msg.clock.sec = sec
+        assert ros.wait_for(lambda: camera.get_clock().now().nanoseconds == sec * 10 ** 9,
+                            timeout_s=20, action=lambda: clock_pub.publish(msg),
+                            action_period_s=0.2)
+        ros.wait_for(lambda: False, timeout_s=1.0)          # the clock stands still: 20 frames
+    assert stamps == [7, 8], stamps
+
+
 def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
     """A replayed folder plays frame2 before frame10, and a pair of another size than the
     first (whose size the published camera_info has) is refused, not published with it."""

@@ -248,3 +248,36 @@ def test_message_filters_path_recovers_when_stamps_go_back(monkeypatch):
     make_synchronizer(None, [None, None], ['/a', '/b'], None, lambda *m: None,
                       approximate=True, queue_size=3, slop_s=0.01)
     assert made['slop'].nanoseconds == 10_000_001      # spread < slop + 1 ns: spread <= 10 ms
+
+
+def test_sets_stamped_as_the_one_before_are_dropped_and_said():
+    """Consecutive frames with one stamp (all 0: a driver that does not stamp; a paused /clock)
+    cannot be paired: with one right image lost, every later set paired left image n with
+    right image n+1 (a review saw frames 2 and 3 of a stereo pair matched, and grasp points
+    from depth two frames old), all reported as good. Now only the first such set passes, the
+    others are dropped with a reason; a stamp that goes back (a loop) starts afresh."""
+    from corr_depth_ros.sync import make_synchronizer
+
+    class Node:
+        def __init__(self):
+            self.callbacks = []
+
+        def create_subscription(self, msg_type, topic, callback, qos, **kwargs):
+            self.callbacks.append(callback)
+            return topic
+    node, sets, said = Node(), [], []
+    make_synchronizer(node, [None, None], ['/left', '/right'], None,
+                      lambda *m: sets.append(tuple(x.tag for x in m)), approximate=False,
+                      queue_size=5, slop_s=0.0, prefer_message_filters=False,
+                      on_repeated_stamp=said.append)
+    left, right = node.callbacks
+    for frame in range(5):
+        left(Msg(0, tag=f'l{frame}'))
+        if frame != 1:                        # right image 1 lost
+            right(Msg(0, tag=f'r{frame}'))
+    assert sets == [('l0', 'r0')], sets
+    assert said and 'stamped as the one before (0.000000000 s)' in said[-1]
+    for sec in (5, 6, 2, 3):                  # advancing stamps, then a loop: all pass
+        left(Msg(sec, tag=f'l{sec}'))
+        right(Msg(sec, tag=f'r{sec}'))
+    assert sets[1:] == [('l5', 'r5'), ('l6', 'r6'), ('l2', 'r2'), ('l3', 'r3')]

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import ClockType
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, qos_profile_services_default
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -183,7 +184,7 @@ class CorrespondenceNode(Node):
         # Heatmaps are drawn off the service thread: a request must not wait for a colour map.
         self._heatmap_worker = LatestFrameWorker(self._publish_heatmap, self._on_worker_error,
                                                  name='correspondence_heatmap', torch_threads=1)
-        self._last_frame_error = None     # (monotonic s, text) of the newest dropped frame
+        self._last_frame_error = None     # (_now_s(), text) of the newest dropped frame
         self._worker = LatestFrameWorker(self._process, self._on_frame_error,
                                          name='correspondence_descriptors',
                                          torch_threads=self._values['threads'])
@@ -207,7 +208,8 @@ class CorrespondenceNode(Node):
                 self, [image_type, Image, CameraInfo], [image_input, 'depth', 'camera_info'],
                 qos_profile_sensor_data, self._on_frame, approximate=True,
                 queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
-                qos_overriding_options=overrides, callback_group=frames_group)
+                qos_overriding_options=overrides, callback_group=frames_group,
+                on_repeated_stamp=lambda text: self._errors.warn('stamps', text))
             self._sync_watchdog = start_sync_watchdog(
                 self, self._sync, [image_input, 'depth', 'camera_info'],
                 'depth computed from these images arrives after them: raise queue_size to '
@@ -269,6 +271,15 @@ class CorrespondenceNode(Node):
             self._values.update({p.name: p.value for p in params})
         return result
 
+    def _now_s(self) -> float:
+        """Seconds by which frames age: the node's clock on sim time (use_sim_time with a
+        /clock, e.g. a played bag: a paused bag does not age its frames, a bag played at 10x
+        ages them ten times as fast), else the monotonic clock (no wall-clock jumps)."""
+        clock = self.get_clock()
+        if clock.clock_type == ClockType.ROS_TIME and clock.ros_time_is_active:
+            return clock.now().nanoseconds / 1e9
+        return time.monotonic()
+
     def _describe(self, rgb: np.ndarray, pool=None):
         return compute_descriptors(self._model, rgb, self._device, self._scales, pool=pool)
 
@@ -312,7 +323,7 @@ class CorrespondenceNode(Node):
         # and its last request is served), not into fresh memory: ~10-20 ms a frame less.
         descriptors = self._describe(rgb, pool=self._buffers)
         frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, intrinsics,
-                          time.monotonic())
+                          self._now_s())
         with self._frame_lock:
             self._frame = frame
         self.frames_processed += 1
@@ -323,7 +334,7 @@ class CorrespondenceNode(Node):
     def _on_frame_error(self, exc: BaseException) -> None:
         # Kept for the service's answers: a caller should learn why frames are not coming
         # through, not only whoever reads this node's log.
-        self._last_frame_error = (time.monotonic(), str(exc))
+        self._last_frame_error = (self._now_s(), str(exc))
         self._on_worker_error(exc)
 
     def _why_no_newer_frame(self, frame) -> str:
@@ -333,7 +344,7 @@ class CorrespondenceNode(Node):
                 or (self._sync_watchdog and self._sync_watchdog.problem) or '')
 
     def _frame_error_note(self, since_s: float) -> str:
-        """'' or why the newest frames since ``since_s`` (monotonic) were dropped."""
+        """'' or why the newest frames since ``since_s`` (_now_s()) were dropped."""
         error = self._last_frame_error
         if error is None or error[0] <= since_s:
             return ''
@@ -354,7 +365,7 @@ class CorrespondenceNode(Node):
             raise RequestError(f'no live image yet: waiting for {needs}; check the topics are '
                                'published and remapped to this node')
         limit = self._values['max_frame_age_s']
-        age_s = time.monotonic() - frame.received_s
+        age_s = self._now_s() - frame.received_s
         if limit > 0 and age_s > limit:
             cause = self._why_no_newer_frame(frame) or 'no newer image has come in'
             raise RequestError(f'the newest usable image became live {age_s:.1f} s ago, more '
@@ -468,7 +479,7 @@ class CorrespondenceNode(Node):
         count = sum(founds)
         response.message = (f'{count}/{len(founds)} found for {source} in the image of '
                             f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id}), '
-                            f'live since {time.monotonic() - frame.received_s:.2f} s')
+                            f'live since {self._now_s() - frame.received_s:.2f} s')
         # A planner can also set max_frame_age_s.
         stale = self._why_no_newer_frame(frame)
         if stale:

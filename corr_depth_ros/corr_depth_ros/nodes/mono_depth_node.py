@@ -112,7 +112,8 @@ class MonoDepthNode(Node):
             self, [image_type, CameraInfo], [image_topic, 'camera_info'], qos_profile_sensor_data,
             self._on_synchronised, approximate=self._values['approximate_sync'],
             queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
-            qos_overriding_options=overrides)
+            qos_overriding_options=overrides,
+            on_repeated_stamp=lambda text: self._errors.warn('stamps', text))
         self.synchronised_sets = 0
         self._sync_watchdog = start_sync_watchdog(
             self, self._sync, [image_topic, 'camera_info'],

@@ -117,6 +117,7 @@ class SimStereoCameraNode(Node):
             ('ground_truth/depth', Image))}
         self.frames_published = 0
         self.last_render_s = 0.0
+        self._last_stamp_ns = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='sim_camera', daemon=True)
         self._thread.start()
@@ -168,7 +169,17 @@ class SimStereoCameraNode(Node):
                 self._stop.wait(min(remaining, 0.1))
 
     def _publish(self, frame):
-        stamp = self.get_clock().now().to_msg()
+        now = self.get_clock().now()
+        # On sim time a stamp of 0 (no /clock yet) or the previous frame's (a paused /clock)
+        # would give consecutive frames one stamp, which no synchroniser can pair (the nodes
+        # drop such sets): the frame is not published. Frames are still paced on real time.
+        if now.nanoseconds == 0 or now.nanoseconds == self._last_stamp_ns:
+            self.get_logger().info('waiting for the clock to advance (use_sim_time without a '
+                                   'running /clock): frames are not published meanwhile',
+                                   throttle_duration_sec=5.0)
+            return
+        self._last_stamp_ns = now.nanoseconds
+        stamp = now.to_msg()
         left_header = Header(stamp=stamp, frame_id=self._values['frame_id'])
         right_header = Header(stamp=stamp, frame_id=self._values['right_frame_id'])
         left_info, right_info = conversions.stereo_camera_infos(self.geometry, left_header, right_header)

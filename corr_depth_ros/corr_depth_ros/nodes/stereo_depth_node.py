@@ -178,7 +178,8 @@ class StereoDepthNode(Node):
             self, [image_type, image_type, CameraInfo, CameraInfo], topics,
             qos_profile_sensor_data, self._on_synchronised,
             approximate=self._values['approximate_sync'], queue_size=self._values['queue_size'],
-            slop_s=self._values['slop_s'], qos_overriding_options=overrides)
+            slop_s=self._values['slop_s'], qos_overriding_options=overrides,
+            on_repeated_stamp=lambda text: self._errors.warn('stamps', text))
         self.get_logger().info(
             f'stereo_depth_node ready: backend={self._backend_name}, sync={sync_impl} '
             f'({"approximate" if self._values["approximate_sync"] else "exact"})')

@@ -168,7 +168,12 @@ def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: Throt
                             period_s, sets_so_far=sets_so_far,
                             on_problem=lambda problem: reporter.error('sync', problem),
                             silent_advice=silent_advice)
-    node.create_timer(period_s, watchdog.report)    # the node keeps its timers
+    # On the steady clock: it watches whether messages arrive, in real time. On the node's clock
+    # it never fired under use_sim_time without a /clock (a bag played without --clock: the
+    # very case to report) and stood still while a /clock was paused.
+    from rclpy.clock import Clock, ClockType
+    node.create_timer(period_s, watchdog.report,            # the node keeps its timers
+                      clock=Clock(clock_type=ClockType.STEADY_TIME))
     return watchdog
 
 
