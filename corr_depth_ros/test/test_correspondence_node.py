@@ -351,7 +351,7 @@ def test_stored_references_bad_requests_clicks_and_reload(ros, tmp_path, scene):
     # Clicks off the image, or at NaN, are refused and said to be clicks.
     node._on_click(Point(x=float('nan'), y=1.0))
     assert 'the click is at NaN or inf' in node._errors.last_message, node._errors.last_message
-    node._on_click(Point(x=5.0, y=float(HEIGHT)))
+    node._on_click(Point(x=5.0, y=float(HEIGHT + 1)))
     assert 'outside' in node._errors.last_message, node._errors.last_message
     assert len(node._store.get('clicked').pixels_xy) == 2
     # A click reference id that cannot name a file is refused as a parameter.
@@ -452,6 +452,10 @@ def test_image_only_node_matches_without_3d_points(ros, tmp_path, scene):
         assert np.abs(np.array([match.match_pixel.x, match.match_pixel.y]) - expected).max() <= 2.0
         assert not match.found and 'use_depth is false' in match.reason
         assert math.isnan(match.point.point.z)
+    # rqt_image_view gives x = W (y = H) for a click on the last half pixel: the last pixel
+    # (it was refused as outside the image).
+    node._on_click(Point(x=float(WIDTH), y=float(HEIGHT)))
+    assert np.array_equal(node._store.get('clicked').pixels_xy, [[WIDTH - 1, HEIGHT - 1]])
 
 
 def test_compressed_image_input(ros, tmp_path, scene):

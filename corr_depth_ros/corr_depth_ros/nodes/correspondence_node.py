@@ -536,6 +536,10 @@ class CorrespondenceNode(Node):
         try:
             frame = self._live()
             pixel = np.array([[msg.x, msg.y]], dtype=np.float32)
+            # rqt_image_view rounds x / widget width * image width: a click on the last half
+            # pixel gives x = W (or y = H). Such clicks mean the last pixel; requests stay strict.
+            height, width = frame.rgb.shape[:2]
+            pixel[0] = np.where(pixel[0] == (width, height), (width - 1, height - 1), pixel[0])
             desc = self._descriptors_at(frame.descriptors, pixel, 'click')
             with self._store_lock:
                 if self._store.known(reference_id):
