@@ -29,6 +29,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nearest_existing(path: str) -> str:
+    """``path`` made absolute, or its nearest ancestor that exists."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def file_in_the_way(path: str) -> str:
+    """The file that stops ``path`` being a folder or being created in one: ``path`` or its
+    nearest existing ancestor when that is not a folder, else ''. os.makedirs names it in
+    "[Errno 17] File exists", which reads as if the output existed already."""
+    existing = _nearest_existing(path)
+    return existing if os.path.exists(existing) and not os.path.isdir(existing) else ''
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the path at fault and what is wrong with it, instead of
+    "[Errno 17] File exists: 'afile'" for an output under a file."""
+    if exc.filename is None:
+        return str(exc)     # raised with a message of ours
+    path = os.fspath(exc.filename)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and file_in_the_way(path):
+        return f'{file_in_the_way(path)} is a file, not a folder: give another output path'
+    if isinstance(exc, IsADirectoryError):
+        return f'{path} is a folder, not a file: give a file path'
+    if isinstance(exc, PermissionError):
+        return f'{path}: {exc.strerror}; give another path or change its permissions'
+    target = f' -> {os.fspath(exc.filename2)}' if exc.filename2 is not None else ''
+    return f'{path}{target}: {exc.strerror}'
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -37,12 +69,32 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        # Bad input (a missing file, a folder of another run, a value the command refuses):
-        # the reason in one line, as argparse does. CORR_DEPTH_TRACEBACK=1 shows where.
+    except (ValueError, OSError) as exc:
+        # Bad input (a missing file, a folder of another run, a value the command refuses, a
+        # path that cannot be written): the reason in one line, as argparse does.
+        # CORR_DEPTH_TRACEBACK=1 shows where.
         if os.environ.get('CORR_DEPTH_TRACEBACK'):
             raise
-        print(f'corr_depth: error: {exc}', file=sys.stderr)
+        message = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+        print(f'corr_depth: error: {message}', file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        # A training run that diverged (core/training.fit): its checkpoint holds the last
+        # good state, so the run is not lost.
+        if os.environ.get('CORR_DEPTH_TRACEBACK'):
+            raise
+        print(f'corr_depth: error: training diverged ({exc}). A run goes on from its last '
+              'checkpoint when the same command is run again (train stereo: add --resume).',
+              file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # OpenCV's own errors (cv2.error, e.g. an image format it cannot write). cv2 is not
+        # imported here for the except clause: `corr_depth --help` stays fast.
+        cv2 = sys.modules.get('cv2')
+        if cv2 is None or not isinstance(exc, cv2.error) or \
+                os.environ.get('CORR_DEPTH_TRACEBACK'):
+            raise
+        print(f'corr_depth: error: OpenCV: {exc.err} (in {exc.func})', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Ctrl-C is how a training run is paused: no traceback, and how to go on.
