@@ -16,6 +16,15 @@ def _run_func(monkeypatch, func):
     return cli_main(['train', 'stereo'])
 
 
+def _locked(monkeypatch, folder):
+    """``folder`` unwritable as os.access sees it: permission bits do not stop root, who runs
+    these tests in containers."""
+    real_access = os.access
+    locked = os.path.abspath(folder)
+    monkeypatch.setattr(os, 'access', lambda path, mode, *a, **k: (
+        os.path.abspath(path) != locked and real_access(path, mode, *a, **k)))
+
+
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err
     assert 'Traceback' not in err and err.count('\n') == 1, err
@@ -73,3 +82,61 @@ def test_an_output_folder_inside_a_file_is_named_as_such(monkeypatch, capsys, tm
         os.makedirs(tmp_path / out, exist_ok=True)
     assert _run_func(monkeypatch, makes_folder) == 2
     assert f'{tmp_path / "afile"} is a file, not a folder' in _one_line(capsys)
+
+
+# Each evaluation's first step of the work: the output checks come before it.
+_WORK = {'stereo': ('corr_depth_ros.core.stereo_net.evaluate', 'motorcycle_pairs'),
+         'mono': ('corr_depth_ros.core.mono.evaluate', 'run_evaluation'),
+         'corr': ('corr_depth_ros.core.descriptors.evaluate', 'load_model')}
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    import importlib
+
+    def started(*args, **kwargs):
+        raise ValueError('the work started')
+    for module, name in _WORK.values():
+        monkeypatch.setattr(importlib.import_module(module), name, started)
+
+
+@pytest.mark.parametrize('model', sorted(_WORK))
+@pytest.mark.parametrize('outputs, said', [
+    (['--json', 'afile/out.json'], '--json afile/out.json: {tmp}/afile is a file, not a folder'),
+    (['--json', 'taken.json'], '--json taken.json is a folder, not a file'),
+    (['--json', 'locked/out.json'], '--json locked/out.json: {tmp}/locked cannot be written'),
+    (['--json', ''], '--json is empty'),
+    (['--json', 'out.json', '--figure', 'noext'], '--figure noext: OpenCV has no writer for a '
+                                                  'name without an extension'),
+    (['--json', 'out.json', '--figure', 'fig.txt'], '--figure fig.txt: OpenCV has no writer '
+                                                    'for .txt'),
+    (['--json', 'out.json', '--figure', 'afile/fig.png'], '--figure afile/fig.png: {tmp}/afile '
+                                                          'is a file'),
+    (['--json', 'taken'], 'the figure (the --json path with .png) taken.png is a folder'),
+])
+def test_eval_outputs_are_checked_before_the_work(model, outputs, said, tmp_path, monkeypatch,
+                                                  capsys, no_work):
+    """They were tried after the whole evaluation, which a bad path then lost."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'afile').write_bytes(b'')
+    (tmp_path / 'taken.json').mkdir()
+    (tmp_path / 'taken.png').mkdir()
+    (tmp_path / 'locked').mkdir()
+    _locked(monkeypatch, tmp_path / 'locked')
+    dataset = ['--dataset', 'motorcycle'] if model != 'mono' else []
+    assert cli_main(['eval', model, *dataset, *outputs]) == 2
+    err = _one_line(capsys)
+    assert said.format(tmp=tmp_path) in err
+
+
+@pytest.mark.parametrize('model', sorted(_WORK))
+def test_eval_outputs_that_can_be_written_reach_the_work(model, tmp_path, monkeypatch, capsys,
+                                                         no_work):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'old.json').write_text('{}')
+    dataset = ['--dataset', 'motorcycle'] if model != 'mono' else []
+    for outputs in (['--json', 'new/folder/out.json', '--figure', 'figs/out.jpg'],
+                    ['--json', 'old.json'], ['--json', 'out.json', '--figure', '']):
+        assert cli_main(['eval', model, *dataset, *outputs]) == 2
+        assert 'the work started' in _one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['old.json']   # nothing made early

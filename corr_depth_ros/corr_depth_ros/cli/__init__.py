@@ -45,6 +45,28 @@ def file_in_the_way(path: str) -> str:
     return existing if os.path.exists(existing) and not os.path.isdir(existing) else ''
 
 
+def check_output(path: str, option: str, folder: bool = False) -> None:
+    """ValueError naming ``option`` if ``path`` (a file, or with ``folder`` a folder) cannot be
+    written: an empty path, a folder where a file goes, a file on the way, or no permission.
+    Called before the work: the same failure at its end lost all of it."""
+    if not path:
+        raise ValueError(f'{option} is empty: give a path')
+    in_the_way = file_in_the_way(path if folder else os.path.dirname(os.path.abspath(path)))
+    if in_the_way:
+        raise ValueError(f'{option} {path}: {in_the_way} is a file, not a folder; give another '
+                         f'{option}')
+    if not folder and os.path.isdir(path):
+        raise ValueError(f'{option} {path} is a folder, not a file; give a file path')
+    # The path if it exists (a file to overwrite, a folder to fill), else the folder it would
+    # be made in. os.access rather than a trial write, so nothing is created before the work;
+    # it also answers for root, whom permission bits do not stop, on a chattr +i folder or a
+    # read-only mount.
+    existing = _nearest_existing(path)
+    if not os.access(existing, os.W_OK | (os.X_OK if os.path.isdir(existing) else 0)):
+        raise ValueError(f'{option} {path}: {existing} cannot be written (permission denied); '
+                         f'give another {option} or change its permissions')
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an OSError: the path at fault and what is wrong with it, instead of
     "[Errno 17] File exists: 'afile'" for an output under a file."""

@@ -36,6 +36,32 @@ def figure_path(args) -> str:
     return os.path.splitext(args.json)[0] + '.png'
 
 
+# What cv2.imwrite writes in any OpenCV build, for one without cv2.haveImageWriter.
+FIGURE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
+
+
+def check_outputs(args, figure_out: str) -> None:
+    """ValueError, before the evaluation, if the JSON or the figure (``figure_out``, '' for
+    none) could not be written: they were tried after it, so a path inside a file, a folder
+    named like the JSON or a figure extension OpenCV has no writer for lost the whole run."""
+    import os
+
+    import cv2
+
+    from . import check_output
+    check_output(args.json, '--json')
+    if not figure_out:
+        return
+    option = '--figure' if args.figure else 'the figure (the --json path with .png)'
+    check_output(figure_out, option)
+    extension = os.path.splitext(figure_out)[1].lower()
+    writable = (cv2.haveImageWriter(figure_out) if hasattr(cv2, 'haveImageWriter')
+                else extension in FIGURE_EXTENSIONS)
+    if not writable:
+        raise ValueError(f'{option} {figure_out}: OpenCV has no writer for '
+                         f'{extension or "a name without an extension"}; end it in .png')
+
+
 def write_figure(path: str, rgb) -> None:
     """Write an (H,W,3) uint8 RGB figure as PNG, creating its folder; OSError if it failed
     (cv2.imwrite only returns False)."""

@@ -54,8 +54,11 @@ def run(args) -> int:
 
     from ..core.descriptors import evaluate as ev
     from ..core.memory import keep_freed_memory
+    from .eval import check_outputs, figure_path, write_figure
     keep_freed_memory()   # timed as the correspondence node runs (core/memory.py)
     resolve_json(args)
+    figure_out = figure_path(args)
+    check_outputs(args, figure_out)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from ..core.descriptors.network import DEFAULT_SCALES, check_scales
@@ -154,8 +157,6 @@ def run(args) -> int:
             print(' ' * 16 + 'PCK@3 by distance to a depth edge: ' + ', '.join(
                 f'{bin_name} {b["pck@3"]:.3f} ({b["queries"]})' for bin_name, b in by_edge.items()
                 if b['pck@3'] is not None))
-    from .eval import figure_path, write_figure
-    figure_out = figure_path(args)
     if figure_out and figure_args is not None:
         a, b, queries, truth, raw = figure_args
         matches, errors = raw['descriptor_net'][0], raw['descriptor_net'][1]

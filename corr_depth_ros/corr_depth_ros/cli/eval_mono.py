@@ -34,13 +34,14 @@ def run(args) -> int:
 
     from ..core.memory import keep_freed_memory
     from ..core.mono.evaluate import run_evaluation, write_json
-    from .eval import figure_path, write_figure
+    from .eval import check_outputs, figure_path, write_figure
     keep_freed_memory()   # timed as the mono node runs (core/memory.py)
     resolve_json(args)
     datasets = ('motorcycle', 'synthetic') if args.dataset == 'all' else (args.dataset,)
     if args.figure and 'motorcycle' not in datasets:
         raise ValueError('--figure draws the Motorcycle image: use --dataset motorcycle or all')
     figure_out = figure_path(args) if 'motorcycle' in datasets else ''
+    check_outputs(args, figure_out)
     report, figure = run_evaluation(
         datasets=datasets, weights=args.weights, ablation_weights=args.ablation_weights,
         input_size=args.input_size,

@@ -47,11 +47,13 @@ def run(args) -> int:
     from ..core.stereo_net.evaluate import (DENSE_NOTE, environment, error_figure,
                                             evaluate_backend, motorcycle_pairs, strip_predictions,
                                             synthetic_pairs)
-    from .eval import figure_path, write_figure
+    from .eval import check_outputs, figure_path, write_figure
     backends = args.backend or ['learned', 'sgbm']
     resolve_json(args)
     if 'onnx' in backends and not args.onnx_model:
         raise ValueError('--backend onnx needs --onnx-model PATH (e.g. from corr_depth export-onnx)')
+    figure_out = figure_path(args)
+    check_outputs(args, figure_out)
     if args.dataset == 'motorcycle':
         pairs = motorcycle_pairs(args.scale)
     else:
@@ -96,7 +98,6 @@ def run(args) -> int:
         json.dump(out, f, indent=2)
         f.write('\n')
     print(f'wrote {args.json}')
-    figure_out = figure_path(args)
     if figure_out:
         panel = error_figure(pairs[0]['left'], pairs[0]['disparity_px'],
                              {k: v['predictions'][0] for k, v in reports.items()})
