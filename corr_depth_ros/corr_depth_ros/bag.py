@@ -140,9 +140,25 @@ class BagWriter:
 
         from mcap.well_known import Profile
         from mcap.writer import Writer
+        if not path:
+            # '' wrote the partial file beside the working folder, and failed to rename it to
+            # '' only once every frame was processed.
+            raise ValueError('the output path is empty: give a .mcap file path')
         if os.path.isdir(path) or path.endswith(os.sep):
             # Said before the work: the finished file could not be moved there at the end.
             raise ValueError(f'the output {path} is a folder: give a .mcap file path')
+        folder = os.path.dirname(os.path.abspath(path))
+        existing = folder
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            # os.makedirs said "[Errno 17] File exists" of it, as if the output existed.
+            raise ValueError(f'the output {path} lies under {existing}, which is a file, not a '
+                             'folder: give a .mcap path in a folder')
+        if not os.access(existing, os.W_OK | os.X_OK):
+            # The partial file goes beside the output: its name was the one in the error.
+            raise ValueError(f'the output {path} cannot be written: no permission to write in '
+                             f'{existing}; give a path in another folder')
         if offered_qos is None:
             from .nodes.worker import output_qos
             offered_qos = output_qos()
@@ -151,7 +167,7 @@ class BagWriter:
         # as an input) and moved into place only when complete: a run that fails leaves neither
         # a broken file nor an existing output destroyed.
         self.path = path
-        folder, name = os.path.split(os.path.abspath(path))
+        name = os.path.basename(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         handle, self._partial = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.partial')
         # mkstemp makes the file 0600, which os.replace would keep: give it the mode a plain

@@ -140,3 +140,87 @@ def test_eval_outputs_that_can_be_written_reach_the_work(model, tmp_path, monkey
         assert cli_main(['eval', model, *dataset, *outputs]) == 2
         assert 'the work started' in _one_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['old.json']   # nothing made early
+
+
+def test_synth_out_is_checked_before_rendering(tmp_path, monkeypatch, capsys):
+    import corr_depth_ros.core.synth as synth
+
+    def renders(*args, **kwargs):
+        raise AssertionError('rendered')
+    monkeypatch.setattr(synth, 'write_dataset', renders)
+    (tmp_path / 'afile').write_bytes(b'')
+    (tmp_path / 'locked').mkdir()
+    _locked(monkeypatch, tmp_path / 'locked')
+    for out, said in (('afile', f'{tmp_path}/afile is a file, not a folder'),
+                      ('afile/ds', f'{tmp_path}/afile is a file, not a folder'),
+                      ('locked', f'{tmp_path}/locked cannot be written'),
+                      ('locked/ds', f'{tmp_path}/locked cannot be written')):
+        assert cli_main(['synth', 'stereo', '--out', str(tmp_path / out), '--count', '1',
+                         '--no-progress']) == 2
+        err = _one_line(capsys)
+        assert err.startswith('corr_depth synth: error: --out ') and said in err
+
+
+def test_export_onnx_out_is_checked_before_loading(tmp_path, monkeypatch, capsys):
+    from corr_depth_ros.core import training
+
+    def loads(*args, **kwargs):
+        raise ValueError('the weights were loaded')
+    monkeypatch.setattr(training, 'load_weights', loads)
+    (tmp_path / 'afile').write_bytes(b'')
+    assert cli_main(['export-onnx', 'stereo', '--out', str(tmp_path / 'afile' / 'm.onnx'),
+                     '--height', '64', '--width', '64']) == 2
+    assert f'--out {tmp_path}/afile/m.onnx: {tmp_path}/afile is a file, not a folder' in \
+        _one_line(capsys)
+
+
+def test_an_onnx_model_path_that_is_a_folder_is_named_as_such(tmp_path):
+    pytest.importorskip('onnxruntime')
+    from corr_depth_ros.core.backends import create_backend
+    (tmp_path / 'model.onnx').mkdir()
+    with pytest.raises(IsADirectoryError, match='model.onnx is a folder, not a file'):
+        create_backend('onnx', model_path=str(tmp_path / 'model.onnx'), device='cpu')
+
+
+class TestProcessBagOutput:
+    """The output is checked before the first frame: an empty path processed every frame and
+    then failed to rename a partial file written beside the working folder; one inside a file
+    said "[Errno 17] File exists"."""
+
+    @pytest.fixture(autouse=True)
+    def _bag(self, tmp_path, monkeypatch):
+        pytest.importorskip('mcap_ros2')
+        from corr_depth_ros import bag
+        writer = bag.BagWriter(str(tmp_path / 'in.mcap'))
+        writer.close()
+        (tmp_path / 'afile').write_bytes(b'')
+        monkeypatch.chdir(tmp_path)
+
+    def _run(self, output, *extra):
+        return cli_main(['process-bag', 'in.mcap', output, '--namespace', '/cam',
+                         '--no-progress', *extra])
+
+    def test_an_empty_output_is_refused_while_parsing(self, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            self._run('')
+        assert exit_info.value.code == 2
+        assert 'argument output: the output path is empty' in capsys.readouterr().err
+
+    @pytest.mark.parametrize('output', ['afile/out.mcap', 'afile/sub/out.mcap'])
+    def test_an_output_inside_a_file(self, output, tmp_path, capsys):
+        assert self._run(output) == 2
+        assert f'lies under {tmp_path}/afile, which is a file, not a folder' in \
+            _one_line(capsys)
+
+    def test_an_output_in_a_folder_that_cannot_be_written(self, tmp_path, monkeypatch, capsys):
+        (tmp_path / 'locked').mkdir()
+        _locked(monkeypatch, tmp_path / 'locked')
+        assert self._run('locked/out.mcap') == 2
+        err = _one_line(capsys)
+        assert f'no permission to write in {tmp_path}/locked' in err and '.partial' not in err
+
+    def test_an_onnx_model_that_is_a_folder(self, tmp_path, capsys):
+        pytest.importorskip('onnxruntime')
+        (tmp_path / 'model.onnx').mkdir()
+        assert self._run('out.mcap', '--backend', 'onnx', '--weights', 'model.onnx') == 2
+        assert 'ONNX model model.onnx is a folder, not a file' in _one_line(capsys)

@@ -31,6 +31,8 @@ def run_stereo(args) -> int:
     from ..core.stereo_net import ARCH, build_stereo_net
     from ..core.stereo_net.export import export_stereo_onnx
     from ..core.training import load_weights
+    from . import check_output
+    check_output(args.out, '--out')
     model, _ = load_weights(args.weights or DEFAULT_WEIGHTS, build_stereo_net, expected_arch=ARCH)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     parity = export_stereo_onnx(model, args.out, height=args.height, width=args.width,

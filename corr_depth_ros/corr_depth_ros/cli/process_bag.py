@@ -20,7 +20,7 @@ def register(subparsers):
                     'camera_info.')
     parser.add_argument('input', help='input rosbag2 MCAP: a .mcap file or a bag folder '
                         '(ros2 bag record -s mcap); sqlite3 bags: ros2 bag convert them first')
-    parser.add_argument('output', help='output .mcap file (overwritten)')
+    parser.add_argument('output', type=_output_path, help='output .mcap file (overwritten)')
     parser.add_argument('--pipeline', default='stereo', choices=('stereo', 'mono', 'corr'))
     parser.add_argument('--namespace', default='', help='input topic namespace, e.g. /stereo')
     parser.add_argument('--output-prefix', default='', help='output namespace (default: --namespace)')
@@ -162,7 +162,9 @@ def run(args) -> int:
     try:
         counts = PIPELINES[args.pipeline](args.input, args.output, **common, **options)
     except (ValueError, OSError) as exc:
-        print(f'process-bag: {exc}', file=sys.stderr)
+        from . import os_error_message
+        message = os_error_message(exc) if isinstance(exc, OSError) else exc
+        print(f'process-bag: {message}', file=sys.stderr)
         return 2
     unmatched, note = counts.get('unmatched', 0), ''
     if unmatched:
@@ -173,6 +175,14 @@ def run(args) -> int:
     print(f'process-bag: {counts["sets"]} frames processed, {counts["errors"]} skipped'
           f'{note}{written}')
     return 0 if counts['sets'] > 0 else 1
+
+
+def _output_path(text: str) -> str:
+    """argparse type of OUTPUT: '' is refused here; it processed every frame, then failed to
+    move the finished file into place."""
+    if not text:
+        raise argparse.ArgumentTypeError('the output path is empty: give a .mcap file path')
+    return text
 
 
 # --onnx KEY=VALUE: the onnx backend's options (the node's onnx.* parameters) and their types.

@@ -57,6 +57,7 @@ def run(args) -> int:
     import sys
 
     from ..core.synth import SynthConfig, write_dataset
+    from . import check_output
 
     config = SynthConfig()
     if args.photo_set != 'train' and args.photo_textures == 0:
@@ -69,6 +70,7 @@ def run(args) -> int:
         config = config.clean()
     height, width = args.size
     try:
+        check_output(args.out, '--out', folder=True)
         root = write_dataset(args.out, args.synth_kind, args.count, height, width, seed=args.seed,
                              config=config, workers=args.workers, device=args.device,
                              layout=args.layout, progress=not args.no_progress,

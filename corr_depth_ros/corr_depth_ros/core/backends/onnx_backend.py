@@ -107,6 +107,9 @@ class OnnxStereoBackend(StereoBackend):
                              '(onnxruntime-gpu for the CUDA provider)') from exc
         if not model_path:
             raise ValueError('onnx backend needs a model path (parameter onnx.model_path)')
+        if os.path.isdir(model_path):
+            raise IsADirectoryError(f'ONNX model {model_path} is a folder, not a file: give '
+                                    'the .onnx file')
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f'ONNX model not found: {model_path}')
         if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
