@@ -494,3 +494,27 @@ def test_principal_point_offset_limits_the_depth_reach_and_the_node_says_so(ros)
     rig.received = {k: [] for k in rig.received}
     assert abs(median_depth() - 2.0) < 0.05
     assert len([1 for level, _ in said if level == 'warning']) == 1
+
+
+def test_parameters_the_node_does_not_have_are_named_at_start_up(ros):
+    """A misspelt name in a params file, or a QoS override of a topic the node does not use
+    (one without its namespace), was ignored without a word."""
+    said = []
+
+    class Logger:
+        def __getattr__(self, level):
+            return lambda text, **kwargs: said.append((level, text))
+
+    class Named(StereoDepthNode):
+        def get_logger(self):
+            return Logger()
+    overrides = [Parameter('backnd', value='learned'),
+                 Parameter('qos_overrides./left/image_rect.subscription.reliability',
+                           value='reliable'),
+                 Parameter('qos_overrides./elsewhere/image_rect.subscription.reliability',
+                           value='reliable')]
+    ros.add(Named(context=ros.context, parameter_overrides=overrides))
+    warnings = [text for level, text in said if level == 'warning' and 'ignored parameter' in text]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        'ignored parameter(s) backnd, qos_overrides./elsewhere/image_rect.subscription.'
+        'reliability: /stereo_depth_node has no such parameter'), said

@@ -44,7 +44,7 @@ from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
 from ..core.threads import pin_torch_threads
 from ..sync import make_synchronizer
-from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
+from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate, warn_unknown_parameters
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, stop_workers)
 
@@ -245,6 +245,7 @@ class CorrespondenceNode(Node):
             f'{len(self._store.ids())} stored references, '
             f'depth={"on" if self._values["use_depth"] else "off"} (sync={sync_impl}), '
             f'clicks on {self._click_topic}')
+        warn_unknown_parameters(self)
 
     # --- set-up ------------------------------------------------------------------------------
     def _load_model(self):

@@ -31,7 +31,7 @@ from ..core.threads import pin_torch_threads
 from ..core.training import resolve_device
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
-from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
+from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate, warn_unknown_parameters
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, stop_workers, sync_advice)
 
@@ -127,6 +127,7 @@ class MonoDepthNode(Node):
         if self._values['depth_mode'] == 'relative':
             self.get_logger().warning('depth_mode=relative: the depth topic is unitless '
                                       '(1.0 = median depth of each frame), not metres')
+        warn_unknown_parameters(self)
 
     # --- parameters -------------------------------------------------------------------------
     def _on_set_parameters(self, params):

@@ -76,6 +76,20 @@ def declare(node, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
     return values
 
 
+def warn_unknown_parameters(node) -> None:
+    """Warn about values given for parameters the node does not have (a misspelt name in a
+    params file or -p, a QoS override for a topic it does not use, e.g. one without the
+    namespace): ROS ignores them silently. Call once every parameter is declared, QoS overrides
+    included (they are declared with the publishers and subscriptions)."""
+    given = getattr(node, '_parameter_overrides', {}) or {}
+    unknown = sorted(name for name in given if not node.has_parameter(name))
+    if unknown:
+        node.get_logger().warning(
+            f'ignored parameter(s) {", ".join(unknown)}: {node.get_fully_qualified_name()} has '
+            'no such parameter (check the spelling; a QoS override names the resolved topic, '
+            'namespace included; `ros2 param list` shows the names)')
+
+
 def validate(specs: Sequence[ParamSpec], params) -> SetParametersResult:
     """Check a set-parameters request against the specs' choices and ranges."""
     by_name = {s.name: s for s in specs}

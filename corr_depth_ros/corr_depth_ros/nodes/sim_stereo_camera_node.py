@@ -20,7 +20,7 @@ from std_msgs.msg import Header
 from .. import conversions
 from ..core.sim_camera import FrameCancelled, SimRig, SimStereoCamera
 from ..core.threads import pin_torch_threads
-from .params import ParamSpec, declare
+from .params import ParamSpec, declare, warn_unknown_parameters
 from .worker import output_qos, run_node
 
 PARAMS = [
@@ -123,6 +123,7 @@ class SimStereoCameraNode(Node):
         self._thread.start()
         self.get_logger().info(f'sim stereo camera: {v["source"]}, {rig.width}x{rig.height}, '
                                f'fx={rig.fx_px} px, baseline={rig.baseline_m} m')
+        warn_unknown_parameters(self)
 
     def _run(self):
         # This thread renders with torch: it gets torch's threads (core/threads.py), whatever

@@ -30,7 +30,7 @@ from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_
                                     MAX_DISPARITY_RANGE_PX, depth_reach_warning, run_stereo)
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
-from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate
+from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate, warn_unknown_parameters
 from .worker import (LatestFrameWorker, ThrottledReporter, image_inputs, output_qos, run_node,
                      start_sync_watchdog, stop_workers, sync_advice)
 
@@ -187,6 +187,7 @@ class StereoDepthNode(Node):
         self._sync_watchdog = start_sync_watchdog(
             self, self._sync, topics, sync_advice(self._values['approximate_sync']), self._errors,
             lambda: self.synchronised_sets)
+        warn_unknown_parameters(self)
 
     # --- parameters -------------------------------------------------------------------------
     def _switch_backend(self, name: str, fallback: bool = True) -> None:
