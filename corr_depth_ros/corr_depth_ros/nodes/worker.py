@@ -47,10 +47,6 @@ class LatestFrameWorker:
             self._pending = item
             self._cond.notify()
 
-    def stats(self) -> Dict[str, float]:
-        return {'processed': self.processed, 'dropped': self.dropped,
-                'last_duration_s': self.last_duration_s}
-
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Ask the thread to end after its current item and wait up to ``timeout_s``. False if
         it is still busy then: the item's error (e.g. publishing after the node's publishers are

@@ -27,7 +27,6 @@ from torch import nn
 from ..shapes import check_shape
 
 DIVISIBILITY = 32  # 2**5: the encoder halves the resolution five times
-NUM_SCALES = 4
 ARCH = 'mono_lr_net-2'
 # Initial disparity (fraction of width) of the untrained heads: the order of the median training
 # disparity (0.067 W in the tabletop training scenes, data.MAX_DISPARITY_FRACTION = 0.12). At the
