@@ -456,6 +456,11 @@ def test_image_only_node_matches_without_3d_points(ros, tmp_path, scene):
     # (it was refused as outside the image).
     node._on_click(Point(x=float(WIDTH), y=float(HEIGHT)))
     assert np.array_equal(node._store.get('clicked').pixels_xy, [[WIDTH - 1, HEIGHT - 1]])
+    # A double click adds the pixel once (a soak run piled up 117 copies of one pixel).
+    node._on_click(Point(x=float(WIDTH - 1), y=float(HEIGHT - 1)))
+    node._on_click(Point(x=10.0, y=20.0))
+    assert np.array_equal(node._store.get('clicked').pixels_xy,
+                          [[WIDTH - 1, HEIGHT - 1], [10, 20]])
 
 
 def test_compressed_image_input(ros, tmp_path, scene):

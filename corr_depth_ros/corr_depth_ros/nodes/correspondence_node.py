@@ -547,6 +547,12 @@ class CorrespondenceNode(Node):
                     # get() refuses one another network made, rather than a click replacing
                     # its pixels on disk.
                     ref = self._store.get(reference_id)
+                    # A double click (or the same pixel again) adds nothing: stored pixels are
+                    # picked by position (within 0.5 px), and a copy would only repeat a match.
+                    if np.hypot(*(ref.pixels_xy - pixel).T).min() <= 0.5:
+                        self.get_logger().info(f'click ({msg.x:g}, {msg.y:g}) is already in '
+                                               f'reference {reference_id!r}')
+                        return
                     # Beyond the limit, a find of all its pixels would be refused.
                     self._check_pixel_count(len(ref.pixels_xy) + 1,
                                             f'reference {reference_id!r} would have '
