@@ -82,6 +82,11 @@ def test_reporter_throttles_per_problem_and_is_silent_after_shutdown():
     assert logger.lines[-1] == 'frame dropped: camera_info has Tx = 0'
     reporter.frame_dropped(RuntimeError("publisher's context is invalid"), FakeContext(ok=False))
     assert len(logger.lines) == 3 and reporter.count == 5
+    # Keys carry part of the message: a value changing there (a drifting fx) must not grow
+    # the reporter without bound over a node's life.
+    for i in range(2000):
+        reporter.frame_dropped(ValueError(f'fx={i} is no focal length'), FakeContext(ok=True))
+    assert len(reporter._last) <= 256 + 1 and len(logger.lines) == 3 + 2000
 
 
 def test_stop_reports_a_busy_worker_and_silences_its_abandoned_frame():

@@ -123,6 +123,14 @@ class ThrottledReporter:
         with self._lock:
             if now - self._last.get(key, -1e9) < self._period_s:
                 return False
+            if len(self._last) >= 256:
+                # Keys carry part of a message (frame_dropped): a value that changes there
+                # (a drifting calibration) would add one a frame for the node's lifetime.
+                # Those not due any more tell nothing; if that is not enough, forgetting all
+                # only lets a repeat be logged again sooner.
+                self._last = {k: t for k, t in self._last.items() if now - t < self._period_s}
+                if len(self._last) >= 256:
+                    self._last.clear()
             self._last[key] = now
             return True
 
