@@ -200,7 +200,7 @@ def test_safetensors_round_trip_strict_and_arch_mismatch(tmp_path):
     # Strict loading: a config that builds a different network must not load silently.
     save_weights(path, model, arch=ARCH, config=dict(TINY, aggregation_channels=[8, 8, 16]),
                  metadata={})
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=f'{path} does not hold the tensors .* the network has'):
         load_weights(path, build_stereo_net, expected_arch=ARCH)
 
 

@@ -40,7 +40,7 @@ def test_weights_round_trip_and_strict(tmp_path):
     with pytest.raises(ValueError, match='expected'):
         training.load_weights(path, _tiny, expected_arch='other')
     # A factory producing a different shape must fail loudly (strict=True), not half-load.
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r'0\.weight is \(5, 2\), the network has \(6, 2\)'):
         training.load_weights(path, lambda hidden: _tiny(hidden=hidden + 1), expected_arch='tiny')
     assert training.weights_identity(loaded, 'tiny', {'hidden': 5}) == header['identity']
 
@@ -484,3 +484,43 @@ def test_cli_ctrl_c_says_how_to_go_on_without_a_traceback(monkeypatch, capsys):
     assert cli.main(['train', 'stereo']) == 130
     assert 'interrupted. A training run goes on from its last checkpoint' in \
         capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_their_network_are_refused_naming_the_file(tmp_path):
+    """load_weights gave raw TypeError (an option the network does not take), RuntimeError
+    (tensors missing, extra or of another shape) and JSONDecodeError (a damaged header), none
+    naming the file: the callers (process-bag, eval, the nodes) turn a ValueError into a clear
+    message, so each is one now, with the file and what does not match. A folder given as the
+    weights is said to be one (it was 'weights file not found')."""
+    from safetensors.torch import load_file, save_file
+    path = str(tmp_path / 'w.safetensors')
+    header = training.save_weights(path, _tiny(hidden=5), arch='tiny', config={'hidden': 5},
+                                   metadata={})
+    tensors = load_file(path)
+
+    def write(name, state, **changes):
+        out = str(tmp_path / name)
+        save_file(state, out, metadata={k: json.dumps(v) for k, v in {**header, **changes}.items()})
+        return out
+    unknown = write('unknown.safetensors', tensors, config={'hidden': 5, 'depth': 3})
+    with pytest.raises(ValueError, match=f"{unknown}: this version cannot build the 'tiny' "
+                                         "network .*'depth'"):
+        training.load_weights(unknown, _tiny, expected_arch='tiny')
+    missing = write('missing.safetensors', {k: v for k, v in tensors.items() if k != '2.bias'})
+    with pytest.raises(ValueError, match=f'{missing} does not hold the tensors .*missing 2.bias'):
+        training.load_weights(missing, _tiny, expected_arch='tiny')
+    extra = write('extra.safetensors', {**tensors, 'spare': torch.zeros(2)})
+    with pytest.raises(ValueError, match=f'{extra} does not hold the tensors .*unexpected spare'):
+        training.load_weights(extra, _tiny, expected_arch='tiny')
+    reshaped = write('reshaped.safetensors', tensors, config={'hidden': 6})
+    with pytest.raises(ValueError, match=r'0\.bias is \(5,\), the network has \(6,\)'):
+        training.load_weights(reshaped, _tiny, expected_arch='tiny')
+    damaged = str(tmp_path / 'damaged.safetensors')
+    save_file(tensors, damaged, metadata={'arch': '"tiny"', 'config': '{"hidden": 5'})
+    with pytest.raises(ValueError, match=f"{damaged}: the 'config' entry of its header is not "
+                                         'JSON'):
+        training.read_weights_header(damaged)
+    with pytest.raises(ValueError, match=f'{tmp_path} is a folder, not a weights file'):
+        training.load_weights(str(tmp_path), _tiny, expected_arch='tiny')
+    with pytest.raises(FileNotFoundError, match='weights file not found'):
+        training.load_weights(str(tmp_path / 'none.safetensors'), _tiny, expected_arch='tiny')

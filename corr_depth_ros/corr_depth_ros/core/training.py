@@ -127,6 +127,9 @@ def save_weights(path: str, model: nn.Module, *, arch: str, config: Dict[str, An
 def read_weights_header(path: str) -> Dict[str, Any]:
     """The arch/config/metadata/identity stored in a safetensors file written by save_weights."""
     from safetensors import SafetensorError, safe_open
+    if os.path.isdir(path):
+        raise ValueError(f'{path} is a folder, not a weights file: name the .safetensors file '
+                         'in it')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weights file not found: {path}')
     try:
@@ -138,7 +141,18 @@ def read_weights_header(path: str) -> Dict[str, Any]:
     if missing:
         raise ValueError(f'{path} has no {sorted(missing)} in its header: not a corr_depth_ros '
                          'weights file (written by save_weights)')
-    return {k: json.loads(v) for k, v in raw.items()}
+    header = {}
+    for key, text in raw.items():
+        try:
+            header[key] = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f'{path}: the {key!r} entry of its header is not JSON ({exc}): the '
+                             'file is damaged or was not written by save_weights') from exc
+    if not isinstance(header['config'], dict):
+        raise ValueError(f'{path}: its header config is {header["config"]!r}, not a mapping of '
+                         'network options: the file is damaged or was not written by '
+                         'save_weights')
+    return header
 
 
 class BestWeights:
@@ -187,9 +201,36 @@ def load_weights(path: str, factory: Callable[..., nn.Module], *, expected_arch:
     header = read_weights_header(path)
     if header['arch'] != expected_arch:
         raise ValueError(f'{path} holds a {header["arch"]!r} model, expected {expected_arch!r}')
-    model = factory(**header['config'])
-    model.load_state_dict(load_file(path, device=map_location), strict=True)
+    try:
+        model = factory(**header['config'])
+    except (TypeError, ValueError) as exc:
+        # An option this version does not know (newer weights), or a value it refuses.
+        raise ValueError(f'{path}: this version cannot build the {expected_arch!r} network its '
+                         f'header describes ({exc}); its config: {header["config"]}') from exc
+    state = load_file(path, device=map_location)
+    mismatch = _tensor_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f'{path} does not hold the tensors of the network its header describes '
+                         f'({mismatch}): the file is damaged or was written by other code')
+    model.load_state_dict(state, strict=True)
     return model, header
+
+
+def _tensor_mismatch(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor]) -> str:
+    """'' when ``found`` has exactly ``expected``'s tensor names and shapes, else what differs
+    (a few names of each kind: a state dict has hundreds)."""
+    def some(names):
+        names = sorted(names)
+        return ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')
+    missing = set(expected) - set(found)
+    extra = set(found) - set(expected)
+    reshaped = sorted(k for k in set(expected) & set(found)
+                      if tuple(expected[k].shape) != tuple(found[k].shape))
+    parts = ([f'missing {some(missing)}'] if missing else []) + \
+        ([f'unexpected {some(extra)}'] if extra else []) + \
+        [f'{k} is {tuple(found[k].shape)}, the network has {tuple(expected[k].shape)}'
+         for k in reshaped[:3]]
+    return '; '.join(parts)
 
 
 def source_note(path: str, header: Dict[str, Any]) -> Dict[str, Any]:
