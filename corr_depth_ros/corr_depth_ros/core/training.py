@@ -417,6 +417,51 @@ def _restore_batch_norm(state) -> None:
                 tensor.copy_(value)
 
 
+def _run_signature(signature: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size > 1 and signature is not None:
+        # Each rank reads its own part of the data (and the batch is per rank): a resume with
+        # another number of processes is another run. Absent for one process, as before.
+        return {**signature, 'world_size': world_size}
+    return signature
+
+
+def resume_state(cfg: TrainConfig, signature: Optional[Dict[str, Any]] = None,
+                 signature_added_later: Optional[Dict[str, Any]] = None,
+                 map_location: Any = 'cpu') -> Optional[Dict[str, Any]]:
+    """The checkpoint :func:`fit` would resume in ``cfg.out_dir`` (None: a fresh run), after
+    every check that refuses the run: fit calls it, and a trainer whose data takes long to
+    build calls it first, so that a refused run costs nothing.
+
+    Refused: without ``cfg.resume``, a folder that holds a previous run (checkpoint.pt or
+    log.jsonl); a checkpoint that does not load, or one of another signature
+    (:func:`check_signature`).
+    """
+    log_path = os.path.join(cfg.out_dir, 'log.jsonl')
+    ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
+    if not cfg.resume:
+        if os.path.isfile(ckpt_path) or os.path.isfile(log_path):
+            raise FileExistsError(f'{cfg.out_dir} holds a previous run (checkpoint.pt / '
+                                  'log.jsonl): resume it, or give another output folder; a '
+                                  'fresh run there would mix its log and best weights with the '
+                                  'old ones')
+        return None
+    if not os.path.isfile(ckpt_path):
+        return None
+    try:
+        state = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or 'model' not in state or 'step' not in state:
+            raise ValueError('no model and step in it')
+    except PermissionError:
+        raise                    # names the file; nothing wrong with the checkpoint itself
+    except Exception as exc:     # truncated, overwritten: torch says it in many ways
+        raise ValueError(f'{ckpt_path} cannot be read ({type(exc).__name__}: {exc}); delete it '
+                         'to start the run over, or give another output folder') from exc
+    check_signature(ckpt_path, state.get('signature'), _run_signature(signature),
+                    signature_added_later)
+    return state
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None,
@@ -428,14 +473,15 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     Returns the last training logs merged with the last validation numbers.
 
     Without ``cfg.resume``, an out_dir that holds a previous run (checkpoint or log) is refused
-    rather than mixed with it. A resumed run continues the data stream instead of replaying
-    its first batches: the sampler (:class:`EpochSampler`) starts at the epoch and position
-    the steps done reached, the random state (augmentation) is reseeded from the step reached,
-    and a dataset with ``start_stream(rank, items_read, world_size)`` (the descriptor pair pool) is told
-    where this rank's stream stood. Every rank calls it too, so that ranks of a torchrun job
-    draw different data. A batch whose loss is not finite is skipped with the weights and the
-    batch norm statistics as they were. Validation runs before the checkpoint of the same step,
-    and the checkpoint keeps the last validation numbers, so a run killed during validation
+    rather than mixed with it (:func:`resume_state` lists every refusal). A resumed run
+    continues the data stream instead of replaying its first batches: the sampler
+    (:class:`EpochSampler`) starts at the epoch and position the steps done reached, the random
+    state (augmentation) is reseeded from the step reached, and a dataset with
+    ``start_stream(rank, items_read, world_size)`` (the descriptor pair pool) is told where
+    this rank's stream stood. Every rank calls it too, so that ranks of a torchrun job draw
+    different data. A batch whose loss is not finite is skipped with the weights and the batch
+    norm statistics as they were. Validation runs before the checkpoint of the same step, and
+    the checkpoint keeps the last validation numbers, so a run killed during validation
     validates that step again and a finished run resumed once more returns its numbers.
 
     ``signature``: what defines the run apart from its length (network, loss, data; JSON
@@ -449,17 +495,11 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         torch.set_num_threads(cfg.threads)
     dist_info, device = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed + dist_info.rank)
-    if dist_info.world_size > 1 and signature is not None:
-        # Each rank reads its own part of the data (and the batch is per rank): a resume with
-        # another number of processes is another run. Absent for one process, as before.
-        signature = {**signature, 'world_size': dist_info.world_size}
     os.makedirs(cfg.out_dir, exist_ok=True)
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
     ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
-    if not cfg.resume and (os.path.isfile(ckpt_path) or os.path.isfile(log_path)):
-        raise FileExistsError(f'{cfg.out_dir} holds a previous run (checkpoint.pt / log.jsonl): '
-                              'resume it, or give another output folder; a fresh run there '
-                              'would mix its log and best weights with the old ones')
+    state = resume_state(cfg, signature, signature_added_later, map_location=device)
+    signature = _run_signature(signature)
 
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -470,9 +510,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
 
     step = batches_drawn = 0
     resumed_validation: Dict[str, float] = {}
-    if cfg.resume and os.path.isfile(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        check_signature(ckpt_path, state.get('signature'), signature, signature_added_later)
+    if state is not None:
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])

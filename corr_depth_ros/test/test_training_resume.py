@@ -1,0 +1,57 @@
+"""core.training.fit resuming: what a rerun in a run folder continues, and what it refuses."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from corr_depth_ros.core import training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # A shared machine: one thread keeps the tiny trainings fast (see test_mono.py).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny(*, hidden: int = 4):
+    return nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+
+class _Line(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        x = torch.tensor([i / 64.0, 1.0 - i / 64.0])
+        return {'x': x, 'y': (3 * x[0] - x[1]).reshape(1)}
+
+
+def _loss(model, batch):
+    err = model(batch['x']) - batch['y']
+    return (err ** 2).mean(), {'abs_err': err.abs().mean().item()}
+
+
+def _cfg(out_dir, **options):
+    return training.TrainConfig(out_dir=str(out_dir), **{
+        'steps': 6, 'batch_size': 8, 'warmup_steps': 1, 'log_every': 1, 'checkpoint_every': 2,
+        'device': 'cpu', 'threads': 1, **options})
+
+
+def test_a_damaged_checkpoint_is_refused_in_one_sentence_naming_it(tmp_path):
+    """A truncated checkpoint.pt (a full disk, a copy cut short) gave torch.load's raw
+    RuntimeError, without the file's name; now a ValueError says which file and what to do."""
+    cfg = _cfg(tmp_path / 'run', steps=2)
+    training.fit(_tiny(), _Line(), _loss, cfg)
+    path = tmp_path / 'run' / 'checkpoint.pt'
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=f'{path} cannot be read .*delete it to start the run '
+                                         'over'):
+        training.fit(_tiny(), _Line(), _loss, _cfg(tmp_path / 'run', steps=4))
+    path.write_bytes(b'')
+    with pytest.raises(ValueError, match='cannot be read'):
+        training.resume_state(_cfg(tmp_path / 'run', steps=4))
