@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..training import (BestWeights, TrainConfig, fit, is_main_process, main_process_first,
-                        path_key, save_weights, train_config_dict)
+                        path_key, resume_state, save_weights, train_config_dict)
 from .data import (TRAINING_RIG, PairArrayDataset, build_synthetic_cache, load_cache, pair_item,
                    training_synth_config)
 from .inference import metric_depth, predict_disparity
@@ -83,6 +83,16 @@ class _FolderPairs(torch.utils.data.Dataset):
         return pair_item(self._image(item['left']), self._image(item['right']), True, self.hints)
 
 
+def data_key(spec: MonoTrainSpec) -> str:
+    """``spec.data`` as the run signature stores it (a folder by its resolved path)."""
+    if spec.data == 'synthetic':
+        return spec.data
+    if spec.data.startswith('folder:'):
+        return f'folder:{path_key(spec.data.split(":", 1)[1])}'
+    raise ValueError(f'--data must be "synthetic", "folder:PATH" or "bag:PATH", '
+                     f'got {spec.data!r}')
+
+
 def make_dataset(spec: MonoTrainSpec, device: str = 'auto'):
     if spec.data == 'synthetic':
         cache = spec.cache_dir or os.path.join(
@@ -140,16 +150,24 @@ def training_rig(spec: MonoTrainSpec) -> Optional[Dict[str, Any]]:
 
 def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     """Train, then write ``spec.weights_out`` (safetensors + JSON sidecar). Returns the header."""
-    dataset, data_meta = make_dataset(spec, cfg.device)
-    torch.manual_seed(cfg.seed)   # before the network's random initialisation (fit seeds later)
-    model = build_mono_net(base_channels=spec.base_channels,
-                           max_disparity_fraction=spec.max_disparity_fraction)
     weights = LossWeights(use_lr=spec.use_lr,
                           **{'hints': 1.0 if spec.depth_hints else 0.0, **spec.loss})
     if spec.select not in ('best', 'last'):
         raise ValueError(f"select must be 'best' or 'last', got {spec.select!r}")
     config = {'base_channels': spec.base_channels,
               'max_disparity_fraction': spec.max_disparity_fraction}
+    signature = {'loss': asdict(weights), 'data': data_key(spec),
+                 'size_hw': [spec.height, spec.width], 'net': config,
+                 'train_count': spec.train_count if spec.data == 'synthetic' else None}
+    if spec.val_images != MonoTrainSpec.val_images:   # best-so-far compares like with like
+        signature['val_images'] = spec.val_images
+    # A run fit() would refuse is refused before the caches are rendered (minutes at the
+    # default sizes); fit checks again.
+    resume_state(cfg, signature)
+    dataset, data_meta = make_dataset(spec, cfg.device)
+    torch.manual_seed(cfg.seed)   # before the network's random initialisation (fit seeds later)
+    model = build_mono_net(base_channels=spec.base_channels,
+                           max_disparity_fraction=spec.max_disparity_fraction)
     metadata = {
         'model': 'Godard et al. 2017 self-supervised monocular depth (left-right consistency)',
         'output': 'left/right disparity as a fraction of the image width',
@@ -188,13 +206,6 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
             best.offer(bare_model, {**val, 'step': step}, arch=ARCH, config=config,
                        metadata=metadata)
             return val
-    # make_dataset refused any --data but these two, and parsed the folder out of folder:PATH.
-    data_key = (spec.data if spec.data == 'synthetic'
-                else f'folder:{path_key(data_meta["folder"])}')
-    signature = {'loss': asdict(weights), 'data': data_key, 'size_hw': [spec.height, spec.width],
-                 'net': config, 'train_count': spec.train_count if spec.data == 'synthetic' else None}
-    if spec.val_images != MonoTrainSpec.val_images:   # best-so-far compares like with like
-        signature['val_images'] = spec.val_images
     final = fit(model, dataset, make_loss_fn(weights), cfg, val_fn=val_fn, signature=signature)
     model.eval()
     metadata['final'] = final
