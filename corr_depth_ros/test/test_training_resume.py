@@ -77,3 +77,32 @@ def test_train_mono_refuses_a_run_of_another_signature_before_rendering_its_data
     with pytest.raises(ValueError, match=f'{run}/checkpoint.pt is of another run'):
         mono_train.train_mono(spec, _cfg(run, steps=4))
     assert rendered == []
+
+
+def test_a_fresh_run_does_not_take_weights_it_did_not_write(tmp_path):
+    """best.safetensors of an earlier run in the folder was read by BestWeights as this run's
+    best so far: a 3-step mono run wrote a 30-step run's weights with its own metadata, and
+    descriptors --no-resume --ship shipped them. A run that does not resume a checkpoint now
+    refuses such a folder, as it refused one with a checkpoint or a log without --resume."""
+    old = tmp_path / 'old'
+    training.save_weights(str(old / 'best.safetensors'), _tiny(), arch='tiny',
+                          config={}, metadata={'validation': {'mse': 0.0, 'step': 30}})
+    # Resuming when it can (train mono): there is no checkpoint to resume.
+    with pytest.raises(FileExistsError, match=f'{old} holds weights of a previous run '
+                                              r'\(best.safetensors\) but no checkpoint.pt'):
+        training.fit(_tiny(), _Line(), _loss, _cfg(old))
+    # --no-resume (train descriptors, stereo without --resume).
+    os.replace(old / 'best.safetensors', old / 'last.safetensors')
+    with pytest.raises(FileExistsError, match=r'holds a previous run \(last.safetensors\)'):
+        training.fit(_tiny(), _Line(), _loss, _cfg(old, resume=False))
+    # A run with its checkpoint resumes with the best weights it wrote, as before.
+    run = tmp_path / 'run'
+    best = training.BestWeights(str(run / 'best.safetensors'), 'mse')
+
+    def val_fn(model, step):
+        metrics = {'mse': 1.0 / step, 'step': step}
+        best.offer(model, metrics, arch='tiny', config={}, metadata={})
+        return metrics
+    training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=2, val_every=2), val_fn=val_fn)
+    training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=4, val_every=2), val_fn=val_fn)
+    assert training.BestWeights(str(run / 'best.safetensors'), 'mse').best['step'] == 4

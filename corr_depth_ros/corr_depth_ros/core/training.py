@@ -417,6 +417,11 @@ def _restore_batch_norm(state) -> None:
                 tensor.copy_(value)
 
 
+# Weights files the trainers write into out_dir (BestWeights' best.safetensors, the final
+# last.safetensors): a run that does not resume must not take them for its own.
+RUN_WEIGHTS = ('best.safetensors', 'last.safetensors')
+
+
 def _run_signature(signature: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     if world_size > 1 and signature is not None:
@@ -433,20 +438,25 @@ def resume_state(cfg: TrainConfig, signature: Optional[Dict[str, Any]] = None,
     every check that refuses the run: fit calls it, and a trainer whose data takes long to
     build calls it first, so that a refused run costs nothing.
 
-    Refused: without ``cfg.resume``, a folder that holds a previous run (checkpoint.pt or
-    log.jsonl); a checkpoint that does not load, or one of another signature
-    (:func:`check_signature`).
+    Refused: a fresh run in a folder that holds a previous run's weights (:data:`RUN_WEIGHTS`;
+    without ``cfg.resume`` its checkpoint.pt or log.jsonl too), a checkpoint that does not
+    load, or one of another signature (:func:`check_signature`).
     """
-    log_path = os.path.join(cfg.out_dir, 'log.jsonl')
     ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
+    weights = [name for name in RUN_WEIGHTS if os.path.isfile(os.path.join(cfg.out_dir, name))]
     if not cfg.resume:
-        if os.path.isfile(ckpt_path) or os.path.isfile(log_path):
-            raise FileExistsError(f'{cfg.out_dir} holds a previous run (checkpoint.pt / '
-                                  'log.jsonl): resume it, or give another output folder; a '
-                                  'fresh run there would mix its log and best weights with the '
-                                  'old ones')
-        return None
+        found = [name for name in ('checkpoint.pt', 'log.jsonl', *RUN_WEIGHTS)
+                 if os.path.isfile(os.path.join(cfg.out_dir, name))]
+        if found:
+            raise FileExistsError(f'{cfg.out_dir} holds a previous run ({", ".join(found)}): '
+                                  'resume it, or give another output folder; a fresh run there '
+                                  'would mix its log and best weights with the old ones')
     if not os.path.isfile(ckpt_path):
+        if weights:
+            # BestWeights would compare against (and a trainer ship) weights of another run.
+            raise FileExistsError(f'{cfg.out_dir} holds weights of a previous run '
+                                  f'({", ".join(weights)}) but no checkpoint.pt to resume: give '
+                                  'another output folder, or delete them to start afresh there')
         return None
     try:
         state = torch.load(ckpt_path, map_location=map_location, weights_only=True)
@@ -472,17 +482,18 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     ``step`` the optimiser steps done (what the trainers store with their best weights).
     Returns the last training logs merged with the last validation numbers.
 
-    Without ``cfg.resume``, an out_dir that holds a previous run (checkpoint or log) is refused
-    rather than mixed with it (:func:`resume_state` lists every refusal). A resumed run
-    continues the data stream instead of replaying its first batches: the sampler
-    (:class:`EpochSampler`) starts at the epoch and position the steps done reached, the random
-    state (augmentation) is reseeded from the step reached, and a dataset with
-    ``start_stream(rank, items_read, world_size)`` (the descriptor pair pool) is told where
-    this rank's stream stood. Every rank calls it too, so that ranks of a torchrun job draw
-    different data. A batch whose loss is not finite is skipped with the weights and the batch
-    norm statistics as they were. Validation runs before the checkpoint of the same step, and
-    the checkpoint keeps the last validation numbers, so a run killed during validation
-    validates that step again and a finished run resumed once more returns its numbers.
+    Without ``cfg.resume``, an out_dir that holds a previous run (checkpoint, log or weights)
+    is refused rather than mixed with it, and so is one with weights but no checkpoint
+    (:func:`resume_state` lists every refusal). A resumed run continues the data stream
+    instead of replaying its first batches: the sampler (:class:`EpochSampler`) starts at the
+    epoch and position the steps done reached, the random state (augmentation) is reseeded
+    from the step reached, and a dataset with ``start_stream(rank, items_read, world_size)``
+    (the descriptor pair pool) is told where this rank's stream stood. Every rank calls it
+    too, so that ranks of a torchrun job draw different data. A batch whose loss is not finite
+    is skipped with the weights and the batch norm statistics as they were. Validation runs
+    before the checkpoint of the same step, and the checkpoint keeps the last validation
+    numbers, so a run killed during validation validates that step again and a finished run
+    resumed once more returns its numbers.
 
     ``signature``: what defines the run apart from its length (network, loss, data; JSON
     types). It is stored in the checkpoint, and a resume with another one is refused: e.g. a
