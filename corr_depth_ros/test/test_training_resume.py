@@ -106,3 +106,23 @@ def test_a_fresh_run_does_not_take_weights_it_did_not_write(tmp_path):
     training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=2, val_every=2), val_fn=val_fn)
     training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=4, val_every=2), val_fn=val_fn)
     assert training.BestWeights(str(run / 'best.safetensors'), 'mse').best['step'] == 4
+
+
+def test_resume_refuses_another_seed_or_batch_size_and_fewer_steps_than_done(tmp_path):
+    """A resume quietly took a changed --seed or --batch-size (another data stream: the
+    sampler's position is counted in batches), and --steps below the step reached trained
+    nothing and rewrote the weights' metadata with the smaller number."""
+    run = tmp_path / 'run'
+    training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=4, seed=3))
+    ckpt = str(run / 'checkpoint.pt')
+    with pytest.raises(ValueError, match=f'{ckpt} is of a run with another data stream '
+                                         r'\(--seed 3 there, 5 now\)'):
+        training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=6, seed=5))
+    with pytest.raises(ValueError, match=r'--batch-size 8 there, 4 now'):
+        training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=6, seed=3, batch_size=4))
+    with pytest.raises(ValueError, match=f'{ckpt} is at step 4, beyond --steps 2: give --steps 4 '
+                                         'or more'):
+        training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=2, seed=3))
+    # The same options resume, and a finished run resumed at its own length returns.
+    assert training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=4, seed=3))['step'] == 4
+    assert training.fit(_tiny(), _Line(), _loss, _cfg(run, steps=6, seed=3))['step'] == 6

@@ -440,7 +440,8 @@ def resume_state(cfg: TrainConfig, signature: Optional[Dict[str, Any]] = None,
 
     Refused: a fresh run in a folder that holds a previous run's weights (:data:`RUN_WEIGHTS`;
     without ``cfg.resume`` its checkpoint.pt or log.jsonl too), a checkpoint that does not
-    load, or one of another signature (:func:`check_signature`).
+    load, one of another signature (:func:`check_signature`), seed or batch size (its data
+    stream), or one beyond ``cfg.steps``.
     """
     ckpt_path = os.path.join(cfg.out_dir, 'checkpoint.pt')
     weights = [name for name in RUN_WEIGHTS if os.path.isfile(os.path.join(cfg.out_dir, name))]
@@ -469,6 +470,19 @@ def resume_state(cfg: TrainConfig, signature: Optional[Dict[str, Any]] = None,
                          'to start the run over, or give another output folder') from exc
     check_signature(ckpt_path, state.get('signature'), _run_signature(signature),
                     signature_added_later)
+    # The data stream is (seed, batch size): the sampler's order and position, the pairs
+    # rendered and the augmentation. Older checkpoints without them are accepted.
+    changed = [f'--{name.replace("_", "-")} {state[name]} there, {getattr(cfg, name)} now'
+               for name in ('seed', 'batch_size')
+               if name in state and int(state[name]) != int(getattr(cfg, name))]
+    if changed:
+        raise ValueError(f'{ckpt_path} is of a run with another data stream '
+                         f'({"; ".join(changed)}): resume it with its values, or give another '
+                         'output folder')
+    if int(state['step']) > cfg.steps:
+        raise ValueError(f'{ckpt_path} is at step {int(state["step"])}, beyond --steps '
+                         f'{cfg.steps}: give --steps {int(state["step"])} or more to resume it, '
+                         'or another output folder')
     return state
 
 
@@ -597,6 +611,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                         'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
                         'signature': _signature_text(signature),
                         'validation': val_last, 'batches_drawn': batches_drawn,
+                        'seed': cfg.seed, 'batch_size': cfg.batch_size,
                         'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 
