@@ -486,6 +486,34 @@ def resume_state(cfg: TrainConfig, signature: Optional[Dict[str, Any]] = None,
     return state
 
 
+# The loader's generator: a stream of the seed apart from EpochSampler's (one per epoch).
+LOADER_STREAM = 2 ** 40
+
+
+def random_state(dataset, device: torch.device) -> Dict[str, Any]:
+    """What a checkpoint keeps of the random state of one process: torch's global generator
+    (augmentation in the loader with num_workers 0, the loss's sampling), the device's, and a
+    dataset's own stream (``stream_state()``: the descriptor pair pool). Data-loader workers
+    have their own generators, which are not kept: with num_workers > 0 a resumed run is
+    reproducible but not identical to an uninterrupted one."""
+    out: Dict[str, Any] = {'torch': torch.get_rng_state()}
+    if device.type == 'cuda':
+        out['cuda'] = torch.cuda.get_rng_state(device)
+    stream_state = getattr(dataset, 'stream_state', None)
+    if callable(stream_state):
+        out['dataset'] = stream_state()
+    return out
+
+
+def _restore_random(saved: Dict[str, Any], dataset, device: torch.device) -> None:
+    torch.set_rng_state(saved['torch'].cpu())
+    if device.type == 'cuda' and 'cuda' in saved:
+        torch.cuda.set_rng_state(saved['cuda'].cpu(), device)
+    restore = getattr(dataset, 'restore_stream', None)
+    if callable(restore) and 'dataset' in saved:
+        restore(saved['dataset'])
+
+
 def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         val_fn: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
         signature: Optional[Dict[str, Any]] = None,
@@ -500,14 +528,16 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     is refused rather than mixed with it, and so is one with weights but no checkpoint
     (:func:`resume_state` lists every refusal). A resumed run continues the data stream
     instead of replaying its first batches: the sampler (:class:`EpochSampler`) starts at the
-    epoch and position the steps done reached, the random state (augmentation) is reseeded
-    from the step reached, and a dataset with ``start_stream(rank, items_read, world_size)``
-    (the descriptor pair pool) is told where this rank's stream stood. Every rank calls it
-    too, so that ranks of a torchrun job draw different data. A batch whose loss is not finite
-    is skipped with the weights and the batch norm statistics as they were. Validation runs
-    before the checkpoint of the same step, and the checkpoint keeps the last validation
-    numbers, so a run killed during validation validates that step again and a finished run
-    resumed once more returns its numbers.
+    epoch and position the steps done reached, a dataset with
+    ``start_stream(rank, items_read, world_size)`` (the descriptor pair pool) is told where
+    this rank's stream stood, and one process puts back the random state the checkpoint keeps
+    (:func:`random_state`), so that it ends as the uninterrupted run would have (under torchrun,
+    and from older checkpoints, the random state is reseeded from the step reached instead).
+    Every rank calls start_stream too, so that ranks of a torchrun job draw different data. A
+    batch whose loss is not finite is skipped with the weights and the batch norm statistics as
+    they were. Validation runs before the checkpoint of the same step, and the checkpoint keeps
+    the last validation numbers, so a run killed during validation validates that step again
+    and a finished run resumed once more returns its numbers.
 
     ``signature``: what defines the run apart from its length (network, loss, data; JSON
     types). It is stored in the checkpoint, and a resume with another one is refused: e.g. a
@@ -558,9 +588,13 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
         if int(steps[0]) != -int(steps[1]):
             raise RuntimeError(f'ranks resumed at different steps ({-int(steps[1])} to '
                                f'{int(steps[0])}): out_dir must be one folder every node shares')
-    if step > 0:
-        # Not the stream's start again: a step-dependent seed gives new random augmentation
-        # (the data order itself goes on where it stood: EpochSampler below).
+    # One process keeps its random state in the checkpoint (random_state()): a resumed run
+    # draws what the uninterrupted one would have. Under torchrun only rank 0's is saved, and
+    # older checkpoints have none: then not the stream's start again, but a step-dependent seed
+    # gives new random augmentation (the data order itself goes on where it stood:
+    # EpochSampler below).
+    saved_random = (state or {}).get('random') if dist_info.world_size == 1 else None
+    if step > 0 and saved_random is None:
         torch.manual_seed(cfg.seed + dist_info.rank + 1_000_003 * step)
     start_stream = getattr(train_dataset, 'start_stream', None)
     if callable(start_stream):
@@ -585,9 +619,16 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                            start_epoch=batches_drawn // batches_per_epoch,
                            skip=(batches_drawn % batches_per_epoch) * cfg.batch_size,
                            shuffle=cfg.shuffle)
+    # A generator of its own for the loader: it draws a seed from it on every pass (for its
+    # workers), and taken from the global one that draw would fall at another place of the
+    # stream in a run resumed mid-pass than in the uninterrupted one.
+    from .seeding import mixed_generator
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, drop_last=True,
-                        pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
+                        pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0,
+                        generator=mixed_generator(cfg.seed + dist_info.rank, LOADER_STREAM))
+    if saved_random is not None:
+        _restore_random(saved_random, train_dataset, device)
 
     def batches():
         while True:
@@ -612,6 +653,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                         'signature': _signature_text(signature),
                         'validation': val_last, 'batches_drawn': batches_drawn,
                         'seed': cfg.seed, 'batch_size': cfg.batch_size,
+                        **({'random': random_state(train_dataset, device)}
+                           if dist_info.world_size == 1 else {}),
                         'step': step}, tmp)
             os.replace(tmp, ckpt_path)  # atomic: a kill mid-write never corrupts the checkpoint
 

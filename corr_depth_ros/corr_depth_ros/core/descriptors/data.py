@@ -106,6 +106,7 @@ class PairPool(Dataset):
         self._next_seed = seed * SEEDS_PER_RUN
         self._credit = 0.0
         self.pool = []          # rendered on first read, after start_stream() if any
+        self._made = []         # (seed, kind) of each pair in the pool: stream_state()
         self._oldest = 0
 
     def start_stream(self, rank: int = 0, items_read: int = 0, world_size: int = 1) -> None:
@@ -125,12 +126,39 @@ class PairPool(Dataset):
         if (rank, items_read) != (0, 0):
             self._rng = random.Random(f'{self._seed}/{rank}/{items_read}')
 
-    def _render(self) -> Dict[str, torch.Tensor]:
+    def stream_state(self) -> Dict:
+        """Where the stream stands, in plain types (for a checkpoint, see training.fit): which
+        pairs the pool holds (their seeds and kinds, re-rendered by :meth:`restore_stream`,
+        not the images), the next seed, the renewal credit and the draw generator's state."""
+        version, internal, gauss = self._rng.getstate()
+        return {'made': [list(m) for m in self._made], 'oldest': self._oldest,
+                'next_seed': self._next_seed, 'credit': self._credit,
+                'rng': [version, list(internal), gauss]}
+
+    def restore_stream(self, state: Dict) -> None:
+        """Go on exactly where :meth:`stream_state` was taken (a run resumed with one process
+        then draws what the uninterrupted one would have). Call before the first read."""
+        if self.pool:
+            raise RuntimeError('restore_stream() must come before the first read')
+        version, internal, gauss = state['rng']
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._made = [(int(seed), str(kind)) for seed, kind in state['made']]
+        self._oldest, self._next_seed = int(state['oldest']), int(state['next_seed'])
+        self._credit = float(state['credit'])
+        self.pool = [render_sample(kind, seed, self.height, self.width, self.config)
+                     for seed, kind in self._made]
+
+    def _render(self, slot: int) -> Dict[str, torch.Tensor]:
         kind = 'stereo' if self._rng.random() < self.stereo_fraction else 'multiview'
         seed = self._next_seed
         self._next_seed += 1
         if seed >= HELD_OUT_SEED:
             raise RuntimeError('training seeds ran into the held-out range')
+        made = (seed, kind)
+        if slot < len(self._made):
+            self._made[slot] = made
+        else:
+            self._made.append(made)
         return render_sample(kind, seed, self.height, self.width, self.config)
 
     def __len__(self) -> int:
@@ -138,10 +166,11 @@ class PairPool(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         if not self.pool:
-            self.pool = [self._render() for _ in range(self.pool_size)]
+            self._made = []
+            self.pool = [self._render(slot) for slot in range(self.pool_size)]
         self._credit += self.renew_per_item
         while self._credit >= 1.0:
-            self.pool[self._oldest] = self._render()
+            self.pool[self._oldest] = self._render(self._oldest)
             self._oldest = (self._oldest + 1) % len(self.pool)
             self._credit -= 1.0
         return self.pool[self._rng.randrange(len(self.pool))]
