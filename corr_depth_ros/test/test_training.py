@@ -524,3 +524,42 @@ def test_weights_that_do_not_fit_their_network_are_refused_naming_the_file(tmp_p
         training.load_weights(str(tmp_path), _tiny, expected_arch='tiny')
     with pytest.raises(FileNotFoundError, match='weights file not found'):
         training.load_weights(str(tmp_path / 'none.safetensors'), _tiny, expected_arch='tiny')
+
+
+def test_divergence_is_one_sentence_with_advice_and_keeps_the_last_sound_checkpoint(tmp_path):
+    """--lr inf (accepted by every trainer) turned the weights to NaN at the first step: fit
+    wrote checkpoints of them, and ended in a FloatingPointError listing tensor reprs. Now the
+    trainers refuse such a rate while parsing, and fit writes no checkpoint of weights that
+    are not finite and says, in one sentence, what to do."""
+    from corr_depth_ros.cli import main as cli_main
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'run'), steps=4, batch_size=8,
+                               lr=float('inf'), warmup_steps=1, checkpoint_every=1,
+                               device='cpu', threads=1)
+    with pytest.raises(FloatingPointError,
+                       match=r'^training diverged: the weights are no longer finite at step 1, '
+                             r'so no checkpoint was written; lower --lr \(now inf\)'):
+        training.fit(_tiny(), _Line(), _loss, cfg)
+    assert not os.path.exists(tmp_path / 'run' / 'checkpoint.pt')
+
+    calls = {'n': 0}
+
+    def bad_from_call_3(model, batch):
+        calls['n'] += 1
+        loss, logs = _loss(model, batch)
+        return (loss * float('nan'), {'abs_err': torch.tensor(float('nan'))}) \
+            if calls['n'] > 2 else (loss, logs)
+    cfg = training.TrainConfig(out_dir=str(tmp_path / 'nan'), steps=8, batch_size=8,
+                               warmup_steps=1, checkpoint_every=1, device='cpu', threads=1,
+                               max_bad_batches=3)
+    with pytest.raises(FloatingPointError) as failure:
+        training.fit(_tiny(), _Line(), bad_from_call_3, cfg)
+    assert str(failure.value).startswith('training diverged: 3 non-finite losses in a row at '
+                                         'step 2 (abs_err nan); lower --lr (now 0.001), or '
+                                         'resume from the last checkpoint in ')
+    assert torch.load(tmp_path / 'nan' / 'checkpoint.pt', weights_only=True)['step'] == 2
+    for trainer, option, value in (('stereo', '--lr', 'inf'), ('descriptors', '--lr', '0'),
+                                   ('mono', '--lr', '-1e-3'), ('stereo', '--weight-decay', '-1'),
+                                   ('descriptors', '--weight-decay', 'nan')):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(['train', trainer, option, value])
+        assert exit_info.value.code == 2, (trainer, option, value)

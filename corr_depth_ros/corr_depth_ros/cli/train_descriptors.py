@@ -1,5 +1,6 @@
 """`corr_depth train descriptors`: Dense Object Nets descriptors on synthetic pairs."""
-from ._args import in_range, non_negative_int, positive_float, positive_int, size_hw
+from ._args import (in_range, non_negative_float, non_negative_int, positive_float,
+                    positive_int, size_hw)
 
 
 def register(subparsers):
@@ -7,8 +8,8 @@ def register(subparsers):
     p.add_argument('--out', default='runs/descriptors', help='run folder (log, checkpoint, weights)')
     p.add_argument('--steps', type=positive_int, default=3000)
     p.add_argument('--batch-size', type=positive_int, default=6)
-    p.add_argument('--lr', type=float, default=2e-3)
-    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--lr', type=positive_float, default=2e-3)
+    p.add_argument('--weight-decay', type=non_negative_float, default=1e-4)
     p.add_argument('--warmup-steps', type=non_negative_int, default=100)
     p.add_argument('--val-every', type=positive_int, default=200)
     p.add_argument('--checkpoint-every', type=positive_int, default=50)

@@ -4,7 +4,7 @@ import shlex
 import sys
 
 from ..core.mono import BASELINE_RANGE_M
-from ._args import in_range, multiple_of_32, non_negative_int, positive_int
+from ._args import in_range, multiple_of_32, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers):
@@ -63,7 +63,7 @@ def register(subparsers):
                         help='store float32 tensors (default: float16, half the file size)')
     parser.add_argument('--steps', type=positive_int, default=3000)
     parser.add_argument('--batch-size', type=positive_int, default=8)
-    parser.add_argument('--lr', type=float, default=5e-4, help='learning rate')
+    parser.add_argument('--lr', type=positive_float, default=5e-4, help='learning rate')
     parser.add_argument('--warmup-steps', type=int, default=100)
     parser.add_argument('--val-every', type=positive_int, default=250)
     parser.add_argument('--checkpoint-every', type=positive_int, default=50)

@@ -2,7 +2,7 @@
 import shlex
 import sys
 
-from ._args import in_range, positive_int, size_hw
+from ._args import in_range, non_negative_float, positive_float, positive_int, size_hw
 
 
 def register(subparsers):
@@ -11,8 +11,8 @@ def register(subparsers):
     p.add_argument('--steps', type=positive_int, default=4000)
     p.add_argument('--batch-size', type=positive_int, default=4)
     p.add_argument('--size', type=size_hw, default='256x192', help='training image size, WIDTHxHEIGHT')
-    p.add_argument('--lr', type=float, default=1e-3)
-    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--lr', type=positive_float, default=1e-3)
+    p.add_argument('--weight-decay', type=non_negative_float, default=1e-4)
     p.add_argument('--warmup-steps', type=int, default=100)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     p.add_argument('--num-workers', type=int, default=1, help='data loader processes (rendering)')

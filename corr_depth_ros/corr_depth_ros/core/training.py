@@ -535,9 +535,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     and from older checkpoints, the random state is reseeded from the step reached instead).
     Every rank calls start_stream too, so that ranks of a torchrun job draw different data. A
     batch whose loss is not finite is skipped with the weights and the batch norm statistics as
-    they were. Validation runs before the checkpoint of the same step, and the checkpoint keeps
-    the last validation numbers, so a run killed during validation validates that step again
-    and a finished run resumed once more returns its numbers.
+    they were; weights that are no longer finite are never written to a checkpoint.
+    Validation runs before the checkpoint of the same step, and the checkpoint keeps the last
+    validation numbers, so a run killed during validation validates that step again and a
+    finished run resumed once more returns its numbers.
 
     ``signature``: what defines the run apart from its length (network, loss, data; JSON
     types). It is stored in the checkpoint, and a resume with another one is refused: e.g. a
@@ -646,6 +647,12 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     data_iter = batches()
 
     def save_checkpoint():
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # Kept, they would be resumed (and the previous, sound checkpoint lost).
+            raise FloatingPointError(
+                f'training diverged: the weights are no longer finite at step {step}, so no '
+                f'checkpoint was written; lower --lr (now {cfg.lr:g}), or resume from the last '
+                f'checkpoint in {cfg.out_dir} with a lower one')
         if dist_info.is_main:
             tmp = ckpt_path + '.tmp'
             torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
@@ -681,8 +688,12 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                 _log(log_path, {'event': 'skipped_batch', 'step': step,
                                 **{k: float(v) for k, v in logs.items()}})
             if bad_in_a_row >= cfg.max_bad_batches:
-                raise FloatingPointError(f'{bad_in_a_row} non-finite losses in a row at step '
-                                         f'{step}: {logs}')
+                terms = ', '.join(f'{k} {float(v):g}' for k, v in logs.items())
+                raise FloatingPointError(
+                    f'training diverged: {bad_in_a_row} non-finite losses in a row at step '
+                    f'{step}' + (f' ({terms})' if terms else '') + f'; lower --lr (now '
+                    f'{cfg.lr:g}), or resume from the last checkpoint in {cfg.out_dir} with a '
+                    'lower one')
             continue
         bad_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)
