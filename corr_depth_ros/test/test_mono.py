@@ -580,3 +580,25 @@ def test_depth_hints_on_images_wider_than_the_nodes_sgbm_range():
     from corr_depth_ros.core.mono.data import stereo_hints
     hints = stereo_hints(torch.rand(3, 32, 2592), torch.rand(3, 32, 2592))
     assert hints[0].shape[-1] == 2592
+
+
+def test_train_mono_reuses_a_bags_pairs_whatever_the_namespace_spelling(tmp_path, monkeypatch):
+    """--bag-namespace /cam, cam and /cam/ are one namespace (bag.py reads them alike), and
+    a link to the bag is the bag: a resumed run was refused ('holds pairs of ...') when it
+    spelled either differently from the first run."""
+    import json
+
+    from corr_depth_ros import bag
+    from corr_depth_ros.cli.train_mono import _pairs_from_bag
+    monkeypatch.setattr(bag, 'extract_stereo_pairs', lambda *a, **k: pytest.fail('extracted'))
+    (tmp_path / 'rig.mcap').write_bytes(b'')
+    os.symlink(tmp_path / 'rig.mcap', tmp_path / 'link.mcap')
+    folder = tmp_path / 'run' / 'bag_pairs'
+    folder.mkdir(parents=True)
+    source = {'bag': str(tmp_path / 'rig.mcap'), 'namespace': '/cam', 'folder': str(folder),
+              'pairs': 3, 'baseline_m': 0.1}
+    (folder / 'source.json').write_text(json.dumps(source))
+    for bag_path, namespace in ((tmp_path / 'rig.mcap', 'cam'), (tmp_path / 'link.mcap', '/cam/')):
+        assert _pairs_from_bag(str(bag_path), namespace, str(tmp_path / 'run')) == source
+    with pytest.raises(FileExistsError, match="holds pairs of .* \\(namespace '/cam'\\)"):
+        _pairs_from_bag(str(tmp_path / 'rig.mcap'), '/other', str(tmp_path / 'run'))
