@@ -62,10 +62,11 @@ def test_main_says_other_errors_in_one_line(monkeypatch, capsys, tmp_path, make_
 
 def test_a_diverged_training_run_says_how_to_go_on(monkeypatch, capsys):
     def diverges(args):
-        raise FloatingPointError("10 non-finite losses in a row at step 52: {'loss': nan}")
+        raise FloatingPointError('training diverged: 10 non-finite losses in a row at step 52 '
+                                 '(loss nan); lower --lr (now 0.001)')
     assert _run_func(monkeypatch, diverges) == 1
     err = _one_line(capsys)
-    assert 'training diverged (10 non-finite losses in a row at step 52' in err
+    assert 'error: training diverged: 10 non-finite losses in a row at step 52' in err
     assert 'goes on from its last checkpoint' in err
     monkeypatch.setenv('CORR_DEPTH_TRACEBACK', '1')
     with pytest.raises(FloatingPointError):

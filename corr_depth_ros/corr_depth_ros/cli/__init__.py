@@ -105,9 +105,9 @@ def main(argv=None) -> int:
         # good state, so the run is not lost.
         if os.environ.get('CORR_DEPTH_TRACEBACK'):
             raise
-        print(f'corr_depth: error: training diverged ({exc}). A run goes on from its last '
-              'checkpoint when the same command is run again (train stereo: add --resume).',
-              file=sys.stderr)
+        # core.training says how it diverged and what to do ("training diverged: ...").
+        print(f'corr_depth: error: {exc}. A run goes on from its last checkpoint when the same '
+              'command is run again (train stereo: add --resume).', file=sys.stderr)
         return 1
     except Exception as exc:
         # OpenCV's own errors (cv2.error, e.g. an image format it cannot write). cv2 is not
