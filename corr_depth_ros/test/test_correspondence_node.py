@@ -531,6 +531,20 @@ def test_references_folder_is_per_node_unless_shared():
     assert references_folder('', '/x') == ''
 
 
+def test_references_of_earlier_versions_are_pointed_at(tmp_path):
+    """Before {node}, every node kept its references directly in the parent folder: after an
+    upgrade they would seem lost, so the node says where they are."""
+    from corr_depth_ros.nodes.correspondence_node import earlier_references
+    setting = str(tmp_path / 'refs' / '{node}')
+    (tmp_path / 'refs').mkdir()
+    assert earlier_references(setting, str(tmp_path / 'refs' / 'cam')) == []
+    (tmp_path / 'refs' / 'mug.safetensors').write_bytes(b'')
+    assert earlier_references(setting, str(tmp_path / 'refs' / 'cam')) == \
+        [str(tmp_path / 'refs' / 'mug.safetensors')]
+    assert earlier_references(str(tmp_path / 'refs'), str(tmp_path / 'refs')) == []
+    assert earlier_references(setting, '') == []
+
+
 
 def test_frame_age_follows_sim_time(ros, tmp_path, scene):
     """use_sim_time with a /clock (a played bag): a frame ages by the clock, so a paused bag does

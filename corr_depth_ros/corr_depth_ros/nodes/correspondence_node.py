@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped
@@ -140,6 +140,20 @@ def references_folder(setting: str, node_name: str) -> str:
     return os.path.expanduser(setting.replace('{node}', node_name.lstrip('/')))
 
 
+def earlier_references(setting: str, directory: str) -> List[str]:
+    """Reference files in the folder the default setting stood for before it had {node} (one
+    folder for every node): after an upgrade they would seem lost."""
+    if '{node}' not in setting or not directory:
+        return []
+    shared = os.path.expanduser(setting.split('{node}', 1)[0])
+    try:
+        names = sorted(os.listdir(shared))
+    except OSError:
+        return []
+    return [os.path.join(shared, n) for n in names if n.endswith('.safetensors')
+            and os.path.isfile(os.path.join(shared, n))]
+
+
 class RequestError(ValueError):
     """A bad request: the text goes back to the caller in ``message``."""
 
@@ -160,6 +174,12 @@ class CorrespondenceNode(Node):
             weights_id=self._weights_id, scales=self._scales)
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
+        earlier = earlier_references(self._values['references_dir'], directory)
+        if earlier:
+            self.get_logger().warning(
+                f'{len(earlier)} reference file(s) lie in {os.path.dirname(earlier[0])}, where '
+                f'versions before references_dir\'s {{node}} kept them for every node: move '
+                f'those of this node into {directory}')
         foreign = self._store.foreign()
         if foreign:
             self.get_logger().warning(
