@@ -75,19 +75,25 @@ def image_to_rgb8(msg: Image) -> np.ndarray:
     if msg.encoding not in COLOUR_ENCODINGS:
         raise ConversionError(f'unsupported image encoding {msg.encoding!r} for a camera image; '
                               f'accepted: {", ".join(COLOUR_ENCODINGS)}')
-    pixels = image_to_array(msg)
-    enc = msg.encoding
-    if enc == 'mono16':
-        # A 16-bit camera's full range mapped onto 8 bits, rounded to the nearest level:
-        # round(v * 255 / 65535) = round(v / 257), as cv_bridge and image_proc convert
-        # (the high byte alone, floor(v / 256), was one level darker for a quarter of values).
-        pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        enc = 'mono8'
-    if enc == 'mono8':
+    return _pixels_to_rgb8(image_to_array(msg), msg.encoding)
+
+
+def _to_8_bits(pixels: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 over the full range, rounded to the nearest level: round(v * 255 /
+    65535) = round(v / 257), as cv_bridge and image_proc convert (the high byte alone,
+    floor(v / 256), was one level darker for a quarter of values)."""
+    return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _pixels_to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """An image's pixels in one of COLOUR_ENCODINGS -> (H, W, 3) uint8 RGB."""
+    if encoding == 'mono16':
+        pixels, encoding = _to_8_bits(pixels), 'mono8'
+    if encoding == 'mono8':
         return np.repeat(pixels[:, :, None], 3, axis=2)
-    if enc == 'rgb8':
+    if encoding == 'rgb8':
         return np.ascontiguousarray(pixels)
-    if enc == 'rgba8':
+    if encoding == 'rgba8':
         return np.ascontiguousarray(pixels[:, :, :3])
     # bgr8 / bgra8
     return np.ascontiguousarray(pixels[:, :, 2::-1])
@@ -126,6 +132,8 @@ def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
     if pixels.ndim != expected_ndim or (channels > 1 and pixels.shape[2] != channels):
         raise ConversionError(f'{encoding} needs shape (H, W{", %d" % channels if channels > 1 else ""}),'
                               f' got {pixels.shape}')
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ConversionError(f'empty image ({pixels.shape[1]}x{pixels.shape[0]})')
     pixels = np.ascontiguousarray(pixels, dtype=np.dtype(dtype).newbyteorder('<'))
     msg = _with_checked_fields(Image)
     msg.header = header
@@ -416,6 +424,8 @@ def depth_image_to_metres(msg: Image) -> np.ndarray:
     """
     if msg.encoding == '16UC1':
         height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        if height == 0 or width == 0:
+            raise ConversionError(f'empty depth image ({width}x{height})')
         if step < 2 * width:
             raise ConversionError(f'16UC1 depth: step {step} is less than 2 * width = '
                                   f'{2 * width} bytes')
@@ -498,9 +508,59 @@ def make_grasp_markers(positions, quaternions_xyzw, found, header, namespace: st
     return array_msg
 
 
-def compressed_to_rgb8(msg) -> np.ndarray:
+# Largest compressed image decoded, pixels (an 8000x8000 camera): a few hundred bytes of JPEG
+# can claim 30000x30000 and the decoder allocates it (5 GB) before anything else looks.
+COMPRESSED_MAX_PIXELS = 64_000_000
+
+
+def compressed_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) a PNG or JPEG stream claims in its header, read without decoding; None
+    for other formats or when the header does not say. ConversionError for a PNG whose chunks
+    run past its data (OpenCV sized a buffer from such a length field: 3 GB for 6 kB)."""
+    if data[:8] == b'\x89PNG\r\n\x1a\n':
+        position = 8
+        while position + 8 <= len(data):
+            length = int.from_bytes(data[position:position + 4], 'big')
+            if position + 12 + length > len(data):
+                raise ConversionError(f'damaged PNG: a chunk of {length} bytes runs past the '
+                                      f'{len(data)} bytes of data')
+            position += 12 + length
+        if data[12:16] == b'IHDR' and len(data) >= 24:
+            return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+        return None
+    if data[:2] == b'\xff\xd8':
+        position = 2
+        while position + 4 <= len(data):
+            if data[position] != 0xFF:
+                return None
+            marker = data[position + 1]
+            if marker == 0xFF:                       # fill byte
+                position += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+                position += 2
+                continue
+            if marker == 0xDA:                       # the scan starts: no frame header before it
+                return None
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):   # SOFn
+                if position + 9 > len(data):
+                    return None
+                height = int.from_bytes(data[position + 5:position + 7], 'big')
+                width = int.from_bytes(data[position + 7:position + 9], 'big')
+                return width, height
+            position += 2 + int.from_bytes(data[position + 2:position + 4], 'big')
+    return None
+
+
+def compressed_to_rgb8(msg, max_pixels: int = COMPRESSED_MAX_PIXELS) -> np.ndarray:
     """sensor_msgs/CompressedImage (image_transport's `compressed`: jpeg or png) -> (H, W, 3)
-    uint8 RGB. ``format`` is e.g. 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8'."""
+    uint8 RGB. ``format`` is e.g. 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8' (the image's
+    encoding before the ';', which must be a camera image's, as for a raw one).
+
+    Decoded as stored (IMREAD_UNCHANGED, as compressed_image_transport does): a 16-bit PNG is
+    brought to 8 bits as a raw mono16 image is, and an EXIF orientation is not applied (the
+    camera_info describes the pixels as sent). An image claiming more than ``max_pixels`` is
+    refused before it is decoded."""
     fmt = (msg.format or '').lower()
     if 'compresseddepth' in fmt:
         raise ConversionError(f'compressed format {msg.format!r} is image_transport\'s '
@@ -508,14 +568,34 @@ def compressed_to_rgb8(msg) -> np.ndarray:
                               '(send raw depth, or a jpeg/png colour image here)')
     if fmt and not any(kind in fmt for kind in ('jpeg', 'jpg', 'png')):
         raise ConversionError(f'unsupported compressed format {msg.format!r}; accepted: jpeg, png')
+    encoding = msg.format.split(';', 1)[0].strip() if ';' in (msg.format or '') else ''
+    if encoding and encoding not in COLOUR_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {encoding!r} for a camera image '
+                              f'(compressed as {msg.format!r}); accepted: '
+                              f'{", ".join(COLOUR_ENCODINGS)}')
     if len(msg.data) == 0:
         raise ConversionError('empty compressed image')
-    buffer = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray))
-                           else msg.data, dtype=np.uint8)
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)  # BGR, 8 bit; mono is expanded
-    if decoded is None:
+    data = bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray)) else msg.data
+    claimed = compressed_size(data)
+    if claimed is not None and claimed[0] * claimed[1] > max_pixels:
+        raise ConversionError(f'the compressed image claims {claimed[0]}x{claimed[1]} pixels, '
+                              f'more than the {max_pixels / 1e6:g} million decoded at most')
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:   # e.g. beyond OpenCV's own pixel limit: one frame, not the run
+        raise ConversionError(f'could not decode the {msg.format or "compressed"} image data '
+                              f'({exc.err})') from exc
+    if decoded is None or decoded.size == 0:
         raise ConversionError(f'could not decode the {msg.format or "compressed"} image data')
-    return np.ascontiguousarray(decoded[:, :, ::-1])
+    if decoded.dtype == np.uint16:
+        decoded = _to_8_bits(decoded)
+    if decoded.dtype != np.uint8:
+        raise ConversionError(f'the {msg.format or "compressed"} image decodes to '
+                              f'{decoded.dtype} pixels; a camera image has 8 or 16 bits')
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    if channels not in (1, 3, 4):
+        raise ConversionError(f'the {msg.format or "compressed"} image has {channels} channels')
+    return _pixels_to_rgb8(decoded, {1: 'mono8', 3: 'bgr8', 4: 'bgra8'}[channels])
 
 
 def rgb8_to_compressed(rgb: np.ndarray, header, fmt: str = 'jpeg', quality: int = 90):

@@ -279,3 +279,64 @@ def test_depth_camera_info_from_a_decoded_bag_message():
     info = conversions.depth_camera_info(decoded, HEADER)
     assert info.p[0] == 480.0 and list(info.d) == [0.1, 0.0, 0.0, 0.0, 0.0]
     assert type(info.roi).__name__ == 'RegionOfInterest' and info.header == HEADER
+
+
+def test_compressed_images_are_checked_before_and_while_decoding():
+    """From a fuzzing review: a PNG claiming 40000x40000 made OpenCV raise its own error, which
+    ended a whole process-bag run; a 629-byte JPEG claiming 30000x30000 decoded to 5 GB; a PNG
+    chunk length past the data sized a 3 GB buffer; a 16-bit PNG was brought to 8 bits by its
+    high byte (raw mono16 rounds); a '16UC1; png' depth image was taken as a colour image."""
+    import cv2
+    import zlib
+    from sensor_msgs.msg import CompressedImage
+
+    def png_claiming(width, height):
+        def chunk(kind, body):
+            return (len(body).to_bytes(4, 'big') + kind + body
+                    + zlib.crc32(kind + body).to_bytes(4, 'big'))
+        ihdr = width.to_bytes(4, 'big') + height.to_bytes(4, 'big') + bytes([8, 2, 0, 0, 0])
+        return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr)
+                + chunk(b'IDAT', zlib.compress(b'\x00' * 16)) + chunk(b'IEND', b''))
+    bomb = CompressedImage(format='png', data=png_claiming(40000, 40000))
+    with pytest.raises(conversions.ConversionError, match='claims 40000x40000 pixels'):
+        conversions.compressed_to_rgb8(bomb)
+    # Past our limit, OpenCV's own refusal is a ConversionError too (one frame, not the run).
+    with pytest.raises(conversions.ConversionError, match='could not decode'):
+        conversions.compressed_to_rgb8(bomb, max_pixels=10 ** 12)
+    ok, jpeg = cv2.imencode('.jpg', np.zeros((16, 16, 3), np.uint8))
+    jpeg = bytearray(jpeg.tobytes())
+    sof = next(i for i in range(len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] == 0xC0)
+    assert conversions.compressed_size(bytes(jpeg)) == (16, 16)
+    jpeg[sof + 5:sof + 9] = (30000).to_bytes(2, 'big') * 2
+    with pytest.raises(conversions.ConversionError, match='claims 30000x30000 pixels'):
+        conversions.compressed_to_rgb8(CompressedImage(format='jpeg', data=bytes(jpeg)))
+    damaged = bytearray(png_claiming(4, 4))
+    damaged[33:37] = (3_036_682_027).to_bytes(4, 'big')            # the IDAT length
+    with pytest.raises(conversions.ConversionError, match='damaged PNG'):
+        conversions.compressed_to_rgb8(CompressedImage(format='png', data=bytes(damaged)))
+    # 16 bits as the raw path: every value rounds as mono16 does.
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    ok, png16 = cv2.imencode('.png', values)
+    decoded = conversions.compressed_to_rgb8(
+        CompressedImage(format='mono16; png compressed mono16', data=png16.tobytes()))
+    raw = conversions.image_to_rgb8(conversions.array_to_image(values, 'mono16', Header()))
+    np.testing.assert_array_equal(decoded, raw)
+    with pytest.raises(conversions.ConversionError, match="encoding '16UC1' for a camera image"):
+        conversions.compressed_to_rgb8(
+            CompressedImage(format='16UC1; png compressed ', data=png16.tobytes()))
+    # Colour and grey stay as they were.
+    rgb = (np.arange(4 * 6 * 3) % 256).astype(np.uint8).reshape(4, 6, 3)
+    np.testing.assert_array_equal(conversions.compressed_to_rgb8(
+        conversions.rgb8_to_compressed(rgb, Header(), 'png')), rgb)
+    ok, grey = cv2.imencode('.png', rgb[:, :, 0])
+    np.testing.assert_array_equal(conversions.compressed_to_rgb8(
+        CompressedImage(format='png', data=grey.tobytes())), np.repeat(rgb[:, :, :1], 3, 2))
+
+
+def test_empty_depth_and_empty_arrays_are_refused():
+    for height, width in ((7, 0), (0, 5)):
+        depth = Image(height=height, width=width, encoding='16UC1', step=2 * width)
+        with pytest.raises(conversions.ConversionError, match='empty depth image'):
+            conversions.depth_image_to_metres(depth)
+    with pytest.raises(conversions.ConversionError, match='empty image'):
+        conversions.array_to_image(np.zeros((0, 5), np.uint8), 'mono8', Header())
