@@ -190,6 +190,11 @@ def depth_camera_info(left: CameraInfo, header) -> CameraInfo:
     # Field by field: ``left`` may be a message decoded from a bag (other classes than rclpy's).
     info.d = [float(v) for v in left.d]
     info.k, info.r, info.p = ([float(v) for v in m] for m in (left.k, left.r, left.p))
+    if not any(info.p):
+        # A driver that fills K alone: the depth and points were computed with K
+        # (camera_intrinsics), and consumers project with P (image_geometry, depth_image_proc).
+        k = info.k
+        info.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
     info.binning_x, info.binning_y = int(left.binning_x), int(left.binning_y)
     roi = left.roi
     info.roi = RegionOfInterest(x_offset=int(roi.x_offset), y_offset=int(roi.y_offset),

@@ -65,3 +65,18 @@ def test_train_stereo_refuses_options_that_would_be_ignored(argv, said, capsys, 
     rc = cli_main(['train', 'stereo', '--out', str(tmp_path / 'run'), *argv])
     assert rc == 2 and said in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()
+
+
+def test_eval_mono_device_is_one_of_the_choices(capsys):
+    """'gpu' ended in a torch traceback after the model had loaded."""
+    _refused_at_parsing(['eval', 'mono', '--device', 'gpu'], capsys, "invalid choice: 'gpu'")
+
+
+@pytest.mark.parametrize('value', [0.0, -0.1, float('nan'), None, 'x'])
+def test_a_weights_baseline_that_is_no_baseline_is_refused_at_once(value):
+    """0, -0.1 and NaN started the mono node, which then dropped every frame; null ended in a
+    TypeError."""
+    from corr_depth_ros.core.mono.inference import baseline_from_header
+    with pytest.raises(ValueError, match='not a baseline: set baseline_m explicitly'):
+        baseline_from_header({'metadata': {'training_rig': {'baseline_m': value}}})
+    assert baseline_from_header({'metadata': {'training_rig': {'baseline_m': 0.1}}}) == 0.1

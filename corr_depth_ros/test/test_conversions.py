@@ -340,3 +340,16 @@ def test_empty_depth_and_empty_arrays_are_refused():
             conversions.depth_image_to_metres(depth)
     with pytest.raises(conversions.ConversionError, match='empty image'):
         conversions.array_to_image(np.zeros((0, 5), np.uint8), 'mono8', Header())
+
+
+def test_depth_camera_info_of_a_k_only_camera_has_the_p_depth_was_computed_with():
+    """K filled, P all zero (a driver that fills K alone): depth and points come from K, and
+    the published depth/camera_info had P all zero, so consumers projecting with P could not
+    use it."""
+    from sensor_msgs.msg import CameraInfo
+    info = CameraInfo(width=64, height=48)
+    info.k = [50.0, 0.0, 32.0, 0.0, 51.0, 24.0, 0.0, 0.0, 1.0]
+    out = conversions.depth_camera_info(info, Header())
+    assert list(out.p) == [50.0, 0.0, 32.0, 0.0, 0.0, 51.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert conversions.camera_intrinsics(out, (48, 64)) == \
+        conversions.camera_intrinsics(info, (48, 64))

@@ -169,6 +169,8 @@ def test_process_stereo_bag_passes_the_learned_options(tmp_path, monkeypatch):
     (['--image-topic', '/cam/image'], '--image-topic applies to --pipeline mono or --pipeline corr'),
     (['--pipeline', 'stereo', '--depth-mode', 'relative'], '--depth-mode applies to --pipeline mono'),
     (['--pipeline', 'mono', '--match-threshold', '0.3'], '--match-threshold applies to --pipeline corr'),
+    (['--pipeline', 'mono', '--depth-mode', 'relative', '--baseline-m', '0.2'],
+     '--baseline-m applies to --depth-mode metric'),
 ])
 def test_process_bag_refuses_options_its_pipeline_would_ignore(tmp_path, capsys, argv, named):
     from corr_depth_ros.cli import main as cli_main

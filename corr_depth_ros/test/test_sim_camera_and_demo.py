@@ -217,6 +217,26 @@ def test_node_process_ends_at_once_on_sigint(tmp_path):
     assert seconds < 30.0, (seconds, text[-3000:])
 
 
+
+@pytest.mark.parametrize('argv,said', [
+    (['-p', 'input_width:=100'], 'cannot start: input_width x input_height must be multiples '
+                                 'of 32'),
+    (['-p', 'weights_path:=/nonexistent.safetensors'], 'cannot start: weights file not found'),
+    (['-p', 'baseline_m:=-1.0'], 'cannot start:'),
+])
+def test_a_node_that_cannot_start_says_why_in_one_log_line(argv, said):
+    """A configuration a node refuses ended in a Python traceback, outside /rosout and the
+    launch log's format; now one fatal ROS log line and exit status 1."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(int(os.environ.get('ROS_DOMAIN_ID', '150')) + 3))
+    code = (f'import sys\nsys.argv = ["mono_depth_node", "--ros-args", *{argv!r}]\n'
+            'from corr_depth_ros.nodes.mono_depth_node import main\nmain()\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text[-3000:]
+    assert said in text and '[FATAL]' in text and '[mono_depth_node]' in text, text[-3000:]
+    assert 'Traceback' not in text, text[-3000:]
+
 @pytest.mark.ros
 def test_demo_runs_end_to_end(tmp_path):
     """`make demo`'s program: same YAMLs, one process, outputs a person can look at."""

@@ -24,7 +24,8 @@ def register(subparsers):
                              'from the weights metadata)')
     parser.add_argument('--synthetic-count', type=positive_int, default=200)
     parser.add_argument('--synthetic-cache', default='')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', choices=('auto', 'cpu', 'cuda'),
+                        help='cpu by default: the speed target is a CPU one')
     parser.add_argument('--no-speed', action='store_true')
     parser.set_defaults(func=run)
 
@@ -34,6 +35,7 @@ def run(args) -> int:
 
     from ..core.memory import keep_freed_memory
     from ..core.mono.evaluate import run_evaluation, write_json
+    from ..core.training import resolve_device
     from .eval import check_outputs, figure_path, write_figure
     keep_freed_memory()   # timed as the mono node runs (core/memory.py)
     resolve_json(args)
@@ -46,7 +48,8 @@ def run(args) -> int:
         datasets=datasets, weights=args.weights, ablation_weights=args.ablation_weights,
         input_size=args.input_size,
         max_depth_m=args.max_depth_m, synthetic_count=args.synthetic_count,
-        synthetic_cache=args.synthetic_cache, device=args.device, figure=bool(figure_out),
+        synthetic_cache=args.synthetic_cache, device=str(resolve_device(args.device)),
+        figure=bool(figure_out),
         speed=not args.no_speed)
     write_json(report, args.json)
     summary = {}

@@ -34,7 +34,8 @@ def register(subparsers):
                         'file, default: the shipped one; stereo onnx: the .onnx model')
     # The ranges of the nodes' parameters of the same names: what a node refuses is refused.
     parser.add_argument('--max-depth-m', type=in_range(float, *MAX_DEPTH_RANGE_M), default=0.0,
-                        help='stereo/mono: pixels farther are invalid, metres (0: no limit)')
+                        help='stereo/mono: pixels farther are invalid, in the depth\'s unit '
+                             '(metres; relative units with --depth-mode relative; 0: no limit)')
     parser.add_argument('--slop-s', type=in_range(float, 0.0, 1.0), default=0.0,
                         help='stamp tolerance between the inputs, seconds (0, the default: '
                              'exactly equal stamps; the nodes\' slop_s for approximate '
@@ -120,6 +121,10 @@ def options_out_of_scope(args) -> list:
                 f' --backend {"/".join(backends)}' if p == 'stereo' and backends else '')
                 for p in pipelines)
             problems.append(f'--{dest.replace("_", "-")} applies to {scope}')
+    if args.pipeline == 'mono' and args.depth_mode == 'relative' \
+            and args.baseline_m != args.option_defaults['baseline_m']:
+        # Relative depth is depth / the frame's median: no baseline enters it.
+        problems.append('--baseline-m applies to --depth-mode metric')
     return problems
 
 

@@ -199,6 +199,8 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
     import signal
 
     import rclpy
+    import rclpy.logging
+    from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
 
     from ..core.memory import keep_freed_memory
@@ -206,13 +208,21 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
     keep_freed_memory()
     rclpy.init(args=args)
     node = None
-    stopped = False
+    stopped = refused = False
     try:
-        node = node_factory()
-        # One executor thread: models run on LatestFrameWorker threads. rclpy's
-        # MultiThreadedExecutor measured worse here (correspondence_node.main).
-        rclpy.spin(node)
-        stopped = True
+        try:
+            node = node_factory()
+        except (ValueError, OSError, ParameterException) as exc:
+            # A configuration the node refuses (a parameter, a weights file): one ROS log line,
+            # in /rosout and ros2 launch's log like any other, not a Python traceback.
+            name = os.path.basename(sys.argv[0]) or 'corr_depth_ros'
+            rclpy.logging.get_logger(name).fatal(f'cannot start: {exc}')
+            refused = True
+        if node is not None:
+            # One executor thread: models run on LatestFrameWorker threads. rclpy's
+            # MultiThreadedExecutor measured worse here (correspondence_node.main).
+            rclpy.spin(node)
+            stopped = True
     except (KeyboardInterrupt, ExternalShutdownException):
         stopped = True
     finally:
@@ -220,6 +230,8 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if refused:
+        sys.exit(1)
     if stopped:
         # Shut down cleanly (workers joined, node destroyed, rclpy's context and logging
         # finalised): end here. The interpreter's own teardown with torch loaded took 1-4 s

@@ -160,7 +160,15 @@ def baseline_from_header(header) -> float:
     if 'baseline_m' not in rig:
         raise ValueError('weights metadata has no training_rig.baseline_m: set baseline_m '
                          'explicitly or use relative depth')
-    return float(rig['baseline_m'])
+    try:
+        baseline_m = float(rig['baseline_m'])
+    except (TypeError, ValueError):
+        baseline_m = float('nan')
+    if not (np.isfinite(baseline_m) and baseline_m > 0):
+        # Said once at start-up, not as every frame dropped ("baseline_m must be > 0").
+        raise ValueError(f'weights metadata has training_rig.baseline_m = {rig["baseline_m"]!r}, '
+                         'not a baseline: set baseline_m explicitly or use relative depth')
+    return baseline_m
 
 
 def estimate_depth(model, image_rgb8: np.ndarray, fx_px: float, *, mode: str,
