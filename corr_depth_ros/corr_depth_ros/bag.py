@@ -382,7 +382,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     many frames late still pairs). Any error, or no frame processed, deletes the unfinished output
     (BagWriter.close) and leaves an existing one as it was.
     """
-    from .sync import StampSynchronizer
+    from .sync import RepeatedStampGuard, StampSynchronizer, stamp_to_ns
     complete = False
     try:
         available, summaries_complete = _summary_counts(in_path)
@@ -391,8 +391,22 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
             _check_inputs(inputs, num_inputs, available, available, topic_hint)
         # Every frame is wanted offline: a set takes only its own messages, so a frame whose
         # message was logged after a later frame's still pairs (the nodes drop it as stale).
-        sync = StampSynchronizer(num_inputs, queue_size, on_set, slop_s, keep_older=True)
-        seen, frames = _feed(in_path, inputs, sync, progress, available, types or {})
+        # Frames that share a stamp cannot be paired by it: offline every input's repeated
+        # stamps are known as they are read (_feed), and a set with one is skipped, not built
+        # from two frames' messages; the nodes' rule (RepeatedStampGuard) backs it up.
+        repeated: set = set()
+
+        def unambiguous(*items):
+            if stamp_to_ns(items[0]) in repeated:
+                _skip_repeated(counts, f'its stamp {stamp_to_ns(items[0]) / 1e9:.9f} s is '
+                                       'carried by more than one frame of an input, so its '
+                                       'inputs cannot be paired by stamp; fix the stamps')
+                return
+            on_set(*items)
+        guarded = RepeatedStampGuard(unambiguous,
+                                     on_repeat=lambda text: _skip_repeated(counts, text))
+        sync = StampSynchronizer(num_inputs, queue_size, guarded, slop_s, keep_older=True)
+        seen, frames = _feed(in_path, inputs, sync, progress, available, types or {}, repeated)
         _check_inputs(inputs, num_inputs, seen, available, topic_hint)
         counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
         # A run that processed no frame writes nothing: an existing output stays as it was.
@@ -416,14 +430,18 @@ def _check_inputs(inputs: Dict[str, int], num_inputs: int, seen: Dict[str, int],
 
 
 def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
-          types: Dict[str, str]) -> Tuple[Dict[str, int], int]:
+          types: Dict[str, str], repeated: Optional[set] = None) -> Tuple[Dict[str, int], int]:
     """Read the messages of ``inputs`` into ``sync`` -> (topic -> messages seen, frames of the
     first input); ``types``: topic -> the one message type it may hold, where its name does
-    not tell (:func:`_check_type`)."""
+    not tell (:func:`_check_type`). ``repeated`` gets every stamp a topic carries more than
+    once, before the message that repeats it reaches ``sync``."""
     from .sync import stamp_to_ns
+    stamps: Dict[str, set] = {}
     bar = None
     seen: Dict[str, int] = {}
-    primary_stamps = set()          # the first input's frames (raw and compressed count once)
+    # The first input's frames, by message (a frame whose stamp repeats another's still counts);
+    # raw and compressed topics of one image count once: the larger of their counts.
+    primary: Dict[str, int] = {}
     try:
         if progress:
             from tqdm import tqdm
@@ -434,15 +452,20 @@ def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
                 _check_type(topic, datatype, types.get(topic))
             item = _Item(datatype, message, log_time)
             seen[topic] = seen.get(topic, 0) + 1
+            if repeated is not None:
+                stamp = stamp_to_ns(item)
+                if stamp in stamps.setdefault(topic, set()):
+                    repeated.add(stamp)
+                stamps[topic].add(stamp)
             if inputs[topic] == 0:
-                primary_stamps.add(stamp_to_ns(item))
+                primary[topic] = primary.get(topic, 0) + 1
             sync.add(inputs[topic], item)
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return seen, len(primary_stamps)
+    return seen, max(primary.values(), default=0)
 
 
 _IMAGE, _COMPRESSED = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'
@@ -491,6 +514,12 @@ def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
     counts['errors'] += 1
     # tqdm.write: printed above the progress bar, not into it.
     tqdm.write(f'skipped a set logged at {log_time_ns} ns: {exc}')
+
+
+def _skip_repeated(counts: Dict[str, int], text: str) -> None:
+    from tqdm import tqdm
+    counts['errors'] += 1
+    tqdm.write(f'skipped a set: {text}')
 
 
 def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):

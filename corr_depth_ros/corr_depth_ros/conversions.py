@@ -164,7 +164,8 @@ def stereo_geometry_from_camera_info(left: CameraInfo, right: CameraInfo) -> Ste
     """Rectified stereo geometry from a CameraInfo pair; ConversionError with a reason if unusable.
 
     Uses the rectified projection matrices P (not K): focal length and principal points from P,
-    baseline from the right camera's ``Tx = -fx * B``.
+    baseline from the cameras' ``Tx`` (the right one's ``-fx * B``, the left one's 0; see
+    StereoGeometry.from_projection_matrices).
     """
     if (left.width, left.height) != (right.width, right.height):
         raise ConversionError(f'left and right camera_info sizes differ: {left.width}x{left.height} '

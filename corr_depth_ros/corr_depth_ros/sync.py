@@ -9,7 +9,7 @@ import copy
 import itertools
 import threading
 from collections import deque
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 
 def stamp_to_ns(msg) -> int:
@@ -243,35 +243,53 @@ class SyncWatchdog:
             self._on_problem(problem)
 
 
+def _alike(a, b) -> bool:
+    """Whether two messages are the same frame's: one object, or equal fields (rclpy messages
+    compare field by field; a message class without that compares by identity: not alike)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an odd message class: count it as changed
+        return False
+
+
 class RepeatedStampGuard:
     """Passes a synchronised set on to ``callback`` unless it carries the stamp of the set
-    before it. Stamps identify frames: when consecutive frames share one (a driver that does
-    not stamp, a /clock that stands still while a camera publishes), any synchroniser, ours or
-    message_filters', pairs one frame's image with another's depth or right image (a review
-    measured grasp points from depth two frames old, and disparities off by a frame after one
-    lost message, all reported as good). Such sets are dropped and ``on_repeat(text)`` says
-    why. A stamp that goes back (a bag played in a loop) starts a new sequence and passes."""
+    before it while more than one of its inputs changed. Stamps identify frames: when
+    consecutive frames share one (a driver that does not stamp, a /clock that stands still
+    while a camera publishes), any synchroniser, ours or message_filters', pairs one frame's
+    image with another's depth or right image (a review measured grasp points from depth two
+    frames old, and disparities off by a frame after one lost message, all reported as good).
+    Such sets are dropped and ``on_repeat(text)`` says why. A set whose inputs are all as
+    before (a one-frame bag played in a loop), or with one input changed (a new image with a
+    constant camera_info), cannot be mispaired and passes; so does a stamp that goes back (a
+    bag played in a loop starts a new sequence)."""
 
     def __init__(self, callback: Callable, on_repeat: Optional[Callable[[str], None]] = None):
         self._callback = callback
         self._on_repeat = on_repeat
-        self._last_ns: Optional[int] = None
+        self._previous: Optional[Tuple[int, Sequence]] = None     # (stamp, messages)
         self._lock = threading.Lock()
         self.dropped = 0
 
     def __call__(self, *msgs) -> None:
         stamp_ns = stamp_to_ns(msgs[0])
         with self._lock:
-            repeated = stamp_ns == self._last_ns
-            self._last_ns = stamp_ns
-            self.dropped += repeated
-        if not repeated:
-            self._callback(*msgs)
-        elif self._on_repeat is not None:
-            self._on_repeat(f'dropped {self.dropped} synchronised set(s) stamped as the one '
-                            f'before ({stamp_ns / 1e9:.9f} s): consecutive frames carry one '
-                            'stamp (a driver that does not stamp them, or a /clock that stands '
-                            'still), so their inputs cannot be paired by stamp; fix the stamps')
+            previous, self._previous = self._previous, (stamp_ns, msgs)
+        if previous is not None and previous[0] == stamp_ns and \
+                sum(not _alike(a, b) for a, b in zip(previous[1], msgs)) > 1:
+            with self._lock:
+                self.dropped += 1
+                dropped = self.dropped
+            if self._on_repeat is not None:
+                self._on_repeat(f'dropped {dropped} synchronised set(s) stamped as the one '
+                                f'before ({stamp_ns / 1e9:.9f} s) with other images: '
+                                'consecutive frames carry one stamp (a driver that does not '
+                                'stamp them, or a /clock that stands still), so their inputs '
+                                'cannot be paired by stamp; fix the stamps')
+            return
+        self._callback(*msgs)
 
 
 def make_synchronizer(node, msg_types: Sequence, topics: Sequence[str], qos, callback: Callable,

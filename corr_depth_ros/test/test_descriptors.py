@@ -535,6 +535,11 @@ def test_reference_store_refuses_files_that_are_not_what_they_claim(tmp_path):
     assert "zz_copy.safetensors: holds reference 'handle', which is stored as " \
         'handle.safetensors' in problems, problems
     assert 'wide.safetensors: descriptors of 7 numbers, but this network makes 4' in problems
+    # Asked for by its file's name, the copy says what it is (it was an "unknown" id, and
+    # storing that id said another node had stored it).
+    with pytest.raises(references.ReferenceError, match="zz_copy.safetensors holds reference "
+                       "'handle'"):
+        reloaded.get('zz_copy')
     not_a_folder = tmp_path / 'file'
     not_a_folder.write_text('')
     for directory in (not_a_folder, not_a_folder / 'below'):

@@ -100,6 +100,10 @@ def test_geometry_from_projection_matrices():
     bad[1, 2] = np.inf
     with pytest.raises(ValueError, match='left P has no valid principal point'):
         StereoGeometry.from_projection_matrices(bad, p_right, 741, 500)
+    # Rounding in a P computed in floating point is no offset.
+    rounded = p_right.copy()
+    rounded[1, 3] = rounded[2, 3] = 1e-13
+    assert StereoGeometry.from_projection_matrices(p_left, rounded, 741, 500) == geo
     # P given relative to the rig's centre (left Tx = +fx B/2, right -fx B/2): the baseline
     # is the difference, not the right Tx alone (which gave half of it, and half the depth).
     centred_left, centred_right = p_left.copy(), p_right.copy()

@@ -773,3 +773,37 @@ def test_process_bag_refuses_what_the_nodes_refuse(tmp_path, capsys, argv, named
     with pytest.raises(SystemExit) as exit_info:
         cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap')] + argv)
     assert exit_info.value.code == 2 and f'argument {named}:' in capsys.readouterr().err
+
+
+def test_process_bag_skips_frames_whose_stamp_is_not_their_own(tmp_path, capsys):
+    """Two frames stamped alike (a driver that does not stamp) with the first right image lost:
+    the left image of one frame was matched with the right image of the other (EPE 24.5 px),
+    counted as processed, and the lost frame was not counted at all. Now the set is skipped
+    with the reason, and the lost frame shows as without a partner."""
+    data = load_motorcycle()
+    geo = data['geometry']
+    writer = bag.BagWriter(str(tmp_path / 'in.mcap'))
+    other = np.ascontiguousarray(data['left'][::-1])          # another scene, same size
+    # (stamp, log time, left, right): frames A and B both stamped 10 s, A's right image lost.
+    for sec, t, left, right in ((10, 10 ** 9, data['left'], None), (10, 11 * 10 ** 8, other, other),
+                                (11, 12 * 10 ** 8, data['left'], data['right'])):
+        header = Header(frame_id='left_optical')
+        header.stamp.sec = sec
+        left_info, right_info = conversions.stereo_camera_infos(geo, header, header)
+        writer.write('/cam/left/camera_info', 'sensor_msgs/msg/CameraInfo', left_info, t)
+        writer.write('/cam/right/camera_info', 'sensor_msgs/msg/CameraInfo', right_info, t)
+        writer.write('/cam/left/image_rect', 'sensor_msgs/msg/Image',
+                     conversions.array_to_image(left, 'rgb8', header), t)
+        if right is not None:
+            writer.write('/cam/right/image_rect', 'sensor_msgs/msg/Image',
+                         conversions.array_to_image(right, 'rgb8', header), t)
+    writer.close()
+    rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                   '--namespace', '/cam', '--no-progress'])
+    said = capsys.readouterr().out
+    assert rc == 0, said
+    assert 'carried by more than one frame of an input' in said, said
+    assert 'process-bag: 1 frames processed, 1 skipped, 1 without a partner' in said, said
+    stamps = [m.header.stamp.sec for topic, _, m, _ in bag.read_messages(str(tmp_path / 'out.mcap'))
+              if topic == '/cam/disparity']
+    assert stamps == [11]

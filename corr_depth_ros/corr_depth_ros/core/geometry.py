@@ -107,10 +107,11 @@ class StereoGeometry:
             raise ValueError(f'left and right P differ in Ty ({ty_left} and {ty}): the cameras '
                              'are offset vertically, so rows do not line up (publish the P '
                              'of a horizontally rectified pair: Ty = 0)')
-        if tz_left != 0.0 or tz != 0.0:
-            raise ValueError(f'P has Tz = {tz_left} (left), {tz} (right): a rectified pair has '
-                             'Tz = 0')
         baseline_m = tx_step / fx_right
+        # Tz is in metres (P's third row is [0 0 1 Tz]); rounding in a computed P is no offset.
+        if max(abs(tz_left), abs(tz)) > 1e-3 * abs(baseline_m):
+            raise ValueError(f'P has Tz = {tz_left} (left), {tz} (right): a rectified pair has '
+                             'Tz = 0 (publish the P of a rectified stereo calibration)')
         if baseline_m <= 0:
             raise ValueError(f'P gives a negative baseline ({baseline_m:.4f} m; left Tx = '
                              f'{tx_left}, right Tx = {tx}): are left and right swapped? Expected '

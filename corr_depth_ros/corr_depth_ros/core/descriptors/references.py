@@ -169,10 +169,13 @@ class ReferenceStore:
             # A reference is its file (put() writes <id>.safetensors and replaces that file):
             # a copy under another name must not stand in for the id it carries.
             if name != os.path.basename(self._path(ref.reference_id)):
-                self.load_errors.append(
-                    f'{path}: holds reference {ref.reference_id!r}, which is stored as '
-                    f'{os.path.basename(self._path(ref.reference_id))}; rename the file to '
-                    'match, or remove it')
+                problem = (f'holds reference {ref.reference_id!r}, which is stored as '
+                           f'{os.path.basename(self._path(ref.reference_id))}; rename the file '
+                           'to match, or remove it')
+                self.load_errors.append(f'{path}: {problem}')
+                file_id = name[:-len('.safetensors')]
+                if reference_id_problem(file_id) is None:
+                    self._damaged[file_id] = f'{path} {problem}'
                 continue
             if ref.network_id == self.network_id:
                 size = ref.descriptors.shape[1]
