@@ -36,9 +36,10 @@ def generate_launch_description():
                               description='metric (metres, training-rig baseline) or relative '
                                           '(unitless, 1.0 = median depth of the frame). Default: '
                                           "the params file's value (metric in config/mono.yaml)."),
-        DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
+        DeclareLaunchArgument('use_sim_time', default_value='', choices=['', 'true', 'false'],
                               description='The node on the /clock topic\'s time (a bag played '
-                                          'with --clock).'),
+                                          'with --clock). Default: the params file\'s value '
+                                          '(false when it has none).'),
     ]
 
     def mono_node(context):
@@ -50,8 +51,7 @@ def generate_launch_description():
             output='screen',
             # Launch arguments that were given override the params file; unset ones leave it be.
             parameters=[LaunchConfiguration('params_file'),
-                        given_arguments(context, 'device', 'depth_mode'),
-                        {'use_sim_time': LaunchConfiguration('use_sim_time')}],
+                        given_arguments(context, 'device', 'depth_mode', 'use_sim_time')],
             remappings=[('image', LaunchConfiguration('image')),
                         ('camera_info', LaunchConfiguration('camera_info'))],
         )]

@@ -63,12 +63,11 @@ def generate_launch_description():
                               description='Start the synthetic stereo camera as the input.'),
         DeclareLaunchArgument('sim_params_file', default_value=os.path.join(config, 'sim_camera.yaml'),
                               description='YAML with the synthetic camera parameters.'),
-        DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
+        DeclareLaunchArgument('use_sim_time', default_value='', choices=['', 'true', 'false'],
                               description='Every node on the /clock topic\'s time (a bag played '
-                                          'with --clock).'),
+                                          'with --clock). Default: the params files\' value '
+                                          '(false when they have none).'),
     ]
-    # Given to every node (ROS's convention for use_sim_time): after the params files, so it wins.
-    sim_time = {'use_sim_time': arg('use_sim_time')}
     left = [arg('left_namespace'), '/']
     right = [arg('right_namespace'), '/']
 
@@ -78,8 +77,8 @@ def generate_launch_description():
             package='corr_depth_ros', executable='stereo_depth_node', name='stereo_depth_node',
             namespace=arg('namespace'), output='screen',
             parameters=[arg('params_file'),
-                        given_arguments(context, 'backend', 'device', 'approximate_sync'),
-                        sim_time],
+                        given_arguments(context, 'backend', 'device', 'approximate_sync',
+                                        'use_sim_time')],
             remappings=[('left/image_rect', left + ['image_rect']),
                         ('left/camera_info', left + ['camera_info']),
                         ('right/image_rect', right + ['image_rect']),
@@ -88,19 +87,19 @@ def generate_launch_description():
             package='corr_depth_ros', executable='correspondence_node', name='correspondence_node',
             namespace=arg('namespace'), output='screen',
             condition=IfCondition(arg('use_correspondence')),
-            parameters=[arg('correspondence_params_file'), given_arguments(context, 'device'),
-                        sim_time],
+            parameters=[arg('correspondence_params_file'),
+                        given_arguments(context, 'device', 'use_sim_time')],
             remappings=[('image', left + ['image_rect']), ('camera_info', left + ['camera_info'])])
-        return [stereo, correspondence]
-
-    sim_camera = Node(
-        package='corr_depth_ros', executable='sim_stereo_camera_node', name='sim_stereo_camera_node',
-        namespace=arg('namespace'), output='screen', condition=IfCondition(arg('use_sim_camera')),
-        parameters=[arg('sim_params_file'), sim_time],
-        remappings=[('left/image_rect', left + ['image_rect']),
-                    ('left/camera_info', left + ['camera_info']),
-                    ('right/image_rect', right + ['image_rect']),
-                    ('right/camera_info', right + ['camera_info'])])
+        sim_camera = Node(
+            package='corr_depth_ros', executable='sim_stereo_camera_node',
+            name='sim_stereo_camera_node', namespace=arg('namespace'), output='screen',
+            condition=IfCondition(arg('use_sim_camera')),
+            parameters=[arg('sim_params_file'), given_arguments(context, 'use_sim_time')],
+            remappings=[('left/image_rect', left + ['image_rect']),
+                        ('left/camera_info', left + ['camera_info']),
+                        ('right/image_rect', right + ['image_rect']),
+                        ('right/camera_info', right + ['camera_info'])])
+        return [sim_camera, stereo, correspondence]
 
     def rviz_node(context):
         try:
@@ -114,7 +113,8 @@ def generate_launch_description():
         moved = [(f'/{topic}', f'/{ns}/{topic}') for topic in RVIZ_TOPICS] if ns else []
         return [Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
                      arguments=['-d', os.path.join(config, 'corr_depth.rviz')],
-                     parameters=[sim_time], remappings=moved, condition=IfCondition(arg('use_rviz')))]
+                     parameters=[given_arguments(context, 'use_sim_time')], remappings=moved,
+                     condition=IfCondition(arg('use_rviz')))]
 
-    return LaunchDescription(args + [sim_camera, OpaqueFunction(function=stereo_nodes),
+    return LaunchDescription(args + [OpaqueFunction(function=stereo_nodes),
                                      OpaqueFunction(function=rviz_node)])

@@ -563,10 +563,17 @@ def test_frame_age_follows_sim_time(ros, tmp_path, scene):
         assert ros.wait_for(lambda: node.get_clock().now().nanoseconds == sec * 10 ** 9,
                             timeout_s=20, action=lambda: clock_pub.publish(msg),
                             action_period_s=0.2)
+    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
+    # No /clock yet (a bag played without --clock): frames age in real time, so the limit
+    # still trips (every frame was live "since 0.00 s" on a clock standing at 0).
+    client.wait_live(node)
+    assert node.set_parameters([Parameter('max_frame_age_s', value=0.5)])[0].successful
+    ros.wait_for(lambda: False, timeout_s=1.0)
+    unclocked = client.call(client.find, _find(PIXELS[:1], reference_msg))
+    assert not unclocked.success and 'more than max_frame_age_s = 0.5' in unclocked.message, \
+        unclocked.message
     set_clock(100)
     client.wait_live(node)
-    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
-    assert node.set_parameters([Parameter('max_frame_age_s', value=0.5)])[0].successful
     time.sleep(1.0)                                  # wall time passes, the clock stands still
     fresh = client.call(client.find, _find(PIXELS[:1], reference_msg))
     assert fresh.success and 'live since 0.00 s' in fresh.message, fresh.message

@@ -121,7 +121,9 @@ class LiveFrame:
     descriptors: object             # torch (D,H,W)
     points_m: Optional[np.ndarray]  # (H,W,3) metres, NaN invalid; None without depth
     intrinsics: Optional[tuple]     # (fx, fy, cx, cy) of points_m; None without depth
-    received_s: float
+    received_s: float               # time.monotonic() when it became live
+    received_ros_ns: Optional[int]  # the node's clock then, on sim time with a /clock; else None
+    index: int                      # frames_processed once it became live (1, 2, ...)
     _norms2: object = None          # torch (H*W,), see norms2()
 
     def norms2(self):
@@ -204,7 +206,9 @@ class CorrespondenceNode(Node):
         # Heatmaps are drawn off the service thread: a request must not wait for a colour map.
         self._heatmap_worker = LatestFrameWorker(self._publish_heatmap, self._on_worker_error,
                                                  name='correspondence_heatmap', torch_threads=1)
-        self._last_frame_error = None     # (_now_s(), text) of the newest dropped frame
+        # (frames_processed then, text) of the newest dropped frame: "dropped since frame n"
+        # by count, which no clock (sim time, a paused /clock, none yet) can confuse.
+        self._last_frame_error = None
         self._worker = LatestFrameWorker(self._process, self._on_frame_error,
                                          name='correspondence_descriptors',
                                          torch_threads=self._values['threads'])
@@ -292,14 +296,23 @@ class CorrespondenceNode(Node):
             self._values.update({p.name: p.value for p in params})
         return result
 
-    def _now_s(self) -> float:
-        """Seconds by which frames age: the node's clock on sim time (use_sim_time with a
-        /clock, e.g. a played bag: a paused bag does not age its frames, a bag played at 10x
-        ages them ten times as fast), else the monotonic clock (no wall-clock jumps)."""
+    def _sim_now_ns(self) -> Optional[int]:
+        """The node's clock on sim time once a /clock has come (use_sim_time), else None."""
         clock = self.get_clock()
         if clock.clock_type == ClockType.ROS_TIME and clock.ros_time_is_active:
-            return clock.now().nanoseconds / 1e9
-        return time.monotonic()
+            now = clock.now().nanoseconds
+            return now if now > 0 else None
+        return None
+
+    def _age_s(self, frame: LiveFrame) -> float:
+        """How long ``frame`` has been live: on the node's clock on sim time (a paused bag
+        does not age its frames, one played at 10x ages them ten times as fast), else on the
+        monotonic clock, also while sim time has no /clock yet (a bag played without --clock:
+        frames still age, and max_frame_age_s still trips)."""
+        now = self._sim_now_ns()
+        if now is not None and frame.received_ros_ns is not None:
+            return (now - frame.received_ros_ns) / 1e9
+        return time.monotonic() - frame.received_s
 
     def _describe(self, rgb: np.ndarray, pool=None):
         return compute_descriptors(self._model, rgb, self._device, self._scales, pool=pool)
@@ -344,7 +357,7 @@ class CorrespondenceNode(Node):
         # and its last request is served), not into fresh memory: ~10-20 ms a frame less.
         descriptors = self._describe(rgb, pool=self._buffers)
         frame = LiveFrame(image_msg.header, rgb, descriptors, points_m, intrinsics,
-                          self._now_s())
+                          time.monotonic(), self._sim_now_ns(), self.frames_processed + 1)
         with self._frame_lock:
             self._frame = frame
         self.frames_processed += 1
@@ -355,19 +368,20 @@ class CorrespondenceNode(Node):
     def _on_frame_error(self, exc: BaseException) -> None:
         # Kept for the service's answers: a caller should learn why frames are not coming
         # through, not only whoever reads this node's log.
-        self._last_frame_error = (self._now_s(), str(exc))
+        self._last_frame_error = (self.frames_processed, str(exc))
         self._on_worker_error(exc)
 
     def _why_no_newer_frame(self, frame) -> str:
         """'' or why no newer frame replaced ``frame``, where the node knows: frames dropped
         since, or sets that no longer pair (e.g. the depth stopped)."""
-        return (self._frame_error_note(frame.received_s)
+        return (self._frame_error_note(frame.index)
                 or (self._sync_watchdog and self._sync_watchdog.problem) or '')
 
-    def _frame_error_note(self, since_s: float) -> str:
-        """'' or why the newest frames since ``since_s`` (_now_s()) were dropped."""
+    def _frame_error_note(self, since_index: int) -> str:
+        """'' or why the frames since live frame ``since_index`` (0: since start) were
+        dropped."""
         error = self._last_frame_error
-        if error is None or error[0] <= since_s:
+        if error is None or error[0] < since_index:
             return ''
         return f'the newest frames are being dropped ({error[1]})'
 
@@ -375,7 +389,7 @@ class CorrespondenceNode(Node):
         with self._frame_lock:
             frame = self._frame
         if frame is None:
-            dropped = self._frame_error_note(-1.0)
+            dropped = self._frame_error_note(0)
             if dropped:
                 raise RequestError(f'no live image yet: {dropped}')
             problem = self._sync_watchdog and self._sync_watchdog.problem
@@ -386,7 +400,7 @@ class CorrespondenceNode(Node):
             raise RequestError(f'no live image yet: waiting for {needs}; check the topics are '
                                'published and remapped to this node')
         limit = self._values['max_frame_age_s']
-        age_s = self._now_s() - frame.received_s
+        age_s = self._age_s(frame)
         if limit > 0 and age_s > limit:
             cause = self._why_no_newer_frame(frame) or 'no newer image has come in'
             raise RequestError(f'the newest usable image became live {age_s:.1f} s ago, more '
@@ -500,7 +514,7 @@ class CorrespondenceNode(Node):
         count = sum(founds)
         response.message = (f'{count}/{len(founds)} found for {source} in the image of '
                             f'{header.stamp.sec}.{header.stamp.nanosec:09d} ({header.frame_id}), '
-                            f'live since {self._now_s() - frame.received_s:.2f} s')
+                            f'live since {self._age_s(frame):.2f} s')
         # A planner can also set max_frame_age_s.
         stale = self._why_no_newer_frame(frame)
         if stale:
