@@ -541,11 +541,22 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     Returns counts {'sets': n, 'errors': m}."""
     from . import conversions
     from .core.backends import create_backend
-    from .core.stereo_pipeline import depth_reach_warning, run_stereo
+    from .core.stereo_pipeline import depth_reach_warning, run_stereo, search_range_problem
     ns = _namespace(namespace)
     inputs = _stereo_inputs(ns)
     out_ns = _output_namespace(output_prefix, ns)
     engine = create_backend(backend, **(backend_params or {}))
+    # The node's start-up checks of the search range, before a whole bag is read: an sgbm
+    # range that cannot be searched is refused (every frame was skipped for it), and one past
+    # the learned net's trained range is said (the node warns; here it cut the depth silently).
+    max_disparity_px = run_kwargs.get('max_disparity_px')
+    if engine.name == 'sgbm':
+        from .core.backends.sgbm import SgbmParams
+        SgbmParams(**engine.get_params()).search_count(max_disparity_px or None)
+    beyond = search_range_problem(engine, max_disparity_px)
+    if beyond:
+        from tqdm import tqdm
+        tqdm.write(f'process-bag: {beyond}: it searches that range only')
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
     warned = []     # a confidence_threshold that cannot apply is said once

@@ -194,9 +194,15 @@ def test_inline_reference_matches_points_and_grasp_poses(ros, tmp_path, scene):
     # and a pose there: a planner must not grasp at a look-alike.
     strict = node.set_parameters([Parameter('match_threshold', value=1e-4)])[0]
     assert strict.successful, strict.reason
+    points_before = len(client.received['correspondence/point'])
     picky = client.call(client.find, _find(PIXELS[:1], reference_msg))
     assert picky.success and not picky.matches[0].found
     assert 'match_threshold' in picky.matches[0].reason
+    # Nor is it published as the point (that topic has no found flag: a consumer would act
+    # on a look-alike); its marker shows it, orange.
+    assert ros.wait_for(lambda: client.received['correspondence/markers'][-1].markers[1].color.r
+                        == 1.0, timeout_s=20)
+    assert len(client.received['correspondence/point']) == points_before
     assert node.set_parameters([Parameter('match_threshold', value=0.6)])[0].successful
 
     # Once a frame is replaced and no request holds it, the next frame's descriptors reuse its

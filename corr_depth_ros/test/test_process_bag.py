@@ -807,3 +807,23 @@ def test_process_bag_skips_frames_whose_stamp_is_not_their_own(tmp_path, capsys)
     stamps = [m.header.stamp.sec for topic, _, m, _ in bag.read_messages(str(tmp_path / 'out.mcap'))
               if topic == '/cam/disparity']
     assert stamps == [11]
+
+
+def test_process_bag_checks_the_search_range_as_the_node_does(tmp_path, capsys):
+    """An sgbm range that cannot be searched was found only frame by frame (every frame
+    skipped, after reading the whole bag); one past the learned net's trained range cut the
+    depth without a word, where the node warns."""
+    data = load_motorcycle()
+    _record(tmp_path / 'in.mcap', data, frames=1)
+    rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                   '--namespace', '/cam', '--no-progress', '--sgbm', 'min_disparity=64',
+                   '--max-disparity-px', '32'])
+    assert rc == 2 and 'must be greater than sgbm.min_disparity (64)' in capsys.readouterr().err
+    assert not (tmp_path / 'out.mcap').exists()
+    from corr_depth_ros.core.stereo_pipeline import search_range_problem
+
+    class Learned:
+        name, max_disparity_px = 'learned', 192
+    assert search_range_problem(Learned(), 1000) == \
+        "max_disparity_px 1000 is beyond the learned backend's trained range (192 px)"
+    assert search_range_problem(Learned(), 0) == search_range_problem(Learned(), 192) == ''

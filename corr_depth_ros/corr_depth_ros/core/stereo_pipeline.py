@@ -149,3 +149,18 @@ def depth_reach_warning(geometry: StereoGeometry, farthest_m: float, backend_nam
             f'left\'s (cx_right - cx_left): the {backend_name} backend\'s disparity search '
             f'reaches depths up to {farthest_m:.2f} m only, and farther surfaces come out too '
             f'near; {remedy}')
+
+
+def search_range_problem(backend: StereoBackend, max_disparity_px: Optional[int],
+                         input_scale: Optional[float] = None) -> str:
+    """'' or why ``max_disparity_px`` (None or 0: the backend's own range) is beyond what
+    ``backend`` searches: the learned net's trained range (fixed by training, following
+    ``input_scale``, the backend's current one when None); sgbm and onnx have none. The
+    stereo node warns or refuses with it, process-bag warns before the first frame."""
+    trained = getattr(backend, 'max_disparity_px', None)
+    if input_scale is not None and hasattr(backend, 'max_disparity_at'):
+        trained = backend.max_disparity_at(input_scale)
+    if trained is None or not max_disparity_px or max_disparity_px <= trained:
+        return ''
+    return (f'max_disparity_px {max_disparity_px} is beyond the {backend.name} backend\'s '
+            f'trained range ({trained} px)')

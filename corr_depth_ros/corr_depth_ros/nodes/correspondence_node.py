@@ -12,7 +12,8 @@ approaches along minus the surface normal.
   srv: find_correspondence (corr_depth_interfaces/FindCorrespondence),
        set_reference (corr_depth_interfaces/SetReference); relative names, so they namespace.
   out: correspondence/heatmap (rgb8, exp(-d/sigma) of the first pixel, only while subscribed),
-       correspondence/markers (MarkerArray), correspondence/point (PointStamped of the first match).
+       correspondence/markers (MarkerArray), correspondence/point (PointStamped of the first found
+       match).
 Descriptors of the newest frame are computed on a worker as frames arrive, so a request only
 costs the arg-min search. Every output carries the matched live image's header.
 """
@@ -154,6 +155,12 @@ def earlier_references(setting: str, directory: str) -> List[str]:
         return []
     return [os.path.join(shared, n) for n in names if n.endswith('.safetensors')
             and os.path.isfile(os.path.join(shared, n))]
+
+
+def _image_given(image_msg) -> bool:
+    """Whether a request carries an inline image (its size or data set); one given but unusable
+    (e.g. a size without data) is refused by _reference_from_image with the reason."""
+    return image_msg.height > 0 or image_msg.width > 0 or len(image_msg.data) > 0
 
 
 class RequestError(ValueError):
@@ -473,9 +480,8 @@ class CorrespondenceNode(Node):
         import torch
         frame = self._live()
         pixels_xy = self._requested_pixels(request)
-        has_image = request.reference_image.height > 0 or len(request.reference_image.data) > 0
         if request.reference_id:
-            if has_image:
+            if _image_given(request.reference_image):
                 raise RequestError('give either reference_id (a stored reference) or '
                                    'reference_image (inline), not both')
             with self._store_lock:
@@ -486,7 +492,7 @@ class CorrespondenceNode(Node):
                                     f'{request.reference_id!r} requested')
             source = f'reference {request.reference_id!r}'
         else:
-            if not has_image:
+            if not _image_given(request.reference_image):
                 raise RequestError('empty request: set reference_id (a stored reference) or '
                                    'reference_image + reference_pixels')
             _, ref_desc = self._reference_from_image(request.reference_image, pixels_xy)
@@ -521,11 +527,11 @@ class CorrespondenceNode(Node):
             response.message += f'; note: that image may be old, {stale}'
 
         # Outputs for people and RViz (after the work for the caller is done).
-        # The first match that has a 3D point (a NaN one would be refused by RViz; skipping
-        # the query left the previous query's point on show as if it were this one's).
-        with_point = [i for i, p in enumerate(positions) if np.all(np.isfinite(p))]
-        if with_point:
-            self._pub_point.publish(response.matches[with_point[0]].point)
+        # The first found match (so it has a 3D point: a NaN one would be refused by RViz): a
+        # point on this topic, which has no found flag, is one to act on, as process-bag
+        # writes only found matches' poses. The markers show every match, coloured by found.
+        if any(founds):
+            self._pub_point.publish(response.matches[founds.index(True)].point)
         self._pub_markers.publish(conversions.make_grasp_markers(positions, quats, founds, header))
         if self._pub_heatmap.get_subscription_count():
             self._heatmap_worker.submit((torch.from_numpy(np.ascontiguousarray(ref_desc[0])),
@@ -553,7 +559,7 @@ class CorrespondenceNode(Node):
     def _set_reference(self, request) -> str:
         references.validate_reference_id(request.reference_id)
         pixels_xy = self._requested_pixels(request)
-        if request.reference_image.height > 0 or len(request.reference_image.data) > 0:
+        if _image_given(request.reference_image):
             rgb, desc = self._reference_from_image(request.reference_image, pixels_xy)
             where = 'the given image'
         else:
@@ -570,7 +576,7 @@ class CorrespondenceNode(Node):
         reference_id = self._values['click_reference_id']
         try:
             frame = self._live()
-            pixel = np.array([[msg.x, msg.y]], dtype=np.float32)
+            pixel = conversions.pixels_from_points([msg])
             # rqt_image_view rounds x / widget width * image width: a click on the last half
             # pixel gives x = W (or y = H). Such clicks mean the last pixel; requests stay strict.
             height, width = frame.rgb.shape[:2]

@@ -27,7 +27,8 @@ from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
 from ..core.threads import pin_torch_threads
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
-                                    MAX_DISPARITY_RANGE_PX, depth_reach_warning, run_stereo)
+                                    MAX_DISPARITY_RANGE_PX, depth_reach_warning, run_stereo,
+                                    search_range_problem)
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate, warn_unknown_parameters
@@ -214,16 +215,9 @@ class StereoDepthNode(Node):
         self._choice += 1
 
     def _beyond_trained_range(self, max_disparity_px: int, input_scale=None) -> str:
-        """'' or why ``max_disparity_px`` exceeds the current backend's trained range (the
-        learned net's is fixed by training and follows ``input_scale``, the current one when
-        None; sgbm and onnx have none)."""
-        trained = getattr(self._backend, 'max_disparity_px', None)
-        if input_scale is not None and hasattr(self._backend, 'max_disparity_at'):
-            trained = self._backend.max_disparity_at(input_scale)
-        if trained is None or not max_disparity_px or max_disparity_px <= trained:
-            return ''
-        return (f'max_disparity_px {max_disparity_px} is beyond the {self._backend_name} '
-                f'backend\'s trained range ({trained} px)')
+        """'' or why ``max_disparity_px`` exceeds the current backend's trained range
+        (core.stereo_pipeline.search_range_problem)."""
+        return search_range_problem(self._backend, max_disparity_px, input_scale)
 
     def _warn_beyond_trained_range(self) -> None:
         """After the backend changed under a set max_disparity_px (start-up, runtime switch)."""
