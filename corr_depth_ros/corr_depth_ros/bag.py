@@ -616,8 +616,8 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     points2. ``depth_mode`` and ``baseline_m`` as the node's parameters."""
     from . import conversions
     from .core.geometry import depth_to_points
-    from .core.mono.inference import (baseline_from_header, estimate_depth,
-                                      input_size_from_header, load_mono_model)
+    from .core.mono.inference import (estimate_depth, input_size_from_header, load_mono_model,
+                                      mask_beyond, resolve_baseline_m)
     from .core.training import resolve_device
     ns = _namespace(namespace)
     inputs = _camera_inputs(ns, image_topic)
@@ -625,12 +625,8 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     torch_device = resolve_device(device)
     model, header = load_mono_model(weights_path, torch_device)
     input_size = input_size_from_header(header)
-    if depth_mode == 'metric' and baseline_m <= 0:
-        try:
-            baseline_m = baseline_from_header(header)
-        except ValueError:
-            raise ValueError('the mono weights record no training-rig baseline: give '
-                             '--baseline-m B (metres) or --depth-mode relative') from None
+    if depth_mode == 'metric':
+        baseline_m = resolve_baseline_m(baseline_m, header, '--baseline-m B (metres)')
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
 
@@ -646,8 +642,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
         except ValueError as exc:
             _skip(counts, log_time, exc)
             return
-        if max_depth_m > 0:
-            depth[~(depth <= max_depth_m)] = np.nan
+        mask_beyond(depth, max_depth_m)
         out_header = conversions.copy_header(image.message.header)
         _write_cloud_and_depth(writer, out_ns, depth, depth_to_points(depth, fx, fy, cx, cy), rgb,
                                conversions.depth_camera_info(info.message, out_header),

@@ -214,13 +214,14 @@ def test_metric_mode_without_any_baseline_is_refused(ros, tmp_path):
     save_weights(path, build_mono_net(base_channels=4), arch=ARCH,
                  config={'base_channels': 4, 'max_disparity_fraction': 0.35},
                  metadata={'input_size_hw': [64, 96]})
-    with pytest.raises(ValueError, match='needs baseline_m'):
+    with pytest.raises(ValueError, match='needs a baseline and the weights metadata has no '
+                       'training_rig.baseline_m: give the baseline_m parameter'):
         MonoDepthNode(context=ros.context, parameter_overrides=[
             Parameter('weights_path', value=path)])
     node = ros.add(MonoDepthNode(context=ros.context, parameter_overrides=[
         Parameter('weights_path', value=path), Parameter('depth_mode', value='relative')]))
     refused = node.set_parameters([Parameter('depth_mode', value='metric')])[0]
-    assert not refused.successful and 'needs baseline_m' in refused.reason
+    assert not refused.successful and 'needs a baseline' in refused.reason
     ok = node.set_parameters_atomically([Parameter('depth_mode', value='metric'),
                                          Parameter('baseline_m', value=0.12)])
     assert ok.successful and node._values['depth_mode'] == 'metric'

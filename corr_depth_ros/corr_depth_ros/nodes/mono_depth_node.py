@@ -24,8 +24,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from .. import conversions
 from ..core.colormap import colourise
 from ..core.mono import BASELINE_RANGE_M, POST_PROCESS_DEFAULT
-from ..core.mono.inference import (DEPTH_MODES, baseline_from_header, estimate_depth,
-                                   input_size_from_header, load_mono_model)
+from ..core.mono.inference import (DEPTH_MODES, estimate_depth, input_size_from_header,
+                                   load_mono_model, mask_beyond, resolve_baseline_m)
 from ..core.stereo_pipeline import MAX_DEPTH_RANGE_M
 from ..core.threads import pin_torch_threads
 from ..core.training import resolve_device
@@ -79,11 +79,7 @@ class MonoDepthNode(Node):
         # No fallback model exists: a missing or foreign weights file stops the node at once
         # with load_weights' reason, rather than publishing nothing forever.
         self._model, header = load_mono_model(self._values['weights_path'], self._device)
-        self._weights_baseline_m = None
-        try:
-            self._weights_baseline_m = baseline_from_header(header)
-        except ValueError:
-            pass
+        self._header = header
         trained_hw = input_size_from_header(header)
         self._input_size = (self._values['input_height'] or trained_hw[0],
                             self._values['input_width'] or trained_hw[1])
@@ -147,12 +143,8 @@ class MonoDepthNode(Node):
         return result
 
     def _baseline_m(self, values) -> float:
-        if values['baseline_m'] > 0:
-            return float(values['baseline_m'])
-        if self._weights_baseline_m is None:
-            raise ValueError('metric depth needs baseline_m: the weights metadata has none; '
-                             'set the baseline_m parameter or depth_mode:=relative')
-        return self._weights_baseline_m
+        return resolve_baseline_m(values['baseline_m'], self._header,
+                                  'the baseline_m parameter')
 
     # --- data path ---------------------------------------------------------------------------
     def _on_synchronised(self, image, info):
@@ -174,8 +166,7 @@ class MonoDepthNode(Node):
             baseline_m=self._baseline_m(values) if mode == 'metric' else None,
             input_size=self._input_size, post_process=values['post_process'],
             device=self._device)
-        if values['max_depth_m'] > 0:
-            depth[~(depth <= values['max_depth_m'])] = np.nan
+        mask_beyond(depth, values['max_depth_m'])
         header = image_msg.header
         with self._clouds.beside(depth, (fx, fy, cx, cy), rgb, header,
                                  enabled=values['publish_points']):

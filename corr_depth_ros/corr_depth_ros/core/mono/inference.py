@@ -155,20 +155,40 @@ def input_size_from_header(header) -> Tuple[int, int]:
 
 
 def baseline_from_header(header) -> float:
-    """The training rig's baseline, metres (weights metadata), the metric-mode default."""
+    """The training rig's baseline, metres (weights metadata), the metric-mode default;
+    ValueError saying what the metadata lacks."""
     rig = header.get('metadata', {}).get('training_rig') or {}
     if 'baseline_m' not in rig:
-        raise ValueError('weights metadata has no training_rig.baseline_m: set baseline_m '
-                         'explicitly or use relative depth')
+        raise ValueError('the weights metadata has no training_rig.baseline_m')
     try:
         baseline_m = float(rig['baseline_m'])
     except (TypeError, ValueError):
         baseline_m = float('nan')
     if not (np.isfinite(baseline_m) and baseline_m > 0):
-        # Said once at start-up, not as every frame dropped ("baseline_m must be > 0").
-        raise ValueError(f'weights metadata has training_rig.baseline_m = {rig["baseline_m"]!r}, '
-                         'not a baseline: set baseline_m explicitly or use relative depth')
+        raise ValueError(f'the weights metadata has training_rig.baseline_m = '
+                         f'{rig["baseline_m"]!r}, not a baseline')
     return baseline_m
+
+
+def resolve_baseline_m(given_m: float, header, option: str) -> float:
+    """Metric mode's baseline, metres: ``given_m`` when > 0, else the weights' training rig's
+    (the node and process-bag alike). ValueError when neither, saying how to give one
+    (``option``: the node's parameter, process-bag's flag)."""
+    if given_m > 0:
+        return float(given_m)
+    try:
+        return baseline_from_header(header)
+    except ValueError as exc:
+        raise ValueError(f'metric depth needs a baseline and {exc}: give {option} or use '
+                         'relative depth') from None
+
+
+def mask_beyond(depth: np.ndarray, max_depth: float) -> np.ndarray:
+    """``depth`` with pixels farther than ``max_depth`` (> 0; 0: no limit) made NaN, in place:
+    the mono node's and process-bag's max_depth_m, in the depth's own unit."""
+    if max_depth > 0:
+        depth[~(depth <= max_depth)] = np.nan
+    return depth
 
 
 def estimate_depth(model, image_rgb8: np.ndarray, fx_px: float, *, mode: str,
