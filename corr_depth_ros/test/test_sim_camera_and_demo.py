@@ -136,11 +136,21 @@ def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
                         np.full((24, width, 3), value, np.uint8))
     pairs = FolderPairs(str(tmp_path))
     assert [int(pairs.frame(i)['left'][0, 0, 0]) for i in range(3)] == [1, 2, 10]
-    from corr_depth_ros.nodes.sim_stereo_camera_node import _natural_key
-    assert sorted(['f\u00b2.png', 'f10.png', 'f9.png'], key=_natural_key) == \
+    from corr_depth_ros.core.synth.io import natural_key
+    assert sorted(['f\u00b2.png', 'f10.png', 'f9.png'], key=natural_key) == \
         ['f9.png', 'f10.png', 'f\u00b2.png']          # '²' is no number to int()
     with pytest.raises(ValueError, match='frame11.png is 40x24, but the camera publishes 32x24'):
         pairs.frame(3)
+    # Read as training reads a folder (a review found JPEG pairs trained but not replayed):
+    # a jpg beside a png of the same name pairs; a name without a partner is skipped and named.
+    cv2.imwrite(str(tmp_path / 'left' / 'frame20.jpg'), np.full((24, 32, 3), 20, np.uint8))
+    cv2.imwrite(str(tmp_path / 'right' / 'frame20.png'), np.full((24, 32, 3), 20, np.uint8))
+    cv2.imwrite(str(tmp_path / 'left' / 'alone.png'), np.zeros((24, 32, 3), np.uint8))
+    pairs = FolderPairs(str(tmp_path))
+    assert len(pairs) == 5 and pairs.unmatched == ['alone']
+    from corr_depth_ros.core.synth.io import RectifiedPairFolder
+    trained = RectifiedPairFolder(tmp_path, allow_unmatched=True)
+    assert [tuple(map(str, p)) for p in trained.pairs] == pairs.pairs
 
 
 @pytest.mark.ros

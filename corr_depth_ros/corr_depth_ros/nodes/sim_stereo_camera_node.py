@@ -6,9 +6,6 @@ Publishes, as a calibrated stereo driver + rectification would:
   where nothing was hit) for checking what the depth nodes compute.
 Rendering runs on its own thread, at `rate_hz` at most (slower if rendering cannot keep up).
 """
-import glob
-import os
-import re
 import threading
 import time
 
@@ -25,11 +22,11 @@ from .worker import output_qos, run_node
 
 PARAMS = [
     ParamSpec('source', 'synthetic', 'Where frames come from: procedural scenes, or a folder '
-              'with left/*.png and right/*.png rectified pairs (matched by name).',
+              'with left/ and right/ rectified pairs (matched by name).',
               read_only=True, choices=('synthetic', 'folder')),
-    ParamSpec('folder', '', 'Folder of rectified pairs when source is folder: left/NAME.png and '
-              'right/NAME.png of one size, played in natural name order (frame2 before '
-              'frame10).', read_only=True),
+    ParamSpec('folder', '', 'Folder of rectified pairs when source is folder: left/NAME.ext and '
+              'right/NAME.ext (png, jpg, ...; as train mono --data folder: reads them) of one '
+              'size, played in natural name order (frame2 before frame10).', read_only=True),
     ParamSpec('loop', True, 'Replay the folder forever.', read_only=True),
     ParamSpec('rate_hz', 5.0, 'Publishing rate (an upper bound: rendering may be slower).',
               value_range=(0.1, 120.0)),
@@ -51,30 +48,25 @@ PARAMS = [
 ]
 
 
-def _natural_key(path: str):
-    """Sort key that orders f2 before f10 (numbers in names compared as numbers)."""
-    # re.split with a group puts the digit runs at the odd positions (ASCII digits only: '²'
-    # is a digit to str.isdigit() but not to int()).
-    return [(0, int(part), '') if index % 2 else (1, 0, part)
-            for index, part in enumerate(re.split(r'([0-9]+)', os.path.basename(path)))]
-
-
 class FolderPairs:
-    """Rectified pairs from ``folder/left/*.png`` and ``folder/right/*.png`` matched by name,
-    in natural order (frame2 before frame10). Every pair must have the first pair's size: the
-    camera's CameraInfo is that size's, so a pair of another size is refused (logged, skipped)
-    rather than published with intrinsics that are not its own."""
+    """Rectified pairs from ``folder/left/NAME.ext`` and ``folder/right/NAME.ext``, read as
+    training reads them (core.synth.io.rectified_pairs: matched by name, png or jpg, natural
+    order, frame2 before frame10); names without a partner are skipped (``unmatched``). Every
+    pair must have the first pair's size: the camera's CameraInfo is that size's, so a pair of
+    another size is refused (logged, skipped) rather than published with intrinsics that are
+    not its own."""
 
     def __init__(self, folder: str):
         import cv2
+
+        from ..core.synth.io import rectified_pairs
         self._cv2 = cv2
         self.size_hw = None         # the first pair's, set when it is read
-        left = sorted(glob.glob(os.path.join(folder, 'left', '*.png')), key=_natural_key)
-        names = [os.path.basename(p) for p in left]
-        self.pairs = [(p, os.path.join(folder, 'right', n)) for p, n in zip(left, names)
-                      if os.path.isfile(os.path.join(folder, 'right', n))]
-        if not self.pairs:
-            raise ValueError(f'no pairs in {folder!r}: expected left/NAME.png and right/NAME.png')
+        try:
+            pairs, self.unmatched = rectified_pairs(folder)
+        except ValueError as exc:
+            raise ValueError(f'no pairs in {folder!r}: {exc}') from exc
+        self.pairs = [(str(left), str(right)) for left, right in pairs]
 
     def __len__(self):
         return len(self.pairs)
@@ -102,6 +94,10 @@ class SimStereoCameraNode(Node):
         v = self._values
         if v['source'] == 'folder':
             self._frames = FolderPairs(v['folder'])
+            if self._frames.unmatched:
+                self.get_logger().warning(
+                    f'{len(self._frames.unmatched)} image(s) in {v["folder"]} without a partner '
+                    f'are skipped, e.g. {self._frames.unmatched[:5]}')
             first = self._frames.frame(0)['left']
             rig = SimRig(width=first.shape[1], height=first.shape[0], fx_px=v['fx_px'],
                          baseline_m=v['baseline_m'])

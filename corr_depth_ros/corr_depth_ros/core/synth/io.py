@@ -19,6 +19,7 @@ float32 rows stored bottom-to-top. NaN is kept as NaN.
 """
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -298,6 +299,42 @@ class SyntheticFolderDataset(Dataset):
         return load_multiview_sample(directory)
 
 
+def natural_key(path) -> list:
+    """Sort key that orders f2 before f10 (numbers in names compared as numbers)."""
+    # re.split with a group puts the digit runs at the odd positions (ASCII digits only: '²'
+    # is a digit to str.isdigit() but not to int()).
+    return [(0, int(part), '') if index % 2 else (1, 0, part)
+            for index, part in enumerate(re.split(r'([0-9]+)', os.path.basename(str(path))))]
+
+
+def rectified_pairs(root: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS):
+    """``root/left/NAME.ext`` with ``root/right/NAME.ext``, matched by file stem (``0001.png``
+    with ``0001.jpg``), in natural order (frame2 before frame10): the one reading of this layout,
+    for training (RectifiedPairFolder) and the camera that replays a folder. Returns (pairs as
+    (left, right) Paths, names without a partner); ValueError when a side is missing, a name
+    is there twice, or nothing pairs."""
+    root = Path(root)
+    stems = []
+    for side in ('left', 'right'):
+        folder = root / side
+        if not folder.is_dir():
+            raise ValueError(f'{folder} does not exist; expected {root}/left/*.png and '
+                             f'{root}/right/*.png')
+        files = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in extensions:
+                if path.stem in files:
+                    raise ValueError(f'{files[path.stem].name} and {path.name} in {folder} '
+                                     'have the same name')
+                files[path.stem] = path
+        stems.append(files)
+    left, right = stems
+    common = sorted(set(left) & set(right), key=natural_key)
+    if not common:
+        raise ValueError(f'no left/right pairs with matching names under {root}')
+    return [(left[s], right[s]) for s in common], sorted(set(left) ^ set(right))
+
+
 class RectifiedPairFolder(Dataset):
     """A user's own rectified stereo pairs: ``root/left/NAME.ext`` with ``root/right/NAME.ext``.
 
@@ -310,31 +347,14 @@ class RectifiedPairFolder(Dataset):
     def __init__(self, root: PathLike, allow_unmatched: bool = False,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS):
         self.root = Path(root)
-        stems = []
-        for side in ('left', 'right'):
-            folder = self.root / side
-            if not folder.is_dir():
-                raise ValueError(f'RectifiedPairFolder: {folder} does not exist; expected '
-                                 f'{self.root}/left/*.png and {self.root}/right/*.png')
-            files = {}
-            for path in sorted(folder.iterdir()):
-                if path.suffix.lower() in extensions:
-                    if path.stem in files:
-                        raise ValueError(f'RectifiedPairFolder: {files[path.stem].name} and '
-                                         f'{path.name} in {folder} have the same name')
-                    files[path.stem] = path
-            stems.append(files)
-        left, right = stems
-        common = sorted(set(left) & set(right))
-        unmatched = sorted(set(left) ^ set(right))
-        if not common:
-            raise ValueError(f'RectifiedPairFolder: no left/right pairs with matching names '
-                             f'under {self.root}')
+        try:
+            self.pairs, unmatched = rectified_pairs(root, extensions)
+        except ValueError as exc:
+            raise ValueError(f'RectifiedPairFolder: {exc}') from exc
         if unmatched and not allow_unmatched:
             raise ValueError(f'RectifiedPairFolder: {len(unmatched)} images without a partner '
                              f'under {self.root}, e.g. {unmatched[:5]}; pass '
                              f'allow_unmatched=True to skip them')
-        self.pairs = [(left[s], right[s]) for s in common]
 
     def __len__(self) -> int:
         return len(self.pairs)
