@@ -491,7 +491,7 @@ def _check_type(topic: str, datatype: str, wanted: Optional[str] = None) -> None
                          f'{" or ".join(allowed)}: give a topic of that type')
 
 
-def _namespace(namespace: str) -> str:
+def normal_namespace(namespace: str) -> str:
     """'' or '/a/b': a namespace as ROS takes it ('stereo' and '/stereo/' are '/stereo', as
     `namespace:=stereo` puts a node under /stereo)."""
     parts = [part for part in namespace.split('/') if part]
@@ -542,7 +542,7 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     from . import conversions
     from .core.backends import create_backend
     from .core.stereo_pipeline import depth_reach_warning, run_stereo, search_range_problem
-    ns = _namespace(namespace)
+    ns = normal_namespace(namespace)
     inputs = _stereo_inputs(ns)
     out_ns = _output_namespace(output_prefix, ns)
     engine = create_backend(backend, **(backend_params or {}))
@@ -619,7 +619,7 @@ def process_mono(in_path: str, out_path: str, *, namespace: str = '', output_pre
     from .core.mono.inference import (estimate_depth, input_size_from_header, load_mono_model,
                                       mask_beyond, resolve_baseline_m)
     from .core.training import resolve_device
-    ns = _namespace(namespace)
+    ns = normal_namespace(namespace)
     inputs = _camera_inputs(ns, image_topic)
     out_ns = _output_namespace(output_prefix, ns)
     torch_device = resolve_device(device)
@@ -668,9 +668,8 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
     from geometry_msgs.msg import PoseArray
     from . import conversions
     from .core.colormap import colourise
-    from .core.descriptors import matching, query
+    from .core.descriptors import HEATMAP_SIGMA, matching, query
     from .core.descriptors.network import compute_descriptors, load_descriptor_net
-    from .core.geometry import depth_to_points
     from .core.memory import RecyclingPool
     from .core.training import resolve_device
     pixels = parse_pixels(reference_pixels)
@@ -678,7 +677,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
     if reference_bgr is None:
         raise ValueError(f'could not read the reference image {reference_image!r} '
                          '(--reference-image PATH)')
-    ns = _namespace(namespace)
+    ns = normal_namespace(namespace)
     inputs = _camera_inputs(ns, image_topic)
     types = {}
     if depth_topic:
@@ -704,12 +703,8 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
             rgb = conversions.any_image_to_rgb8(image.message)
             points_m = intrinsics = None
             if depth is not None:
-                depth_m = conversions.depth_image_to_metres(depth.message)
-                if depth_m.shape != rgb.shape[:2]:
-                    raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the '
-                                     f'image is {rgb.shape[1]}x{rgb.shape[0]}')
-                intrinsics = conversions.camera_intrinsics(info.message, rgb.shape)
-                points_m = depth_to_points(depth_m, *intrinsics)
+                points_m, intrinsics = conversions.registered_points(depth.message,
+                                                                     info.message, rgb.shape)
             descriptors = compute_descriptors(model, rgb, torch_device, pool=buffers)
         except ValueError as exc:
             _skip(counts, log_time, exc)
@@ -732,7 +727,7 @@ def process_corr(in_path: str, out_path: str, *, namespace: str = '', output_pre
                      conversions.make_grasp_markers([m.position_m for m in matches],
                                                     [m.quaternion_xyzw for m in matches],
                                                     [m.found for m in matches], header), log_time)
-        heat = matching.descriptor_heatmap(reference[0], descriptors, 0.25)
+        heat = matching.descriptor_heatmap(reference[0], descriptors, HEATMAP_SIGMA)
         writer.write(f'{out_ns}/heatmap', _IMAGE,
                      conversions.array_to_image(colourise(heat, vmin=0.0, vmax=1.0), 'rgb8', header),
                      log_time)
@@ -759,7 +754,7 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
     disparity is f*B/Z as for a zero-disparity rig."""
     from . import conversions
     from .core.synth.io import write_rgb8_png
-    ns = _namespace(namespace)
+    ns = normal_namespace(namespace)
     inputs = _stereo_inputs(ns)
     check_bag_paths(in_path, out_dir)
     for side in ('left', 'right'):

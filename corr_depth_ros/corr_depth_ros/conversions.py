@@ -451,6 +451,23 @@ def depth_image_to_metres(msg: Image) -> np.ndarray:
     return depth
 
 
+def registered_points(depth_msg: Image, info: CameraInfo, image_shape
+                      ) -> Tuple[np.ndarray, Tuple[float, float, float, float]]:
+    """Depth registered to an image of ``image_shape`` ((H, W, ...)) and that image's
+    camera_info -> ((H, W, 3) float32 points in metres, NaN invalid; (fx, fy, cx, cy)): what
+    the correspondence node and process-bag pin matches to. ConversionError naming the depth
+    or the size that does not fit."""
+    from .core.geometry import depth_to_points
+    with naming('depth'):
+        depth_m = depth_image_to_metres(depth_msg)
+    if depth_m.shape != tuple(image_shape[:2]):
+        raise ConversionError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is '
+                              f'{image_shape[1]}x{image_shape[0]}: publish depth registered to '
+                              'the image (same size)')
+    intrinsics = camera_intrinsics(info, image_shape)
+    return depth_to_points(depth_m, *intrinsics), intrinsics
+
+
 def make_point_stamped(xyz, header) -> 'PointStamped':
     """(3,) metres (NaN allowed: invalid) -> geometry_msgs/PointStamped with ``header``."""
     from geometry_msgs.msg import PointStamped

@@ -80,15 +80,15 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
     import json
     import os
 
-    from ..bag import _namespace, extract_stereo_pairs
+    from ..bag import extract_stereo_pairs, normal_namespace
     folder = os.path.join(out_dir, 'bag_pairs')
     record = os.path.join(folder, 'source.json')
     if os.path.isfile(record):
         with open(record, encoding='utf-8') as f:
             source = json.load(f)
         # One bag and namespace however they are spelled ('cam', '/cam/'; a link to the bag).
-        if (os.path.realpath(source['bag']), _namespace(source['namespace'])) != \
-                (os.path.realpath(bag_path), _namespace(namespace)):
+        if (os.path.realpath(source['bag']), normal_namespace(source['namespace'])) != \
+                (os.path.realpath(bag_path), normal_namespace(namespace)):
             raise FileExistsError(f'train mono: {folder} holds pairs of {source["bag"]} '
                                   f'(namespace {source["namespace"]!r}); give another --out-dir')
         print(f'train mono: reusing the {source["pairs"]} pairs extracted to {folder}')

@@ -39,9 +39,8 @@ from corr_depth_interfaces.srv import FindCorrespondence, SetReference
 
 from .. import conversions
 from ..core.colormap import colourise
-from ..core.descriptors import MATCH_THRESHOLD_RANGE, matching, query, references
+from ..core.descriptors import HEATMAP_SIGMA, MATCH_THRESHOLD_RANGE, matching, query, references
 from ..core.descriptors.network import DEFAULT_SCALES, check_scales, compute_descriptors
-from ..core.geometry import depth_to_points
 from ..core.memory import RecyclingPool
 from ..core.threads import pin_torch_threads
 from ..sync import make_synchronizer
@@ -91,7 +90,7 @@ PARAMS = [
     ParamSpec('match_threshold', 0.6, 'A match is found only if its descriptor L2 distance is at '
               'most this (DON thresholds the distance the same way).',
               value_range=MATCH_THRESHOLD_RANGE),
-    ParamSpec('heatmap_sigma', 0.25, 'Scale of the heatmap exp(-distance/sigma), descriptor '
+    ParamSpec('heatmap_sigma', HEATMAP_SIGMA, 'Scale of the heatmap exp(-distance/sigma), descriptor '
               'units.', value_range=(0.001, 10.0)),
     ParamSpec('normal_radius_px', 5, 'Half-size of the depth window the surface normal is '
               'fitted to, pixels.', value_range=(1, 50)),
@@ -351,14 +350,7 @@ class CorrespondenceNode(Node):
             raise ValueError(too_big)
         points_m = intrinsics = None
         if depth_msg is not None:
-            with conversions.naming('depth'):
-                depth_m = conversions.depth_image_to_metres(depth_msg)
-            if depth_m.shape != rgb.shape[:2]:
-                raise ValueError(f'depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is '
-                                 f'{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to '
-                                 'the image (same size)')
-            intrinsics = conversions.camera_intrinsics(info_msg, rgb.shape)
-            points_m = depth_to_points(depth_m, *intrinsics)
+            points_m, intrinsics = conversions.registered_points(depth_msg, info_msg, rgb.shape)
         # The descriptor image (78 MB at 640x480, two scales) is written into a buffer of a
         # frame nobody uses any more (RecyclingPool: the previous frame's, once it is replaced
         # and its last request is served), not into fresh memory: ~10-20 ms a frame less.

@@ -5,6 +5,9 @@ import os
 DEFAULT_WEIGHTS = 'descriptors_don_small.safetensors'
 # match_threshold of correspondence_node and process-bag's --match-threshold (descriptor L2).
 MATCH_THRESHOLD_RANGE = (0.0, 10.0)
+# The heatmap's exp(-distance / sigma), descriptor units: correspondence_node's heatmap_sigma
+# default and process-bag's heatmap (not an option there).
+HEATMAP_SIGMA = 0.25
 
 
 def default_weights_path() -> str:
