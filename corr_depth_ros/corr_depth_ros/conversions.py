@@ -227,11 +227,17 @@ def make_disparity_msg(disparity_with_doffs_px: np.ndarray, geometry: StereoGeom
     return msg
 
 
-def disparity_msg_to_array(msg: DisparityImage) -> np.ndarray:
-    """DisparityImage -> (H, W) float32 disparity *including* doffs (as published)."""
+def disparity_msg_to_array(msg: DisparityImage, invalid_as_nan: bool = False) -> np.ndarray:
+    """DisparityImage -> (H, W) float32 disparity *including* doffs (as published); with
+    ``invalid_as_nan``, NaN where the message defines it invalid (below min_disparity, which a
+    negative search minimum puts below 0: "> 0" is not the test)."""
     if msg.image.encoding != '32FC1':
         raise ConversionError(f'DisparityImage must be 32FC1, got {msg.image.encoding!r}')
-    return image_to_array(msg.image)
+    disparity = image_to_array(msg.image)
+    if invalid_as_nan:
+        disparity = np.where(disparity >= np.float32(msg.min_disparity), disparity,
+                             np.float32(np.nan))
+    return disparity
 
 
 _CLOUD_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('rgb', '<u4')])

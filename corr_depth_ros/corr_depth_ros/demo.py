@@ -106,8 +106,7 @@ def write_outputs(out_dir, recorder, stamp, geometry):
     pick = {t: recorder.latest[t][stamp] for t in recorder.latest if stamp in recorder.latest[t]}
     left = conversions.image_to_rgb8(pick['left/image_rect'])
     disparity_msg = pick['disparity']
-    disparity = conversions.disparity_msg_to_array(disparity_msg)
-    disparity = np.where(disparity > 0, disparity, np.nan)
+    disparity = conversions.disparity_msg_to_array(disparity_msg, invalid_as_nan=True)
     depth = conversions.image_to_array(pick['depth'])
 
     def save(name, rgb):

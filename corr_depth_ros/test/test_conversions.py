@@ -353,3 +353,14 @@ def test_depth_camera_info_of_a_k_only_camera_has_the_p_depth_was_computed_with(
     assert list(out.p) == [50.0, 0.0, 32.0, 0.0, 0.0, 51.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert conversions.camera_intrinsics(out, (48, 64)) == \
         conversions.camera_intrinsics(info, (48, 64))
+
+
+def test_disparity_validity_is_the_messages_own():
+    """Invalid is below min_disparity (a negative search minimum puts valid values below 0;
+    make demo took "> 0" as the test)."""
+    from stereo_msgs.msg import DisparityImage
+    msg = DisparityImage(min_disparity=-8.0, max_disparity=56.0)
+    msg.image = conversions.array_to_image(np.array([[-9.0, -3.0, 0.0, 12.5]], np.float32),
+                                           '32FC1', Header())
+    got = conversions.disparity_msg_to_array(msg, invalid_as_nan=True)
+    np.testing.assert_array_equal(np.isnan(got), [[True, False, False, False]])
