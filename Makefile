@@ -21,7 +21,8 @@ setup:
 build: setup
 	@$(ENV) && python -m colcon build --symlink-install --base-paths corr_depth_interfaces corr_depth_ros \
 	    --event-handlers console_cohesion- summary+ --cmake-args $(CMAKE_ARGS) >/dev/null \
-	  || { echo "colcon build failed; log/latest_build has the details"; $(ENV) && python -m colcon build --symlink-install --base-paths corr_depth_interfaces corr_depth_ros --cmake-args $(CMAKE_ARGS); exit 1; }
+	  || { echo "colcon build failed (log/latest_build has the details):"; \
+	       for f in log/latest_build/*/stderr.log; do [ -s "$$f" ] && { echo "--- $$f"; tail -n 40 "$$f"; }; done; exit 1; }
 	@echo "build: ok (install/)"
 
 test: build
@@ -60,5 +61,7 @@ eval: build
 clean:
 	rm -rf build install log demo_output bench_output eval_output
 
+# Only a venv this setup made (a VENV exported for another project is left alone).
 distclean: clean
-	rm -rf $(VENV)
+	@if [ -f "$(VENV)/.corr_depth_setup" ] || [ -f "$(VENV)/.corr_depth_path" ]; then rm -rf -- "$(VENV)"; \
+	 else echo "distclean: $(VENV) was not made by this setup: left alone"; fi

