@@ -114,12 +114,13 @@ if [ -x "$VENV/bin/python" ]; then
     remake "was made for another kind of setup or interpreter"
   fi
 fi
+if ! ours && [ -n "$(ls -A -- "$VENV" 2>/dev/null)" ]; then
+  # Not set up into either: an exported VENV naming another project's venv got torch and ROS.
+  echo "setup: $VENV exists and is not a venv this setup made: unset VENV or name a new" \
+       "folder" >&2
+  exit 1
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-  if [ -e "$VENV" ] && ! ours && [ -n "$(ls -A -- "$VENV" 2>/dev/null)" ]; then
-    echo "setup: $VENV exists and is not a venv this setup made: unset VENV or name a new" \
-         "folder" >&2
-    exit 1
-  fi
   if [ "$mode" = pypi-ros ]; then
     "$PY" -m venv "$VENV"
   else
