@@ -37,7 +37,19 @@ def test_train_mono_baseline_is_range_checked_as_the_node_does(value, capsys):
                         capsys, 'must be in [0, 10]')
 
 
-def test_train_mono_refuses_a_baseline_for_synthetic_pairs(capsys, tmp_path):
+@pytest.fixture
+def no_training(monkeypatch):
+    """A refusal is said before any training: a trainer reached fails the test at once (on
+    code without the refusal it trained for real, thousands of steps)."""
+    def reached(*args, **kwargs):
+        raise AssertionError('the trainer was reached')
+    from corr_depth_ros.core.mono import train as mono_train
+    from corr_depth_ros.core.stereo_net import train as stereo_train
+    monkeypatch.setattr(mono_train, 'train_mono', reached)
+    monkeypatch.setattr(stereo_train, 'train_stereo_net', reached)
+
+
+def test_train_mono_refuses_a_baseline_for_synthetic_pairs(capsys, tmp_path, no_training):
     """Synthetic pairs have their own rig: --baseline-m 0.3 was silently dropped (0.1 stored)."""
     rc = cli_main(['train', 'mono', '--baseline-m', '0.3', '--out-dir', str(tmp_path / 'run')])
     assert rc == 2 and '--baseline-m is for your own pairs' in capsys.readouterr().err
@@ -53,6 +65,7 @@ def test_eval_mono_input_size_is_checked_while_parsing(capsys):
 @pytest.mark.parametrize('argv,said', [
     (['--no-augment', '--scale-aug', '0.8'], '--scale-aug applies to augmentation'),
     (['--no-augment', '--scale-aug-max', '2.0'], '--scale-aug-max applies to augmentation'),
+    (['--scale-aug-min', '0.8'], '--scale-aug-min applies to --scale-aug above 0 only'),
     (['--refine-channels', '32'], '--refine-channels applies to --refine-from only'),
     (['--refine-radius', '3'], '--refine-radius applies to --refine-from only'),
     (['--recalibrate-batches', '0'], '--recalibrate-batches applies to --ship only'),
@@ -61,7 +74,8 @@ def test_eval_mono_input_size_is_checked_while_parsing(capsys):
     (['--refine-from', 'base.safetensors', '--groups', '4'],
      '--groups is taken from the --refine-from weights'),
 ])
-def test_train_stereo_refuses_options_that_would_be_ignored(argv, said, capsys, tmp_path):
+def test_train_stereo_refuses_options_that_would_be_ignored(argv, said, capsys, tmp_path,
+                                                            no_training):
     rc = cli_main(['train', 'stereo', '--out', str(tmp_path / 'run'), *argv])
     assert rc == 2 and said in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()

@@ -63,11 +63,11 @@ def test_main_says_other_errors_in_one_line(monkeypatch, capsys, tmp_path, make_
 def test_a_diverged_training_run_says_how_to_go_on(monkeypatch, capsys):
     def diverges(args):
         raise FloatingPointError('training diverged: 10 non-finite losses in a row at step 52 '
-                                 '(loss nan); lower --lr (now 0.001)')
+                                 '(loss nan); run the same command again with a lower --lr')
     assert _run_func(monkeypatch, diverges) == 1
     err = _one_line(capsys)
-    assert 'error: training diverged: 10 non-finite losses in a row at step 52' in err
-    assert 'goes on from its last checkpoint' in err
+    assert err.rstrip().endswith('error: training diverged: 10 non-finite losses in a row at step 52 '
+                        '(loss nan); run the same command again with a lower --lr'), err
     monkeypatch.setenv('CORR_DEPTH_TRACEBACK', '1')
     with pytest.raises(FloatingPointError):
         _run_func(monkeypatch, diverges)
@@ -173,6 +173,23 @@ def test_export_onnx_out_is_checked_before_loading(tmp_path, monkeypatch, capsys
                      '--height', '64', '--width', '64']) == 2
     assert f'--out {tmp_path}/afile/m.onnx: {tmp_path}/afile is a file, not a folder' in \
         _one_line(capsys)
+    # The model is written beside the path and renamed over it: the folder must be writable,
+    # not the file (a read-only old model was refused, one in a read-only folder accepted).
+    import os
+    real_access = os.access
+    (tmp_path / 'ro').mkdir()
+    (tmp_path / 'ro' / 'm.onnx').write_bytes(b'')
+    (tmp_path / 'rw').mkdir()
+    (tmp_path / 'rw' / 'm.onnx').write_bytes(b'')
+    monkeypatch.setattr(os, 'access', lambda p, mode: (
+        os.path.basename(str(p)) not in ('ro',) and not str(p).endswith('rw/m.onnx')
+        and real_access(p, mode)))
+    assert cli_main(['export-onnx', 'stereo', '--out', str(tmp_path / 'ro' / 'm.onnx'),
+                     '--height', '64', '--width', '64']) == 2
+    assert f'{tmp_path}/ro cannot be written' in _one_line(capsys)
+    assert cli_main(['export-onnx', 'stereo', '--out', str(tmp_path / 'rw' / 'm.onnx'),
+                     '--height', '64', '--width', '64']) == 2
+    assert 'the weights were loaded' in _one_line(capsys)      # past the check: the work
 
 
 def test_an_onnx_model_path_that_is_a_folder_is_named_as_such(tmp_path):

@@ -537,7 +537,8 @@ def test_divergence_is_one_sentence_with_advice_and_keeps_the_last_sound_checkpo
                                device='cpu', threads=1)
     with pytest.raises(FloatingPointError,
                        match=r'^training diverged: the weights are no longer finite at step 1, '
-                             r'so no checkpoint was written; lower --lr \(now inf\)'):
+                             r'so no checkpoint was written; lower --lr \(now inf\); no '
+                             r'checkpoint was written yet, so give another output folder'):
         training.fit(_tiny(), _Line(), _loss, cfg)
     assert not os.path.exists(tmp_path / 'run' / 'checkpoint.pt')
 
@@ -554,8 +555,9 @@ def test_divergence_is_one_sentence_with_advice_and_keeps_the_last_sound_checkpo
     with pytest.raises(FloatingPointError) as failure:
         training.fit(_tiny(), _Line(), bad_from_call_3, cfg)
     assert str(failure.value).startswith('training diverged: 3 non-finite losses in a row at '
-                                         'step 2 (abs_err nan); lower --lr (now 0.001), or '
-                                         'resume from the last checkpoint in ')
+                                         'step 2 (abs_err nan); run the same command again with '
+                                         'a lower --lr (now 0.001): it goes on from the last '
+                                         'checkpoint in ')
     assert torch.load(tmp_path / 'nan' / 'checkpoint.pt', weights_only=True)['step'] == 2
     for trainer, option, value in (('stereo', '--lr', 'inf'), ('descriptors', '--lr', '0'),
                                    ('mono', '--lr', '-1e-3'), ('stereo', '--weight-decay', '-1'),
@@ -563,3 +565,32 @@ def test_divergence_is_one_sentence_with_advice_and_keeps_the_last_sound_checkpo
         with pytest.raises(SystemExit) as exit_info:
             cli_main(['train', trainer, option, value])
         assert exit_info.value.code == 2, (trainer, option, value)
+
+
+def test_a_run_stopped_after_its_first_best_weights_can_be_run_again(tmp_path):
+    """Validation every step, checkpoints every 5: stopped at step 2, the folder held best
+    weights but no checkpoint, and the same command was refused ("holds weights of a previous
+    run but no checkpoint.pt") although the stop had said it would go on. A validation now
+    ends in a checkpoint too."""
+    out = tmp_path / 'run'
+    best = training.BestWeights(str(out / 'best.safetensors'), 'abs_err')
+    calls = {'n': 0}
+
+    def stops_at_step_3(model, batch):
+        calls['n'] += 1
+        if calls['n'] == 3:
+            raise KeyboardInterrupt
+        return _loss(model, batch)
+
+    def val_fn(model, step):
+        best.offer(model, {'abs_err': 1.0 / step}, arch='tiny', config={}, metadata={})
+        return {'abs_err': 1.0 / step}
+    cfg = training.TrainConfig(out_dir=str(out), steps=6, batch_size=8, warmup_steps=1,
+                               val_every=1, checkpoint_every=5, device='cpu', threads=1,
+                               resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(_tiny(), _Line(), stops_at_step_3, cfg, val_fn=val_fn)
+    assert os.path.isfile(out / 'best.safetensors')
+    assert torch.load(out / 'checkpoint.pt', weights_only=True)['step'] == 2
+    result = training.fit(_tiny(), _Line(), _loss, cfg, val_fn=val_fn)
+    assert result['step'] == 6

@@ -45,10 +45,13 @@ def file_in_the_way(path: str) -> str:
     return existing if os.path.exists(existing) and not os.path.isdir(existing) else ''
 
 
-def check_output(path: str, option: str, folder: bool = False) -> None:
+def check_output(path: str, option: str, folder: bool = False,
+                 renamed_into_place: bool = False) -> None:
     """ValueError naming ``option`` if ``path`` (a file, or with ``folder`` a folder) cannot be
     written: an empty path, a folder where a file goes, a file on the way, or no permission.
-    Called before the work: the same failure at its end lost all of it."""
+    Called before the work: the same failure at its end lost all of it. ``renamed_into_place``:
+    the file is written beside ``path`` and renamed over it, so its folder must be writable,
+    the file itself need not be."""
     if not path:
         raise ValueError(f'{option} is empty: give a path')
     in_the_way = file_in_the_way(path if folder else os.path.dirname(os.path.abspath(path)))
@@ -61,7 +64,8 @@ def check_output(path: str, option: str, folder: bool = False) -> None:
     # be made in. os.access rather than a trial write, so nothing is created before the work;
     # it also answers for root, whom permission bits do not stop, on a chattr +i folder or a
     # read-only mount.
-    existing = _nearest_existing(path)
+    existing = _nearest_existing(os.path.dirname(os.path.abspath(path)) if renamed_into_place
+                                 else path)
     if not os.access(existing, os.W_OK | (os.X_OK if os.path.isdir(existing) else 0)):
         raise ValueError(f'{option} {path}: {existing} cannot be written (permission denied); '
                          f'give another {option} or change its permissions')
@@ -106,8 +110,7 @@ def main(argv=None) -> int:
         if os.environ.get('CORR_DEPTH_TRACEBACK'):
             raise
         # core.training says how it diverged and what to do ("training diverged: ...").
-        print(f'corr_depth: error: {exc}. A run goes on from its last checkpoint when the same '
-              'command is run again (train stereo: add --resume).', file=sys.stderr)
+        print(f'corr_depth: error: {exc}', file=sys.stderr)
         return 1
     except Exception as exc:
         # OpenCV's own errors (cv2.error, e.g. an image format it cannot write). cv2 is not

@@ -32,7 +32,7 @@ def run_stereo(args) -> int:
     from ..core.stereo_net.export import export_stereo_onnx
     from ..core.training import load_weights
     from . import check_output
-    check_output(args.out, '--out')
+    check_output(args.out, '--out', renamed_into_place=True)   # export.py writes a .partial
     model, _ = load_weights(args.weights or DEFAULT_WEIGHTS, build_stereo_net, expected_arch=ARCH)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     parity = export_stereo_onnx(model, args.out, height=args.height, width=args.width,

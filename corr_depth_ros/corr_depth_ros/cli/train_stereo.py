@@ -68,6 +68,7 @@ def register(subparsers):
 # set away from its default without it is refused rather than silently ignored.
 OPTION_SCOPE = {
     'augmentation (no --no-augment)': ('scale_aug', 'scale_aug_min', 'scale_aug_max'),
+    '--scale-aug above 0': ('scale_aug_min', 'scale_aug_max'),
     '--refine-from': ('refine_channels', 'refine_radius'),
     '--ship': ('recalibrate_batches',),
 }
@@ -79,6 +80,7 @@ def options_out_of_scope(args) -> list:
     """'--name applies to ...' for each option set (away from its default) where it has no
     effect."""
     given = {'augmentation (no --no-augment)': not args.no_augment,
+             '--scale-aug above 0': args.scale_aug > 0,
              '--refine-from': bool(args.refine_from), '--ship': bool(args.ship)}
     problems = [f'--{dest.replace("_", "-")} applies to {needs} only'
                 for needs, dests in OPTION_SCOPE.items() if not given[needs]

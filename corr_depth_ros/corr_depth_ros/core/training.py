@@ -449,8 +449,9 @@ def resume_state(cfg: TrainConfig, signature: Optional[Dict[str, Any]] = None,
         found = [name for name in ('checkpoint.pt', 'log.jsonl', *RUN_WEIGHTS)
                  if os.path.isfile(os.path.join(cfg.out_dir, name))]
         if found:
+            resumable = ('resume it, or ' if 'checkpoint.pt' in found else '')
             raise FileExistsError(f'{cfg.out_dir} holds a previous run ({", ".join(found)}): '
-                                  'resume it, or give another output folder; a fresh run there '
+                                  f'{resumable}give another output folder; a fresh run there '
                                   'would mix its log and best weights with the old ones')
     if not os.path.isfile(ckpt_path):
         if weights:
@@ -623,11 +624,14 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     # A generator of its own for the loader: it draws a seed from it on every pass (for its
     # workers), and taken from the global one that draw would fall at another place of the
     # stream in a run resumed mid-pass than in the uninterrupted one.
+    # Its seed follows the position: the workers' seeds come from it, and a resumed run with
+    # workers must not replay the augmentation of the run's start.
     from .seeding import mixed_generator
     loader = DataLoader(train_dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, drop_last=True,
                         pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0,
-                        generator=mixed_generator(cfg.seed + dist_info.rank, LOADER_STREAM))
+                        generator=mixed_generator(cfg.seed + dist_info.rank,
+                                                  LOADER_STREAM + batches_drawn))
     if saved_random is not None:
         _restore_random(saved_random, train_dataset, device)
 
@@ -646,13 +650,19 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
     started = time.perf_counter()
     data_iter = batches()
 
+    def divergence_advice() -> str:
+        if os.path.isfile(ckpt_path):
+            return (f'run the same command again with a lower --lr (now {cfg.lr:g}): it goes on '
+                    f'from the last checkpoint in {cfg.out_dir}')
+        return (f'lower --lr (now {cfg.lr:g}); no checkpoint was written yet, so give another '
+                f'output folder or delete {cfg.out_dir}')
+
     def save_checkpoint():
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             # Kept, they would be resumed (and the previous, sound checkpoint lost).
             raise FloatingPointError(
                 f'training diverged: the weights are no longer finite at step {step}, so no '
-                f'checkpoint was written; lower --lr (now {cfg.lr:g}), or resume from the last '
-                f'checkpoint in {cfg.out_dir} with a lower one')
+                f'checkpoint was written; {divergence_advice()}')
         if dist_info.is_main:
             tmp = ckpt_path + '.tmp'
             torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
@@ -691,9 +701,7 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                 terms = ', '.join(f'{k} {float(v):g}' for k, v in logs.items())
                 raise FloatingPointError(
                     f'training diverged: {bad_in_a_row} non-finite losses in a row at step '
-                    f'{step}' + (f' ({terms})' if terms else '') + f'; lower --lr (now '
-                    f'{cfg.lr:g}), or resume from the last checkpoint in {cfg.out_dir} with a '
-                    'lower one')
+                    f'{step}' + (f' ({terms})' if terms else '') + f'; {divergence_advice()}')
             continue
         bad_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)
@@ -732,7 +740,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
             _log(log_path, {'event': 'val', 'step': step, **val_last})
             if progress is not None:
                 progress.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in val_last.items()))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        # Also after every validation: it may have written best weights, and a run stopped
+        # with best weights but no checkpoint could be neither resumed nor started afresh.
+        validated = val_fn is not None and (step % cfg.val_every == 0 or step == cfg.steps)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or validated:
             save_checkpoint()
     if progress is not None:
         progress.close()
