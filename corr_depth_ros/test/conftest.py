@@ -93,3 +93,14 @@ def ros():
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny trainings on a shared machine: two OpenMP
+    threads spinning against each other made a tiny step ~15x slower than one thread)."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

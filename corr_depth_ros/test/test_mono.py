@@ -19,14 +19,9 @@ from corr_depth_ros.core.mono.postprocess import (edge_weights, post_process_dis
 from corr_depth_ros.core.mono.warp import reconstruct_left, reconstruct_right
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared: with several processes busy, two OpenMP threads spin against each
-    # other and a tiny step gets ~15x slower than with one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One torch thread (conftest.py): the CI box is shared, and with several processes busy two
+# OpenMP threads spin against each other and a tiny step gets ~15x slower than with one.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _textured(height=32, width=48, seed=0):

@@ -3,36 +3,12 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from corr_depth_ros.core import training
+# The tiny network and data of test_training.py; one torch thread (conftest.py).
+from test_training import _Line, _loss, _tiny
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # A shared machine: one thread keeps the tiny trainings fast (see test_mono.py).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _tiny(*, hidden: int = 4):
-    return nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-
-
-class _Line(torch.utils.data.Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, i):
-        x = torch.tensor([i / 64.0, 1.0 - i / 64.0])
-        return {'x': x, 'y': (3 * x[0] - x[1]).reshape(1)}
-
-
-def _loss(model, batch):
-    err = model(batch['x']) - batch['y']
-    return (err ** 2).mean(), {'abs_err': err.abs().mean().item()}
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _cfg(out_dir, **options):
