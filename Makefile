@@ -63,5 +63,6 @@ clean:
 
 # Only a venv this setup made (a VENV exported for another project is left alone).
 distclean: clean
-	@if [ -f "$(VENV)/.corr_depth_setup" ] || [ -f "$(VENV)/.corr_depth_path" ]; then rm -rf -- "$(VENV)"; \
+	@if [ -f "$(VENV)/.corr_depth_setup" ] || [ -f "$(VENV)/.corr_depth_path" ] \
+	    || [ "$(abspath $(VENV))" = "$(CURDIR)/.venv" ]; then rm -rf -- "$(VENV)"; \
 	 else echo "distclean: $(VENV) was not made by this setup: left alone"; fi

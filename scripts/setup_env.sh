@@ -169,7 +169,7 @@ fi
 # plain torch==2.13.0 after torch==2.13.0+cu126 kept the CUDA build).
 torch_flags=()
 if [ -f "$VENV/.corr_depth_torch" ] && [ "$(cat "$VENV/.corr_depth_torch")" != "$TORCH_SPEC" ]; then
-  torch_flags=(--force-reinstall --no-deps)
+  torch_flags=(--force-reinstall)     # with its dependencies: a CUDA build needs nvidia-*
 fi
 rm -f "$stamp"      # set again only once everything below is done
 pip_install "${constraints[@]}" "${torch_flags[@]}" "$TORCH_SPEC"

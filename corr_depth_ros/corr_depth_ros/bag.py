@@ -552,7 +552,12 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     max_disparity_px = run_kwargs.get('max_disparity_px')
     if engine.name == 'sgbm':
         from .core.backends.sgbm import SgbmParams
-        SgbmParams(**engine.get_params()).search_count(max_disparity_px or None)
+        params = SgbmParams(**engine.get_params())
+        try:
+            params.search_count(max_disparity_px or None)
+        except ValueError:      # said with process-bag's own option names
+            raise ValueError(f'--max-disparity-px ({max_disparity_px}) must be greater than '
+                             f'--sgbm min_disparity ({params.min_disparity})') from None
     beyond = search_range_problem(engine, max_disparity_px)
     if beyond:
         from tqdm import tqdm

@@ -818,8 +818,14 @@ def test_process_bag_checks_the_search_range_as_the_node_does(tmp_path, capsys):
     rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
                    '--namespace', '/cam', '--no-progress', '--sgbm', 'min_disparity=64',
                    '--max-disparity-px', '32'])
-    assert rc == 2 and 'must be greater than sgbm.min_disparity (64)' in capsys.readouterr().err
+    assert rc == 2 and '--max-disparity-px (32) must be greater than --sgbm min_disparity ' \
+        '(64)' in capsys.readouterr().err
     assert not (tmp_path / 'out.mcap').exists()
+    rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
+                   '--namespace', '/cam', '--no-progress', '--backend', 'learned',
+                   '--max-disparity-px', '1000', '--device', 'cpu'])
+    assert rc == 0 and "max_disparity_px 1000 is beyond the learned backend's trained range" \
+        in capsys.readouterr().out
     from corr_depth_ros.core.stereo_pipeline import search_range_problem
 
     class Learned:

@@ -559,6 +559,12 @@ def test_divergence_is_one_sentence_with_advice_and_keeps_the_last_sound_checkpo
                                          'a lower --lr (now 0.001): it goes on from the last '
                                          'checkpoint in ')
     assert torch.load(tmp_path / 'nan' / 'checkpoint.pt', weights_only=True)['step'] == 2
+    # A run that was not resuming (train stereo without --resume) is told how to resume.
+    calls['n'] = 0
+    cfg.out_dir, cfg.resume = str(tmp_path / 'nan_fresh'), False
+    with pytest.raises(FloatingPointError, match=r'run it resuming \(train stereo: add '
+                       r'--resume; train descriptors: without --no-resume\) again'):
+        training.fit(_tiny(), _Line(), bad_from_call_3, cfg)
     for trainer, option, value in (('stereo', '--lr', 'inf'), ('descriptors', '--lr', '0'),
                                    ('mono', '--lr', '-1e-3'), ('stereo', '--weight-decay', '-1'),
                                    ('descriptors', '--weight-decay', 'nan')):

@@ -105,8 +105,8 @@ def main(argv=None) -> int:
         print(f'corr_depth: error: {message}', file=sys.stderr)
         return 2
     except FloatingPointError as exc:
-        # A training run that diverged (core/training.fit): its checkpoint holds the last
-        # good state, so the run is not lost.
+        # A training run that diverged (core/training.fit): no checkpoint of bad weights is
+        # written, and the message says how to go on.
         if os.environ.get('CORR_DEPTH_TRACEBACK'):
             raise
         # core.training says how it diverged and what to do ("training diverged: ...").

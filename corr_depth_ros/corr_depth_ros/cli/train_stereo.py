@@ -80,7 +80,8 @@ def options_out_of_scope(args) -> list:
     """'--name applies to ...' for each option set (away from its default) where it has no
     effect."""
     given = {'augmentation (no --no-augment)': not args.no_augment,
-             '--scale-aug above 0': args.scale_aug > 0,
+             # With --no-augment the line above names them already.
+             '--scale-aug above 0': args.scale_aug > 0 or args.no_augment,
              '--refine-from': bool(args.refine_from), '--ship': bool(args.ship)}
     problems = [f'--{dest.replace("_", "-")} applies to {needs} only'
                 for needs, dests in OPTION_SCOPE.items() if not given[needs]

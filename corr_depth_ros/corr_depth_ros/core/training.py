@@ -652,8 +652,10 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
 
     def divergence_advice() -> str:
         if os.path.isfile(ckpt_path):
-            return (f'run the same command again with a lower --lr (now {cfg.lr:g}): it goes on '
-                    f'from the last checkpoint in {cfg.out_dir}')
+            how = ('the same command' if cfg.resume else 'it resuming (train stereo: add '
+                   '--resume; train descriptors: without --no-resume)')
+            return (f'run {how} again with a lower --lr (now {cfg.lr:g}): it goes on from the '
+                    f'last checkpoint in {cfg.out_dir}')
         return (f'lower --lr (now {cfg.lr:g}); no checkpoint was written yet, so give another '
                 f'output folder or delete {cfg.out_dir}')
 
