@@ -553,6 +553,8 @@ def compressed_size(data: bytes) -> Optional[Tuple[int, int]]:
             if position + 12 + length > len(data):
                 raise ConversionError(f'damaged PNG: a chunk of {length} bytes runs past the '
                                       f'{len(data)} bytes of data')
+            if data[position + 4:position + 8] == b'IEND':
+                break               # what follows the image is not read (nor by OpenCV)
             position += 12 + length
         if data[12:16] == b'IHDR' and len(data) >= 24:
             return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
@@ -598,7 +600,9 @@ def compressed_to_rgb8(msg, max_pixels: int = COMPRESSED_MAX_PIXELS) -> np.ndarr
     if fmt and not any(kind in fmt for kind in ('jpeg', 'jpg', 'png')):
         raise ConversionError(f'unsupported compressed format {msg.format!r}; accepted: jpeg, png')
     encoding = msg.format.split(';', 1)[0].strip() if ';' in (msg.format or '') else ''
-    if encoding and encoding not in COLOUR_ENCODINGS:
+    # compressed_image_transport writes the camera's encoding before the ';': a colour or mono
+    # one (16-bit colour cameras too: their images decode like the others) or a depth one.
+    if encoding and encoding not in COLOUR_ENCODINGS + ('rgb16', 'bgr16', 'rgba16', 'bgra16'):
         raise ConversionError(f'unsupported image encoding {encoding!r} for a camera image '
                               f'(compressed as {msg.format!r}); accepted: '
                               f'{", ".join(COLOUR_ENCODINGS)}')

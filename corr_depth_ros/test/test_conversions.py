@@ -324,6 +324,12 @@ def test_compressed_images_are_checked_before_and_while_decoding():
     with pytest.raises(conversions.ConversionError, match="encoding '16UC1' for a camera image"):
         conversions.compressed_to_rgb8(
             CompressedImage(format='16UC1; png compressed ', data=png16.tobytes()))
+    # A 16-bit colour camera's image decodes too, and bytes after a PNG's end are not read.
+    ok, bgr16 = cv2.imencode('.png', np.full((4, 6, 3), 257 * 9, np.uint16))
+    assert conversions.compressed_to_rgb8(CompressedImage(
+        format='bgr16; png compressed bgr16', data=bgr16.tobytes())).max() == 9
+    ok, tail = cv2.imencode('.png', np.zeros((4, 6, 3), np.uint8))
+    conversions.compressed_to_rgb8(CompressedImage(format='png', data=tail.tobytes() + bytes(8)))
     # Colour and grey stay as they were.
     rgb = (np.arange(4 * 6 * 3) % 256).astype(np.uint8).reshape(4, 6, 3)
     np.testing.assert_array_equal(conversions.compressed_to_rgb8(

@@ -537,54 +537,18 @@ def test_references_folder_is_per_node_unless_shared():
     assert references_folder('', '/x') == ''
 
 
-def test_references_of_earlier_versions_are_pointed_at(tmp_path):
-    """Before {node}, every node kept its references directly in the parent folder: after an
-    upgrade they would seem lost, so the node says where they are."""
-    from corr_depth_ros.nodes.correspondence_node import earlier_references
-    setting = str(tmp_path / 'refs' / '{node}')
-    (tmp_path / 'refs').mkdir()
-    assert earlier_references(setting, str(tmp_path / 'refs' / 'cam')) == []
-    (tmp_path / 'refs' / 'mug.safetensors').write_bytes(b'')
-    assert earlier_references(setting, str(tmp_path / 'refs' / 'cam')) == \
-        [str(tmp_path / 'refs' / 'mug.safetensors')]
-    assert earlier_references(str(tmp_path / 'refs'), str(tmp_path / 'refs')) == []
-    assert earlier_references(setting, '') == []
-
-
-
-def test_frame_age_follows_sim_time(ros, tmp_path, scene):
-    """use_sim_time with a /clock (a played bag): a frame ages by the clock, so a paused bag does
-    not make it stale (it was measured on the wall clock: "became live 5.7 s ago" while the bag
-    stood still 1.5 s after the frame); the sync watchdog still runs on real time (on the node's
-    clock it never fired without a /clock)."""
-    from rclpy.clock import ClockType
-    from rosgraph_msgs.msg import Clock
-    node = _start(ros, tmp_path, use_sim_time=True)
-    client = Client(ros, scene)
-    clock_pub = client.node.create_publisher(Clock, '/clock', 10)
-
-    def set_clock(sec):
-        msg = Clock()
-        msg.clock.sec = sec
-        assert ros.wait_for(lambda: node.get_clock().now().nanoseconds == sec * 10 ** 9,
-                            timeout_s=20, action=lambda: clock_pub.publish(msg),
-                            action_period_s=0.2)
-    reference_msg = conversions.array_to_image(scene['reference'], 'rgb8', Header())
-    # No /clock yet (a bag played without --clock): frames age in real time, so the limit
-    # still trips (every frame was live "since 0.00 s" on a clock standing at 0).
-    client.wait_live(node)
-    assert node.set_parameters([Parameter('max_frame_age_s', value=0.5)])[0].successful
-    ros.wait_for(lambda: False, timeout_s=1.0)
-    unclocked = client.call(client.find, _find(PIXELS[:1], reference_msg))
-    assert not unclocked.success and 'more than max_frame_age_s = 0.5' in unclocked.message, \
-        unclocked.message
-    set_clock(100)
-    client.wait_live(node)
-    time.sleep(1.0)                                  # wall time passes, the clock stands still
-    fresh = client.call(client.find, _find(PIXELS[:1], reference_msg))
-    assert fresh.success and 'live since 0.00 s' in fresh.message, fresh.message
-    set_clock(102)
-    stale = client.call(client.find, _find(PIXELS[:1], reference_msg))
-    assert not stale.success and 'became live 2.0 s ago' in stale.message, stale.message
-    watchdog_clocks = {t.clock.clock_type for t in node.timers}
-    assert ClockType.STEADY_TIME in watchdog_clocks
+def test_references_of_earlier_versions_are_pointed_at(tmp_path, monkeypatch):
+    """Before {node}, every node kept its references directly in the parent folder of the
+    default: after an upgrade they would seem lost, so the node says where they are (for the
+    default setting only: a folder of the user's own is theirs)."""
+    from corr_depth_ros.nodes.correspondence_node import DEFAULT_REFERENCES_DIR, \
+        earlier_references
+    monkeypatch.setenv('HOME', str(tmp_path))
+    shared = tmp_path / '.ros' / 'corr_depth_ros' / 'references'
+    shared.mkdir(parents=True)
+    mine = str(shared / 'cam' / 'correspondence_node')
+    assert earlier_references(DEFAULT_REFERENCES_DIR, mine) == []
+    (shared / 'mug.safetensors').write_bytes(b'')
+    assert earlier_references(DEFAULT_REFERENCES_DIR, mine) == [str(shared / 'mug.safetensors')]
+    assert earlier_references(str(shared / '{node}'), mine) == []
+    assert earlier_references(DEFAULT_REFERENCES_DIR, '') == []

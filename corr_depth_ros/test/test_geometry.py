@@ -115,6 +115,10 @@ def test_geometry_from_projection_matrices():
     right_as_left[0, 2] = left_as_right[0, 2] = p_left[0, 2]
     with pytest.raises(ValueError, match='are left and right swapped'):
         StereoGeometry.from_projection_matrices(right_as_left, left_as_right, 741, 500)
+    copied = p_left.copy()
+    copied[0, 3] = p_right[0, 3]             # the left info carries the right camera's P
+    with pytest.raises(ValueError, match='the left camera_info carries the right camera'):
+        StereoGeometry.from_projection_matrices(copied, p_right, 741, 500)
     vertical = p_left.copy()
     vertical[1, 3] = p_right[0, 3]
     with pytest.raises(ValueError, match='a vertical stereo pair'):

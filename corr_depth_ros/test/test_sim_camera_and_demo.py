@@ -92,7 +92,8 @@ def test_sim_camera_node_publishes_calibrated_pairs(ros):
     assert conversions.image_to_array(got['gt'][0]).dtype == np.float32
 
 
-def test_sim_camera_on_sim_time_publishes_only_while_the_clock_advances(ros):
+@pytest.mark.ros
+def test_sim_camera_on_sim_time_publishes_only_while_the_clock_advances(ros, tmp_path):
     """use_sim_time: before the first /clock every frame was stamped 0, and while the clock
     stood still 14 frames carried one stamp (frames nobody can pair by stamp). Now a frame
     goes out only with a stamp of its own."""
@@ -121,6 +122,30 @@ def test_sim_camera_on_sim_time_publishes_only_while_the_clock_advances(ros):
                             action_period_s=0.2)
         ros.wait_for(lambda: False, timeout_s=1.0)          # the clock stands still: 20 frames
     assert stamps == [7, 8], stamps
+    # A folder played once uses up no pair while it waits for the clock (all 3 went unpublished
+    # before the first /clock).
+    import cv2
+    for side in ('left', 'right'):
+        (tmp_path / side).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / side / f'f{i}.png'), np.full((24, 32, 3), i, np.uint8))
+    ros.executor.remove_node(camera)
+    ros.nodes.remove(camera)
+    camera.destroy_node()
+    folder = ros.add(SimStereoCameraNode(context=ros.context, parameter_overrides=[
+        Parameter('source', value='folder'), Parameter('folder', value=str(tmp_path)),
+        Parameter('loop', value=False), Parameter('rate_hz', value=20.0),
+        Parameter('use_sim_time', value=True)]))
+    ros.wait_for(lambda: False, timeout_s=1.0)              # no clock for this node yet
+    stamps.clear()
+    sec = 9
+    while folder.frames_published < 3 and sec < 60:
+        msg = Clock()
+        msg.clock.sec = sec
+        clock_pub.publish(msg)
+        ros.wait_for(lambda: False, timeout_s=0.3)
+        sec += 1
+    assert folder.frames_published == 3, folder.frames_published
 
 
 def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
@@ -234,6 +259,7 @@ def test_node_process_ends_at_once_on_sigint(tmp_path):
     (['-p', 'weights_path:=/nonexistent.safetensors'], 'cannot start: weights file not found'),
     (['-p', 'baseline_m:=-1.0'], 'cannot start:'),
 ])
+@pytest.mark.ros
 def test_a_node_that_cannot_start_says_why_in_one_log_line(argv, said):
     """A configuration a node refuses ended in a Python traceback, outside /rosout and the
     launch log's format; now one fatal ROS log line and exit status 1."""

@@ -93,6 +93,9 @@ class StereoGeometry:
             raise ValueError(f'P has a non-finite translation column (left {p_left[:, 3]}, '
                              f'right {p_right[:, 3]})')
         tx_step, ty_step = tx_left - tx, ty_left - ty
+        if tx_step == 0.0 and tx != 0.0:
+            raise ValueError(f'left and right P have the same Tx ({tx}): the left camera_info '
+                             'carries the right camera\'s P; the left camera\'s Tx is 0')
         if tx_step == 0.0:
             if ty_step != 0.0:
                 raise ValueError(f'left and right P differ in Ty ({ty_left} and {ty}), not Tx: '

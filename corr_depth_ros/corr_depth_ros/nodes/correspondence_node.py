@@ -59,6 +59,8 @@ def _scales_problem(value) -> Optional[str]:
     return None
 
 
+DEFAULT_REFERENCES_DIR = '~/.ros/corr_depth_ros/references/{node}'
+
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
               'descriptors_don_small.', read_only=True),
@@ -82,7 +84,7 @@ PARAMS = [
               'Keep it under half the frame period: with more, a lost image pairs the next '
               'image with the previous frame\'s depth, and every later frame after it.',
               read_only=True, value_range=(0.0, 1.0)),
-    ParamSpec('references_dir', '~/.ros/corr_depth_ros/references/{node}', 'Folder where '
+    ParamSpec('references_dir', DEFAULT_REFERENCES_DIR, 'Folder where '
               'named references are stored and reloaded at start-up ("" keeps them in memory '
               'only). {node} stands for the node\'s fully qualified name (e.g. '
               'cam_a/correspondence_node), so instances keep their own; give several the same '
@@ -145,7 +147,7 @@ def references_folder(setting: str, node_name: str) -> str:
 def earlier_references(setting: str, directory: str) -> List[str]:
     """Reference files in the folder the default setting stood for before it had {node} (one
     folder for every node): after an upgrade they would seem lost."""
-    if '{node}' not in setting or not directory:
+    if setting != DEFAULT_REFERENCES_DIR or not directory:   # only the default changed
         return []
     shared = os.path.expanduser(setting.split('{node}', 1)[0])
     try:
@@ -316,7 +318,8 @@ class CorrespondenceNode(Node):
         monotonic clock, also while sim time has no /clock yet (a bag played without --clock:
         frames still age, and max_frame_age_s still trips)."""
         now = self._sim_now_ns()
-        if now is not None and frame.received_ros_ns is not None:
+        if now is not None and frame.received_ros_ns is not None \
+                and now >= frame.received_ros_ns:       # not after a bag looped back
             return (now - frame.received_ros_ns) / 1e9
         return time.monotonic() - frame.received_s
 

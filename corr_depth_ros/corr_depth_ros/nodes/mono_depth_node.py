@@ -15,7 +15,6 @@ Every output carries the input image's header.
 """
 import threading
 
-import numpy as np
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions

@@ -65,7 +65,7 @@ class FolderPairs:
         try:
             pairs, self.unmatched = rectified_pairs(folder)
         except ValueError as exc:
-            raise ValueError(f'no pairs in {folder!r}: {exc}') from exc
+            raise ValueError(f'source folder {folder!r}: {exc}') from exc
         self.pairs = [(str(left), str(right)) for left, right in pairs]
 
     def __len__(self):
@@ -134,6 +134,12 @@ class SimStereoCameraNode(Node):
             if self._values['source'] == 'folder' and not self._values['loop'] \
                     and index >= len(self._frames):
                 return
+            if not self._clock_advanced():
+                # On sim time with no /clock yet, or one standing still: no frame is rendered
+                # or used up (a folder replay used up its pairs before the clock started).
+                self._waiting_for_clock()
+                self._stop.wait(0.05)
+                continue
             start = time.perf_counter()
             try:
                 frame = self._frames.frame(index, cancelled=self._stop.is_set)
@@ -165,16 +171,23 @@ class SimStereoCameraNode(Node):
                     break
                 self._stop.wait(min(remaining, 0.1))
 
+    def _clock_advanced(self) -> bool:
+        """Whether a frame stamped now would have a stamp of its own: on sim time a stamp of 0
+        (no /clock yet) or the previous frame's (a paused /clock) would give consecutive frames
+        one stamp, which no synchroniser can pair (the nodes drop such sets). Frames are still
+        paced on real time."""
+        now = self.get_clock().now().nanoseconds
+        return now != 0 and now != self._last_stamp_ns
+
+    def _waiting_for_clock(self) -> None:
+        self.get_logger().info('waiting for the clock to advance (use_sim_time without a running '
+                               '/clock): no frames meanwhile', throttle_duration_sec=5.0)
+
     def _publish(self, frame):
-        now = self.get_clock().now()
-        # On sim time a stamp of 0 (no /clock yet) or the previous frame's (a paused /clock)
-        # would give consecutive frames one stamp, which no synchroniser can pair (the nodes
-        # drop such sets): the frame is not published. Frames are still paced on real time.
-        if now.nanoseconds == 0 or now.nanoseconds == self._last_stamp_ns:
-            self.get_logger().info('waiting for the clock to advance (use_sim_time without a '
-                                   'running /clock): frames are not published meanwhile',
-                                   throttle_duration_sec=5.0)
+        if not self._clock_advanced():      # it stood still while the frame was rendered
+            self._waiting_for_clock()
             return
+        now = self.get_clock().now()
         self._last_stamp_ns = now.nanoseconds
         stamp = now.to_msg()
         left_header = Header(stamp=stamp, frame_id=self._values['frame_id'])

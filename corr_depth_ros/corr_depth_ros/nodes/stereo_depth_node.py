@@ -7,7 +7,6 @@ Topics follow stereo_image_proc so the node drops into existing graphs:
        computed while someone subscribes).
 Every output carries the left image's header.
 """
-import math
 import threading
 from dataclasses import asdict
 
