@@ -515,6 +515,16 @@ def test_train_mono_on_a_recorded_bag(tmp_path):
     state = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert json.loads(state['signature'])['data'] == \
         f'folder:{os.path.realpath(out / "bag_pairs")}'
+    # The same recording into the folder of a run of other options: refused before the bag
+    # is extracted into it (that took the extraction's time and wrote into that folder).
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'checkpoint.pt').write_bytes((out / 'checkpoint.pt').read_bytes())
+    assert cli_main(['train', 'mono', '--data', f'bag:{tmp_path / "rig.mcap"}',
+                     '--bag-namespace', '/cam', '--out-dir', str(other), '--steps', '2',
+                     '--batch-size', '1', '--height', '64', '--width', '96',
+                     '--base-channels', '4', '--threads', '1', '--device', 'cpu']) == 2
+    assert sorted(p.name for p in other.iterdir()) == ['checkpoint.pt']
 
 
 def _stereo_texture_pair(shift_px: int, doffs_px: int, height=48, width=96):

@@ -111,8 +111,10 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
 
 
 def run(args) -> int:
-    from ..core.mono.train import MonoTrainSpec, train_mono
-    from ..core.training import TrainConfig, main_process_first
+    import dataclasses
+
+    from ..core.mono.train import MonoTrainSpec, run_signature, train_mono
+    from ..core.training import TrainConfig, main_process_first, resume_state
     args.out_dir = args.out_dir or ('runs/mono/nolr' if args.no_lr else 'runs/mono/lr')
     data, baseline_m, source = args.data, args.baseline_m, None
     if data == 'synthetic' and baseline_m:
@@ -120,10 +122,9 @@ def run(args) -> int:
               'synthetic pairs are rendered with their own rig, whose baseline is stored',
               file=sys.stderr)
         return 2
-    if data.startswith('bag:'):
-        with main_process_first(args.device):   # one torchrun rank extracts, the others reuse
-            source = _pairs_from_bag(data.split(':', 1)[1], args.bag_namespace, args.out_dir)
-        data, baseline_m = f'folder:{source["folder"]}', baseline_m or float(source['baseline_m'])
+    bag = data.split(':', 1)[1] if data.startswith('bag:') else ''
+    if bag:     # its pairs go to OUT_DIR/bag_pairs (_pairs_from_bag), read as a folder
+        data = f'folder:{os.path.join(args.out_dir, "bag_pairs")}'
     val_cache_dir = args.val_cache_dir if args.val_images > 0 else ''
     if not val_cache_dir and args.select == 'best' and args.val_images > 0 \
             and args.data == 'synthetic':
@@ -151,5 +152,13 @@ def run(args) -> int:
                       lr=args.lr, warmup_steps=args.warmup_steps, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
                       seed=args.seed, device=args.device, threads=args.threads)
+    if bag:
+        # A run of other options in the folder is refused before the bag is extracted into it
+        # (that took the extraction's time and wrote into the other run's folder).
+        resume_state(cfg, run_signature(spec))
+        with main_process_first(args.device):   # one torchrun rank extracts, the others reuse
+            source = _pairs_from_bag(bag, args.bag_namespace, args.out_dir)
+        spec = dataclasses.replace(spec, data=f'folder:{source["folder"]}', data_source=source,
+                                   rig_baseline_m=baseline_m or float(source['baseline_m']))
     train_mono(spec, cfg)
     return 0

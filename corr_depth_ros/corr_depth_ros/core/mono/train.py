@@ -93,6 +93,24 @@ def data_key(spec: MonoTrainSpec) -> str:
                      f'got {spec.data!r}')
 
 
+def loss_weights(spec: MonoTrainSpec) -> LossWeights:
+    return LossWeights(use_lr=spec.use_lr,
+                       **{'hints': 1.0 if spec.depth_hints else 0.0, **spec.loss})
+
+
+def run_signature(spec: MonoTrainSpec) -> Dict[str, Any]:
+    """What defines a mono run apart from its length (core.training.fit's signature): a
+    resume with another is refused. `train mono --data bag:` checks it before extracting."""
+    signature = {'loss': asdict(loss_weights(spec)), 'data': data_key(spec),
+                 'size_hw': [spec.height, spec.width],
+                 'net': {'base_channels': spec.base_channels,
+                         'max_disparity_fraction': spec.max_disparity_fraction},
+                 'train_count': spec.train_count if spec.data == 'synthetic' else None}
+    if spec.val_images != MonoTrainSpec.val_images:   # best-so-far compares like with like
+        signature['val_images'] = spec.val_images
+    return signature
+
+
 def make_dataset(spec: MonoTrainSpec, device: str = 'auto'):
     if spec.data == 'synthetic':
         cache = spec.cache_dir or os.path.join(
@@ -150,17 +168,12 @@ def training_rig(spec: MonoTrainSpec) -> Optional[Dict[str, Any]]:
 
 def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     """Train, then write ``spec.weights_out`` (safetensors + JSON sidecar). Returns the header."""
-    weights = LossWeights(use_lr=spec.use_lr,
-                          **{'hints': 1.0 if spec.depth_hints else 0.0, **spec.loss})
+    weights = loss_weights(spec)
     if spec.select not in ('best', 'last'):
         raise ValueError(f"select must be 'best' or 'last', got {spec.select!r}")
     config = {'base_channels': spec.base_channels,
               'max_disparity_fraction': spec.max_disparity_fraction}
-    signature = {'loss': asdict(weights), 'data': data_key(spec),
-                 'size_hw': [spec.height, spec.width], 'net': config,
-                 'train_count': spec.train_count if spec.data == 'synthetic' else None}
-    if spec.val_images != MonoTrainSpec.val_images:   # best-so-far compares like with like
-        signature['val_images'] = spec.val_images
+    signature = run_signature(spec)
     # A run fit() would refuse is refused before the caches are rendered (minutes at the
     # default sizes); fit checks again.
     resume_state(cfg, signature)
