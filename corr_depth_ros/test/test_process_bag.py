@@ -15,23 +15,30 @@ from corr_depth_ros.core.motorcycle import load_motorcycle  # noqa: E402
 
 
 def _record(path, data, frames=2, compressed_right=False):
+    _record_frames(path, data['geometry'], [(10 + i, (10 + i) * 10 ** 9, data['left'],
+                                             data['right']) for i in range(frames)],
+                   compressed_right)
+
+
+def _record_frames(path, geometry, frames, compressed_right=False):
+    """A stereo bag under /cam: per frame (stamp s, log time ns, left, right or None: lost)."""
     writer = bag.BagWriter(str(path))
-    geo = data['geometry']
-    for i in range(frames):
+    for sec, t, left, right in frames:
         header = Header(frame_id='left_optical')
-        header.stamp.sec = 10 + i
-        t = (10 + i) * 10 ** 9
-        left_info, right_info = conversions.stereo_camera_infos(geo, header, header)
+        header.stamp.sec = sec
+        left_info, right_info = conversions.stereo_camera_infos(geometry, header, header)
         writer.write('/cam/left/camera_info', 'sensor_msgs/msg/CameraInfo', left_info, t)
         writer.write('/cam/right/camera_info', 'sensor_msgs/msg/CameraInfo', right_info, t)
         writer.write('/cam/left/image_rect', 'sensor_msgs/msg/Image',
-                     conversions.array_to_image(data['left'], 'rgb8', header), t)
+                     conversions.array_to_image(left, 'rgb8', header), t)
+        if right is None:
+            continue
         if compressed_right:
             writer.write('/cam/right/image_rect/compressed', 'sensor_msgs/msg/CompressedImage',
-                         conversions.rgb8_to_compressed(data['right'], header, 'png'), t)
+                         conversions.rgb8_to_compressed(right, header, 'png'), t)
         else:
             writer.write('/cam/right/image_rect', 'sensor_msgs/msg/Image',
-                         conversions.array_to_image(data['right'], 'rgb8', header), t)
+                         conversions.array_to_image(right, 'rgb8', header), t)
     writer.close()
 
 
@@ -791,23 +798,11 @@ def test_process_bag_skips_frames_whose_stamp_is_not_their_own(tmp_path, capsys)
     counted as processed, and the lost frame was not counted at all. Now the set is skipped
     with the reason, and the lost frame shows as without a partner."""
     data = load_motorcycle()
-    geo = data['geometry']
-    writer = bag.BagWriter(str(tmp_path / 'in.mcap'))
     other = np.ascontiguousarray(data['left'][::-1])          # another scene, same size
     # (stamp, log time, left, right): frames A and B both stamped 10 s, A's right image lost.
-    for sec, t, left, right in ((10, 10 ** 9, data['left'], None), (10, 11 * 10 ** 8, other, other),
-                                (11, 12 * 10 ** 8, data['left'], data['right'])):
-        header = Header(frame_id='left_optical')
-        header.stamp.sec = sec
-        left_info, right_info = conversions.stereo_camera_infos(geo, header, header)
-        writer.write('/cam/left/camera_info', 'sensor_msgs/msg/CameraInfo', left_info, t)
-        writer.write('/cam/right/camera_info', 'sensor_msgs/msg/CameraInfo', right_info, t)
-        writer.write('/cam/left/image_rect', 'sensor_msgs/msg/Image',
-                     conversions.array_to_image(left, 'rgb8', header), t)
-        if right is not None:
-            writer.write('/cam/right/image_rect', 'sensor_msgs/msg/Image',
-                         conversions.array_to_image(right, 'rgb8', header), t)
-    writer.close()
+    _record_frames(tmp_path / 'in.mcap', data['geometry'], [
+        (10, 10 ** 9, data['left'], None), (10, 11 * 10 ** 8, other, other),
+        (11, 12 * 10 ** 8, data['left'], data['right'])])
     rc = cli_main(['process-bag', str(tmp_path / 'in.mcap'), str(tmp_path / 'out.mcap'),
                    '--namespace', '/cam', '--no-progress'])
     said = capsys.readouterr().out
