@@ -147,10 +147,9 @@ class BagWriter:
         if os.path.isdir(path) or path.endswith(os.sep):
             # Said before the work: the finished file could not be moved there at the end.
             raise ValueError(f'the output {path} is a folder: give a .mcap file path')
+        from .paths import nearest_existing
         folder = os.path.dirname(os.path.abspath(path))
-        existing = folder
-        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-            existing = os.path.dirname(existing)
+        existing = nearest_existing(folder)
         if not os.path.isdir(existing):
             # os.makedirs said "[Errno 17] File exists" of it, as if the output existed.
             raise ValueError(f'the output {path} lies under {existing}, which is a file, not a '
@@ -382,7 +381,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     many frames late still pairs). Any error, or no frame processed, deletes the unfinished output
     (BagWriter.close) and leaves an existing one as it was.
     """
-    from .sync import RepeatedStampGuard, StampSynchronizer, stamp_to_ns
+    from .sync import StampSynchronizer, stamp_to_ns
     complete = False
     try:
         available, summaries_complete = _summary_counts(in_path)
@@ -393,19 +392,18 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
         # message was logged after a later frame's still pairs (the nodes drop it as stale).
         # Frames that share a stamp cannot be paired by it: offline every input's repeated
         # stamps are known as they are read (_feed), and a set with one is skipped, not built
-        # from two frames' messages; the nodes' rule (RepeatedStampGuard) backs it up.
+        # from two frames' messages (stricter than the nodes' RepeatedStampGuard, which
+        # cannot look ahead).
         repeated: set = set()
 
         def unambiguous(*items):
             if stamp_to_ns(items[0]) in repeated:
-                _skip_repeated(counts, f'its stamp {stamp_to_ns(items[0]) / 1e9:.9f} s is '
-                                       'carried by more than one frame of an input, so its '
-                                       'inputs cannot be paired by stamp; fix the stamps')
+                _skipped(counts, f'stamped {stamp_to_ns(items[0]) / 1e9:.9f} s: that stamp is '
+                                 'carried by more than one frame of an input, so its inputs '
+                                 'cannot be paired by stamp; fix the stamps')
                 return
             on_set(*items)
-        guarded = RepeatedStampGuard(unambiguous,
-                                     on_repeat=lambda text: _skip_repeated(counts, text))
-        sync = StampSynchronizer(num_inputs, queue_size, guarded, slop_s, keep_older=True)
+        sync = StampSynchronizer(num_inputs, queue_size, unambiguous, slop_s, keep_older=True)
         seen, frames = _feed(in_path, inputs, sync, progress, available, types or {}, repeated)
         _check_inputs(inputs, num_inputs, seen, available, topic_hint)
         counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
@@ -430,7 +428,7 @@ def _check_inputs(inputs: Dict[str, int], num_inputs: int, seen: Dict[str, int],
 
 
 def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
-          types: Dict[str, str], repeated: Optional[set] = None) -> Tuple[Dict[str, int], int]:
+          types: Dict[str, str], repeated: set) -> Tuple[Dict[str, int], int]:
     """Read the messages of ``inputs`` into ``sync`` -> (topic -> messages seen, frames of the
     first input); ``types``: topic -> the one message type it may hold, where its name does
     not tell (:func:`_check_type`). ``repeated`` gets every stamp a topic carries more than
@@ -452,11 +450,10 @@ def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
                 _check_type(topic, datatype, types.get(topic))
             item = _Item(datatype, message, log_time)
             seen[topic] = seen.get(topic, 0) + 1
-            if repeated is not None:
-                stamp = stamp_to_ns(item)
-                if stamp in stamps.setdefault(topic, set()):
-                    repeated.add(stamp)
-                stamps[topic].add(stamp)
+            stamp = stamp_to_ns(item)
+            if stamp in stamps.setdefault(topic, set()):
+                repeated.add(stamp)
+            stamps[topic].add(stamp)
             if inputs[topic] == 0:
                 primary[topic] = primary.get(topic, 0) + 1
             sync.add(inputs[topic], item)
@@ -510,16 +507,14 @@ def _output_namespace(output_prefix: str, ns: str) -> str:
 
 
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
+    _skipped(counts, f'logged at {log_time_ns} ns: {exc}')
+
+
+def _skipped(counts: Dict[str, int], why: str) -> None:
     from tqdm import tqdm
     counts['errors'] += 1
     # tqdm.write: printed above the progress bar, not into it.
-    tqdm.write(f'skipped a set logged at {log_time_ns} ns: {exc}')
-
-
-def _skip_repeated(counts: Dict[str, int], text: str) -> None:
-    from tqdm import tqdm
-    counts['errors'] += 1
-    tqdm.write(f'skipped a set: {text}')
+    tqdm.write(f'skipped a set {why}')
 
 
 def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):
@@ -541,7 +536,8 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
     Returns counts {'sets': n, 'errors': m}."""
     from . import conversions
     from .core.backends import create_backend
-    from .core.stereo_pipeline import depth_reach_warning, run_stereo, search_range_problem
+    from .core.stereo_pipeline import (confidence_unused_warning, depth_reach_warning,
+                                       run_stereo, search_range_problem)
     ns = normal_namespace(namespace)
     inputs = _stereo_inputs(ns)
     out_ns = _output_namespace(output_prefix, ns)
@@ -564,8 +560,13 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
         tqdm.write(f'process-bag: {beyond}: it searches that range only')
     writer = _output_writer(in_path, out_path)
     counts = {'sets': 0, 'errors': 0}
-    warned = []     # a confidence_threshold that cannot apply is said once
-    reach_said = set()   # so is each depth-reach warning (depth_reach_warning)
+    said = set()    # each warning once, as the node's (throttled) ones
+
+    def say_once(text: str) -> None:
+        if text and text not in said:
+            from tqdm import tqdm
+            said.add(text)
+            tqdm.write(f'process-bag: {text}')
 
     def on_set(left, right, left_info, right_info):
         log_time = left.log_time_ns
@@ -578,19 +579,11 @@ def process_stereo(in_path: str, out_path: str, *, namespace: str = '', backend:
         except ValueError as exc:
             _skip(counts, log_time, exc)
             return
-        threshold = run_kwargs.get('confidence_threshold', 0.0)
-        if out.confidence is None and threshold > 0 and not warned:
-            from tqdm import tqdm
-            warned.append(True)     # once, as the node's throttled warning
-            tqdm.write(f'process-bag: --confidence-threshold {threshold:g} is not applied: the '
-                       f'{engine.name} backend gives no confidence (an ONNX model without a '
-                       'confidence output); every pixel it outputs is kept')
-        reach = depth_reach_warning(geometry, out.farthest_depth_m, engine.name,
-                                    '--sgbm min_disparity')
-        if reach and reach not in reach_said:
-            from tqdm import tqdm
-            reach_said.add(reach)
-            tqdm.write(f'process-bag: {reach}')
+        say_once(confidence_unused_warning(out, engine.name,
+                                           run_kwargs.get('confidence_threshold', 0.0),
+                                           '--confidence-threshold'))
+        say_once(depth_reach_warning(geometry, out.farthest_depth_m, engine.name,
+                                     '--sgbm min_disparity'))
         header = conversions.copy_header(left.message.header)
         writer.write(f'{out_ns}/disparity', 'stereo_msgs/msg/DisparityImage',
                      conversions.make_disparity_msg(out.message_disparity_px, geometry, header,

@@ -20,7 +20,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
 from stereo_msgs.msg import DisparityImage
 
-from .core.geometry import StereoGeometry, check_focal_lengths
+from .core.geometry import StereoGeometry, check_focal_lengths, depth_to_points
 
 # encoding -> (numpy dtype, channels)
 IMAGE_ENCODINGS = {
@@ -463,7 +463,6 @@ def registered_points(depth_msg: Image, info: CameraInfo, image_shape
     camera_info -> ((H, W, 3) float32 points in metres, NaN invalid; (fx, fy, cx, cy)): what
     the correspondence node and process-bag pin matches to. ConversionError naming the depth
     or the size that does not fit."""
-    from .core.geometry import depth_to_points
     with naming('depth'):
         depth_m = depth_image_to_metres(depth_msg)
     if depth_m.shape != tuple(image_shape[:2]):

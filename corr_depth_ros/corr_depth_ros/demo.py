@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .cli._args import positive_int
+
 # Every file the demo may write into its output folder: removed before a run, so a folder of an
 # earlier run never keeps a picture this run did not make (e.g. correspondence.png after
 # --no-correspondence).
@@ -245,13 +247,6 @@ def clear_outputs(out_dir: str) -> None:
             os.remove(path)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text}: give at least 1')
-    return value
-
-
 def main(argv=None) -> int:
     try:
         return _main(argv)
@@ -263,7 +258,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='demo_output', help='output folder')
-    parser.add_argument('--frames', type=_positive_int, default=5,
+    parser.add_argument('--frames', type=positive_int, default=5,
                         help='complete output sets to wait for')
     parser.add_argument('--timeout', type=float, default=300.0, help='give up after this many seconds')
     parser.add_argument('--params-file', action='append', default=[],

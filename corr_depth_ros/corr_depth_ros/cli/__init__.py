@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from ..paths import nearest_existing
+
 # Sub-command modules, in help order. A module missing from the installed tree is skipped.
 COMMAND_MODULES = ('synth', 'train', 'eval', 'export_onnx', 'process_bag')
 
@@ -29,19 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _nearest_existing(path: str) -> str:
-    """``path`` made absolute, or its nearest ancestor that exists."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    return existing
-
-
 def file_in_the_way(path: str) -> str:
     """The file that stops ``path`` being a folder or being created in one: ``path`` or its
     nearest existing ancestor when that is not a folder, else ''. os.makedirs names it in
     "[Errno 17] File exists", which reads as if the output existed already."""
-    existing = _nearest_existing(path)
+    existing = nearest_existing(path)
     return existing if os.path.exists(existing) and not os.path.isdir(existing) else ''
 
 
@@ -64,7 +58,7 @@ def check_output(path: str, option: str, folder: bool = False,
     # be made in. os.access rather than a trial write, so nothing is created before the work;
     # it also answers for root, whom permission bits do not stop, on a chattr +i folder or a
     # read-only mount.
-    existing = _nearest_existing(os.path.dirname(os.path.abspath(path)) if renamed_into_place
+    existing = nearest_existing(os.path.dirname(os.path.abspath(path)) if renamed_into_place
                                  else path)
     if not os.access(existing, os.W_OK | (os.X_OK if os.path.isdir(existing) else 0)):
         raise ValueError(f'{option} {path}: {existing} cannot be written (permission denied); '

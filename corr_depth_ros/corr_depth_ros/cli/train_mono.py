@@ -158,7 +158,7 @@ def run(args) -> int:
         resume_state(cfg, run_signature(spec))
         with main_process_first(args.device):   # one torchrun rank extracts, the others reuse
             source = _pairs_from_bag(bag, args.bag_namespace, args.out_dir)
-        spec = dataclasses.replace(spec, data=f'folder:{source["folder"]}', data_source=source,
+        spec = dataclasses.replace(spec, data_source=source,   # data: the folder above
                                    rig_baseline_m=baseline_m or float(source['baseline_m']))
     train_mono(spec, cfg)
     return 0

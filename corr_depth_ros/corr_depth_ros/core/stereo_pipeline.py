@@ -164,3 +164,14 @@ def search_range_problem(backend: StereoBackend, max_disparity_px: Optional[int]
         return ''
     return (f'max_disparity_px {max_disparity_px} is beyond the {backend.name} backend\'s '
             f'trained range ({trained} px)')
+
+
+def confidence_unused_warning(out: StereoOutputs, backend_name: str, threshold: float,
+                              option: str) -> str:
+    """'' or what to tell a user whose confidence threshold (``option``: the node's parameter,
+    process-bag's flag) a backend without confidence cannot apply."""
+    if out.confidence is not None or threshold <= 0:
+        return ''
+    return (f'{option} {threshold:g} is not applied: the {backend_name} backend gives no '
+            'confidence (an ONNX model without a confidence output); every pixel it outputs is '
+            'kept')

@@ -660,7 +660,8 @@ def fit(model: nn.Module, train_dataset, loss_fn: Callable, cfg: TrainConfig, *,
                 f'output folder or delete {cfg.out_dir}')
 
     def save_checkpoint():
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        # One host sync for all of them, not one a tensor (a GPU waits at each).
+        if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
             # Kept, they would be resumed (and the previous, sound checkpoint lost).
             raise FloatingPointError(
                 f'training diverged: the weights are no longer finite at step {step}, so no '

@@ -292,10 +292,10 @@ class CorrespondenceNode(Node):
         self._scales = check_scales(self._values['descriptor_scales'])   # declare() checked
         self._descriptor_size = self._model.descriptor_dim * len(self._scales)
         # The header's identity is of the weights alone; references also carry the scales.
-        if header.get('identity') not in (None, references.network_identity(self._model)):
+        self._weights_id = references.network_identity(self._model)
+        if header.get('identity') not in (None, self._weights_id):
             self.get_logger().warning('weights identity in the file header differs from the '
                                       'loaded tensors; using the recomputed one')
-        self._weights_id = references.network_identity(self._model)
         self._network_id = references.network_identity(self._model, self._scales)
 
     def _on_set_parameters(self, params):

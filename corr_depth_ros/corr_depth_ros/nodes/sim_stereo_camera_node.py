@@ -134,7 +134,7 @@ class SimStereoCameraNode(Node):
             if self._values['source'] == 'folder' and not self._values['loop'] \
                     and index >= len(self._frames):
                 return
-            if not self._clock_advanced():
+            if self._new_stamp() is None:
                 # On sim time with no /clock yet, or one standing still: no frame is rendered
                 # or used up (a folder replay used up its pairs before the clock started).
                 self._waiting_for_clock()
@@ -171,23 +171,23 @@ class SimStereoCameraNode(Node):
                     break
                 self._stop.wait(min(remaining, 0.1))
 
-    def _clock_advanced(self) -> bool:
-        """Whether a frame stamped now would have a stamp of its own: on sim time a stamp of 0
-        (no /clock yet) or the previous frame's (a paused /clock) would give consecutive frames
-        one stamp, which no synchroniser can pair (the nodes drop such sets). Frames are still
-        paced on real time."""
-        now = self.get_clock().now().nanoseconds
-        return now != 0 and now != self._last_stamp_ns
+    def _new_stamp(self):
+        """The clock's time now if a frame stamped with it has a stamp of its own, else None:
+        on sim time a stamp of 0 (no /clock yet) or the previous frame's (a paused /clock)
+        would give consecutive frames one stamp, which no synchroniser can pair (the nodes drop
+        such sets). Frames are still paced on real time."""
+        now = self.get_clock().now()
+        return None if now.nanoseconds in (0, self._last_stamp_ns) else now
 
     def _waiting_for_clock(self) -> None:
         self.get_logger().info('waiting for the clock to advance (use_sim_time without a running '
                                '/clock): no frames meanwhile', throttle_duration_sec=5.0)
 
     def _publish(self, frame):
-        if not self._clock_advanced():      # it stood still while the frame was rendered
+        now = self._new_stamp()
+        if now is None:                     # it stood still while the frame was rendered
             self._waiting_for_clock()
             return
-        now = self.get_clock().now()
         self._last_stamp_ns = now.nanoseconds
         stamp = now.to_msg()
         left_header = Header(stamp=stamp, frame_id=self._values['frame_id'])

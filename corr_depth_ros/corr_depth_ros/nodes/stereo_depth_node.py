@@ -26,8 +26,8 @@ from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
 from ..core.threads import pin_torch_threads
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
-                                    MAX_DISPARITY_RANGE_PX, depth_reach_warning, run_stereo,
-                                    search_range_problem)
+                                    MAX_DISPARITY_RANGE_PX, confidence_unused_warning,
+                                    depth_reach_warning, run_stereo, search_range_problem)
 from ..sync import make_synchronizer
 from .cloud_publisher import CloudPublisher
 from .params import IMAGE_TRANSPORT, ParamSpec, declare, validate, warn_unknown_parameters
@@ -213,14 +213,9 @@ class StereoDepthNode(Node):
         self._backend, self._backend_name = backend, name
         self._choice += 1
 
-    def _beyond_trained_range(self, max_disparity_px: int, input_scale=None) -> str:
-        """'' or why ``max_disparity_px`` exceeds the current backend's trained range
-        (core.stereo_pipeline.search_range_problem)."""
-        return search_range_problem(self._backend, max_disparity_px, input_scale)
-
     def _warn_beyond_trained_range(self) -> None:
         """After the backend changed under a set max_disparity_px (start-up, runtime switch)."""
-        beyond = self._beyond_trained_range(self._values['max_disparity_px'])
+        beyond = search_range_problem(self._backend, self._values['max_disparity_px'])
         if beyond:
             self.get_logger().warning(f'{beyond}: it searches that range only')
 
@@ -259,7 +254,7 @@ class StereoDepthNode(Node):
             return result
         # A new input scale moves the learned range: the range set stays checked against it.
         scale_change = changes.get('learned.input_scale')
-        beyond = self._beyond_trained_range(
+        beyond = search_range_problem(self._backend, 
             changes.get('max_disparity_px',
                         0 if scale_change is None else self._values['max_disparity_px']),
             scale_change)
@@ -333,11 +328,10 @@ class StereoDepthNode(Node):
                 raise
             backend = self._fall_back_to_sgbm(backend, choice, exc)
             out = run_stereo(left, right, geometry, backend, **options)
-        if out.confidence is None and values['confidence_threshold'] > 0:
-            self._errors.warn('confidence', f'confidence_threshold '
-                              f'{values["confidence_threshold"]:g} is not applied: the '
-                              f'{backend.name} backend gives no confidence (an ONNX model '
-                              'without a confidence output); every pixel it outputs is kept')
+        unused = confidence_unused_warning(out, backend.name, values['confidence_threshold'],
+                                           'confidence_threshold')
+        if unused:
+            self._errors.warn('confidence', unused)
         self._warn_far_limit(geometry, out.farthest_depth_m, backend.name)
         header = left_img.header
         intrinsics = (geometry.fx, geometry.fy, geometry.cx_left, geometry.cy)

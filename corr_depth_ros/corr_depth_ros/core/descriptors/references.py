@@ -158,13 +158,12 @@ class ReferenceStore:
             if not name.endswith('.safetensors'):
                 continue
             path = os.path.join(self.directory, name)
+            file_id = name[:-len('.safetensors')]
             try:
                 ref = load_reference(path)
             except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
                 self.load_errors.append(f'{path}: {exc}')
-                file_id = name[:-len('.safetensors')]
-                if reference_id_problem(file_id) is None:
-                    self._damaged[file_id] = f'{path} could not be loaded ({exc})'
+                self._mark_damaged(file_id, f'{path} could not be loaded ({exc})')
                 continue
             # A reference is its file (put() writes <id>.safetensors and replaces that file):
             # a copy under another name must not stand in for the id it carries.
@@ -173,9 +172,7 @@ class ReferenceStore:
                            f'{os.path.basename(self._path(ref.reference_id))}; rename the file '
                            'to match, or remove it')
                 self.load_errors.append(f'{path}: {problem}')
-                file_id = name[:-len('.safetensors')]
-                if reference_id_problem(file_id) is None:
-                    self._damaged[file_id] = f'{path} {problem}'
+                self._mark_damaged(file_id, f'{path} {problem}')
                 continue
             if ref.network_id == self.network_id:
                 size = ref.descriptors.shape[1]
@@ -188,6 +185,11 @@ class ReferenceStore:
                 self._refs[ref.reference_id] = ref
             else:
                 self._foreign[ref.reference_id] = ref
+
+    def _mark_damaged(self, file_id: str, why: str) -> None:
+        """Remember why a file did not load, for a request of the id it is named after."""
+        if reference_id_problem(file_id) is None:
+            self._damaged[file_id] = why
 
     def ids(self) -> List[str]:
         return sorted(self._refs)

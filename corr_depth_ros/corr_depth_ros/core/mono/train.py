@@ -98,13 +98,17 @@ def loss_weights(spec: MonoTrainSpec) -> LossWeights:
                        **{'hints': 1.0 if spec.depth_hints else 0.0, **spec.loss})
 
 
+def net_config(spec: MonoTrainSpec) -> Dict[str, Any]:
+    """The network's options (build_mono_net's arguments, the weights' config)."""
+    return {'base_channels': spec.base_channels,
+            'max_disparity_fraction': spec.max_disparity_fraction}
+
+
 def run_signature(spec: MonoTrainSpec) -> Dict[str, Any]:
     """What defines a mono run apart from its length (core.training.fit's signature): a
     resume with another is refused. `train mono --data bag:` checks it before extracting."""
     signature = {'loss': asdict(loss_weights(spec)), 'data': data_key(spec),
-                 'size_hw': [spec.height, spec.width],
-                 'net': {'base_channels': spec.base_channels,
-                         'max_disparity_fraction': spec.max_disparity_fraction},
+                 'size_hw': [spec.height, spec.width], 'net': net_config(spec),
                  'train_count': spec.train_count if spec.data == 'synthetic' else None}
     if spec.val_images != MonoTrainSpec.val_images:   # best-so-far compares like with like
         signature['val_images'] = spec.val_images
@@ -112,6 +116,7 @@ def run_signature(spec: MonoTrainSpec) -> Dict[str, Any]:
 
 
 def make_dataset(spec: MonoTrainSpec, device: str = 'auto'):
+    data_key(spec)      # refuses what is neither synthetic nor a folder
     if spec.data == 'synthetic':
         cache = spec.cache_dir or os.path.join(
             'runs', 'mono', f'cache_train_{spec.height}x{spec.width}_{spec.train_count}')
@@ -120,12 +125,9 @@ def make_dataset(spec: MonoTrainSpec, device: str = 'auto'):
         arrays = load_cache(cache)
         return (PairArrayDataset(arrays['left'], arrays['right'], augment=True,
                                  hints=spec.depth_hints), arrays['meta'])
-    if spec.data.startswith('folder:'):
-        root = spec.data.split(':', 1)[1]
-        return (_FolderPairs(root, spec.height, spec.width, spec.depth_hints),
-                {'folder': os.path.abspath(root)})
-    raise ValueError(f'--data must be "synthetic", "folder:PATH" or "bag:PATH", '
-                     f'got {spec.data!r}')
+    root = spec.data.split(':', 1)[1]
+    return (_FolderPairs(root, spec.height, spec.width, spec.depth_hints),
+            {'folder': os.path.abspath(root)})
 
 
 def make_loss_fn(weights: LossWeights):
@@ -171,16 +173,14 @@ def train_mono(spec: MonoTrainSpec, cfg: TrainConfig) -> Dict[str, Any]:
     weights = loss_weights(spec)
     if spec.select not in ('best', 'last'):
         raise ValueError(f"select must be 'best' or 'last', got {spec.select!r}")
-    config = {'base_channels': spec.base_channels,
-              'max_disparity_fraction': spec.max_disparity_fraction}
+    config = net_config(spec)
     signature = run_signature(spec)
     # A run fit() would refuse is refused before the caches are rendered (minutes at the
     # default sizes); fit checks again.
     resume_state(cfg, signature)
     dataset, data_meta = make_dataset(spec, cfg.device)
     torch.manual_seed(cfg.seed)   # before the network's random initialisation (fit seeds later)
-    model = build_mono_net(base_channels=spec.base_channels,
-                           max_disparity_fraction=spec.max_disparity_fraction)
+    model = build_mono_net(**config)
     metadata = {
         'model': 'Godard et al. 2017 self-supervised monocular depth (left-right consistency)',
         'output': 'left/right disparity as a fraction of the image width',
