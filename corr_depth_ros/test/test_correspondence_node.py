@@ -523,11 +523,12 @@ def test_set_reference_is_served_while_finds_keep_coming(ros, tmp_path, scene):
     assert ros.wait_for(lambda: all(f.done() for f in pending), timeout_s=60)
 
 
-def test_references_folder_is_per_node_unless_shared():
+def test_references_folder_is_per_node_unless_shared(monkeypatch):
     import os
 
     from corr_depth_ros.nodes.correspondence_node import PARAMS, references_folder
     default = next(p.default for p in PARAMS if p.name == 'references_dir')
+    monkeypatch.delenv('ROS_HOME', raising=False)
     home = os.path.expanduser('~')
     assert references_folder(default, '/cam_a/correspondence_node') == \
         f'{home}/.ros/corr_depth_ros/references/cam_a/correspondence_node'
@@ -535,6 +536,28 @@ def test_references_folder_is_per_node_unless_shared():
         f'{home}/.ros/corr_depth_ros/references/correspondence_node'
     assert references_folder('/data/refs', '/cam_a/correspondence_node') == '/data/refs'
     assert references_folder('', '/x') == ''
+    # Under ROS_HOME where it is set, as ROS keeps its logs there.
+    monkeypatch.setenv('ROS_HOME', '/srv/ros_home')
+    assert references_folder(default, '/cam_a/correspondence_node') == \
+        '/srv/ros_home/corr_depth_ros/references/cam_a/correspondence_node'
+    assert references_folder('{ros_home}/mine', '/x') == '/srv/ros_home/mine'
+
+
+def test_default_references_folder_that_cannot_be_made(ros, tmp_path, monkeypatch):
+    """A read-only home (a container, a service user) keeps the node from making the default
+    folder: it starts with references in memory, warning; a folder the user chose fails."""
+    from corr_depth_ros.nodes.correspondence_node import DEFAULT_REFERENCES_DIR
+    not_a_folder = tmp_path / 'file'
+    not_a_folder.write_text('')
+    monkeypatch.setenv('ROS_HOME', str(not_a_folder))
+    node = _start(ros, tmp_path, references_dir=DEFAULT_REFERENCES_DIR)
+    assert node._store.directory == ''
+    with pytest.raises(references.ReferenceError, match='cannot be used as a folder'):
+        _start(ros, tmp_path, references_dir=str(not_a_folder / 'refs'))
+    monkeypatch.setenv('ROS_HOME', str(tmp_path / 'ros_home'))
+    node = _start(ros, tmp_path, references_dir=DEFAULT_REFERENCES_DIR)
+    assert node._store.directory == str(tmp_path / 'ros_home' / 'corr_depth_ros' / 'references'
+                                        / 'correspondence_node')
 
 
 def test_references_of_earlier_versions_are_pointed_at(tmp_path, monkeypatch):
@@ -552,3 +575,6 @@ def test_references_of_earlier_versions_are_pointed_at(tmp_path, monkeypatch):
     assert earlier_references(DEFAULT_REFERENCES_DIR, mine) == [str(shared / 'mug.safetensors')]
     assert earlier_references(str(shared / '{node}'), mine) == []
     assert earlier_references(DEFAULT_REFERENCES_DIR, '') == []
+    # They lay under ~/.ros whatever ROS_HOME says (before {ros_home}).
+    monkeypatch.setenv('ROS_HOME', str(tmp_path / 'elsewhere'))
+    assert earlier_references(DEFAULT_REFERENCES_DIR, mine) == [str(shared / 'mug.safetensors')]

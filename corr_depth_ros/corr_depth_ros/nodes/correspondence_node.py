@@ -59,7 +59,9 @@ def _scales_problem(value) -> Optional[str]:
     return None
 
 
-DEFAULT_REFERENCES_DIR = '~/.ros/corr_depth_ros/references/{node}'
+DEFAULT_REFERENCES_DIR = '{ros_home}/corr_depth_ros/references/{node}'
+# Where versions before {ros_home} and {node} kept every node's references.
+EARLIER_REFERENCES_DIR = '~/.ros/corr_depth_ros/references'
 
 PARAMS = [
     ParamSpec('weights', '', 'Descriptor weights (safetensors); empty: the shipped '
@@ -88,7 +90,8 @@ PARAMS = [
               'named references are stored and reloaded at start-up ("" keeps them in memory '
               'only). {node} stands for the node\'s fully qualified name (e.g. '
               'cam_a/correspondence_node), so instances keep their own; give several the same '
-              'folder to share references.', read_only=True),
+              'folder to share references. {ros_home} stands for $ROS_HOME, or ~/.ros where '
+              'that is unset (as for ROS\'s logs).', read_only=True),
     ParamSpec('match_threshold', 0.6, 'A match is found only if its descriptor L2 distance is at '
               'most this (DON thresholds the distance the same way).',
               value_range=MATCH_THRESHOLD_RANGE),
@@ -137,19 +140,27 @@ class LiveFrame:
         return self._norms2
 
 
+def ros_home() -> str:
+    """ROS's per-user folder, as rcl finds it for its logs: $ROS_HOME, else ~/.ros."""
+    return os.path.expanduser(os.environ.get('ROS_HOME') or '~/.ros')
+
+
 def references_folder(setting: str, node_name: str) -> str:
-    """references_dir with ~ expanded and {node} replaced by the node's fully qualified name
-    (without its leading slash): one folder per instance unless the setting names a shared one.
-    Two nodes writing one folder replaced each other's references (and clicks) on disk."""
-    return os.path.expanduser(setting.replace('{node}', node_name.lstrip('/')))
+    """references_dir with {ros_home} (:func:`ros_home`) and ~ expanded and {node} replaced by
+    the node's fully qualified name (without its leading slash): one folder per instance unless
+    the setting names a shared one. Two nodes writing one folder replaced each other's
+    references (and clicks) on disk."""
+    return os.path.expanduser(setting.replace('{ros_home}', ros_home())
+                              .replace('{node}', node_name.lstrip('/')))
 
 
 def earlier_references(setting: str, directory: str) -> List[str]:
-    """Reference files in the folder the default setting stood for before it had {node} (one
-    folder for every node): after an upgrade they would seem lost."""
-    if setting != DEFAULT_REFERENCES_DIR or not directory:   # only the default changed
+    """Reference files in the folder where versions before {node} kept them for every node
+    (:data:`EARLIER_REFERENCES_DIR`): after an upgrade they would seem lost. Looked for with the
+    default setting only (a folder of the user's own is theirs)."""
+    if setting != DEFAULT_REFERENCES_DIR or not directory:
         return []
-    shared = os.path.expanduser(setting.split('{node}', 1)[0])
+    shared = os.path.expanduser(EARLIER_REFERENCES_DIR)
     try:
         names = sorted(os.listdir(shared))
     except OSError:
@@ -179,9 +190,16 @@ class CorrespondenceNode(Node):
         directory = references_folder(self._values['references_dir'],
                                       self.get_fully_qualified_name())
         self._store_lock = threading.Lock()
-        self._store = references.ReferenceStore(
-            directory, self._network_id, descriptor_size=self._descriptor_size,
-            weights_id=self._weights_id, scales=self._scales)
+        try:
+            self._store = self._reference_store(directory)
+        except references.ReferenceError as exc:
+            if self._values['references_dir'] != DEFAULT_REFERENCES_DIR:
+                raise                 # a folder the user chose: theirs to fix
+            # The default under a read-only home (a container, a service user) must not keep
+            # the node from serving: references then live as long as the node.
+            self.get_logger().warning(f'{exc}; references are kept in memory only')
+            directory = ''
+            self._store = self._reference_store(directory)
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
         earlier = earlier_references(self._values['references_dir'], directory)
@@ -280,6 +298,11 @@ class CorrespondenceNode(Node):
         warn_unknown_parameters(self)
 
     # --- set-up ------------------------------------------------------------------------------
+    def _reference_store(self, directory: str) -> references.ReferenceStore:
+        return references.ReferenceStore(
+            directory, self._network_id, descriptor_size=self._descriptor_size,
+            weights_id=self._weights_id, scales=self._scales)
+
     def _load_model(self):
         from ..core.descriptors.network import load_descriptor_net
         from ..core.training import resolve_device
