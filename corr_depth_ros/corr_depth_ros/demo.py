@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from .cli import check_output
 from .cli._args import positive_int
 
 # Every file the demo may write into its output folder: removed before a run, so a folder of an
@@ -266,6 +267,12 @@ def _main(argv=None) -> int:
     parser.add_argument('--no-correspondence', action='store_true',
                         help='leave correspondence_node and its scripted query out')
     args = parser.parse_args(argv)
+    try:
+        # Before the nodes start: an unwritable --out failed only at the end, or in the
+        # correspondence node's references folder, with a traceback about a setting never given.
+        check_output(args.out, '--out', folder=True)
+    except ValueError as exc:
+        parser.error(str(exc))
     clear_outputs(args.out)
 
     os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE',

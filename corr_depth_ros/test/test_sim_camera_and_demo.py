@@ -321,6 +321,18 @@ def test_demo_reference_pixels_lie_inside_near_textured_surfaces():
         assert 46 <= x <= 113 and 36 <= y <= 83, (x, y)    # 6 px or more inside the box
 
 
+def test_demo_refuses_an_output_folder_it_cannot_write_before_starting(tmp_path):
+    """It started the nodes and failed with a traceback about references_dir (or, without the
+    correspondence node, after the whole run)."""
+    (tmp_path / 'afile').write_text('')
+    result = subprocess.run([sys.executable, '-m', 'corr_depth_ros.demo', '--out',
+                             str(tmp_path / 'afile' / 'out'), '--timeout', '5'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert 'is a file, not a folder' in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'afile' / 'out').exists()
+
+
 def test_demo_clears_the_outputs_of_an_earlier_run(tmp_path):
     from corr_depth_ros.demo import OUTPUT_FILES, clear_outputs
     for name in OUTPUT_FILES + ('mine.txt',):
