@@ -597,3 +597,13 @@ def test_train_mono_reuses_a_bags_pairs_whatever_the_namespace_spelling(tmp_path
         assert _pairs_from_bag(str(bag_path), namespace, str(tmp_path / 'run')) == source
     with pytest.raises(FileExistsError, match="holds pairs of .* \\(namespace '/cam'\\)"):
         _pairs_from_bag(str(tmp_path / 'rig.mcap'), '/other', str(tmp_path / 'run'))
+
+
+def test_eval_mono_says_where_to_cache_the_held_out_pairs_when_it_cannot(tmp_path):
+    """The held-out pairs are rendered into runs/mono in the working folder by default; where
+    that could not be written, the command said only "runs: Read-only file system"."""
+    from corr_depth_ros.core.mono.evaluate import run_evaluation
+    (tmp_path / 'afile').write_text('')
+    with pytest.raises(ValueError, match='cannot be cached in .*afile.*give --synthetic-cache'):
+        run_evaluation(datasets=('synthetic',), ablation_weights='', synthetic_count=1,
+                       synthetic_cache=str(tmp_path / 'afile' / 'cache'), speed=False)

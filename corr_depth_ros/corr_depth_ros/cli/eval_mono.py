@@ -23,7 +23,10 @@ def register(subparsers):
                         help='network input WxH, e.g. 384x256 (default: the training size '
                              'from the weights metadata)')
     parser.add_argument('--synthetic-count', type=positive_int, default=200)
-    parser.add_argument('--synthetic-cache', default='')
+    parser.add_argument('--synthetic-cache', default='',
+                        help='folder the held-out synthetic pairs are rendered into once and '
+                             'read from later (default: runs/mono/cache_heldout_<HxW>_<count> '
+                             'in the working folder)')
     parser.add_argument('--device', default='cpu', choices=('auto', 'cpu', 'cuda'),
                         help='cpu by default: the speed target is a CPU one')
     parser.add_argument('--no-speed', action='store_true')

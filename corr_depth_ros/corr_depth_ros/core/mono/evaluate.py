@@ -219,7 +219,13 @@ def run_evaluation(*, datasets=('motorcycle', 'synthetic'), weights: str = '',
             height, width = input_size_from_header(header)
             cache = synthetic_cache or os.path.join(
                 'runs', 'mono', f'cache_heldout_{height}x{width}_{synthetic_count}')
-            arrays = heldout_cache(cache, synthetic_count, height, width)
+            try:
+                arrays = heldout_cache(cache, synthetic_count, height, width)
+            except OSError as exc:
+                # Rendered into the working folder by default, which may not be writable.
+                raise ValueError(f'the held-out synthetic pairs cannot be cached in {cache} '
+                                 f'({exc.strerror or exc}): give --synthetic-cache a folder '
+                                 'this user can write') from exc
             entry['synthetic'] = {'first_seed': HELDOUT_FIRST_SEED, 'count': synthetic_count,
                                   'size_hw': [height, width],
                                   **evaluate_synthetic(model, arrays, size, device, max_depth_m,
