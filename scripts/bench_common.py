@@ -44,9 +44,17 @@ def machine_info():
             'load_average_1min': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None}
 
 
-def write_result(result, path):
-    """Print ``result`` as JSON and write it to ``path`` (folders created)."""
-    print(json.dumps(result, indent=2))
+def save_json(result, path):
+    """Write ``result`` to ``path`` (folders created) through a file renamed over it, so a
+    reader, or a run killed while writing, never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
         json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+
+
+def write_result(result, path):
+    """Print ``result`` as JSON and write it to ``path`` (:func:`save_json`)."""
+    print(json.dumps(result, indent=2))
+    save_json(result, path)

@@ -3,14 +3,16 @@
     python scripts/bench_gpu.py --json bench_output/gpu.json
 
 measures, on the shipped weights, (1) learned stereo at 741x500 (Middlebury Motorcycle): the
-backend end to end (numpy pair in, disparity out, as the node calls it) and the bare network
+backend end to end (numpy pair in, disparity out, as the node calls it: probing for the input
+scale every ``learned.probe_every``-th pair, the node's default) and the bare network
 on tensors already on the GPU (the ">= 60 pairs/s on a GPU" figure), in float16 (the node's
 default on CUDA) and float32, with the Motorcycle EPE of each so a broken half path shows;
 (2) mono depth frames/s at 384x256, single pass and with pp; (3) descriptor frames/s at 640x480
 with the node's scales; (4) a short `train stereo` run (mixed precision as fit() chooses it:
 bfloat16 or float16 + GradScaler) and its steps/s; (5) our ONNX export run by onnxruntime
 (CUDA provider when it starts). Each section is timed with the device synchronised, and a
-section that fails records its error and the others still run (GPU time is scarce).
+section that fails records its error and the others still run (GPU time is scarce); the JSON is
+written after every section, so a run stopped by a time limit keeps what it measured.
 
 Without CUDA it runs the same on the CPU (``--device cpu``, what the test does with tiny
 counts), which is how it is checked on the project's development machine.
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import machine_info, timing_summary, write_result  # noqa: E402
+from bench_common import machine_info, save_json, timing_summary, write_result  # noqa: E402
 
 from corr_depth_ros.cli._args import positive_int  # noqa: E402
 
@@ -80,14 +82,14 @@ def environment(device):
 
 
 def bench_stereo(device, repeats):
-    from corr_depth_ros.core.backends.learned import LearnedBackend
+    from corr_depth_ros.core.backends.learned import STREAM_PROBE_EVERY, LearnedBackend
     from corr_depth_ros.core.metrics import disparity_metrics
     from corr_depth_ros.core.stereo_net.evaluate import motorcycle_pairs
     pair = motorcycle_pairs()[0]
     out = {}
     for half in ((True, False) if device.type == 'cuda' else (False,)):
-        backend = LearnedBackend(device=str(device), half=half)
-        entry = {'end_to_end': _timed(lambda: backend.compute(pair['left'], pair['right']),
+        backend = LearnedBackend(device=str(device), half=half, probe_every=STREAM_PROBE_EVERY)
+        entry = {'probe_every': STREAM_PROBE_EVERY, 'end_to_end': _timed(lambda: backend.compute(pair['left'], pair['right']),
                                       device, repeats)}
         left, right = backend.input_tensor(pair['left']), backend.input_tensor(pair['right'])
         with torch.inference_mode():
@@ -206,6 +208,7 @@ def main(argv=None):
         result[name]['section_s'] = round(time.perf_counter() - start, 1)
         print(f'{name}: done in {result[name]["section_s"]} s'
               + (' (failed)' if 'error' in result[name] else ''), file=sys.stderr)
+        save_json(result, args.json)     # a run killed later keeps this section
     write_result(result, args.json)
     return 1 if failed else 0
 

@@ -640,6 +640,34 @@ def test_gpu_benchmark_script_runs_every_section_on_the_cpu(tmp_path):
     assert report['stereo']['float32']['network_only']['per_s'] > 0
     assert report['onnx']['parity']['max_abs_diff_disparity_px'] < 1e-3
     assert report['train']['autocast'] is False         # mixed precision is for CUDA only
+    # Timed as the node runs it on a stream (it probed every pair, unlike the node).
+    assert report['stereo']['float32']['probe_every'] > 1
+
+
+def test_gpu_benchmark_keeps_the_sections_it_finished_when_stopped(tmp_path, monkeypatch):
+    """A one-shot GPU run stopped by its time limit wrote no JSON at all: it wrote only after
+    the last section."""
+    import importlib.util
+    import json
+    import sys
+    scripts = os.path.join(os.path.dirname(__file__), '..', '..', 'scripts')
+    if not os.path.isfile(os.path.join(scripts, 'bench_gpu.py')):
+        pytest.skip('scripts/ is not beside the package (installed elsewhere)')
+    monkeypatch.syspath_prepend(scripts)
+    spec = importlib.util.spec_from_file_location('bench_gpu_under_test',
+                                                  os.path.join(scripts, 'bench_gpu.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, 'bench_mono', lambda device, repeats: {'forward_fps': 1.0})
+
+    def killed(device, steps):
+        raise KeyboardInterrupt     # as the device's time limit ends the run
+    monkeypatch.setattr(bench, 'bench_train', killed)
+    out = tmp_path / 'gpu.json'
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(['--device', 'cpu', '--sections', 'mono,train', '--json', str(out)])
+    assert json.loads(out.read_text())['mono']['forward_fps'] == 1.0
+    sys.modules.pop('bench_common', None)
 
 
 def test_learned_backend_refuses_pairs_smaller_than_its_padding(learned):

@@ -20,7 +20,7 @@ from stereo_msgs.msg import DisparityImage
 
 from .. import conversions
 from ..core.backends import available_backends, create_backend
-from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE
+from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE, STREAM_PROBE_EVERY
 from ..core.backends.onnx_backend import INPUT_SIZE_RANGE_PX
 from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
@@ -91,7 +91,7 @@ PARAMS = [
               'fall within what the network was trained on. 1.0 = as trained; above 1 enlarges '
               '(finer on far scenes, slower by the square).',
               value_range=INPUT_SCALE_RANGE),
-    ParamSpec('learned.probe_every', 5, 'learned, auto input scale: on a stream, probe only '
+    ParamSpec('learned.probe_every', STREAM_PROBE_EVERY, 'learned, auto input scale: on a stream, probe only '
               'every N-th pair while each pair\'s own output calls for the scale it ran at '
               '(an output calling for another scale, a new image size or a new setting makes '
               'the next pair probe; a probe costs ~15 ms a 741x500 pair on a 2-core CPU). '

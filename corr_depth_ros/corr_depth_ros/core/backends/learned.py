@@ -51,6 +51,7 @@ SCALE_STEP = 0.125          # chosen scales are multiples of this (stable sizes 
 INPUT_SCALE_RANGE = (0.0, 4.0)   # the input_scale parameter's range (0 = auto)
 MIN_NETWORK_SIDE_PX = 32    # no resized side below this (the network's padding multiple)
 PROBE_EVERY_RANGE = (1, 1000)   # the probe_every parameter's range (1 = every pair)
+STREAM_PROBE_EVERY = 5      # the stereo node's default: a camera stream's pairs are alike
 
 
 def choose_input_scale(probe_disparity_px: np.ndarray) -> float:
