@@ -16,6 +16,12 @@ root=$(pwd -P)
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PY=${PYTHON:-python3}
+if [[ "$TORCH_SPEC" =~ [[:space:]] ]]; then
+  # pytorch.org's "torch ... --index-url URL" reached pip as one invalid requirement.
+  echo "setup: TORCH_SPEC='$TORCH_SPEC' must be the package alone, e.g. torch==2.13.0+cu126;" \
+       "give its index as PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu126" >&2
+  exit 1
+fi
 venv_abs=$(realpath -m -- "$VENV")
 # colcon, rosidl and the #! lines of installed scripts cannot hold such paths: a build failed
 # after minutes of setup (spaces split the interpreter's path; 'ü' broke rosidl's CMake).
