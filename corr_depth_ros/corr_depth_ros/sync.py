@@ -9,7 +9,7 @@ import copy
 import itertools
 import threading
 from collections import deque
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 
 def stamp_to_ns(msg) -> int:
@@ -165,9 +165,24 @@ class FiltersSynchronizer:
         self.message_counts = stamps.message_counts
 
 
+# Why a topic with a publisher delivers nothing, or only some of its messages.
+LARGE_DATA_ADVICE = ('Fast DDS sends large best-effort messages over UDP with small socket '
+                     'buffers unless the PUBLISHER\'s process loads a large-data profile too: '
+                     'set FASTRTPS_DEFAULT_PROFILES_FILE to corr_depth_ros\'s '
+                     'config/fastdds_large_data.xml for the camera driver as well (README, '
+                     '"Large images over DDS")')
+NOT_REACHING = ('its QoS may not match this node\'s (see any "incompatible QoS" warning: a '
+                'reliable subscription gets nothing from a best-effort driver), or its large '
+                'messages are lost in transport. ' + LARGE_DATA_ADVICE)
+# Images are lost when fewer than this share of their camera_info arrives (at least
+# LOSS_MIN_MESSAGES camera_info in the period, so a slow camera is not judged on one frame).
+LOSS_FRACTION = 0.8
+LOSS_MIN_MESSAGES = 5
+
+
 class SyncWatchdog:
-    """Says why no synchronised set came through since the last check, as stereo_image_proc
-    warns about inputs that never pair up. A node calls :meth:`check` from a timer with its
+    """Says why no synchronised set came through since the last check (for a silent input,
+    the last two), as stereo_image_proc warns about inputs that never pair up. A node calls :meth:`check` from a timer with its
     count of sets so far; nothing is said while sets arrive, or while no input receives anything
     (no camera running is not an error).
 
@@ -176,41 +191,74 @@ class SyncWatchdog:
     what else to do when that input stays silent} (e.g. an optional input that can be switched
     off). With ``sets_so_far`` (the node's count) and ``on_problem`` (its error reporter),
     :meth:`report` is what a timer calls.
+
+    ``publishers``: topic -> its publisher count (``node.count_publishers``), so a silent input
+    that has publishers is told apart from one nobody publishes: its messages do not reach the
+    node (a QoS rclpy warned about at discovery, or large images lost in transport), and the
+    topic names are not what to check. ``paired``: (image, camera_info) input indices sent
+    together by one camera; images arriving far fewer than their camera_info, sets coming
+    through or not, are large messages lost on the way, said through ``on_loss``
+    (:attr:`loss`: the newest such note).
     """
 
     def __init__(self, synchronizer, topics: Sequence[str], advice: str, period_s: float = 5.0,
                  sets_so_far: Optional[Callable[[], int]] = None,
                  on_problem: Optional[Callable[[str], None]] = None,
-                 silent_advice: Optional[Dict[int, str]] = None):
+                 silent_advice: Optional[Dict[int, str]] = None,
+                 publishers: Optional[Callable[[str], int]] = None,
+                 paired: Sequence[Tuple[int, int]] = (),
+                 on_loss: Optional[Callable[[str], None]] = None):
         self._sync = synchronizer
         self._topics = list(topics)
         self._advice = advice
         self._silent_advice = dict(silent_advice or {})
+        self._publishers = publishers
+        self._paired = list(paired)
+        self._on_loss = on_loss
+        self.loss: Optional[str] = None
         self._period_s = period_s
         self._sets_so_far = sets_so_far
         self._on_problem = on_problem
         self._last_sets = 0
         self._last_counts = [0] * len(self._topics)
+        self._silent: Set[int] = set()       # inputs silent at the last check, with no set
         self.problem: Optional[str] = None   # the newest diagnosis, None while sets arrive
 
     def check(self, sets_so_far: int) -> Optional[str]:
         counts = self._sync.message_counts()
         arrived = [now > before for now, before in zip(counts, self._last_counts)]
+        self.loss = self._lost_images([now - before for now, before
+                                       in zip(counts, self._last_counts)])
         self._last_counts = counts
+        silent_before, self._silent = self._silent, set()
         if sets_so_far != self._last_sets:
             self._last_sets = sets_so_far
             self.problem = None
             return None
         if any(arrived) and not all(arrived):
-            # An input that never published, or one that stopped (e.g. a crashed depth node).
+            # An input that never published, or one that stopped (e.g. a crashed depth node),
+            # said once it has been silent for two checks with no set: an input that only lags
+            # (depth computed from the image) is one check late at a low frame rate, and its
+            # set comes through with it.
+            self._silent = {i for i, a in enumerate(arrived) if not a}
+            lasting = sorted(self._silent & silent_before)
+            if not lasting:
+                self.problem = None
+                return None
             arriving = ', '.join(t for t, a in zip(self._topics, arrived) if a)
-            silent = ', '.join(f'{t} ({"none yet" if n == 0 else "stopped"})'
-                               for t, a, n in zip(self._topics, arrived, counts) if not a)
-            extra = dict.fromkeys(self._silent_advice[i] for i, a in enumerate(arrived)
-                                  if not a and i in self._silent_advice)
-            self.problem = (f'no synchronised set in the last {self._period_s:g} s: messages '
-                            f'arrive on {arriving} but none on {silent}; check that it is '
-                            'published, and the topic names and remappings'
+            silent = ', '.join(f'{self._topics[i]} ({"none yet" if counts[i] == 0 else "stopped"})'
+                               for i in lasting)
+            extra = dict.fromkeys(self._silent_advice[i] for i in lasting
+                                  if i in self._silent_advice)
+            published = [self._topics[i] for i in lasting
+                         if self._publishers is not None and self._publishers(self._topics[i]) > 0]
+            if published:
+                check = (f'{", ".join(published)} {"has" if len(published) == 1 else "have"} '
+                         f'a publisher, so its messages do not reach this node: {NOT_REACHING}')
+            else:
+                check = 'check that it is published, and the topic names and remappings'
+            self.problem = (f'no synchronised set in the last {2 * self._period_s:g} s: messages '
+                            f'arrive on {arriving} but none on {silent}; {check}'
                             + ''.join(f'; {text}' for text in extra))
         elif all(arrived):
             spread = self._sync.spread_ns()
@@ -231,9 +279,24 @@ class SyncWatchdog:
             self.problem = None     # nothing arrives at all: idle, not a synchronisation fault
         return self.problem
 
+    def _lost_images(self, arrivals: List[int]) -> Optional[str]:
+        """The note for images arriving far fewer than their camera_info (a camera sends one
+        of each a frame) in the last period, else None."""
+        lost = []
+        for image, info in self._paired:
+            if arrivals[info] >= LOSS_MIN_MESSAGES and \
+                    arrivals[image] < LOSS_FRACTION * arrivals[info]:
+                lost.append(f'{arrivals[image]} images on {self._topics[image]} against '
+                            f'{arrivals[info]} on {self._topics[info]}')
+        if not lost:
+            return None
+        return (f'large messages are being lost on the way: in the last {self._period_s:g} s '
+                f'{"; ".join(lost)}. {LARGE_DATA_ADVICE}')
+
     def report(self) -> None:
-        """One check with the node's count; a problem goes to ``on_problem``. Needs
-        ``sets_so_far`` (without it, call :meth:`check` with the count yourself)."""
+        """One check with the node's count; a problem goes to ``on_problem``, lost images
+        to ``on_loss``. Needs ``sets_so_far`` (without it, call :meth:`check` with the count
+        yourself)."""
         if self._sets_so_far is None:
             # Said here rather than as "'NoneType' object is not callable" from a timer.
             raise TypeError('SyncWatchdog.report() needs the sets_so_far callable given to the '
@@ -241,6 +304,8 @@ class SyncWatchdog:
         problem = self.check(self._sets_so_far())
         if problem and self._on_problem is not None:
             self._on_problem(problem)
+        if self.loss and self._on_loss is not None:
+            self._on_loss(self.loss)
 
 
 def _alike(a, b) -> bool:

@@ -98,17 +98,23 @@ def test_watchdog_names_a_silent_input_and_a_stamp_spread(kind):
     assert watchdog.check(0) is None                  # no camera yet: not an error
     feed(0, Msg(1))
     feed(2, Msg(1))
+    assert watchdog.check(0) is None                  # one check: /right may only lag
+    feed(0, Msg(2))
+    feed(2, Msg(2))
     problem = watchdog.check(0)
     assert 'arrive on /left, /info but none on /right (none yet)' in problem, problem
     assert watchdog.problem == problem
     for i in range(3):
-        feed(i, Msg(2, 250_000_000 if i == 1 else 0))
+        feed(i, Msg(3, 250_000_000 if i == 1 else 0))
     problem = watchdog.check(0)
     assert 'stamps differ by 0.250 s (raise slop_s)' in problem, problem
     assert watchdog.check(1) is None and watchdog.problem is None   # a set came through
-    feed(0, Msg(3))                                   # then /right and /info stop
+    feed(0, Msg(4))                                   # then /right and /info stop
+    assert watchdog.check(1) is None
+    feed(0, Msg(5))
     problem = watchdog.check(1)
     assert 'arrive on /left but none on /right (stopped), /info (stopped)' in problem, problem
+    assert 'check that it is published, and the topic names' in problem, problem
     assert watchdog.check(1) is None                  # nothing arrives at all: idle
 
 
@@ -121,8 +127,9 @@ def test_watchdog_report_needs_the_count():
     problems = []
     watchdog = SyncWatchdog(sync, ['/left', '/right'], 'raise slop_s', sets_so_far=lambda: 0,
                             on_problem=problems.append)
-    sync.add(0, Msg(1))
-    watchdog.report()
+    for stamp in (1, 2):
+        sync.add(0, Msg(stamp))
+        watchdog.report()
     assert len(problems) == 1 and 'none on /right (none yet)' in problems[0], problems
 
 
@@ -133,13 +140,67 @@ def test_watchdog_adds_the_advice_of_a_silent_optional_input():
     advice = dict.fromkeys((1, 2), 'set use_depth false')
     watchdog = SyncWatchdog(sync, ['/image', '/depth', '/info'], 'raise slop_s',
                             silent_advice=advice)
-    sync.add(0, Msg(1))
-    problem = watchdog.check(0)
+    for stamp in (1, 2):
+        sync.add(0, Msg(stamp))
+        problem = watchdog.check(0)
     assert problem.endswith('remappings; set use_depth false'), problem
-    sync.add(1, Msg(1))
-    sync.add(2, Msg(1))                               # the image stops, depth and info arrive
-    problem = watchdog.check(0)
+    for stamp in (1, 2):
+        sync.add(1, Msg(stamp))
+        sync.add(2, Msg(stamp))                       # the image stops, depth and info arrive
+        problem = watchdog.check(0)
     assert 'none on /image (stopped)' in problem and 'use_depth' not in problem, problem
+
+
+def test_watchdog_waits_a_check_for_an_input_that_lags():
+    """At a low frame rate a check can fall between an image and its depth (computed from it,
+    so later): the correspondence node logged 'none on depth (stopped)' for frames that paired
+    a moment later."""
+    sets = []
+    sync = StampSynchronizer(3, 5, lambda *m: sets.append(m))
+    watchdog = SyncWatchdog(sync, ['/image', '/depth', '/info'], 'raise slop_s')
+    for stamp in range(1, 5):                         # one frame per check, depth after it
+        sync.add(0, Msg(stamp))
+        sync.add(2, Msg(stamp))
+        assert watchdog.check(len(sets)) is None, stamp
+        sync.add(1, Msg(stamp))
+        assert watchdog.check(len(sets)) is None, stamp
+
+
+def test_watchdog_tells_an_input_with_a_publisher_from_one_nobody_publishes():
+    """A silent input that has a publisher is not a topic-name problem: its messages do not
+    reach the node (a QoS mismatch, large images lost over UDP)."""
+    sync = StampSynchronizer(2, 5, lambda *m: None)
+    watchdog = SyncWatchdog(sync, ['/image', '/info'], 'raise slop_s',
+                            publishers={'/image': 1, '/info': 1}.get)
+    for stamp in (1, 2):
+        sync.add(1, Msg(stamp))
+        problem = watchdog.check(0)
+    assert 'none on /image (none yet); /image has a publisher, so its messages do not reach ' \
+           'this node' in problem, problem
+    assert 'incompatible QoS' in problem and 'fastdds_large_data.xml' in problem, problem
+    assert 'topic names' not in problem
+
+
+def test_watchdog_warns_of_images_lost_beside_their_camera_info():
+    """A driver without the large-data profile loses most big best-effort images while its
+    small camera_info arrive; sets still come through now and then, and nothing was said."""
+    sets, lost = [], []
+    sync = StampSynchronizer(2, 5, lambda *m: sets.append(m))
+    watchdog = SyncWatchdog(sync, ['/image', '/info'], 'raise slop_s', sets_so_far=lambda: len(sets),
+                            paired=[(0, 1)], on_loss=lost.append)
+    for stamp in range(10):
+        sync.add(1, Msg(stamp))
+        if stamp % 3 == 0:
+            sync.add(0, Msg(stamp))
+    watchdog.report()
+    assert len(sets) == 4 and watchdog.problem is None
+    assert len(lost) == 1 and 'in the last 5 s 4 images on /image against 10 on /info' in lost[0]
+    assert 'fastdds_large_data.xml' in lost[0]
+    for stamp in range(10, 20):                       # every image arrives again
+        sync.add(1, Msg(stamp))
+        sync.add(0, Msg(stamp))
+    watchdog.report()
+    assert len(lost) == 1 and watchdog.loss is None
 
 
 def test_correspondence_default_slop_keeps_image_and_depth_of_one_frame_after_a_loss():

@@ -266,7 +266,8 @@ class CorrespondenceNode(Node):
                 'cover that latency (frame rate x latency), or slop_s', self._errors,
                 lambda: self._synchronised_sets,
                 silent_advice=dict.fromkeys((1, 2), 'without a depth source, set use_depth '
-                                            'false to match pixels without 3D points'))
+                                            'false to match pixels without 3D points'),
+                paired=[(0, 2)])
         else:
             self._sync_watchdog = None
             sync_impl = 'none'

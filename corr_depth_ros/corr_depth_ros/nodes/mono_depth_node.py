@@ -113,7 +113,7 @@ class MonoDepthNode(Node):
         self._sync_watchdog = start_sync_watchdog(
             self, self._sync, [image_topic, 'camera_info'],
             sync_advice(self._values['approximate_sync']), self._errors,
-            lambda: self.synchronised_sets)
+            lambda: self.synchronised_sets, paired=[(0, 1)])
         self.get_logger().info(
             f'mono_depth_node ready: weights={self._values["weights_path"] or "shipped"} '
             f'(identity {header.get("identity")}), input {self._input_size[1]}x'

@@ -186,7 +186,7 @@ class StereoDepthNode(Node):
         self.synchronised_sets = 0
         self._sync_watchdog = start_sync_watchdog(
             self, self._sync, topics, sync_advice(self._values['approximate_sync']), self._errors,
-            lambda: self.synchronised_sets)
+            lambda: self.synchronised_sets, paired=[(0, 2), (1, 3)])
         warn_unknown_parameters(self)
 
     # --- parameters -------------------------------------------------------------------------

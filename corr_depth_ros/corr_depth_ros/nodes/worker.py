@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..core.threads import pin_torch_threads, torch_in_use
 from ..sync import SyncWatchdog
@@ -163,15 +163,18 @@ def sync_advice(approximate: bool) -> str:
 
 def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: ThrottledReporter,
                         sets_so_far: Callable[[], int], period_s: float = 5.0,
-                        silent_advice: Optional[Dict[int, str]] = None):
+                        silent_advice: Optional[Dict[int, str]] = None,
+                        paired: Sequence[Tuple[int, int]] = ()):
     """Every ``period_s``, report (a throttled error) why no synchronised set came through:
-    an input that never published, or stamps that never match. ``topics``: the names given to
-    make_synchronizer, in its order; ``silent_advice`` as SyncWatchdog's. Returns the :class:`..sync.SyncWatchdog` (its ``problem``
+    an input that never published, or stamps that never match; and (a throttled warning)
+    images lost on the way. ``topics``: the names given to make_synchronizer, in its order;
+    ``silent_advice`` and ``paired`` (image, camera_info indices) as SyncWatchdog's. Returns the :class:`..sync.SyncWatchdog` (its ``problem``
     is the newest diagnosis; ``report()`` runs one check now, as the timer does)."""
     watchdog = SyncWatchdog(synchronizer, [node.resolve_topic_name(t) for t in topics], advice,
                             period_s, sets_so_far=sets_so_far,
                             on_problem=lambda problem: reporter.error('sync', problem),
-                            silent_advice=silent_advice)
+                            silent_advice=silent_advice, publishers=node.count_publishers,
+                            paired=paired, on_loss=lambda text: reporter.warn('loss', text))
     # On the steady clock: it watches whether messages arrive, in real time. On the node's clock
     # it never fired under use_sim_time without a /clock (a bag played without --clock: the
     # very case to report) and stood still while a /clock was paused.
