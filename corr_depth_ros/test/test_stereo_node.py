@@ -518,3 +518,17 @@ def test_parameters_the_node_does_not_have_are_named_at_start_up(ros):
     assert len(warnings) == 1 and warnings[0].startswith(
         'ignored parameter(s) backnd, qos_overrides./elsewhere/image_rect.subscription.'
         'reliability: /stereo_depth_node has no such parameter'), said
+
+
+def test_threads_caps_opencv_and_the_workers_torch_threads(ros):
+    """On a many-core robot computer the node took every core for each frame: sgbm's 3-way
+    mode fans out over all CPUs OpenCV sees (OMP_NUM_THREADS does not cap it) and the worker
+    ran torch on its default team; `threads` caps both."""
+    import cv2
+    before = cv2.getNumThreads()
+    try:
+        node = _start(ros, threads=1)
+        assert cv2.getNumThreads() == 1
+        assert node._worker._torch_threads == 1
+    finally:
+        cv2.setNumThreads(before)

@@ -38,6 +38,15 @@ def pin_torch_threads(count: int) -> None:
     torch.set_num_threads(count if count > 0 else default)
 
 
+def limit_opencv_threads(count: int) -> None:
+    """Cap OpenCV's worker threads for the process (StereoSGBM's 3-way mode and the image
+    operations), ``count`` > 0; 0 keeps OpenCV's default, every CPU it sees (OMP_NUM_THREADS
+    does not cap it; OPENCV_FOR_THREADS_NUM does)."""
+    if count > 0:
+        import cv2
+        cv2.setNumThreads(count)
+
+
 def torch_in_use() -> bool:
     """Whether this process has imported torch (a sgbm-only stereo node never does)."""
     return 'torch' in sys.modules

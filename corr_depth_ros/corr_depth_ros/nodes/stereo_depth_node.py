@@ -24,7 +24,7 @@ from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE, STREAM
 from ..core.backends.onnx_backend import INPUT_SIZE_RANGE_PX
 from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
 from ..core.colormap import colourise
-from ..core.threads import pin_torch_threads
+from ..core.threads import limit_opencv_threads, pin_torch_threads
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
                                     MAX_DISPARITY_RANGE_PX, confidence_unused_warning,
                                     depth_reach_warning, run_stereo, search_range_problem)
@@ -58,6 +58,11 @@ PARAMS = [
               choices=('sgbm', 'learned', 'onnx')),
     ParamSpec('device', 'auto', 'Compute device for learned backends.', read_only=True,
               choices=('auto', 'cpu', 'cuda')),
+    ParamSpec('threads', 0, 'CPU threads of the backend: torch\'s on the thread that runs the '
+              'network (learned) and OpenCV\'s (sgbm, and image operations). 0: the '
+              'libraries\' defaults, every core (OMP_NUM_THREADS caps torch\'s, '
+              'OPENCV_FOR_THREADS_NUM OpenCV\'s); set it to leave cores to a robot\'s other '
+              'nodes.', read_only=True, value_range=(0, 256)),
     IMAGE_TRANSPORT,
     ParamSpec('approximate_sync', False, 'Match left/right by nearest stamp within slop_s '
               'instead of exactly equal stamps.', read_only=True),
@@ -168,7 +173,9 @@ class StereoDepthNode(Node):
         self._pub_colour = self.create_publisher(Image, 'disparity/color', output_qos())
 
         self._clouds = CloudPublisher(self._pub_points)
-        self._worker = LatestFrameWorker(self._process, self._on_worker_error, torch_threads=0)
+        limit_opencv_threads(self._values['threads'])
+        self._worker = LatestFrameWorker(self._process, self._on_worker_error,
+                                         torch_threads=self._values['threads'])
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
         image_type, images = image_inputs(self, ['left/image_rect', 'right/image_rect'],
