@@ -258,15 +258,13 @@ class PointCloud2Packer:
     Points and colours are written straight into the message's ``data`` (an ``array('B')``,
     which rclpy takes without a per-element check): no structured array, no intermediate
     bytes. Reusing the buffer saves a 6 MB allocation per 741x500 frame, and the page faults
-    of touching fresh memory (about half the packing time measured here). A producer can also
-    compute the points straight into the buffer (:meth:`xyz_view`, e.g.
-    ``depth_to_points(..., out=packer.xyz_view(h, w))``); :meth:`pack` then copies nothing.
-    From a depth image the fastest path is :meth:`pack_planes` with
+    of touching fresh memory (about half the packing time measured here). From a depth image
+    the fastest path (the nodes') is :meth:`pack_planes` with
     ``core.geometry.depth_to_point_planes``: contiguous x, y, z planes interleaved with the
     colours in one OpenCV pass (1.3 ms at 741x500 on the 2-core CPU, against 2.5 ms for
     the points written field by field into the buffer and then the colours).
 
-    Contract: a packed message is valid until the next :meth:`pack` (or :meth:`xyz_view`) of
+    Contract: a packed message is valid until the next :meth:`pack` or :meth:`pack_planes` of
     a cloud of the same size. A publisher may reuse it safely because ``publish()`` serialises
     synchronously; anything that keeps messages (a queue, a bag writer thread) must use
     :func:`make_pointcloud2` instead.
@@ -284,20 +282,14 @@ class PointCloud2Packer:
             self._data = array.array('B', [0]) * size
         return np.frombuffer(self._data, dtype=np.uint8).reshape(height, width, 16)
 
-    def xyz_view(self, height: int, width: int) -> np.ndarray:
-        """(H, W, 3) float32 strided view of the buffer's x y z fields, to compute into."""
-        return self._buffer(height, width).view(np.float32)[..., :3]
-
     def pack(self, points_m: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
         if points_m.shape[:2] != rgb.shape[:2] or points_m.shape[-1] != 3 or rgb.shape[-1] != 3:
             raise ConversionError(f'points {points_m.shape} and rgb {rgb.shape} must be (H, W, 3) alike')
         height, width = points_m.shape[:2]
         wire = self._buffer(height, width)
         xyz = wire.view(np.float32)[..., :3]
-        if not (points_m.dtype == np.float32 and points_m.strides == xyz.strides
-                and points_m.ctypes.data == xyz.ctypes.data):
-            for axis in range(3):  # per-column copies beat one (H, W, 3) strided block copy
-                xyz[..., axis] = points_m[..., axis]
+        for axis in range(3):  # per-column copies beat one (H, W, 3) strided block copy
+            xyz[..., axis] = points_m[..., axis]
         # Little-endian 0x00RRGGBB is the byte sequence B, G, R, 0: OpenCV's channel shuffle
         # writes the three bytes of every point in one pass (numpy's strided copies took 1.4x).
         cv2.mixChannels([np.ascontiguousarray(rgb, dtype=np.uint8)], [wire],

@@ -182,8 +182,9 @@ LOSS_MIN_MESSAGES = 5
 
 class SyncWatchdog:
     """Says why no synchronised set came through since the last check (for a silent input,
-    the last two), as stereo_image_proc warns about inputs that never pair up. A node calls :meth:`check` from a timer with its
-    count of sets so far; nothing is said while sets arrive, or while no input receives anything
+    the last two), as stereo_image_proc warns about inputs that never pair up. A node's timer
+    calls :meth:`report` (or the node calls :meth:`check` with its count of sets so far);
+    nothing is said while sets arrive, or while no input receives anything
     (no camera running is not an error).
 
     ``topics``: the resolved input names, in the synchroniser's order; ``advice``: what to do

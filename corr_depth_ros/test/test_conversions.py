@@ -212,24 +212,6 @@ def test_pointcloud_packer_reuses_its_buffer_and_stays_exact():
         packer.pack(np.zeros((2, 2, 3), np.float32), np.zeros((2, 3, 3), np.uint8), HEADER)
 
 
-def test_pointcloud_packer_takes_points_computed_into_its_buffer():
-    """Points computed straight into xyz_view (as the nodes do) pack to the same cloud as the
-    same points handed over in their own array."""
-    from corr_depth_ros.core.geometry import depth_to_points
-    rng = np.random.default_rng(5)
-    depth = rng.uniform(0.5, 3.0, size=(6, 8)).astype(np.float32)
-    depth[2, 3] = np.nan
-    rgb = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-    separate = conversions.make_pointcloud2(depth_to_points(depth, 300.0, 300.0, 4.0, 3.0), rgb,
-                                            HEADER)
-    packer = conversions.PointCloud2Packer()
-    packer.pack(np.zeros((6, 8, 3), np.float32), np.zeros((6, 8, 3), np.uint8), HEADER)  # stale
-    view = packer.xyz_view(6, 8)
-    points = depth_to_points(depth, 300.0, 300.0, 4.0, 3.0, out=view)
-    direct = packer.pack(points, rgb, HEADER)
-    assert bytes(direct.data) == bytes(separate.data)
-
-
 @pytest.mark.parametrize('dirty', [False, True])
 def test_pointcloud_packer_from_planes_equals_packing_points(dirty):
     """pack_planes (x, y, z planes from depth_to_point_planes, as the nodes pack clouds) gives

@@ -2,7 +2,9 @@
 
 Each sub-command module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` (``args -> int`` exit code). Modules are imported only when listed here, and keep their
-heavy imports (torch, cv2) inside their functions so ``corr_depth --help`` stays fast.
+heavy imports (torch) inside their functions so ``corr_depth --help`` stays fast (eval stereo
+and process-bag take their parameter ranges from core.backends.learned, which loads numpy and
+cv2: ~0.3 s).
 """
 import argparse
 import importlib
@@ -107,8 +109,8 @@ def main(argv=None) -> int:
         print(f'corr_depth: error: {exc}', file=sys.stderr)
         return 1
     except Exception as exc:
-        # OpenCV's own errors (cv2.error, e.g. an image format it cannot write). cv2 is not
-        # imported here for the except clause: `corr_depth --help` stays fast.
+        # OpenCV's own errors (cv2.error, e.g. an image format it cannot write), looked up
+        # rather than imported: a command that never used OpenCV has nothing of it to catch.
         cv2 = sys.modules.get('cv2')
         if cv2 is None or not isinstance(exc, cv2.error) or \
                 os.environ.get('CORR_DEPTH_TRACEBACK'):

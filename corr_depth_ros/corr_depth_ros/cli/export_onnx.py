@@ -2,7 +2,7 @@
 from ._args import in_range
 
 # The learned backend's smallest side (core.backends.learned.MIN_NETWORK_SIDE_PX, not imported
-# here: it pulls in torch) and the onnx backend's largest input (onnx_backend.INPUT_SIZE_RANGE_PX).
+# here: it pulls in cv2 and numpy) and the onnx backend's largest input (onnx_backend.INPUT_SIZE_RANGE_PX).
 # A model exported smaller ran, and the onnx backend resized a 741x500 pair down to it: 100 %
 # valid, EPE 20.8 px.
 SIDE_RANGE_PX = (32, 8192)

@@ -202,27 +202,21 @@ def _rays(height: int, width: int, fx: float, fy: float, cx: float, cy: float):
     return u[None, :], v[:, None]
 
 
-def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float, cy: float,
-                    out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Back-project a depth image into the camera optical frame.
+def depth_to_points(depth_m: np.ndarray, fx: float, fy: float, cx: float,
+                    cy: float) -> np.ndarray:
+    """Back-project a depth image into the camera optical frame (the nodes pack clouds from
+    :func:`depth_to_point_planes` instead).
 
     Args:
         depth_m: (H, W) depth along z, metres; NaN (or <= 0) where invalid.
-        out: optional (H, W, 3) float32 array to write into; it may be a strided view, e.g.
-            the x y z columns of a point-cloud wire buffer (PointCloud2Packer.xyz_view).
     Returns:
         (H, W, 3) float32 points (x, y, z) in metres; (NaN, NaN, NaN) where depth is invalid.
     """
     check_shape('depth_m', depth_m, (None, None))
     height, width = depth_m.shape
-    if out is None:
-        out = np.empty((height, width, 3), dtype=np.float32)
-    elif out.shape != (height, width, 3) or out.dtype != np.float32:
-        raise ValueError(f'out must be ({height}, {width}, 3) float32, got {out.shape} {out.dtype}')
+    out = np.empty((height, width, 3), dtype=np.float32)
     z = _usable_depth(depth_m)
     u, v = _rays(height, width, fx, fy, cx, cy)
-    # Computed from the contiguous z and written once per field: a strided out (the cloud's
-    # wire buffer) is only written, never read back.
     np.multiply(z, u, out=out[..., 0])
     np.multiply(z, v, out=out[..., 1])
     np.copyto(out[..., 2], z)

@@ -3,7 +3,7 @@
 Every frame the nodes allocate and free tens of MB (images, descriptor images, clouds, message
 buffers). Fresh memory reaches the process one 4 KiB page fault at a time, and by default glibc
 gives freed memory back to the kernel (large blocks are unmapped at once, the top of a heap is
-trimmed), so the next frame faults it all in again. Two remedies, measured on the 2-core
+trimmed), so the next frame faults it all in again. Three remedies, measured on the 2-core
 development CPU:
 
 - :func:`keep_freed_memory` (per process, nodes call it at start-up): blocks up to 32 MiB come
@@ -20,7 +20,8 @@ development CPU:
   back to the pool when the object that uses it is garbage, and the next frame reuses it
   instead of faulting in fresh memory. compute_descriptors at 640x480: 92-103 -> 79-81 ms.
 
-Both are no-ops where they do not apply (not Linux/glibc, transparent huge pages disabled).
+The first two are no-ops where they do not apply (not Linux/glibc, transparent huge pages
+disabled).
 PyTorch has a process-wide switch similar to the second (``THP_MEM_ALLOC_ENABLE=1``, read once
 at start-up); these touch no environment variable.
 """

@@ -2,8 +2,9 @@
 
 Publishes, as a calibrated stereo driver + rectification would:
   left/image_rect, right/image_rect (rgb8), left/camera_info, right/camera_info (P with
-  Tx = -fx * baseline), and the left view's ground truth `ground_truth/depth` (32FC1 metres, NaN
-  where nothing was hit) for checking what the depth nodes compute.
+  Tx = -fx * baseline), and with procedural scenes the left view's ground truth
+  `ground_truth/depth` (32FC1 metres, NaN where nothing was hit) for checking what the depth
+  nodes compute (a folder of pairs has none).
 Rendering runs on its own thread, at `rate_hz` at most (slower if rendering cannot keep up).
 """
 import threading

@@ -145,10 +145,6 @@ class Scene:
     def num_primitives(self) -> int:
         return int(self.kind.shape[0])
 
-    @property
-    def num_instances(self) -> int:
-        return int(self.instance.max(initial=0))
-
     def scaled(self, factor: float, centre_world: np.ndarray) -> 'Scene':
         """The scene scaled by ``factor`` about ``centre_world`` (a camera centre).
 
