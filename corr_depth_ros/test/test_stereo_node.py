@@ -230,6 +230,9 @@ def test_runtime_parameters_validated(ros):
     assert not all(r.successful for r in bad_p2)
     bad_p2 = node.set_parameters([Parameter('sgbm.p2', value=100)])[0]     # P1 is 200 at block 5
     assert not bad_p2.successful and 'p2 must be greater than p1' in bad_p2.reason
+    # ros2 param load sets a file's parameters one at a time: the refusal says how to get a
+    # set that holds only as a whole through (it refused part of a consistent file silently).
+    assert 'one parameter at a time' in bad_p2.reason and 'ros2 param load again' in bad_p2.reason
     # sgbm searches sgbm.min_disparity .. max_disparity_px: an empty range is refused, from
     # either side.
     assert node.set_parameters([Parameter('sgbm.min_disparity', value=8)])[0].successful

@@ -22,7 +22,7 @@ from .. import conversions
 from ..core.backends import available_backends, create_backend
 from ..core.backends.learned import INPUT_SCALE_RANGE, PROBE_EVERY_RANGE, STREAM_PROBE_EVERY
 from ..core.backends.onnx_backend import INPUT_SIZE_RANGE_PX
-from ..core.backends.sgbm import SGBM_RANGES, SgbmParams
+from ..core.backends.sgbm import SGBM_RANGES, JointSettingsError, SgbmParams
 from ..core.colormap import colourise
 from ..core.threads import limit_opencv_threads, pin_torch_threads
 from ..core.stereo_pipeline import (CONFIDENCE_THRESHOLD_RANGE, MAX_DEPTH_RANGE_M,
@@ -275,6 +275,15 @@ class StereoDepthNode(Node):
                             ('backend' in changes or 'max_disparity_px' in changes)):
             try:
                 _check_sgbm_settings({**self._values, **changes}, backend_after)
+            except JointSettingsError as exc:
+                # ros2 param load sets a file's parameters one by one, each checked against
+                # the values in use: a file consistent as a whole was refused part-way.
+                result.successful = False
+                result.reason = (f'{exc} (checked against the values in use: ros2 param load '
+                                 'and ros2 param set change one parameter at a time, so order '
+                                 'the changes so that each step holds, e.g. raise sgbm.p2 '
+                                 'before sgbm.p1, or run the same ros2 param load again)')
+                return result
             except ValueError as exc:
                 result.successful = False
                 result.reason = str(exc)

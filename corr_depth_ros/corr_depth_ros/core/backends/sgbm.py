@@ -68,7 +68,7 @@ class SgbmParams:
         # raise P2 to P1 + 1, e.g. for p1 = 0 (200 at block 5) and p2 = 100.
         p1, p2 = self.penalties()
         if check_penalties and p2 <= p1:
-            raise ValueError(f'p2 must be greater than p1: they are {p2} and {p1} as used '
+            raise JointSettingsError(f'p2 must be greater than p1: they are {p2} and {p1} as used '
                              f'(set {self.p2} and {self.p1}; 0 means 32 and 8 x block_size^2)')
         for field in ('disp12_max_diff', 'pre_filter_cap', 'uniqueness_ratio',
                       'speckle_window_size', 'speckle_range', 'p1', 'p2'):
@@ -96,9 +96,14 @@ class SgbmParams:
         if max_disparity_px is None:
             return self.num_disparities
         if max_disparity_px <= self.min_disparity:
-            raise ValueError(f'max_disparity_px ({max_disparity_px}) must be greater than '
+            raise JointSettingsError(f'max_disparity_px ({max_disparity_px}) must be greater than '
                              f'sgbm.min_disparity ({self.min_disparity})')
         return max(16, -(-(max_disparity_px - self.min_disparity) // 16) * 16)
+
+
+class JointSettingsError(ValueError):
+    """Settings each valid alone but not together (p2 > p1; max_disparity_px above
+    min_disparity)."""
 
 
 def fill_disparity_holes(disparity_px: np.ndarray, valid: np.ndarray) -> np.ndarray:
