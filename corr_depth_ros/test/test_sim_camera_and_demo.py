@@ -274,6 +274,30 @@ def test_a_node_that_cannot_start_says_why_in_one_log_line(argv, said):
     assert 'Traceback' not in text, text[-3000:]
 
 @pytest.mark.ros
+def test_a_node_that_cannot_start_says_why_on_its_own_logger_in_rosout(ros):
+    """The line went out on a logger named after the executable (not cam.mono_depth_node for
+    a node in /cam) and the process ended at once: /rosout listeners mostly never saw it."""
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    received = []
+    listener = ros.node('rosout_listener')
+    listener.create_subscription(
+        Log, '/rosout', received.append,
+        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    code = ('import sys\nsys.argv = ["mono_depth_node", "--ros-args", "-r", "__ns:=/cam", "-p", '
+            '"weights_path:=/nonexistent.safetensors"]\n'
+            'from corr_depth_ros.nodes.mono_depth_node import main\nmain()\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=120)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1 and '[cam.mono_depth_node]: cannot start:' in text, text[-3000:]
+    assert ros.wait_for(lambda: any(m.name == 'cam.mono_depth_node' and m.level == Log.FATAL
+                                    for m in list(received)), timeout_s=10), \
+        [(m.name, m.msg) for m in received]
+
+
+@pytest.mark.ros
 def test_demo_runs_end_to_end(tmp_path):
     """`make demo`'s program: same YAMLs, one process, outputs a person can look at."""
     small = tmp_path / 'small.yaml'

@@ -192,6 +192,43 @@ def output_qos():
     return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
+# How long a node that cannot start stays up for its FATAL line to reach /rosout's listeners
+# (rqt_console, a recorder): rcl's /rosout keeps the line for late joiners while the node lives.
+REFUSAL_DELIVERY_S = 3.0
+
+
+def _log_refusal(exc: BaseException, fallback_name: str) -> None:
+    """Log why a node did not start on that node's own logger (its namespace and remapped
+    name: /rosout listeners filter by it), and keep the node alive a moment so the line is
+    delivered; it was logged on a logger named after the executable and the process ended at
+    once, so /rosout often never saw it."""
+    import rclpy.logging
+    from rclpy.node import Node
+    # The node half-built by the constructor that raised (its frames hold it as ``self``),
+    # if it got as far as rclpy's Node.__init__.
+    node, tb = None, exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get('self')
+        if isinstance(candidate, Node) and getattr(candidate, 'handle', None) is not None:
+            node = candidate
+        tb = tb.tb_next
+    logger = node.get_logger() if node is not None else rclpy.logging.get_logger(fallback_name)
+    logger.fatal(f'cannot start: {exc}')
+    if node is None:
+        return
+    deadline = time.monotonic() + REFUSAL_DELIVERY_S
+    while time.monotonic() < deadline:
+        try:
+            if node.count_subscribers('/rosout') == 0:
+                time.sleep(0.05)        # listeners may still be discovered
+                continue
+        except Exception:  # noqa: BLE001 - a node torn down half-way: nothing to wait for
+            return
+        time.sleep(1.0)                 # matched: the transient-local line goes out (0.3 s
+        # was too short on the loopback-only discovery the tests use)
+        return
+
+
 def run_node(node_factory: Callable[[], Any], args=None) -> None:
     """The body of every node's ``main()``: init, spin, and a clean shutdown.
 
@@ -218,8 +255,7 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
         except (ValueError, OSError, ParameterException) as exc:
             # A configuration the node refuses (a parameter, a weights file): one ROS log line,
             # in /rosout and ros2 launch's log like any other, not a Python traceback.
-            name = os.path.basename(sys.argv[0]) or 'corr_depth_ros'
-            rclpy.logging.get_logger(name).fatal(f'cannot start: {exc}')
+            _log_refusal(exc, os.path.basename(sys.argv[0]) or 'corr_depth_ros')
             refused = True
         if node is not None:
             # One executor thread: models run on LatestFrameWorker threads. rclpy's
