@@ -535,3 +535,17 @@ def test_threads_caps_opencv_and_the_workers_torch_threads(ros):
         assert node._worker._torch_threads == 1
     finally:
         cv2.setNumThreads(before)
+
+
+def test_the_log_says_which_backend_runs_where(ros):
+    """The ready line said only backend=learned (not on which device, from which weights), and
+    a runtime switch said nothing."""
+    node = _start(ros)
+    assert node.backend_summary().startswith('sgbm (mode=')
+    lines = []
+    info = node.get_logger().info
+    node.get_logger().info = lambda text, **kw: (lines.append(text), info(text, **kw))
+    assert node.set_parameters([Parameter('backend', value='learned')])[0].successful
+    summary = node.backend_summary()
+    assert 'device=cpu' in summary and 'stereo_gwc_small' in summary, summary
+    assert lines == [f'backend switched to {summary}']

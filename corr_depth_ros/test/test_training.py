@@ -479,11 +479,17 @@ def test_cli_ctrl_c_says_how_to_go_on_without_a_traceback(monkeypatch, capsys):
 
     def interrupted(args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args',
-                        lambda self, argv=None: argparse.Namespace(func=interrupted))
+    command = ['train']
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', lambda self, argv=None:
+                        argparse.Namespace(func=interrupted, command=command[0]))
     assert cli.main(['train', 'stereo']) == 130
     assert 'interrupted. A training run goes on from its last checkpoint' in \
         capsys.readouterr().err
+    # Other commands have no run to go on with (eval and process-bag printed the hint too).
+    command[0] = 'eval'
+    assert cli.main(['eval', 'stereo']) == 130
+    err = capsys.readouterr().err
+    assert 'corr_depth eval: interrupted' in err and 'checkpoint' not in err
 
 
 def test_weights_that_do_not_fit_their_network_are_refused_naming_the_file(tmp_path):

@@ -89,6 +89,23 @@ def test_reporter_throttles_per_problem_and_is_silent_after_shutdown():
     assert len(reporter._last) <= 256 + 1 and len(logger.lines) == 3 + 2000
 
 
+def test_reporter_says_a_problem_again_when_a_timer_of_its_period_reports_it(monkeypatch):
+    """The sync watchdog reports every 5 s through a 5 s throttle: a tick a few ms early was
+    swallowed, so its error came every 5 or 10 s at random."""
+    from corr_depth_ros.nodes import worker
+    clock = [100.0]
+    monkeypatch.setattr(worker.time, 'monotonic', lambda: clock[0])
+    logger = ListLogger()
+    reporter = ThrottledReporter(logger, period_s=5.0)
+    for tick in range(4):
+        clock[0] = 100.0 + 5.0 * tick - 0.004 * (tick % 2)     # every other tick 4 ms early
+        reporter.error('sync', f'no synchronised set {tick}')
+    assert len(logger.lines) == 4, logger.lines
+    clock[0] += 1.0
+    reporter.error('sync', 'again')                              # within the period: throttled
+    assert len(logger.lines) == 4
+
+
 def test_stop_reports_a_busy_worker_and_silences_its_abandoned_frame():
     """stop() says False while an item still runs past its timeout; that item's error (e.g. a
     publish after the node's publishers are gone) is not reported as a dropped frame."""

@@ -119,9 +119,12 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         # Ctrl-C is how a training run is paused: no traceback, and how to go on.
-        print('\ncorr_depth: interrupted. A training run goes on from its last checkpoint '
-              'when the same command is run again (train stereo: add --resume).',
-              file=sys.stderr)
+        if args.command == 'train':
+            print('\ncorr_depth: interrupted. A training run goes on from its last checkpoint '
+                  'when the same command is run again (train stereo: add --resume).',
+                  file=sys.stderr)
+        else:
+            print(f'\ncorr_depth {args.command}: interrupted', file=sys.stderr)
         return 130
 
 

@@ -259,7 +259,7 @@ class CorrespondenceNode(Node):
                 qos_profile_sensor_data, self._on_frame, approximate=True,
                 queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
                 qos_overriding_options=overrides, callback_group=frames_group,
-                on_repeated_stamp=lambda text: self._errors.warn('stamps', text))
+                on_repeated_stamp=lambda text: self._errors.error('stamps', text))
             self._sync_watchdog = start_sync_watchdog(
                 self, self._sync, [image_input, 'depth', 'camera_info'],
                 'depth computed from these images arrives after them: raise queue_size to '
@@ -292,7 +292,9 @@ class CorrespondenceNode(Node):
                                             callback_group=references_group)
         self.get_logger().info(
             f'correspondence_node ready: network {self._network_id} '
-            f'(D={self._model.descriptor_dim} at scales {list(self._scales)}), '
+            f'(weights={self._values["weights"] or "shipped"}, device={self._device}, '
+            f'D={self._model.descriptor_dim} at scales {list(self._scales)}), '
+            f'references in {self._store.directory or "memory only"}, '
             f'{len(self._store.ids())} stored references, '
             f'depth={"on" if self._values["use_depth"] else "off"} (sync={sync_impl}), '
             f'clicks on {self._click_topic}')

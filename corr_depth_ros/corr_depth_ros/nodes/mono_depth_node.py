@@ -108,7 +108,7 @@ class MonoDepthNode(Node):
             self._on_synchronised, approximate=self._values['approximate_sync'],
             queue_size=self._values['queue_size'], slop_s=self._values['slop_s'],
             qos_overriding_options=overrides,
-            on_repeated_stamp=lambda text: self._errors.warn('stamps', text))
+            on_repeated_stamp=lambda text: self._errors.error('stamps', text))
         self.synchronised_sets = 0
         self._sync_watchdog = start_sync_watchdog(
             self, self._sync, [image_topic, 'camera_info'],

@@ -186,9 +186,9 @@ class StereoDepthNode(Node):
             qos_profile_sensor_data, self._on_synchronised,
             approximate=self._values['approximate_sync'], queue_size=self._values['queue_size'],
             slop_s=self._values['slop_s'], qos_overriding_options=overrides,
-            on_repeated_stamp=lambda text: self._errors.warn('stamps', text))
+            on_repeated_stamp=lambda text: self._errors.error('stamps', text))
         self.get_logger().info(
-            f'stereo_depth_node ready: backend={self._backend_name}, sync={sync_impl} '
+            f'stereo_depth_node ready: backend={self.backend_summary()}, sync={sync_impl} '
             f'({"approximate" if self._values["approximate_sync"] else "exact"})')
         self.synchronised_sets = 0
         self._sync_watchdog = start_sync_watchdog(
@@ -219,6 +219,16 @@ class StereoDepthNode(Node):
                 backend, name = create_backend('sgbm', **sgbm), 'sgbm'
         self._backend, self._backend_name = backend, name
         self._choice += 1
+
+    def backend_summary(self) -> str:
+        """The running backend and what a reader of the log needs to know of it: on which
+        device, from which weights or model."""
+        params = self._backend.get_params()
+        keys = {'learned': ('weights_path', 'device', 'half', 'refine', 'input_scale'),
+                'onnx': ('model_path', 'providers'),
+                'sgbm': ('mode', 'num_disparities', 'block_size')}.get(self._backend_name, ())
+        return f'{self._backend_name} (' + ', '.join(
+            f'{k}={params[k]}' for k in keys if k in params) + ')'
 
     def _warn_beyond_trained_range(self) -> None:
         """After the backend changed under a set max_disparity_px (start-up, runtime switch)."""
@@ -300,6 +310,7 @@ class StereoDepthNode(Node):
                     result.reason = (f'backend {changes["backend"]!r} failed to start ({exc}); '
                                      f'still running {self._backend_name!r}')
                     return result
+                self.get_logger().info(f'backend switched to {self.backend_summary()}')
                 self._warn_beyond_trained_range()
             # A changed copy is swapped in, never the running backend changed in place: a
             # frame takes the backend together with self._values (under this lock), so it

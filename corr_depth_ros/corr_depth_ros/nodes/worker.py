@@ -94,6 +94,9 @@ def stop_workers(logger, *workers: LatestFrameWorker, timeout_s: float = 4.0) ->
                            'frame is abandoned')
 
 
+THROTTLE_SLACK = 0.9     # a key is said again after this share of the period
+
+
 class ThrottledReporter:
     """Log each distinct problem at most once per ``period_s`` (per key, unlike rclpy's
     per-call-site throttle, so a second kind of bad input is not hidden by the first)."""
@@ -121,7 +124,9 @@ class ThrottledReporter:
     def _due(self, key: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            if now - self._last.get(key, -1e9) < self._period_s:
+            # A little slack: a problem reported by a timer of the same period (the sync
+            # watchdog's) arrived a few ms early and was swallowed every other time.
+            if now - self._last.get(key, -1e9) < THROTTLE_SLACK * self._period_s:
                 return False
             if len(self._last) >= 256:
                 # Keys carry part of a message (frame_dropped): a value that changes there
