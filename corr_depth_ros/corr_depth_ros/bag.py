@@ -12,7 +12,8 @@ Message definitions for the output schemas come from the installed interface pac
 """
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -398,9 +399,9 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
 
         def unambiguous(*items):
             if stamp_to_ns(items[0]) in repeated:
-                _skipped(counts, f'stamped {stamp_to_ns(items[0]) / 1e9:.9f} s: that stamp is '
-                                 'carried by more than one frame of an input, so its inputs '
-                                 'cannot be paired by stamp; fix the stamps')
+                _skipped(counts, 'its stamp is carried by more than one frame of an input, so '
+                                 'its inputs cannot be paired by stamp; fix the stamps',
+                         f'stamped {stamp_to_ns(items[0]) / 1e9:.9f} s')
                 return
             on_set(*items)
         sync = StampSynchronizer(num_inputs, queue_size, unambiguous, slop_s, keep_older=True)
@@ -410,6 +411,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
         # A run that processed no frame writes nothing: an existing output stays as it was.
         complete = counts['sets'] > 0
     finally:
+        _say_skips(counts)
         if writer is not None:
             writer.close(complete)
     return counts
@@ -506,15 +508,31 @@ def _output_namespace(output_prefix: str, ns: str) -> str:
     return _resolve(output_prefix, ns).rstrip('/') if output_prefix else ns
 
 
+_SKIPS = 'skipped_by_reason'     # counts' key while a bag is read (see _skipped)
+
+
 def _skip(counts: Dict[str, int], log_time_ns: int, exc: Exception) -> None:
-    _skipped(counts, f'logged at {log_time_ns} ns: {exc}')
+    _skipped(counts, str(exc), f'logged at {log_time_ns} ns')
 
 
-def _skipped(counts: Dict[str, int], why: str) -> None:
-    from tqdm import tqdm
+def _skipped(counts: Dict[str, Any], reason: str, where: str) -> None:
+    """Count a skipped set; each reason is printed the first time only (a long bag with a bad
+    camera_info printed one line a frame), and :func:`_say_skips` gives the counts at the end.
+    To stderr: the closing line on stdout is the result."""
     counts['errors'] += 1
-    # tqdm.write: printed above the progress bar, not into it.
-    tqdm.write(f'skipped a set {why}')
+    skips = counts.setdefault(_SKIPS, {})
+    skips[reason] = skips.get(reason, 0) + 1
+    if skips[reason] == 1:
+        from tqdm import tqdm
+        # tqdm.write: printed above the progress bar, not into it.
+        tqdm.write(f'skipped a set {where}: {reason}', file=sys.stderr)
+
+
+def _say_skips(counts: Dict[str, Any]) -> None:
+    """Remove the per-reason counts from ``counts`` and print those of repeated reasons."""
+    for reason, count in counts.pop(_SKIPS, {}).items():
+        if count > 1:
+            print(f'process-bag: {count} sets skipped: {reason}', file=sys.stderr)
 
 
 def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):
