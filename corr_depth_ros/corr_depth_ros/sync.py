@@ -217,6 +217,7 @@ class SyncWatchdog:
         self._paired = list(paired)
         self._on_loss = on_loss
         self.loss: Optional[str] = None
+        self.timer = None    # the node's timer that calls report() (start_sync_watchdog)
         self._period_s = period_s
         self._sets_so_far = sets_so_far
         self._on_problem = on_problem

@@ -175,7 +175,10 @@ def test_bad_inputs_are_reported_and_node_recovers(ros, weights_path, image):
     for expected_text, mutate in cases.items():
         before = node._errors.count
         stamps = bad_stamps.setdefault(expected_text, [])
-        ok = ros.wait_for(lambda: node._errors.count > before, timeout_s=20,
+        # This case's own error: on a slow machine a frame of the case before (re-published
+        # while it was still on its way) can be reported after this one began.
+        ok = ros.wait_for(lambda: node._errors.count > before and
+                          expected_text in node._errors.last_message, timeout_s=20,
                           action=lambda: stamps.append(rig.publish(image, mutate=mutate)),
                           action_period_s=1.0)
         assert ok, f'no error reported for {expected_text}'

@@ -9,6 +9,7 @@ rclpy = pytest.importorskip('rclpy')
 torch = pytest.importorskip('torch')
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from corr_depth_ros import conversions  # noqa: E402
 from corr_depth_ros.core.metrics import disparity_metrics  # noqa: E402
@@ -43,8 +44,10 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
     node = _start(ros, backend='learned', device='cpu')
     assert node._backend_name == 'learned'
     rig = StereoRig(ros, crop['geometry'])
-    confidences = []
+    confidences, disparity_stamps = [], []
     rig.node.create_subscription(Image, 'confidence', confidences.append, RELIABLE)
+    rig.node.create_subscription(DisparityImage, 'disparity',
+                                 lambda m: disparity_stamps.append(m.header.stamp), RELIABLE)
     out = rig.wait_outputs(ros, lambda: rig.publish(crop['left'], crop['right']))
 
     disp_msg = out['disparity']
@@ -62,10 +65,13 @@ def test_learned_backend_publishes_accurate_disparity_and_confidence(ros, crop):
     np.testing.assert_allclose(depth[both], disp_msg.f * disp_msg.t / published[both], rtol=1e-4)
 
     def matching():
-        return [m for m in confidences if m.header.stamp == disp_msg.header.stamp]
-    assert ros.wait_for(lambda: matching(), timeout_s=20,
+        # Any frame whose disparity and confidence both arrived (the confidence subscription,
+        # made last, may have missed the first frame: waiting for its stamp could not end).
+        stamps = list(disparity_stamps) + [disp_msg.header.stamp]
+        return [m for m in list(confidences) if m.header.stamp in stamps]
+    assert ros.wait_for(lambda: matching(), timeout_s=60,
                         action=lambda: rig.publish(crop['left'], crop['right']),
-                        action_period_s=2.0), 'no confidence image with the disparity\'s stamp'
+                        action_period_s=2.0), 'no confidence image with a disparity\'s stamp'
     confidence_msg = matching()[0]
     assert confidence_msg.header.frame_id == disp_msg.header.frame_id
     confidence = conversions.image_to_array(confidence_msg)

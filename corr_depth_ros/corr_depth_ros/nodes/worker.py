@@ -184,8 +184,8 @@ def start_sync_watchdog(node, synchronizer, topics, advice: str, reporter: Throt
     # it never fired under use_sim_time without a /clock (a bag played without --clock: the
     # very case to report) and stood still while a /clock was paused.
     from rclpy.clock import Clock, ClockType
-    node.create_timer(period_s, watchdog.report,            # the node keeps its timers
-                      clock=Clock(clock_type=ClockType.STEADY_TIME))
+    watchdog.timer = node.create_timer(period_s, watchdog.report,
+                                       clock=Clock(clock_type=ClockType.STEADY_TIME))
     return watchdog
 
 
@@ -199,7 +199,7 @@ def output_qos():
 
 # How long a node that cannot start stays up for its FATAL line to reach /rosout's listeners
 # (rqt_console, a recorder): rcl's /rosout keeps the line for late joiners while the node lives.
-REFUSAL_DELIVERY_S = 3.0
+REFUSAL_DELIVERY_S = 5.0
 
 
 def _log_refusal(exc: BaseException, fallback_name: str) -> None:
