@@ -575,6 +575,17 @@ def test_references_of_earlier_versions_are_pointed_at(tmp_path, monkeypatch):
     assert earlier_references(DEFAULT_REFERENCES_DIR, mine) == [str(shared / 'mug.safetensors')]
     assert earlier_references(str(shared / '{node}'), mine) == []
     assert earlier_references(DEFAULT_REFERENCES_DIR, '') == []
-    # They lay under ~/.ros whatever ROS_HOME says (before {ros_home}).
+    # They lay under ~/.ros whatever ROS_HOME says (before {ros_home}), and so did each
+    # node's own folder: with ROS_HOME elsewhere that one is pointed at too.
     monkeypatch.setenv('ROS_HOME', str(tmp_path / 'elsewhere'))
     assert earlier_references(DEFAULT_REFERENCES_DIR, mine) == [str(shared / 'mug.safetensors')]
+    (shared / 'cam' / 'correspondence_node').mkdir(parents=True)
+    (shared / 'cam' / 'correspondence_node' / 'cup.safetensors').write_bytes(b'')
+    moved = str(tmp_path / 'elsewhere' / 'corr_depth_ros' / 'references' / 'cam' /
+                'correspondence_node')
+    assert earlier_references(DEFAULT_REFERENCES_DIR, moved, '/cam/correspondence_node') == [
+        str(shared / 'mug.safetensors'), str(shared / 'cam' / 'correspondence_node' /
+                                             'cup.safetensors')]
+    # Not when that folder is the one in use (ROS_HOME unset or ~/.ros).
+    assert earlier_references(DEFAULT_REFERENCES_DIR, mine, '/cam/correspondence_node') == [
+        str(shared / 'mug.safetensors')]

@@ -154,19 +154,29 @@ def references_folder(setting: str, node_name: str) -> str:
                               .replace('{node}', node_name.lstrip('/')))
 
 
-def earlier_references(setting: str, directory: str) -> List[str]:
-    """Reference files in the folder where versions before {node} kept them for every node
-    (:data:`EARLIER_REFERENCES_DIR`): after an upgrade they would seem lost. Looked for with the
-    default setting only (a folder of the user's own is theirs)."""
+def earlier_references(setting: str, directory: str, node_name: str = '') -> List[str]:
+    """Reference files where earlier versions kept them, so that after an upgrade they would
+    seem lost: :data:`EARLIER_REFERENCES_DIR` itself (before {node}: every node's), and this
+    node's folder under it (before {ros_home}: ~/.ros whatever ROS_HOME said) when that is not
+    ``directory``. Looked for with the default setting only (a folder of the user's own is
+    theirs)."""
     if setting != DEFAULT_REFERENCES_DIR or not directory:
         return []
     shared = os.path.expanduser(EARLIER_REFERENCES_DIR)
-    try:
-        names = sorted(os.listdir(shared))
-    except OSError:
-        return []
-    return [os.path.join(shared, n) for n in names if n.endswith('.safetensors')
-            and os.path.isfile(os.path.join(shared, n))]
+    folders = [shared]
+    if node_name:
+        folders.append(os.path.join(shared, node_name.lstrip('/')))
+    found = []
+    for folder in folders:
+        if os.path.abspath(folder) == os.path.abspath(directory):
+            continue
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        found += [os.path.join(folder, n) for n in names if n.endswith('.safetensors')
+                  and os.path.isfile(os.path.join(folder, n))]
+    return found
 
 
 def _image_given(image_msg) -> bool:
@@ -202,12 +212,15 @@ class CorrespondenceNode(Node):
             self._store = self._reference_store(directory)
         for problem in self._store.load_errors:
             self.get_logger().warning(f'skipped unreadable reference file {problem}')
-        earlier = earlier_references(self._values['references_dir'], directory)
+        earlier = earlier_references(self._values['references_dir'], directory,
+                                     self.get_fully_qualified_name())
         if earlier:
+            folders = ', '.join(dict.fromkeys(os.path.dirname(path) for path in earlier))
             self.get_logger().warning(
-                f'{len(earlier)} reference file(s) lie in {os.path.dirname(earlier[0])}, where '
-                f'versions before references_dir\'s {{node}} kept them for every node: move '
-                f'those of this node into {directory}')
+                f'{len(earlier)} reference file(s) lie in {folders}, where earlier versions '
+                f'kept them (before references_dir\'s {{node}}, every node\'s; before '
+                f'{{ros_home}}, under ~/.ros whatever ROS_HOME said): move those of this node '
+                f'into {directory}')
         foreign = self._store.foreign()
         if foreign:
             self.get_logger().warning(
