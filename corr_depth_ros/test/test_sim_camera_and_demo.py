@@ -279,6 +279,25 @@ def test_a_node_that_cannot_start_says_why_in_one_log_line(argv, said):
     assert said in text and '[FATAL]' in text and '[mono_depth_node]' in text, text[-3000:]
     assert 'Traceback' not in text, text[-3000:]
 
+@pytest.mark.parametrize('argv,code,said', [
+    (['--help'], 0, 'usage: stereo_depth_node [--ros-args'),
+    (['-p', 'backend:=learned'], 2, 'unknown argument(s) -p: ROS arguments go after --ros-args'),
+    (['--ros-args', '--help'], 2, "cannot start: unknown ROS argument(s) ['--help']"),
+    (['--ros-args', '-p', 'backend=learned'], 2, "Couldn't parse parameter override rule"),
+])
+@pytest.mark.ros
+def test_a_node_answers_help_and_refuses_arguments_it_would_ignore(argv, code, said):
+    """--help started the node; -p without --ros-args was taken as a remap rule and the node
+    ran without the setting; a malformed ROS argument ended in a traceback."""
+    script = (f'import sys\nsys.argv = ["stereo_depth_node", *{argv!r}]\n'
+              'from corr_depth_ros.nodes.stereo_depth_node import main\nmain()\n')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=60)
+    text = result.stdout + result.stderr
+    assert result.returncode == code, text[-3000:]
+    assert said in text and 'Traceback' not in text and 'ready' not in text, text[-3000:]
+
+
 @pytest.mark.ros
 def test_a_node_that_cannot_start_says_why_on_its_own_logger_in_rosout(ros):
     """The line went out on a logger named after the executable (not cam.mono_depth_node for

@@ -197,6 +197,9 @@ def output_qos():
     return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
+USAGE_HINT = ('parameters: the README\'s tables, or `ros2 param describe` while the node runs; '
+              'give them as --ros-args -p NAME:=VALUE or --params-file FILE, and remap topics '
+              'as --ros-args -r FROM:=TO')
 # How long a node that cannot start stays up for its FATAL line to reach /rosout's listeners
 # (rqt_console, a recorder): rcl's /rosout keeps the line for late joiners while the node lives.
 REFUSAL_DELIVERY_S = 5.0
@@ -245,10 +248,31 @@ def run_node(node_factory: Callable[[], Any], args=None) -> None:
 
     import rclpy
     import rclpy.logging
+    import rclpy.utilities
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
 
     from ..core.memory import keep_freed_memory
+    name = os.path.basename(sys.argv[0]) or 'corr_depth_ros'
+    argv = sys.argv if args is None else list(args)
+    try:
+        rest = rclpy.utilities.remove_ros_args(argv)[1:]
+    except Exception as exc:  # noqa: BLE001 - rclpy's argument errors (RCLInvalidROSArgsError, ...)
+        # A malformed ROS argument (-p name=value, --ros-args --help) ended in a traceback.
+        what = (f'unknown ROS argument(s) {exc}' if type(exc).__name__ == 'UnknownROSArgsError'
+                else str(exc))
+        print(f'{name}: cannot start: {what} ({USAGE_HINT})', file=sys.stderr)
+        sys.exit(2)
+    if rest:
+        # `--help` started the node; `-p x:=y` without --ros-args was taken as a (deprecated)
+        # remap rule and the node ran without the setting.
+        if rest[0] in ('-h', '--help'):
+            print(f'usage: {name} [--ros-args [-p NAME:=VALUE] [--params-file FILE] '
+                  f'[-r FROM:=TO] ...]\n\nA corr_depth_ros node; {USAGE_HINT}.')
+            sys.exit(0)
+        print(f'{name}: cannot start: unknown argument(s) {" ".join(rest)}: ROS arguments go '
+              f'after --ros-args ({USAGE_HINT})', file=sys.stderr)
+        sys.exit(2)
     # Per-frame buffers are reused instead of faulted in afresh every frame (core/memory.py).
     keep_freed_memory()
     rclpy.init(args=args)
