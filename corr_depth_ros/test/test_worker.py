@@ -165,3 +165,24 @@ print('ok')
                             timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith('ok'), \
         result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_worker_says_each_items_time_at_debug_level():
+    """`--log-level debug` gave nothing from the package: a user asking whether a node
+    processes, how fast and whether it drops frames had to write a subscriber."""
+    class DebugLogger:
+        def __init__(self):
+            self.lines = []
+
+        def debug(self, text):
+            self.lines.append(text)
+    logger = DebugLogger()
+    worker = LatestFrameWorker(lambda item: None, lambda exc: None, name='stereo_depth',
+                               logger=logger)
+    try:
+        worker.submit(1)
+        assert _wait_for(lambda: len(logger.lines) == 1)
+        assert logger.lines[0].startswith('stereo_depth: item 1 done in ') and \
+            'replaced by newer ones' in logger.lines[0], logger.lines
+    finally:
+        worker.stop()

@@ -250,7 +250,8 @@ class CorrespondenceNode(Node):
         self._last_frame_error = None
         self._worker = LatestFrameWorker(self._process, self._on_frame_error,
                                          name='correspondence_descriptors',
-                                         torch_threads=self._values['threads'])
+                                         torch_threads=self._values['threads'],
+                                         logger=self.get_logger())
 
         # Frames, finds and references (set_reference, clicks) in separate callback groups:
         # under a multi-threaded executor (the node composed into one) a frame's messages are

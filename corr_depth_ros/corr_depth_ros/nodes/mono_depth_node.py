@@ -99,7 +99,8 @@ class MonoDepthNode(Node):
 
         self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth',
-                                         torch_threads=self._values['torch_threads'])
+                                         torch_threads=self._values['torch_threads'],
+                                         logger=self.get_logger())
         # Sensor-data (best-effort) inputs like image_proc; override per topic with
         # qos_overrides./<ns>/image.subscription.reliability etc.
         image_type, (image_topic,) = image_inputs(self, ['image'], self._values['image_transport'])

@@ -175,7 +175,8 @@ class StereoDepthNode(Node):
         self._clouds = CloudPublisher(self._pub_points)
         limit_opencv_threads(self._values['threads'])
         self._worker = LatestFrameWorker(self._process, self._on_worker_error,
-                                         torch_threads=self._values['threads'])
+                                         name='stereo_depth', torch_threads=self._values['threads'],
+                                         logger=self.get_logger())
         # Sensor-data (best-effort) inputs like stereo_image_proc; users override per topic with
         # qos_overrides./<ns>/left/image_rect.subscription.reliability etc.
         image_type, images = image_inputs(self, ['left/image_rect', 'right/image_rect'],

@@ -19,13 +19,16 @@ class LatestFrameWorker:
     """``torch_threads``: the torch CPU threads this worker's thread runs on (core.threads:
     the model's thread gets them all, any other torch-using thread one; 0: torch's default),
     pinned before its first item once torch is imported (a sgbm-only stereo node never imports
-    it); None leaves torch alone."""
+    it); None leaves torch alone. ``logger``: says each item's time at DEBUG level (a node's
+    ``--log-level debug``: is it processing, how fast, dropping frames?)."""
 
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None],
-                 name: str = 'corr_depth_worker', torch_threads: Optional[int] = None):
+                 name: str = 'corr_depth_worker', torch_threads: Optional[int] = None,
+                 logger=None):
         self._process = process
         self._on_error = on_error
         self._torch_threads = torch_threads
+        self._logger = logger
         self._cond = threading.Condition()
         self._pending: Optional[Any] = None
         self._stopping = False
@@ -70,13 +73,20 @@ class LatestFrameWorker:
                 pin_torch_threads(self._torch_threads)
                 pinned = True
             start = time.perf_counter()
+            failed = False
             try:
                 self._process(item)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
+                failed = True
                 if not self._stopping:      # after stop(): an abandoned frame, not an error
                     self._on_error(exc)
             self.last_duration_s = time.perf_counter() - start
             self.processed += 1
+            if self._logger is not None:
+                self._logger.debug(
+                    f'{self.name}: item {self.processed} {"failed" if failed else "done"} in '
+                    f'{1000 * self.last_duration_s:.1f} ms; {self.dropped} replaced by newer '
+                    'ones before their turn so far')
             # Not kept while idle: what an item refers to (a frame's buffers, see
             # core.memory.RecyclingPool) is then free for the next one.
             item = None
