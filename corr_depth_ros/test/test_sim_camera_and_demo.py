@@ -169,6 +169,14 @@ def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
         ['f9.png', 'f10.png', 'f\u00b2.png']          # '²' is no number to int()
     with pytest.raises(ValueError, match='frame11.png is 40x24, but the camera publishes 32x24'):
         pairs.frame(3)
+    assert pairs.frame(7) is None                     # said once, then skipped on every loop
+    # A damaged file is named, and not read again on later loops (libpng printed its error to
+    # stderr every loop, and the message named both files without the fault).
+    (tmp_path / 'left' / 'frame10.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(20))
+    pairs = FolderPairs(str(tmp_path))
+    with pytest.raises(ValueError, match=r'left/frame10.png cannot be read as an image'):
+        pairs.frame(2)
+    assert pairs.frame(2 + len(pairs)) is None and 2 in pairs.bad
     # Read as training reads a folder (a review found JPEG pairs trained but not replayed):
     # a jpg beside a png of the same name pairs; a name without a partner is skipped and named.
     cv2.imwrite(str(tmp_path / 'left' / 'frame20.jpg'), np.full((24, 32, 3), 20, np.uint8))

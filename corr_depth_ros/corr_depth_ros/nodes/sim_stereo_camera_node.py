@@ -71,16 +71,35 @@ class FolderPairs:
         except ValueError as exc:
             raise ValueError(f'source folder {folder!r}: {exc}') from exc
         self.pairs = [(str(left), str(right)) for left, right in pairs]
+        self.bad: set = set()       # indices of pairs that could not be used (said once)
 
     def __len__(self):
         return len(self.pairs)
 
     def frame(self, i: int, cancelled=None):   # two reads: quick, nothing to cancel
-        left_path, right_path = self.pairs[i % len(self.pairs)]
+        """Pair ``i`` (modulo the folder) as RGB arrays; ValueError naming the file and the
+        fault the first time a pair cannot be used, None on later turns of that pair (a
+        looped folder read a damaged file, and libpng printed its error, every loop)."""
+        index = i % len(self.pairs)
+        if index in self.bad:
+            return None
+        try:
+            return self._read(*self.pairs[index])
+        except ValueError:
+            self.bad.add(index)
+            raise
+
+    def _read(self, left_path: str, right_path: str):
         left = self._cv2.imread(left_path, self._cv2.IMREAD_COLOR)
         right = self._cv2.imread(right_path, self._cv2.IMREAD_COLOR)
-        if left is None or right is None or left.shape != right.shape:
-            raise ValueError(f'unreadable or mismatched pair {left_path} / {right_path}')
+        for path, image in ((left_path, left), (right_path, right)):
+            if image is None:
+                raise ValueError(f'{path} cannot be read as an image (damaged, or not an '
+                                 'image): its pair is skipped')
+        if left.shape != right.shape:
+            raise ValueError(f'{left_path} is {left.shape[1]}x{left.shape[0]} but '
+                             f'{right_path} is {right.shape[1]}x{right.shape[0]}: the pair is '
+                             'skipped')
         if self.size_hw is None:
             self.size_hw = left.shape[:2]
         elif left.shape[:2] != self.size_hw:
