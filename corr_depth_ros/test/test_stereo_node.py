@@ -392,14 +392,20 @@ def test_qos_override_of_one_topic_changes_only_that_topic(ros):
     from rclpy.qos import qos_profile_sensor_data
     node = _start(ros, **{
         'qos_overrides./left/image_rect.subscription.reliability': 'reliable',
-        'qos_overrides./disparity.publisher.reliability': 'best_effort'})
+        'qos_overrides./disparity.publisher.reliability': 'best_effort',
+        # Every output takes overrides: depth/camera_info did not, so a consumer could not give
+        # depth and its camera_info one QoS.
+        'qos_overrides./depth/camera_info.publisher.reliability': 'best_effort',
+        'qos_overrides./confidence.publisher.depth': 3})
     reliability = {sub.topic_name: sub.qos_profile.reliability for sub in node._subs}
     assert reliability == {'/left/image_rect': ReliabilityPolicy.RELIABLE,
                            '/right/image_rect': ReliabilityPolicy.BEST_EFFORT,
                            '/left/camera_info': ReliabilityPolicy.BEST_EFFORT,
                            '/right/camera_info': ReliabilityPolicy.BEST_EFFORT}
     assert node._pub_disparity.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
-    for pub in (node._pub_depth, node._pub_points, node._pub_depth_info):
+    assert node._pub_depth_info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert node._pub_confidence.qos_profile.depth == 3
+    for pub in (node._pub_depth, node._pub_points, node._pub_colour):
         assert pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
     assert qos_profile_sensor_data.reliability == ReliabilityPolicy.BEST_EFFORT
 

@@ -92,10 +92,12 @@ class MonoDepthNode(Node):
         overrides = QoSOverridingOptions.with_default_policies()
         self._pub_depth = self.create_publisher(Image, 'depth', output_qos(),
                                                 qos_overriding_options=overrides)
-        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos())
+        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos(),
+                                                     qos_overriding_options=overrides)
         self._pub_points = self.create_publisher(PointCloud2, 'points2', output_qos(),
                                                  qos_overriding_options=overrides)
-        self._pub_colour = self.create_publisher(Image, 'depth/color', output_qos())
+        self._pub_colour = self.create_publisher(Image, 'depth/color', output_qos(),
+                                                 qos_overriding_options=overrides)
 
         self._clouds = CloudPublisher(self._pub_points)
         self._worker = LatestFrameWorker(self._process, self._on_worker_error, name='mono_depth',

@@ -166,11 +166,14 @@ class StereoDepthNode(Node):
                                                     qos_overriding_options=overrides)
         self._pub_depth = self.create_publisher(Image, 'depth', output_qos(),
                                                 qos_overriding_options=overrides)
-        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos())
+        self._pub_depth_info = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos(),
+                                                     qos_overriding_options=overrides)
         self._pub_points = self.create_publisher(PointCloud2, 'points2', output_qos(),
                                                  qos_overriding_options=overrides)
-        self._pub_confidence = self.create_publisher(Image, 'confidence', output_qos())
-        self._pub_colour = self.create_publisher(Image, 'disparity/color', output_qos())
+        self._pub_confidence = self.create_publisher(Image, 'confidence', output_qos(),
+                                                     qos_overriding_options=overrides)
+        self._pub_colour = self.create_publisher(Image, 'disparity/color', output_qos(),
+                                                 qos_overriding_options=overrides)
 
         self._clouds = CloudPublisher(self._pub_points)
         limit_opencv_threads(self._values['threads'])
