@@ -623,3 +623,23 @@ def test_disparity_heads_stay_float32_under_mixed_precision():
             mixed = net(image)
     assert all(d.dtype == torch.float32 for d in mixed)
     assert torch.allclose(plain[0], mixed[0], atol=0.02 * net.max_disparity_fraction)
+
+
+def test_a_complete_cache_is_used_without_writing_to_it(tmp_path, monkeypatch):
+    """A complete held-out cache on a read-only mount (or shared) was refused: its arrays were
+    opened for writing although nothing was left to render."""
+    from corr_depth_ros.core.mono import data
+    root = str(tmp_path / 'cache')
+    data.build_synthetic_cache(root, 2, 32, 48, with_depth=True, progress=False)
+    opened = []
+    real = np.lib.format.open_memmap
+    monkeypatch.setattr(np.lib.format, 'open_memmap',
+                        lambda *a, **k: opened.append(k.get('mode')) or real(*a, **k))
+    assert data.build_synthetic_cache(root, 2, 32, 48, with_depth=True, progress=False) == root
+    assert opened and set(opened) == {'r'}, opened
+    assert data.load_cache(root)['left'].shape == (2, 32, 48, 3)
+    # A truncated array is still rendered again.
+    with open(os.path.join(root, 'right.npy'), 'r+b') as f:
+        f.truncate(200)
+    data.build_synthetic_cache(root, 2, 32, 48, with_depth=True, progress=False)
+    assert 'r+' in opened or 'w+' in opened

@@ -20,7 +20,7 @@ and the two ablation runs share it.
 import functools
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -95,6 +95,10 @@ def build_synthetic_cache(root: str, count: int, height: int, width: int, *, fir
         with open(meta_path, 'w', encoding='utf-8') as f:
             json.dump(meta, f, indent=2)
     shape = (count, height, width, 3)
+    done_path = os.path.join(root, 'done.txt')
+    if _complete(root, done_path, {'left': shape, 'right': shape, **(
+            {'depth_left_m': shape[:3], 'fx_px': (count,)} if with_depth else {})}):
+        return root     # nothing to render: opened for writing, a read-only cache was refused
     arrays = {name: np.lib.format.open_memmap(os.path.join(root, f'{name}.npy'),
                                               mode='r+' if os.path.isfile(os.path.join(root, f'{name}.npy')) else 'w+',
                                               dtype=np.uint8, shape=shape)
@@ -104,7 +108,6 @@ def build_synthetic_cache(root: str, count: int, height: int, width: int, *, fir
             path = os.path.join(root, f'{name}.npy')
             arrays[name] = np.lib.format.open_memmap(
                 path, mode='r+' if os.path.isfile(path) else 'w+', dtype=np.float32, shape=shp)
-    done_path = os.path.join(root, 'done.txt')
     done = int(open(done_path, encoding='utf-8').read()) if os.path.isfile(done_path) else 0
     iterator = range(done, count)
     if progress:
@@ -123,6 +126,19 @@ def build_synthetic_cache(root: str, count: int, height: int, width: int, *, fir
             with open(done_path, 'w', encoding='utf-8') as f:
                 f.write(str(index + 1))
     return root
+
+
+def _complete(root: str, done_path: str, shapes: Dict[str, Tuple[int, ...]]) -> bool:
+    """Whether the cache in ``root`` is fully rendered with arrays of ``shapes`` (name ->
+    shape), read without opening anything for writing."""
+    try:
+        with open(done_path, encoding='utf-8') as f:
+            if int(f.read()) < shapes['left'][0]:
+                return False
+        return all(np.load(os.path.join(root, f'{name}.npy'), mmap_mode='r').shape == shape
+                   for name, shape in shapes.items())
+    except (OSError, ValueError):
+        return False       # missing, truncated or not an array: rendered (again) below
 
 
 def load_cache(root: str) -> Dict[str, np.ndarray]:
