@@ -370,8 +370,8 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                   progress: bool, counts: Dict[str, int],
                   writer: Optional['BagWriter'] = None, *, queue_size: int = 60,
                   topic_hint: str = '--namespace or --image-topic',
-                  types: Optional[Dict[str, str]] = None, slop_s: float = 0.0
-                  ) -> Dict[str, int]:
+                  types: Optional[Dict[str, str]] = None, slop_s: float = 0.0,
+                  label: str = 'process-bag') -> Dict[str, int]:
     """Feed the messages of ``inputs`` (topic -> input index) through a stamp synchroniser
     (exact, or within ``slop_s`` seconds) into ``on_set(*items)``, in log-time order, with a
     progress bar; close ``writer`` at the end, also on error (an MCAP file needs its footer to
@@ -380,7 +380,8 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
     another input (a dropped message), counted rather than silently lost. ``queue_size``:
     messages kept per input while its partners are awaited (an input logged fewer than that
     many frames late still pairs). Any error, or no frame processed, deletes the unfinished output
-    (BagWriter.close) and leaves an existing one as it was.
+    (BagWriter.close) and leaves an existing one as it was. ``label``: the command its notes
+    are said for.
     """
     from .sync import StampSynchronizer, stamp_to_ns
     complete = False
@@ -411,7 +412,7 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
         # A run that processed no frame writes nothing: an existing output stays as it was.
         complete = counts['sets'] > 0
     finally:
-        _say_skips(counts)
+        _say_skips(counts, label)
         if writer is not None:
             writer.close(complete)
     return counts
@@ -528,11 +529,11 @@ def _skipped(counts: Dict[str, Any], reason: str, where: str) -> None:
         tqdm.write(f'skipped a set {where}: {reason}', file=sys.stderr)
 
 
-def _say_skips(counts: Dict[str, Any]) -> None:
+def _say_skips(counts: Dict[str, Any], label: str) -> None:
     """Remove the per-reason counts from ``counts`` and print those of repeated reasons."""
     for reason, count in counts.pop(_SKIPS, {}).items():
         if count > 1:
-            print(f'process-bag: {count} sets skipped: {reason}', file=sys.stderr)
+            print(f'{label}: {count} sets skipped: {reason}', file=sys.stderr)
 
 
 def _write_cloud_and_depth(writer, out_ns, depth_m, points_m, rgb, info, header, log_time):
@@ -786,6 +787,12 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
             geometry = conversions.stereo_geometry_from_camera_info(left_info.message,
                                                                      right_info.message)
             images = [conversions.any_image_to_rgb8(m.message) for m in (left, right)]
+            for side, rgb in zip(('left', 'right'), images):
+                # Written as a pair of the camera_info's size (pairs of other sizes were
+                # written side by side, and trained as one rig).
+                if rgb.shape[:2] != (geometry.height, geometry.width):
+                    raise ValueError(f'the {side} image is {rgb.shape[1]}x{rgb.shape[0]}, its '
+                                     f'camera_info {geometry.width}x{geometry.height}')
         except ValueError as exc:
             _skip(counts, left.log_time_ns, exc)
             return
@@ -807,7 +814,8 @@ def extract_stereo_pairs(in_path: str, out_dir: str, *, namespace: str = '',
             write_rgb8_png(os.path.join(out_dir, side, name), rgb)
         counts['sets'] += 1
 
-    _run_pipeline(in_path, inputs, 4, on_set, progress, counts, topic_hint='--bag-namespace')
+    _run_pipeline(in_path, inputs, 4, on_set, progress, counts, topic_hint='--bag-namespace',
+                  label='train mono')
     if counts['sets'] == 0:
         raise ValueError(f'no usable stereo pair in {in_path} under namespace {ns or "/"!r}')
     return {'pairs': counts['sets'], 'skipped': counts['errors'],

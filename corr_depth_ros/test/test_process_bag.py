@@ -857,3 +857,24 @@ def test_each_reason_for_skipping_is_printed_once_with_its_count(tmp_path, capsy
     assert said.out == ''
     assert said.err.count('skipped a set') == 1, said.err
     assert 'process-bag: 4 sets skipped: right_rgb: dim 0 (H) is 40' in said.err, said.err
+
+
+def test_extraction_leaves_out_pairs_whose_images_are_not_their_camera_infos_size(
+        tmp_path, capsys):
+    """train mono --data bag: wrote a right image of another size beside its left one (and
+    trained them as one rig); its notes said 'process-bag'."""
+    from corr_depth_ros.core.geometry import StereoGeometry
+    geometry = StereoGeometry(width=64, height=48, fx=60.0, fy=60.0, cx_left=31.5, cy=23.5,
+                              cx_right=31.5, baseline_m=0.1)
+    good = np.full((48, 64, 3), 90, np.uint8)
+    short = np.zeros((40, 64, 3), np.uint8)
+    _record_frames(tmp_path / 'in.mcap', geometry, [
+        (10, 10 ** 10, good, good), (11, 11 * 10 ** 9, good, short),
+        (12, 12 * 10 ** 9, good, short)])
+    out = bag.extract_stereo_pairs(str(tmp_path / 'in.mcap'), str(tmp_path / 'pairs'),
+                                   namespace='/cam', progress=False)
+    assert out['pairs'] == 1 and out['skipped'] == 2
+    assert sorted(os.listdir(tmp_path / 'pairs' / 'right')) == ['000000.png']
+    err = capsys.readouterr().err
+    assert 'the right image is 64x40, its camera_info 64x48' in err, err
+    assert 'train mono: 2 sets skipped' in err and 'process-bag' not in err, err
