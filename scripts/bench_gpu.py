@@ -89,8 +89,9 @@ def bench_stereo(device, repeats):
     out = {}
     for half in ((True, False) if device.type == 'cuda' else (False,)):
         backend = LearnedBackend(device=str(device), half=half, probe_every=STREAM_PROBE_EVERY)
-        entry = {'probe_every': STREAM_PROBE_EVERY, 'end_to_end': _timed(lambda: backend.compute(pair['left'], pair['right']),
-                                      device, repeats)}
+        end_to_end = _timed(lambda: backend.compute(pair['left'], pair['right']), device,
+                            repeats)
+        entry = {'probe_every': backend.probe_every, 'end_to_end': end_to_end}
         left, right = backend.input_tensor(pair['left']), backend.input_tensor(pair['right'])
         with torch.inference_mode():
             entry['network_only'] = _timed(lambda: backend.model(left, right), device, repeats)

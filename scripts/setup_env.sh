@@ -16,10 +16,12 @@ root=$(pwd -P)
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PY=${PYTHON:-python3}
-if [[ "$TORCH_SPEC" =~ [[:space:]] ]]; then
+# Surrounding spaces are dropped; a requirement may hold spaces ('torch >= 2.13.0').
+TORCH_SPEC=$(sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' <<<"$TORCH_SPEC")
+if [[ "$TORCH_SPEC" =~ (^|[[:space:]])- ]]; then
   # pytorch.org's "torch ... --index-url URL" reached pip as one invalid requirement.
-  echo "setup: TORCH_SPEC='$TORCH_SPEC' must be the package alone, e.g. torch==2.13.0+cu126;" \
-       "give its index as PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu126" >&2
+  echo "setup: TORCH_SPEC='$TORCH_SPEC' holds pip options: give the requirement alone (e.g." \
+       "torch==2.13.0+cu126) and an index as PIP_EXTRA_INDEX_URL=<its URL>" >&2
   exit 1
 fi
 venv_abs=$(realpath -m -- "$VENV")
