@@ -232,16 +232,18 @@ class SyncWatchdog:
         self.loss = self._lost_images([now - before for now, before
                                        in zip(counts, self._last_counts)])
         self._last_counts = counts
-        silent_before, self._silent = self._silent, set()
+        silent_before = self._silent
         if sets_so_far != self._last_sets:
             self._last_sets = sets_so_far
+            self._silent = set()
             self.problem = None
             return None
         if any(arrived) and not all(arrived):
             # An input that never published, or one that stopped (e.g. a crashed depth node),
-            # said once it has been silent for two checks with no set: an input that only lags
+            # said once it has been silent at two checks with no set: an input that only lags
             # (depth computed from the image) is one check late at a low frame rate, and its
-            # set comes through with it.
+            # set comes through with it. Checks at which nothing arrived (a camera slower than
+            # the checks) neither count nor clear that.
             self._silent = {i for i, a in enumerate(arrived) if not a}
             lasting = sorted(self._silent & silent_before)
             if not lasting:
@@ -252,17 +254,26 @@ class SyncWatchdog:
                                for i in lasting)
             extra = dict.fromkeys(self._silent_advice[i] for i in lasting
                                   if i in self._silent_advice)
-            published = [self._topics[i] for i in lasting
+            published = [i for i in lasting
                          if self._publishers is not None and self._publishers(self._topics[i]) > 0]
-            if published:
-                check = (f'{", ".join(published)} {"has" if len(published) == 1 else "have"} '
-                         f'a publisher, so its messages do not reach this node: {NOT_REACHING}')
-            else:
-                check = 'check that it is published, and the topic names and remappings'
+            never = [self._topics[i] for i in published if counts[i] == 0]
+            stopped = [self._topics[i] for i in published if counts[i] > 0]
+            checks = []
+            if never:
+                checks.append(f'{", ".join(never)} {"has" if len(never) == 1 else "have"} a '
+                              f'publisher, so its messages do not reach this node: {NOT_REACHING}')
+            if stopped:
+                # It delivered before: not a QoS or transport matter.
+                checks.append(f'the publisher of {", ".join(stopped)} stopped sending: check '
+                              'that node (its log, its own inputs)')
+            if len(published) < len(lasting):
+                checks.append('check that it is published, and the topic names and remappings')
+            check = '; '.join(checks)
             self.problem = (f'no synchronised set in the last {2 * self._period_s:g} s: messages '
                             f'arrive on {arriving} but none on {silent}; {check}'
                             + ''.join(f'; {text}' for text in extra))
         elif all(arrived):
+            self._silent = set()
             spread = self._sync.spread_ns()
             if spread is None:
                 self.problem = None
@@ -286,8 +297,10 @@ class SyncWatchdog:
         of each a frame) in the last period, else None."""
         lost = []
         for image, info in self._paired:
+            # None at all is an input that is silent (a wrong name, nothing published), which
+            # check() reports as such; lost messages are some arriving, far fewer than sent.
             if arrivals[info] >= LOSS_MIN_MESSAGES and \
-                    arrivals[image] < LOSS_FRACTION * arrivals[info]:
+                    0 < arrivals[image] < LOSS_FRACTION * arrivals[info]:
                 lost.append(f'{arrivals[image]} images on {self._topics[image]} against '
                             f'{arrivals[info]} on {self._topics[info]}')
         if not lost:

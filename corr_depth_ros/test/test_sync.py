@@ -166,6 +166,24 @@ def test_watchdog_waits_a_check_for_an_input_that_lags():
         assert watchdog.check(len(sets)) is None, stamp
 
 
+def test_watchdog_reports_an_input_stopped_under_a_camera_slower_than_its_checks():
+    """At 0.1 Hz the checks alternate between 'image and info, no depth' and 'nothing':
+    a check with nothing cleared what the one before saw, and a dead depth input was never
+    reported."""
+    sync = StampSynchronizer(3, 5, lambda *m: None)
+    watchdog = SyncWatchdog(sync, ['/image', '/depth', '/info'], 'raise slop_s')
+    sync.add(1, Msg(0))                              # depth came once, then its node died
+    watchdog.check(0)
+    problems = []
+    for stamp in range(1, 5):
+        sync.add(0, Msg(stamp))
+        sync.add(2, Msg(stamp))
+        problems.append(watchdog.check(0))
+        problems.append(watchdog.check(0))           # nothing arrives in between
+    assert problems[0] is None and problems[1] is None
+    assert all(p is not None and 'none on /depth (stopped)' in p for p in problems[2::2]), problems
+
+
 def test_watchdog_tells_an_input_with_a_publisher_from_one_nobody_publishes():
     """A silent input that has a publisher is not a topic-name problem: its messages do not
     reach the node (a QoS mismatch, large images lost over UDP)."""
@@ -179,6 +197,16 @@ def test_watchdog_tells_an_input_with_a_publisher_from_one_nobody_publishes():
            'this node' in problem, problem
     assert 'incompatible QoS' in problem and 'fastdds_large_data.xml' in problem, problem
     assert 'topic names' not in problem
+    # One that delivered before and stopped, its publisher still there (a stalled upstream
+    # node): not a QoS or transport matter.
+    sync.add(0, Msg(3))
+    sync.add(1, Msg(4))
+    watchdog.check(0)                                 # both arrive (stamps apart)
+    for stamp in (5, 6):
+        sync.add(1, Msg(stamp))
+        problem = watchdog.check(0)
+    assert 'none on /image (stopped); the publisher of /image stopped sending' in problem, problem
+    assert 'QoS' not in problem
 
 
 def test_watchdog_warns_of_images_lost_beside_their_camera_info():
@@ -199,6 +227,10 @@ def test_watchdog_warns_of_images_lost_beside_their_camera_info():
     for stamp in range(10, 20):                       # every image arrives again
         sync.add(1, Msg(stamp))
         sync.add(0, Msg(stamp))
+    watchdog.report()
+    assert len(lost) == 1 and watchdog.loss is None
+    for stamp in range(20, 30):                       # no image at all: a silent input, said
+        sync.add(1, Msg(stamp))                       # as such, not as lost messages
     watchdog.report()
     assert len(lost) == 1 and watchdog.loss is None
 
