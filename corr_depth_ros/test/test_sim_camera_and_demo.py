@@ -177,6 +177,12 @@ def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
     with pytest.raises(ValueError, match=r'left/frame10.png cannot be read as an image'):
         pairs.frame(2)
     assert pairs.frame(2 + len(pairs)) is None and 2 in pairs.bad
+    # Raised as PairSkipped, which the node logs unthrottled (said once per pair anyway: a
+    # second damaged pair within the throttle's 5 s of the first was never named).
+    from corr_depth_ros.nodes.sim_stereo_camera_node import PairSkipped
+    (tmp_path / 'right' / 'frame1.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(20))
+    with pytest.raises(PairSkipped, match=r'right/frame1.png cannot be read'):
+        pairs.frame(0)
     # Read as training reads a folder (a review found JPEG pairs trained but not replayed):
     # a jpg beside a png of the same name pairs; a name without a partner is skipped and named.
     cv2.imwrite(str(tmp_path / 'left' / 'frame20.jpg'), np.full((24, 32, 3), 20, np.uint8))

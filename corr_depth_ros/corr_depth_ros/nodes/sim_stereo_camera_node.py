@@ -52,6 +52,10 @@ PARAMS = [
 ]
 
 
+class PairSkipped(ValueError):
+    """A replayed pair that cannot be used, raised once per pair (later turns skip it)."""
+
+
 class FolderPairs:
     """Rectified pairs from ``folder/left/NAME.ext`` and ``folder/right/NAME.ext``, read as
     training reads them (core.synth.io.rectified_pairs: matched by name, png or jpg, natural
@@ -85,9 +89,9 @@ class FolderPairs:
             return None
         try:
             return self._read(*self.pairs[index])
-        except ValueError:
+        except ValueError as exc:
             self.bad.add(index)
-            raise
+            raise PairSkipped(str(exc)) from exc
 
     def _read(self, left_path: str, right_path: str):
         left = self._cv2.imread(left_path, self._cv2.IMREAD_COLOR)
@@ -170,6 +174,11 @@ class SimStereoCameraNode(Node):
                 frame = self._frames.frame(index, cancelled=self._stop.is_set)
             except FrameCancelled:
                 return
+            except PairSkipped as exc:
+                # Said once per pair (FolderPairs), so not throttled: a second damaged pair
+                # within 5 s of the first was never named.
+                self.get_logger().error(f'frame {index} skipped: {exc}')
+                frame = None
             except Exception as exc:  # noqa: BLE001 - report and keep the camera alive
                 self.get_logger().error(f'frame {index} failed: {exc}', throttle_duration_sec=5.0)
                 frame = None    # and still wait for the next frame's time: no busy loop
