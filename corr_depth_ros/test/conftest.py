@@ -8,7 +8,11 @@ import pytest
 
 # Keep test traffic on this host and away from other graphs (and parallel test runs).
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(101, 200)))
+# A domain of the suite's own, whatever the shell has: on the user's ROS_DOMAIN_ID the tests
+# joined their graph (a running stereo.launch.py answered a test's requests, and the tests' nodes
+# answered theirs). CORR_DEPTH_TEST_DOMAIN_ID picks one (e.g. to run two suites side by side).
+os.environ['ROS_DOMAIN_ID'] = os.environ.get('CORR_DEPTH_TEST_DOMAIN_ID') or \
+    str(random.Random(os.getpid()).randint(101, 200))
 _PROFILE = os.path.join(os.path.dirname(__file__), '..', 'config', 'fastdds_large_data.xml')
 os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE', os.path.abspath(_PROFILE))
 
