@@ -406,7 +406,8 @@ def _run_pipeline(in_path: str, inputs: Dict[str, int], num_inputs: int, on_set,
                 return
             on_set(*items)
         sync = StampSynchronizer(num_inputs, queue_size, unambiguous, slop_s, keep_older=True)
-        seen, frames = _feed(in_path, inputs, sync, progress, available, types or {}, repeated)
+        seen, frames = _feed(in_path, inputs, sync, progress, available, types or {}, repeated,
+                             label)
         _check_inputs(inputs, num_inputs, seen, available, topic_hint)
         counts['unmatched'] = max(0, frames - counts['sets'] - counts['errors'])
         # A run that processed no frame writes nothing: an existing output stays as it was.
@@ -431,7 +432,8 @@ def _check_inputs(inputs: Dict[str, int], num_inputs: int, seen: Dict[str, int],
 
 
 def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
-          types: Dict[str, str], repeated: set) -> Tuple[Dict[str, int], int]:
+          types: Dict[str, str], repeated: set, label: str = 'process-bag'
+          ) -> Tuple[Dict[str, int], int]:
     """Read the messages of ``inputs`` into ``sync`` -> (topic -> messages seen, frames of the
     first input); ``types``: topic -> the one message type it may hold, where its name does
     not tell (:func:`_check_type`). ``repeated`` gets every stamp a topic carries more than
@@ -446,7 +448,7 @@ def _feed(in_path, inputs, sync, progress, available: Dict[str, int],
     try:
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=sum(available.get(t, 0) for t in inputs), desc='process-bag',
+            bar = tqdm(total=sum(available.get(t, 0) for t in inputs), desc=label,
                        unit='msg', dynamic_ncols=True)
         for topic, datatype, message, log_time in read_messages(in_path, inputs):
             if topic not in seen:

@@ -564,6 +564,8 @@ def test_references_of_earlier_versions_are_pointed_at(tmp_path, monkeypatch):
     """Before {node}, every node kept its references directly in the parent folder of the
     default: after an upgrade they would seem lost, so the node says where they are (for the
     default setting only: a folder of the user's own is theirs)."""
+    import os
+
     from corr_depth_ros.nodes.correspondence_node import DEFAULT_REFERENCES_DIR, \
         earlier_references
     monkeypatch.setenv('HOME', str(tmp_path))
@@ -586,6 +588,12 @@ def test_references_of_earlier_versions_are_pointed_at(tmp_path, monkeypatch):
     assert earlier_references(DEFAULT_REFERENCES_DIR, moved, '/cam/correspondence_node') == [
         str(shared / 'mug.safetensors'), str(shared / 'cam' / 'correspondence_node' /
                                              'cup.safetensors')]
-    # Not when that folder is the one in use (ROS_HOME unset or ~/.ros).
+    # Not when that folder is the one in use (ROS_HOME unset or ~/.ros), also through a link
+    # (~/.ros a link to the volume ROS_HOME names).
     assert earlier_references(DEFAULT_REFERENCES_DIR, mine, '/cam/correspondence_node') == [
+        str(shared / 'mug.safetensors')]
+    os.symlink(tmp_path / '.ros', tmp_path / 'volume')
+    linked = str(tmp_path / 'volume' / 'corr_depth_ros' / 'references' / 'cam' /
+                 'correspondence_node')
+    assert earlier_references(DEFAULT_REFERENCES_DIR, linked, '/cam/correspondence_node') == [
         str(shared / 'mug.safetensors')]

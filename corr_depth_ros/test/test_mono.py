@@ -599,6 +599,28 @@ def test_train_mono_reuses_a_bags_pairs_whatever_the_namespace_spelling(tmp_path
         _pairs_from_bag(str(tmp_path / 'rig.mcap'), '/other', str(tmp_path / 'run'))
 
 
+def test_train_mono_refuses_pairs_an_earlier_version_extracted_with_unequal_sizes(tmp_path):
+    """Extraction now leaves out pairs whose images are not their camera_info's size; a run
+    resumed after the upgrade reused the old extraction and failed part-way through training."""
+    import json
+
+    import cv2
+    from corr_depth_ros.cli.train_mono import EXTRACTION_VERSION, _pairs_from_bag
+    (tmp_path / 'rig.mcap').write_bytes(b'')
+    folder = tmp_path / 'run' / 'bag_pairs'
+    for side, height in (('left', 48), ('right', 40)):
+        (folder / side).mkdir(parents=True)
+        cv2.imwrite(str(folder / side / '000000.png'), np.zeros((height, 64, 3), np.uint8))
+    source = {'bag': str(tmp_path / 'rig.mcap'), 'namespace': '/cam', 'folder': str(folder),
+              'pairs': 1, 'baseline_m': 0.1}
+    (folder / 'source.json').write_text(json.dumps(source))
+    with pytest.raises(FileExistsError, match='extracted by an earlier version.*000000.png.*'
+                                              'delete it'):
+        _pairs_from_bag(str(tmp_path / 'rig.mcap'), '/cam', str(tmp_path / 'run'))
+    (folder / 'source.json').write_text(json.dumps({**source, 'extraction': EXTRACTION_VERSION}))
+    assert _pairs_from_bag(str(tmp_path / 'rig.mcap'), '/cam', str(tmp_path / 'run'))['pairs'] == 1
+
+
 def test_eval_mono_says_where_to_cache_the_held_out_pairs_when_it_cannot(tmp_path):
     """The held-out pairs are rendered into runs/mono in the working folder by default; where
     that could not be written, the command said only "runs: Read-only file system"."""

@@ -74,6 +74,29 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+# 2: pairs whose images are not their camera_info's size are left out (version 1 wrote them).
+EXTRACTION_VERSION = 2
+
+
+def _check_earlier_extraction(folder: str) -> None:
+    """FileExistsError if an extraction by an earlier version holds a pair whose left and
+    right images differ in size (training failed on it part-way); read from the PNG headers."""
+    import os
+
+    def size(path):
+        with open(path, 'rb') as f:
+            head = f.read(24)       # signature, IHDR length and type, width, height
+        return head[16:24]
+    left = os.path.join(folder, 'left')
+    for name in sorted(os.listdir(left)) if os.path.isdir(left) else []:
+        right = os.path.join(folder, 'right', name)
+        if os.path.isfile(right) and size(os.path.join(folder, 'left', name)) != size(right):
+            raise FileExistsError(
+                f'train mono: {folder} was extracted by an earlier version, which kept pairs '
+                f'whose images differ in size ({name}); delete it (and the run\'s '
+                'checkpoint.pt) to extract the bag again')
+
+
 def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
     """The bag's rectified pairs as OUT_DIR/bag_pairs (extracted once; a resumed run reuses
     them) and where they came from, with the rig's baseline from the camera_info."""
@@ -91,6 +114,8 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
                 (os.path.realpath(bag_path), normal_namespace(namespace)):
             raise FileExistsError(f'train mono: {folder} holds pairs of {source["bag"]} '
                                   f'(namespace {source["namespace"]!r}); give another --out-dir')
+        if source.get('extraction', 1) < EXTRACTION_VERSION:
+            _check_earlier_extraction(folder)
         print(f'train mono: reusing the {source["pairs"]} pairs extracted to {folder}')
         return source
     if os.path.isdir(folder):
@@ -100,6 +125,7 @@ def _pairs_from_bag(bag_path: str, namespace: str, out_dir: str) -> dict:
         print(f'train mono: removing the unfinished extraction in {folder}')
         shutil.rmtree(folder)
     source = {'bag': os.path.abspath(bag_path), 'namespace': namespace, 'folder': folder,
+              'extraction': EXTRACTION_VERSION,
               **extract_stereo_pairs(bag_path, folder, namespace=namespace)}
     with open(record, 'w', encoding='utf-8') as f:   # written last: marks a complete extraction
         json.dump(source, f, indent=2)

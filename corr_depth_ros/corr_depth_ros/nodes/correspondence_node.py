@@ -168,7 +168,8 @@ def earlier_references(setting: str, directory: str, node_name: str = '') -> Lis
         folders.append(os.path.join(shared, node_name.lstrip('/')))
     found = []
     for folder in folders:
-        if os.path.abspath(folder) == os.path.abspath(directory):
+        # realpath: ~/.ros may be a link to where ROS_HOME points (a container's volume).
+        if os.path.realpath(folder) == os.path.realpath(directory):
             continue
         try:
             names = sorted(os.listdir(folder))
