@@ -151,6 +151,69 @@ def test_sim_camera_on_sim_time_publishes_only_while_the_clock_advances(ros, tmp
     assert folder.frames_published == 3, folder.frames_published
 
 
+@pytest.mark.ros
+def test_sim_camera_keeps_its_rate_under_a_running_clock_when_rendering_is_slow(
+        ros, monkeypatch):
+    """A render slower than the frame period starts the next frame before the /clock ticks
+    again: the camera took that for a clock standing still, logged 'waiting for the clock
+    (... without a running /clock)' and waited 0.2 s on every frame."""
+    import threading
+    import time
+
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from corr_depth_ros.nodes.sim_stereo_camera_node import SimStereoCameraNode
+    render = SimStereoCamera.frame
+
+    def slow(self, i, cancelled=None):
+        time.sleep(0.06)                                # slower than the 20 Hz period
+        return render(self, i, cancelled=cancelled)
+    monkeypatch.setattr(SimStereoCamera, 'frame', slow)
+    probe = ros.node('clock_source')
+    clock_pub = probe.create_publisher(Clock, '/clock', 10)
+    running = threading.Event()
+    running.set()
+
+    def tick():                                         # a 100 Hz /clock at real speed
+        start = time.monotonic()
+        while running.is_set():
+            msg = Clock()
+            msg.clock.nanosec = 0
+            msg.clock.sec = 0
+            ns = 10 ** 9 + int((time.monotonic() - start) * 1e9)
+            msg.clock.sec, msg.clock.nanosec = divmod(ns, 10 ** 9)
+            clock_pub.publish(msg)
+            time.sleep(0.01)
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        camera = ros.add(SimStereoCameraNode(context=ros.context, parameter_overrides=[
+            Parameter('width', value=64), Parameter('height', value=48),
+            Parameter('fx_px', value=50.0), Parameter('rate_hz', value=20.0),
+            Parameter('use_sim_time', value=True)]))
+        waiting, waits = [], []
+        monkeypatch.setattr(camera, '_waiting_for_clock', lambda: waiting.append(1))
+        stop_wait = camera._stop.wait
+        monkeypatch.setattr(camera._stop, 'wait',
+                            lambda timeout=None: (waits.append(timeout), stop_wait(timeout))[1])
+        frames = []
+        probe.create_subscription(Image, 'left/image_rect', frames.append,
+                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        assert ros.wait_for(lambda: len(frames) >= 1, timeout_s=60)
+        waiting.clear()
+        waits.clear()
+        first = len(frames)
+        assert ros.wait_for(lambda: len(frames) >= first + 10, timeout_s=60)
+        # Between frames the clock stood still only until its next tick: no long wait, no
+        # 'waiting for the clock' line.
+        assert waiting == [] and max(waits) < 0.1, (waiting, sorted(waits)[-5:])
+    finally:
+        running.clear()
+        ticker.join(5)
+
+
 def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
     """A replayed folder plays frame2 before frame10, and a pair of another size than the
     first (whose size the published camera_info has) is refused, not published with it."""

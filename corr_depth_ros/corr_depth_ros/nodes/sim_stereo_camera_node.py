@@ -21,7 +21,10 @@ from ..core.threads import pin_torch_threads
 from .params import ParamSpec, declare, warn_unknown_parameters
 from .worker import output_qos, run_node
 
-# How often the render thread looks whether sim time has advanced while it stands still.
+# How often the render thread looks whether sim time has advanced: at first (right after a
+# frame, the /clock's next tick is due), and once it has stood still for CLOCK_STILL_S.
+CLOCK_MOMENT_S = 0.005
+CLOCK_STILL_S = 1.0
 CLOCK_POLL_S = 0.2
 
 PARAMS = [
@@ -154,6 +157,7 @@ class SimStereoCameraNode(Node):
         pin_torch_threads(0)
         index = 0
         next_time = time.monotonic()
+        still_since = None      # when the sim clock was last seen not to have moved
         while not self._stop.is_set():
             max_frames = self._values['max_frames']
             if max_frames and self.frames_published >= max_frames:
@@ -162,13 +166,21 @@ class SimStereoCameraNode(Node):
                     and index >= len(self._frames):
                 return
             if self._new_stamp() is None:
-                # On sim time with no /clock yet, or one standing still: no frame is rendered
-                # or used up (a folder replay used up its pairs before the clock started).
-                self._waiting_for_clock()
-                # A look five times a second: at 0.05 s the wait alone took 1.4 % of a core
-                # while a bag stood paused, against 0.05-0.08 % for an idle node.
-                self._stop.wait(CLOCK_POLL_S)
+                # On sim time the clock has not moved since the last frame: no frame is rendered
+                # or used up (a folder replay used up its pairs before the clock started). Right
+                # after a render slower than the /clock's period that is only a moment, so
+                # look often; once it has stood still a while (no /clock yet, or a paused one),
+                # say so and look five times a second (at 0.05 s the wait alone took 1.4 % of a
+                # core while a bag stood paused; at 0.2 s from the start, each slow frame lost
+                # 0.2 s and the line was logged under a running /clock).
+                now = time.monotonic()
+                still_since = now if still_since is None else still_since
+                standing = now - still_since >= CLOCK_STILL_S
+                if standing:
+                    self._waiting_for_clock()
+                self._stop.wait(CLOCK_POLL_S if standing else CLOCK_MOMENT_S)
                 continue
+            still_since = None
             start = time.perf_counter()
             try:
                 frame = self._frames.frame(index, cancelled=self._stop.is_set)
