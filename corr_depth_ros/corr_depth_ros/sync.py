@@ -256,8 +256,14 @@ class SyncWatchdog:
                                   if i in self._silent_advice)
             published = [i for i in lasting
                          if self._publishers is not None and self._publishers(self._topics[i]) > 0]
-            never = [self._topics[i] for i in published if counts[i] == 0]
-            stopped = [self._topics[i] for i in published if counts[i] > 0]
+            # An image whose camera_info (sent by the same camera) still arrives is being lost
+            # on the way, like one never received; another input that delivered before and
+            # went quiet with its publisher still there is a publisher that stopped.
+            info_arriving = {image for image, info in self._paired if arrived[info]}
+            never = [self._topics[i] for i in published
+                     if counts[i] == 0 or i in info_arriving]
+            stopped = [self._topics[i] for i in published
+                       if counts[i] > 0 and i not in info_arriving]
             checks = []
             if never:
                 checks.append(f'{", ".join(never)} {"has" if len(never) == 1 else "have"} a '
@@ -289,7 +295,12 @@ class SyncWatchdog:
                                 'stamps go back (a bag played in a loop, a clock reset)? '
                                 'Restart the node if this persists')
         else:
-            self.problem = None     # nothing arrives at all: idle, not a synchronisation fault
+            # Nothing arrives at all: idle, not a synchronisation fault, so nothing is said; but
+            # under a camera slower than the checks, a silent input's diagnosis stays in
+            # ``problem`` between its frames (service answers quote it).
+            if not self._silent:
+                self.problem = None
+            return None
         return self.problem
 
     def _lost_images(self, arrivals: List[int]) -> Optional[str]:

@@ -214,6 +214,79 @@ def test_sim_camera_keeps_its_rate_under_a_running_clock_when_rendering_is_slow(
         ticker.join(5)
 
 
+@pytest.mark.ros
+def test_sim_camera_paces_frames_from_the_first_one_after_a_clock_wait(ros):
+    """When sim time started, the second frame went out at once after the first (the period
+    counted from the schedule before the wait for the clock)."""
+    import threading
+    import time
+
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from corr_depth_ros.nodes.sim_stereo_camera_node import SimStereoCameraNode
+    ros.add(SimStereoCameraNode(context=ros.context, parameter_overrides=[
+        Parameter('width', value=64), Parameter('height', value=48),
+        Parameter('fx_px', value=50.0), Parameter('rate_hz', value=5.0),
+        Parameter('use_sim_time', value=True)]))
+    probe = ros.node('pacing_probe')
+    arrivals = []
+    probe.create_subscription(Image, 'left/image_rect',         # stamps: sim time at 1x
+                              lambda m: arrivals.append(m.header.stamp.sec +
+                                                        m.header.stamp.nanosec * 1e-9),
+                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    clock_pub = probe.create_publisher(Clock, '/clock', 10)
+    ros.wait_for(lambda: False, timeout_s=1.5)          # the camera waits for a clock
+    running = threading.Event()
+    running.set()
+
+    def tick():
+        start = time.monotonic()
+        while running.is_set():
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = divmod(
+                10 ** 9 + int((time.monotonic() - start) * 1e9), 10 ** 9)
+            clock_pub.publish(msg)
+            time.sleep(0.01)
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        assert ros.wait_for(lambda: len(arrivals) >= 3, timeout_s=60), arrivals
+    finally:
+        running.clear()
+        ticker.join(5)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:3])]
+    assert min(gaps) > 0.1, gaps                        # 5 Hz: 0.2 s apart (0.03 before)
+
+
+@pytest.mark.ros
+def test_sim_camera_names_every_damaged_pair_of_a_folder(ros, tmp_path, monkeypatch):
+    """Each unusable pair is said once, so unthrottled: a second damaged pair within 5 s of
+    the first was never named."""
+    import cv2
+    from rclpy.impl.rcutils_logger import RcutilsLogger
+    from rclpy.parameter import Parameter
+    from corr_depth_ros.nodes.sim_stereo_camera_node import SimStereoCameraNode
+    for side in ('left', 'right'):
+        (tmp_path / side).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / side / f'f{i}.png'), np.full((24, 32, 3), i, np.uint8))
+    (tmp_path / 'left' / 'f0.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(20))
+    (tmp_path / 'right' / 'f1.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(20))
+    # The first pair too: the camera takes its size from the first usable one (it refused to
+    # start on a damaged first pair).
+    said = []
+    error = RcutilsLogger.error
+    monkeypatch.setattr(RcutilsLogger, 'error',
+                        lambda self, text, **kw: (said.append(text), error(self, text, **kw))[1])
+    ros.add(SimStereoCameraNode(context=ros.context, parameter_overrides=[
+        Parameter('source', value='folder'), Parameter('folder', value=str(tmp_path)),
+        Parameter('rate_hz', value=20.0), Parameter('fx_px', value=30.0)]))
+    assert ros.wait_for(lambda: sum('skipped' in t for t in said) >= 2, timeout_s=30), said
+    assert any('left/f0.png' in t for t in said) and any('right/f1.png' in t for t in said)
+
+
 def test_folder_replay_goes_in_natural_order_and_refuses_other_sizes(tmp_path):
     """A replayed folder plays frame2 before frame10, and a pair of another size than the
     first (whose size the published camera_info has) is refused, not published with it."""

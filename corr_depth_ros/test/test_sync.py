@@ -182,6 +182,10 @@ def test_watchdog_reports_an_input_stopped_under_a_camera_slower_than_its_checks
         problems.append(watchdog.check(0))           # nothing arrives in between
     assert problems[0] is None and problems[1] is None
     assert all(p is not None and 'none on /depth (stopped)' in p for p in problems[2::2]), problems
+    # Nothing new to say at a check with nothing new, but the diagnosis stands between frames
+    # (service answers quote watchdog.problem; it went None every other check).
+    assert all(p is None for p in problems[3::2]), problems
+    assert watchdog.problem is not None and 'none on /depth (stopped)' in watchdog.problem
 
 
 def test_watchdog_tells_an_input_with_a_publisher_from_one_nobody_publishes():
@@ -199,6 +203,19 @@ def test_watchdog_tells_an_input_with_a_publisher_from_one_nobody_publishes():
     assert 'topic names' not in problem
     # One that delivered before and stopped, its publisher still there (a stalled upstream
     # node): not a QoS or transport matter.
+    # An image that arrived before and is now lost while its camera_info (same camera) keeps
+    # coming is lost on the way (the large-data failure), not a stopped publisher.
+    paired = SyncWatchdog(StampSynchronizer(2, 5, lambda *m: None), ['/image', '/info'],
+                          'raise slop_s', publishers={'/image': 1, '/info': 1}.get,
+                          paired=[(0, 1)])
+    paired._sync.add(0, Msg(1))
+    paired._sync.add(1, Msg(1))
+    paired.check(1)
+    for stamp in (2, 3):
+        paired._sync.add(1, Msg(stamp))
+        lost = paired.check(1)
+    assert 'none on /image (stopped); /image has a publisher, so its messages do not reach' \
+        in lost and 'fastdds_large_data.xml' in lost, lost
     sync.add(0, Msg(3))
     sync.add(1, Msg(4))
     watchdog.check(0)                                 # both arrive (stamps apart)

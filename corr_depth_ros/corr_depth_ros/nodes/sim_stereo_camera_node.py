@@ -128,7 +128,15 @@ class SimStereoCameraNode(Node):
                 self.get_logger().warning(
                     f'{len(self._frames.unmatched)} image(s) in {v["folder"]} without a partner '
                     f'are skipped, e.g. {self._frames.unmatched[:5]}')
-            first = self._frames.frame(0)['left']
+            first = None
+            for i in range(len(self._frames)):     # the first usable pair gives the size
+                try:
+                    first = self._frames.frame(i)['left']
+                    break
+                except PairSkipped as exc:
+                    self.get_logger().error(f'pair {i} skipped: {exc}')
+            if first is None:
+                raise ValueError(f'source folder {v["folder"]!r}: no pair in it can be used')
             rig = SimRig(width=first.shape[1], height=first.shape[0], fx_px=v['fx_px'],
                          baseline_m=v['baseline_m'])
         else:
@@ -180,6 +188,11 @@ class SimStereoCameraNode(Node):
                     self._waiting_for_clock()
                 self._stop.wait(CLOCK_POLL_S if standing else CLOCK_MOMENT_S)
                 continue
+            if still_since is not None:
+                # After a wait for the clock the period counts from this frame (from the
+                # schedule before the wait, the next frame went out at once: two frames back
+                # to back when sim time started or resumed).
+                next_time = time.monotonic()
             still_since = None
             start = time.perf_counter()
             try:
